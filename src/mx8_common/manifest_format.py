@@ -1,0 +1,190 @@
+"""The canonical manifest TSV: what a record is and how it is written.
+
+    schema_version=0\\n
+    <sample_id>\\t<location>\\t<byte_offset>\\t<byte_length>\\t<decode_hint>\\n   (one per sample)
+
+Sample ids are exactly 0..N-1 in order. Absent values are empty strings. ``byte_length``
+alone is the whole object of that size; ``byte_offset`` needs ``byte_length`` (a range of
+a larger object). Numbers are plain decimal (no sign, no leading zeros) and lengths are
+> 0. The manifest hash is the lowercase hex SHA-256 of these exact bytes, header included,
+so one dataset content has one hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+from mx8_common.errors import ManifestUnwritable
+
+__all__ = [
+    "SCHEMA_HEADER",
+    "SCHEMA_VERSION",
+    "ManifestRecord",
+    "ManifestWriter",
+    "WrittenManifest",
+    "encode_manifest",
+    "encode_record",
+    "manifest_hash",
+]
+
+SCHEMA_VERSION = 0
+SCHEMA_HEADER = b"schema_version=0\n"
+
+_FORBIDDEN = ("\t", "\r", "\n")
+_FLUSH_BYTES = 1 << 16
+
+
+class ManifestRecord(NamedTuple):
+    """One sample of a snapshot."""
+
+    sample_id: int
+    location: str
+    byte_offset: int | None = None
+    byte_length: int | None = None
+    decode_hint: str = ""
+
+
+def manifest_hash(data: bytes) -> str:
+    """Lowercase hex SHA-256 of canonical manifest bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_text(value: str, field: str, location: str) -> None:
+    for ch in _FORBIDDEN:
+        if ch in value:
+            name = {"\t": "TAB", "\r": "CR", "\n": "LF"}[ch]
+            raise ManifestUnwritable(
+                f"cannot write {field} of object {location!r}: it contains a {name} "
+                "character, which the canonical manifest TSV cannot hold; rename the object"
+            )
+
+
+def encode_record(
+    sample_id: int,
+    location: str,
+    byte_offset: int | None = None,
+    byte_length: int | None = None,
+    decode_hint: str = "",
+) -> bytes:
+    """Encode one row, validating every field (the reader's rules, in reverse)."""
+    if not location:
+        raise ManifestUnwritable(f"sample {sample_id} has an empty location; every row needs one")
+    _check_text(location, "location", location)
+    _check_text(decode_hint, "decode_hint", location)
+    if byte_length is not None and byte_length <= 0:
+        raise ManifestUnwritable(
+            f"object {location!r} has byte_length {byte_length}; lengths must be > 0 "
+            "(leave it empty for a zero-byte object)"
+        )
+    if byte_offset is not None:
+        if byte_length is None:
+            raise ManifestUnwritable(
+                f"object {location!r} has byte_offset without byte_length; a range needs both"
+            )
+        if byte_offset < 0:
+            raise ManifestUnwritable(f"object {location!r} has negative byte_offset {byte_offset}")
+    off = "" if byte_offset is None else str(byte_offset)
+    length = "" if byte_length is None else str(byte_length)
+    return f"{sample_id}\t{location}\t{off}\t{length}\t{decode_hint}\n".encode()
+
+
+def encode_manifest(records: Iterable[ManifestRecord]) -> bytes:
+    """Whole canonical bytes of a small manifest (tests, small datasets)."""
+    parts = [SCHEMA_HEADER]
+    for expected, rec in enumerate(records):
+        if rec.sample_id != expected:
+            raise ManifestUnwritable(
+                f"record ids must be 0..N-1 in order; got {rec.sample_id} at position {expected}"
+            )
+        parts.append(encode_record(*rec))
+    return b"".join(parts)
+
+
+class WrittenManifest(NamedTuple):
+    """A finished manifest file and what it holds."""
+
+    path: Path
+    manifest_hash: str
+    manifest_bytes: int
+    samples: int
+
+
+class ManifestWriter:
+    """Streams rows to a temp file while hashing, never holding the manifest in memory.
+
+    Sample ids are assigned in call order. ``finish()`` fsyncs and returns the temp file;
+    the caller renames it into place. A writer closed without ``finish()`` deletes its file.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
+        self._path = Path(name)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._sha = hashlib.sha256()
+        self._buf: list[bytes] = []
+        self._buf_len = 0
+        self._bytes = 0
+        self._count = 0
+        self._finished = False
+        self._append(SCHEMA_HEADER)
+
+    @property
+    def samples(self) -> int:
+        return self._count
+
+    def _append(self, row: bytes) -> None:
+        self._buf.append(row)
+        self._buf_len += len(row)
+        if self._buf_len >= _FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        chunk = b"".join(self._buf)
+        self._sha.update(chunk)
+        self._file.write(chunk)
+        self._bytes += len(chunk)
+        self._buf.clear()
+        self._buf_len = 0
+
+    def write(
+        self,
+        location: str,
+        byte_offset: int | None = None,
+        byte_length: int | None = None,
+        decode_hint: str = "",
+    ) -> int:
+        """Append one row and return its sample id."""
+        sample_id = self._count
+        self._append(encode_record(sample_id, location, byte_offset, byte_length, decode_hint))
+        self._count += 1
+        return sample_id
+
+    def finish(self) -> WrittenManifest:
+        self._flush()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._finished = True
+        return WrittenManifest(self._path, self._sha.hexdigest(), self._bytes, self._count)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if not self._finished:
+            self._path.unlink(missing_ok=True)
+        self._finished = True
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None or not self._finished:
+            self.abort()

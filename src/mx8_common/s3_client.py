@@ -1,0 +1,166 @@
+"""S3 clients and the one boundary where botocore errors become mx8 errors.
+
+The endpoint comes from the standard AWS environment (``AWS_ENDPOINT_URL``, the
+credential chain, ``AWS_REGION``/``AWS_DEFAULT_REGION``) with ``MX8_S3_ENDPOINT_URL`` as
+an override. Custom endpoints use path-style addressing, which MinIO and moto need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aioboto3
+import botocore.config
+import botocore.exceptions
+
+from mx8_common.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+
+__all__ = [
+    "S3Settings",
+    "open_s3_client",
+    "s3_errors",
+    "sync_s3_client",
+    "translate_s3_error",
+]
+
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3Settings:
+    """Where S3 is and how to talk to it."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_pool_connections: int = 64
+
+    @classmethod
+    def from_env(cls, endpoint_url: str | None = None) -> S3Settings:
+        endpoint = (
+            endpoint_url
+            or os.environ.get("MX8_S3_ENDPOINT_URL")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return cls(endpoint_url=endpoint or None, region=region or "us-east-1")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        config = botocore.config.Config(
+            max_pool_connections=self.max_pool_connections,
+            retries={"max_attempts": 1, "mode": "standard"},  # mx8 retries itself, with jitter
+            s3={"addressing_style": "path"} if self.endpoint_url else {},
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        kwargs: dict[str, Any] = {"config": config, "region_name": self.region}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        return kwargs
+
+
+@contextlib.asynccontextmanager
+async def open_s3_client(settings: S3Settings | None = None) -> AsyncIterator[Any]:
+    """An aiobotocore S3 client; reuse one per process or task group, not one per call."""
+    settings = settings or S3Settings.from_env()
+    session = aioboto3.Session()
+    async with session.client("s3", **settings.client_kwargs()) as client:
+        yield client
+
+
+def sync_s3_client(settings: S3Settings | None = None) -> Any:
+    """A plain boto3 client (tests, fixtures, the demo's uploader)."""
+    import boto3
+
+    settings = settings or S3Settings.from_env()
+    return boto3.session.Session().client("s3", **settings.client_kwargs())
+
+
+def _error_code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
+    err = exc.response.get("Error", {}) or {}
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return str(err.get("Code", "")), status
+
+
+def translate_s3_error(exc: BaseException, location: str) -> StorageError:
+    """The most specific mx8 error for a botocore/aiohttp failure at ``location``."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, status = _error_code(exc)
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(
+                f"bucket of {location} does not exist; check the bucket name and the S3 "
+                "endpoint (MX8_S3_ENDPOINT_URL / AWS_ENDPOINT_URL)",
+                location=location,
+            )
+        if code in ("AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch", "403") or status == 403:
+            return AccessDeniedError(
+                f"access denied to {location} ({code or status}); check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy",
+                location=location,
+            )
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return ObjectNotFoundError(
+                f"{location} does not exist (it was deleted or renamed since the snapshot?)",
+                location=location,
+            )
+        if code in _TRANSIENT_CODES or status in (500, 502, 503, 504):
+            return TransientStorageError(
+                f"S3 answered {code or status} for {location}; retrying may help",
+                location=location,
+            )
+        return StorageError(f"S3 error {code or status} for {location}: {exc}", location=location)
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return TransientStorageError(
+            f"cannot connect to the S3 endpoint for {location}: {exc}; is "
+            "MX8_S3_ENDPOINT_URL / AWS_ENDPOINT_URL right and the server up?",
+            location=location,
+        )
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AccessDeniedError(
+            f"no AWS credentials found to read {location}; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role",
+            location=location,
+        )
+    if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError, TimeoutError)) or (
+        type(exc).__module__.startswith("aiohttp")
+    ):
+        return TransientStorageError(
+            f"transport error reading {location}: {type(exc).__name__}: {exc}",
+            location=location,
+        )
+    return StorageError(f"unexpected error for {location}: {type(exc).__name__}: {exc}",
+                        location=location)
+
+
+@contextlib.contextmanager
+def s3_errors(location: str) -> Iterator[None]:
+    """Translate botocore/transport errors raised inside into mx8 ``StorageError``s."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise translate_s3_error(exc, location) from exc

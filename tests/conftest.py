@@ -1,0 +1,54 @@
+"""Fixtures shared by every test package: a real S3-protocol server on loopback."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mx8_common.local_s3 import LocalS3, local_s3_server
+from mx8_common.s3_client import S3Settings, sync_s3_client
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3]:
+    """One S3-protocol server for the session (moto, MinIO or MX8_TEST_S3_ENDPOINT)."""
+    with local_s3_server() as s3:
+        yield s3
+
+
+@pytest.fixture
+def s3_env(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch) -> LocalS3:
+    """Point this test's process (and children it spawns with os.environ) at the server."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_server
+
+
+@pytest.fixture
+def s3_sync_client(s3_env: LocalS3) -> Any:
+    return sync_s3_client(S3Settings.from_env())
+
+
+@pytest.fixture
+def s3_bucket(s3_sync_client: Any) -> str:
+    """A fresh, empty bucket for one test."""
+    name = f"mx8-test-{uuid.uuid4().hex[:12]}"
+    s3_sync_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def store_root(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An isolated filesystem manifest store for one test."""
+    root = str(tmp_path / "store")
+    monkeypatch.setenv("MX8_MANIFEST_STORE_ROOT", root)
+    return root
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("MX8_LOG_FORMAT", "console")
