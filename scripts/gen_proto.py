@@ -58,9 +58,7 @@ def main() -> int:
             for name, text in files.items()
             if not (OUT_DIR / name).exists() or (OUT_DIR / name).read_text() != text
         ]
-        extra = sorted(
-            p.name for p in OUT_DIR.glob("*.py*") if p.name not in files and p.is_file()
-        )
+        extra = sorted(p.name for p in OUT_DIR.glob("*.py*") if p.name not in files and p.is_file())
         if stale or extra:
             print(
                 f"generated gRPC code is stale: {stale + extra}; run python scripts/gen_proto.py",

@@ -98,13 +98,18 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
     for field in dataclasses.fields(cls):
         if "env" not in field.metadata:
             continue
-        help_text = f"{field.metadata['help']} [env {field.metadata['env']}; default {field.default!r}]"
+        help_text = (
+            f"{field.metadata['help']} [env {field.metadata['env']}; default {field.default!r}]"
+        )
         conv = _field_parser(cls, field)
         flag = _flag_name(field)
         hint = typing.get_type_hints(cls)[field.name]
         if hint is bool and field.metadata.get("parse") is None:
             parser.add_argument(
-                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=help_text,
             )
         else:
@@ -140,12 +145,23 @@ def load_config(
 
 def config_reference_markdown(classes: Sequence[type]) -> str:
     """The configuration reference in docs/, generated from the config classes."""
-    out = ["# Configuration reference", "", "Generated from the config classes by",
-           "`python -m scripts.gen_config_docs`; a test keeps it current.", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the config classes by",
+        "`python -m scripts.gen_config_docs`; a test keeps it current.",
+        "",
+    ]
     for cls in classes:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        out += [f"## `{cls.__module__}.{cls.__name__}`", "", doc, "",
-                "| env var | flag | default | meaning |", "|---|---|---|---|"]
+        out += [
+            f"## `{cls.__module__}.{cls.__name__}`",
+            "",
+            doc,
+            "",
+            "| env var | flag | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for field in dataclasses.fields(cls):
             if "env" not in field.metadata:
                 continue

@@ -15,6 +15,7 @@ breaks, surfaces in the parser as ``ManifestTruncated``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -211,10 +212,8 @@ async def ingest_chunk_stream(
     finally:
         reader.closed.set()
         pump.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await pump
-        except asyncio.CancelledError:
-            pass
         # Wake a parser thread still waiting for a chunk (we were cancelled) so it exits.
         while not queue.empty():
             queue.get_nowait()

@@ -63,9 +63,12 @@ def _docker_available() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        return subprocess.run(
-            ["docker", "info"], capture_output=True, timeout=5, check=False
-        ).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=5, check=False
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -125,5 +128,5 @@ def local_s3_server(external_env: str = "MX8_TEST_S3_ENDPOINT") -> Iterator[Loca
             import testcontainers.minio  # noqa: F401
         except ImportError:
             use_minio = False
-    with (_minio_container() if use_minio else _moto_server()) as s3:
+    with _minio_container() if use_minio else _moto_server() as s3:
         yield s3

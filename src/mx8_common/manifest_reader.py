@@ -49,8 +49,7 @@ def _parse_number(raw: bytes, line_no: int, field: str, *, positive: bool) -> in
     value = int(raw)
     if positive and value == 0:
         raise ManifestBadRow(
-            f"manifest line {line_no}: {field} must be > 0 (leave it empty for a "
-            "zero-byte object)",
+            f"manifest line {line_no}: {field} must be > 0 (leave it empty for a zero-byte object)",
             line_no=line_no,
         )
     return value
@@ -88,9 +87,7 @@ def _parse_row(line: bytes, line_no: int, expected_id: int) -> ManifestRecord:
             f"manifest line {line_no}: location or decode_hint is not valid UTF-8 ({exc})",
             line_no=line_no,
         ) from exc
-    byte_length = (
-        _parse_number(raw_len, line_no, "byte_length", positive=True) if raw_len else None
-    )
+    byte_length = _parse_number(raw_len, line_no, "byte_length", positive=True) if raw_len else None
     byte_offset = None
     if raw_off:
         if byte_length is None:

@@ -114,8 +114,17 @@ def translate_s3_error(exc: BaseException, location: str) -> StorageError:
                 "endpoint (MX8_S3_ENDPOINT_URL / AWS_ENDPOINT_URL)",
                 location=location,
             )
-        if code in ("AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
-                    "SignatureDoesNotMatch", "403") or status == 403:
+        if (
+            code
+            in (
+                "AccessDenied",
+                "AllAccessDisabled",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "403",
+            )
+            or status == 403
+        ):
             return AccessDeniedError(
                 f"access denied to {location} ({code or status}); check the credentials "
                 "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy",
@@ -151,8 +160,9 @@ def translate_s3_error(exc: BaseException, location: str) -> StorageError:
             f"transport error reading {location}: {type(exc).__name__}: {exc}",
             location=location,
         )
-    return StorageError(f"unexpected error for {location}: {type(exc).__name__}: {exc}",
-                        location=location)
+    return StorageError(
+        f"unexpected error for {location}: {type(exc).__name__}: {exc}", location=location
+    )
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ same ``EpochOrder``, so both deliver the same order.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,9 @@ def _feistel_permute(idx: np.ndarray, n: int, key: int) -> np.ndarray:
     half_bits = max(1, ((n - 1).bit_length() + 1) // 2)
     mask = _U64((1 << half_bits) - 1)
     shift = _U64(half_bits)
-    round_keys = [splitmix64(key ^ (r * 0xD1B54A32D192ED03 & _MASK64)) for r in range(_FEISTEL_ROUNDS)]
+    round_keys = [
+        splitmix64(key ^ (r * 0xD1B54A32D192ED03 & _MASK64)) for r in range(_FEISTEL_ROUNDS)
+    ]
 
     def rounds(x: np.ndarray) -> np.ndarray:
         left, right = x >> shift, x & mask
@@ -94,9 +97,9 @@ class EpochOrder:
             blocks = np.lexsort((starts, keys)).astype(np.int64)
         else:
             blocks = np.arange(n_blocks, dtype=np.int64)
-        lengths = np.minimum(
-            self.block_size, self.total - blocks * self.block_size
-        ).astype(np.int64)
+        lengths = np.minimum(self.block_size, self.total - blocks * self.block_size).astype(
+            np.int64
+        )
         pos_starts = np.zeros(n_blocks + 1, dtype=np.int64)
         np.cumsum(lengths, out=pos_starts[1:])
         object.__setattr__(self, "_blocks", blocks)
@@ -106,7 +109,7 @@ class EpochOrder:
     def block_ranges(self) -> list[tuple[int, int]]:
         """Half-open position ranges of the blocks, in the epoch's order."""
         p = self._pos_starts.tolist()
-        return list(zip(p[:-1], p[1:], strict=True))
+        return list(itertools.pairwise(p))
 
     def ids(self, start: int, end: int) -> np.ndarray:
         """Sample ids (uint64) at positions [start, end)."""
