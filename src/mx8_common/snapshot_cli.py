@@ -1,4 +1,4 @@
-"""Entry point of `mx8-snapshot-resolve`: the snapshot resolver CLI (issue: zero-manifest snapshots)."""
+"""Entry point of `mx8-snapshot-resolve`: the snapshot resolver CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mx8-snapshot-resolve",
-        description="the snapshot resolver CLI (issue: zero-manifest snapshots)",
+        description="the snapshot resolver CLI",
     )
     parser.parse_args(argv)
     print("mx8-snapshot-resolve: not built yet", file=sys.stderr)
