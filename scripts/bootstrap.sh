@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install mx8 with its test extras and the CPU build of torch.
+# Sourced by scripts/test.sh and scripts/demo.sh so a fresh machine needs nothing else.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MX8_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+stamp="$VENV/.mx8-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  python -m pip install -q --upgrade pip
+  # torch is optional for users; tests of to_torch() and the vision loader need it. Pin the CPU
+  # build so pip never pulls a multi-GB CUDA wheel.
+  python -m pip install -q "torch==${MX8_TORCH_VERSION:-2.13.0}"
+  python -m pip install -q -e "$ROOT[test]"
+  touch "$stamp"
+fi

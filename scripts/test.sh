@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every check CI runs: lint, generated-code staleness, the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/bootstrap.sh
+ruff check .
+ruff format --check src tests scripts
+python scripts/gen_proto.py --check
+python -m pytest -q -p no:cacheprovider "$@"
