@@ -18,6 +18,7 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
     ├── SnapshotError                indexing a dataset failed (.link)
     │   ├── EmptyDatasetError          the folder or prefix holds no objects
     │   ├── NonMonotonicListingError   S3 listing not in strictly increasing key order
+    │   ├── UnsupportedKeyError        an object key a manifest cannot hold (TAB/CR/LF) (.key)
     │   └── LabelError                 label mode cannot be applied
     ├── StoreError                   manifest store problem (.hash)
     │   ├── SnapshotNotFoundError      the store lacks the requested hash
@@ -30,7 +31,16 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
     │   ├── ObjectChangedError         object_changed_since_snapshot
     │   └── TransientStorageError      throttling, resets, short bodies (retried)
     ├── LeaseError                   lease protocol violation (.lease_id)
-    ├── CoordinatorError             coordinator unreachable or refused (.address)
+    │   ├── LeaseNotFoundError         unknown, completed-elsewhere or expired lease: drop it
+    │   ├── LeaseRangeError            cursor outside the lease's [start, end]
+    │   └── LeaseStateError            cursor regression, lease held by another node
+    ├── LeaseLogError                lease log unreadable or from another job (.path)
+    ├── JobStateError                call not allowed in the job's current state (.node_id)
+    │   ├── NodeNotRegisteredError     node must RegisterNode first
+    │   └── JobNotReadyError           world not frozen yet (fewer than min_world_size nodes)
+    ├── RequestError                 malformed request: empty id, want=0 (.field)
+    ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
+    ├── CoordinatorError             coordinator unreachable or refused (.address, .code)
     └── AgentError                   local agent unreachable or refused (.address)
 """
 
@@ -44,8 +54,14 @@ __all__ = [
     "CoordinatorError",
     "EmptyDatasetError",
     "IntegrityError",
+    "JobNotReadyError",
+    "JobStateError",
     "LabelError",
     "LeaseError",
+    "LeaseLogError",
+    "LeaseNotFoundError",
+    "LeaseRangeError",
+    "LeaseStateError",
     "LinkError",
     "LockTimeoutError",
     "ManifestBadRow",
@@ -54,17 +70,21 @@ __all__ = [
     "ManifestLineTooLong",
     "ManifestNonSequentialId",
     "ManifestSchemaMismatch",
+    "ManifestTooLargeError",
     "ManifestTruncated",
     "ManifestUnwritable",
     "Mx8Error",
+    "NodeNotRegisteredError",
     "NonMonotonicListingError",
     "ObjectChangedError",
     "ObjectNotFoundError",
+    "RequestError",
     "SnapshotError",
     "SnapshotNotFoundError",
     "StorageError",
     "StoreError",
     "TransientStorageError",
+    "UnsupportedKeyError",
 ]
 
 
@@ -147,6 +167,16 @@ class NonMonotonicListingError(SnapshotError):
     event = "snapshot_non_monotonic_listing"
 
 
+class UnsupportedKeyError(SnapshotError):
+    """An object key (or file name) holds a character the manifest TSV cannot carry."""
+
+    event = "snapshot_unsupported_key"
+
+    def __init__(self, message: str, *, link: str | None = None, key: str = "") -> None:
+        super().__init__(message, link=link)
+        self.key = key
+
+
 class LabelError(SnapshotError):
     event = "snapshot_label_error"
 
@@ -215,14 +245,83 @@ class LeaseError(Mx8Error):
         self.lease_id = lease_id
 
 
+class LeaseNotFoundError(LeaseError):
+    """The lease is unknown, or it expired and its remainder was re-queued: drop it."""
+
+    event = "lease_not_found"
+
+
+class LeaseRangeError(LeaseError):
+    """A reported cursor lies outside the lease's range."""
+
+    event = "lease_cursor_out_of_range"
+
+
+class LeaseStateError(LeaseError):
+    """The lease cannot take this report now (cursor regression, held by another node)."""
+
+    event = "lease_state_error"
+
+
+class LeaseLogError(Mx8Error):
+    """The coordinator's lease log cannot be read or belongs to another job."""
+
+    event = "lease_log_error"
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class JobStateError(Mx8Error):
+    """The call is not allowed in the job's current state."""
+
+    event = "job_state_error"
+
+    def __init__(self, message: str, *, node_id: str | None = None) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+
+
+class NodeNotRegisteredError(JobStateError):
+    event = "node_not_registered"
+
+
+class JobNotReadyError(JobStateError):
+    event = "job_not_ready"
+
+
+class RequestError(Mx8Error):
+    """A request is malformed (empty id, zero count): the caller has a bug."""
+
+    event = "request_invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ManifestTooLargeError(Mx8Error):
+    """A whole-manifest reply would exceed the gRPC message size cap."""
+
+    event = "manifest_too_large"
+
+
 class CoordinatorError(Mx8Error):
-    """The coordinator could not be reached or refused a call."""
+    """The coordinator could not be reached or refused a call.
+
+    ``code`` is the gRPC status name (``"NOT_FOUND"``, ``"UNAVAILABLE"``...) so callers
+    can tell a refused call from an unreachable coordinator.
+    """
 
     event = "coordinator_error"
 
-    def __init__(self, message: str, *, address: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, address: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.address = address
+        self.code = code
 
 
 class AgentError(Mx8Error):
