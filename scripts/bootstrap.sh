@@ -12,10 +12,12 @@ fi
 source "$VENV/bin/activate"
 stamp="$VENV/.mx8-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  python -m pip install -q --upgrade pip
+  # pip's notes about configured mirrors that are absent here are noise; errors still show.
+  quiet() { "$@" 2> >(grep -v -e "is ignored: it is neither" -e "^WARNING: Running pip as" >&2); }
+  quiet python -m pip install -q --upgrade pip
   # torch is optional for users; tests of to_torch() and the vision loader need it. Pin the CPU
   # build so pip never pulls a multi-GB CUDA wheel.
-  python -m pip install -q "torch==${MX8_TORCH_VERSION:-2.13.0}"
-  python -m pip install -q -e "$ROOT[test]"
+  quiet python -m pip install -q "torch==${MX8_TORCH_VERSION:-2.13.0}"
+  quiet python -m pip install -q -e "$ROOT[test]"
   touch "$stamp"
 fi
