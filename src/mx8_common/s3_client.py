@@ -68,7 +68,9 @@ class S3Settings:
     def client_kwargs(self) -> dict[str, Any]:
         config = botocore.config.Config(
             max_pool_connections=self.max_pool_connections,
-            retries={"max_attempts": 1, "mode": "standard"},  # mx8 retries itself, with jitter
+            # total_max_attempts=1: no botocore retries ("max_attempts" would mean one *retry*);
+            # mx8 retries itself, with jitter, and counts it.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             s3={"addressing_style": "path"} if self.endpoint_url else {},
             connect_timeout=10,
             read_timeout=60,

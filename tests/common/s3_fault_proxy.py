@@ -1,0 +1,146 @@
+"""A real HTTP proxy on 127.0.0.1 in front of the S3-protocol test server, injecting faults.
+
+Tests point an S3 client at the proxy instead of the server. Every request is forwarded
+unchanged (Host header included, so SigV4 signatures still verify) unless a queued fault
+for a key matches the request path; each fault fires once, in the order queued:
+
+* ``"slowdown"``: answer ``503 SlowDown`` like throttled S3;
+* ``"reset"``: close the connection without answering;
+* ``"short"``: forward, then send the full Content-Length header but only half the body;
+* ``Gate`` (a ``threading.Event``): hold the request until the test sets the event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import threading
+import urllib.parse
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["FaultProxy", "fault_proxy"]
+
+_SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
+
+
+class FaultProxy:
+    """State shared by the proxy's handler threads."""
+
+    def __init__(self, upstream: str) -> None:
+        parsed = urllib.parse.urlsplit(upstream)
+        self.upstream_host = parsed.hostname or "127.0.0.1"
+        self.upstream_port = parsed.port or 80
+        self.url = ""
+        self._lock = threading.Lock()
+        self._faults: dict[str, list[Any]] = defaultdict(list)
+        self.gets: Counter[str] = Counter()  # GET requests seen per path
+        self.faults_fired: Counter[str] = Counter()
+
+    def add_faults(self, key: str, *faults: Any) -> None:
+        """Queue faults for GETs whose path ends with ``/key``."""
+        with self._lock:
+            self._faults[key].extend(faults)
+
+    def take_fault(self, path: str) -> Any:
+        with self._lock:
+            self.gets[path] += 1
+            for key, queue in self._faults.items():
+                if queue and path.endswith("/" + key):
+                    fault = queue.pop(0)
+                    self.faults_fired[str(fault) if isinstance(fault, str) else "gate"] += 1
+                    return fault
+        return None
+
+    def gets_for(self, key: str) -> int:
+        with self._lock:
+            return sum(n for path, n in self.gets.items() if path.endswith("/" + key))
+
+
+def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output clean
+
+        def _forward(self) -> tuple[int, list[tuple[str, str]], bytes]:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=30)
+            try:
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    if name.lower() not in _HOP_HEADERS:
+                        conn.putheader(name, value)
+                conn.endheaders(body)
+                resp = conn.getresponse()
+                data = resp.read()
+                return resp.status, resp.getheaders(), data
+            finally:
+                conn.close()
+
+        def _send(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+            self.send_response(status)
+            for name, value in headers:
+                if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self) -> None:
+            fault = proxy.take_fault(self.path) if self.command == "GET" else None
+            if isinstance(fault, threading.Event):
+                fault.wait(30)
+                fault = None
+            if fault == "reset":
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(2)
+                return
+            if fault == "slowdown":
+                self._send(503, [("Content-Type", "application/xml")], _SLOWDOWN)
+                return
+            status, headers, data = self._forward()
+            if fault == "short":
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(2)
+                return
+            self._send(status, headers, data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = _handle
+
+    return Handler
+
+
+@contextlib.contextmanager
+def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
+    """Run a ``FaultProxy`` in front of ``upstream`` for the duration of the block."""
+    proxy = FaultProxy(upstream)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
+    server.daemon_threads = True
+    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, name="s3-fault-proxy", daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
