@@ -1,0 +1,388 @@
+"""A parsed manifest held compactly in memory: columns, not one Python object per row.
+
+A table of N samples is a handful of flat buffers:
+
+    tails        one bytes blob of UTF-8 location tails, row i at tail_offsets[i:i+2]
+    tail_offsets int64[N+1] into ``tails``
+    dir_id       int32[N]: index of the row's directory in a small interned list, or -1
+                 when the whole location is in ``tails``
+    byte_offset  int64[N], -1 = none      byte_length int64[N], -1 = none
+    label_id     int32[N], -1 = none (parsed from ``mx8:vision:imagefolder;label_id=<n>``)
+    hint_id      int32[N] into a small interned list of distinct decode hints
+
+Why directories are interned: listings put millions of objects under a few thousand
+folders (``s3://bucket/train/n01440764/``), and the folder repeats on every row; storing
+it once and a 4-byte id per row roughly halves the table. Both intern tables are capped
+(``MAX_INTERNED``) so a pathological dataset (every file in its own folder, a unique
+hint per row) falls back to storing the full text per row instead of growing a dict of
+millions of strings. A column whose every value is -1 is a zero-stride numpy view and
+costs no memory.
+
+Builders append into ``bytearray``/``array.array`` buffers that numpy then wraps without a
+copy, so building never holds per-row Python objects and peak memory is about the final
+size plus the buffers' growth slack.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import io
+import os
+import re
+from collections.abc import Iterable
+from typing import BinaryIO
+
+import numpy as np
+
+from mx8_common.errors import ManifestNonSequentialId
+from mx8_common.manifest_format import ManifestRecord
+from mx8_common.manifest_reader import (
+    DEFAULT_MAX_LINE_BYTES,
+    parse_canonical_manifest_tsv_reader,
+)
+
+__all__ = ["MAX_INTERNED", "ManifestTable", "parse_label_id"]
+
+#: Most distinct directories (and, separately, decode hints) a table interns.
+MAX_INTERNED = 1 << 16
+
+_LABEL_HINT_PREFIX = "mx8:vision:imagefolder;label_id="
+_LABEL_RE = re.compile("^" + re.escape(_LABEL_HINT_PREFIX) + r"(0|[1-9][0-9]{0,9})$")
+_INT32_MAX = (1 << 31) - 1
+
+
+def parse_label_id(hint: str) -> int | None:
+    """The label id of an ``mx8:vision:imagefolder;label_id=<n>`` decode hint, else None."""
+    m = _LABEL_RE.match(hint)
+    if m is None:
+        return None
+    value = int(m.group(1))
+    return value if value <= _INT32_MAX else None
+
+
+def _label_hint(label: int | None) -> str | None:
+    return None if label is None else f"{_LABEL_HINT_PREFIX}{label}"
+
+
+def _as_column(buf: array.array[int] | None, n: int, dtype: type[np.generic]) -> np.ndarray:
+    """A numpy view of ``buf`` without copying, or a zero-cost all -1 view when absent."""
+    if buf is None:
+        return np.broadcast_to(np.array(-1, dtype=dtype), (n,))
+    col = np.frombuffer(buf, dtype=dtype)
+    col.flags.writeable = False
+    return col
+
+
+class _OptionalColumn:
+    """An int column that allocates only once a row has a value (-1 means none)."""
+
+    __slots__ = ("buf", "code", "n")
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.buf: array.array[int] | None = None
+        self.n = 0
+
+    def append(self, value: int | None) -> None:
+        if value is None:
+            if self.buf is not None:
+                self.buf.append(-1)
+        else:
+            if self.buf is None:
+                self.buf = array.array(self.code, bytes(self.n * array.array(self.code).itemsize))
+                if self.n:
+                    # Backfill earlier rows with "none" in one vectorised step.
+                    np.frombuffer(self.buf, dtype=self._dtype())[:] = -1
+            self.buf.append(value)
+        self.n += 1
+
+    def _dtype(self) -> type[np.generic]:
+        return np.int64 if self.code == "q" else np.int32
+
+
+class _Builder:
+    """Growable buffers behind ``ManifestTable.from_records``."""
+
+    def __init__(self) -> None:
+        self.tails = bytearray()
+        self.tail_offsets = array.array("q", [0])
+        self.dir_ids = array.array("i")
+        self.dirs: dict[str, int] = {}
+        self.hint_ids = array.array("i")
+        self.hints: dict[str, int] = {"": 0}
+        # Hints past the intern cap live here, addressed by hint_id = MAX_INTERNED + k.
+        self.spill_hints = bytearray()
+        self.spill_offsets = array.array("q", [0])
+        self.byte_offset = _OptionalColumn("q")
+        self.byte_length = _OptionalColumn("q")
+        self.n = 0
+
+    def add(self, rec: ManifestRecord) -> None:
+        if rec.sample_id != self.n:
+            raise ManifestNonSequentialId(
+                f"record {self.n} has sample_id {rec.sample_id}; a manifest table needs "
+                "sample ids exactly 0..N-1 in order",
+                line_no=self.n + 2,
+            )
+        loc = rec.location
+        cut = loc.rfind("/") + 1
+        dir_id = self.dirs.get(loc[:cut], -1) if cut else -1
+        if dir_id < 0 and cut and len(self.dirs) < MAX_INTERNED:
+            dir_id = self.dirs[loc[:cut]] = len(self.dirs)
+        self.tails += (loc[cut:] if dir_id >= 0 else loc).encode()
+        self.tail_offsets.append(len(self.tails))
+        self.dir_ids.append(dir_id)
+        hint = rec.decode_hint
+        hint_id = self.hints.get(hint, -1)
+        if hint_id < 0:
+            if len(self.hints) < MAX_INTERNED:
+                hint_id = self.hints[hint] = len(self.hints)
+            else:
+                hint_id = MAX_INTERNED + len(self.spill_offsets) - 1
+                self.spill_hints += hint.encode()
+                self.spill_offsets.append(len(self.spill_hints))
+        self.hint_ids.append(hint_id)
+        self.byte_offset.append(rec.byte_offset)
+        self.byte_length.append(rec.byte_length)
+        self.n += 1
+
+    def finish(self, manifest_hash: str) -> ManifestTable:
+        n = self.n
+        hints = [""] * len(self.hints)
+        for text, i in self.hints.items():
+            hints[i] = text
+        dirs = [""] * len(self.dirs)
+        for text, i in self.dirs.items():
+            dirs[i] = text
+        hint_ids = _as_column(self.hint_ids, n, np.int32)
+        label_of_hint = np.array(
+            [-1 if (lab := parse_label_id(h)) is None else lab for h in hints], dtype=np.int32
+        )
+        has_labels = bool((label_of_hint >= 0).any())
+        spilled = len(self.spill_offsets) > 1
+        if spilled:
+            # Rare path: some hints were not interned; parse those row by row.
+            spill = bytes(self.spill_hints)
+            spill_labels = np.array(
+                [
+                    -1 if (lab := parse_label_id(spill[a:b].decode())) is None else lab
+                    for a, b in zip(self.spill_offsets[:-1], self.spill_offsets[1:], strict=True)
+                ],
+                dtype=np.int32,
+            )
+            has_labels = has_labels or bool((spill_labels >= 0).any())
+        if has_labels:
+            label_id = np.empty(n, dtype=np.int32)
+            interned = hint_ids < MAX_INTERNED
+            label_id[interned] = label_of_hint[hint_ids[interned]]
+            if spilled:
+                label_id[~interned] = spill_labels[hint_ids[~interned] - MAX_INTERNED]
+            label_id.flags.writeable = False
+        else:
+            label_id = np.broadcast_to(np.array(-1, dtype=np.int32), (n,))
+        if not spilled and all(h in ("", _label_hint(parse_label_id(h))) for h in hints):
+            # Every hint is "" or the label hint of its label_id: the hint column is
+            # redundant, so decode_hint(i) is rebuilt from label_id instead.
+            hint_ids = None
+        return ManifestTable(
+            manifest_hash=manifest_hash,
+            tails=self.tails,
+            tail_offsets=_as_column(self.tail_offsets, n + 1, np.int64),
+            dir_id=_as_column(self.dir_ids, n, np.int32),
+            dirs=tuple(dirs),
+            byte_offset=_as_column(self.byte_offset.buf, n, np.int64),
+            byte_length=_as_column(self.byte_length.buf, n, np.int64),
+            label_id=label_id,
+            hint_id=hint_ids,
+            hints=tuple(hints),
+            spill_hints=bytes(self.spill_hints),
+            spill_offsets=_as_column(self.spill_offsets, len(self.spill_offsets), np.int64),
+        )
+
+
+class _HashingReader:
+    """Passes ``readline`` through while hashing every byte (manifests without a known hash)."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self.sha = hashlib.sha256()
+
+    def readline(self, size: int = -1, /) -> bytes:
+        line = self._inner.readline(size)
+        self.sha.update(line)
+        return line
+
+
+class ManifestTable:
+    """A whole manifest as compact columns; rows are read back on demand.
+
+    Public columns (read-only numpy arrays, one entry per sample): ``byte_offset``,
+    ``byte_length`` (int64, -1 = none) and ``label_id`` (int32, -1 = none).
+    """
+
+    __slots__ = (
+        "_dir_id",
+        "_dirs",
+        "_hint_id",
+        "_hints",
+        "_spill_hints",
+        "_spill_offsets",
+        "_tail_offsets",
+        "_tails",
+        "byte_length",
+        "byte_offset",
+        "label_id",
+        "manifest_hash",
+    )
+
+    def __init__(
+        self,
+        *,
+        manifest_hash: str,
+        tails: bytes | bytearray,
+        tail_offsets: np.ndarray,
+        dir_id: np.ndarray,
+        dirs: tuple[str, ...],
+        byte_offset: np.ndarray,
+        byte_length: np.ndarray,
+        label_id: np.ndarray,
+        hint_id: np.ndarray | None,
+        hints: tuple[str, ...],
+        spill_hints: bytes = b"",
+        spill_offsets: np.ndarray | None = None,
+    ) -> None:
+        self.manifest_hash = manifest_hash
+        self._tails = tails
+        self._tail_offsets = tail_offsets
+        self._dir_id = dir_id
+        self._dirs = dirs
+        self.byte_offset = byte_offset
+        self.byte_length = byte_length
+        self.label_id = label_id
+        self._hint_id = hint_id
+        self._hints = hints
+        self._spill_hints = spill_hints
+        self._spill_offsets = (
+            np.zeros(1, dtype=np.int64) if spill_offsets is None else spill_offsets
+        )
+
+    # -- builders -----------------------------------------------------------------------
+
+    @classmethod
+    def from_records(
+        cls, records: Iterable[ManifestRecord], *, manifest_hash: str
+    ) -> ManifestTable:
+        """Build from records with ids 0..N-1 in order, consuming them one at a time."""
+        builder = _Builder()
+        for rec in records:
+            builder.add(rec)
+        return builder.finish(manifest_hash)
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expected_hash: str | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> ManifestTable:
+        """Parse a canonical manifest file; with ``expected_hash`` its bytes must match."""
+        with open(path, "rb", buffering=1 << 20) as f:
+            return cls._from_reader(f, expected_hash=expected_hash, max_line_bytes=max_line_bytes)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        expected_hash: str | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> ManifestTable:
+        """Parse canonical manifest bytes; with ``expected_hash`` they must match."""
+        return cls._from_reader(
+            io.BytesIO(data), expected_hash=expected_hash, max_line_bytes=max_line_bytes
+        )
+
+    @classmethod
+    def _from_reader(
+        cls, reader: BinaryIO, *, expected_hash: str | None, max_line_bytes: int
+    ) -> ManifestTable:
+        # With an expected hash the parser verifies it; without one we hash as we read.
+        hashing = None if expected_hash is not None else _HashingReader(reader)
+        records = parse_canonical_manifest_tsv_reader(
+            hashing or reader, max_line_bytes=max_line_bytes, expected_hash=expected_hash
+        )
+        builder = _Builder()
+        for rec in records:
+            builder.add(rec)
+        digest = expected_hash if hashing is None else hashing.sha.hexdigest()
+        return builder.finish(str(digest))
+
+    # -- rows ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._dir_id)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when at least one sample carries an imagefolder label id."""
+        return len(self) > 0 and bool(self.label_id.max() >= 0)
+
+    def location(self, i: int) -> str:
+        """The location (``s3://bucket/key`` or a path) of sample ``i``."""
+        a, b = int(self._tail_offsets[i]), int(self._tail_offsets[i + 1])
+        tail = self._tails[a:b].decode()
+        d = int(self._dir_id[i])
+        return tail if d < 0 else self._dirs[d] + tail
+
+    def decode_hint(self, i: int) -> str:
+        """The decode hint of sample ``i`` ("" when none)."""
+        if self._hint_id is None:
+            label = int(self.label_id[i])
+            return "" if label < 0 else f"{_LABEL_HINT_PREFIX}{label}"
+        h = int(self._hint_id[i])
+        if h < MAX_INTERNED:
+            return self._hints[h]
+        k = h - MAX_INTERNED
+        a, b = int(self._spill_offsets[k]), int(self._spill_offsets[k + 1])
+        return self._spill_hints[a:b].decode()
+
+    def record(self, i: int) -> ManifestRecord:
+        """Sample ``i`` as a ``ManifestRecord`` (equal to the parsed row)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} is outside this manifest of {len(self)} samples")
+        i %= len(self)
+        off = int(self.byte_offset[i])
+        length = int(self.byte_length[i])
+        return ManifestRecord(
+            i,
+            self.location(i),
+            None if off < 0 else off,
+            None if length < 0 else length,
+            self.decode_hint(i),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the columns and intern tables (what the table costs in RAM)."""
+        arrays: tuple[np.ndarray | None, ...] = (
+            self._tail_offsets,
+            self._dir_id,
+            self.byte_offset,
+            self.byte_length,
+            self.label_id,
+            self._hint_id,
+            self._spill_offsets,
+        )
+        # A zero-stride (broadcast) column owns no memory.
+        total = sum(a.nbytes for a in arrays if a is not None and a.strides != (0,))
+        total += len(self._tails) + len(self._spill_hints)
+        total += sum(len(s) + 64 for s in self._dirs) + sum(len(s) + 64 for s in self._hints)
+        return total
+
+    def __repr__(self) -> str:
+        return (
+            f"ManifestTable(samples={len(self)}, manifest_hash={self.manifest_hash[:12]}..., "
+            f"nbytes={self.nbytes})"
+        )
