@@ -1,0 +1,152 @@
+"""Dataset links: what a user writes to name a dataset, parsed once into a plain value.
+
+    s3://bucket/prefix/            an S3 prefix (a "folder": a missing trailing ``/`` is added)
+    /abs/dir  or  file:///abs/dir  a local folder (absolute paths only)
+
+Each may end in ``@refresh`` (index again now) or ``@sha256:<64 hex>`` (use exactly that
+stored snapshot). Without a suffix the link is "plain": reuse the snapshot last resolved
+for it. ``normalized()`` is the canonical spelling without the suffix; it keys the store's
+intent pointer, so two spellings of one folder share one snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass
+from typing import Literal
+
+from mx8_common.errors import LinkError
+
+__all__ = ["DatasetLink", "parse_dataset_link"]
+
+_SUFFIX_RE = re.compile(r"^(?P<base>.*)@(?P<suffix>refresh|sha256:.*)$", re.DOTALL)
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+# Bucket names per the S3 rules, loosened to also admit the dotted/underscored legacy names.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+
+Scheme = Literal["s3", "file"]
+Mode = Literal["plain", "refresh", "pinned"]
+
+
+@dataclass(frozen=True)
+class DatasetLink:
+    """A parsed dataset link."""
+
+    raw: str
+    scheme: Scheme
+    bucket: str | None
+    #: S3 key prefix, "" (whole bucket) or ending in "/"; None for local folders.
+    prefix: str | None
+    #: Absolute, normalized local folder; None for S3.
+    path: str | None
+    mode: Mode
+    pinned_hash: str | None = None
+
+    def normalized(self) -> str:
+        """Canonical link without the ``@`` suffix (``s3://b/p/`` or ``file:///abs/dir``)."""
+        if self.scheme == "s3":
+            return f"s3://{self.bucket}/{self.prefix}"
+        return "file://" + urllib.parse.quote(self.path or "", safe="/")
+
+    def display(self) -> str:
+        """The link as a person would write it, suffix included (for messages and events)."""
+        base = self.normalized() if self.scheme == "s3" else (self.path or "")
+        if self.mode == "refresh":
+            return base + "@refresh"
+        if self.mode == "pinned":
+            return f"{base}@sha256:{self.pinned_hash}"
+        return base
+
+
+def _split_suffix(link: str) -> tuple[str, Mode, str | None]:
+    m = _SUFFIX_RE.match(link)
+    if m is None:
+        return link, "plain", None
+    suffix = m.group("suffix")
+    if suffix == "refresh":
+        return m.group("base"), "refresh", None
+    digest = suffix[len("sha256:") :].lower()
+    if not _HASH_RE.match(digest):
+        raise LinkError(
+            f"dataset link {link!r}: {suffix!r} is not a snapshot hash; write "
+            "@sha256:<64 hex digits> as printed by mx8-snapshot-resolve",
+            link=link,
+        )
+    return m.group("base"), "pinned", digest
+
+
+def _parse_s3(link: str, base: str) -> tuple[str, str]:
+    rest = base[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise LinkError(
+            f"dataset link {link!r} names no bucket; write s3://<bucket>/<prefix>/", link=link
+        )
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise LinkError(
+            f"dataset link {link!r}: {bucket!r} is not a valid S3 bucket name "
+            "(3-63 lowercase letters, digits, '.', '-')",
+            link=link,
+        )
+    # A link names a folder: "s3://b/train" means the keys under "train/", not "train2/...".
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if prefix.startswith("/") or "//" in prefix:
+        raise LinkError(
+            f"dataset link {link!r} has an empty path segment ('//'); remove the extra '/'",
+            link=link,
+        )
+    return bucket, prefix
+
+
+def _parse_local(link: str, base: str) -> str:
+    if base.startswith("file://"):
+        parsed = urllib.parse.urlsplit(base)
+        if parsed.netloc not in ("", "localhost"):
+            raise LinkError(
+                f"dataset link {link!r} names host {parsed.netloc!r}; file links must be "
+                "local: file:///abs/dir",
+                link=link,
+            )
+        path = urllib.parse.unquote(parsed.path)
+    else:
+        path = base
+    if not path or not os.path.isabs(path):
+        raise LinkError(
+            f"dataset link {link!r} is a relative path; write an absolute folder such as "
+            f"{os.path.abspath(path or '.')!r}",
+            link=link,
+        )
+    return os.path.normpath(path)
+
+
+def parse_dataset_link(link: str) -> DatasetLink:
+    """Parse ``link`` or raise ``LinkError`` naming it and the fix."""
+    if not isinstance(link, str) or not link.strip():
+        raise LinkError(
+            "dataset link is empty; pass s3://bucket/prefix/ or an absolute folder", link=str(link)
+        )
+    if link != link.strip():
+        raise LinkError(
+            f"dataset link {link!r} has leading or trailing whitespace; remove it", link=link
+        )
+    base, mode, pinned = _split_suffix(link)
+    if base.startswith("s3://"):
+        bucket, prefix = _parse_s3(link, base)
+        return DatasetLink(link, "s3", bucket, prefix, None, mode, pinned)
+    if base.startswith("file://") or base.startswith("/"):
+        return DatasetLink(link, "file", None, None, _parse_local(link, base), mode, pinned)
+    scheme = base.split("://", 1)[0] if "://" in base else None
+    if scheme is not None:
+        raise LinkError(
+            f"dataset link {link!r} has unknown scheme {scheme + '://'!r}; mx8 reads "
+            "s3://bucket/prefix/, /abs/dir or file:///abs/dir",
+            link=link,
+        )
+    raise LinkError(
+        f"dataset link {link!r} is a relative path; write an absolute folder such as "
+        f"{os.path.abspath(base)!r} or an s3://bucket/prefix/ link",
+        link=link,
+    )
