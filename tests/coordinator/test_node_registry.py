@@ -1,0 +1,71 @@
+"""NodeRegistry: freeze at min world size, sorted-id ranks, rejoin, late joiners, liveness."""
+
+from __future__ import annotations
+
+import pytest
+
+from mx8_common.errors import JobNotReadyError, NodeNotRegisteredError
+from mx8_coordinator.node_registry import NodeRegistry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_node_registry_freezes_with_sorted_ranks() -> None:
+    reg = NodeRegistry(freeze_size=3, node_ttl_ms=100, clock=Clock())
+    assert reg.register("zeta").rank is None
+    assert not reg.register("alpha").ready
+    with pytest.raises(JobNotReadyError, match="2 of 3 nodes registered"):
+        reg.require_rank("alpha")
+    last = reg.register("mid")
+    assert last.ready and last.world_size == 3
+    assert dict(last.assigned) == {"alpha": 0, "mid": 1, "zeta": 2}
+    assert [reg.require_rank(n) for n in ("alpha", "mid", "zeta")] == [0, 1, 2]
+
+
+def test_node_registry_rejoin_keeps_rank_and_late_node_is_extra() -> None:
+    reg = NodeRegistry(freeze_size=2, node_ttl_ms=100, clock=Clock())
+    reg.register("b")
+    reg.register("a")
+    again = reg.register("b")
+    assert (again.rank, again.assigned) == (1, ())
+    late = reg.register("c")
+    assert (late.rank, late.world_size, late.assigned) == (2, 3, (("c", 2),))
+
+
+def test_node_registry_silent_node_departs_and_heartbeat_revives() -> None:
+    clock = Clock()
+    reg = NodeRegistry(freeze_size=2, node_ttl_ms=100, clock=clock)
+    reg.register("a")
+    reg.register("b")
+    clock.now = 60
+    reg.heartbeat("a", {"samples_delivered": 5})
+    clock.now = 100
+    assert [n.node_id for n in reg.expire_silent()] == ["b"]
+    assert reg.departed_ranks() == [1] and reg.live_count() == 1
+    reg.heartbeat("b")
+    assert reg.departed_ranks() == [] and reg.get("a").stats == {"samples_delivered": 5}
+
+
+def test_node_registry_unranked_node_leaving_does_not_count_towards_freeze() -> None:
+    clock = Clock()
+    reg = NodeRegistry(freeze_size=2, node_ttl_ms=100, clock=clock)
+    reg.register("a")
+    clock.now = 100
+    reg.expire_silent()
+    assert not reg.register("b").ready
+    with pytest.raises(NodeNotRegisteredError, match="RegisterNode first"):
+        reg.heartbeat("a")
+
+
+def test_node_registry_restore_is_frozen_with_logged_ranks() -> None:
+    reg = NodeRegistry(freeze_size=5, node_ttl_ms=100, clock=Clock())
+    reg.restore({"x": 1, "y": 0})
+    assert reg.ready and reg.world_size == 2
+    assert reg.register("x").rank == 1
+    assert reg.register("new").rank == 2
