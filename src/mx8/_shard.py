@@ -30,7 +30,9 @@ class Shard:
     @property
     def samples(self) -> int:
         """Samples of this rank in the epoch (equal for every rank)."""
-        return len(rank_positions(self.order.total, self.rank, self.world_size, drop_last=self.drop_last))
+        return len(
+            rank_positions(self.order.total, self.rank, self.world_size, drop_last=self.drop_last)
+        )
 
     @property
     def batches(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ class Batch:
         """The bytes of each sample, in order."""
         view = memoryview(self.payload)
         bounds = self.offsets.tolist()
-        return [bytes(view[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [bytes(view[a:b]) for a, b in itertools.pairwise(bounds)]
 
     def to_torch(self) -> dict[str, Any]:
         """Tensors: ``sample_ids`` int64, ``payloads`` list of uint8, ``labels`` int64 or None.
@@ -51,8 +52,10 @@ class Batch:
         bounds = self.offsets.tolist()
         return {
             "sample_ids": torch.from_numpy(self.sample_ids.astype(np.int64)),
-            "payloads": [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
-            "labels": None if self.labels is None else torch.from_numpy(self.labels.astype(np.int64)),
+            "payloads": [flat[a:b] for a, b in itertools.pairwise(bounds)],
+            "labels": None
+            if self.labels is None
+            else torch.from_numpy(self.labels.astype(np.int64)),
             "epoch": self.epoch,
         }
 
