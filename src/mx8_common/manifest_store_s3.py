@@ -47,6 +47,14 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
     return code or str(status or "")
 
 
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(STREAM_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 class S3ManifestStore(ManifestStore):
     """A manifest store under ``s3://bucket/prefix``; see ``manifest_store`` for the layout."""
 
@@ -115,7 +123,8 @@ class S3ManifestStore(ManifestStore):
             raise translate_s3_error(exc, self._url(rel)) from exc
 
     async def _body_chunks(self, resp: dict[str, Any]) -> AsyncIterator[bytes]:
-        async with resp["Body"] as body:
+        body = resp["Body"]
+        async with body:  # releases the connection however the stream ends
             while chunk := await body.read(STREAM_CHUNK):
                 yield chunk
 
@@ -236,6 +245,15 @@ class S3ManifestStore(ManifestStore):
             await self._verify_collision(path, manifest_hash)
             return
         size = (await asyncio.to_thread(path.stat)).st_size
+        # Hash our file first: never store bytes under a hash they do not have. (Single PUTs
+        # also carry the checksum, so a real S3 rejects bytes corrupted in transit.)
+        actual = await asyncio.to_thread(_file_sha256, path)
+        if actual != manifest_hash:
+            raise IntegrityError(
+                f"{path} hashes to {actual}, not {manifest_hash}; refusing to store it under "
+                "the wrong hash",
+                manifest_hash=manifest_hash,
+            )
         if size > self.multipart_threshold:
             created = await self._put_multipart(path, rel, size)
         else:
@@ -338,7 +356,8 @@ class S3ManifestStore(ManifestStore):
     async def _get_with_etag(self, rel: str) -> tuple[bytes, str] | None:
         async def get(c: Any) -> tuple[bytes, str]:
             resp = await c.get_object(Bucket=self.bucket, Key=self._key(rel))
-            async with resp["Body"] as body:
+            body = resp["Body"]
+            async with body:
                 return bytes(await body.read()), str(resp["ETag"])
 
         result, _ = await self._call(rel, get, tolerate=_MISSING)
