@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +43,17 @@ _COMPONENT = "coordinator"
 
 
 class Coordinator:
-    """The coordinator daemon for one job."""
+    """The coordinator daemon for one job.
+
+    ``source`` replaces resolving ``config.dataset``: a ``ManifestSource``, or an async
+    factory of one (awaited after the port is bound, like the resolver would be).
+    """
 
     def __init__(
         self,
         config: CoordinatorConfig,
         *,
-        source: ManifestSource | None = None,
+        source: ManifestSource | Callable[[], Awaitable[ManifestSource]] | None = None,
         clock: Callable[[], int] = monotonic_ms,
         shutdown_grace_s: float = 2.0,
     ) -> None:
@@ -92,7 +96,7 @@ class Coordinator:
         self._started = True
         await self._bind()
         try:
-            source = self._given_source or await self._open_source()
+            source = await self._open_source()
             self.source = source
             self.job = await self._open_job(source)
         except BaseException:
@@ -151,6 +155,11 @@ class Coordinator:
         await self._health.set(SERVICE_NAME, status)
 
     async def _open_source(self) -> ManifestSource:
+        given = self._given_source
+        if isinstance(given, ManifestSource):
+            return given
+        if given is not None:
+            return await given()
         dataset = self.config.dataset
         if Path(dataset).is_file():
             # A canonical manifest file given directly: serve it as it is.
