@@ -39,7 +39,7 @@ import numpy as np
 from mx8_common.config_fields import parse_size, setting
 from mx8_common.errors import ConfigError
 from mx8_common.manifest_table import ManifestTable
-from mx8_common.object_reader import ObjectReader, ReadStats
+from mx8_common.object_reader import ObjectReader, ReadStats, is_local
 
 __all__ = [
     "FetchBatch",
@@ -112,12 +112,18 @@ class FetchConfig:
         env="MX8_FETCH_REORDER_WINDOW",
         help="most samples read ahead of the consumer (0 = 16 x concurrency)",
     )
+    local_group: int = setting(
+        32,
+        env="MX8_FETCH_LOCAL_GROUP",
+        help="local files read per thread-pool job (each still counts toward concurrency)",
+    )
 
     def __post_init__(self) -> None:
         for name, env in (
             ("concurrency", "MX8_FETCH_CONCURRENCY"),
             ("max_inflight_bytes", "MX8_MAX_INFLIGHT_BYTES"),
             ("unknown_size_estimate", "MX8_FETCH_UNKNOWN_SIZE_ESTIMATE"),
+            ("local_group", "MX8_FETCH_LOCAL_GROUP"),
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"fetch {name} is {getattr(self, name)}; set {env} to 1 or more")
@@ -147,11 +153,11 @@ class FetchStats(ReadStats):
 
 
 class _Slot:
-    __slots__ = ("charge", "req", "task")
+    __slots__ = ("charge", "fut", "req")
 
-    def __init__(self, req: FetchRequest, task: asyncio.Task[bytes], charge: int) -> None:
+    def __init__(self, req: FetchRequest, fut: asyncio.Future[bytes], charge: int) -> None:
         self.req = req
-        self.task = task
+        self.fut = fut  # a read task (S3) or a future resolved by a local group read
         self.charge = charge
 
 
@@ -172,6 +178,9 @@ class FetchPipeline:
         self._concurrency = self.config.concurrency
         self._window = self.config.window
         self._estimate = self.config.unknown_size_estimate
+        self._local_group = self.config.local_group
+        self._group: list[_Slot] = []  # local reads admitted, not yet handed to a thread
+        self._group_tasks: set[asyncio.Task[None]] = set()
         self._slots: collections.deque[_Slot] = collections.deque()
         self._running = 0
         self._started_count = 0
@@ -207,10 +216,12 @@ class FetchPipeline:
         if self._closed:
             return
         self._closed = True
-        tasks: list[asyncio.Task[Any]] = [s.task for s in self._slots]
+        tasks: list[asyncio.Future[Any]] = [s.fut for s in self._slots]
+        tasks += self._group_tasks
         if self._feeder is not None:
             tasks.append(self._feeder)
         self._slots.clear()
+        self._group.clear()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -240,19 +251,60 @@ class FetchPipeline:
             await self._wake.wait()
         if self._failed:
             return False
-        task = asyncio.get_running_loop().create_task(
-            self._reader.read(req.location, req.byte_offset, length, stats=self.stats)
+        loop = asyncio.get_running_loop()
+        grouped = self._local_group > 1 and is_local(req.location)
+        fut: asyncio.Future[bytes] = (
+            loop.create_future()
+            if grouped
+            else loop.create_task(
+                self._reader.read(req.location, req.byte_offset, length, stats=self.stats)
+            )
         )
-        slot = _Slot(req, task, charge)
+        slot = _Slot(req, fut, charge)
         self._running += 1
         self.stats.running = self._running
         self._started_count += 1
         self._pipeline_bytes += charge
         self._note_inflight()
-        task.add_done_callback(lambda t: self._on_read_done(slot))
+        fut.add_done_callback(lambda _: self._on_read_done(slot))
         self._slots.append(slot)
+        if grouped:
+            self._group.append(slot)
+            if len(self._group) >= self._local_group:
+                self._flush_group()
+            elif len(self._group) == 1:
+                # Whatever else is admitted before the feeder next yields joins this group.
+                loop.call_soon(self._flush_group)
         self._ready.set()
         return True
+
+    def _flush_group(self) -> None:
+        if not self._group or self._closed:
+            return
+        group, self._group = self._group, []
+        task = asyncio.get_running_loop().create_task(self._read_group(group))
+        self._group_tasks.add(task)
+        task.add_done_callback(self._group_tasks.discard)
+
+    async def _read_group(self, group: list[_Slot]) -> None:
+        items = [(s.req.location, s.req.byte_offset, s.req.byte_length) for s in group]
+        try:
+            results: Sequence[bytes | BaseException] = await self._reader.read_local_many(
+                items, stats=self.stats
+            )
+        except asyncio.CancelledError:
+            for s in group:
+                s.fut.cancel()
+            raise
+        except Exception as exc:
+            results = [exc] * len(group)
+        for s, res in zip(group, results, strict=True):
+            if s.fut.done():
+                continue
+            if isinstance(res, BaseException):
+                s.fut.set_exception(res)
+            else:
+                s.fut.set_result(res)
 
     async def _feed(self) -> None:
         try:
@@ -274,7 +326,7 @@ class FetchPipeline:
     def _on_read_done(self, slot: _Slot) -> None:
         self._running -= 1
         self.stats.running = self._running
-        task = slot.task
+        task = slot.fut
         if task.cancelled():
             pass
         elif task.exception() is not None:
@@ -319,7 +371,7 @@ class FetchPipeline:
             await self._ready.wait()
         slot = self._slots[0]
         try:
-            await slot.task
+            await slot.fut
         except BaseException:
             # The original error (or the consumer's cancellation) ends the pipeline.
             await self.aclose()
@@ -338,7 +390,7 @@ class FetchPipeline:
     async def __anext__(self) -> FetchResult:
         self._release_consumer()
         slot = await self._next_slot()
-        return FetchResult(slot.req.sample_id, slot.task.result(), slot.req.tag)
+        return FetchResult(slot.req.sample_id, slot.fut.result(), slot.req.tag)
 
     async def batches(self, batch_size: int) -> AsyncIterator[FetchBatch]:
         """Results grouped ``batch_size`` at a time (the last batch may be shorter)."""
@@ -357,7 +409,7 @@ class FetchPipeline:
 
 
 def _join(slots: Sequence[_Slot]) -> FetchBatch:
-    payloads = [s.task.result() for s in slots]
+    payloads = [s.fut.result() for s in slots]
     offsets = np.zeros(len(payloads) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in payloads], out=offsets[1:])
     return FetchBatch(

@@ -59,11 +59,12 @@ def _other_tasks() -> set[asyncio.Task[Any]]:
     return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
 
 
-async def test_fetch_pipeline_yields_in_request_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("local_group", [1, 5, 32])
+async def test_fetch_pipeline_yields_in_request_order(tmp_path: Path, local_group: int) -> None:
     rng = random.Random(1)
     reqs = _local_files(tmp_path, [rng.randint(1, 20_000) for _ in range(200)])
     rng.shuffle(reqs)
-    cfg = FetchConfig(concurrency=16, max_inflight_bytes=1 << 20)
+    cfg = FetchConfig(concurrency=16, max_inflight_bytes=1 << 20, local_group=local_group)
     async with ObjectReader() as reader, FetchPipeline(reader, reqs, cfg) as pipe:
         got = [r async for r in pipe]
     assert [r.sample_id for r in got] == [q.sample_id for q in reqs]
@@ -152,9 +153,12 @@ async def test_fetch_pipeline_corrects_unknown_size_estimate(tmp_path: Path) -> 
     assert all(b % 100 == 0 for b in seen)
 
 
-async def test_fetch_pipeline_error_reaches_consumer_in_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("local_group", [1, 32])
+async def test_fetch_pipeline_error_reaches_consumer_in_order(
+    tmp_path: Path, local_group: int
+) -> None:
     reqs = _local_files(tmp_path, [2_000] * 60, missing={20})
-    cfg = FetchConfig(concurrency=4, max_inflight_bytes=1 << 20)
+    cfg = FetchConfig(concurrency=4, max_inflight_bytes=1 << 20, local_group=local_group)
     got: list[int] = []
     async with ObjectReader() as reader:
         pipe = FetchPipeline(reader, reqs, cfg)
@@ -274,7 +278,7 @@ async def test_fetch_pipeline_table_requests_drive_reads(tmp_path: Path) -> None
 
 
 async def test_fetch_pipeline_s3_order_survives_slow_head(
-    s3_env: LocalS3, s3_sync_client: Any, s3_bucket: str
+    s3_env: LocalS3, s3_sync_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
     sizes = [random.Random(6).randint(100, 3_000) for _ in range(40)]
     for i, size in enumerate(sizes):
@@ -284,6 +288,8 @@ async def test_fetch_pipeline_s3_order_survives_slow_head(
         for i, size in enumerate(sizes)
     ]
     reqs.append(FetchRequest(40, f"s3://{s3_bucket}/s/005.bin", 10, 20))  # a ranged read
+    (tmp_path / "local.bin").write_bytes(b"local bytes")
+    reqs.append(FetchRequest(41, str(tmp_path / "local.bin"), None, 11))  # mixed sources
     with fault_proxy(s3_env.endpoint_url) as proxy:
         held = threading.Event()
         proxy.add_faults("s/000.bin", held)  # sample 0 is held until others have arrived
@@ -301,10 +307,11 @@ async def test_fetch_pipeline_s3_order_survives_slow_head(
             releaser = asyncio.create_task(release_head())
             got = [r async for r in pipe]
             await releaser
-    assert [r.sample_id for r in got] == list(range(41))
+    assert [r.sample_id for r in got] == list(range(42))
     for r in got[:40]:
         assert r.data == _payload(r.sample_id, sizes[r.sample_id])
     assert got[40].data == _payload(5, sizes[5])[10:30]
+    assert got[41].data == b"local bytes"
     assert pipe.stats.peak_inflight_bytes <= 20_000
 
 
@@ -336,6 +343,7 @@ async def test_fetch_pipeline_s3_changed_and_missing_objects(
         {"max_inflight_bytes": 0},
         {"unknown_size_estimate": 0},
         {"reorder_window": -1},
+        {"local_group": 0},
     ],
 )
 def test_fetch_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:

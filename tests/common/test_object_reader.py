@@ -187,3 +187,22 @@ def test_split_s3_location_splits_bucket_and_key() -> None:
 def test_object_reader_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         ObjectReaderConfig(**kwargs)
+
+
+async def test_object_reader_reads_local_files_in_one_job(tmp_path: Any) -> None:
+    (tmp_path / "a").write_bytes(b"aaaa")
+    (tmp_path / "b").write_bytes(PAYLOAD)
+    items = [
+        (str(tmp_path / "a"), None, 4),
+        (str(tmp_path / "missing"), None, 4),
+        (f"file://{tmp_path / 'b'}", 5, 10),
+        (str(tmp_path / "a"), None, 3),
+        ("gs://bucket/key", None, None),
+    ]
+    async with ObjectReader() as reader:
+        got = await reader.read_local_many(items)
+    assert got[0] == b"aaaa" and got[2] == PAYLOAD[5:15]
+    assert isinstance(got[1], ObjectNotFoundError)
+    assert isinstance(got[3], ObjectChangedError)
+    assert isinstance(got[4], StorageError) and "scheme" in str(got[4])
+    assert reader.stats.reads == 2 and reader.stats.bytes == 14
