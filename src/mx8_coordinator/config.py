@@ -61,9 +61,11 @@ class CoordinatorConfig:
     metrics: str | None = setting(
         None, env="MX8_COORDINATOR_METRICS", help="Prometheus HOST:PORT (unset: no metrics server)"
     )
-    recursive: bool = setting(True, env="MX8_RECURSIVE", help="index nested keys/folders too")
+    recursive: bool = setting(
+        True, env="MX8_SNAPSHOT_RECURSIVE", help="index nested keys/folders too"
+    )
     label_mode: str = setting(
-        "auto", env="MX8_LABEL_MODE", help="label mode: none, imagefolder or auto"
+        "auto", env="MX8_SNAPSHOT_LABEL_MODE", help="label mode: none, imagefolder or auto"
     )
     max_message_bytes: int = setting(
         DEFAULT_MAX_MESSAGE_BYTES,

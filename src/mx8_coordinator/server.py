@@ -183,17 +183,20 @@ class Coordinator:
             # Resume the snapshot the lease log was written against, even if the link's
             # intent pointer moved since: positions only mean something for that hash.
             link = f"{link}@sha256:{logged_hash}"
-        store = await self._resources.enter_async_context(open_manifest_store(cfg.store))
-        resolved = await resolve_snapshot(
-            link,
-            SnapshotResolverConfig(
-                materialize_manifest_bytes=False,
-                recursive=cfg.recursive,
-                label_mode=cfg.label_mode,
-                store_root=cfg.store,
-            ),
-            store=store,
+        # from_env: the resolver's own knobs (S3 endpoint, external sort, lock timeouts)
+        # still come from MX8_SNAPSHOT_* / MX8_S3_* variables.
+        resolver_config = SnapshotResolverConfig.from_env(
+            materialize_manifest_bytes=False,
+            recursive=cfg.recursive,
+            label_mode=cfg.label_mode,
+            store_root=cfg.store,
         )
+        store = await self._resources.enter_async_context(
+            open_manifest_store(
+                resolver_config.store_root, s3_endpoint_url=resolver_config.s3_endpoint_url
+            )
+        )
+        resolved = await resolve_snapshot(link, resolver_config, store=store)
         emit(
             _COMPONENT,
             "snapshot_resolved",
