@@ -38,7 +38,10 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 class EmbeddedEngine:
-    """Fetches one shard's batches ``[start_batch, end)`` on a background thread."""
+    """Fetches one shard's batches ``start_batch, start_batch + batch_step, ...`` on a thread.
+
+    ``batch_step`` > 1 is a DataLoader worker's share: every ``batch_step``-th batch.
+    """
 
     def __init__(
         self,
@@ -46,6 +49,7 @@ class EmbeddedEngine:
         shard: Shard,
         *,
         start_batch: int,
+        batch_step: int = 1,
         fetch: FetchConfig,
         reader: ObjectReaderConfig | None = None,
         prefetch_batches: int = 2,
@@ -53,6 +57,7 @@ class EmbeddedEngine:
         self._table = table
         self._shard = shard
         self._start_batch = start_batch
+        self._batch_step = batch_step
         self._fetch = fetch
         self._reader_config = reader
         self._loop = _new_loop()
@@ -80,7 +85,7 @@ class EmbeddedEngine:
         self._loop.close()
 
     def _requests(self) -> Iterator[FetchRequest]:
-        for b in range(self._start_batch, self._shard.batches):
+        for b in range(self._start_batch, self._shard.batches, self._batch_step):
             yield from table_requests(self._table, self._shard.ids(*self._shard.batch_bounds(b)))
 
     async def _produce(self) -> None:

@@ -163,6 +163,20 @@ class Loader:
     # -- iteration --------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.iter_worker(0, 1)
+
+    def iter_worker(self, worker: int, num_workers: int) -> Iterator[Batch]:
+        """Worker ``worker``'s share of the rest of the epoch: every ``num_workers``-th batch.
+
+        Counted from the resume point, so worker 0 gets the next batch, worker 1 the one
+        after, and a round-robin merge of the workers (what ``torch.utils.data.DataLoader``
+        does) is the single-process order. ``iter(loader)`` is ``iter_worker(0, 1)``.
+        """
+        if num_workers < 1 or not 0 <= worker < num_workers:
+            raise ConfigError(
+                f"worker {worker} of {num_workers} is not a valid split; "
+                "need 0 <= worker < num_workers"
+            )
         with self._lock:
             if self._engine is not None:
                 raise RuntimeError(
@@ -171,20 +185,24 @@ class Loader:
             shard = self._shard()
             if self._position % self.batch_size and self._position < shard.samples:
                 raise ConfigError("resume position is not on a batch boundary")
-            start_batch = -(-self._position // self.batch_size)
+            start_batch = -(-self._position // self.batch_size) + worker
             if start_batch >= shard.batches:
                 return iter(())
             engine = EmbeddedEngine(
                 self.table,
                 shard,
                 start_batch=start_batch,
+                batch_step=num_workers,
                 fetch=self._fetch,
                 prefetch_batches=self._prefetch,
             )
             self._engine = engine
-        return self._iterate(engine, shard)
+        indices = range(start_batch, shard.batches, num_workers)
+        return self._iterate(engine, shard, iter(indices))
 
-    def _iterate(self, engine: EmbeddedEngine, shard: Shard) -> Iterator[Batch]:
+    def _iterate(
+        self, engine: EmbeddedEngine, shard: Shard, indices: Iterator[int]
+    ) -> Iterator[Batch]:
         try:
             while True:
                 t0 = time.perf_counter()
@@ -192,7 +210,9 @@ class Loader:
                 self._seconds += time.perf_counter() - t0
                 if batch is None:
                     return
-                self._position = min(shard.samples, self._position + len(batch))
+                # The position is the end of the batch just handed out, so a state taken
+                # now resumes right after it (for a worker: after its own last batch).
+                self._position = shard.batch_bounds(next(indices))[1]
                 self._samples += len(batch)
                 self._bytes += len(batch.payload)
                 self._batches += 1

@@ -41,7 +41,8 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
     ├── RequestError                 malformed request: empty id, want=0 (.field)
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
     ├── CoordinatorError             coordinator unreachable or refused (.address, .code)
-    └── AgentError                   local agent unreachable or refused (.address)
+    ├── AgentError                   local agent unreachable or refused (.address)
+    └── DecodeError                  a sample's bytes are not a decodable image (.location)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "BucketNotFoundError",
     "ConfigError",
     "CoordinatorError",
+    "DecodeError",
     "EmptyDatasetError",
     "IntegrityError",
     "JobNotReadyError",
@@ -332,3 +334,19 @@ class AgentError(Mx8Error):
     def __init__(self, message: str, *, address: str | None = None) -> None:
         super().__init__(message)
         self.address = address
+
+
+class DecodeError(Mx8Error):
+    """A sample's bytes could not be decoded (a corrupt or non-image object).
+
+    ``location`` names the object and ``sample_id`` its row in the snapshot.
+    """
+
+    event = "sample_decode_error"
+
+    def __init__(
+        self, message: str, *, location: str | None = None, sample_id: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.location = location
+        self.sample_id = sample_id
