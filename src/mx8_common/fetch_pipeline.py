@@ -178,7 +178,10 @@ class FetchPipeline:
         self._concurrency = self.config.concurrency
         self._window = self.config.window
         self._estimate = self.config.unknown_size_estimate
-        self._local_group = self.config.local_group
+        # A stand-in reader (e.g. one that times each read) may offer only ``read``;
+        # local grouping then falls back to one read per sample.
+        self._read_many = getattr(reader, "read_local_many", None)
+        self._local_group = self.config.local_group if self._read_many is not None else 1
         self._group: list[_Slot] = []  # local reads admitted, not yet handed to a thread
         self._group_tasks: set[asyncio.Task[None]] = set()
         self._slots: collections.deque[_Slot] = collections.deque()
@@ -289,7 +292,8 @@ class FetchPipeline:
     async def _read_group(self, group: list[_Slot]) -> None:
         items = [(s.req.location, s.req.byte_offset, s.req.byte_length) for s in group]
         try:
-            results: Sequence[bytes | BaseException] = await self._reader.read_local_many(
+            assert self._read_many is not None
+            results: Sequence[bytes | BaseException] = await self._read_many(
                 items, stats=self.stats
             )
         except asyncio.CancelledError:

@@ -360,3 +360,23 @@ def test_fetch_config_reads_sizes_from_env() -> None:
     assert cfg.max_inflight_bytes == 64 * 1024 * 1024
     assert cfg.concurrency == 9
     assert cfg.window == 16 * 9
+
+
+async def test_fetch_pipeline_works_with_a_read_only_stand_in(tmp_path: Path) -> None:
+    """A wrapper exposing only ``read`` (e.g. a timing wrapper) still gets every sample."""
+    reqs = _local_files(tmp_path, [300] * 40)
+
+    class Counting:
+        def __init__(self, inner: ObjectReader) -> None:
+            self.inner = inner
+            self.calls = 0
+
+        async def read(self, location: str, *args: Any, **kwargs: Any) -> bytes:
+            self.calls += 1
+            return await self.inner.read(location, *args, **kwargs)
+
+    async with ObjectReader() as reader:
+        wrapped = Counting(reader)
+        async with FetchPipeline(wrapped, reqs) as pipe:  # type: ignore[arg-type]
+            assert [r.sample_id async for r in pipe] == list(range(40))
+    assert wrapped.calls == 40
