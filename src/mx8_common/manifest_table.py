@@ -29,40 +29,32 @@ import array
 import hashlib
 import io
 import os
-import re
 from collections.abc import Iterable
 from typing import BinaryIO
 
 import numpy as np
 
 from mx8_common.errors import ManifestNonSequentialId
+from mx8_common.labels import imagefolder_hint, parse_label_id
 from mx8_common.manifest_format import ManifestRecord
 from mx8_common.manifest_reader import (
     DEFAULT_MAX_LINE_BYTES,
     parse_canonical_manifest_tsv_reader,
 )
 
+# parse_label_id is re-exported from mx8_common.labels, where the hint format lives.
 __all__ = ["MAX_INTERNED", "ManifestTable", "parse_label_id"]
 
 #: Most distinct directories (and, separately, decode hints) a table interns.
 MAX_INTERNED = 1 << 16
 
-_LABEL_HINT_PREFIX = "mx8:vision:imagefolder;label_id="
-_LABEL_RE = re.compile("^" + re.escape(_LABEL_HINT_PREFIX) + r"(0|[1-9][0-9]{0,9})$")
 _INT32_MAX = (1 << 31) - 1
 
 
-def parse_label_id(hint: str) -> int | None:
-    """The label id of an ``mx8:vision:imagefolder;label_id=<n>`` decode hint, else None."""
-    m = _LABEL_RE.match(hint)
-    if m is None:
-        return None
-    value = int(m.group(1))
-    return value if value <= _INT32_MAX else None
-
-
-def _label_hint(label: int | None) -> str | None:
-    return None if label is None else f"{_LABEL_HINT_PREFIX}{label}"
+def _label_of(hint: str) -> int:
+    """The int32 label id of an imagefolder hint, or -1 (none, or too big for the column)."""
+    label = parse_label_id(hint)
+    return label if label is not None and label <= _INT32_MAX else -1
 
 
 def _as_column(buf: array.array[int] | None, n: int, dtype: type[np.generic]) -> np.ndarray:
@@ -156,9 +148,7 @@ class _Builder:
         for text, i in self.dirs.items():
             dirs[i] = text
         hint_ids = _as_column(self.hint_ids, n, np.int32)
-        label_of_hint = np.array(
-            [-1 if (lab := parse_label_id(h)) is None else lab for h in hints], dtype=np.int32
-        )
+        label_of_hint = np.array([_label_of(h) for h in hints], dtype=np.int32)
         has_labels = bool((label_of_hint >= 0).any())
         spilled = len(self.spill_offsets) > 1
         if spilled:
@@ -166,7 +156,7 @@ class _Builder:
             spill = bytes(self.spill_hints)
             spill_labels = np.array(
                 [
-                    -1 if (lab := parse_label_id(spill[a:b].decode())) is None else lab
+                    _label_of(spill[a:b].decode())
                     for a, b in zip(self.spill_offsets[:-1], self.spill_offsets[1:], strict=True)
                 ],
                 dtype=np.int32,
@@ -181,7 +171,9 @@ class _Builder:
             label_id.flags.writeable = False
         else:
             label_id = np.broadcast_to(np.array(-1, dtype=np.int32), (n,))
-        if not spilled and all(h in ("", _label_hint(parse_label_id(h))) for h in hints):
+        if not spilled and all(
+            h == "" or ((lab := _label_of(h)) >= 0 and h == imagefolder_hint(lab)) for h in hints
+        ):
             # Every hint is "" or the label hint of its label_id: the hint column is
             # redundant, so decode_hint(i) is rebuilt from label_id instead.
             hint_ids = None
@@ -340,7 +332,7 @@ class ManifestTable:
         """The decode hint of sample ``i`` ("" when none)."""
         if self._hint_id is None:
             label = int(self.label_id[i])
-            return "" if label < 0 else f"{_LABEL_HINT_PREFIX}{label}"
+            return "" if label < 0 else imagefolder_hint(label)
         h = int(self._hint_id[i])
         if h < MAX_INTERNED:
             return self._hints[h]

@@ -114,8 +114,12 @@ def test_manifest_table_keeps_arbitrary_hints() -> None:
         else ManifestRecord(i, f"s3://b/x/{i}", None, 5, f"other;k={i % 3}")
         for i in range(30)
     ]
+    recs.append(
+        ManifestRecord(30, "s3://b/x/30", None, 5, "mx8:vision:imagefolder;label_id=99999999999")
+    )
     table = ManifestTable.from_records(recs, manifest_hash="h")
-    assert _rows(table) == recs  # a non-canonical label hint is kept verbatim
+    # Non-canonical or int32-overflowing label hints are kept verbatim, with no label.
+    assert _rows(table) == recs
     assert not table.has_labels
 
 
