@@ -30,7 +30,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -373,8 +373,57 @@ class ManifestTable:
         total += sum(len(s) + 64 for s in self._dirs) + sum(len(s) + 64 for s in self._hints)
         return total
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # Loaders pickle the table into worker processes: keep all -1 columns zero-cost
+        # and every column read-only on the other side.
+        state = {
+            "manifest_hash": self.manifest_hash,
+            "tails": bytes(self._tails),
+            "tail_offsets": _pack(self._tail_offsets),
+            "dir_id": _pack(self._dir_id),
+            "dirs": self._dirs,
+            "byte_offset": _pack(self.byte_offset),
+            "byte_length": _pack(self.byte_length),
+            "label_id": _pack(self.label_id),
+            "hint_id": None if self._hint_id is None else _pack(self._hint_id),
+            "hints": self._hints,
+            "spill_hints": self._spill_hints,
+            "spill_offsets": _pack(self._spill_offsets),
+        }
+        return _restore, (state,)
+
     def __repr__(self) -> str:
         return (
             f"ManifestTable(samples={len(self)}, manifest_hash={self.manifest_hash[:12]}..., "
             f"nbytes={self.nbytes})"
         )
+
+
+def _pack(col: np.ndarray) -> tuple[str, Any, int, int] | np.ndarray:
+    if col.ndim == 1 and col.strides == (0,):
+        fill = int(col[0]) if len(col) else -1
+        return ("fill", col.dtype.str, len(col), fill)
+    return col
+
+
+def _unpack(packed: tuple[str, Any, int, int] | np.ndarray) -> np.ndarray:
+    if isinstance(packed, tuple):
+        _, dtype, n, fill = packed
+        return np.broadcast_to(np.array(fill, dtype=dtype), (n,))
+    packed.flags.writeable = False
+    return packed
+
+
+def _restore(state: dict[str, Any]) -> ManifestTable:
+    for name in (
+        "tail_offsets",
+        "dir_id",
+        "byte_offset",
+        "byte_length",
+        "label_id",
+        "spill_offsets",
+    ):
+        state[name] = _unpack(state[name])
+    if state["hint_id"] is not None:
+        state["hint_id"] = _unpack(state["hint_id"])
+    return ManifestTable(**state)
