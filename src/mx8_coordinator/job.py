@@ -288,7 +288,6 @@ class Job:
             raise RequestError(
                 "lease_id is empty; report on a lease RequestLease returned", field="lease_id"
             )
-        self.registry.get(node_id)
         self.registry.heartbeat(node_id)
         progress = self.scheduler.report(node_id, lease_id, cursor)
         advanced = progress.committed_to - progress.committed_from

@@ -114,22 +114,10 @@ class FileManifestSource:
         class_names: tuple[str, ...] = (),
     ) -> None:
         self.path = Path(path)
-        self._hash = manifest_hash
-        self._total = total_samples
+        self.manifest_hash = manifest_hash
+        self.total_samples = total_samples
+        self.class_names = class_names
         self._size = size
-        self._class_names = class_names
-
-    @property
-    def manifest_hash(self) -> str:
-        return self._hash
-
-    @property
-    def total_samples(self) -> int:
-        return self._total
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
 
     @classmethod
     async def open(
@@ -187,24 +175,12 @@ class StoreManifestSource:
         class_names: tuple[str, ...] = (),
     ) -> None:
         self._store = store
-        self._hash = manifest_hash
-        self._total = total_samples
-        self._class_names = class_names
-
-    @property
-    def manifest_hash(self) -> str:
-        return self._hash
-
-    @property
-    def total_samples(self) -> int:
-        return self._total
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
+        self.manifest_hash = manifest_hash
+        self.total_samples = total_samples
+        self.class_names = class_names
 
     async def manifest_len(self) -> int:
-        return int(await self._store.manifest_len(self._hash))
+        return int(await self._store.manifest_len(self.manifest_hash))
 
     async def read_range(self, offset: int, length: int) -> bytes:
-        return bytes(await self._store.read_range(self._hash, offset, length))
+        return bytes(await self._store.read_range(self.manifest_hash, offset, length))

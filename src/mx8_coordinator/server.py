@@ -161,7 +161,7 @@ class Coordinator:
         if given is not None:
             return await given()
         dataset = self.config.dataset
-        if Path(dataset).is_file():
+        if await asyncio.to_thread(Path(dataset).is_file):
             # A canonical manifest file given directly: serve it as it is.
             return await FileManifestSource.open(dataset)
         return await self._resolve_dataset()
