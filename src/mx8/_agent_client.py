@@ -1,0 +1,216 @@
+"""``AgentStreamClient``: a trainer's synchronous view of the local ``mx8d-agent``.
+
+Iterating yields ``mx8.batch.Batch``es of the job, shared fairly with the other
+trainers of the host. A batch is acknowledged when the next one is requested, i.e.
+after the trainer consumed it; the agent reports only acknowledged samples to the
+coordinator, so batches a crashed trainer never finished go to another trainer instead
+of being lost. Up to ``window`` batches may be in flight ahead of the trainer.
+
+The client owns one plain (sync) gRPC channel; gRPC's own threads move the bytes, so no
+event loop is involved. Every gRPC failure becomes an mx8 error here: a storage failure
+the agent hit is raised as the same class (``ObjectChangedError`` for
+``object_changed_since_snapshot``), anything else as ``AgentError`` naming the URL.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from mx8.batch import Batch
+from mx8_common.errors import (
+    AccessDeniedError,
+    AgentError,
+    BucketNotFoundError,
+    Mx8Error,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from mx8_common.proto import agent_pb2 as pb
+from mx8_common.proto import agent_pb2_grpc as pb_grpc
+
+__all__ = ["AgentStreamClient"]
+
+#: Storage errors the agent forwards as ``"<event>: <message>"``, by event name.
+_FORWARDED: dict[str, type[StorageError]] = {
+    cls.event: cls
+    for cls in (
+        ObjectChangedError,
+        ObjectNotFoundError,
+        AccessDeniedError,
+        BucketNotFoundError,
+        TransientStorageError,
+        StorageError,
+    )
+}
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+]
+
+
+class AgentStreamClient:
+    """Batches of one job from the local agent, as a sync iterator (see module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        job_id: str,
+        local_rank: int,
+        batch_size: int,
+        trainer_id: str | None = None,
+        window: int = 4,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if batch_size <= 0:
+            raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
+        if window <= 0:
+            raise AgentError(f"window is {window}; it must be > 0", address=url)
+        self.url = url
+        self.job_id = job_id
+        self.local_rank = local_rank
+        self.batch_size = batch_size
+        self.window = window
+        self.timeout_s = timeout_s
+        self.trainer_id = trainer_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{local_rank}-{uuid.uuid4().hex[:6]}"
+        )
+        self._channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError as exc:
+            self._channel.close()
+            raise AgentError(
+                f"mx8d-agent at {url} is unreachable after {timeout_s}s; start mx8d-agent on "
+                "this host, or point the trainer at its --listen address (MX8_AGENT_LISTEN)",
+                address=url,
+            ) from exc
+        self._stub = pb_grpc.AgentStub(self._channel)
+        self._requests: queue.Queue[pb.TrainerMessage | None] = queue.Queue()
+        self._responses: Any = None
+        self._pending_ack: int | None = None
+        self._finished = False
+        self._closed = False
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _error(self, exc: grpc.RpcError, what: str) -> Mx8Error:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+        event, sep, message = details.partition(": ")
+        if sep and event in _FORWARDED:
+            return _FORWARDED[event](f"{message} (reported by mx8d-agent at {self.url})")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return AgentError(
+                f"lost mx8d-agent at {self.url} during {what} ({details}); is it still "
+                "running? restart it (its unacknowledged batches are not lost)",
+                address=self.url,
+            )
+        name = code.name if code is not None else "UNKNOWN"
+        return AgentError(
+            f"mx8d-agent at {self.url} refused {what}: {details} ({name})", address=self.url
+        )
+
+    # -- describe -----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The job as the agent knows it: hash, sample count, epochs, class names, rank."""
+        try:
+            d = self._stub.DescribeJob(
+                pb.DescribeJobRequest(job_id=self.job_id), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc, "DescribeJob") from exc
+        return {
+            "job_id": d.job_id,
+            "manifest_hash": d.manifest_hash,
+            "total_samples": d.total_samples,
+            "epochs": d.epochs,
+            "class_names": list(d.class_names),
+            "node_rank": d.node_rank,
+            "world_size": d.world_size,
+            "ready": d.ready,
+        }
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def _request_stream(self) -> Iterator[pb.TrainerMessage]:
+        yield pb.TrainerMessage(
+            open=pb.OpenStream(
+                job_id=self.job_id,
+                local_rank=self.local_rank,
+                batch_size=self.batch_size,
+                trainer_id=self.trainer_id,
+                window=self.window,
+            )
+        )
+        while (message := self._requests.get()) is not None:
+            yield message
+
+    def __iter__(self) -> AgentStreamClient:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._finished or self._closed:
+            raise StopIteration
+        if self._responses is None:
+            self._responses = self._stub.Stream(self._request_stream())
+        if self._pending_ack is not None:
+            # The trainer asks for the next batch: it has consumed the previous one.
+            self._requests.put(pb.TrainerMessage(ack=pb.Ack(batch_seq=self._pending_ack)))
+            self._pending_ack = None
+        try:
+            message = next(self._responses)
+        except StopIteration:
+            self._finish()
+            raise AgentError(
+                f"mx8d-agent at {self.url} ended the stream before the end of the job; "
+                "check the agent's log",
+                address=self.url,
+            ) from None
+        except grpc.RpcError as exc:
+            self._finish()
+            raise self._error(exc, "Stream") from exc
+        if message.HasField("end_of_job"):
+            self._finish()
+            raise StopIteration
+        b = message.batch
+        self._pending_ack = b.batch_seq
+        return Batch(
+            sample_ids=np.array(b.sample_ids, dtype=np.uint64),
+            payload=b.payload,
+            offsets=np.array(b.offsets, dtype=np.int64),
+            labels=np.array(b.labels, dtype=np.int64) if len(b.labels) else None,
+            epoch=b.epoch,
+        )
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._requests.put(None)
+
+    def close(self) -> None:
+        """End the stream (unacknowledged batches go to other trainers) and the channel."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(None)
+        if self._responses is not None and not self._finished:
+            self._responses.cancel()
+        self._channel.close()
+
+    def __enter__(self) -> AgentStreamClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
