@@ -1,0 +1,123 @@
+"""Distributed mode of ``mx8.load``: the local ``mx8d-agent`` serves the batches.
+
+The coordinator owns the job (snapshot, shuffle, seed, epochs, ranks); the agent on this
+host fetches each sample once and shares batches among the host's trainers. The trainer
+code is the same as embedded: iterate, get ``Batch``es. Resume is the coordinator's lease
+log: a restarted trainer simply opens a new stream and gets what is not yet committed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from mx8._agent_client import AgentStreamClient
+from mx8.batch import Batch
+from mx8.loader import LoaderStats
+from mx8_common.errors import ConfigError
+
+__all__ = ["DistributedLoader"]
+
+
+class DistributedLoader:
+    """Batches of the coordinator's job, served by the agent at ``agent``."""
+
+    def __init__(
+        self,
+        agent: str,
+        *,
+        link: str | None = None,
+        job: str | None = None,
+        batch_size: int = 32,
+        rank: int | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.agent = agent
+        self.link = link
+        self.job = job or os.environ.get("MX8_JOB_ID") or "default"
+        self.batch_size = batch_size
+        local = rank if rank is not None else os.environ.get("LOCAL_RANK", "0")
+        try:
+            self.local_rank = int(local)
+        except ValueError as exc:
+            raise ConfigError(f"LOCAL_RANK={local!r} is not an integer") from exc
+        self._timeout_s = timeout_s
+        with self._client() as client:
+            info = client.describe()
+        self.manifest_hash: str = info["manifest_hash"]
+        self.total_samples: int = int(info["total_samples"])
+        self.epochs: int = int(info["epochs"])
+        self.classes: list[str] | None = info["class_names"] or None
+        self._current: AgentStreamClient | None = None
+        self._bytes = self._samples = self._batches = 0
+        self._seconds = 0.0
+
+    def _client(self) -> AgentStreamClient:
+        return AgentStreamClient(
+            self.agent,
+            job_id=self.job,
+            local_rank=self.local_rank,
+            batch_size=self.batch_size,
+            timeout_s=self._timeout_s,
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        client = self._client()
+        self._current = client
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(client)
+                except StopIteration:
+                    return
+                finally:
+                    self._seconds += time.perf_counter() - t0
+                self._bytes += len(batch.payload)
+                self._samples += len(batch)
+                self._batches += 1
+                yield batch
+        finally:
+            client.close()
+            self._current = None
+
+    def __len__(self) -> int:
+        raise TypeError(
+            "a distributed loader has no fixed length: the coordinator balances work across "
+            "nodes at run time; iterate until it ends"
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """No-op: in distributed mode the coordinator runs the epochs (``--epochs``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Distributed progress lives in the coordinator's lease log; this names the job."""
+        return {"mode": "distributed", "manifest_hash": self.manifest_hash, "job": self.job}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("manifest_hash") != self.manifest_hash:
+            raise ConfigError(
+                f"this state belongs to snapshot {state.get('manifest_hash')}, but the "
+                f"coordinator's job reads {self.manifest_hash}"
+            )
+
+    def stats(self) -> LoaderStats:
+        return LoaderStats(self._bytes, self._samples, self._batches, self._seconds, 0)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+
+    def __enter__(self) -> DistributedLoader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"DistributedLoader(agent={self.agent!r}, job={self.job!r}, "
+            f"manifest_hash={self.manifest_hash[:12]}..., samples={self.total_samples})"
+        )
