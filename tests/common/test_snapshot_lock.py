@@ -105,11 +105,12 @@ async def test_snapshot_lock_wait_times_out_while_live_holder_heartbeats(
 ) -> None:
     root = _dataset(tmp_path)
     cfg = SnapshotResolverConfig(
-        store_root=store_root_any, lock_stale_ms=400, wait_timeout_ms=1200, label_mode="none"
+        store_root=store_root_any, lock_stale_ms=1500, wait_timeout_ms=2500, label_mode="none"
     )
     key = intent_key(parse_dataset_link(str(root)), cfg)
     async with open_manifest_store(store_root_any) as store:
-        holder = SnapshotLock(store, key, link="holder", stale_ms=400, heartbeat_ms=50)
+        # Margins wide enough for a loaded 2-core box: 30 heartbeats per stale period.
+        holder = SnapshotLock(store, key, link="holder", stale_ms=1500, heartbeat_ms=50)
         assert await holder.try_acquire()
         try:
             with capture_logs() as logs, pytest.raises(LockTimeoutError) as info:
