@@ -135,7 +135,13 @@ class ImageFolderLoader(DataLoader):
 
     def collate(self, batch: Batch) -> tuple[Any, Any]:
         """Decode ``batch`` into ``(images, labels)`` tensors."""
-        import torch
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - exercised only without torch
+            raise ImportError(
+                "ImageFolderLoader yields torch tensors; install PyTorch with "
+                "`pip install mx8[torch]`"
+            ) from exc
 
         if batch.labels is None:
             raise LabelError(_no_labels_message(self.link), link=self.link)
