@@ -118,7 +118,9 @@ async def test_manifest_stream_backpressure_bounded() -> None:
 
     def slow_parse(reader) -> int:
         n = 0
-        for _ in parse_canonical_manifest_tsv_reader(CountingReader(reader), max_line_bytes=max_line):
+        for _ in parse_canonical_manifest_tsv_reader(
+            CountingReader(reader), max_line_bytes=max_line
+        ):
             n += 1
             if n % 100 == 0:
                 threading.Event().wait(0.002)
@@ -140,9 +142,7 @@ async def test_manifest_stream_line_over_carry_bound_fails_closed() -> None:
     data = b"schema_version=0\n0\t" + b"x" * 10_000 + b"\t\t\t\n"
     stats = IngestStats()
     with pytest.raises(ManifestLineTooLong):
-        await ingest_chunk_stream(
-            _chunks(data, 256), _parse, max_line_bytes=1024, stats=stats
-        )
+        await ingest_chunk_stream(_chunks(data, 256), _parse, max_line_bytes=1024, stats=stats)
     assert stats.peak_carry_bytes <= 1024 + 256
 
 

@@ -6,7 +6,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mx8_common.errors import ManifestError
-from mx8_common.manifest_format import ManifestRecord, ManifestWriter, encode_manifest, manifest_hash
+from mx8_common.manifest_format import (
+    ManifestRecord,
+    ManifestWriter,
+    encode_manifest,
+    manifest_hash,
+)
 from mx8_common.manifest_reader import parse_canonical_manifest_tsv_bytes
 
 _text = st.text(

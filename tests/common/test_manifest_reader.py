@@ -152,7 +152,10 @@ class _GeneratedManifest(io.RawIOBase):
         yield b"schema_version=0\n"
         batch: list[bytes] = []
         for i in range(rows):
-            batch.append(b"%d\ts3://bucket/train/class_%03d/img_%08d.jpg\t\t%d\t\n" % (i, i % 997, i, 1000 + i))
+            batch.append(
+                b"%d\ts3://bucket/train/class_%03d/img_%08d.jpg\t\t%d\t\n"
+                % (i, i % 997, i, 1000 + i)
+            )
             if len(batch) == 1024:
                 yield b"".join(batch)
                 batch.clear()
