@@ -184,7 +184,13 @@ def test_image_folder_loader_in_torch_workers_yields_every_image_once(
     root = tmp_path / "images"
     n = make_image_folder(root, per_variant=2)
     loader = ImageFolderLoader(str(root), resize=(16, 12), batch_size=4, decode_threads=2)
-    dl = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=2)
+    # Decode once in the parent first: forked workers inherit a pool whose threads exist
+    # only in the parent, and must make their own.
+    it = iter(loader)
+    next(it)
+    it.close()
+    loader.set_epoch(0)
+    dl = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=2, timeout=60)
     got = list(dl)
     assert len(got) == len(loader)
     labels = torch.cat([lab for _, lab in got])
