@@ -242,7 +242,13 @@ class Agent:
             cache_dir=cache_dir,
             attempts=self.config.ingest_attempts,
         )
-        result = await ingest_manifest(self._client, settings, rng=self._rng)
+        try:
+            result = await ingest_manifest(self._client, settings, rng=self._rng)
+        except Mx8Error as exc:
+            # Fail closed: no lease is ever requested; waiting trainers are told why.
+            self.hub.fail(exc)
+            await self._wait_trainers_gone()
+            raise
         self.table = result.table
         self.runner = LeaseRunner(
             client=self._client,

@@ -207,12 +207,17 @@ async def _ingest_cached(
         )
     finally:
         await stream.aclose()
-    table = await asyncio.to_thread(
-        ManifestTable.from_path,
-        path,
-        expected_hash=settings.manifest_hash,
-        max_line_bytes=settings.max_line_bytes,
-    )
+    try:
+        table = await asyncio.to_thread(
+            ManifestTable.from_path,
+            path,
+            expected_hash=settings.manifest_hash,
+            max_line_bytes=settings.max_line_bytes,
+        )
+    except ManifestError:
+        # Its hash matched but its content is invalid: never keep it for a later start.
+        path.unlink(missing_ok=True)
+        raise
     return table, path
 
 

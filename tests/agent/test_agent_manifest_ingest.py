@@ -1,0 +1,272 @@
+"""Manifest ingest: direct/cached/bytes parity, fail-closed agents, retries, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_helpers import assert_eventually, run_trainer, write_local_dataset
+from fake_coordinator import FakeCoordinator
+from structlog.testing import capture_logs
+
+from mx8_agent.manifest_ingest import IngestSettings, ingest_manifest
+from mx8_common.coordinator_client import CoordinatorClient
+from mx8_common.errors import (
+    AgentError,
+    CoordinatorError,
+    ManifestBadRow,
+    ManifestError,
+    ManifestHashMismatch,
+    ManifestLineTooLong,
+    ManifestSchemaMismatch,
+    ManifestTruncated,
+)
+from mx8_common.manifest_format import ManifestWriter, manifest_hash
+from mx8_common.manifest_reader import parse_canonical_manifest_tsv_bytes
+from mx8_common.manifest_table import ManifestTable
+
+
+def write_mixed_manifest(directory: Path, samples: int) -> Path:
+    """Rows of every shape: whole objects, ranges, unknown sizes, labels, other hints."""
+    with ManifestWriter(directory) as writer:
+        for i in range(samples):
+            kind = i % 4
+            if kind == 0:
+                writer.write(f"s3://bucket/train/c{i % 7}/img-{i:07d}.jpg", byte_length=1 + i)
+            elif kind == 1:
+                writer.write(
+                    f"s3://bucket/shards/shard-{i // 100:04d}.tar",
+                    byte_offset=i * 512,
+                    byte_length=512,
+                    decode_hint=f"mx8:vision:imagefolder;label_id={i % 5}",
+                )
+            elif kind == 2:
+                writer.write(f"/data/local/file-{i}.bin")
+            else:
+                writer.write(f"file-{i}.txt", byte_length=3, decode_hint="text/plain")
+        written = writer.finish()
+    path = directory / "manifest.tsv"
+    written.path.replace(path)
+    return path
+
+
+def records(table: ManifestTable) -> list[Any]:
+    return [table.record(i) for i in range(len(table))]
+
+
+async def ingest_from(address: str, manifest: bytes, samples: int, **kw: Any) -> Any:
+    settings = IngestSettings(
+        job_id="default", manifest_hash=manifest_hash(manifest), total_samples=samples, **kw
+    )
+    async with CoordinatorClient(address) as client:
+        return await ingest_manifest(client, settings)
+
+
+# -- parity ------------------------------------------------------------------------------
+
+
+async def test_runtime_stream_reader_path_parity_with_bytes_path(
+    tmp_path: Path, start_coordinator: Any
+) -> None:
+    path = write_mixed_manifest(tmp_path, 3000)
+    data = path.read_bytes()
+    coordinator = await start_coordinator(path)
+    streamed = await ingest_from(coordinator.address, data, 3000)
+    assert streamed.mode == "direct"
+    assert streamed.path is None  # direct ingest writes no file
+    assert streamed.manifest_bytes == len(data)
+    from_bytes = list(parse_canonical_manifest_tsv_bytes(data, expected_hash=manifest_hash(data)))
+    assert records(streamed.table) == from_bytes
+    assert streamed.table.manifest_hash == manifest_hash(data)
+    assert (streamed.table.label_id == ManifestTable.from_bytes(data).label_id).all()
+
+
+async def test_lease_manifest_stream_parity_with_cached_path(
+    tmp_path: Path, start_coordinator: Any
+) -> None:
+    path = write_mixed_manifest(tmp_path / "m", 3000)
+    data = path.read_bytes()
+    coordinator = await start_coordinator(path)
+    cache = tmp_path / "cache"
+    direct = await ingest_from(coordinator.address, data, 3000)
+    cached = await ingest_from(coordinator.address, data, 3000, mode="cached", cache_dir=cache)
+    assert cached.path == cache / f"{manifest_hash(data)}.tsv"
+    assert cached.path.read_bytes() == data
+    assert records(cached.table) == records(direct.table)
+    assert list(cache.iterdir()) == [cached.path]  # no temp file left behind
+    # A second cached ingest reuses the verified copy; a damaged copy is fetched again.
+    with capture_logs() as logs:
+        await ingest_from(coordinator.address, data, 3000, mode="cached", cache_dir=cache)
+        cached.path.write_bytes(data[:-10])
+        again = await ingest_from(coordinator.address, data, 3000, mode="cached", cache_dir=cache)
+    events = [e["event"] for e in logs]
+    assert "manifest_cache_hit" in events
+    assert "manifest_cache_invalid" in events
+    assert records(again.table) == records(direct.table)
+
+
+# -- fail closed at agent level -----------------------------------------------------------
+
+
+async def run_agent_against(
+    fake: FakeCoordinator, start_agent: Any, **config: Any
+) -> tuple[BaseException | None, list[dict[str, Any]], Any]:
+    """Run an agent with a trainer already attached; return its error, events, trainer run."""
+    address = await fake.start()
+    fake.release.clear()  # hold the stream until the trainer is connected
+    with capture_logs() as logs:
+        running = await start_agent(address, **config)
+        box: dict[str, Any] = {}
+        thread = threading.Thread(
+            target=lambda: box.update(run=run_trainer(running.url, batch_size=8)), daemon=True
+        )
+        thread.start()
+        await assert_eventually(lambda: running.agent.hub.sessions)
+        fake.release.set()
+        error: BaseException | None = None
+        try:
+            await running.result(timeout_s=30)
+        except BaseException as exc:
+            error = exc
+        await asyncio.to_thread(thread.join, 30)
+    await fake.stop()
+    return error, logs, box.get("run")
+
+
+@pytest.mark.parametrize("fault", ["cut", "cut_unannounced"])
+async def test_manifest_stream_truncated_fails_closed(
+    tmp_path: Path, start_agent: Any, fault: str
+) -> None:
+    data = write_local_dataset(tmp_path, 200).read_bytes()
+    fake = FakeCoordinator(data, total_samples=200, fault=fault)
+    error, logs, trainer = await run_agent_against(fake, start_agent)
+    events = [e["event"] for e in logs]
+    expected = ManifestTruncated if fault == "cut" else ManifestHashMismatch
+    assert isinstance(error, expected), error
+    assert expected.event in events
+    assert "lease_started" not in events
+    assert fake.request_lease_calls == 0
+    # The waiting trainer hears why instead of hanging.
+    assert isinstance(trainer.error, AgentError)
+    assert expected.event in str(trainer.error)
+
+
+@pytest.mark.parametrize("fault", ["header_schema", "chunk_schema"])
+async def test_manifest_stream_schema_mismatch_hard_fails(
+    tmp_path: Path, start_agent: Any, fault: str
+) -> None:
+    data = write_local_dataset(tmp_path, 200).read_bytes()
+    fake = FakeCoordinator(data, total_samples=200, fault=fault)
+    error, logs, _trainer = await run_agent_against(fake, start_agent)
+    events = [e["event"] for e in logs]
+    assert isinstance(error, ManifestSchemaMismatch), error
+    assert "manifest_schema_mismatch" in events
+    assert "lease_started" not in events
+    assert fake.request_lease_calls == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "config", "error_type"),
+    [
+        ("hash", {}, ManifestHashMismatch),
+        ("bad_row", {}, ManifestBadRow),
+        ("none", {"max_line_bytes": 40}, ManifestLineTooLong),
+    ],
+)
+@pytest.mark.parametrize("mode", ["direct", "cached"])
+async def test_manifest_stream_invalid_content_fails_closed(
+    tmp_path: Path,
+    start_agent: Any,
+    fault: str,
+    config: dict[str, Any],
+    error_type: type[ManifestError],
+    mode: str,
+) -> None:
+    data = write_local_dataset(tmp_path, 200).read_bytes()
+    fake = FakeCoordinator(data, total_samples=200, fault=fault)
+    error, logs, _trainer = await run_agent_against(
+        fake,
+        start_agent,
+        manifest_ingest=mode,
+        cache_dir=str(tmp_path / "cache"),
+        **config,
+    )
+    events = [e["event"] for e in logs]
+    assert isinstance(error, error_type), error
+    assert error_type.event in events
+    assert "lease_started" not in events
+    assert fake.request_lease_calls == 0
+    if mode == "cached":
+        assert not any((tmp_path / "cache").glob("*.tsv"))  # nothing half-verified kept
+
+
+async def test_manifest_ingest_valid_stream_leases_and_delivers(
+    tmp_path: Path, start_agent: Any
+) -> None:
+    # The control of the fail-closed tests: same fake, same trainer, a good stream.
+    data = write_local_dataset(tmp_path, 200).read_bytes()
+    fake = FakeCoordinator(data, total_samples=200, fault="none")
+    error, logs, trainer = await run_agent_against(fake, start_agent)
+    events = [e["event"] for e in logs]
+    assert error is None
+    assert "lease_started" in events
+    assert fake.request_lease_calls >= 1
+    assert trainer.error is None
+    assert sorted(trainer.ids) == list(range(200))
+    assert ("L1", 200) in fake.reports
+
+
+async def test_manifest_ingest_retries_dropped_connection(tmp_path: Path) -> None:
+    data = write_local_dataset(tmp_path, 500).read_bytes()
+    fake = FakeCoordinator(data, total_samples=500, fault="drop_once", chunk_bytes=1024)
+    address = await fake.start()
+    try:
+        with capture_logs() as logs:
+            result = await ingest_from(address, data, 500, backoff_base_s=0.01)
+    finally:
+        await fake.stop()
+    assert fake.stream_calls == 2
+    assert len(result.table) == 500
+    retry = next(e for e in logs if e["event"] == "manifest_ingest_retry")
+    assert "UNAVAILABLE" in retry["error"] or "unreachable" in retry["error"]
+
+
+async def test_manifest_ingest_gives_up_after_attempts(tmp_path: Path) -> None:
+    data = write_local_dataset(tmp_path, 100).read_bytes()
+    fake = FakeCoordinator(data, total_samples=100)
+    address = await fake.start()
+    await fake.stop()  # nothing listens any more: every attempt is UNAVAILABLE
+    with pytest.raises((ManifestError, CoordinatorError), match=r"stream broke|unreachable"):
+        await ingest_from(address, data, 100, attempts=2, backoff_base_s=0.01)
+
+
+async def test_manifest_stream_backpressure_bounded(tmp_path: Path) -> None:
+    """A 200k-row stream is parsed with a bounded carry, a bounded queue, never whole."""
+    with ManifestWriter(tmp_path) as writer:
+        for i in range(200_000):
+            writer.write(f"s3://bucket/train/class-{i % 100:03d}/img-{i:08d}.jpg", None, 1000 + i)
+        written = writer.finish()
+    data = written.path.read_bytes()
+    chunk = 64 * 1024
+    fake = FakeCoordinator(data, total_samples=200_000, chunk_bytes=chunk)
+    address = await fake.start()
+    try:
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        result = await ingest_from(address, data, 200_000, max_line_bytes=4096)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+        await fake.stop()
+    stats = result.stats
+    assert stats.bytes == len(data)
+    assert stats.peak_queued_chunks <= 4
+    assert stats.peak_carry_bytes <= chunk + 4096
+    # Never the whole manifest at once: the table plus a few chunks and builder slack.
+    assert peak < result.table.nbytes * 2 + 8 * chunk
+    assert peak < len(data)
