@@ -4,6 +4,10 @@ Methods mirror the ``mx8.v1.Coordinator`` RPCs and return its proto messages. Ev
 ``grpc.aio.AioRpcError`` becomes a ``CoordinatorError`` carrying the status name in
 ``.code`` (``"NOT_FOUND"``, ``"UNAVAILABLE"``...), so callers can tell a refused call from
 an unreachable coordinator; this is the one place gRPC errors are translated.
+
+TLS and the bearer token come from ``MX8_TLS_CA`` / ``MX8_TLS_CERT`` / ``MX8_TLS_KEY`` and
+``MX8_AUTH_TOKEN`` unless given, so every daemon and tool that dials the coordinator
+follows the same environment.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from typing import Any
 import grpc
 
 from mx8_common.errors import CoordinatorError
+from mx8_common.grpc_security import (
+    TlsConfig,
+    auth_token_from_env,
+    bearer_token_client_interceptors,
+    channel_credentials,
+)
 from mx8_common.proto import coordinator_pb2 as pb
 from mx8_common.proto import coordinator_pb2_grpc as pb_grpc
 
@@ -37,6 +47,10 @@ def _rpc_errors(address: str, method: str) -> Iterator[None]:
                 f"coordinator at {address} is unreachable; is mx8-coordinator running and "
                 f"--coordinator right? ({method}: {exc.details()})"
             )
+        elif code == grpc.StatusCode.UNAUTHENTICATED:
+            message = (
+                f"coordinator at {address} refused {method} (UNAUTHENTICATED): {exc.details()}"
+            )
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
             message = (
                 f"coordinator at {address} did not answer {method} in time; it may be "
@@ -48,7 +62,11 @@ def _rpc_errors(address: str, method: str) -> Iterator[None]:
 
 
 class CoordinatorClient:
-    """An async client of one coordinator; use ``async with CoordinatorClient(addr) as c``."""
+    """An async client of one coordinator; use ``async with CoordinatorClient(addr) as c``.
+
+    ``tls`` None reads ``MX8_TLS_*`` (pass ``TlsConfig()`` to force plaintext); ``token``
+    None reads ``MX8_AUTH_TOKEN`` (pass ``""`` to send none).
+    """
 
     def __init__(
         self,
@@ -56,19 +74,30 @@ class CoordinatorClient:
         *,
         timeout_s: float = 10.0,
         max_message_bytes: int | None = None,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
     ) -> None:
         if max_message_bytes is None:
             env = os.environ.get("MX8_GRPC_MAX_MESSAGE_BYTES")
             max_message_bytes = int(env) if env else _DEFAULT_MAX_MESSAGE_BYTES
+        tls = TlsConfig.from_env() if tls is None else tls
+        token = auth_token_from_env() if token is None else token
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        self.tls = tls
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        interceptors = bearer_token_client_interceptors(token) if token else None
+        if tls.enabled:
+            self._channel = grpc.aio.secure_channel(
+                address, channel_credentials(tls), options=options, interceptors=interceptors
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(
+                address, options=options, interceptors=interceptors
+            )
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from mx8_common.config_fields import load_config, parse_size, setting
 from mx8_common.errors import ConfigError
+from mx8_common.grpc_security import TlsConfig
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_config"]
 
@@ -14,6 +15,12 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_c
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 _LABEL_MODES = ("none", "imagefolder", "auto")
+
+
+def _secret(field: Any) -> Any:
+    """Keep a setting out of the dataclass repr, so a logged config never shows it."""
+    field.repr = False
+    return field
 
 
 def _split_host_port(value: str, flag: str) -> tuple[str, int]:
@@ -74,6 +81,23 @@ class CoordinatorConfig:
         parse=parse_size,
         help="gRPC message cap; GetManifest refuses larger manifests",
     )
+    tls_cert: str | None = setting(
+        None, env="MX8_TLS_CERT", help="PEM certificate chain of the gRPC server (turns TLS on)"
+    )
+    tls_key: str | None = setting(None, env="MX8_TLS_KEY", help="PEM private key of --tls-cert")
+    tls_ca: str | None = setting(
+        None,
+        env="MX8_TLS_CA",
+        help="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)",
+    )
+    auth_token: str | None = _secret(
+        setting(
+            None,
+            env="MX8_AUTH_TOKEN",
+            help="shared bearer token every client must send (prefer the env var: flags show "
+            "in ps)",
+        )
+    )
 
     def __post_init__(self) -> None:
         self._validate()
@@ -113,6 +137,19 @@ class CoordinatorConfig:
             )
         if not 0 <= self.seed < 2**64:
             raise ConfigError(f"--seed {self.seed} must be in [0, 2**64)")
+        tls = self.tls  # raises when only one of cert/key is given
+        if tls.ca is not None and tls.cert is None:
+            raise ConfigError(
+                "--tls-ca needs --tls-cert and --tls-key: mutual TLS is TLS plus client "
+                "certificates (or set MX8_TLS_CERT and MX8_TLS_KEY)"
+            )
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ConfigError("MX8_AUTH_TOKEN is blank; set a real token or unset it")
+
+    @property
+    def tls(self) -> TlsConfig:
+        """The server's TLS files (all None: plaintext)."""
+        return TlsConfig(cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca)
 
     @property
     def freeze_size(self) -> int:

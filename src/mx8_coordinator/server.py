@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mx8_common.errors import ConfigError
 from mx8_common.events import emit
+from mx8_common.grpc_security import BearerTokenInterceptor, server_credentials, warn_if_exposed
 from mx8_common.proto import coordinator_pb2 as pb
 from mx8_common.proto import coordinator_pb2_grpc as pb_grpc
 from mx8_coordinator.config import CoordinatorConfig
@@ -114,16 +115,26 @@ class Coordinator:
             manifest_hash=source.manifest_hash,
             total_samples=source.total_samples,
             metrics_port=self.metrics_port,
+            tls=self.config.tls.enabled,
+            mutual_tls=self.config.tls.mutual,
+            auth_token=self.config.auth_token is not None,
         )
 
     async def _bind(self) -> None:
-        cap = self.config.max_message_bytes
+        cfg = self.config
+        cap = cfg.max_message_bytes
+        tls = cfg.tls
+        # Read the PEM files before binding: a bad path fails start-up with its flag named.
+        credentials = server_credentials(tls) if tls.enabled else None
+        interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
+        warn_if_exposed(cfg.listen, cfg.auth_token, tls=tls, component=_COMPONENT)
         self._server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_send_message_length", cap),
                 ("grpc.max_receive_message_length", cap),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_CoordinatorServicer_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -132,7 +143,10 @@ class Coordinator:
         )
         host, port = self.config.listen_host_port
         try:
-            self.port = self._server.add_insecure_port(f"{host}:{port}")
+            if credentials is None:
+                self.port = self._server.add_insecure_port(f"{host}:{port}")
+            else:
+                self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot listen on {self.config.listen}: {exc}; is another coordinator "
