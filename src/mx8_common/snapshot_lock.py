@@ -99,6 +99,14 @@ class SnapshotLock:
         self._heartbeat = asyncio.create_task(self._beat())
         return True
 
+    def _ours(self, state: LockState | None) -> bool:
+        if state is None:
+            return False
+        try:
+            return json.loads(state.body).get("owner") == self.owner
+        except (ValueError, AttributeError):
+            return False
+
     async def _beat(self) -> None:
         while self._version is not None:
             await asyncio.sleep(self.heartbeat_ms / 1000)
@@ -106,6 +114,13 @@ class SnapshotLock:
                 return
             new = await self.store.lock_replace(self.key, self._version, self._body())
             if new is None:
+                # A refused swap may be our own earlier write whose answer we never saw
+                # (a conflict, a cancelled request): trust the body's owner, not the version.
+                state = await self.store.lock_read(self.key)
+                if self._ours(state):
+                    assert state is not None
+                    self._version = state.version
+                    continue
                 # Someone took the lock over; finish anyway (content addressing keeps it safe).
                 emit(_COMPONENT, "snapshot_lock_lost", link=self.link)
                 self._version = None
@@ -120,8 +135,12 @@ class SnapshotLock:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         version, self._version = self._version, None
-        if version is not None:
-            await self.store.lock_delete(self.key, version)
+        if version is not None and not await self.store.lock_delete(self.key, version):
+            # A heartbeat cancelled mid-write may have moved the version: delete by owner.
+            state = await self.store.lock_read(self.key)
+            if self._ours(state):
+                assert state is not None
+                await self.store.lock_delete(self.key, state.version)
 
 
 async def run_single_writer(
