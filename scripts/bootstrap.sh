@@ -5,6 +5,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MX8_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
+# Headless Chromium for the status-page browser test (it skips without it). Only as root on
+# a Debian-like machine, and never when MX8_INSTALL_CHROMIUM=0.
+if [ "${MX8_INSTALL_CHROMIUM:-1}" != "0" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null \
+  && ! command -v chromium >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "bootstrap: could not install chromium; the status-page browser test will skip" >&2
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi

@@ -1,13 +1,34 @@
-"""Prometheus metrics of one coordinator, in its own registry (tests run several at once)."""
+"""Prometheus metrics of one coordinator, in its own registry (tests run several at once).
+
+The metrics port also serves the status page: ``/metrics`` (Prometheus text), ``/`` (HTML)
+and ``/api/status`` (JSON). The HTTP server runs in its own threads so a scrape never
+waits on the event loop; the status itself comes from a provider callable that the
+coordinator makes thread-safe.
+"""
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-__all__ = ["CoordinatorMetrics"]
+from mx8_coordinator.status_page import render_status_html
+
+__all__ = ["CoordinatorMetrics", "StatusProvider"]
+
+#: Returns the ``/api/status`` dict; called from an HTTP thread.
+StatusProvider = Callable[[], dict[str, Any]]
 
 
 class CoordinatorMetrics:
@@ -37,13 +58,21 @@ class CoordinatorMetrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
-        self._server: Any = None
+        self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP exporter (a daemon thread); returns the bound port."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._server.server_port)
+    def serve(self, host: str, port: int, status: StatusProvider | None = None) -> int:
+        """Serve ``/metrics`` (and, with ``status``, ``/`` and ``/api/status``) from a
+        daemon thread; returns the bound port."""
+        handler = _handler_class(self.registry, status)
+        server = ThreadingHTTPServer((host, port), handler)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="mx8-coordinator-http", daemon=True
+        )
+        self._thread.start()
+        return int(server.server_port)
 
     def stop(self) -> None:
         """Stop the exporter if it runs. Safe to call twice."""
@@ -54,3 +83,45 @@ class CoordinatorMetrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+def _handler_class(
+    registry: CollectorRegistry, status: StatusProvider | None
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "mx8-coordinator"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            elif path in ("/", "/index.html", "/api/status") and status is not None:
+                try:
+                    current = status()
+                except Exception as exc:  # the loop is busy or shutting down
+                    body = f"status unavailable: {exc!r}; retry in a moment\n"
+                    self._send(503, "text/plain; charset=utf-8", body.encode())
+                    return
+                if path == "/api/status":
+                    body = json.dumps(current, indent=1).encode()
+                    self._send(200, "application/json", body)
+                else:
+                    body = render_status_html(current).encode()
+                    self._send(200, "text/html; charset=utf-8", body)
+            else:
+                known = "/metrics, / and /api/status" if status is not None else "/metrics"
+                self._send(404, "text/plain; charset=utf-8", f"not found; try {known}\n".encode())
+
+        def _send(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            # Scrapes and page reloads every few seconds would flood the daemon's log.
+            pass
+
+    return Handler

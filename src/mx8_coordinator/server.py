@@ -36,6 +36,7 @@ from mx8_coordinator.manifest_serving import (
 from mx8_coordinator.metrics import CoordinatorMetrics
 from mx8_coordinator.node_registry import monotonic_ms
 from mx8_coordinator.servicer import CoordinatorServicer
+from mx8_coordinator.status_page import resolving_status, status_from_view
 
 __all__ = ["SERVICE_NAME", "Coordinator"]
 
@@ -75,6 +76,7 @@ class Coordinator:
         self._shutdown_requested = asyncio.Event()
         self._shutdown_started = False
         self._done = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.job: Job | None = None
@@ -95,6 +97,7 @@ class Coordinator:
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
         await self._bind()
         try:
             source = await self._open_source()
@@ -157,12 +160,28 @@ class Coordinator:
         metrics_at = self.config.metrics_host_port
         if metrics_at is not None:
             try:
-                self.metrics_port = self.metrics.serve(*metrics_at)
+                self.metrics_port = self.metrics.serve(*metrics_at, status=self._status_from_thread)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {self.config.metrics}: {exc}; pick another "
                     "--metrics port"
                 ) from exc
+
+    def status(self) -> dict[str, Any]:
+        """The ``/api/status`` dict (call on the event loop)."""
+        if self.job is None:
+            return resolving_status(self.config.job_id, self.config.dataset)
+        return status_from_view(self.job.view())
+
+    def _status_from_thread(self) -> dict[str, Any]:
+        # The HTTP server's threads must not read the job while the loop changes it:
+        # build the dict on the loop and wait for it (bounded, so a stuck loop gives 503).
+        assert self._loop is not None
+
+        async def build() -> dict[str, Any]:
+            return self.status()
+
+        return asyncio.run_coroutine_threadsafe(build(), self._loop).result(timeout=5)
 
     async def _set_health(self, status: Any) -> None:
         await self._health.set("", status)

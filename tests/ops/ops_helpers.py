@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mx8_common.manifest_format import ManifestWriter
 
-__all__ = ["Pki", "assert_eventually", "make_pki", "write_manifest"]
+__all__ = ["Pki", "assert_eventually", "drive_partial_job", "make_pki", "write_manifest"]
 
 
 def write_manifest(directory: Path, samples: int) -> Path:
@@ -160,3 +160,26 @@ def make_pki(directory: Path) -> Pki:
         rogue_cert=_write_cert(directory / "rogue.pem", rogue[0]),
         rogue_key=_write_key(directory / "rogue.key", rogue[1]),
     )
+
+
+async def drive_partial_job(address: str, job_id: str = "default") -> None:
+    """Two nodes join; ``node-a`` finishes one lease, ``node-b`` is halfway through one.
+
+    Leaves a running job with live leases and committed progress in epoch 0.
+    """
+    from mx8_common.coordinator_client import CoordinatorClient
+
+    async with CoordinatorClient(address, token="") as client:
+        await client.register_node(job_id, "node-a", hostname="host-a")
+        await client.register_node(job_id, "node-b", hostname="host-b")
+        for node, delivered in (("node-a", 40), ("node-b", 25)):
+            await client.heartbeat(
+                job_id, node, samples_delivered=delivered, bytes_fetched=delivered * 100
+            )
+        grant_a = await client.request_lease(job_id, "node-a", 1)
+        lease_a = grant_a.leases[0]
+        await client.report_progress(job_id, "node-a", lease_a.lease_id, lease_a.range.end_id)
+        grant_b = await client.request_lease(job_id, "node-b", 1)
+        lease_b = grant_b.leases[0]
+        half = (lease_b.range.start_id + lease_b.range.end_id) // 2
+        await client.report_progress(job_id, "node-b", lease_b.lease_id, half)
