@@ -1,0 +1,75 @@
+"""``python -m benchmarks [--quick] [--case NAME ...] [--repeats N]``: run the cases.
+
+Each case prints its rows (mx8, baseline, ratio, target met) and writes
+``benchmarks/results/<case>.json``. The exit status is 1 when a case failed to run (a
+missed target is a result, not a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+
+from benchmarks.bench_env import BenchEnv
+from benchmarks.report import Row, format_table, write_rows
+
+__all__ = ["CASES", "main"]
+
+#: Case name -> module with ``run(env) -> list[Row]``, in the order they run.
+CASES = {
+    "indexing": "benchmarks.case_indexing",
+    "index_memory": "benchmarks.case_index_memory",
+    "manifest_stream": "benchmarks.case_manifest_stream",
+    "data_plane_s3": "benchmarks.case_data_plane_s3",
+    "users_default": "benchmarks.case_users_default",
+    "latency_proxy": "benchmarks.case_latency_proxy",
+    "images": "benchmarks.case_images",
+    "first_batch": "benchmarks.case_first_batch",
+    "coordinator": "benchmarks.case_coordinator",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI)")
+    parser.add_argument(
+        "--case", action="append", choices=sorted(CASES), help="run only this case (repeatable)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement")
+    args = parser.parse_args(argv)
+    names = args.case or list(CASES)
+    mode = "quick" if args.quick else "full"
+    all_rows: list[Row] = []
+    failed: list[str] = []
+    t_run = time.perf_counter()
+    with BenchEnv.open(quick=args.quick, repeats=args.repeats) as env:
+        for name in names:
+            print(f"== {name} ({mode})", flush=True)
+            t0 = time.perf_counter()
+            try:
+                rows = importlib.import_module(CASES[name]).run(env)
+            except Exception:
+                traceback.print_exc()
+                failed.append(name)
+                continue
+            seconds = time.perf_counter() - t0
+            path = write_rows(name, rows, mode=mode, seconds=seconds)
+            print(format_table(rows))
+            for row in rows:
+                if row.note:
+                    print(f"   note ({row.metric}): {row.note}")
+            print(f"   {seconds:.1f}s -> {path}", flush=True)
+            all_rows.extend(rows)
+    print(f"\n== summary ({mode}, {time.perf_counter() - t_run:.0f}s)")
+    print(format_table(all_rows))
+    if failed:
+        print(f"cases that failed to run: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""What every case shares: the run's mode, a scratch folder, the S3 endpoint, helpers.
+
+The S3 endpoint is ``MX8_BENCH_S3_ENDPOINT`` when given (credentials from the usual AWS
+variables), else a local S3-protocol server (moto) started on first use and stopped at
+the end of the run. Its variables are put into ``os.environ`` so mx8, boto3 and child
+processes all talk to the same endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mx8_common.local_s3 import LocalS3, local_s3_server
+from mx8_common.s3_client import S3Settings, sync_s3_client
+
+__all__ = ["BenchEnv", "RssSampler", "mib", "run_child", "s3_object_keys"]
+
+MiB = 1 << 20
+
+
+class RssSampler:
+    """Peak RSS of this process while the block runs, sampled by a thread (psutil)."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self._proc = psutil.Process()
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.start_rss = 0
+        self.peak_rss = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self.start_rss = self.peak_rss = self._proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak_rss - self.start_rss
+
+
+def run_child(module: str, args: Sequence[str], *, timeout_s: float = 600) -> dict[str, Any]:
+    """Run ``python -m module args`` (its own RSS, its own cores); its last stdout line as JSON."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        timeout=timeout_s,
+        env={**os.environ, "MX8_LOG_FORMAT": "json"},
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"benchmark child {module} {' '.join(args)} failed ({proc.returncode}):\n"
+            + proc.stderr.decode(errors="replace")[-3000:]
+        )
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+def s3_object_keys(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}obj-{i:06d}.bin" for i in range(count)]
+
+
+@dataclass
+class BenchEnv:
+    """One benchmark run: ``quick`` sizes or full sizes, and shared resources."""
+
+    quick: bool
+    repeats: int
+    workdir: Path
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    _s3: LocalS3 | None = None
+    _client: Any = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, *, quick: bool, repeats: int | None = None) -> Iterator[BenchEnv]:
+        with tempfile.TemporaryDirectory(prefix="mx8-bench-") as tmp:
+            env = cls(quick=quick, repeats=repeats or (1 if quick else 3), workdir=Path(tmp))
+            # Snapshots go to this run's scratch store, never the user's ~/.mx8.
+            os.environ["MX8_MANIFEST_STORE_ROOT"] = str(Path(tmp) / "store")
+            os.environ["MX8_SNAPSHOT_PROGRESS"] = "0"
+            # mx8's info events would interleave with the table; warnings still show.
+            os.environ.setdefault("MX8_LOG_LEVEL", "warning")
+            with env._stack:
+                yield env
+
+    def size(self, quick: int, full: int) -> int:
+        """The quick or the full size of something."""
+        return quick if self.quick else full
+
+    def scratch(self, name: str) -> Path:
+        path = self.workdir / f"{name}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(parents=True)
+        return path
+
+    # -- S3 ----------------------------------------------------------------------------
+
+    @property
+    def s3(self) -> LocalS3:
+        if self._s3 is None:
+            s3 = self._stack.enter_context(local_s3_server("MX8_BENCH_S3_ENDPOINT"))
+            for key, value in s3.env.items():
+                if s3.kind == "external":
+                    os.environ.setdefault(key, value)  # the caller's credentials win
+                else:
+                    os.environ[key] = value
+            os.environ["MX8_S3_ENDPOINT_URL"] = s3.endpoint_url
+            self._s3 = s3
+        return self._s3
+
+    @property
+    def s3_client(self) -> Any:
+        """A boto3 client of the endpoint (uploads and setup; not timed)."""
+        if self._client is None:
+            self._client = sync_s3_client(S3Settings.from_env(self.s3.endpoint_url))
+        return self._client
+
+    def s3_settings(self, endpoint_url: str | None = None) -> S3Settings:
+        return S3Settings.from_env(endpoint_url or self.s3.endpoint_url)
+
+    def new_bucket(self) -> str:
+        name = f"mx8-bench-{uuid.uuid4().hex[:10]}"
+        self.s3_client.create_bucket(Bucket=name)
+        return name
+
+    def upload(self, bucket: str, keys: Sequence[str], payload_size: int) -> None:
+        """Put ``keys`` with ``payload_size`` distinct bytes each, 16 at a time."""
+        client = self.s3_client
+
+        def put(i_key: tuple[int, str]) -> None:
+            i, key = i_key
+            body = i.to_bytes(8, "little") * (payload_size // 8) + b"x" * (payload_size % 8)
+            client.put_object(Bucket=bucket, Key=key, Body=body)
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, enumerate(keys)))
+
+    def write_files(self, directory: Path, count: int, payload_size: int) -> list[Path]:
+        """``count`` local files of ``payload_size`` bytes under ``directory``."""
+        paths = []
+        for i in range(count):
+            path = directory / f"obj-{i:06d}.bin"
+            path.write_bytes(i.to_bytes(8, "little") * (payload_size // 8))
+            paths.append(path)
+        return paths
+
+
+def mib(n: int) -> float:
+    return n / MiB

@@ -1,0 +1,91 @@
+"""A coordinator in its own process for the benchmarks (its CPU apart from the clients').
+
+``python -m benchmarks.coordinator_child MANIFEST [--world-size N] [--block-size B]``
+serves the manifest file on 127.0.0.1 port 0, prints ``{"address", "manifest_hash",
+"total_samples"}`` as one JSON line, and shuts down when its stdin closes.
+``serve_coordinator(...)`` runs it from the parent as a context manager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["serve_coordinator"]
+
+
+@contextlib.contextmanager
+def serve_coordinator(manifest: Path, **options: Any) -> Iterator[dict[str, Any]]:
+    """Start the child, yield what it printed, and stop it (stdin close, then kill)."""
+    args = [str(manifest)]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", __name__, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "MX8_LOG_LEVEL": "warning"},
+    )
+    try:
+        assert proc.stdout is not None
+        while True:  # log lines may come first; ours is the JSON object with "address"
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"benchmark coordinator exited ({proc.wait()}) before serving")
+            if line.startswith(b'{"address"'):
+                yield json.loads(line)
+                break
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from mx8_coordinator.config import CoordinatorConfig
+    from mx8_coordinator.manifest_serving import FileManifestSource
+    from mx8_coordinator.server import Coordinator
+
+    source = await FileManifestSource.open(args.manifest)
+    config = CoordinatorConfig(
+        dataset=str(args.manifest),
+        listen="127.0.0.1:0",
+        world_size=args.world_size,
+        block_size=args.block_size,
+        epochs=args.epochs,
+        lease_ttl_ms=60_000,
+        heartbeat_interval_ms=10_000,
+    )
+    async with Coordinator(config, source=source) as coordinator:
+        info = {
+            "address": coordinator.address,
+            "manifest_hash": source.manifest_hash,
+            "total_samples": source.total_samples,
+            "pid": os.getpid(),
+        }
+        print(json.dumps(info), flush=True)
+        # Serve until the parent closes our stdin (read off the loop: never block it).
+        await asyncio.to_thread(sys.stdin.read)
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--world-size", type=int, default=1)
+    parser.add_argument("--block-size", type=int, default=65536)
+    parser.add_argument("--epochs", type=int, default=1)
+    uvloop.run(_serve(parser.parse_args()))
