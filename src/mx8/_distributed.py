@@ -36,7 +36,8 @@ class DistributedLoader:
     ) -> None:
         self.agent = agent
         self.link = link
-        self.job = job or os.environ.get("MX8_JOB_ID") or "default"
+        # No job named: take the one job the host's agent serves.
+        self.job = job or os.environ.get("MX8_JOB_ID") or ""
         self.batch_size = batch_size
         local = rank if rank is not None else os.environ.get("LOCAL_RANK", "0")
         try:
@@ -46,6 +47,7 @@ class DistributedLoader:
         self._timeout_s = timeout_s
         with self._client() as client:
             info = client.describe()
+        self.job = self.job or info["job_id"]
         self.manifest_hash: str = info["manifest_hash"]
         self.total_samples: int = int(info["total_samples"])
         self.epochs: int = int(info["epochs"])

@@ -103,7 +103,8 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
         self._loader: Any = load(link, **self._options)
         self._manifest_hash: str | None = getattr(self._loader, "manifest_hash", None)
         self._classes: list[str] | None = getattr(self._loader, "classes", None)
-        self._length: int = len(self._loader)
+        # Distributed loaders have no fixed length: the coordinator balances work at run time.
+        self._length: int | None = len(self._loader) if self._embedded else None
         self._pending_state: dict[str, Any] | None = None
 
     # -- the wrapped loader -----------------------------------------------------------
@@ -141,6 +142,8 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
 
     def __len__(self) -> int:
         """Batches of this rank in one epoch (over all DataLoader workers together)."""
+        if self._length is None:
+            return len(self.loader)  # raises the distributed loader's TypeError
         return self._length
 
     # -- iteration --------------------------------------------------------------------

@@ -187,7 +187,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     epochs = 2
     try:
         with local_s3_server("MX8_S3_ENDPOINT_URL") as s3:
-            env = {**os.environ, **s3.env, "MX8_LOG_FORMAT": "json"}
+            os.environ.update(s3.env)  # this process uploads; children inherit it too
+            env = {**os.environ, "MX8_LOG_FORMAT": "json"}
             env["MX8_MANIFEST_STORE_ROOT"] = str(work / "store")
             print(f"S3-protocol server ({s3.kind}) at {s3.endpoint_url}")
             objects = _upload(env, args.per_class)
