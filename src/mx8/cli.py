@@ -18,12 +18,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-__all__ = ["main", "print_status"]
+__all__ = ["build_parser", "main", "print_status"]
 
 _DEFAULT_COORDINATOR = "127.0.0.1:50051"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mx8`` argument parser (deploy-file tests check commands against it)."""
     parser = argparse.ArgumentParser(prog="mx8", description="the mx8 operator CLI")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = sub.add_parser("status", help="show a job: nodes, progress, leases, throughput")
@@ -175,7 +176,7 @@ def _health(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``mx8`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
     return _health(args)
