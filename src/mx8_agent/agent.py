@@ -348,6 +348,13 @@ class Agent:
             except CoordinatorError as exc:
                 # A missed heartbeat is not fatal: the lease TTL is several intervals long.
                 emit(_COMPONENT, "heartbeat_failed", code=exc.code, error=str(exc))
+                if exc.code == "FAILED_PRECONDITION":
+                    # A coordinator restarted without its lease log no longer knows us;
+                    # registering again is idempotent when it does.
+                    with contextlib.suppress(CoordinatorError):
+                        await self._client.register_node(
+                            cfg.job_id, cfg.node_id, hostname=os.uname().nodename
+                        )
 
     # -- stop -------------------------------------------------------------------------
 
