@@ -93,6 +93,7 @@ class BenchEnv:
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _s3: LocalS3 | None = None
     _client: Any = None
+    _datasets: dict[tuple[int, int], tuple[str, str, list[str]]] = field(default_factory=dict)
 
     @classmethod
     @contextlib.contextmanager
@@ -157,6 +158,19 @@ class BenchEnv:
 
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(put, enumerate(keys)))
+
+    def s3_dataset(self, count: int, payload_size: int) -> tuple[str, str, list[str]]:
+        """``(bucket, prefix, keys)`` of ``count`` objects of ``payload_size`` bytes.
+
+        Made once per run and shared by the cases that read it (uploads to moto are slow).
+        """
+        spec = (count, payload_size)
+        if spec not in self._datasets:
+            bucket, prefix = self.new_bucket(), f"d{payload_size}/"
+            keys = s3_object_keys(prefix, count)
+            self.upload(bucket, keys, payload_size)
+            self._datasets[spec] = (bucket, prefix, keys)
+        return self._datasets[spec]
 
     def write_files(self, directory: Path, count: int, payload_size: int) -> list[Path]:
         """``count`` local files of ``payload_size`` bytes under ``directory``."""
