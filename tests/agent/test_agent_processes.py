@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from agent_helpers import DaemonProcess, TrainerRun, run_trainer, write_local_dataset
 from fake_coordinator import FakeCoordinator
 
+from mx8_common.coordinator_client import CoordinatorClient
 from mx8_common.errors import AgentError
 from mx8_common.local_s3 import free_port
 from mx8_coordinator.lease_log import lease_log_path
@@ -79,6 +81,12 @@ def trainers(
         for r in range(n)
     ]
     return futures, pool
+
+
+async def committed_by(address: str, node_id: str) -> int:
+    async with CoordinatorClient(address) as client:
+        snap = await client.get_job_snapshot()
+    return sum(n.samples_committed for n in snap.nodes if n.node_id == node_id)
 
 
 def committed_ranges(state_dir: Path) -> dict[str, tuple[str, int, int, int]]:
@@ -185,8 +193,14 @@ async def test_agent_processes_sigkill_mid_epoch_survivor_finishes_committed_onc
     def kill_b(_batch: Any) -> None:
         nonlocal seen_b
         seen_b += 1
-        if seen_b == 5:
-            os.kill(b.proc.pid, signal.SIGKILL)  # mid-epoch, with batches in flight
+        if seen_b == 10:
+            # Batches 1-9 are acked, so b's first 100-sample lease is complete: wait until
+            # the coordinator committed it, then kill b mid-epoch with batches in flight.
+            deadline = time.monotonic() + 10
+            while asyncio.run(committed_by(address, "b")) < 100:
+                assert time.monotonic() < deadline, "b never reported its acked lease"
+                time.sleep(0.02)
+            os.kill(b.proc.pid, signal.SIGKILL)
 
     run_a, run_b = await asyncio.gather(
         asyncio.to_thread(run_trainer, url_a, delay_s=0.002),
@@ -202,12 +216,15 @@ async def test_agent_processes_sigkill_mid_epoch_survivor_finishes_committed_onc
     # Committed positions (from the lease log): disjoint, covering the epoch exactly once,
     # and b committed nothing its trainer did not consume.
     covered: list[int] = []
+    by_b: set[int] = set()
     for node, epoch, start, cursor in committed_ranges(state).values():
         assert epoch == 0
         covered += range(start, cursor)
         if node == "b":
-            assert set(range(start, cursor)) <= set(run_b.ids)
+            by_b.update(range(start, cursor))
     assert sorted(covered) == list(range(n))
+    assert len(by_b) >= 100
+    assert by_b <= set(run_b.ids)
 
 
 async def test_agent_processes_cli_fail_closed_exits_2_with_one_line(
