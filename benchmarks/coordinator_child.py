@@ -75,13 +75,20 @@ async def _serve(args: argparse.Namespace) -> None:
             "total_samples": source.total_samples,
             "pid": os.getpid(),
         }
-        print(json.dumps(info), flush=True)
+        _ANNOUNCE.write(json.dumps(info) + "\n")
+        _ANNOUNCE.flush()
         # Serve until the parent closes our stdin (read off the loop: never block it).
         await asyncio.to_thread(sys.stdin.read)
 
 
 if __name__ == "__main__":
     import uvloop
+
+    # Our stdout is a pipe the parent reads once: keep only the announcement on it and send
+    # mx8's event lines to /dev/null, or a full pipe would block the coordinator's loop.
+    _ANNOUNCE = os.fdopen(os.dup(1), "w")
+    _null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(_null, 1)
 
     parser = argparse.ArgumentParser()
     parser.add_argument("manifest", type=Path)
