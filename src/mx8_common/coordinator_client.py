@@ -45,7 +45,8 @@ def _rpc_errors(address: str, method: str) -> Iterator[None]:
         if code == grpc.StatusCode.UNAVAILABLE:
             message = (
                 f"coordinator at {address} is unreachable; is mx8-coordinator running and "
-                f"--coordinator right? ({method}: {exc.details()})"
+                f"--coordinator right? If it runs TLS, set MX8_TLS_CA (and MX8_TLS_CERT/"
+                f"MX8_TLS_KEY for mutual TLS) ({method}: {exc.details()})"
             )
         elif code == grpc.StatusCode.UNAUTHENTICATED:
             message = (
