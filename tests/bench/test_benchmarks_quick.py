@@ -1,0 +1,52 @@
+"""CI proof that the benchmarks run: ``python -m benchmarks --quick`` in a subprocess.
+
+It must exit 0 and write, for every case, JSON rows whose measured sides are positive
+numbers. Targets are not asserted here: performance claims live in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_benchmarks_quick_runs_every_case_and_writes_rows() -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.__main__ import CASES
+    finally:
+        sys.path.remove(str(ROOT))
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=280,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    out = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:] + proc.stderr.decode(errors="replace")[-3000:]
+    assert "== summary (quick" in out
+    for case in CASES:
+        doc = json.loads((RESULTS / f"{case}.json").read_text())
+        assert doc["mode"] == "quick" and doc["written_unix"] >= int(started), case
+        assert doc["rows"], case
+        for row in doc["rows"]:
+            assert row["mx8"] > 0, (case, row)
+            if row["baseline_name"] and row["baseline"] is not None:
+                assert row["baseline"] > 0 and row["ratio"] > 0, (case, row)
+            assert row["met"] in (True, False, None), (case, row)
+        # Cases with a baseline measured both sides in this run.
+        assert any(r["baseline"] for r in doc["rows"]) or case in ("index_memory", "coordinator")
