@@ -204,7 +204,9 @@ def test_loader_state_of_another_snapshot_is_a_clear_error(local: Dataset, tmp_p
 def test_load_deleted_object_mid_epoch_raises_in_consumer_and_engine_exits(
     dataset: Dataset, s3_sync_client_or_none: Any
 ) -> None:
-    loader = mx8.load(dataset.link, batch_size=2, fetch_concurrency=2)
+    # A tiny byte budget keeps the engine only a few ~24-byte samples ahead of the consumer,
+    # so the last object is surely still unread when it is deleted.
+    loader = mx8.load(dataset.link, batch_size=2, fetch_concurrency=2, max_inflight_bytes=48)
     last = loader.table.location(dataset.size - 1)
     it = iter(loader)
     next(it)
@@ -229,7 +231,7 @@ def s3_sync_client_or_none(request: pytest.FixtureRequest, dataset: Dataset) -> 
 
 
 def test_load_changed_object_raises_object_changed(local: Dataset) -> None:
-    loader = mx8.load(local.link, batch_size=4, fetch_concurrency=2)
+    loader = mx8.load(local.link, batch_size=4, fetch_concurrency=2, max_inflight_bytes=48)
     last = loader.table.location(local.size - 1)
     it = iter(loader)
     next(it)
