@@ -48,7 +48,9 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
 
 def get_logger(component: str) -> Any:
     """A logger bound to ``component`` (e.g. ``"coordinator"``)."""
-    if not _configured and os.environ.get("MX8_LOG_FORMAT"):
+    # Configure lazily only when nobody else did: a test's structlog.testing.capture_logs()
+    # (or an embedding app's own setup) must not be replaced by the first event.
+    if not _configured and os.environ.get("MX8_LOG_FORMAT") and not structlog.is_configured():
         configure_logging()
     return structlog.get_logger().bind(component=component)
 

@@ -74,7 +74,7 @@ class SnapshotResolverConfig:
         True, env="MX8_SNAPSHOT_RECURSIVE", help="index nested keys/folders, not only direct ones"
     )
     label_mode: str = setting(
-        "auto", env="MX8_SNAPSHOT_LABEL_MODE", help="labels: none | imagefolder | auto"
+        "auto", env="MX8_SNAPSHOT_LABEL_MODE", help="labels: none, imagefolder or auto"
     )
     materialize_manifest_bytes: bool = setting(
         True,
