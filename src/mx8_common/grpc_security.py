@@ -152,13 +152,14 @@ def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((_AUTH_KEY, f"Bearer {token}"),)
 
 
-def _check_token(metadata: Any, token: str) -> str | None:
-    """None when ``metadata`` carries ``token``, else the reason it does not."""
+def _check_token(metadata: Any, token: str, token_env: str = AUTH_TOKEN_ENV) -> str | None:
+    """None when ``metadata`` carries ``token``, else the reason it does not (naming
+    ``token_env``, the variable the client should set)."""
     values = [v for k, v in (metadata or ()) if k == _AUTH_KEY]
     if not values:
         return (
             "no bearer token: this server requires 'authorization: Bearer <token>' call "
-            f"metadata; set {AUTH_TOKEN_ENV} on the client to the server's token"
+            f"metadata; set {token_env} on the client to the server's token"
         )
     value = values[0]
     if isinstance(value, bytes):
@@ -166,13 +167,13 @@ def _check_token(metadata: Any, token: str) -> str | None:
     if not value.lower().startswith(_SCHEME):
         return (
             "the authorization metadata is not 'Bearer <token>'; set "
-            f"{AUTH_TOKEN_ENV} on the client and let mx8 send it"
+            f"{token_env} on the client and let mx8 send it"
         )
     # Constant-time: the comparison must not leak how much of a guess was right.
     if not hmac.compare_digest(value[len(_SCHEME) :].encode(), token.encode()):
         return (
-            f"the bearer token does not match this server's {AUTH_TOKEN_ENV}; set the same "
-            f"{AUTH_TOKEN_ENV} on the client as on the server"
+            f"the bearer token does not match this server's {token_env}; set the same "
+            f"{token_env} on the client as on the server"
         )
     return None
 
@@ -200,13 +201,22 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuse calls whose ``authorization`` metadata lacks ``Bearer <token>``.
 
     Methods in ``open_methods`` (health checks by default) pass without a token.
+    ``token_env`` is the variable refusals tell the client to set (the agent's trainers
+    use ``MX8_AGENT_AUTH_TOKEN``, not the coordinator's ``MX8_AUTH_TOKEN``).
     """
 
-    def __init__(self, token: str, *, open_methods: frozenset[str] = OPEN_METHODS) -> None:
+    def __init__(
+        self,
+        token: str,
+        *,
+        open_methods: frozenset[str] = OPEN_METHODS,
+        token_env: str = AUTH_TOKEN_ENV,
+    ) -> None:
         if not token:
-            raise ConfigError(f"{AUTH_TOKEN_ENV} is empty; set a non-empty shared token")
+            raise ConfigError(f"{token_env} is empty; set a non-empty shared token")
         self._token = token
         self._open = open_methods
+        self._token_env = token_env
 
     async def intercept_service(
         self,
@@ -216,7 +226,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method in self._open:
             return handler
-        problem = _check_token(handler_call_details.invocation_metadata, self._token)
+        problem = _check_token(
+            handler_call_details.invocation_metadata, self._token, self._token_env
+        )
         if problem is None:
             return handler
         return _denying_handler(handler, problem)
@@ -297,12 +309,18 @@ def is_loopback(listen: str) -> bool:
 
 
 def warn_if_exposed(
-    listen: str, token: str | None, *, tls: TlsConfig | None = None, component: str
+    listen: str,
+    token: str | None,
+    *,
+    tls: TlsConfig | None = None,
+    component: str,
+    token_env: str = AUTH_TOKEN_ENV,
 ) -> bool:
     """Log a loud warning when ``listen`` is reachable from other hosts without protection.
 
     Returns True when a warning was logged. No token on a non-loopback address is the loud
     case; a token without TLS there is warned about too, since it crosses the wire in clear.
+    ``token_env`` is the variable the warning tells the operator to set.
     """
     if is_loopback(listen):
         return False
@@ -313,8 +331,8 @@ def warn_if_exposed(
             listen=listen,
             message=(
                 f"WARNING: listening on {listen} (reachable from other hosts) with no "
-                f"{AUTH_TOKEN_ENV}: anyone who reaches this port can join the job, take "
-                f"leases and read the manifest. Set {AUTH_TOKEN_ENV} (and --tls-cert/"
+                f"{token_env}: anyone who reaches this port can use it (join the job, "
+                f"take leases or batches, read the manifest). Set {token_env} (and --tls-cert/"
                 "--tls-key) or bind 127.0.0.1"
             ),
         )
@@ -324,7 +342,7 @@ def warn_if_exposed(
             "grpc_token_without_tls",
             listen=listen,
             message=(
-                f"listening on {listen} with {AUTH_TOKEN_ENV} but without TLS: the token "
+                f"listening on {listen} with {token_env} but without TLS: the token "
                 "crosses the network in clear text; add --tls-cert/--tls-key"
             ),
         )
