@@ -1,6 +1,9 @@
 """``Agent``: the per-host daemon's lifecycle around one job.
 
-``start()`` binds the trainer service (``--listen``) and the metrics exporter. ``run()``
+``start()`` binds the trainer service (``--listen``; TLS with ``--tls-cert``/``--tls-key``,
+mutual with ``--tls-ca``, a bearer token with ``MX8_AGENT_AUTH_TOKEN``) with the
+``grpc.health.v1`` service beside it (NOT_SERVING until the manifest is ingested, open
+without a token), and the metrics exporter. ``run()``
 then registers with the coordinator (retrying an unreachable one with backoff until
 ``--connect-timeout-s``), heartbeats on the interval the coordinator gave, ingests the
 manifest (fail closed: a bad manifest raises its ``ManifestError`` and no lease is ever
@@ -22,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mx8_agent.config import AgentConfig
+from mx8_agent.config import AGENT_AUTH_TOKEN_ENV, AgentConfig
 from mx8_agent.lease_runner import JobOrder, LeaseRunner
 from mx8_agent.manifest_ingest import IngestSettings, ingest_manifest
 from mx8_agent.metrics import AgentMetrics, TimedReader
@@ -33,14 +37,17 @@ from mx8_common.coordinator_client import CoordinatorClient
 from mx8_common.errors import ConfigError, CoordinatorError, Mx8Error
 from mx8_common.events import emit
 from mx8_common.fetch_pipeline import FetchConfig
+from mx8_common.grpc_security import BearerTokenInterceptor, server_credentials, warn_if_exposed
 from mx8_common.manifest_table import ManifestTable
 from mx8_common.object_reader import ObjectReader, ObjectReaderConfig
-from mx8_common.proto import agent_pb2_grpc
+from mx8_common.proto import agent_pb2, agent_pb2_grpc
 from mx8_common.proto import coordinator_pb2 as cpb
 from mx8_common.s3_client import S3Settings
 
-__all__ = ["Agent"]
+__all__ = ["SERVICE_NAME", "Agent"]
 
+#: The trainer-facing gRPC service, as health checks name it.
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 _COMPONENT = "agent"
 _MAX_MESSAGE_BYTES = 1 << 30
 #: How long a drained (or failed) agent waits for its trainers to read the last message.
@@ -74,6 +81,7 @@ class Agent:
         self.hub = TrainerHub(max_bytes=self._hub_budget, on_acked=self._on_acked)
         self.metrics = AgentMetrics(self.stats)
         self._servicer = AgentServicer(hub=self.hub, job_info=self.job_info)
+        self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._registration: cpb.RegisterNodeResponse | None = None
         self.table: ManifestTable | None = None
@@ -149,15 +157,33 @@ class Agent:
         if self._started:
             return
         self._started = True
+        cfg = self.config
+        target = cfg.listen_target
+        # Read the PEM files before binding: a bad path fails start-up with its flag named.
+        credentials = server_credentials(cfg.tls) if cfg.tls.enabled else None
+        interceptors = (
+            [BearerTokenInterceptor(cfg.auth_token, token_env=AGENT_AUTH_TOKEN_ENV)]
+            if cfg.auth_token
+            else []
+        )
+        # A unix socket is local (is_loopback says so); a TCP port may not be.
+        warn_if_exposed(
+            target,
+            cfg.auth_token,
+            tls=cfg.tls,
+            component=_COMPONENT,
+            token_env=AGENT_AUTH_TOKEN_ENV,
+        )
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         agent_pb2_grpc.add_AgentServicer_to_server(self._servicer, server)
-        target = self.config.listen_target
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if target.startswith("unix:"):
             path = Path(target.removeprefix("unix://").removeprefix("unix:"))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,13 +193,17 @@ class Agent:
                     path.unlink()
             self._socket_path = path
         try:
-            port = server.add_insecure_port(target)
+            if credentials is None:
+                port = server.add_insecure_port(target)
+            else:
+                port = server.add_secure_port(target, credentials)
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot listen on {self.config.listen}: {exc}; is another agent running "
                 "there? pick another --listen"
             ) from exc
         self._server = server
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         if self._socket_path is not None:
             self.address = f"unix://{self._socket_path}"
@@ -196,7 +226,14 @@ class Agent:
             node_id=self.config.node_id,
             metrics_port=self.metrics_port,
             pid=os.getpid(),
+            tls=cfg.tls.enabled,
+            mutual_tls=cfg.tls.mutual,
+            auth_token=cfg.auth_token is not None,
         )
+
+    async def _set_health(self, status: Any) -> None:
+        await self._health.set("", status)
+        await self._health.set(SERVICE_NAME, status)
 
     # -- run --------------------------------------------------------------------------
 
@@ -250,6 +287,8 @@ class Agent:
             await self._wait_trainers_gone()
             raise
         self.table = result.table
+        # Trainers can be served from here on: DescribeJob is complete, leasing starts.
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.runner = LeaseRunner(
             client=self._client,
             job_id=self.config.job_id,
@@ -380,6 +419,7 @@ class Agent:
                     async with asyncio.timeout(2.0):
                         await self.runner.report_now()
             if self._server is not None:
+                await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
                 await self._server.stop(self._grace)
             await self._reader.aclose()
             await self._client.close()

@@ -5,15 +5,34 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mx8_common.config_fields import load_config, parse_size, setting
 from mx8_common.errors import ConfigError
+from mx8_common.grpc_security import TlsConfig
 from mx8_common.manifest_reader import DEFAULT_MAX_LINE_BYTES
 
-__all__ = ["INGEST_MODES", "AgentConfig", "listen_target", "load_agent_config"]
+__all__ = [
+    "AGENT_AUTH_TOKEN_ENV",
+    "INGEST_MODES",
+    "AgentConfig",
+    "listen_target",
+    "load_agent_config",
+]
 
 #: How the agent may ingest the manifest.
 INGEST_MODES = ("direct", "cached")
+
+#: The token trainers must send to the agent. Distinct from ``MX8_AUTH_TOKEN`` (and the
+#: ``MX8_AGENT_TLS_*`` files from ``MX8_TLS_*``): those configure the agent's own
+#: connection to the coordinator, these its trainer-facing server.
+AGENT_AUTH_TOKEN_ENV = "MX8_AGENT_AUTH_TOKEN"
+
+
+def _secret(field: Any) -> Any:
+    """Keep a setting out of the dataclass repr, so a logged config never shows it."""
+    field.repr = False
+    return field
 
 
 def _split_host_port(value: str, flag: str) -> tuple[str, int]:
@@ -102,6 +121,28 @@ class AgentConfig:
         env="MX8_AGENT_INGEST_ATTEMPTS",
         help="manifest ingest tries when the cause is transient (a dropped connection)",
     )
+    tls_cert: str | None = setting(
+        None,
+        env="MX8_AGENT_TLS_CERT",
+        help="PEM certificate chain of the trainer-facing server (turns TLS on)",
+    )
+    tls_key: str | None = setting(
+        None, env="MX8_AGENT_TLS_KEY", help="PEM private key of --tls-cert"
+    )
+    tls_ca: str | None = setting(
+        None,
+        env="MX8_AGENT_TLS_CA",
+        help="PEM CA bundle; when set, trainers must present a certificate it signed "
+        "(mutual TLS). Trainers read MX8_AGENT_TLS_CA/_CERT/_KEY as their client side",
+    )
+    auth_token: str | None = _secret(
+        setting(
+            None,
+            env=AGENT_AUTH_TOKEN_ENV,
+            help="bearer token every trainer must send (trainers read the same variable; "
+            "prefer the env var: flags show in ps)",
+        )
+    )
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -133,6 +174,30 @@ class AgentConfig:
         for flag, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {value}")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        # Checked here, not by TlsConfig, so the messages name the agent's variables.
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (
+                ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            )
+            raise ConfigError(
+                f"{given} needs {missing} too: a certificate and its private key go together "
+                "(or set both MX8_AGENT_TLS_CERT and MX8_AGENT_TLS_KEY)"
+            )
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "--tls-ca needs --tls-cert and --tls-key: mutual TLS is TLS plus client "
+                "certificates (or set MX8_AGENT_TLS_CERT and MX8_AGENT_TLS_KEY)"
+            )
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ConfigError(f"{AGENT_AUTH_TOKEN_ENV} is blank; set a real token or unset it")
+
+    @property
+    def tls(self) -> TlsConfig:
+        """The trainer-facing server's TLS files (all None: plaintext)."""
+        return TlsConfig(cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca)
 
     @property
     def listen_target(self) -> str:
