@@ -10,6 +10,12 @@ The client owns one plain (sync) gRPC channel; gRPC's own threads move the bytes
 event loop is involved. Every gRPC failure becomes an mx8 error here: a storage failure
 the agent hit is raised as the same class (``ObjectChangedError`` for
 ``object_changed_since_snapshot``), anything else as ``AgentError`` naming the URL.
+
+An agent started with ``--tls-cert`` (and ``--tls-ca``) or ``MX8_AGENT_AUTH_TOKEN`` needs
+the same on this side: TLS files and the token default to ``MX8_AGENT_TLS_CA`` /
+``MX8_AGENT_TLS_CERT`` / ``MX8_AGENT_TLS_KEY`` and ``MX8_AGENT_AUTH_TOKEN`` (not the
+``MX8_TLS_*`` / ``MX8_AUTH_TOKEN`` of the coordinator connection). A sync channel takes no
+aio interceptors, so the token rides as metadata on each call.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import queue
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -29,16 +35,21 @@ from mx8_common.errors import (
     AccessDeniedError,
     AgentError,
     BucketNotFoundError,
+    ConfigError,
     Mx8Error,
     ObjectChangedError,
     ObjectNotFoundError,
     StorageError,
     TransientStorageError,
 )
+from mx8_common.grpc_security import TlsConfig, channel_credentials, token_metadata
 from mx8_common.proto import agent_pb2 as pb
 from mx8_common.proto import agent_pb2_grpc as pb_grpc
 
-__all__ = ["AgentStreamClient"]
+__all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "agent_tls_from_env"]
+
+#: The token the agent's ``MX8_AGENT_AUTH_TOKEN`` demands (same name on both ends).
+AGENT_AUTH_TOKEN_ENV = "MX8_AGENT_AUTH_TOKEN"
 
 #: Storage errors the agent forwards as ``"<event>: <message>"``, by event name.
 _FORWARDED: dict[str, type[StorageError]] = {
@@ -59,8 +70,27 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+def agent_tls_from_env(environ: Mapping[str, str] | None = None) -> TlsConfig:
+    """The trainer's TLS files for the agent: ``MX8_AGENT_TLS_CA`` (trust the agent's
+    certificate) and ``MX8_AGENT_TLS_CERT`` / ``MX8_AGENT_TLS_KEY`` (mutual TLS).
+    Empty values count as unset; none set means plaintext."""
+    env = os.environ if environ is None else environ
+    cert = env.get("MX8_AGENT_TLS_CERT") or None
+    key = env.get("MX8_AGENT_TLS_KEY") or None
+    if (cert is None) != (key is None):
+        raise ConfigError(
+            "set both MX8_AGENT_TLS_CERT and MX8_AGENT_TLS_KEY (the trainer's client "
+            "certificate and its key) or neither"
+        )
+    return TlsConfig(cert=cert, key=key, ca=env.get("MX8_AGENT_TLS_CA") or None)
+
+
 class AgentStreamClient:
-    """Batches of one job from the local agent, as a sync iterator (see module docstring)."""
+    """Batches of one job from the local agent, as a sync iterator (see module docstring).
+
+    ``tls`` None reads ``MX8_AGENT_TLS_*`` (pass ``TlsConfig()`` to force plaintext);
+    ``token`` None reads ``MX8_AGENT_AUTH_TOKEN`` (pass ``""`` to send none).
+    """
 
     def __init__(
         self,
@@ -72,6 +102,8 @@ class AgentStreamClient:
         trainer_id: str | None = None,
         window: int = 4,
         timeout_s: float = 30.0,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
     ) -> None:
         if batch_size <= 0:
             raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
@@ -86,14 +118,26 @@ class AgentStreamClient:
         self.trainer_id = trainer_id or (
             f"{socket.gethostname()}-{os.getpid()}-{local_rank}-{uuid.uuid4().hex[:6]}"
         )
-        self._channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        self.tls = agent_tls_from_env() if tls is None else tls
+        token = (os.environ.get(AGENT_AUTH_TOKEN_ENV) or None) if token is None else token
+        self._metadata = token_metadata(token) if token else ()
+        if self.tls.enabled:
+            self._channel = grpc.secure_channel(
+                url, channel_credentials(self.tls), options=_CHANNEL_OPTIONS
+            )
+        else:
+            self._channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError as exc:
             self._channel.close()
+            # A TLS mismatch (plaintext vs TLS, an untrusted or missing certificate) looks
+            # the same as a dead agent from here: the channel just never becomes ready.
             raise AgentError(
                 f"mx8d-agent at {url} is unreachable after {timeout_s}s; start mx8d-agent on "
-                "this host, or point the trainer at its --listen address (MX8_AGENT_LISTEN)",
+                "this host, or point the trainer at its --listen address (MX8_AGENT_LISTEN). "
+                "If the agent runs TLS (--tls-cert), set MX8_AGENT_TLS_CA (and "
+                "MX8_AGENT_TLS_CERT/MX8_AGENT_TLS_KEY when it wants client certificates)",
                 address=url,
             ) from exc
         self._stub = pb_grpc.AgentStub(self._channel)
@@ -108,6 +152,16 @@ class AgentStreamClient:
     def _error(self, exc: grpc.RpcError, what: str) -> Mx8Error:
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            hint = (
+                ""
+                if AGENT_AUTH_TOKEN_ENV in details
+                else f"; set {AGENT_AUTH_TOKEN_ENV} to the agent's token"
+            )
+            return AgentError(
+                f"mx8d-agent at {self.url} refused {what} (UNAUTHENTICATED): {details}{hint}",
+                address=self.url,
+            )
         event, sep, message = details.partition(": ")
         if sep and event in _FORWARDED:
             return _FORWARDED[event](f"{message} (reported by mx8d-agent at {self.url})")
@@ -128,7 +182,9 @@ class AgentStreamClient:
         """The job as the agent knows it: hash, sample count, epochs, class names, rank."""
         try:
             d = self._stub.DescribeJob(
-                pb.DescribeJobRequest(job_id=self.job_id), timeout=self.timeout_s
+                pb.DescribeJobRequest(job_id=self.job_id),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise self._error(exc, "DescribeJob") from exc
@@ -165,7 +221,7 @@ class AgentStreamClient:
         if self._finished or self._closed:
             raise StopIteration
         if self._responses is None:
-            self._responses = self._stub.Stream(self._request_stream())
+            self._responses = self._stub.Stream(self._request_stream(), metadata=self._metadata)
         if self._pending_ack is not None:
             # The trainer asks for the next batch: it has consumed the previous one.
             self._requests.put(pb.TrainerMessage(ack=pb.Ack(batch_seq=self._pending_ack)))
