@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from eventually import assert_eventually as _assert_eventually
 
 from mx8._agent_client import AgentStreamClient
 from mx8_common.manifest_format import ManifestWriter
@@ -62,17 +63,8 @@ def write_local_dataset(
 async def assert_eventually(
     check: Callable[[], Any], *, timeout_s: float = 20.0, interval_s: float = 0.02
 ) -> Any:
-    """Poll ``check`` (sync or async) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(interval_s)
+    """The shared poller with this package's longer default (agent processes start slowly)."""
+    return await _assert_eventually(check, timeout_s=timeout_s, interval_s=interval_s)
 
 
 @dataclass

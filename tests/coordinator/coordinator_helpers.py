@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from eventually import assert_eventually
 
 from mx8_common.coordinator_client import CoordinatorClient
 from mx8_common.manifest_format import ManifestWriter
@@ -27,22 +26,6 @@ def write_manifest(directory: Path, samples: int, *, location_pad: int = 0) -> P
     path = directory / "manifest.tsv"
     os.replace(written.path, path)
     return path
-
-
-async def assert_eventually(
-    check: Callable[[], Any], *, timeout_s: float = 10.0, interval_s: float = 0.02
-) -> Any:
-    """Poll ``check`` (sync or async) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(interval_s)
 
 
 @dataclass

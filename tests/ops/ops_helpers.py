@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import os
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from eventually import assert_eventually
 
 from mx8_common.manifest_format import ManifestWriter
 
@@ -31,22 +28,6 @@ def write_manifest(directory: Path, samples: int) -> Path:
     path = directory / "manifest.tsv"
     os.replace(written.path, path)
     return path
-
-
-async def assert_eventually(
-    check: Callable[[], Any], *, timeout_s: float = 10.0, interval_s: float = 0.02
-) -> Any:
-    """Poll ``check`` (sync or async) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(interval_s)
 
 
 @dataclass(frozen=True)
