@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.coordinator_child MANIFEST [--world-size N] [--block-size B]``
 serves the manifest file on 127.0.0.1 port 0, prints ``{"address", "manifest_hash",
-"total_samples"}`` as one JSON line, and shuts down when its stdin closes.
+"total_samples"}`` as one JSON line, and shuts down when its stdin closes. With ``MX8_BENCH_PROFILE=FILE`` it runs under cProfile and
+writes the stats to FILE.
 ``serve_coordinator(...)`` runs it from the parent as a context manager.
 """
 
@@ -95,4 +96,12 @@ if __name__ == "__main__":
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--block-size", type=int, default=65536)
     parser.add_argument("--epochs", type=int, default=1)
-    uvloop.run(_serve(parser.parse_args()))
+    profile_to = os.environ.get("MX8_BENCH_PROFILE")  # cProfile stats file, for RESULTS.md
+    if profile_to:
+        import cProfile
+
+        with cProfile.Profile() as profiler:
+            uvloop.run(_serve(parser.parse_args()))
+        profiler.dump_stats(profile_to)
+    else:
+        uvloop.run(_serve(parser.parse_args()))
