@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.coordinator_child MANIFEST [--world-size N] [--block-size B]``
 serves the manifest file on 127.0.0.1 port 0, prints ``{"address", "manifest_hash",
-"total_samples"}`` as one JSON line, and shuts down when its stdin closes. With ``MX8_BENCH_PROFILE=FILE`` it runs under cProfile and
-writes the stats to FILE.
+"total_samples"}`` as one JSON line, and shuts down when its stdin closes. With
+``MX8_BENCH_PROFILE=FILE`` it runs under cProfile and writes the stats to FILE.
 ``serve_coordinator(...)`` runs it from the parent as a context manager.
 """
 
