@@ -34,18 +34,22 @@ class JobDescription(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., epochs: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., node_rank: _Optional[int] = ..., world_size: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class OpenStream(_message.Message):
-    __slots__ = ("job_id", "local_rank", "batch_size", "trainer_id", "window")
+    __slots__ = ("job_id", "local_rank", "batch_size", "trainer_id", "window", "want_locations", "resume_after_seq")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     TRAINER_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WANT_LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     local_rank: int
     batch_size: int
     trainer_id: str
     window: int
-    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., trainer_id: _Optional[str] = ..., window: _Optional[int] = ...) -> None: ...
+    want_locations: bool
+    resume_after_seq: int
+    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., trainer_id: _Optional[str] = ..., window: _Optional[int] = ..., want_locations: _Optional[bool] = ..., resume_after_seq: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("batch_seq",)
