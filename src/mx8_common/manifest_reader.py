@@ -1,9 +1,14 @@
 """Reader-first, fail-closed parser of the canonical manifest TSV.
 
-``parse_canonical_manifest_tsv_reader`` is the one parser: it pulls one line at a time
-from any binary reader with ``readline(limit)``, so memory stays bounded by the longest
+``parse_canonical_manifest_tsv_reader`` is the reference parser: it pulls one line at a
+time from any binary reader with ``readline(limit)``, so memory stays bounded by the longest
 allowed line. The bytes and path helpers are thin wrappers with identical semantics. It
 accepts exactly what ``manifest_format`` writes, so a parsed manifest re-hashes to its hash.
+
+Its pieces are public so the vectorized table builder (``manifest_fast_parse``) raises the
+very same errors: ``read_schema_header`` (line 1), ``raise_unterminated_line`` (a last line
+without LF, or one over the bound) and ``parse_canonical_lines`` (rows of a block of
+complete lines, row by row, the fallback that names the exact bad line).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from mx8_common.errors import (
     ManifestBadRow,
@@ -27,15 +32,21 @@ from mx8_common.manifest_format import SCHEMA_HEADER, ManifestRecord
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "LineReader",
+    "check_hash",
+    "parse_canonical_lines",
     "parse_canonical_manifest_tsv_bytes",
     "parse_canonical_manifest_tsv_path",
     "parse_canonical_manifest_tsv_reader",
+    "raise_unterminated_line",
+    "read_schema_header",
 ]
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 
 
 class LineReader(Protocol):
+    """Anything with a binary ``readline(limit)`` (files, ``BytesIO``, the ingest adapter)."""
+
     def readline(self, size: int = -1, /) -> bytes: ...
 
 
@@ -99,6 +110,56 @@ def _parse_row(line: bytes, line_no: int, expected_id: int) -> ManifestRecord:
     return ManifestRecord(sample_id, location, byte_offset, byte_length, decode_hint)
 
 
+def read_schema_header(reader: LineReader) -> bytes:
+    """Read and check line 1 (``schema_version=0``); return its bytes (for hashing)."""
+    header = reader.readline(len(SCHEMA_HEADER))
+    if header != SCHEMA_HEADER:
+        if not header:
+            raise ManifestTruncated("manifest is empty: no schema_version header", line_no=1)
+        shown = header.split(b"\n", 1)[0][:64]
+        raise ManifestSchemaMismatch(
+            f"manifest line 1: expected header 'schema_version=0', found {shown!r}; "
+            "this reader understands schema version 0 only",
+            line_no=1,
+        )
+    return header
+
+
+def raise_unterminated_line(piece: bytes, line_no: int, max_line_bytes: int) -> NoReturn:
+    """Raise for ``piece``, what ``readline(max_line_bytes + 1)`` gave without a final LF."""
+    if len(piece) > max_line_bytes:
+        raise ManifestLineTooLong(
+            f"manifest line {line_no} is longer than {max_line_bytes} bytes "
+            "(MX8_AGENT_MANIFEST_STREAM_MAX_LINE_BYTES); refusing to buffer it",
+            line_no=line_no,
+        )
+    raise ManifestTruncated(
+        f"manifest line {line_no} has no final LF: the manifest was cut short",
+        line_no=line_no,
+    )
+
+
+def parse_canonical_lines(
+    block: bytes, *, line_no: int, first_id: int, max_line_bytes: int
+) -> Iterator[ManifestRecord]:
+    """Rows of ``block`` (complete LF-ended lines; its first line is ``line_no``), one by one.
+
+    The same checks, in the same order, as ``parse_canonical_manifest_tsv_reader`` makes on
+    those lines, so the first bad line raises exactly what the reference parser raises.
+    """
+    pos = 0
+    expected_id = first_id
+    while pos < len(block):
+        end = block.find(b"\n", pos) + 1
+        if end == 0 or end - pos > max_line_bytes + 1:
+            # What readline(max_line_bytes + 1) would have returned for this line.
+            raise_unterminated_line(block[pos : pos + max_line_bytes + 1], line_no, max_line_bytes)
+        yield _parse_row(block[pos:end], line_no, expected_id)
+        pos = end
+        line_no += 1
+        expected_id += 1
+
+
 def parse_canonical_manifest_tsv_reader(
     reader: LineReader,
     *,
@@ -112,16 +173,7 @@ def parse_canonical_manifest_tsv_reader(
     valid only once iteration completes.
     """
     sha = hashlib.sha256() if expected_hash is not None else None
-    header = reader.readline(len(SCHEMA_HEADER))
-    if header != SCHEMA_HEADER:
-        if not header:
-            raise ManifestTruncated("manifest is empty: no schema_version header", line_no=1)
-        shown = header.split(b"\n", 1)[0][:64]
-        raise ManifestSchemaMismatch(
-            f"manifest line 1: expected header 'schema_version=0', found {shown!r}; "
-            "this reader understands schema version 0 only",
-            line_no=1,
-        )
+    header = read_schema_header(reader)
     if sha is not None:
         sha.update(header)
     line_no = 1
@@ -132,23 +184,20 @@ def parse_canonical_manifest_tsv_reader(
             break
         line_no += 1
         if line[-1] != 0x0A:
-            if len(line) > max_line_bytes:
-                raise ManifestLineTooLong(
-                    f"manifest line {line_no} is longer than {max_line_bytes} bytes "
-                    "(MX8_AGENT_MANIFEST_STREAM_MAX_LINE_BYTES); refusing to buffer it",
-                    line_no=line_no,
-                )
-            raise ManifestTruncated(
-                f"manifest line {line_no} has no final LF: the manifest was cut short",
-                line_no=line_no,
-            )
+            raise_unterminated_line(line, line_no, max_line_bytes)
         if sha is not None:
             sha.update(line)
         yield _parse_row(line, line_no, expected_id)
         expected_id += 1
-    if sha is not None and sha.hexdigest() != expected_hash:
+    if sha is not None:
+        check_hash(sha.hexdigest(), expected_hash)
+
+
+def check_hash(digest: str, expected_hash: str | None) -> None:
+    """Raise ``ManifestHashMismatch`` unless ``expected_hash`` is None or ``digest``."""
+    if expected_hash is not None and digest != expected_hash:
         raise ManifestHashMismatch(
-            f"manifest bytes hash to {sha.hexdigest()}, not the announced {expected_hash}; "
+            f"manifest bytes hash to {digest}, not the announced {expected_hash}; "
             "the manifest is corrupt or was replaced",
         )
 
