@@ -5,7 +5,16 @@ trainers are served first-come first-served, so trainers that keep up get batche
 turn. A trainer may hold at most ``window`` sent-but-unacknowledged batches; its ``ack``
 hands the batches to ``on_acked`` (the ack tracker: only acknowledged samples are ever
 reported to the coordinator). A trainer that disconnects with unacknowledged batches has
-them put back at the front of the queue, in order, for the others.
+them put back at the front of the queue, in order, for the others, after ``resume_grace_s``
+(parked until then, so a quick reconnect gets them all back instead of racing the others).
+
+A trainer that reconnects with the same ``trainer_id`` resumes its place (``attach`` with
+``resume_after``): its batches up to ``resume_after`` count as acknowledged (consumed; the
+ack was lost with the old stream), the rest of its old unacknowledged batches that no other
+trainer took yet are re-sent to it first with their old ``batch_seq``, and its numbering
+continues. A second stream with a live ``trainer_id`` replaces the first (a reconnect the
+agent noticed before the break). Resuming a ``trainer_id`` this hub never served is a
+``TrainerResumeError``: the agent restarted and cannot tell what the trainer consumed.
 
 The hub also accounts bytes: queued + unacknowledged (``held_bytes``). The runner waits
 for ``wait_room`` before it grows a batch, which is the back-pressure from slow trainers
@@ -17,13 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mx8_common.errors import RequestError
+from mx8_common.errors import RequestError, TrainerResumeError
 
 __all__ = ["ReadyBatch", "TrainerHub", "TrainerSession"]
 
@@ -39,6 +47,9 @@ class ReadyBatch:
     payload: bytes
     offsets: np.ndarray
     labels: np.ndarray | None
+    #: The trainer this batch was last sent to and its ``batch_seq`` there (for resumes).
+    owner: str | None = None
+    owner_seq: int = 0
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -55,10 +66,15 @@ class TrainerSession:
     trainer_id: str
     window: int
     local_rank: int = 0
+    want_locations: bool = False
     next_seq: int = 1
     unacked: collections.deque[tuple[int, ReadyBatch]] = field(default_factory=collections.deque)
+    #: A resumed trainer's old batches, sent again before anything else.
+    resend: collections.deque[tuple[int, ReadyBatch]] = field(default_factory=collections.deque)
     batches_sent: int = 0
     samples_acked: int = 0
+    #: Set when a newer stream with the same trainer_id replaced this one.
+    replaced: BaseException | None = None
 
     @property
     def has_room(self) -> bool:
@@ -68,16 +84,29 @@ class TrainerSession:
 class TrainerHub:
     """Shared queue of ready batches for several local trainers (see the module docstring)."""
 
-    def __init__(self, *, max_bytes: int, on_acked: Callable[[ReadyBatch], None]) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        on_acked: Callable[[ReadyBatch], None],
+        resume_grace_s: float = 0.0,
+    ) -> None:
         self.max_bytes = max_bytes
         self._on_acked = on_acked
+        self.resume_grace_s = resume_grace_s
         self.batch_size: int | None = None
         self._queue: collections.deque[ReadyBatch] = collections.deque()
         self._waiters: collections.deque[tuple[TrainerSession, asyncio.Future[object]]] = (
             collections.deque()
         )
-        self._sessions: dict[int, TrainerSession] = {}
-        self._ids = itertools.count()
+        self._sessions: dict[str, TrainerSession] = {}
+        # Detached trainers: their unacknowledged batches waiting out the grace, and where
+        # their numbering continues (kept for the agent's life: a few ints per trainer).
+        self._parked: dict[str, list[tuple[int, ReadyBatch]]] = {}
+        self._park_timers: dict[str, asyncio.TimerHandle] = {}
+        self._next_seq_of: dict[str, int] = {}
+        #: Batches parked or waiting in a session's ``resend`` (held, not queued, not sent).
+        self.reserved_batches = 0
         self._finished = False
         self._error: BaseException | None = None
         self.held_bytes = 0
@@ -152,12 +181,23 @@ class TrainerHub:
                 future.set_exception(error)
 
     def discard_lease(self, lease_id: str) -> int:
-        """Drop queued batches of a lease the coordinator took back; returns how many."""
+        """Drop queued, parked and to-be-resent batches of a lease the coordinator took
+        back; returns how many."""
         kept = [b for b in self._queue if b.lease_id != lease_id]
         dropped = len(self._queue) - len(kept)
+        self.held_bytes -= sum(b.nbytes for b in self._queue if b.lease_id == lease_id)
+        self._queue = collections.deque(kept)
+        reserved = [*self._parked.values(), *(s.resend for s in self._sessions.values())]
+        for held in reserved:
+            gone = [(q, b) for q, b in held if b.lease_id == lease_id]
+            if gone:
+                mine = [(q, b) for q, b in held if b.lease_id != lease_id]
+                held.clear()
+                held.extend(mine)
+                dropped += len(gone)
+                self.reserved_batches -= len(gone)
+                self.held_bytes -= sum(b.nbytes for _q, b in gone)
         if dropped:
-            self.held_bytes -= sum(b.nbytes for b in self._queue if b.lease_id == lease_id)
-            self._queue = collections.deque(kept)
             self._room.set()
             self._dispatch()
         return dropped
@@ -165,28 +205,114 @@ class TrainerHub:
     @property
     def drained(self) -> bool:
         """Finished, and nothing queued or waiting for an acknowledgement."""
-        return self._finished and not self._queue and self.unacked_batches == 0
+        return (
+            self._finished
+            and not self._queue
+            and self.unacked_batches == 0
+            and self.reserved_batches == 0
+        )
 
     # -- trainer side -------------------------------------------------------------------
 
-    def attach(self, trainer_id: str, *, window: int, local_rank: int = 0) -> TrainerSession:
-        session = TrainerSession(trainer_id, max(1, window), local_rank)
-        self._sessions[id(session)] = session
+    def attach(
+        self,
+        trainer_id: str,
+        *,
+        window: int,
+        local_rank: int = 0,
+        resume_after: int = 0,
+        want_locations: bool = False,
+    ) -> TrainerSession:
+        """A new stream of ``trainer_id``; ``resume_after`` > 0 resumes its previous one
+        (see the module docstring). Raises ``TrainerResumeError`` for an unknown trainer."""
+        old = self._sessions.get(trainer_id)
+        if old is not None:
+            self._replace(old)
+        if resume_after > 0 and trainer_id not in self._next_seq_of:
+            raise TrainerResumeError(
+                f"trainer {trainer_id!r} asks to resume after batch {resume_after}, but this "
+                "agent never sent it a batch: the agent restarted, so what the trainer consumed "
+                "is unknown here. Restart the trainer (from its last checkpoint)",
+                trainer_id=trainer_id,
+            )
+        session = TrainerSession(trainer_id, max(1, window), local_rank, want_locations)
+        session.next_seq = self._next_seq_of.pop(trainer_id, 1)
+        self._sessions[trainer_id] = session
         self._no_sessions.clear()
+        self._claim(session, resume_after)
         return session
 
+    def _claim(self, session: TrainerSession, resume_after: int) -> None:
+        """Take back a resuming trainer's batches: parked ones and queued ones still tagged."""
+        tid = session.trainer_id
+        timer = self._park_timers.pop(tid, None)
+        if timer is not None:
+            timer.cancel()
+        mine = self._parked.pop(tid, [])
+        self.reserved_batches -= len(mine)
+        if any(b.owner == tid for b in self._queue):
+            mine += [(b.owner_seq, b) for b in self._queue if b.owner == tid]
+            self._queue = collections.deque(b for b in self._queue if b.owner != tid)
+        consumed = 0
+        for seq, batch in sorted(mine, key=lambda item: item[0]):
+            if seq <= resume_after:
+                # Consumed before the break; only the acknowledgement was lost.
+                self.held_bytes -= batch.nbytes
+                session.samples_acked += len(batch)
+                self._on_acked(batch)
+                consumed += 1
+            else:
+                session.resend.append((seq, batch))
+                self.reserved_batches += 1
+        if consumed:
+            self._room.set()
+        self._dispatch()
+
+    def _replace(self, old: TrainerSession) -> None:
+        """A newer stream of the same trainer_id: end the old one, keep its batches."""
+        old.replaced = RequestError(
+            f"a newer stream with trainer_id {old.trainer_id!r} replaced this one (a "
+            "reconnect resumes there); give every trainer process its own trainer_id",
+            field="trainer_id",
+        )
+        for session, future in self._waiters:
+            if session is old and not future.done():
+                future.set_exception(old.replaced)
+        self.detach(old)
+
     def detach(self, session: TrainerSession) -> None:
-        """The trainer left: its unacknowledged batches go back to the front, in order."""
-        if self._sessions.pop(id(session), None) is None:
+        """The trainer left: its unacknowledged batches are parked for ``resume_grace_s``
+        (a reconnect takes them back), then go back to the front of the queue, in order."""
+        if self._sessions.get(session.trainer_id) is not session:
             return
-        for _seq, batch in reversed(session.unacked):
-            self._queue.appendleft(batch)
-            self.requeued_batches += 1
+        del self._sessions[session.trainer_id]
+        tid = session.trainer_id
+        self._next_seq_of[tid] = session.next_seq
         self.unacked_batches -= len(session.unacked)
+        self.reserved_batches += len(session.unacked)  # resend ones are counted already
+        held = sorted([*session.unacked, *session.resend], key=lambda item: item[0])
         session.unacked.clear()
+        session.resend.clear()
         self._waiters = collections.deque((s, f) for s, f in self._waiters if s is not session)
+        if held:
+            self._parked[tid] = held
+            if self.resume_grace_s > 0:
+                loop = asyncio.get_running_loop()
+                self._park_timers[tid] = loop.call_later(self.resume_grace_s, self._release, tid)
+            else:
+                self._release(tid)
         if not self._sessions:
             self._no_sessions.set()
+        self._dispatch()
+
+    def _release(self, trainer_id: str) -> None:
+        """The grace is over: a detached trainer's batches go to whoever asks first."""
+        self._park_timers.pop(trainer_id, None)
+        held = self._parked.pop(trainer_id, [])
+        for _seq, batch in reversed(held):
+            self._queue.appendleft(batch)  # still tagged: a later resume may take it back
+        self.reserved_batches -= len(held)
+        self.requeued_batches += len(held)
         self._dispatch()
 
     async def wait_no_sessions(self) -> None:
@@ -199,6 +325,8 @@ class TrainerHub:
         """
         if self._error is not None:
             raise self._error
+        if session.replaced is not None:
+            raise session.replaced
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiters.append((session, future))
         self._dispatch()
@@ -229,23 +357,30 @@ class TrainerHub:
     # -- matching -----------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand queued batches to waiting trainers with room, first come first served."""
-        while self._queue and self._waiters:
+        """Hand batches to waiting trainers with room, first come first served; a resumed
+        trainer's own batches go to it before anything from the queue."""
+        while self._waiters:
             for k, (session, future) in enumerate(self._waiters):
-                if future.done():
+                if future.done() or not session.has_room:
                     continue
-                if session.has_room:
-                    del self._waiters[k]
+                if session.resend:
+                    seq, batch = session.resend.popleft()
+                    self.reserved_batches -= 1
+                elif self._queue:
                     batch = self._queue.popleft()
                     seq = session.next_seq
                     session.next_seq += 1
-                    session.unacked.append((seq, batch))
-                    session.batches_sent += 1
-                    self.unacked_batches += 1
-                    future.set_result((seq, batch))
-                    break
+                else:
+                    continue
+                del self._waiters[k]
+                batch.owner, batch.owner_seq = session.trainer_id, seq
+                session.unacked.append((seq, batch))
+                session.batches_sent += 1
+                self.unacked_batches += 1
+                future.set_result((seq, batch))
+                break
             else:
-                break  # every waiter is at its window: wait for an ack
+                break  # nothing for any waiter with room: wait for a put or an ack
         self._waiters = collections.deque((s, f) for s, f in self._waiters if not f.done())
         if self.drained:
             while self._waiters:

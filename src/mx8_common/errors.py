@@ -42,7 +42,9 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
     ├── CoordinatorError             coordinator unreachable or refused (.address, .code)
     ├── AgentError                   local agent unreachable or refused (.address)
-    └── DecodeError                  a sample's bytes are not a decodable image (.location)
+    ├── DecodeError                  a sample's bytes are not a decodable image (.location)
+    ├── TrainerResumeError           agent cannot resume a trainer's stream (.trainer_id)
+    └── ManifestChangedError         coordinator now serves another snapshot (.expected, .got)
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ __all__ = [
     "LinkError",
     "LockTimeoutError",
     "ManifestBadRow",
+    "ManifestChangedError",
     "ManifestError",
     "ManifestHashMismatch",
     "ManifestLineTooLong",
@@ -85,6 +88,7 @@ __all__ = [
     "SnapshotNotFoundError",
     "StorageError",
     "StoreError",
+    "TrainerResumeError",
     "TransientStorageError",
     "UnsupportedKeyError",
 ]
@@ -350,3 +354,26 @@ class DecodeError(Mx8Error):
         super().__init__(message)
         self.location = location
         self.sample_id = sample_id
+
+
+class TrainerResumeError(Mx8Error):
+    """An agent cannot resume a trainer's stream: it never served ``trainer_id`` (it
+    restarted since), so it cannot tell which batches the trainer already consumed."""
+
+    event = "trainer_resume_refused"
+
+    def __init__(self, message: str, *, trainer_id: str | None = None) -> None:
+        super().__init__(message)
+        self.trainer_id = trainer_id
+
+
+class ManifestChangedError(Mx8Error):
+    """A re-registration found the coordinator serving another manifest hash than the one
+    this node's trainers are reading (``expected``); ``got`` is the new one."""
+
+    event = "coordinator_manifest_changed"
+
+    def __init__(self, message: str, *, expected: str, got: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
