@@ -6,6 +6,15 @@ after the trainer consumed it; the agent reports only acknowledged samples to th
 coordinator, so batches a crashed trainer never finished go to another trainer instead
 of being lost. Up to ``window`` batches may be in flight ahead of the trainer.
 
+A stream that breaks (UNAVAILABLE) while the agent lives is reopened with the same
+``trainer_id`` and ``resume_after_seq`` = the last batch the trainer consumed: the agent
+counts that one as acknowledged even if the ack was lost, re-sends the batches the trainer
+never got, and the iteration goes on without losing or repeating a consumed batch. The
+client retries for ``reconnect_timeout_s`` (0 turns this off); an agent that restarted
+meanwhile refuses the resume (it cannot know what was consumed) and that is an
+``AgentError`` telling the trainer to restart, as is an agent that stays away.
+``want_locations=True`` asks the agent to fill ``Batch.locations``.
+
 The client owns one plain (sync) gRPC channel; gRPC's own threads move the bytes, so no
 event loop is involved. Every gRPC failure becomes an mx8 error here: a storage failure
 the agent hit is raised as the same class (``ObjectChangedError`` for
@@ -23,6 +32,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -40,6 +50,7 @@ from mx8_common.errors import (
     ObjectChangedError,
     ObjectNotFoundError,
     StorageError,
+    TrainerResumeError,
     TransientStorageError,
 )
 from mx8_common.grpc_security import TlsConfig, channel_credentials, token_metadata
@@ -104,6 +115,8 @@ class AgentStreamClient:
         timeout_s: float = 30.0,
         tls: TlsConfig | None = None,
         token: str | None = None,
+        want_locations: bool = False,
+        reconnect_timeout_s: float = 5.0,
     ) -> None:
         if batch_size <= 0:
             raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
@@ -115,6 +128,9 @@ class AgentStreamClient:
         self.batch_size = batch_size
         self.window = window
         self.timeout_s = timeout_s
+        self.want_locations = want_locations
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.reconnects = 0
         self.trainer_id = trainer_id or (
             f"{socket.gethostname()}-{os.getpid()}-{local_rank}-{uuid.uuid4().hex[:6]}"
         )
@@ -144,6 +160,8 @@ class AgentStreamClient:
         self._requests: queue.Queue[pb.TrainerMessage | None] = queue.Queue()
         self._responses: Any = None
         self._pending_ack: int | None = None
+        # The last batch_seq the trainer consumed: where a resumed stream continues.
+        self._consumed_seq = 0
         self._finished = False
         self._closed = False
 
@@ -163,6 +181,11 @@ class AgentStreamClient:
                 address=self.url,
             )
         event, sep, message = details.partition(": ")
+        if sep and event == TrainerResumeError.event:
+            return AgentError(
+                f"mx8d-agent at {self.url} cannot resume this trainer's stream: {message}",
+                address=self.url,
+            )
         if sep and event in _FORWARDED:
             return _FORWARDED[event](f"{message} (reported by mx8d-agent at {self.url})")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
@@ -201,7 +224,9 @@ class AgentStreamClient:
 
     # -- streaming ----------------------------------------------------------------------
 
-    def _request_stream(self) -> Iterator[pb.TrainerMessage]:
+    def _request_stream(
+        self, requests: queue.Queue[pb.TrainerMessage | None], resume_after: int
+    ) -> Iterator[pb.TrainerMessage]:
         yield pb.TrainerMessage(
             open=pb.OpenStream(
                 job_id=self.job_id,
@@ -209,10 +234,34 @@ class AgentStreamClient:
                 batch_size=self.batch_size,
                 trainer_id=self.trainer_id,
                 window=self.window,
+                want_locations=self.want_locations,
+                resume_after_seq=resume_after,
             )
         )
-        while (message := self._requests.get()) is not None:
+        while (message := requests.get()) is not None:
             yield message
+
+    def _open(self, resume_after: int) -> None:
+        # Each stream has its own request queue: a None ends the old one's sender thread.
+        self._requests = queue.Queue()
+        self._responses = self._stub.Stream(
+            self._request_stream(self._requests, resume_after), metadata=self._metadata
+        )
+
+    def _reopen(self, deadline: float) -> bool:
+        """After a broken stream: wait (until ``deadline``) for the agent, then resume.
+
+        False when the agent did not come back in time."""
+        self._requests.put(None)
+        try:
+            grpc.channel_ready_future(self._channel).result(
+                timeout=max(0.0, deadline - time.monotonic())
+            )
+        except grpc.FutureTimeoutError:
+            return False
+        self.reconnects += 1
+        self._open(self._consumed_seq)
+        return True
 
     def __iter__(self) -> AgentStreamClient:
         return self
@@ -221,23 +270,34 @@ class AgentStreamClient:
         if self._finished or self._closed:
             raise StopIteration
         if self._responses is None:
-            self._responses = self._stub.Stream(self._request_stream(), metadata=self._metadata)
+            self._open(0)
         if self._pending_ack is not None:
             # The trainer asks for the next batch: it has consumed the previous one.
             self._requests.put(pb.TrainerMessage(ack=pb.Ack(batch_seq=self._pending_ack)))
+            self._consumed_seq = self._pending_ack
             self._pending_ack = None
-        try:
-            message = next(self._responses)
-        except StopIteration:
-            self._finish()
-            raise AgentError(
-                f"mx8d-agent at {self.url} ended the stream before the end of the job; "
-                "check the agent's log",
-                address=self.url,
-            ) from None
-        except grpc.RpcError as exc:
-            self._finish()
-            raise self._error(exc, "Stream") from exc
+        deadline: float | None = None
+        while True:
+            try:
+                message = next(self._responses)
+                break
+            except StopIteration:
+                self._finish()
+                raise AgentError(
+                    f"mx8d-agent at {self.url} ended the stream before the end of the job; "
+                    "check the agent's log",
+                    address=self.url,
+                ) from None
+            except grpc.RpcError as exc:
+                # Only a broken transport is worth a resume; a refusal would repeat.
+                code = exc.code() if hasattr(exc, "code") else None
+                if code == grpc.StatusCode.UNAVAILABLE and self.reconnect_timeout_s > 0:
+                    if deadline is None:
+                        deadline = time.monotonic() + self.reconnect_timeout_s
+                    if not self._closed and self._reopen(deadline):
+                        continue
+                self._finish()
+                raise self._error(exc, "Stream") from exc
         if message.HasField("end_of_job"):
             self._finish()
             raise StopIteration
@@ -249,6 +309,7 @@ class AgentStreamClient:
             offsets=np.array(b.offsets, dtype=np.int64),
             labels=np.array(b.labels, dtype=np.int64) if len(b.labels) else None,
             epoch=b.epoch,
+            locations=tuple(b.locations) if self.want_locations else None,
         )
 
     def _finish(self) -> None:

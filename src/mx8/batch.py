@@ -1,4 +1,5 @@
-"""``Batch``: what the trainer API yields — sample ids, their bytes, labels, epoch."""
+"""``Batch``: what the trainer API yields — sample ids, their bytes, labels, epoch and,
+when asked for, each sample's object location."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ class Batch:
     The bytes of all samples are one buffer: sample ``i`` is
     ``payload[offsets[i]:offsets[i + 1]]`` (``offsets`` has ``len(self) + 1`` entries), so a
     batch costs one allocation however many samples it holds. ``payloads`` gives the
-    per-sample view when that is easier.
+    per-sample view when that is easier. ``locations`` (each sample's object URL, as the
+    manifest names it) is None unless the stream was opened with ``want_locations``.
     """
 
     sample_ids: np.ndarray
@@ -26,6 +28,7 @@ class Batch:
     offsets: np.ndarray
     labels: np.ndarray | None
     epoch: int
+    locations: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.sample_ids)

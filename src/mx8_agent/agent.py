@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mx8_agent.config import AGENT_AUTH_TOKEN_ENV, AgentConfig
@@ -52,6 +53,9 @@ _COMPONENT = "agent"
 _MAX_MESSAGE_BYTES = 1 << 30
 #: How long a drained (or failed) agent waits for its trainers to read the last message.
 _GOODBYE_S = 10.0
+#: How long a disconnected trainer's unacknowledged batches wait for it to reconnect
+#: before other trainers may take them (a transient break resumes without duplicates).
+_RESUME_GRACE_S = 2.0
 
 
 class Agent:
@@ -78,9 +82,11 @@ class Agent:
         self._reader = ObjectReader(reader_config, s3_settings=s3_settings)
         self._grace = shutdown_grace_s
         self._client = CoordinatorClient(config.coordinator)
-        self.hub = TrainerHub(max_bytes=self._hub_budget, on_acked=self._on_acked)
+        self.hub = TrainerHub(
+            max_bytes=self._hub_budget, on_acked=self._on_acked, resume_grace_s=_RESUME_GRACE_S
+        )
         self.metrics = AgentMetrics(self.stats)
-        self._servicer = AgentServicer(hub=self.hub, job_info=self.job_info)
+        self._servicer = AgentServicer(hub=self.hub, job_info=self.job_info, locate=self._locations)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._registration: cpb.RegisterNodeResponse | None = None
@@ -145,6 +151,11 @@ class Agent:
             "bytes_per_second": read.bytes / elapsed if elapsed else 0.0,
             "samples_per_second": acked / elapsed if elapsed else 0.0,
         }
+
+    def _locations(self, sample_ids: np.ndarray) -> list[str]:
+        # Batches exist only after the ingest, so the table is there.
+        assert self.table is not None
+        return [self.table.location(i) for i in sample_ids.tolist()]
 
     def _on_acked(self, batch: Any) -> None:
         if self.runner is not None:

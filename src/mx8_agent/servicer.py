@@ -5,21 +5,25 @@
 from a reader task, and sends what ``next_for`` returns. Errors become statuses in one
 place: a bad open is INVALID_ARGUMENT (naming the values), a storage failure is
 FAILED_PRECONDITION whose message starts with the error's event name
-(``object_changed_since_snapshot: ...``) so the trainer client can raise the same class.
+(``object_changed_since_snapshot: ...``) so the trainer client can raise the same class;
+so is a refused resume (``trainer_resume_refused: ...``). ``Batch.locations`` is filled
+only for a stream opened with ``want_locations``, from the ``locate`` callback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 
 from mx8_agent.trainer_hub import ReadyBatch, TrainerHub, TrainerSession
-from mx8_common.errors import Mx8Error, RequestError, StorageError
+from mx8_common.errors import Mx8Error, RequestError, StorageError, TrainerResumeError
 from mx8_common.events import emit
 from mx8_common.proto import agent_pb2 as pb
 from mx8_common.proto import agent_pb2_grpc as pb_grpc
@@ -44,7 +48,14 @@ class JobInfo:
     ready: bool = False
 
 
-def batch_to_proto(seq: int, batch: ReadyBatch) -> pb.AgentMessage:
+#: Sample ids -> their object locations (the agent's manifest table).
+Locate = Callable[[np.ndarray], list[str]]
+
+
+def batch_to_proto(
+    seq: int, batch: ReadyBatch, locations: list[str] | None = None
+) -> pb.AgentMessage:
+    """The ``AgentMessage`` of one batch (``locations`` only when the trainer asked)."""
     return pb.AgentMessage(
         batch=pb.Batch(
             batch_seq=seq,
@@ -53,6 +64,7 @@ def batch_to_proto(seq: int, batch: ReadyBatch) -> pb.AgentMessage:
             payload=batch.payload,
             offsets=batch.offsets.tolist(),
             labels=[] if batch.labels is None else batch.labels.tolist(),
+            locations=locations or [],
         )
     )
 
@@ -60,7 +72,7 @@ def batch_to_proto(seq: int, batch: ReadyBatch) -> pb.AgentMessage:
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RequestError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, StorageError):
+    if isinstance(exc, StorageError | TrainerResumeError):
         return grpc.StatusCode.FAILED_PRECONDITION, f"{exc.event}: {exc}"
     if isinstance(exc, Mx8Error):
         return grpc.StatusCode.INTERNAL, f"{exc.event}: {exc}"
@@ -70,9 +82,12 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 class AgentServicer(pb_grpc.AgentServicer):
     """``mx8.v1.Agent`` over a ``TrainerHub`` and a ``JobInfo`` provider."""
 
-    def __init__(self, *, hub: TrainerHub, job_info: Callable[[], JobInfo]) -> None:
+    def __init__(
+        self, *, hub: TrainerHub, job_info: Callable[[], JobInfo], locate: Locate | None = None
+    ) -> None:
         self._hub = hub
         self._job_info = job_info
+        self._locate = locate
 
     def _check_job(self, job_id: str) -> None:
         ours = self._job_info().job_id
@@ -112,16 +127,34 @@ class AgentServicer(pb_grpc.AgentServicer):
                 "the first message of a trainer stream must be OpenStream",
             )
         op = first.open
+        # Without an id a trainer cannot resume; a unique one keeps it from replacing others.
+        trainer_id = op.trainer_id or f"{context.peer()}#{op.local_rank}#{uuid.uuid4().hex[:8]}"
         try:
             self._check_job(op.job_id)
+            if op.want_locations and self._locate is None:
+                raise RequestError(
+                    "this agent cannot report sample locations; open the stream without "
+                    "want_locations",
+                    field="want_locations",
+                )
             self._hub.set_batch_size(op.batch_size)
+            session = self._hub.attach(
+                trainer_id,
+                window=op.window or _DEFAULT_WINDOW,
+                local_rank=op.local_rank,
+                resume_after=op.resume_after_seq,
+                want_locations=op.want_locations,
+            )
         except Mx8Error as exc:
             await context.abort(*_status_for(exc))
-        trainer_id = op.trainer_id or f"{context.peer()}#{op.local_rank}"
-        session = self._hub.attach(
-            trainer_id, window=op.window or _DEFAULT_WINDOW, local_rank=op.local_rank
+        emit(
+            _COMPONENT,
+            "trainer_connected",
+            trainer_id=trainer_id,
+            local_rank=op.local_rank,
+            resumed_after=op.resume_after_seq,
+            resent_batches=len(session.resend),
         )
-        emit(_COMPONENT, "trainer_connected", trainer_id=trainer_id, local_rank=op.local_rank)
         acks = asyncio.create_task(self._read_acks(request_iterator, session))
         try:
             while True:
@@ -132,7 +165,11 @@ class AgentServicer(pb_grpc.AgentServicer):
                 if item is None:
                     yield pb.AgentMessage(end_of_job=True)
                     return
-                yield batch_to_proto(*item)
+                seq, batch = item
+                where = None
+                if session.want_locations and self._locate is not None:
+                    where = self._locate(batch.sample_ids)
+                yield batch_to_proto(seq, batch, where)
         finally:
             acks.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
