@@ -27,6 +27,7 @@ from mx8_common.errors import (
     ManifestSchemaMismatch,
     ManifestTruncated,
 )
+from mx8_common.manifest_fast_parse import next_block_end
 from mx8_common.manifest_format import SCHEMA_VERSION
 from mx8_common.manifest_reader import DEFAULT_MAX_LINE_BYTES
 
@@ -58,7 +59,7 @@ _EOF = object()
 
 
 class BoundedCarryReader:
-    """Blocking ``readline``/``read`` over chunks handed in from the event loop."""
+    """Blocking ``readline``/``read_block``/``read`` over chunks handed in from the event loop."""
 
     def __init__(
         self,
@@ -125,6 +126,24 @@ class BoundedCarryReader:
                 self._pos = len(self._buf)
                 return line
             self._note_carry()
+
+    def read_block(self, max_bytes: int, /) -> bytes:
+        """Whole lines, at most ``max_bytes`` of them (see ``manifest_fast_parse.BlockReader``).
+
+        Lines already buffered are handed out before another chunk is pulled, so the carry
+        stays what ``readline`` keeps: one partial line of at most ``max_line_bytes``.
+        """
+        cap = self._max_line_bytes + 1
+        while True:
+            end = next_block_end(self._buf, self._pos, max_bytes, cap)
+            if end is None:
+                if self._fill():
+                    self._note_carry()
+                    continue
+                end = len(self._buf)
+            out = bytes(self._buf[self._pos : end])
+            self._pos = end
+            return out
 
     def read(self, size: int = -1, /) -> bytes:
         while size < 0 or len(self._buf) - self._pos < size:

@@ -36,10 +36,20 @@ import numpy as np
 
 from mx8_common.errors import ManifestNonSequentialId
 from mx8_common.labels import imagefolder_hint, parse_label_id
+from mx8_common.manifest_fast_parse import (
+    BLOCK_BYTES,
+    BlockReader,
+    FileBlockReader,
+    ParsedBlock,
+    parse_block,
+)
 from mx8_common.manifest_format import ManifestRecord
 from mx8_common.manifest_reader import (
     DEFAULT_MAX_LINE_BYTES,
-    parse_canonical_manifest_tsv_reader,
+    check_hash,
+    parse_canonical_lines,
+    raise_unterminated_line,
+    read_schema_header,
 )
 
 # parse_label_id is re-exported from mx8_common.labels, where the hint format lives.
@@ -89,8 +99,25 @@ class _OptionalColumn:
             self.buf.append(value)
         self.n += 1
 
+    def extend(self, values: np.ndarray, present: bool) -> None:
+        """Append int64 ``values`` (-1 = none); ``present`` says whether any is not -1."""
+        if present and self.buf is None:
+            self.buf = array.array(self.code, bytes(self.n * array.array(self.code).itemsize))
+            if self.n:
+                np.frombuffer(self.buf, dtype=self._dtype())[:] = -1
+        if self.buf is not None:
+            self.buf.frombytes(values.astype(self._dtype(), copy=False).tobytes())
+        self.n += len(values)
+
     def _dtype(self) -> type[np.generic]:
         return np.int64 if self.code == "q" else np.int32
+
+
+def _expand_runs(heads: np.ndarray, ids: dict[bytes, int], values: list[bytes], rows: int) -> bytes:
+    """int32 bytes of one id per row, from runs starting at ``heads`` (``b""`` dir = -1)."""
+    run_ids = np.fromiter((ids.get(v, -1) for v in values), dtype=np.int32, count=len(values))
+    run_lengths = np.diff(heads, append=rows)
+    return np.repeat(run_ids, run_lengths).tobytes()
 
 
 class _Builder:
@@ -100,9 +127,9 @@ class _Builder:
         self.tails = bytearray()
         self.tail_offsets = array.array("q", [0])
         self.dir_ids = array.array("i")
-        self.dirs: dict[str, int] = {}
+        self.dirs: dict[bytes, int] = {}
         self.hint_ids = array.array("i")
-        self.hints: dict[str, int] = {"": 0}
+        self.hints: dict[bytes, int] = {b"": 0}
         # Hints past the intern cap live here, addressed by hint_id = MAX_INTERNED + k.
         self.spill_hints = bytearray()
         self.spill_offsets = array.array("q", [0])
@@ -117,36 +144,63 @@ class _Builder:
                 "sample ids exactly 0..N-1 in order",
                 line_no=self.n + 2,
             )
-        loc = rec.location
-        cut = loc.rfind("/") + 1
+        # Keys are UTF-8 bytes, as the block parser sees them; "/" is ASCII, so cutting
+        # the bytes at the last "/" cuts the text at the same place.
+        loc = rec.location.encode()
+        cut = loc.rfind(b"/") + 1
         dir_id = self.dirs.get(loc[:cut], -1) if cut else -1
         if dir_id < 0 and cut and len(self.dirs) < MAX_INTERNED:
             dir_id = self.dirs[loc[:cut]] = len(self.dirs)
-        self.tails += (loc[cut:] if dir_id >= 0 else loc).encode()
+        self.tails += loc[cut:] if dir_id >= 0 else loc
         self.tail_offsets.append(len(self.tails))
         self.dir_ids.append(dir_id)
-        hint = rec.decode_hint
+        hint = rec.decode_hint.encode()
         hint_id = self.hints.get(hint, -1)
         if hint_id < 0:
             if len(self.hints) < MAX_INTERNED:
                 hint_id = self.hints[hint] = len(self.hints)
             else:
                 hint_id = MAX_INTERNED + len(self.spill_offsets) - 1
-                self.spill_hints += hint.encode()
+                self.spill_hints += hint
                 self.spill_offsets.append(len(self.spill_hints))
         self.hint_ids.append(hint_id)
         self.byte_offset.append(rec.byte_offset)
         self.byte_length.append(rec.byte_length)
         self.n += 1
 
+    def add_block(self, block: ParsedBlock) -> bool:
+        """Append a parsed block's rows; False (nothing changed) when they would push a
+        directory or hint past the intern cap, so the caller adds them row by row instead."""
+        new_dirs = [d for d in dict.fromkeys(block.dirs) if d and d not in self.dirs]
+        new_hints = [h for h in dict.fromkeys(block.hints) if h not in self.hints]
+        if (
+            len(self.dirs) + len(new_dirs) > MAX_INTERNED
+            or len(self.hints) + len(new_hints) > MAX_INTERNED
+        ):
+            return False
+        for d in new_dirs:
+            self.dirs[d] = len(self.dirs)
+        for h in new_hints:
+            self.hints[h] = len(self.hints)
+        rows = block.rows
+        base = len(self.tails)
+        self.tails += block.tails
+        self.tail_offsets.frombytes((np.cumsum(block.tail_lengths) + base).tobytes())
+        self.dir_ids.frombytes(_expand_runs(block.dir_heads, self.dirs, block.dirs, rows))
+        self.hint_ids.frombytes(_expand_runs(block.hint_heads, self.hints, block.hints, rows))
+        self.byte_offset.extend(block.byte_offset, block.has_offset)
+        self.byte_length.extend(block.byte_length, block.has_length)
+        self.n += rows
+        return True
+
     def finish(self, manifest_hash: str) -> ManifestTable:
         n = self.n
         hints = [""] * len(self.hints)
-        for text, i in self.hints.items():
-            hints[i] = text
+        for raw, i in self.hints.items():
+            hints[i] = raw.decode()
         dirs = [""] * len(self.dirs)
-        for text, i in self.dirs.items():
-            dirs[i] = text
+        for raw, i in self.dirs.items():
+            dirs[i] = raw.decode()
         hint_ids = _as_column(self.hint_ids, n, np.int32)
         label_of_hint = np.array([_label_of(h) for h in hints], dtype=np.int32)
         has_labels = bool((label_of_hint >= 0).any())
@@ -191,19 +245,6 @@ class _Builder:
             spill_hints=bytes(self.spill_hints),
             spill_offsets=_as_column(self.spill_offsets, len(self.spill_offsets), np.int64),
         )
-
-
-class _HashingReader:
-    """Passes ``readline`` through while hashing every byte (manifests without a known hash)."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        self._inner = inner
-        self.sha = hashlib.sha256()
-
-    def readline(self, size: int = -1, /) -> bytes:
-        line = self._inner.readline(size)
-        self.sha.update(line)
-        return line
 
 
 class ManifestTable:
@@ -300,16 +341,45 @@ class ManifestTable:
     def _from_reader(
         cls, reader: BinaryIO, *, expected_hash: str | None, max_line_bytes: int
     ) -> ManifestTable:
-        # With an expected hash the parser verifies it; without one we hash as we read.
-        hashing = None if expected_hash is not None else _HashingReader(reader)
-        records = parse_canonical_manifest_tsv_reader(
-            hashing or reader, max_line_bytes=max_line_bytes, expected_hash=expected_hash
+        return cls.from_block_reader(
+            FileBlockReader(reader, max_line_bytes=max_line_bytes),
+            expected_hash=expected_hash,
+            max_line_bytes=max_line_bytes,
         )
+
+    @classmethod
+    def from_block_reader(
+        cls,
+        reader: BlockReader,
+        *,
+        expected_hash: str | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> ManifestTable:
+        """Parse a canonical manifest from ``reader`` a block of whole lines at a time.
+
+        The result, and every error (class, message, line number), is exactly that of
+        ``from_records(parse_canonical_manifest_tsv_reader(...))``: a block the vectorized
+        parser declines is re-parsed row by row. Without ``expected_hash`` the table's hash
+        is that of the bytes read.
+        """
+        sha = hashlib.sha256(read_schema_header(reader))
         builder = _Builder()
-        for rec in records:
-            builder.add(rec)
-        digest = expected_hash if hashing is None else hashing.sha.hexdigest()
-        return builder.finish(str(digest))
+        line_no = 1  # lines consumed so far
+        while block := reader.read_block(BLOCK_BYTES):
+            if block[-1] != 0x0A:
+                raise_unterminated_line(block, line_no + 1, max_line_bytes)
+            parsed = parse_block(block, first_id=builder.n, max_line_bytes=max_line_bytes)
+            if parsed is None or not builder.add_block(parsed):
+                # The exact error of the bad row, or (huge numbers, intern cap) the rows.
+                for rec in parse_canonical_lines(
+                    block, line_no=line_no + 1, first_id=builder.n, max_line_bytes=max_line_bytes
+                ):
+                    builder.add(rec)
+            sha.update(block)
+            line_no += parsed.rows if parsed is not None else block.count(b"\n")
+        digest = sha.hexdigest()
+        check_hash(digest, expected_hash)
+        return builder.finish(digest)
 
     # -- rows ---------------------------------------------------------------------------
 
