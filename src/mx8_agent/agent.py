@@ -8,7 +8,11 @@ then registers with the coordinator (retrying an unreachable one with backoff un
 ``--connect-timeout-s``), heartbeats on the interval the coordinator gave, ingests the
 manifest (fail closed: a bad manifest raises its ``ManifestError`` and no lease is ever
 requested), runs the ``LeaseRunner`` until the coordinator says the job is drained,
-gives every trainer its end-of-job message and returns. ``shutdown()`` stops leasing,
+gives every trainer its end-of-job message and returns. A coordinator that restarted and
+forgot this node is registered with again, from the heartbeat; if it now serves another
+manifest hash, the agent fails closed (``coordinator_manifest_changed``, trainers told,
+``run()`` raises ``ManifestChangedError``, the CLI exits 2) instead of switching snapshot
+under running trainers. ``shutdown()`` stops leasing,
 reports what trainers acknowledged, stops the server and closes every client; it is safe
 to call twice, and ``async with`` wraps ``start``/``shutdown``.
 """
@@ -35,7 +39,7 @@ from mx8_agent.metrics import AgentMetrics, TimedReader
 from mx8_agent.servicer import AgentServicer, JobInfo
 from mx8_agent.trainer_hub import TrainerHub
 from mx8_common.coordinator_client import CoordinatorClient
-from mx8_common.errors import ConfigError, CoordinatorError, Mx8Error
+from mx8_common.errors import ConfigError, CoordinatorError, ManifestChangedError, Mx8Error
 from mx8_common.events import emit
 from mx8_common.fetch_pipeline import FetchConfig
 from mx8_common.grpc_security import BearerTokenInterceptor, server_credentials, warn_if_exposed
@@ -93,6 +97,8 @@ class Agent:
         self.table: ManifestTable | None = None
         self.runner: LeaseRunner | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # Set when the coordinator switched snapshot: nothing may be reported to it.
+        self._fenced = False
         self._started = False
         self._shutdown_requested = asyncio.Event()
         self._shutdown_started = False
@@ -276,9 +282,28 @@ class Agent:
 
     async def _main(self) -> None:
         reg = await self._register()
-        self._heartbeat = asyncio.create_task(
+        heartbeat = self._heartbeat = asyncio.create_task(
             self._heartbeat_loop(reg.heartbeat_interval_ms / 1000), name="mx8-agent-heartbeat"
         )
+        work = asyncio.create_task(self._work(reg), name="mx8-agent-work")
+        try:
+            await asyncio.wait({work, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if work.done() and not work.cancelled():
+            work.result()  # raise what stopped it
+            return
+        # The heartbeat loop only ends by raising (a switched snapshot).
+        error = heartbeat.exception()
+        assert error is not None
+        self.hub.fail(error)
+        await self._wait_trainers_gone()
+        raise error
+
+    async def _work(self, reg: cpb.RegisterNodeResponse) -> None:
         cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else None
         settings = IngestSettings(
             job_id=self.config.job_id,
@@ -402,9 +427,36 @@ class Agent:
                     # A coordinator restarted without its lease log no longer knows us;
                     # registering again is idempotent when it does.
                     with contextlib.suppress(CoordinatorError):
-                        await self._client.register_node(
+                        again = await self._client.register_node(
                             cfg.job_id, cfg.node_id, hostname=os.uname().nodename
                         )
+                        self._check_same_snapshot(again)
+
+    def _check_same_snapshot(self, reg: cpb.RegisterNodeResponse) -> None:
+        """Fail closed when a re-registration names another manifest than the first one."""
+        assert self._registration is not None
+        expected, got = self._registration.manifest_hash, reg.manifest_hash
+        if got == expected:
+            emit(_COMPONENT, "node_reregistered", node_id=self.config.node_id, manifest_hash=got)
+            return
+        self._fenced = True
+        error = ManifestChangedError(
+            f"the coordinator at {self.config.coordinator} now serves manifest {got} but this "
+            f"node's trainers are reading {expected}: it restarted on another snapshot. "
+            f"Restart it on the original snapshot (manifest hash {expected}), or restart the "
+            "whole job (coordinator, agents, trainers) on the new one",
+            expected=expected,
+            got=got,
+        )
+        emit(
+            _COMPONENT,
+            error.event,
+            node_id=self.config.node_id,
+            expected=expected,
+            got=got,
+            error=str(error),
+        )
+        raise error
 
     # -- stop -------------------------------------------------------------------------
 
@@ -424,7 +476,7 @@ class Agent:
                 self._heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._heartbeat
-            if self.runner is not None:
+            if self.runner is not None and not self._fenced:
                 # Only acknowledged samples: what trainers did not consume stays uncommitted.
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2.0):

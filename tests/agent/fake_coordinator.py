@@ -3,7 +3,9 @@
 It answers RegisterNode/Heartbeat like the real one, serves ``GetManifestStream`` from
 given bytes with a chosen fault, hands out one lease over the whole manifest and counts
 every ``RequestLease`` call, so tests can prove an agent never asked for work after a
-failed ingest.
+failed ingest. ``forget_nodes()`` plays a coordinator restart: heartbeats are refused
+(FAILED_PRECONDITION) until the node registers again, with whatever ``manifest_hash``
+the fake announces by then.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self.request_lease_calls = 0
         self.reports: list[tuple[str, int]] = []
         self._leased = False
+        self.register_calls = 0
+        self._forgotten = False
         self._server: grpc.aio.Server | None = None
         self.address = ""
 
@@ -78,7 +82,13 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
 
     # -- RPCs ----------------------------------------------------------------------------
 
+    def forget_nodes(self) -> None:
+        """Act like a restarted coordinator that has not seen this node yet."""
+        self._forgotten = True
+
     async def RegisterNode(self, request: Any, context: Any) -> pb.RegisterNodeResponse:
+        self.register_calls += 1
+        self._forgotten = False
         return pb.RegisterNodeResponse(
             rank=0,
             world_size=1,
@@ -94,6 +104,10 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         )
 
     async def Heartbeat(self, request: Any, context: Any) -> pb.HeartbeatResponse:
+        if self._forgotten:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"node {request.node_id} not registered"
+            )
         return pb.HeartbeatResponse(job_ready=True, world_size=1)
 
     async def RequestLease(self, request: Any, context: Any) -> pb.RequestLeaseResponse:

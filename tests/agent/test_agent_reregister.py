@@ -1,0 +1,111 @@
+"""Re-registration after a coordinator restart: same snapshot continues, another one fails
+closed (event, trainers told, ``run()`` raises, the CLI exits non-zero)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_helpers import (
+    DaemonProcess,
+    assert_eventually,
+    run_trainer,
+    write_local_dataset,
+)
+from fake_coordinator import FakeCoordinator
+from structlog.testing import capture_logs
+
+from mx8_common.errors import AgentError, ManifestChangedError
+
+OTHER_HASH = "f" * 64
+
+
+async def started_fake(tmp_path: Path, samples: int = 200) -> FakeCoordinator:
+    data = write_local_dataset(tmp_path, samples).read_bytes()
+    fake = FakeCoordinator(data, total_samples=samples)
+    await fake.start()
+    return fake
+
+
+async def test_agent_reregister_same_manifest_hash_continues(
+    tmp_path: Path, start_agent: Any
+) -> None:
+    fake = await started_fake(tmp_path)
+    try:
+        gate = threading.Event()
+        agent = await start_agent(fake.address)
+        with capture_logs() as logs:
+            trainer = asyncio.create_task(
+                asyncio.to_thread(
+                    run_trainer, agent.url, batch_size=10, on_batch=lambda b: gate.wait(10)
+                )
+            )
+            await assert_eventually(lambda: agent.agent.hub.unacked_batches > 0)
+            fake.forget_nodes()
+            await assert_eventually(lambda: fake.register_calls >= 2)
+            gate.set()
+            run = await trainer
+            await agent.result()
+    finally:
+        await fake.stop()
+    assert run.error is None and sorted(run.ids) == list(range(200))
+    assert any(e["event"] == "node_reregistered" for e in logs)
+    assert not any(e["event"] == "coordinator_manifest_changed" for e in logs)
+
+
+async def test_agent_reregister_other_manifest_hash_fails_closed(
+    tmp_path: Path, start_agent: Any
+) -> None:
+    fake = await started_fake(tmp_path)
+    try:
+        gate = threading.Event()
+        agent = await start_agent(fake.address)
+        with capture_logs() as logs:
+            trainer = asyncio.create_task(
+                asyncio.to_thread(
+                    run_trainer, agent.url, batch_size=10, on_batch=lambda b: gate.wait(10)
+                )
+            )
+            await assert_eventually(lambda: agent.agent.hub.unacked_batches > 0)
+            expected = fake.manifest_hash
+            fake.manifest_hash = OTHER_HASH  # "restarted on another snapshot"
+            fake.forget_nodes()
+            with pytest.raises(ManifestChangedError) as info:
+                await agent.result()
+            gate.set()
+            run = await trainer
+    finally:
+        await fake.stop()
+    assert info.value.expected == expected and info.value.got == OTHER_HASH
+    assert expected in str(info.value) and "restart the whole job" in str(info.value)
+    changed = [e for e in logs if e["event"] == "coordinator_manifest_changed"]
+    assert len(changed) == 1 and changed[0]["got"] == OTHER_HASH
+    # The running trainer is told, not silently fed another snapshot.
+    assert isinstance(run.error, AgentError)
+    assert "coordinator_manifest_changed" in str(run.error)
+    assert len(run.ids) < 200
+
+
+async def test_agent_process_reregister_other_manifest_hash_exits_2(
+    tmp_path: Path, sock_dir: Path, daemons: list[DaemonProcess]
+) -> None:
+    fake = await started_fake(tmp_path / "ds")
+    url = f"unix://{sock_dir}/agent.sock"
+    agent = DaemonProcess(
+        "mx8_agent",
+        ["--coordinator", fake.address, "--node-id", "a", "--listen", url],
+        tmp_path / "agent.log",
+    )
+    daemons.append(agent)
+    try:
+        await agent.wait_event("manifest_ingested")
+        fake.manifest_hash = OTHER_HASH
+        fake.forget_nodes()
+        assert await agent.wait_exit(20) == 2
+    finally:
+        await fake.stop()
+    assert agent.event("coordinator_manifest_changed") is not None
+    assert "mx8d-agent:" in agent.text() and OTHER_HASH in agent.text()
