@@ -1,10 +1,14 @@
 """The embedded fetch engine: an asyncio loop (uvloop) on a background thread.
 
 The trainer's thread pulls ``Batch``es; the engine thread runs a ``FetchPipeline`` over
-the shard's sample ids and keeps at most ``prefetch_batches`` finished batches ahead, on
-top of the pipeline's own in-flight byte budget. Errors cross to the trainer's thread as
-the original exception. ``close()`` (also on garbage collection and Ctrl-C, through the
-iterator's ``finally``) cancels the engine and joins its thread: nothing keeps running.
+the shard's sample ids and keeps at most ``prefetch_batches`` finished batches ahead.
+Those batches stay inside the pipeline's byte budget: a batch is charged from its first
+read until the trainer asks for the batch after it, so reads in flight, the reorder
+buffer, the queued batches and the trainer's current batch together stay within
+``max_inflight_bytes`` (a single batch bigger than the budget goes through alone).
+Errors cross to the trainer's thread as the original exception. ``close()`` (also on
+garbage collection and Ctrl-C, through the iterator's ``finally``) cancels the engine and
+joins its thread: nothing keeps running.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator
 
@@ -19,9 +24,16 @@ import numpy as np
 
 from mx8._shard import Shard
 from mx8.batch import Batch
-from mx8_common.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest, table_requests
+from mx8_common.fetch_pipeline import (
+    FetchBatch,
+    FetchConfig,
+    FetchPipeline,
+    FetchRequest,
+    table_requests,
+)
 from mx8_common.manifest_table import ManifestTable
 from mx8_common.object_reader import ObjectReader, ObjectReaderConfig
+from mx8_common.s3_client import S3Settings
 
 __all__ = ["EmbeddedEngine"]
 
@@ -62,6 +74,8 @@ class EmbeddedEngine:
         self._reader_config = reader
         self._loop = _new_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max(1, prefetch_batches))
+        self._pipeline: FetchPipeline | None = None
+        self._handed: FetchBatch | None = None  # the trainer's batch, charged until its next pull
         self._main: asyncio.Task[None] | None = None
         self._ready = threading.Event()
         self._closed = False
@@ -88,12 +102,21 @@ class EmbeddedEngine:
         for b in range(self._start_batch, self._shard.batches, self._batch_step):
             yield from table_requests(self._table, self._shard.ids(*self._shard.batch_bounds(b)))
 
+    def _s3_settings(self) -> S3Settings:
+        # One pooled connection per concurrent read: the default pool (64) would silently
+        # cap a larger fetch_concurrency.
+        settings = S3Settings.from_env()
+        pool = max(settings.max_pool_connections, self._fetch.concurrency)
+        return dataclasses.replace(settings, max_pool_connections=pool)
+
     async def _produce(self) -> None:
         try:
-            async with ObjectReader(self._reader_config) as reader:
+            async with ObjectReader(self._reader_config, s3_settings=self._s3_settings()) as reader:
                 pipeline = FetchPipeline(reader, self._requests(), self._fetch)
+                self._pipeline = pipeline
                 async with pipeline:
-                    async for fb in pipeline.batches(self._shard.batch_size):
+                    # hold=True: queued batches stay charged to the budget (see next_batch).
+                    async for fb in pipeline.batches(self._shard.batch_size, hold=True):
                         ids = fb.sample_ids.astype(np.uint64)
                         labels = (
                             self._table.label_id[fb.sample_ids].astype(np.int64)
@@ -101,7 +124,7 @@ class EmbeddedEngine:
                             else None
                         )
                         batch = Batch(ids, fb.data, fb.offsets, labels, self._shard.order.epoch)
-                        await self._queue.put(batch)
+                        await self._queue.put((batch, fb))
                         self.bytes = pipeline.stats.bytes
                         self.samples += len(ids)
                         self.retries = pipeline.stats.retries
@@ -113,13 +136,35 @@ class EmbeddedEngine:
         # Keep the loop alive until the trainer has taken what is queued and closes us.
         await asyncio.Event().wait()
 
+    async def _take(self, done: FetchBatch | None) -> object:
+        # Runs on the engine loop: the trainer moved past ``done``, so its bytes may be reused.
+        if done is not None and self._pipeline is not None:
+            self._pipeline.release(done)
+        return await self._queue.get()
+
     # -- trainer thread ---------------------------------------------------------------
 
+    @property
+    def held_bytes(self) -> int:
+        """Sample bytes charged to the budget now (reading, buffered, queued, handed out)."""
+        pipeline = self._pipeline
+        return pipeline.stats.inflight_bytes if pipeline is not None else 0
+
+    @property
+    def read_bytes(self) -> int:
+        """Sample bytes read so far (live; ``bytes`` is updated once per queued batch)."""
+        pipeline = self._pipeline
+        return pipeline.stats.bytes if pipeline is not None else 0
+
     def next_batch(self) -> Batch | None:
-        """The next batch, or None at the end of the shard; re-raises engine errors."""
+        """The next batch, or None at the end of the shard; re-raises engine errors.
+
+        Asking for the next batch releases the previous one's share of the byte budget.
+        """
         if self._closed:
             return None
-        fut = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop)
+        done, self._handed = self._handed, None
+        fut = asyncio.run_coroutine_threadsafe(self._take(done), self._loop)
         while True:
             try:
                 item = fut.result(timeout=0.5)  # short waits keep Ctrl-C responsive
@@ -136,8 +181,9 @@ class EmbeddedEngine:
         if isinstance(item, BaseException):
             self.close()
             raise item
-        assert isinstance(item, Batch)
-        return item
+        assert isinstance(item, tuple)
+        batch, self._handed = item
+        return batch
 
     def close(self) -> None:
         """Stop fetching and join the engine thread; safe to call twice."""

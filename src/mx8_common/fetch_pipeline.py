@@ -11,13 +11,16 @@ Two limits hold at once:
   ``byte_length``, or ``unknown_size_estimate`` when the manifest has none, corrected when
   the bytes arrive) plus fetched bytes waiting in the reorder buffer plus what the consumer
   was last handed. The consumer gives its share back when it asks for the next item, so a
-  slow consumer stops new reads instead of letting memory grow.
+  slow consumer stops new reads instead of letting memory grow. A consumer that passes
+  batches on (the embedded engine queues them for the trainer's thread) asks for
+  ``batches(n, hold=True)``: each batch then stays charged until ``release(batch)``, so
+  batches waiting downstream count toward the same budget.
 
-A request is always admitted when the pipeline itself holds nothing, so a sample bigger
-than the budget (or a batch bigger than the budget) still goes through, one sample at a
-time, instead of deadlocking. Results come out in request order; ``reorder_window`` caps
-how far reads may run ahead of the consumer in samples, which bounds the reorder buffer
-even for tiny samples.
+A request is always admitted when the pipeline itself holds nothing (and no held batch is
+waiting for ``release``), so a sample bigger than the budget (or a batch bigger than the
+budget) still goes through, one sample at a time, instead of deadlocking. Results come
+out in request order; ``reorder_window`` caps how far reads may run ahead of the consumer
+in samples, which bounds the reorder buffer even for tiny samples.
 
 The first failed read stops new reads; the consumer receives every result before it and
 then the original exception (``ObjectChangedError``, ``ObjectNotFoundError``, ...). Closing
@@ -81,6 +84,11 @@ class FetchBatch:
 
     def __len__(self) -> int:
         return len(self.sample_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes of the batch (what it is charged against the byte budget)."""
+        return len(self.data)
 
     def payload(self, i: int) -> memoryview:
         """Sample ``i`` of the batch, as a zero-copy view of ``data``."""
@@ -190,6 +198,7 @@ class FetchPipeline:
         self._consumed = 0
         self._pipeline_bytes = 0  # being fetched + fetched, not yet handed out
         self._consumer_bytes = 0  # handed out, released on the next pull
+        self._held_bytes = 0  # batches handed out with hold=True, until release()
         self._failed = False
         self._feed_done = False
         self._feed_error: BaseException | None = None
@@ -230,7 +239,7 @@ class FetchPipeline:
         if tasks:
             # return_exceptions also marks failed reads as retrieved (no "never retrieved").
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._pipeline_bytes = self._consumer_bytes = 0
+        self._pipeline_bytes = self._consumer_bytes = self._held_bytes = 0
         self.stats.inflight_bytes = 0
 
     # -- feeding ------------------------------------------------------------------------
@@ -240,9 +249,13 @@ class FetchPipeline:
             return False
         if self._started_count - self._consumed >= self._window:
             return False
-        if self._pipeline_bytes == 0:
-            return True  # alone: an oversized sample must not deadlock
-        return self._pipeline_bytes + self._consumer_bytes + charge <= self._budget
+        held = self._pipeline_bytes + self._consumer_bytes + self._held_bytes
+        if held + charge <= self._budget:
+            return True
+        # Alone: an oversized sample (or the rest of an oversized batch) must not deadlock.
+        # Held batches are excluded: their release always comes, and admitting past them
+        # would let every queued batch add one more sample over the budget.
+        return self._pipeline_bytes == 0 and self._held_bytes == 0
 
     async def _admit(self, req: FetchRequest) -> bool:
         length = req.byte_length
@@ -347,7 +360,7 @@ class FetchPipeline:
         self._ready.set()
 
     def _note_inflight(self) -> None:
-        total = self._pipeline_bytes + self._consumer_bytes
+        total = self._pipeline_bytes + self._consumer_bytes + self._held_bytes
         self.stats.inflight_bytes = total
         if total > self.stats.peak_inflight_bytes:
             self.stats.peak_inflight_bytes = total
@@ -357,8 +370,25 @@ class FetchPipeline:
     def _release_consumer(self) -> None:
         if self._consumer_bytes:
             self._consumer_bytes = 0
-            self.stats.inflight_bytes = self._pipeline_bytes
+            self.stats.inflight_bytes = self._pipeline_bytes + self._held_bytes
             self._wake.set()
+
+    def release(self, batch: FetchBatch) -> None:
+        """Give back the budget of a batch from ``batches(n, hold=True)`` (loop thread only).
+
+        Call it once the batch's bytes are no longer needed (the trainer moved past it);
+        until then the batch counts toward ``max_inflight_bytes`` and holds back reads.
+        """
+        if self._closed:
+            return  # closing dropped every charge already
+        if batch.nbytes > self._held_bytes:
+            raise ValueError(
+                f"release of {batch.nbytes} bytes but only {self._held_bytes} are held; "
+                "release each batch from batches(n, hold=True) exactly once"
+            )
+        self._held_bytes -= batch.nbytes
+        self._note_inflight()
+        self._wake.set()
 
     async def _next_slot(self) -> _Slot:
         if self._closed:
@@ -396,8 +426,13 @@ class FetchPipeline:
         slot = await self._next_slot()
         return FetchResult(slot.req.sample_id, slot.fut.result(), slot.req.tag)
 
-    async def batches(self, batch_size: int) -> AsyncIterator[FetchBatch]:
-        """Results grouped ``batch_size`` at a time (the last batch may be shorter)."""
+    async def batches(self, batch_size: int, *, hold: bool = False) -> AsyncIterator[FetchBatch]:
+        """Results grouped ``batch_size`` at a time (the last batch may be shorter).
+
+        By default a batch's bytes are released when the next batch is asked for. With
+        ``hold=True`` each batch stays charged until ``release(batch)``: for a consumer
+        that queues batches for someone else instead of finishing with them.
+        """
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
         while True:
@@ -409,7 +444,12 @@ class FetchPipeline:
             except StopAsyncIteration:
                 if not slots:
                     return
-            yield _join(slots)
+            batch = _join(slots)
+            if hold:
+                # The batch's charge moves from "last handed out" to "held until released".
+                self._consumer_bytes -= batch.nbytes
+                self._held_bytes += batch.nbytes
+            yield batch
 
 
 def _join(slots: Sequence[_Slot]) -> FetchBatch:

@@ -15,6 +15,7 @@ from s3_fault_proxy import fault_proxy
 
 from mx8_common.errors import ConfigError, ObjectChangedError, ObjectNotFoundError
 from mx8_common.fetch_pipeline import (
+    FetchBatch,
     FetchConfig,
     FetchPipeline,
     FetchRequest,
@@ -380,3 +381,31 @@ async def test_fetch_pipeline_works_with_a_read_only_stand_in(tmp_path: Path) ->
         async with FetchPipeline(wrapped, reqs) as pipe:  # type: ignore[arg-type]
             assert [r.sample_id async for r in pipe] == list(range(40))
     assert wrapped.calls == 40
+
+
+async def test_fetch_pipeline_held_batches_count_until_released(tmp_path: Path) -> None:
+    reqs = _local_files(tmp_path, [1_000] * 40)
+    cfg = FetchConfig(concurrency=8, max_inflight_bytes=10_000)
+    async with ObjectReader() as reader, FetchPipeline(reader, reqs, cfg) as pipe:
+        batches = pipe.batches(4, hold=True)
+        held = [await anext(batches), await anext(batches)]  # passed on, not released
+        await _eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
+        for _ in range(50):
+            await asyncio.sleep(0)  # give a (wrong) feeder every chance to read more
+        # 8 000 held downstream + 2 000 buffered: asking for a batch did not free them.
+        assert pipe.stats.reads == 10
+        assert pipe.stats.inflight_bytes == 10_000
+        pipe.release(held[0])
+        await _eventually(lambda: pipe.stats.reads == 14)
+        assert pipe.stats.inflight_bytes == 10_000
+        with pytest.raises(ValueError, match="exactly once"):
+            pipe.release(
+                FetchBatch(np.zeros(1, np.int64), b"x" * 20_000, np.array([0, 20_000]), [])
+            )
+        ids = [i for b in held for i in b.sample_ids.tolist()]
+        async for batch in batches:
+            ids += batch.sample_ids.tolist()
+            pipe.release(batch)
+        pipe.release(held[1])
+    assert ids == list(range(40))
+    assert pipe.stats.peak_inflight_bytes <= 10_000
