@@ -259,7 +259,7 @@ class ObjectReader:
                     if self._closed:
                         raise StorageError("this ObjectReader is closed; open a new one")
                     self._client = await self._stack.enter_async_context(
-                        open_s3_client(self._s3_settings)
+                        open_s3_client(self._s3_settings, reuse_models=True)
                     )
         return self._client
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import aioboto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
+from aiobotocore.session import AioSession
 
 from mx8_common.errors import (
     AccessDeniedError,
@@ -81,12 +84,40 @@ class S3Settings:
         return kwargs
 
 
+_models_lock = threading.Lock()
+_models: botocore.loaders.Loader | None = None
+
+
+def _shared_models() -> botocore.loaders.Loader:
+    """One botocore model loader per process (it caches the parsed S3 service model)."""
+    global _models
+    with _models_lock:
+        if _models is None:
+            _models = botocore.loaders.create_loader()
+        return _models
+
+
 @contextlib.asynccontextmanager
-async def open_s3_client(settings: S3Settings | None = None) -> AsyncIterator[Any]:
-    """An aiobotocore S3 client; reuse one per process or task group, not one per call."""
+async def open_s3_client(
+    settings: S3Settings | None = None, *, reuse_models: bool = False
+) -> AsyncIterator[Any]:
+    """An aiobotocore S3 client; reuse one per process or task group, not one per call.
+
+    ``reuse_models=True`` shares botocore's parsed service model between clients of this
+    process: a new client then skips ~40 ms of JSON parsing (the embedded engine opens
+    one per epoch, on its own event loop, so it cannot keep the client itself).
+    """
     settings = settings or S3Settings.from_env()
-    session = aioboto3.Session()
-    async with session.client("s3", **settings.client_kwargs()) as client:
+    if reuse_models:
+        # A fresh session each time (sessions are not thread-safe); only the loader, whose
+        # caches are plain dicts filled once, is shared. aiobotocore directly: aioboto3's
+        # Session would append its resource path to the shared loader on every call.
+        session = AioSession()
+        session.register_component("data_loader", _shared_models())
+        async with session.create_client("s3", **settings.client_kwargs()) as client:
+            yield client
+        return
+    async with aioboto3.Session().client("s3", **settings.client_kwargs()) as client:
         yield client
 
 
