@@ -32,6 +32,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mx8_agent.batch_wire import add_agent_service
 from mx8_agent.config import AGENT_AUTH_TOKEN_ENV, AgentConfig
 from mx8_agent.lease_runner import JobOrder, LeaseRunner
 from mx8_agent.manifest_ingest import IngestSettings, ingest_manifest
@@ -45,7 +46,7 @@ from mx8_common.fetch_pipeline import FetchConfig
 from mx8_common.grpc_security import BearerTokenInterceptor, server_credentials, warn_if_exposed
 from mx8_common.manifest_table import ManifestTable
 from mx8_common.object_reader import ObjectReader, ObjectReaderConfig
-from mx8_common.proto import agent_pb2, agent_pb2_grpc
+from mx8_common.proto import agent_pb2
 from mx8_common.proto import coordinator_pb2 as cpb
 from mx8_common.s3_client import S3Settings
 
@@ -199,7 +200,7 @@ class Agent:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        agent_pb2_grpc.add_AgentServicer_to_server(self._servicer, server)
+        add_agent_service(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if target.startswith("unix:"):
             path = Path(target.removeprefix("unix://").removeprefix("unix:"))

@@ -281,6 +281,7 @@ class LeaseRunner:
         offsets = np.zeros(len(payloads) + 1, dtype=np.uint64)
         np.cumsum([len(p) for p in payloads], out=offsets[1:])
         labels = None
+        # The parts are not joined here: the wire message is their one copy (batch_wire).
         if self._has_labels:
             labels = self._table.label_id[sample_ids.astype(np.int64)].astype(np.int64)
         return ReadyBatch(
@@ -288,7 +289,7 @@ class LeaseRunner:
             epoch=lease.epoch,
             first_pos=first_pos,
             sample_ids=sample_ids,
-            payload=b"".join(payloads),
+            parts=payloads,
             offsets=offsets,
             labels=labels,
         )

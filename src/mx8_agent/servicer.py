@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from mx8_agent.batch_wire import END_OF_JOB, encode_batch
 from mx8_agent.trainer_hub import ReadyBatch, TrainerHub, TrainerSession
 from mx8_common.errors import Mx8Error, RequestError, StorageError, TrainerResumeError
 from mx8_common.events import emit
@@ -55,7 +56,9 @@ Locate = Callable[[np.ndarray], list[str]]
 def batch_to_proto(
     seq: int, batch: ReadyBatch, locations: list[str] | None = None
 ) -> pb.AgentMessage:
-    """The ``AgentMessage`` of one batch (``locations`` only when the trainer asked)."""
+    """The ``AgentMessage`` of one batch (``locations`` only when the trainer asked).
+
+    The reference encoding; ``Stream`` sends ``batch_wire.encode_batch``'s equal bytes."""
     return pb.AgentMessage(
         batch=pb.Batch(
             batch_seq=seq,
@@ -117,7 +120,7 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     async def Stream(
         self, request_iterator: AsyncIterator[pb.TrainerMessage], context: Any
-    ) -> AsyncIterator[pb.AgentMessage]:
+    ) -> AsyncIterator[bytes]:
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
@@ -163,13 +166,13 @@ class AgentServicer(pb_grpc.AgentServicer):
                 except Mx8Error as exc:
                     await context.abort(*_status_for(exc))
                 if item is None:
-                    yield pb.AgentMessage(end_of_job=True)
+                    yield END_OF_JOB
                     return
                 seq, batch = item
                 where = None
                 if session.want_locations and self._locate is not None:
                     where = self._locate(batch.sample_ids)
-                yield batch_to_proto(seq, batch, where)
+                yield encode_batch(seq, batch, where)
         finally:
             acks.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

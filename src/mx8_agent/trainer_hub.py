@@ -38,25 +38,34 @@ __all__ = ["ReadyBatch", "TrainerHub", "TrainerSession"]
 
 @dataclass(slots=True, eq=False)
 class ReadyBatch:
-    """Consecutive positions ``[first_pos, first_pos + len)`` of one lease, fetched."""
+    """Consecutive positions ``[first_pos, first_pos + len)`` of one lease, fetched.
+
+    ``parts`` are the samples' bytes as the fetcher returned them: they are joined only
+    once, into the wire message, when the batch is sent (``batch_wire``).
+    """
 
     lease_id: str
     epoch: int
     first_pos: int
     sample_ids: np.ndarray
-    payload: bytes
+    parts: list[bytes]
     offsets: np.ndarray
     labels: np.ndarray | None
     #: The trainer this batch was last sent to and its ``batch_seq`` there (for resumes).
     owner: str | None = None
     owner_seq: int = 0
+    nbytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nbytes = sum(map(len, self.parts))
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
     @property
-    def nbytes(self) -> int:
-        return len(self.payload)
+    def payload(self) -> bytes:
+        """The samples' bytes joined (a copy: the send path uses ``parts``)."""
+        return b"".join(self.parts)
 
 
 @dataclass(eq=False)

@@ -17,7 +17,7 @@ def make_batch(k: int, n: int = 4, nbytes: int = 40, lease: str = "L1") -> Ready
         epoch=0,
         first_pos=k * n,
         sample_ids=np.arange(k * n, k * n + n, dtype=np.uint64),
-        payload=b"p" * nbytes,
+        parts=[b"p" * nbytes],
         offsets=np.linspace(0, nbytes, n + 1).astype(np.uint64),
         labels=None,
     )
