@@ -9,9 +9,15 @@
 
 The header names the manifest hash and every setting that positions depend on, so a log
 is never replayed against another snapshot or order. A write is acknowledged only after
-fsync; concurrent appends share one fsync (group commit) in a single writer thread, so
-the event loop never blocks on the disk and lines stay in the order the job produced
-them. A torn last line (crash mid-write, never acknowledged) is cut off on open.
+``fdatasync`` (enough for appends: it also flushes the file size); concurrent appends
+share one sync (group commit) in a single writer thread, so the event loop never blocks
+on the disk and lines stay in the order the job produced them. A torn last line (crash
+mid-write, never acknowledged) is cut off on open.
+
+Opening an existing log compacts it when that drops anything: only the last ``progress``
+line of each lease matters to a replay (cursors only move forward), so the earlier ones
+are left out of a rewritten copy (temp file, fsync, rename, directory fsync) and appends
+continue on the copy. A crash mid-compaction leaves the original log in place.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import asyncio
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ __all__ = [
     "LeaseLog",
     "LeaseLogHeader",
     "LeaseLogState",
+    "compact_records",
     "lease_log_path",
     "read_log_manifest_hash",
     "replay_records",
@@ -134,6 +141,28 @@ def replay_records(records: Iterator[dict[str, Any]], path: str = "") -> LeaseLo
     return state
 
 
+def compact_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` without the ``progress`` lines a later one of the same lease supersedes.
+
+    Replaying the result gives the same state: a lease's cursor is its last progress
+    line's (cursors only move forward, so only the last can complete it), and every other
+    line is kept in its order.
+    """
+    last: dict[Any, int] = {}
+    for i, rec in enumerate(records):
+        if rec.get("ev") == "progress":
+            last[rec.get("lease")] = i
+    return [
+        rec
+        for i, rec in enumerate(records)
+        if rec.get("ev") != "progress" or last[rec.get("lease")] == i
+    ]
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -145,12 +174,18 @@ def _fsync_dir(path: Path) -> None:
 class LeaseLog:
     """An open lease log. Build with ``LeaseLog.open`` (blocking: call it off the loop)."""
 
-    def __init__(self, path: Path, file: Any) -> None:
+    def __init__(self, path: Path, file: Any, *, compacted_from: int = 0) -> None:
         self.path = path
         self._file = file
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mx8-lease-log")
+        #: Records the log held before open compacted it (0 when it was not compacted).
+        self.compacted_from = compacted_from
+        # Appends hand bytes to one writer thread: a lock-guarded list and a condition,
+        # answered with one call_soon_threadsafe per batch (an executor hop per append
+        # cost more CPU than the sync itself at a few thousand appends/s).
+        self._cond = threading.Condition(threading.Lock())
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.fsyncs = 0
 
@@ -166,8 +201,14 @@ class LeaseLog:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = LeaseLogState()
+        compacted_from = 0
         if path.exists() and path.stat().st_size > 0:
-            state = cls._read_existing(path, header)
+            records = cls._read_existing(path, header)
+            state = replay_records(iter(records), str(path))
+            kept = compact_records(records)
+            if len(kept) < len(records):
+                cls._rewrite(path, header, kept)
+                compacted_from = len(records)
         else:
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "wb") as f:
@@ -176,10 +217,23 @@ class LeaseLog:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             _fsync_dir(path.parent)
-        return cls(path, open(path, "ab")), state
+        return cls(path, open(path, "ab"), compacted_from=compacted_from), state
 
     @staticmethod
-    def _read_existing(path: Path, header: LeaseLogHeader) -> LeaseLogState:
+    def _rewrite(path: Path, header: LeaseLogHeader, records: Sequence[dict[str, Any]]) -> None:
+        # The copy is complete and synced before it replaces the log, so a crash at any
+        # point leaves either the old log or the whole new one.
+        tmp = path.with_name(path.name + ".compact.tmp")
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(header.to_json(), sort_keys=True).encode() + b"\n")
+            f.writelines(_encode(r) for r in records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    @staticmethod
+    def _read_existing(path: Path, header: LeaseLogHeader) -> list[dict[str, Any]]:
         with open(path, "rb") as f:
             first = f.readline()
             try:
@@ -218,13 +272,52 @@ class LeaseLog:
             with open(path, "r+b") as f:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
-        return replay_records(iter(records), str(path))
+        return records
 
     def _write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        fd = self._file.fileno()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fdatasync(fd)
         self.fsyncs += 1
+
+    def _run_writer(self) -> None:
+        """The writer thread: take everything pending, write it, sync once, answer."""
+        assert self._loop is not None
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return  # closed and drained
+                batch, self._pending = self._pending, []
+            error: OSError | None = None
+            try:
+                self._write(b"".join(d for d, _ in batch))
+            except OSError as exc:
+                error = exc
+            try:
+                self._loop.call_soon_threadsafe(self._settle, batch, error)
+            except RuntimeError:
+                return  # the loop is closed: nobody waits for these answers any more
+
+    def _settle(
+        self, batch: list[tuple[bytes, asyncio.Future[None]]], error: OSError | None
+    ) -> None:
+        err = None
+        if error is not None:
+            err = LeaseLogError(
+                f"cannot write lease log {self.path}: {error}; check the disk of --state-dir",
+                path=str(self.path),
+            )
+        for _, fut in batch:
+            if fut.done():
+                continue
+            if err is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(err)
 
     async def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Append ``records`` and return once they are on disk."""
@@ -232,40 +325,28 @@ class LeaseLog:
             return
         if self._closed:
             raise LeaseLogError(f"lease log {self.path} is closed", path=str(self.path))
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((data, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_pending())
+        if self._writer is None:
+            self._loop = asyncio.get_running_loop()
+            self._writer = threading.Thread(
+                target=self._run_writer, name="mx8-lease-log", daemon=True
+            )
+            self._writer.start()
+        assert self._loop is not None
+        data = b"".join(_encode(r) for r in records)
+        done: asyncio.Future[None] = self._loop.create_future()
+        with self._cond:  # held by the writer only to swap the list: never blocks the loop
+            self._pending.append((data, done))
+            self._cond.notify()
         await done
-
-    async def _flush_pending(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await loop.run_in_executor(
-                    self._executor, self._write, b"".join(d for d, _ in batch)
-                )
-            except OSError as exc:
-                err = LeaseLogError(
-                    f"cannot write lease log {self.path}: {exc}; check the disk of --state-dir",
-                    path=str(self.path),
-                )
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(err)
-                continue
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
 
     async def close(self) -> None:
         """Wait for pending appends, then close the file. Safe to call twice."""
         if self._closed:
             return
-        self._closed = True
-        if self._flusher is not None:
-            await self._flusher
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+            await asyncio.sleep(0)  # let the last batch's answers run
         self._file.close()
-        self._executor.shutdown(wait=True)

@@ -1,4 +1,4 @@
-"""LeaseLog: header check, fsync'd appends in order, torn tails, replay into a scheduler."""
+"""LeaseLog: header check, fsync'd appends in order, torn tails, replay, compaction on open."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from mx8_common.errors import LeaseLogError
 from mx8_coordinator.lease_log import (
     LeaseLog,
     LeaseLogHeader,
+    compact_records,
     lease_log_path,
     read_log_manifest_hash,
+    replay_records,
 )
 
 HEADER = LeaseLogHeader(
@@ -128,3 +130,72 @@ async def test_lease_log_refuses_damaged_line(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes().replace(b"garbage", b'{"ev":"progress","lease":"L9"}'))
     with pytest.raises(LeaseLogError, match="line 2 is not a record"):
         LeaseLog.open(path, HEADER)
+
+
+async def test_lease_log_compacts_superseded_progress_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    log, _ = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    issue = {"ev": "issue", "node": "a", "epoch": 0}
+    await log.append(
+        [
+            {"ev": "rank", "node": "a", "rank": 0},
+            {"ev": "deal", "epoch": 0, "world": 1},
+            {**issue, "lease": "L1", "seq": 1, "start": 0, "end": 10},
+            {**issue, "lease": "L2", "seq": 2, "start": 10, "end": 20},
+        ]
+    )
+    for cursor in range(1, 11):  # L1 to its end: done
+        await log.append([{"ev": "progress", "lease": "L1", "cursor": cursor}])
+    for cursor in (12, 14, 16):  # L2 part way, then expired
+        await log.append([{"ev": "progress", "lease": "L2", "cursor": cursor}])
+    await log.append([{"ev": "expire", "lease": "L2"}])
+    await log.append([{**issue, "lease": "L3", "seq": 3, "start": 16, "end": 20}])
+    await log.append([{"ev": "progress", "lease": "L3", "cursor": 18}])
+    await log.close()
+    before = path.read_bytes()
+    uncompacted = replay_records(iter(json.loads(x) for x in before.splitlines()[1:]))
+
+    log, state = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    assert log.compacted_from == 20 and state == uncompacted
+    lines = path.read_bytes().splitlines()
+    assert lines[0] == before.splitlines()[0]  # the header, unchanged
+    progress = [json.loads(x) for x in lines[1:] if b'"progress"' in x]
+    assert progress == [
+        {"ev": "progress", "lease": "L1", "cursor": 10},
+        {"ev": "progress", "lease": "L2", "cursor": 16},
+        {"ev": "progress", "lease": "L3", "cursor": 18},
+    ]
+    assert not list(tmp_path.glob("*.tmp"))
+    # Appends continue on the compacted copy, and the next open replays both.
+    await log.append([{"ev": "progress", "lease": "L3", "cursor": 20}])
+    await log.close()
+    log, state = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.close()
+    by_id = {le.lease_id: (le.cursor, le.state) for le in state.leases}
+    assert by_id == {"L1": (10, "done"), "L2": (16, "expired"), "L3": (20, "done")}
+    assert state.ranks == {"a": 0} and state.dealt == {0: 1} and state.next_seq == 3
+
+
+async def test_lease_log_open_leaves_a_compact_log_alone(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    log, _ = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.append([{"ev": "rank", "node": "a", "rank": 0}])
+    await log.close()
+    inode = path.stat().st_ino
+    log, state = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.close()
+    assert log.compacted_from == 0 and state.ranks == {"a": 0}
+    assert path.stat().st_ino == inode  # not rewritten
+
+
+def test_compact_records_keeps_only_each_leases_last_progress() -> None:
+    records = [
+        {"ev": "issue", "lease": "L1"},
+        {"ev": "progress", "lease": "L1", "cursor": 1},
+        {"ev": "issue", "lease": "L2"},
+        {"ev": "progress", "lease": "L2", "cursor": 5},
+        {"ev": "progress", "lease": "L1", "cursor": 2},
+        {"ev": "expire", "lease": "L2"},
+    ]
+    assert compact_records(records) == [records[0], records[2], records[3], records[4], records[5]]
+    assert compact_records([]) == []
