@@ -1,8 +1,11 @@
 """A coordinator in its own process for the benchmarks (its CPU apart from the clients').
 
-``python -m benchmarks.coordinator_child MANIFEST [--world-size N] [--block-size B]``
-serves the manifest file on 127.0.0.1 port 0, prints ``{"address", "manifest_hash",
-"total_samples"}`` as one JSON line, and shuts down when its stdin closes. With
+``python -m benchmarks.coordinator_child MANIFEST [--world-size N] [--block-size B]
+[--state-dir DIR] [--log-file FILE]`` serves the manifest file on 127.0.0.1 port 0, prints
+``{"address", "manifest_hash", "total_samples"}`` as one JSON line, and shuts down when its
+stdin closes. ``--state-dir`` turns the fsync'd lease log on, as in production. Events are
+JSON lines at ``MX8_LOG_LEVEL`` (``serve_coordinator``'s ``log_level``), written to
+``--log-file`` when given (as a daemon's stderr would be collected), else to stderr. With
 ``MX8_BENCH_PROFILE=FILE`` it runs under cProfile and writes the stats to FILE.
 ``serve_coordinator(...)`` runs it from the parent as a context manager.
 """
@@ -24,8 +27,13 @@ __all__ = ["serve_coordinator"]
 
 
 @contextlib.contextmanager
-def serve_coordinator(manifest: Path, **options: Any) -> Iterator[dict[str, Any]]:
-    """Start the child, yield what it printed, and stop it (stdin close, then kill)."""
+def serve_coordinator(
+    manifest: Path, *, log_level: str = "warning", **options: Any
+) -> Iterator[dict[str, Any]]:
+    """Start the child, yield what it printed, and stop it (stdin close, then kill).
+
+    ``options`` become flags (``state_dir=...`` -> ``--state-dir ...``).
+    """
     args = [str(manifest)]
     for key, value in options.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
@@ -33,7 +41,7 @@ def serve_coordinator(manifest: Path, **options: Any) -> Iterator[dict[str, Any]
         [sys.executable, "-m", __name__, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env={**os.environ, "MX8_LOG_LEVEL": "warning"},
+        env={**os.environ, "MX8_LOG_LEVEL": log_level},
     )
     try:
         assert proc.stdout is not None
@@ -62,6 +70,7 @@ async def _serve(args: argparse.Namespace) -> None:
     source = await FileManifestSource.open(args.manifest)
     config = CoordinatorConfig(
         dataset=str(args.manifest),
+        state_dir=args.state_dir,
         listen="127.0.0.1:0",
         world_size=args.world_size,
         block_size=args.block_size,
@@ -96,12 +105,22 @@ if __name__ == "__main__":
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--block-size", type=int, default=65536)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--state-dir", default=None)
+    parser.add_argument("--log-file", default=None)
+    parsed = parser.parse_args()
+    if parsed.log_file:
+        _log = os.open(parsed.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(_log, 2)
+    from mx8_common.events import configure_logging
+
+    # As mx8-coordinator's main() does: the level comes from MX8_LOG_LEVEL.
+    configure_logging(fmt="json")
     profile_to = os.environ.get("MX8_BENCH_PROFILE")  # cProfile stats file, for RESULTS.md
     if profile_to:
         import cProfile
 
         with cProfile.Profile() as profiler:
-            uvloop.run(_serve(parser.parse_args()))
+            uvloop.run(_serve(parsed))
         profiler.dump_stats(profile_to)
     else:
-        uvloop.run(_serve(parser.parse_args()))
+        uvloop.run(_serve(parsed))
