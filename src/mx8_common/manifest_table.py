@@ -354,6 +354,7 @@ class ManifestTable:
         *,
         expected_hash: str | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        block_bytes: int = BLOCK_BYTES,
     ) -> ManifestTable:
         """Parse a canonical manifest from ``reader`` a block of whole lines at a time.
 
@@ -365,7 +366,7 @@ class ManifestTable:
         sha = hashlib.sha256(read_schema_header(reader))
         builder = _Builder()
         line_no = 1  # lines consumed so far
-        while block := reader.read_block(BLOCK_BYTES):
+        while block := reader.read_block(block_bytes):
             if block[-1] != 0x0A:
                 raise_unterminated_line(block, line_no + 1, max_line_bytes)
             parsed = parse_block(block, first_id=builder.n, max_line_bytes=max_line_bytes)
