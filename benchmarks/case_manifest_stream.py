@@ -2,8 +2,9 @@
 
 The coordinator serves a 1M-row manifest from its own process. A measuring child takes
 the agent's path (``CoordinatorClient.get_manifest_stream`` -> ``ingest_chunk_stream`` ->
-the canonical parser -> ``ManifestTable``) and, in the same process, the baseline: read
-the same file and split it into lines and fields, the least any Python parser must do.
+``ManifestTable.from_block_reader``, the block-vectorized parser) and, in the same
+process, the baseline: read the same file and split it into lines and fields, the least
+any Python parser must do.
 RSS growth of the mx8 side is reported against the manifest size.
 """
 
@@ -44,7 +45,6 @@ def write_manifest(directory: Path, samples: int) -> Path:
 async def _ingest(address: str, manifest_hash: str) -> int:
     from mx8_common.coordinator_client import CoordinatorClient
     from mx8_common.ingest_adapter import StreamChunk, ingest_chunk_stream
-    from mx8_common.manifest_reader import parse_canonical_manifest_tsv_reader
     from mx8_common.manifest_table import ManifestTable
 
     async with CoordinatorClient(address, tls=None, token="") as client:
@@ -55,8 +55,8 @@ async def _ingest(address: str, manifest_hash: str) -> int:
                 yield StreamChunk(int(c.offset), bytes(c.data), int(c.schema_version))
 
         def build(reader) -> ManifestTable:  # type: ignore[no-untyped-def]
-            records = parse_canonical_manifest_tsv_reader(reader, expected_hash=manifest_hash)
-            return ManifestTable.from_records(records, manifest_hash=manifest_hash)
+            # What the agent's direct ingest does (manifest_ingest._build_table).
+            return ManifestTable.from_block_reader(reader, expected_hash=manifest_hash)
 
         table = await ingest_chunk_stream(chunks(), build)
     return len(table)
