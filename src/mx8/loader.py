@@ -322,6 +322,12 @@ def load(
     Embedded (in-process) unless ``agent`` or ``MX8_AGENT_URL`` names a local mx8d-agent,
     in which case the agent serves the coordinator's job and ``shuffle``/``seed``/``rank``
     come from the coordinator.
+
+    Embedded, ``max_inflight_bytes`` bounds every sample byte the loader holds: reads in
+    flight, the reorder buffer, prefetched batches and the batch last handed out (released
+    when the next one is asked for); a single batch bigger than it still goes through,
+    alone. ``fetch_concurrency`` is the most reads in flight, and the S3 connection pool
+    is sized to match.
     """
     agent = agent or os.environ.get("MX8_AGENT_URL") or None
     if agent:
