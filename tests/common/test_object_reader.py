@@ -206,3 +206,19 @@ async def test_object_reader_reads_local_files_in_one_job(tmp_path: Any) -> None
     assert isinstance(got[3], ObjectChangedError)
     assert isinstance(got[4], StorageError) and "scheme" in str(got[4])
     assert reader.stats.reads == 2 and reader.stats.bytes == 14
+
+
+async def test_object_reader_new_clients_reuse_parsed_models(s3_object: str) -> None:
+    # Each reader opens its own client (one per engine epoch); the parsed service model is
+    # shared, and sharing it must not grow the loader's search path per client.
+    readers = [ObjectReader() for _ in range(3)]
+    try:
+        for reader in readers:
+            assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
+        loaders = {id(reader._client._loader) for reader in readers}
+        paths = [len(reader._client._loader.search_paths) for reader in readers]
+    finally:
+        for reader in readers:
+            await reader.aclose()
+    assert len(loaders) == 1
+    assert paths[0] == paths[-1]
