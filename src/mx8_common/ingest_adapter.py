@@ -141,7 +141,10 @@ class BoundedCarryReader:
                     self._note_carry()
                     continue
                 end = len(self._buf)
-            out = bytes(self._buf[self._pos : end])
+            # One copy (a bytearray slice would copy twice); the view is released at once
+            # so the buffer can still be resized by the next fill.
+            with memoryview(self._buf) as view:
+                out = bytes(view[self._pos : end])
             self._pos = end
             return out
 

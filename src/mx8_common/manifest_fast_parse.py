@@ -26,6 +26,7 @@ holding more than one partial line beyond what was read.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -43,10 +44,12 @@ __all__ = [
 
 #: Bytes of whole lines parsed per block: big enough to amortise numpy's per-call cost,
 #: small enough that the block's temporaries (a few times its size) stay in cache.
-BLOCK_BYTES = 256 * 1024
+BLOCK_BYTES = 1024 * 1024
 
 _MAX_DIGITS = 18  # 10**18 - 1 < 2**63 - 1: any 18-digit number fits the int64 columns
 _POW10 = 10 ** np.arange(_MAX_DIGITS - 1, -1, -1, dtype=np.int64)
+_POW10_F = _POW10.astype(np.float64)
+_EXACT_FLOAT_DIGITS = 15  # 10**15 < 2**53
 _LF, _TAB, _SLASH, _ZERO = 0x0A, 0x09, 0x2F, 0x30
 #: Widest fixed-width window read around a field (numbers, short directories and hints).
 _PAD = 64
@@ -158,6 +161,21 @@ class _Padded:
         return view[start + _PAD]
 
 
+@functools.cache
+def _digit_masks(width: int) -> np.ndarray:
+    """Row ``k``: 0xFF on the last ``k`` of ``width`` bytes, 0 elsewhere (right-aligned)."""
+    k = np.arange(width + 1)
+    return (np.arange(width)[None, :] >= (width - k)[:, None]).astype(np.uint8) * np.uint8(255)
+
+
+@functools.cache
+def _word_masks(width: int) -> np.ndarray:
+    """Row ``k``: ``width`` bytes as uint64 words keeping the first ``k`` bytes (left-aligned)."""
+    k = np.arange(width + 1)
+    keep = (np.arange(width)[None, :] < k[:, None]).astype(np.uint8) * np.uint8(255)
+    return np.ascontiguousarray(keep).view(np.uint64)
+
+
 def _numbers(
     u: np.ndarray, padded: _Padded, start: np.ndarray, end: np.ndarray
 ) -> np.ndarray | None:
@@ -171,12 +189,17 @@ def _numbers(
         return None  # the row-by-row path parses (or rejects) such numbers
     if bool(((length > 1) & (u[start] == _ZERO)).any()):
         return None
-    # Right-align every field in a (rows x width) matrix; cells left of a field are zero.
-    digits = padded.rows(end - width, width).astype(np.int64) - _ZERO
-    digits[np.arange(width) < (width - length)[:, None]] = 0
-    if bool(((digits < 0) | (digits > 9)).any()):
+    # Right-align every field in a (rows x width) matrix, bytes left of a field zeroed;
+    # uint8 wraps below "0", so one "> 9" finds every non-digit.
+    digits = padded.rows(end - width, width) - np.uint8(_ZERO)
+    digits &= _digit_masks(width)[length]
+    if bool((digits > 9).any()):
         return None
-    values = digits @ _POW10[_MAX_DIGITS - width :]
+    if width <= _EXACT_FLOAT_DIGITS:
+        # A BLAS dot is exact here: every partial sum is an integer below 2**53.
+        values = (digits.astype(np.float64) @ _POW10_F[_MAX_DIGITS - width :]).astype(np.int64)
+    else:
+        values = digits.astype(np.int64) @ _POW10[_MAX_DIGITS - width :]
     values[length == 0] = -1
     return values
 
@@ -190,12 +213,10 @@ def _run_heads(u: np.ndarray, padded: _Padded, start: np.ndarray, end: np.ndarra
     if width == 0:
         return np.flatnonzero(~same)
     if width <= _PAD:
-        # Each field left-aligned and zero-filled in a row of whole 8-byte words, so two
-        # rows compare as a few uint64s.
+        # Each field left-aligned, the bytes after it zeroed, in whole uint64 words: two
+        # rows then compare as a few integers.
         width = -(-width // 8) * 8
-        cells = padded.rows(start, width)
-        cells[np.arange(width) >= length[:, None]] = 0
-        words = cells.view(np.uint64)
+        words = padded.rows(start, width).view(np.uint64) & _word_masks(width)[length]
         same[1:] &= (words[1:] == words[:-1]).all(axis=1)
         return np.flatnonzero(~same)
     # Long fields: compare the candidates' bytes with the previous row's in one gather.
@@ -210,6 +231,20 @@ def _run_heads(u: np.ndarray, padded: _Padded, start: np.ndarray, end: np.ndarra
         owner = np.repeat(np.arange(len(cand)), lens)
         same[cand] = np.bincount(owner[here != prev], minlength=len(cand)) == 0
     return np.flatnonzero(~same)
+
+
+def _tails(u: np.ndarray, cut: np.ndarray, loc_end: np.ndarray) -> bytes:
+    """The bytes of every row's ``[cut, loc_end)``, concatenated in row order."""
+    n = len(cut)
+    # Alternating runs (gap, tail, gap, tail, ..., gap) expanded into one byte mask.
+    runs = np.empty(2 * n + 1, dtype=np.int64)
+    runs[0] = cut[0]
+    runs[2 : 2 * n : 2] = cut[1:] - loc_end[:-1]
+    runs[1 : 2 * n : 2] = loc_end - cut
+    runs[2 * n] = len(u) - loc_end[-1]
+    in_tail = np.zeros(2 * n + 1, dtype=bool)
+    in_tail[1::2] = True
+    return u[np.repeat(in_tail, runs)].tobytes()
 
 
 def _slices(block: bytes, start: np.ndarray, end: np.ndarray) -> list[bytes]:
@@ -265,11 +300,6 @@ def parse_block(block: bytes, *, first_id: int, max_line_bytes: int) -> ParsedBl
         k = np.searchsorted(slashes, loc_end) - 1
         last = slashes[np.maximum(k, 0)]
         cut = np.where((k >= 0) & (last >= loc_start), last + 1, loc_start)
-    # The tails, concatenated in row order: bytes inside [cut, loc_end) of some row.
-    marks = np.zeros(len(u) + 1, dtype=np.int8)
-    marks[cut] = 1
-    marks[loc_end] -= 1
-    in_tail = np.cumsum(marks[:-1], dtype=np.int8).view(np.bool_)
     dir_heads = _run_heads(u, padded, loc_start, cut)
     hint_start = t[:, 3] + 1
     if bool((nl == hint_start).all()):
@@ -279,7 +309,7 @@ def parse_block(block: bytes, *, first_id: int, max_line_bytes: int) -> ParsedBl
         hints = _slices(block, hint_start[hint_heads], nl[hint_heads])
     return ParsedBlock(
         rows=n,
-        tails=u[in_tail].tobytes(),
+        tails=_tails(u, cut, loc_end),
         tail_lengths=loc_end - cut,
         dir_heads=dir_heads,
         dirs=_slices(block, loc_start[dir_heads], cut[dir_heads]),
