@@ -26,7 +26,6 @@ size plus the buffers' growth slack.
 from __future__ import annotations
 
 import array
-import hashlib
 import io
 import os
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ from mx8_common.errors import ManifestNonSequentialId
 from mx8_common.labels import imagefolder_hint, parse_label_id
 from mx8_common.manifest_fast_parse import (
     BLOCK_BYTES,
+    BlockHasher,
     BlockReader,
     FileBlockReader,
     ParsedBlock,
@@ -363,22 +363,25 @@ class ManifestTable:
         parser declines is re-parsed row by row. Without ``expected_hash`` the table's hash
         is that of the bytes read.
         """
-        sha = hashlib.sha256(read_schema_header(reader))
-        builder = _Builder()
-        line_no = 1  # lines consumed so far
-        while block := reader.read_block(block_bytes):
-            if block[-1] != 0x0A:
-                raise_unterminated_line(block, line_no + 1, max_line_bytes)
-            parsed = parse_block(block, first_id=builder.n, max_line_bytes=max_line_bytes)
-            if parsed is None or not builder.add_block(parsed):
-                # The exact error of the bad row, or (huge numbers, intern cap) the rows.
-                for rec in parse_canonical_lines(
-                    block, line_no=line_no + 1, first_id=builder.n, max_line_bytes=max_line_bytes
-                ):
-                    builder.add(rec)
-            sha.update(block)
-            line_no += parsed.rows if parsed is not None else block.count(b"\n")
-        digest = sha.hexdigest()
+        with BlockHasher(read_schema_header(reader)) as sha:
+            builder = _Builder()
+            line_no = 1  # lines consumed so far
+            while block := reader.read_block(block_bytes):
+                if block[-1] != 0x0A:
+                    raise_unterminated_line(block, line_no + 1, max_line_bytes)
+                sha.update(block)
+                parsed = parse_block(block, first_id=builder.n, max_line_bytes=max_line_bytes)
+                if parsed is None or not builder.add_block(parsed):
+                    # The exact error of the bad row, or (huge numbers, intern cap) the rows.
+                    for rec in parse_canonical_lines(
+                        block,
+                        line_no=line_no + 1,
+                        first_id=builder.n,
+                        max_line_bytes=max_line_bytes,
+                    ):
+                        builder.add(rec)
+                line_no += parsed.rows if parsed is not None else block.count(b"\n")
+            digest = sha.hexdigest()
         check_hash(digest, expected_hash)
         return builder.finish(digest)
 
