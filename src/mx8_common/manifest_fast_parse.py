@@ -99,7 +99,7 @@ class BlockHasher:
     At most one block is in flight, and ``with`` always stops the helper.
     """
 
-    def __init__(self, first: bytes = b"", *, background_bytes: int = 256 * 1024) -> None:
+    def __init__(self, first: bytes = b"", *, background_bytes: int = 64 * 1024) -> None:
         self._sha = hashlib.sha256(first)
         self._background_bytes = background_bytes
         self._pool: ThreadPoolExecutor | None = None
