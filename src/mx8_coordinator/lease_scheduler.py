@@ -8,10 +8,13 @@ gives the same per-rank order on every run. A node takes work in this order:
 2. its own rank's queue,
 3. the queues of departed ranks (lowest rank first).
 
-The next epoch is dealt once every rank queue is empty, i.e. every block of the current
-epoch has been issued (not necessarily committed), so nodes do not stall at epoch
-boundaries. Committed positions are ``[start, cursor)`` of each lease; a lease that
-expires re-queues ``[cursor, end)``, so committed ranges are disjoint by construction.
+The next epoch is dealt as soon as a node finds no work for its rank (its own share of the
+current epoch is issued), so a fast node goes on with its share of the next epoch instead of
+idling until the slowest rank's blocks are issued. Each rank's queue stays FIFO, so its
+order is still the deterministic deal, epoch after epoch.
+
+Committed positions are ``[start, cursor)`` of each lease; a lease that expires re-queues
+``[cursor, end)``, so committed ranges are disjoint by construction.
 
 Pure logic: no I/O, no asyncio, an injectable millisecond clock. The job logs what the
 returned ``Grant``/``Progress``/``Expiry`` values say happened.
@@ -201,7 +204,7 @@ class LeaseScheduler:
         dealt: list[Deal] = []
         while len(leases) < want:
             span = self._next_span(rank, departed)
-            if span is None and self._dealt < self.epochs and not self._any_rank_work():
+            if span is None and self._dealt < self.epochs:
                 dealt.append(self._deal(world_size))
                 continue
             if span is None:
@@ -209,9 +212,6 @@ class LeaseScheduler:
             leases.append(self._issue(node_id, span))
         wait_ms = 0 if leases or self.drained else self._wait_ms()
         return Grant(tuple(leases), tuple(dealt), wait_ms, self.drained)
-
-    def _any_rank_work(self) -> bool:
-        return any(self._rank_queues.values())
 
     def _next_span(self, rank: int, departed: Sequence[int]) -> Span | None:
         if self._requeue:

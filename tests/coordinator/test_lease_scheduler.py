@@ -169,3 +169,16 @@ def test_lease_scheduler_restore_resumes_cursor_and_queues() -> None:
     assert spans(grant.leases) == [(0, 25, 30)] and grant.leases[0].lease_id == "L4"
     sched.report("b", "L2", 20)
     assert sched.committed(0) == 25
+
+
+def test_lease_scheduler_fast_rank_goes_on_to_next_epoch_without_waiting() -> None:
+    sched, _ = make(epochs=2)
+    assert len(sched.acquire("a", 0, world_size=2, want=5).leases) == 5
+    # Rank 1 has not started epoch 0, yet rank 0 takes its share of epoch 1 at once.
+    grant = sched.acquire("a", 0, world_size=2, want=10)
+    assert [le.epoch for le in grant.leases] == [1] * 5
+    assert [d.epoch for d in grant.dealt] == [1]
+    # Rank 1's queue is still FIFO: its epoch-0 share first, then its epoch-1 share.
+    later = sched.acquire("b", 1, world_size=2, want=10).leases
+    assert [le.epoch for le in later] == [0] * 5 + [1] * 5
+    assert sched.acquire("a", 0, world_size=2, want=1).leases == ()
