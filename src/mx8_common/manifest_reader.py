@@ -50,6 +50,9 @@ class LineReader(Protocol):
     def readline(self, size: int = -1, /) -> bytes: ...
 
 
+_INT64_MAX = 2**63 - 1  # sample ids, offsets and lengths live in int64 columns
+
+
 def _parse_number(raw: bytes, line_no: int, field: str, *, positive: bool) -> int:
     # Canonical decimal only: digits, no sign, no leading zero (other than "0" itself).
     if not raw.isdigit() or not raw.isascii() or (len(raw) > 1 and raw[0] == 0x30):
@@ -58,6 +61,12 @@ def _parse_number(raw: bytes, line_no: int, field: str, *, positive: bool) -> in
             line_no=line_no,
         )
     value = int(raw)
+    if value > _INT64_MAX:
+        raise ManifestBadRow(
+            f"manifest line {line_no}: {field} {value} is larger than 2**63-1, the most a "
+            "manifest number may be",
+            line_no=line_no,
+        )
     if positive and value == 0:
         raise ManifestBadRow(
             f"manifest line {line_no}: {field} must be > 0 (leave it empty for a zero-byte object)",

@@ -231,3 +231,13 @@ def test_manifest_writer_refuses_unwritable_records_naming_the_key(tmp_path, kwa
 
     with pytest.raises(ManifestUnwritable, match=fragment), ManifestWriter(tmp_path) as writer:
         writer.write(**kwargs)
+
+
+def test_manifest_reader_number_beyond_int64_is_a_bad_row() -> None:
+    from mx8_common.manifest_table import ManifestTable
+
+    data = b"schema_version=0\n0\ta\t\t99999999999999999999\t\n"
+    with pytest.raises(ManifestBadRow, match="larger than 2\\*\\*63-1"):
+        list(parse_canonical_manifest_tsv_bytes(data))
+    with pytest.raises(ManifestBadRow, match="larger than 2\\*\\*63-1"):
+        ManifestTable.from_bytes(data)
