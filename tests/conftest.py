@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mx8_common.local_s3 import LocalS3, local_s3_server
 from mx8_common.s3_client import S3Settings, sync_s3_client
+from mx8_coordinator.config import CoordinatorConfig
+from mx8_coordinator.manifest_serving import FileManifestSource
+from mx8_coordinator.server import Coordinator
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +52,31 @@ def store_root(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     root = str(tmp_path / "store")
     monkeypatch.setenv("MX8_MANIFEST_STORE_ROOT", root)
     return root
+
+
+@pytest.fixture
+async def start_coordinator() -> AsyncIterator[Callable[..., Awaitable[Coordinator]]]:
+    """Factory: ``await start_coordinator(manifest_path, **config)`` -> a started Coordinator
+    on 127.0.0.1 port 0 serving that manifest file; every one is shut down after the test."""
+    started: list[Coordinator] = []
+
+    async def start(path: Path, **overrides: Any) -> Coordinator:
+        values: dict[str, Any] = {
+            "dataset": str(path),
+            "listen": "127.0.0.1:0",
+            "lease_ttl_ms": 5000,
+            "heartbeat_interval_ms": 100,
+        }
+        values.update(overrides)
+        source = await FileManifestSource.open(path)
+        coordinator = Coordinator(CoordinatorConfig(**values), source=source)
+        started.append(coordinator)
+        await coordinator.start()
+        return coordinator
+
+    yield start
+    for coordinator in started:
+        await coordinator.shutdown()
 
 
 def pytest_configure(config: pytest.Config) -> None:

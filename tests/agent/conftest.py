@@ -16,9 +16,6 @@ from agent_helpers import DaemonProcess, assert_eventually
 from mx8_agent.agent import Agent
 from mx8_agent.config import AgentConfig
 from mx8_common.events import configure_logging
-from mx8_coordinator.config import CoordinatorConfig
-from mx8_coordinator.manifest_serving import FileManifestSource
-from mx8_coordinator.server import Coordinator
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -34,30 +31,6 @@ def sock_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="mx8a-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def start_coordinator() -> AsyncIterator[Callable[..., Awaitable[Coordinator]]]:
-    """Factory: ``await start_coordinator(manifest_path, **config)`` -> a started Coordinator."""
-    started: list[Coordinator] = []
-
-    async def start(path: Path, **overrides: Any) -> Coordinator:
-        values: dict[str, Any] = {
-            "dataset": str(path),
-            "listen": "127.0.0.1:0",
-            "lease_ttl_ms": 5000,
-            "heartbeat_interval_ms": 100,
-        }
-        values.update(overrides)
-        source = await FileManifestSource.open(path)
-        coordinator = Coordinator(CoordinatorConfig(**values), source=source)
-        started.append(coordinator)
-        await coordinator.start()
-        return coordinator
-
-    yield start
-    for coordinator in started:
-        await coordinator.shutdown()
 
 
 class RunningAgent:

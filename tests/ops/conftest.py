@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ops_helpers import Pki, make_pki, write_manifest
 
-from mx8_coordinator.config import CoordinatorConfig
-from mx8_coordinator.manifest_serving import FileManifestSource
 from mx8_coordinator.server import Coordinator
 
 
@@ -33,25 +31,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 async def start_coordinator(
-    manifest_path: Path,
-) -> AsyncIterator[Callable[..., Awaitable[Coordinator]]]:
-    """Factory: ``await start_coordinator(**config)`` -> a started Coordinator (stopped after)."""
-    started: list[Coordinator] = []
+    manifest_path: Path, start_coordinator: Callable[..., Awaitable[Coordinator]]
+) -> Callable[..., Awaitable[Coordinator]]:
+    """Factory: ``await start_coordinator(**config)`` over this package's ``manifest_path``."""
 
     async def start(**overrides: Any) -> Coordinator:
-        values: dict[str, Any] = {
-            "dataset": str(manifest_path),
-            "listen": "127.0.0.1:0",
-            "lease_ttl_ms": 5000,
-            "heartbeat_interval_ms": 100,
-        }
-        values.update(overrides)
-        source = await FileManifestSource.open(manifest_path)
-        coordinator = Coordinator(CoordinatorConfig(**values), source=source)
-        started.append(coordinator)
-        await coordinator.start()
-        return coordinator
+        return await start_coordinator(manifest_path, **overrides)
 
-    yield start
-    for coordinator in started:
-        await coordinator.shutdown()
+    return start
