@@ -130,10 +130,30 @@ def _summarize(root: str) -> FolderSummary:
             example = example or name
             continue
         # A class folder counts only if it holds a file, as on S3 (no empty "folders").
-        sub = os.path.join(root, name)
-        if next(_walk(sub, name + "/", True, {ident}), None) is not None:
+        if _holds_file(os.path.join(root, name), {ident}):
             folders.append(name)
     return FolderSummary(tuple(sorted(folders)), loose, example)
+
+
+def _holds_file(path: str, on_path: set[tuple[int, int]]) -> bool:
+    """True if any file lies under ``path``; stops at the first one.
+
+    Unlike ``_walk`` it neither sorts nor stats files (``is_file`` reads the directory
+    entry's type), so checking a class folder costs one directory read, not a stat per file.
+    """
+    subdirs = []
+    with os.scandir(path) as it:
+        for entry in it:
+            if entry.is_file():
+                return True
+            if entry.is_dir():
+                subdirs.append(entry)
+    for entry in subdirs:
+        st = entry.stat()
+        ident = (st.st_dev, st.st_ino)
+        if ident not in on_path and _holds_file(entry.path, on_path | {ident}):
+            return True
+    return False
 
 
 class LocalPageSource:

@@ -78,3 +78,12 @@ async def test_local_page_source_pages_and_folders(tmp_path: Path) -> None:
     summary = await source.folders()
     assert summary.folders == ("cls0", "cls1", "cls2")  # empty_dir holds no file
     assert summary.loose_objects == 0
+
+
+async def test_local_page_source_folder_counts_only_if_some_file_lies_under_it(
+    tmp_path: Path,
+) -> None:
+    _make(tmp_path, {"deep/a/b/c.jpg": b"x", "flat/x.jpg": b"y"})
+    (tmp_path / "hollow" / "sub" / "subsub").mkdir(parents=True)
+    summary = await LocalPageSource(tmp_path).folders()
+    assert summary.folders == ("deep", "flat")  # hollow holds only empty folders
