@@ -25,10 +25,10 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mx8_common.coordinator_client import CoordinatorClient
 from mx8_common.errors import (
@@ -47,6 +47,8 @@ from mx8_common.ingest_adapter import (
 )
 from mx8_common.manifest_format import SCHEMA_VERSION
 from mx8_common.manifest_table import ManifestTable
+
+T = TypeVar("T")
 
 __all__ = ["IngestResult", "IngestSettings", "ingest_manifest", "is_transient"]
 
@@ -133,14 +135,18 @@ def _build_table(reader: BoundedCarryReader, settings: IngestSettings) -> Manife
     )
 
 
-async def _ingest_direct(
-    client: CoordinatorClient, settings: IngestSettings, stats: IngestStats
-) -> tuple[ManifestTable, None]:
+async def _consume_stream(
+    client: CoordinatorClient,
+    settings: IngestSettings,
+    stats: IngestStats,
+    consume: Callable[[BoundedCarryReader], T],
+) -> T:
+    """Open the checked manifest stream, run ``consume`` over it, always close the stream."""
     chunks, total, stream = await _checked_chunks(client, settings)
     try:
-        table = await ingest_chunk_stream(
+        return await ingest_chunk_stream(
             chunks,
-            lambda reader: _build_table(reader, settings),
+            consume,
             max_line_bytes=settings.max_line_bytes,
             expected_total_bytes=total,
             expected_schema_version=settings.schema_version,
@@ -148,6 +154,14 @@ async def _ingest_direct(
         )
     finally:
         await stream.aclose()
+
+
+async def _ingest_direct(
+    client: CoordinatorClient, settings: IngestSettings, stats: IngestStats
+) -> tuple[ManifestTable, None]:
+    table = await _consume_stream(
+        client, settings, stats, lambda reader: _build_table(reader, settings)
+    )
     return table, None
 
 
@@ -196,18 +210,12 @@ async def _ingest_cached(
             # A damaged cached copy is not fatal: the coordinator has the real one.
             emit(_COMPONENT, "manifest_cache_invalid", path=str(final), error=str(exc))
             final.unlink(missing_ok=True)
-    chunks, total, stream = await _checked_chunks(client, settings)
-    try:
-        path = await ingest_chunk_stream(
-            chunks,
-            lambda reader: _copy_to_file(reader, directory, settings.manifest_hash),
-            max_line_bytes=settings.max_line_bytes,
-            expected_total_bytes=total,
-            expected_schema_version=settings.schema_version,
-            stats=stats,
-        )
-    finally:
-        await stream.aclose()
+    path = await _consume_stream(
+        client,
+        settings,
+        stats,
+        lambda reader: _copy_to_file(reader, directory, settings.manifest_hash),
+    )
     try:
         table = await asyncio.to_thread(
             ManifestTable.from_path,
