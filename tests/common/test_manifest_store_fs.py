@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from snapshot_helpers import write_manifest
 
 from mx8_common.errors import (
     IntegrityError,
@@ -13,16 +14,8 @@ from mx8_common.errors import (
     SnapshotNotFoundError,
     StoreError,
 )
-from mx8_common.manifest_format import ManifestWriter, WrittenManifest
 from mx8_common.manifest_store import ManifestMeta, open_manifest_store
 from mx8_common.manifest_store_fs import FsManifestStore
-
-
-def write_manifest(directory: Path, n: int, tag: str = "x") -> WrittenManifest:
-    with ManifestWriter(directory) as w:
-        for i in range(n):
-            w.write(f"s3://bkt/{tag}/{i:05d}.bin", None, i + 1, "")
-        return w.finish()
 
 
 @pytest.fixture

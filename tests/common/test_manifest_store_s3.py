@@ -7,22 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from snapshot_helpers import write_manifest
 
 from mx8_common.errors import (
     IntegrityError,
     ManifestHashMismatch,
     SnapshotNotFoundError,
 )
-from mx8_common.manifest_format import ManifestWriter, WrittenManifest
 from mx8_common.manifest_store import ManifestMeta
 from mx8_common.manifest_store_s3 import S3ManifestStore
-
-
-def write_manifest(directory: Path, n: int, tag: str = "x") -> WrittenManifest:
-    with ManifestWriter(directory) as w:
-        for i in range(n):
-            w.write(f"s3://bkt/{tag}/{i:05d}.bin", None, i + 1, "")
-        return w.finish()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from snapshot_helpers import cfg, rows
 from structlog.testing import capture_logs
 
 import mx8
@@ -19,7 +20,6 @@ from mx8_common.errors import (
 )
 from mx8_common.events import configure_logging
 from mx8_common.labels import parse_label_id
-from mx8_common.manifest_reader import parse_canonical_manifest_tsv_bytes
 from mx8_common.manifest_store import open_manifest_store
 from mx8_common.snapshot_resolver import (
     ResolvedSnapshot,
@@ -49,20 +49,6 @@ def make_tree(root: Path, files: dict[str, bytes], order: list[str] | None = Non
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(files[rel])
     return root
-
-
-def cfg(store_root: str, **kw: object) -> SnapshotResolverConfig:
-    return SnapshotResolverConfig(store_root=store_root, show_progress=False, **kw)  # type: ignore[arg-type]
-
-
-def rows(resolved: ResolvedSnapshot) -> list[tuple[str, int | None, str]]:
-    assert resolved.manifest_data is not None
-    return [
-        (r.location, r.byte_length, r.decode_hint)
-        for r in parse_canonical_manifest_tsv_bytes(
-            resolved.manifest_data, expected_hash=resolved.manifest_hash
-        )
-    ]
 
 
 async def test_resolve_snapshot_same_content_same_hash_across_creation_order(

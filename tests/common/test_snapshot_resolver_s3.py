@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fake_list_endpoint import fake_list_endpoint
+from snapshot_helpers import cfg, rows
 from structlog.testing import capture_logs
 
 from mx8_common.errors import (
@@ -20,9 +21,8 @@ from mx8_common.errors import (
     UnsupportedKeyError,
 )
 from mx8_common.events import configure_logging
-from mx8_common.manifest_reader import parse_canonical_manifest_tsv_bytes
 from mx8_common.manifest_store import open_manifest_store
-from mx8_common.snapshot_resolver import ResolvedSnapshot, SnapshotResolverConfig, resolve_snapshot
+from mx8_common.snapshot_resolver import ResolvedSnapshot, resolve_snapshot
 
 
 @pytest.fixture(autouse=True)
@@ -45,20 +45,6 @@ def upload(
 ) -> None:
     for key in order or list(objects):
         client.put_object(Bucket=bucket, Key=key, Body=b"z" * objects[key])
-
-
-def cfg(store_root: str, **kw: object) -> SnapshotResolverConfig:
-    return SnapshotResolverConfig(store_root=store_root, show_progress=False, **kw)  # type: ignore[arg-type]
-
-
-def rows(resolved: ResolvedSnapshot) -> list[tuple[str, int | None, str]]:
-    assert resolved.manifest_data is not None
-    return [
-        (r.location, r.byte_length, r.decode_hint)
-        for r in parse_canonical_manifest_tsv_bytes(
-            resolved.manifest_data, expected_hash=resolved.manifest_hash
-        )
-    ]
 
 
 async def test_resolve_s3_rows_and_same_hash_across_upload_order(
