@@ -1,11 +1,12 @@
 """A coordinator in its own process for the benchmarks (its CPU apart from the clients').
 
 ``python -m benchmarks.coordinator_child MANIFEST [--world-size N] [--block-size B]
-[--state-dir DIR] [--log-file FILE]`` serves the manifest file on 127.0.0.1 port 0, prints
-``{"address", "manifest_hash", "total_samples"}`` as one JSON line, and shuts down when its
-stdin closes. ``--state-dir`` turns the fsync'd lease log on, as in production. Events are
-JSON lines at ``MX8_LOG_LEVEL`` (``serve_coordinator``'s ``log_level``), written to
-``--log-file`` when given (as a daemon's stderr would be collected), else to stderr. With
+[--state-dir DIR] [--log-file FILE] [--metrics HOST:PORT]`` serves the manifest file on
+127.0.0.1 port 0, prints ``{"address", "manifest_hash", "total_samples"}`` as one JSON
+line, and shuts down when its stdin closes. ``--state-dir`` turns the fsync'd lease log
+on, as in production; ``--metrics`` serves ``/metrics``. Events are JSON lines at
+``MX8_LOG_LEVEL`` (``serve_coordinator``'s ``log_level``), written to ``--log-file`` when
+given (as a daemon's stderr would be collected), else to stderr. With
 ``MX8_BENCH_PROFILE=FILE`` it runs under cProfile and writes the stats to FILE.
 ``serve_coordinator(...)`` runs it from the parent as a context manager.
 """
@@ -77,6 +78,7 @@ async def _serve(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         lease_ttl_ms=60_000,
         heartbeat_interval_ms=10_000,
+        metrics=args.metrics,
     )
     async with Coordinator(config, source=source) as coordinator:
         info = {
@@ -107,6 +109,7 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--log-file", default=None)
+    parser.add_argument("--metrics", default=None, help="HOST:PORT of /metrics")
     parsed = parser.parse_args()
     if parsed.log_file:
         _log = os.open(parsed.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

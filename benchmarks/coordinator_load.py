@@ -1,8 +1,8 @@
 """One client process of the coordinator benchmark: a share of the simulated agents.
 
-``python -m benchmarks.coordinator_load ADDRESS --first I --agents N --seconds S
-[--interval-ms M]`` registers agents ``agent-I .. agent-(I+N-1)`` (one gRPC channel each,
-as real agents have, all on this process's event loop), prints ``{"ready": true}`` and
+``python -m benchmarks.coordinator_load ADDRESS --first I --agents N --total T --seconds S
+[--interval-ms M]`` registers agents ``agent-I .. agent-(I+N-1)`` of ``T`` in all (one gRPC
+channel each, as real agents have, all on this process's event loop), prints ``{"ready": true}`` and
 waits for a line on stdin (the parent's start signal, so every process starts its timed
 window together). Each agent then leases and reports progress in steps for ``S`` seconds:
 back to back when ``M`` is 0 (closed loop: measures capacity), or one call every ``M`` ms
@@ -71,7 +71,7 @@ async def _agent(client: Any, node: str, stop_at: float, pacer: _Pacer, lat_us: 
 
 
 async def drive_agents(
-    address: str, first: int, agents: int, seconds: float, interval_ms: float
+    address: str, first: int, agents: int, seconds: float, interval_ms: float, total: int = 0
 ) -> dict[str, Any]:
     """Register, wait for the start line on stdin, run the agents; samples and counts."""
     from mx8_common.coordinator_client import CoordinatorClient
@@ -88,8 +88,10 @@ async def drive_agents(
         interval_s = interval_ms / 1000
         t0 = time.perf_counter()
         stop_at = t0 + seconds
-        # Spread the agents' schedules over one interval, as independent hosts would be.
-        pacers = [_Pacer(interval_s, interval_s * i / agents) for i in range(agents)]
+        # Spread every agent's schedule over one interval by its global index, as
+        # independent hosts would be (not in step with the other client processes).
+        total = max(total, first + agents)
+        pacers = [_Pacer(interval_s, interval_s * (first + i) / total) for i in range(agents)]
         calls = await asyncio.gather(
             *(
                 _agent(c, n, stop_at, p, lat_us)
@@ -109,8 +111,10 @@ if __name__ == "__main__":
     parser.add_argument("address")
     parser.add_argument("--first", type=int, required=True)
     parser.add_argument("--agents", type=int, required=True)
+    parser.add_argument("--total", type=int, default=0)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--interval-ms", type=float, default=0.0)
     a = parser.parse_args()
-    result = uvloop.run(drive_agents(a.address, a.first, a.agents, a.seconds, a.interval_ms))
+    run = drive_agents(a.address, a.first, a.agents, a.seconds, a.interval_ms, a.total)
+    result = uvloop.run(run)
     print(json.dumps(result), flush=True)
