@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -93,6 +93,40 @@ def encode_record(
     return f"{sample_id}\t{location}\t{off}\t{length}\t{decode_hint}\n".encode()
 
 
+def _encode_page_fast(
+    start: int,
+    locations: Sequence[str],
+    byte_lengths: Sequence[int | None],
+    hints: Iterable[str],
+    n: int,
+) -> bytes | None:
+    """Whole-object rows ``start..start+n-1`` in one join, or None if any row may be invalid.
+
+    The checks are per page, not per field: a valid page has exactly 4 TABs and 1 LF per
+    row and no CR (numbers cannot hold one), no empty location and no length <= 0.
+    """
+    if "" in locations or 0 in byte_lengths:
+        return None
+    positive = [length for length in byte_lengths if length is not None]
+    if positive and min(positive) < 0:
+        return None
+    # Formatted exactly as encode_record formats a row (the length through str()).
+    text = "".join(
+        [
+            f"{i}\t{loc}\t\t{'' if length is None else str(length)}\t{hint}\n"
+            for i, loc, length, hint in zip(
+                range(start, start + n), locations, byte_lengths, hints, strict=True
+            )
+        ]
+    )
+    if text.count("\t") != 4 * n or text.count("\n") != n or "\r" in text:
+        return None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None  # a lone surrogate: encode_record raises the same error for its row
+
+
 def encode_manifest(records: Iterable[ManifestRecord]) -> bytes:
     """Whole canonical bytes of a small manifest (tests, small datasets)."""
     parts = [SCHEMA_HEADER]
@@ -166,6 +200,40 @@ class ManifestWriter:
         self._append(encode_record(sample_id, location, byte_offset, byte_length, decode_hint))
         self._count += 1
         return sample_id
+
+    def write_page(
+        self,
+        locations: Sequence[str],
+        byte_lengths: Sequence[int | None],
+        decode_hints: Sequence[str] | None = None,
+    ) -> int:
+        """Append one row per location (whole objects: no byte_offset); return the first id.
+
+        The bytes, ids and errors are exactly those of calling ``write`` once per row: the
+        page is formatted with one join and validated as a whole, and only a page that fails
+        that check is encoded row by row, so the bad row raises ``encode_record``'s error.
+        """
+        n = len(locations)
+        if len(byte_lengths) != n or (decode_hints is not None and len(decode_hints) != n):
+            raise ValueError(
+                f"write_page needs one byte_length and decode_hint per location; got "
+                f"{n} locations, {len(byte_lengths)} lengths and "
+                f"{'no' if decode_hints is None else len(decode_hints)} hints"
+            )
+        start = self._count
+        hints: Iterable[str] = decode_hints if decode_hints is not None else ("",) * n
+        data = _encode_page_fast(start, locations, byte_lengths, hints, n)
+        if data is None:
+            # Slow path for a page the whole-page check rejects: per-row encoding raises the
+            # first bad row's own error (and, were the check too strict, still writes it).
+            rows = zip(locations, byte_lengths, hints, strict=True)
+            data = b"".join(
+                encode_record(start + i, loc, None, length, hint)
+                for i, (loc, length, hint) in enumerate(rows)
+            )
+        self._append(data)
+        self._count += n
+        return start
 
     def finish(self) -> WrittenManifest:
         self._flush()
