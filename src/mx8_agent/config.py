@@ -5,9 +5,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from mx8_common.config_fields import load_config, parse_size, setting
+from mx8_common.config_fields import load_config, parse_size, setting, split_host_port
 from mx8_common.errors import ConfigError
 from mx8_common.grpc_security import TlsConfig
 from mx8_common.manifest_reader import DEFAULT_MAX_LINE_BYTES
@@ -29,19 +28,6 @@ INGEST_MODES = ("direct", "cached")
 AGENT_AUTH_TOKEN_ENV = "MX8_AGENT_AUTH_TOKEN"
 
 
-def _secret(field: Any) -> Any:
-    """Keep a setting out of the dataclass repr, so a logged config never shows it."""
-    field.repr = False
-    return field
-
-
-def _split_host_port(value: str, flag: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{flag} {value!r} is not HOST:PORT; write e.g. 127.0.0.1:9401")
-    return host.strip("[]"), int(port)
-
-
 def listen_target(value: str) -> str:
     """The gRPC bind target of ``--listen``: ``unix:///abs/path`` or ``HOST:PORT``.
 
@@ -55,7 +41,7 @@ def listen_target(value: str) -> str:
                 f"--listen {value!r} names no socket path; write unix:///run/mx8/agent.sock"
             )
         return f"unix:{path}" if not path.startswith("/") else f"unix://{path}"
-    _split_host_port(value, "--listen")
+    split_host_port(value, "--listen", "127.0.0.1:9401")
     return value
 
 
@@ -135,13 +121,12 @@ class AgentConfig:
         help="PEM CA bundle; when set, trainers must present a certificate it signed "
         "(mutual TLS). Trainers read MX8_AGENT_TLS_CA/_CERT/_KEY as their client side",
     )
-    auth_token: str | None = _secret(
-        setting(
-            None,
-            env=AGENT_AUTH_TOKEN_ENV,
-            help="bearer token every trainer must send (trainers read the same variable; "
-            "prefer the env var: flags show in ps)",
-        )
+    auth_token: str | None = setting(
+        None,
+        env=AGENT_AUTH_TOKEN_ENV,
+        help="bearer token every trainer must send (trainers read the same variable; "
+        "prefer the env var: flags show in ps)",
+        secret=True,
     )
 
     def __post_init__(self) -> None:
@@ -151,10 +136,10 @@ class AgentConfig:
         self._validate()
 
     def _validate(self) -> None:
-        _split_host_port(self.coordinator, "--coordinator")
+        split_host_port(self.coordinator, "--coordinator")
         listen_target(self.listen)
         if self.metrics:
-            _split_host_port(self.metrics, "--metrics")
+            split_host_port(self.metrics, "--metrics", "127.0.0.1:9401")
         if not self.job_id:
             raise ConfigError("--job-id must not be empty; use the job id the coordinator serves")
         if self.manifest_ingest not in INGEST_MODES:
@@ -206,7 +191,9 @@ class AgentConfig:
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
-        return _split_host_port(self.metrics, "--metrics") if self.metrics else None
+        if not self.metrics:
+            return None
+        return split_host_port(self.metrics, "--metrics", "127.0.0.1:9401")
 
 
 def load_agent_config(

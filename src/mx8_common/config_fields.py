@@ -26,6 +26,7 @@ __all__ = [
     "parse_bool",
     "parse_size",
     "setting",
+    "split_host_port",
 ]
 
 C = TypeVar("C")
@@ -61,11 +62,26 @@ def setting(
     help: str,
     flag: str | None = None,
     parse: Callable[[str], Any] | None = None,
+    secret: bool = False,
 ) -> Any:
-    """Declare a config field with its env var, flag and help text."""
+    """Declare a config field with its env var, flag and help text.
+
+    ``secret=True`` keeps the value out of the dataclass repr, so a logged config never
+    shows it.
+    """
     return dataclasses.field(
-        default=default, metadata={"env": env, "flag": flag, "help": help, "parse": parse}
+        default=default,
+        repr=not secret,
+        metadata={"env": env, "flag": flag, "help": help, "parse": parse},
     )
+
+
+def split_host_port(value: str, flag: str, example: str = "127.0.0.1:50051") -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) -> ``(host, port)``; ConfigError naming ``flag``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{flag} {value!r} is not HOST:PORT; write e.g. {example}")
+    return host.strip("[]"), int(port)
 
 
 def _field_parser(cls: type, field: dataclasses.Field[Any]) -> Callable[[str], Any]:

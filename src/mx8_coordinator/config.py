@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mx8_common.config_fields import load_config, parse_size, setting
+from mx8_common.config_fields import load_config, parse_size, setting, split_host_port
 from mx8_common.errors import ConfigError
 from mx8_common.grpc_security import TlsConfig
 
@@ -15,19 +15,6 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_c
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 _LABEL_MODES = ("none", "imagefolder", "auto")
-
-
-def _secret(field: Any) -> Any:
-    """Keep a setting out of the dataclass repr, so a logged config never shows it."""
-    field.repr = False
-    return field
-
-
-def _split_host_port(value: str, flag: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{flag} {value!r} is not HOST:PORT; write e.g. 127.0.0.1:50051")
-    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,13 +77,11 @@ class CoordinatorConfig:
         env="MX8_TLS_CA",
         help="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)",
     )
-    auth_token: str | None = _secret(
-        setting(
-            None,
-            env="MX8_AUTH_TOKEN",
-            help="shared bearer token every client must send (prefer the env var: flags show "
-            "in ps)",
-        )
+    auth_token: str | None = setting(
+        None,
+        env="MX8_AUTH_TOKEN",
+        help="shared bearer token every client must send (prefer the env var: flags show in ps)",
+        secret=True,
     )
 
     def __post_init__(self) -> None:
@@ -107,9 +92,9 @@ class CoordinatorConfig:
             raise ConfigError("no dataset: pass --dataset LINK or set MX8_DATASET_LINK")
         if not self.job_id:
             raise ConfigError("--job-id must not be empty")
-        _split_host_port(self.listen, "--listen")
+        split_host_port(self.listen, "--listen")
         if self.metrics is not None:
-            _split_host_port(self.metrics, "--metrics")
+            split_host_port(self.metrics, "--metrics")
         positive: dict[str, Any] = {
             "--world-size": self.world_size,
             "--block-size": self.block_size,
@@ -158,11 +143,11 @@ class CoordinatorConfig:
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        return _split_host_port(self.listen, "--listen")
+        return split_host_port(self.listen, "--listen")
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
-        return None if self.metrics is None else _split_host_port(self.metrics, "--metrics")
+        return None if self.metrics is None else split_host_port(self.metrics, "--metrics")
 
 
 def load_coordinator_config(
