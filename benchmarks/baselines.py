@@ -30,7 +30,9 @@ try:
 
     S3TORCH_SKIP_REASON = ""
 except ImportError as _exc:  # an sdist needing a Rust/C++ build may not install
-    S3TORCH_SKIP_REASON = f"s3torchconnector is not installed here ({_exc})"
+    S3TORCH_SKIP_REASON = (
+        f"s3torchconnector is not installed here ({_exc}); bash scripts/install_bench.sh"
+    )
 
 
 def _list_collate(batch: list[Any]) -> list[Any]:

@@ -35,7 +35,7 @@ def import_streaming_base() -> Any:
     if "streaming" not in sys.modules:
         spec = importlib.util.find_spec("streaming")
         if spec is None or spec.submodule_search_locations is None:
-            raise ImportError("mosaicml-streaming is not installed: pip install -e '.[bench]'")
+            raise ImportError("mosaicml-streaming is not installed: bash scripts/install_bench.sh")
         pkg = types.ModuleType("streaming")
         pkg.__path__ = list(spec.submodule_search_locations)
         pkg.__spec__ = spec
@@ -95,7 +95,7 @@ def run(env: BenchEnv) -> list[Row]:
     mx8_vals, st_vals = [], []
     try:
         import_streaming_base()
-    except ImportError as exc:  # CI installs only the test extra, not '.[bench]'
+    except ImportError as exc:  # CI installs only the test extra, not the baselines
         for _ in range(env.repeats):
             mx8_vals.append(_mx8_first_batch(env, folder))
         label = f"time to first batch, fresh {count // 1000}k-file folder"
