@@ -202,7 +202,7 @@ def test_manifest_fast_parse_block_columns_of_a_valid_block() -> None:
     assert block.hint_heads.tolist() == [0, 2]
     assert block.byte_offset.tolist() == [-1, 5, -1]
     assert block.byte_length.tolist() == [12, 7, -1]
-    assert block.has_offset and block.has_length
+    assert block.offset_range == (-1, 5) and block.length_range == (-1, 12)
     # Ids must continue from first_id; anything else is left to the row parser.
     assert parse_block(body, first_id=1, max_line_bytes=1024) is None
     assert parse_block(body.replace(b"\t12\t", b"\t012\t"), first_id=0, max_line_bytes=1024) is None
@@ -273,3 +273,31 @@ async def test_manifest_fast_parse_stream_ingest_matches_reference(
     except ManifestError as exc:
         got = (type(exc), str(exc), exc.line_no)
     assert got == want
+
+
+@pytest.mark.parametrize("digits", range(1, 11))
+def test_manifest_fast_parse_numbers_match_reference_at_every_width(digits: int) -> None:
+    # Widths up to 8 take the one-word (SWAR) path, wider ones the digit matrix: every
+    # edge (largest, smallest, leading zero, a non-digit just past "9" or before "0").
+    largest, smallest = "9" * digits, "1" + "0" * (digits - 1)
+    fields = [largest, smallest, "0" + largest[1:], largest[:-1] + ":", "/" + smallest[1:]]
+    if digits > 1:
+        fields.append(smallest[:-1] + "é")
+    for field in fields:
+        for column in (0, 2, 3):  # sample_id, byte_offset, byte_length
+            rows = [["0", "s3://b/a", "", "7", ""], ["1", "s3://b/b", "3", "5", ""]]
+            rows[1][column] = field
+            data = b"schema_version=0\n" + "".join("\t".join(r) + "\n" for r in rows).encode()
+            want = _reference(data, DEFAULT_MAX_LINE_BYTES, None)
+            assert _fast(data, DEFAULT_MAX_LINE_BYTES, None, 1 << 18, 1 << 20) == want, field
+
+
+@pytest.mark.parametrize("digits", range(1, 19))
+def test_manifest_fast_parse_block_reads_numbers_of_every_width(digits: int) -> None:
+    # The vectorized path itself (not the row-by-row fallback) must take these.
+    values = [10**digits - 1, 10 ** (digits - 1), int("123456789012345678"[:digits])]
+    body = "".join(f"{i}\ts3://b/f\t{v}\t{v}\t\n" for i, v in enumerate(values)).encode()
+    block = parse_block(body, first_id=0, max_line_bytes=1024)
+    assert block is not None
+    assert block.byte_offset.tolist() == values and block.byte_length.tolist() == values
+    assert block.length_range == (min(values), max(values))

@@ -198,3 +198,44 @@ def test_manifest_table_memory_for_1m_rows() -> None:
         r for r in _imagenet_like(123_457) if r.sample_id == 123_456
     )
     assert np.array_equal(table.label_id[:2000], np.arange(2000) % 1000)
+
+
+def _widths(table: ManifestTable) -> dict[str, str]:
+    names = ("_tail_offsets", "_dir_id", "byte_offset", "byte_length", "label_id")
+    return {name: getattr(table, name).dtype.name for name in names}
+
+
+@pytest.mark.parametrize(
+    ("length", "width"), [(7, "int32"), (2**31 - 1, "int32"), (2**31, "int64")]
+)
+def test_manifest_table_columns_are_as_narrow_as_their_values(length: int, width: str) -> None:
+    records = [
+        ManifestRecord(i, f"s3://b/d{i % 3}/f{i}", 0 if i == 5 else None, 9 + i, "")
+        for i in range(20)
+    ]
+    records[7] = records[7]._replace(byte_offset=length, byte_length=length)
+    data = encode_manifest(records)
+    for table in (
+        ManifestTable.from_bytes(data),
+        ManifestTable.from_records(records, manifest_hash="h" * 64),
+    ):
+        assert _widths(table) == {
+            "_tail_offsets": "int32",
+            "_dir_id": "int16",
+            "byte_offset": width,
+            "byte_length": width,
+            "label_id": "int16",
+        }
+        assert [table.record(i) for i in range(20)] == records
+
+
+def test_manifest_table_widens_dir_ids_past_int16() -> None:
+    # 40,000 directories: ids past 32767 need int32, whichever builder sees them.
+    records = [ManifestRecord(i, f"s3://b/{i}/x", None, 1, "") for i in range(40_000)]
+    data = encode_manifest(records)
+    fast = ManifestTable.from_bytes(data)
+    slow = ManifestTable.from_records(records, manifest_hash=fast.manifest_hash)
+    for table in (fast, slow):
+        assert table._dir_id.dtype == np.int32
+        assert table.record(39_999) == records[39_999] and table.record(100) == records[100]
+    assert fast._dir_id.tolist() == slow._dir_id.tolist()
