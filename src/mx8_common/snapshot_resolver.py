@@ -148,8 +148,10 @@ class ResolvedSnapshot:
     store_path: str
     #: True when this call indexed the dataset, False when it reused a stored snapshot.
     indexed: bool
-    #: The canonical manifest bytes, only with ``materialize_manifest_bytes``.
-    manifest_data: bytes | None = None
+    #: The canonical manifest bytes, only with ``materialize_manifest_bytes``. Left out of
+    #: repr: asyncio.run's SIGINT restore reprs the main task, result included (Python 3.11
+    #: ``signal.getsignal`` -> enum lookup error text), which cost ~50 ms per 8 MB manifest.
+    manifest_data: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 def intent_key(link: DatasetLink, config: SnapshotResolverConfig) -> str:
@@ -183,22 +185,52 @@ async def _describe(
 # -- indexing ----------------------------------------------------------------------------
 
 
+def _reject_unsupported_key(page: Page, link: str) -> None:
+    """Raise for the first key of ``page`` holding a TAB, LF or CR (the manifest's separators)."""
+    for key, _size in page:
+        if "\t" in key or "\n" in key or "\r" in key:
+            char = "TAB" if "\t" in key else ("LF" if "\n" in key else "CR")
+            raise UnsupportedKeyError(
+                f"{link}: object key {key!r} contains a {char} character, which the "
+                "canonical manifest TSV cannot hold; rename the object",
+                link=link,
+                key=key,
+            )
+
+
 async def _checked_keys(
     pages: AsyncIterator[Page], link: str, counter: list[int]
 ) -> AsyncIterator[Page]:
     """Reject keys a manifest cannot hold, and count pages, before sorting or writing."""
     async for page in pages:
         counter[0] += 1
-        for key, _size in page:
-            if "\t" in key or "\n" in key or "\r" in key:
-                char = "TAB" if "\t" in key else ("LF" if "\n" in key else "CR")
-                raise UnsupportedKeyError(
-                    f"{link}: object key {key!r} contains a {char} character, which the "
-                    "canonical manifest TSV cannot hold; rename the object",
-                    link=link,
-                    key=key,
-                )
+        # One scan of the joined keys per page; the per-key walk only names the bad key.
+        joined = "".join([key for key, _size in page])
+        if "\t" in joined or "\n" in joined or "\r" in joined:
+            _reject_unsupported_key(page, link)
         yield page
+
+
+async def _read_ahead(pages: AsyncIterator[Page]) -> AsyncIterator[Page]:
+    """Pass pages through, fetching the next one while the caller writes this one.
+
+    Listing (stat calls or an S3 request) and writing (formatting, hashing) then overlap
+    instead of taking turns; at most one page waits, so memory stays one page per side.
+    """
+    nxt: asyncio.Future[Page | None] = asyncio.ensure_future(anext(pages, None))
+    try:
+        while (page := await nxt) is not None:
+            nxt = asyncio.ensure_future(anext(pages, None))
+            yield page
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+            await asyncio.wait({nxt})
+        if not nxt.cancelled():
+            nxt.exception()  # retrieved: the caller's own error is the one that matters
+        aclose = getattr(pages, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _sorted_pages(pages: AsyncIterator[Page], sorter: ExternalSorter) -> AsyncIterator[Page]:
@@ -208,16 +240,32 @@ async def _sorted_pages(pages: AsyncIterator[Page], sorter: ExternalSorter) -> A
         yield page
 
 
+def _page_hints(page: Page, classes: ClassIndex, link: str) -> list[str]:
+    """The decode_hint of every key of a page.
+
+    Keys arrive sorted, so one class folder is one run of keys: the hint is looked up once
+    per run (a ``startswith`` per key) instead of once per key.
+    """
+    hints: list[str] = []
+    run_prefix = ""
+    hint = ""
+    for key, _size in page:
+        if not run_prefix or not key.startswith(run_prefix):
+            hint = classes.hint_for(key, link=link)  # raises for a key outside the classes
+            run_prefix = key.partition("/")[0] + "/"
+        hints.append(hint)
+    return hints
+
+
 def _write_page(
     writer: ManifestWriter, source: PageSource, page: Page, classes: ClassIndex | None, link: str
 ) -> None:
     location = source.location
-    if classes is None:
-        for key, size in page:
-            writer.write(location(key), None, size or None)
-    else:
-        for key, size in page:
-            writer.write(location(key), None, size or None, classes.hint_for(key, link=link))
+    writer.write_page(
+        [location(key) for key, _size in page],
+        [size or None for _key, size in page],
+        None if classes is None else _page_hints(page, classes, link),
+    )
 
 
 class _Progress:
@@ -281,7 +329,7 @@ async def _index(
                 ExternalSorter(keys_per_run=cfg.spill_keys_per_run, directory=store.scratch_dir())
             )
             pages = _sorted_pages(pages, sorter)
-        pages = ordered_pages(pages, link=link)
+        pages = _read_ahead(ordered_pages(pages, link=link))
         show = cfg.show_progress if cfg.show_progress is not None else sys.stderr.isatty()
         progress = _Progress(show, link)
         stack.callback(progress.close)
