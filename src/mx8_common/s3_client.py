@@ -31,6 +31,7 @@ from mx8_common.errors import (
 __all__ = [
     "S3Settings",
     "open_s3_client",
+    "open_s3_session_client",
     "s3_errors",
     "sync_s3_client",
     "translate_s3_error",
@@ -109,16 +110,28 @@ async def open_s3_client(
     """
     settings = settings or S3Settings.from_env()
     if reuse_models:
-        # A fresh session each time (sessions are not thread-safe); only the loader, whose
-        # caches are plain dicts filled once, is shared. aiobotocore directly: aioboto3's
-        # Session would append its resource path to the shared loader on every call.
-        session = AioSession()
-        session.register_component("data_loader", _shared_models())
-        async with session.create_client("s3", **settings.client_kwargs()) as client:
+        async with open_s3_session_client(settings) as (_session, client):
             yield client
         return
     async with aioboto3.Session().client("s3", **settings.client_kwargs()) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def open_s3_session_client(
+    settings: S3Settings | None = None,
+) -> AsyncIterator[tuple[AioSession, Any]]:
+    """``(session, client)``: an aiobotocore S3 client sharing the parsed service model,
+    and the session that made it (its credentials and config variables are the client's).
+    """
+    settings = settings or S3Settings.from_env()
+    # A fresh session each time (sessions are not thread-safe); only the loader, whose
+    # caches are plain dicts filled once, is shared. aiobotocore directly: aioboto3's
+    # Session would append its resource path to the shared loader on every call.
+    session = AioSession()
+    session.register_component("data_loader", _shared_models())
+    async with session.create_client("s3", **settings.client_kwargs()) as client:
+        yield session, client
 
 
 def sync_s3_client(settings: S3Settings | None = None) -> Any:
