@@ -159,7 +159,11 @@ class FileBlockReader:
             end = next_block_end(self._buf, self._pos, max_bytes, self._cap)
             if end is None:
                 if not self._eof:
-                    data = self._raw.read(max(self._read_bytes, self._cap))
+                    # ``read_bytes`` at a time (reading ``max_line_bytes``, 8 MiB by default,
+                    # held two copies of it per refill), doubling while one long line is
+                    # carried so a line of up to the cap is still read in O(its length).
+                    carry = len(self._buf) - self._pos
+                    data = self._raw.read(max(self._read_bytes, min(carry, self._cap)))
                     if data:
                         # Only the partial last line is carried over.
                         self._buf = self._buf[self._pos :] + data

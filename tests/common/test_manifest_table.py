@@ -239,3 +239,21 @@ def test_manifest_table_widens_dir_ids_past_int16() -> None:
         assert table._dir_id.dtype == np.int32
         assert table.record(39_999) == records[39_999] and table.record(100) == records[100]
     assert fast._dir_id.tolist() == slow._dir_id.tolist()
+
+
+def test_manifest_table_from_bytes_holds_no_copy_of_the_manifest() -> None:
+    # The file reader refills 1 MiB at a time: building from a 4 MiB manifest must never
+    # hold it (or the default 8 MiB line cap) again beside the table being built.
+    data = encode_manifest(
+        ManifestRecord(i, f"s3://bucket/train/part-{i // 1000:05d}/obj-{i:08d}.jpg", None, 1 + i)
+        for i in range(80_000)
+    )
+    assert len(data) > 4 << 20
+    gc.collect()
+    tracemalloc.start()
+    try:
+        table = ManifestTable.from_bytes(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < table.nbytes + (3 << 20), (peak, table.nbytes)
