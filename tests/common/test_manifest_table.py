@@ -188,7 +188,7 @@ def test_manifest_table_memory_for_1m_rows() -> None:
         f"traced held={held / n:.1f} B/row, build peak={peak / n:.1f} B/row, "
         f"build {build_s:.1f}s under tracemalloc; 10M rows ~ {per_row * 10_000_000 / 2**20:.0f} MiB"
     )
-    # Columns: tail (~20 B) + tail offset 8 + dir id 4 + byte_length 8 + label 4.
+    # Columns: tail (~20 B) + tail offset 4 + dir id 2 + byte_length 4 + label 2 (int32/int16).
     assert per_row < 48
     # What tracemalloc sees held is the table itself (no per-row Python objects left)...
     assert held < table.nbytes * 1.15 + (1 << 20)
