@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ import psutil
 from mx8_common.local_s3 import LocalS3, local_s3_server
 from mx8_common.s3_client import S3Settings, sync_s3_client
 
-__all__ = ["BenchEnv", "RssSampler", "mib", "run_child", "s3_object_keys"]
+__all__ = ["BenchEnv", "RssSampler", "ServerCpu", "mib", "run_child", "s3_object_keys"]
 
 MiB = 1 << 20
 
@@ -60,6 +61,33 @@ class RssSampler:
     @property
     def growth(self) -> int:
         return self.peak_rss - self.start_rss
+
+
+class ServerCpu:
+    """How busy the local S3 server was while the block ran: its CPU seconds per second.
+
+    Shows when a case measures the server, not the clients: moto serves from one Python
+    process, so near 1.0 (one core) no client can go faster. ``busy`` stays None for a
+    server that is not a child of this run (``MX8_BENCH_S3_ENDPOINT``).
+    """
+
+    def __init__(self, pid: int | None) -> None:
+        self._proc = psutil.Process(pid) if pid is not None else None
+        self.busy: float | None = None
+
+    def _cpu(self) -> float:
+        assert self._proc is not None
+        t = self._proc.cpu_times()
+        return float(t.user + t.system)
+
+    def __enter__(self) -> ServerCpu:
+        if self._proc is not None:
+            self._t0, self._c0 = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self.busy = (self._cpu() - self._c0) / max(time.perf_counter() - self._t0, 1e-9)
 
 
 def run_child(module: str, args: Sequence[str], *, timeout_s: float = 600) -> dict[str, Any]:

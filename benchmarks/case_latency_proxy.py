@@ -1,7 +1,9 @@
 """Data plane with S3-like latency: every GET's first byte delayed 20 ms by a local proxy.
 
-mx8, the DataLoader(num_workers=2)+boto3 default and raw concurrent aioboto3 GETs all
-read the same objects through the same proxy (``latency_proxy``).
+mx8, the DataLoader(num_workers=2)+boto3 default, raw concurrent aioboto3 GETs and (where
+it installs) s3torchconnector's S3IterableDataset all read the same objects through the
+same proxy (``latency_proxy``). Unlike the bare local server, whose one Python process caps
+every client at the same rate, this shows what each client does with S3's latency.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from benchmarks.baselines import dataloader_boto3_rate, mx8_load_rate, raw_concurrent_gets_rate
+from benchmarks.baselines import (
+    S3TORCH_SKIP_REASON,
+    dataloader_boto3_rate,
+    mx8_load_rate,
+    raw_concurrent_gets_rate,
+    s3torchconnector_rate,
+)
 from benchmarks.bench_env import BenchEnv
 from benchmarks.case_data_plane_s3 import CONCURRENCY
 from benchmarks.latency_proxy import latency_proxy
@@ -42,7 +50,7 @@ def run(env: BenchEnv) -> list[Row]:
     count = env.size(96, 600)
     bucket, prefix, keys = env.s3_dataset(count, PAYLOAD)
     link = f"s3://{bucket}/{prefix}"
-    mx8_vals, dl_vals, raw_vals = [], [], []
+    mx8_vals, dl_vals, raw_vals, s3t_vals = [], [], [], []
     with latency_proxy(env.s3.endpoint_url, DELAY_MS) as proxy, _endpoint(proxy):
         # Warm-ups: mx8 resolves the snapshot; both sides load botocore's models once.
         mx8_load_rate(link, concurrency=CONCURRENCY, expect=count)
@@ -52,9 +60,26 @@ def run(env: BenchEnv) -> list[Row]:
             raw_vals.append(
                 raw_concurrent_gets_rate(bucket, keys, concurrency=CONCURRENCY, endpoint=proxy)
             )
+            if not S3TORCH_SKIP_REASON:
+                s3t_vals.append(s3torchconnector_rate(link, endpoint=proxy, expect=count))
             mx8_vals.append(mx8_load_rate(link, concurrency=CONCURRENCY, expect=count))
     mx8 = statistics.median(mx8_vals)
     metric = f"64 KiB x {count}, +{DELAY_MS:g} ms first byte, c={CONCURRENCY}"
+    if s3t_vals:
+        s3t = Row(
+            CASE,
+            metric,
+            "samples/s",
+            mx8,
+            statistics.median(s3t_vals),
+            "s3torchconnector",
+            target=1.2,
+            samples=mx8_vals,
+            baseline_samples=s3t_vals,
+            note="s3torchconnector lists the prefix each epoch: its time includes the listing",
+        )
+    else:
+        s3t = Row(CASE, metric, "samples/s", mx8, note=S3TORCH_SKIP_REASON)
     return [
         Row(
             CASE,
@@ -78,4 +103,5 @@ def run(env: BenchEnv) -> list[Row]:
             samples=mx8_vals,
             baseline_samples=raw_vals,
         ),
+        s3t,
     ]

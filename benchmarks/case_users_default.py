@@ -8,6 +8,7 @@ boto3 ``get_object`` per sample (one client per worker), and s3torchconnector's
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from benchmarks.baselines import (
     S3TORCH_SKIP_REASON,
@@ -16,7 +17,7 @@ from benchmarks.baselines import (
     mx8_load_rate,
     s3torchconnector_rate,
 )
-from benchmarks.bench_env import BenchEnv
+from benchmarks.bench_env import BenchEnv, ServerCpu
 from benchmarks.case_data_plane_s3 import CONCURRENCY
 from benchmarks.report import Row
 
@@ -67,13 +68,32 @@ def run(env: BenchEnv) -> list[Row]:
     link, endpoint = f"s3://{bucket}/{prefix}", env.s3.endpoint_url
     mx8_load_rate(link, concurrency=CONCURRENCY, expect=count)
     mx8_vals, dl_vals, s3t_vals = [], [], []
+    busy: dict[str, list[float]] = {"mx8": [], "DataLoader": [], "s3torchconnector": []}
+
+    def timed(side: str, rate: Callable[[], float], into: list[float]) -> None:
+        with ServerCpu(env.s3.pid) as server:
+            into.append(rate())
+        if server.busy is not None:
+            busy[side].append(server.busy)
+
     for _ in range(env.repeats):
-        dl_vals.append(dataloader_boto3_rate(bucket, keys, endpoint=endpoint))
+        timed("DataLoader", lambda: dataloader_boto3_rate(bucket, keys, endpoint=endpoint), dl_vals)
         if not S3TORCH_SKIP_REASON:
-            s3t_vals.append(s3torchconnector_rate(link, endpoint=endpoint, expect=count))
-        mx8_vals.append(mx8_load_rate(link, concurrency=CONCURRENCY, expect=count))
+            timed(
+                "s3torchconnector",
+                lambda: s3torchconnector_rate(link, endpoint=endpoint, expect=count),
+                s3t_vals,
+            )
+        timed("mx8", lambda: mx8_load_rate(link, concurrency=CONCURRENCY, expect=count), mx8_vals)
+    # The server's CPU per second while each side ran: ~1.0 is one core, moto's ceiling.
+    server_note = ", ".join(
+        f"{side} {statistics.median(vals):.2f}" for side, vals in busy.items() if vals
+    )
+    server_note = f"{env.s3.kind} CPU s/s during each side (1.00 = its one core): {server_note}"
     label = f"S3 64 KiB x {count} ({env.s3.kind})"
-    rows.append(_row(label, mx8_vals, dl_vals, "DataLoader(nw=2) + boto3", 1.2))
+    row = _row(label, mx8_vals, dl_vals, "DataLoader(nw=2) + boto3", 1.2)
+    row.note = server_note if busy["mx8"] else ""
+    rows.append(row)
     if s3t_vals:
         row = _row(label, mx8_vals, s3t_vals, "s3torchconnector", 1.2)
         row.note = "s3torchconnector lists the prefix each epoch: its time includes the listing"

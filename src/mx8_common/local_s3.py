@@ -36,6 +36,8 @@ class LocalS3:
     endpoint_url: str
     kind: str  # "external" | "minio" | "moto"
     env: dict[str, str]
+    #: The server's process id when it runs here as a child (moto): benchmarks read its CPU.
+    pid: int | None = None
 
 
 def free_port() -> int:
@@ -87,7 +89,8 @@ def _moto_server() -> Iterator[LocalS3]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url + "/moto-api/", 30)
-        yield LocalS3(url, "moto", {**_TEST_CREDENTIALS, "MX8_S3_ENDPOINT_URL": url})
+        env = {**_TEST_CREDENTIALS, "MX8_S3_ENDPOINT_URL": url}
+        yield LocalS3(url, "moto", env, pid=proc.pid)
     finally:
         proc.terminate()
         try:
