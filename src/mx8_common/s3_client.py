@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
+import aiohttp
 import botocore.config
 import botocore.exceptions
 import botocore.loaders
@@ -187,7 +188,7 @@ def translate_s3_error(exc: BaseException, location: str) -> StorageError:
                 location=location,
             )
         return StorageError(f"S3 error {code or status} for {location}: {exc}", location=location)
-    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, aiohttp.ClientConnectorError)):
         return TransientStorageError(
             f"cannot connect to the S3 endpoint for {location}: {exc}; is "
             "MX8_S3_ENDPOINT_URL / AWS_ENDPOINT_URL right and the server up?",

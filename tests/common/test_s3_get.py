@@ -105,6 +105,17 @@ async def test_s3_getter_reader_errors_are_the_same_on_both_paths(
         assert (reader._getter is not None) and (bool(reader._getter._routes) == lean)
 
 
+@pytest.mark.parametrize("lean", [True, False])
+async def test_s3_getter_dead_endpoint_is_a_transient_error_naming_the_endpoint_setting(
+    lean: bool, s3_env: LocalS3, unused_tcp_port: int
+) -> None:
+    dead = S3Settings.from_env(f"http://127.0.0.1:{unused_tcp_port}")
+    config = ObjectReaderConfig(max_attempts=1, lean_s3_get=lean)
+    async with ObjectReader(config, s3_settings=dead) as reader:
+        with pytest.raises(TransientStorageError, match="cannot connect to the S3 endpoint"):
+            await reader.read("s3://some-bucket/a.bin", None, 10)
+
+
 def test_s3_getter_checksum_mismatch_is_a_transient_error() -> None:
     good = base64.b64encode(zlib.crc32(PAYLOAD).to_bytes(4, "big")).decode()
     _check_checksum({"x-amz-checksum-crc32": good}, PAYLOAD)
