@@ -7,14 +7,16 @@ observed per read by ``TimedReader``.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
+
+from mx8_common.http_exporter import HttpExporter
 
 __all__ = ["COUNTERS", "GAUGES", "AgentMetrics", "TimedReader"]
 
@@ -66,23 +68,15 @@ class AgentMetrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._http = HttpExporter("mx8-agent-http")
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP exporter (a daemon thread); returns the bound port."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._server.server_port)
+        """Serve ``/metrics`` from a daemon thread; returns the bound port."""
+        return self._http.start(host, port, MetricsHandler.factory(self.registry))
 
     def stop(self) -> None:
         """Stop the exporter if it runs. Safe to call twice."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._http.stop()
 
 
 class TimedReader:

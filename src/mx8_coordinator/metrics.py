@@ -9,9 +9,8 @@ coordinator makes thread-safe.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import (
@@ -23,6 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from mx8_common.http_exporter import HttpExporter
 from mx8_coordinator.status_page import render_status_html
 
 __all__ = ["CoordinatorMetrics", "StatusProvider"]
@@ -58,31 +58,16 @@ class CoordinatorMetrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = HttpExporter("mx8-coordinator-http")
 
     def serve(self, host: str, port: int, status: StatusProvider | None = None) -> int:
         """Serve ``/metrics`` (and, with ``status``, ``/`` and ``/api/status``) from a
         daemon thread; returns the bound port."""
-        handler = _handler_class(self.registry, status)
-        server = ThreadingHTTPServer((host, port), handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="mx8-coordinator-http", daemon=True
-        )
-        self._thread.start()
-        return int(server.server_port)
+        return self._http.start(host, port, _handler_class(self.registry, status))
 
     def stop(self) -> None:
         """Stop the exporter if it runs. Safe to call twice."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._http.stop()
 
 
 def _handler_class(
