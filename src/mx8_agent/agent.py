@@ -34,7 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mx8_agent.batch_wire import add_agent_service
 from mx8_agent.config import AGENT_AUTH_TOKEN_ENV, AgentConfig
-from mx8_agent.lease_runner import JobOrder, LeaseRunner
+from mx8_agent.lease_runner import LeaseRunner
 from mx8_agent.manifest_ingest import IngestSettings, ingest_manifest
 from mx8_agent.metrics import AgentMetrics, TimedReader
 from mx8_agent.servicer import AgentServicer, JobInfo
@@ -49,6 +49,7 @@ from mx8_common.object_reader import ObjectReader, ObjectReaderConfig
 from mx8_common.proto import agent_pb2
 from mx8_common.proto import coordinator_pb2 as cpb
 from mx8_common.s3_client import S3Settings
+from mx8_common.sample_order import JobOrder
 
 __all__ = ["SERVICE_NAME", "Agent"]
 

@@ -34,35 +34,14 @@ from mx8_common.errors import CoordinatorError
 from mx8_common.events import emit
 from mx8_common.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
 from mx8_common.manifest_table import ManifestTable
-from mx8_common.sample_order import EpochOrder
+from mx8_common.sample_order import EpochOrder, JobOrder
 
-__all__ = ["JobOrder", "LeaseRunner", "RunnerStats"]
+__all__ = ["LeaseRunner", "RunnerStats"]
 
 _COMPONENT = "agent"
 _RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION")
 _DROP_CODES = ("NOT_FOUND", "FAILED_PRECONDITION")
 _REQUEST_CHUNK = 4096
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobOrder:
-    """What positions mean for this job (from ``RegisterNode``)."""
-
-    total_samples: int
-    block_size: int
-    shuffle: bool
-    seed: int
-    manifest_hash: str
-
-    def order(self, epoch: int) -> EpochOrder:
-        return EpochOrder(
-            self.total_samples,
-            self.block_size,
-            self.shuffle,
-            self.seed,
-            epoch,
-            self.manifest_hash,
-        )
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EpochOrder", "rank_positions", "splitmix64"]
+__all__ = ["EpochOrder", "JobOrder", "rank_positions", "splitmix64"]
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
@@ -135,6 +135,27 @@ class EpochOrder:
 
     def id_at(self, position: int) -> int:
         return int(self.ids(position, position + 1)[0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOrder:
+    """What positions mean in a job: the inputs of each epoch's ``EpochOrder``.
+
+    The coordinator's job spec and the agent (from ``RegisterNode``) hold the same one, so
+    both turn a lease's positions into the same sample ids.
+    """
+
+    manifest_hash: str
+    total_samples: int
+    block_size: int = 65536
+    shuffle: bool = False
+    seed: int = 0
+
+    def order(self, epoch: int) -> EpochOrder:
+        """The sample order of ``epoch`` (positions -> sample ids)."""
+        return EpochOrder(
+            self.total_samples, self.block_size, self.shuffle, self.seed, epoch, self.manifest_hash
+        )
 
 
 def rank_positions(total: int, rank: int, world_size: int, *, drop_last: bool = False) -> range:

@@ -15,7 +15,7 @@ from typing import Any
 
 from mx8_common.errors import JobStateError, RequestError
 from mx8_common.events import emit
-from mx8_common.sample_order import EpochOrder
+from mx8_common.sample_order import JobOrder
 from mx8_coordinator.lease_log import LeaseLog, LeaseLogHeader, LeaseLogState
 from mx8_coordinator.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.metrics import CoordinatorMetrics
@@ -32,32 +32,16 @@ def lease_seq(lease_id: str) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobSpec:
-    """What a job is: its snapshot, its order and its timing."""
+class JobSpec(JobOrder):
+    """What a job is: its snapshot, its order (``JobOrder``) and its timing."""
 
     job_id: str
     dataset_link: str
-    manifest_hash: str
-    total_samples: int
     class_names: tuple[str, ...] = ()
-    block_size: int = 65536
-    shuffle: bool = False
-    seed: int = 0
     epochs: int = 1
     lease_ttl_ms: int = 10000
     heartbeat_interval_ms: int = 1000
     freeze_size: int = 1
-
-    def order(self, epoch: int) -> EpochOrder:
-        """The sample order of ``epoch`` (positions -> sample ids)."""
-        return EpochOrder(
-            self.total_samples,
-            self.block_size,
-            self.shuffle,
-            self.seed,
-            epoch,
-            self.manifest_hash,
-        )
 
     def log_header(self) -> LeaseLogHeader:
         return LeaseLogHeader(
