@@ -375,13 +375,7 @@ class Agent:
         delay = 0.05
         while True:
             try:
-                reg = await self._client.register_node(
-                    cfg.job_id,
-                    cfg.node_id,
-                    hostname=os.uname().nodename,
-                    max_inflight_bytes=cfg.max_inflight_bytes,
-                    fetch_concurrency=cfg.fetch_concurrency,
-                )
+                reg = await self._register_once()
                 break
             except CoordinatorError as exc:
                 if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
@@ -429,10 +423,18 @@ class Agent:
                     # A coordinator restarted without its lease log no longer knows us;
                     # registering again is idempotent when it does.
                     with contextlib.suppress(CoordinatorError):
-                        again = await self._client.register_node(
-                            cfg.job_id, cfg.node_id, hostname=os.uname().nodename
-                        )
-                        self._check_same_snapshot(again)
+                        self._check_same_snapshot(await self._register_once())
+
+    async def _register_once(self) -> cpb.RegisterNodeResponse:
+        """RegisterNode with this host's caps (first registration and re-registration alike)."""
+        cfg = self.config
+        return await self._client.register_node(
+            cfg.job_id,
+            cfg.node_id,
+            hostname=os.uname().nodename,
+            max_inflight_bytes=cfg.max_inflight_bytes,
+            fetch_concurrency=cfg.fetch_concurrency,
+        )
 
     def _check_same_snapshot(self, reg: cpb.RegisterNodeResponse) -> None:
         """Fail closed when a re-registration names another manifest than the first one."""
