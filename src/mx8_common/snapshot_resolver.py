@@ -104,9 +104,10 @@ class SnapshotResolverConfig:
         help="take over an indexer lock whose heartbeat is this old",
     )
     wait_timeout_ms: int = setting(
-        30_000,
+        0,
         env="MX8_SNAPSHOT_WAIT_TIMEOUT_MS",
-        help="give up waiting for another indexer after this long",
+        help="cap on waiting for another live indexer; 0: wait while its heartbeat advances "
+        "(a dead one is taken over after the stale time)",
     )
     show_progress: bool | None = setting(
         None,
@@ -123,9 +124,13 @@ class SnapshotResolverConfig:
             validate_label_mode(self.label_mode)
         except LabelError as exc:
             raise ConfigError(str(exc)) from exc
-        for name in ("spill_keys_per_run", "lock_stale_ms", "wait_timeout_ms"):
+        for name in ("spill_keys_per_run", "lock_stale_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.wait_timeout_ms < 0:
+            raise ConfigError(
+                f"wait_timeout_ms must be >= 0 (0: no cap), got {self.wait_timeout_ms}"
+            )
 
     @classmethod
     def from_env(
@@ -198,12 +203,31 @@ def _reject_unsupported_key(page: Page, link: str) -> None:
             )
 
 
+class _IndexTracker:
+    """How far indexing got, published in the lock body for the resolvers that wait."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+        self.listed = 0
+        self.written = 0
+        self.phase = "listing"
+
+    def snapshot(self) -> dict[str, int | str]:
+        # objects_written moves during an external sort's merge, when listing is done.
+        return {
+            "objects_indexed": self.listed,
+            "objects_written": self.written,
+            "phase": self.phase,
+        }
+
+
 async def _checked_keys(
-    pages: AsyncIterator[Page], link: str, counter: list[int]
+    pages: AsyncIterator[Page], link: str, tracker: _IndexTracker
 ) -> AsyncIterator[Page]:
-    """Reject keys a manifest cannot hold, and count pages, before sorting or writing."""
+    """Reject keys a manifest cannot hold, and count pages and keys, before sorting or writing."""
     async for page in pages:
-        counter[0] += 1
+        tracker.pages += 1
+        tracker.listed += len(page)
         # One scan of the joined keys per page; the per-key walk only names the bad key.
         joined = "".join([key for key, _size in page])
         if "\t" in joined or "\n" in joined or "\r" in joined:
@@ -307,8 +331,10 @@ async def _index(
     store: ManifestStore,
     key: str | None,
     page_source: PageSource | None,
+    tracker: _IndexTracker | None = None,
 ) -> ResolvedSnapshot:
     link = parsed.display()
+    tracker = tracker if tracker is not None else _IndexTracker()
     t0 = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         source = page_source
@@ -322,8 +348,7 @@ async def _index(
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
         classes = await _classes(source, cfg, link)
-        pages_scanned = [0]
-        pages: AsyncIterator[Page] = _checked_keys(source.pages(), link, pages_scanned)
+        pages: AsyncIterator[Page] = _checked_keys(source.pages(), link, tracker)
         if cfg.external_sort:
             sorter = stack.enter_context(
                 ExternalSorter(keys_per_run=cfg.spill_keys_per_run, directory=store.scratch_dir())
@@ -338,6 +363,8 @@ async def _index(
             async for page in pages:
                 await asyncio.to_thread(_write_page, writer, source, page, classes, link)
                 progress.advance(len(page), writer.samples)
+                tracker.written = writer.samples
+        tracker.phase = "storing"
         if writer.samples == 0:
             raise EmptyDatasetError(
                 f"{link} holds no objects{'' if cfg.recursive else ' directly under it'}; "
@@ -358,7 +385,7 @@ async def _index(
         "snapshot_index_summary",
         link=link,
         objects_indexed=written.samples,
-        pages_scanned=getattr(source, "pages_scanned", None) or pages_scanned[0],
+        pages_scanned=getattr(source, "pages_scanned", None) or tracker.pages,
         scan_ms=scan_ms,
         recursive=cfg.recursive,
         label_mode=cfg.label_mode,
@@ -470,8 +497,10 @@ async def resolve_snapshot(
                 return None
             return await _describe(active, link, record.manifest_hash, cfg)
 
+        tracker = _IndexTracker()
+
         async def index() -> ResolvedSnapshot:
-            return await _index(parsed, cfg, active, key, page_source)
+            return await _index(parsed, cfg, active, key, page_source, tracker)
 
         result, _indexed = await run_single_writer(
             store,
@@ -481,6 +510,7 @@ async def resolve_snapshot(
             index=index,
             stale_ms=cfg.lock_stale_ms,
             wait_timeout_ms=cfg.wait_timeout_ms,
+            progress=tracker.snapshot,
         )
         return result
     finally:
