@@ -288,6 +288,7 @@ async def run_single_writer(
     poll_ms: int = 50,
     progress: ProgressFn | None = None,
     report_every_ms: int = 10_000,
+    on_wait: Callable[[LockHolder | None], None] | None = None,
 ) -> tuple[T, bool]:
     """Index under the lock, or wait for whoever holds it and reuse their result.
 
@@ -296,7 +297,8 @@ async def run_single_writer(
     Returns ``(result, indexed_here)``. A waiter waits while the holder's heartbeat
     advances and takes over when it stops for ``stale_ms``; ``wait_timeout_ms > 0`` caps
     the whole wait (``LockTimeoutError``), 0 means no cap. ``progress`` is this caller's
-    progress while it indexes, published in the lock body at every heartbeat.
+    progress while it indexes, published in the lock body at every heartbeat;
+    ``on_wait(holder)`` is called at every poll while waiting (a progress display).
 
     Events: ``snapshot_indexer_elected`` once when this caller indexes;
     ``snapshot_index_waiting`` once when it has to wait, then ``snapshot_index_wait_progress``
@@ -322,6 +324,8 @@ async def run_single_writer(
         if done is not None:
             return done, False
         watch.observe(lock.holder)
+        if on_wait is not None:
+            on_wait(lock.holder)
         if wait_timeout_ms > 0 and watch.waited_ms > wait_timeout_ms:
             raise watch.timeout_error(lock.holder, wait_timeout_ms)
         # Jitter so many waiters do not hit the store in lockstep.

@@ -46,7 +46,7 @@ from mx8_common.manifest_format import ManifestWriter, WrittenManifest
 from mx8_common.manifest_store import ManifestMeta, ManifestStore, open_manifest_store
 from mx8_common.s3_client import S3Settings, open_s3_client
 from mx8_common.s3_lister import PageSource, S3PageSource, ordered_pages
-from mx8_common.snapshot_lock import run_single_writer
+from mx8_common.snapshot_lock import LockHolder, run_single_writer
 
 __all__ = [
     "ResolvedSnapshot",
@@ -293,7 +293,10 @@ def _write_page(
 
 
 class _Progress:
-    """A rich progress line on a TTY (objects indexed and rate); a no-op elsewhere."""
+    """A rich progress line on a TTY (objects indexed and rate); a no-op elsewhere.
+
+    A waiter shows the holder's count instead (``waiting``): what rank 3 waits for.
+    """
 
     def __init__(self, enabled: bool, link: str) -> None:
         self._progress: Any = None
@@ -303,14 +306,14 @@ class _Progress:
 
             self._progress = Progress(
                 SpinnerColumn(),
-                TextColumn("indexing {task.description}"),
+                TextColumn("{task.description}"),
                 TextColumn("{task.completed:,} objects"),
                 TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
                 transient=True,
             )
-            self._task = self._progress.add_task(link, total=None, rate="")
+            self._task = self._progress.add_task(f"indexing {link}", total=None, rate="")
             self._t0 = time.monotonic()
             self._progress.start()
 
@@ -319,10 +322,22 @@ class _Progress:
             rate = total / max(time.monotonic() - self._t0, 1e-6)
             self._progress.update(self._task, advance=n, rate=f"{rate:,.0f} objects/s")
 
+    def waiting(self, link: str, holder: LockHolder | None) -> None:
+        if self._progress is not None and holder is not None:
+            self._progress.update(
+                self._task,
+                description=f"waiting for {holder.host} to index {link}:",
+                completed=holder.objects_indexed or 0,
+            )
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _show_progress(cfg: SnapshotResolverConfig) -> bool:
+    return cfg.show_progress if cfg.show_progress is not None else sys.stderr.isatty()
 
 
 async def _index(
@@ -355,8 +370,7 @@ async def _index(
             )
             pages = _sorted_pages(pages, sorter)
         pages = _read_ahead(ordered_pages(pages, link=link))
-        show = cfg.show_progress if cfg.show_progress is not None else sys.stderr.isatty()
-        progress = _Progress(show, link)
+        progress = _Progress(_show_progress(cfg), link)
         stack.callback(progress.close)
         writer = stack.enter_context(ManifestWriter(store.scratch_dir()))
         async with contextlib.aclosing(pages):  # type: ignore[type-var]
@@ -498,20 +512,34 @@ async def resolve_snapshot(
             return await _describe(active, link, record.manifest_hash, cfg)
 
         tracker = _IndexTracker()
+        wait_bar: list[_Progress] = []  # made on the first wait only: most calls never wait
 
         async def index() -> ResolvedSnapshot:
+            # Took over from a dead holder: its waiting line gives way to our own.
+            for bar in wait_bar:
+                bar.close()
             return await _index(parsed, cfg, active, key, page_source, tracker)
 
-        result, _indexed = await run_single_writer(
-            store,
-            key,
-            link=parsed.display(),
-            find_done=find_done,
-            index=index,
-            stale_ms=cfg.lock_stale_ms,
-            wait_timeout_ms=cfg.wait_timeout_ms,
-            progress=tracker.snapshot,
-        )
+        def on_wait(holder: LockHolder | None) -> None:
+            if not wait_bar:
+                wait_bar.append(_Progress(_show_progress(cfg), parsed.display()))
+            wait_bar[0].waiting(parsed.display(), holder)
+
+        try:
+            result, _indexed = await run_single_writer(
+                store,
+                key,
+                link=parsed.display(),
+                find_done=find_done,
+                index=index,
+                stale_ms=cfg.lock_stale_ms,
+                wait_timeout_ms=cfg.wait_timeout_ms,
+                progress=tracker.snapshot,
+                on_wait=on_wait,
+            )
+        finally:
+            for bar in wait_bar:
+                bar.close()
         return result
     finally:
         if own:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -21,8 +22,13 @@ from mx8_common.dataset_link import parse_dataset_link
 from mx8_common.errors import ConfigError, LockTimeoutError
 from mx8_common.events import configure_logging
 from mx8_common.manifest_store import ManifestStore, open_manifest_store
-from mx8_common.snapshot_lock import SnapshotLock, parse_lock_body, run_single_writer
-from mx8_common.snapshot_resolver import SnapshotResolverConfig, intent_key, resolve_snapshot
+from mx8_common.snapshot_lock import LockHolder, SnapshotLock, parse_lock_body, run_single_writer
+from mx8_common.snapshot_resolver import (
+    SnapshotResolverConfig,
+    _Progress,
+    intent_key,
+    resolve_snapshot,
+)
 
 # A holder in another process that heartbeats a progress count that keeps rising.
 _HOLDER = """
@@ -133,8 +139,10 @@ async def test_snapshot_waiter_outlasts_stale_periods_while_holder_progresses(
                 resolve_snapshot(link, cfg, store=store, page_source=source)
             )
             await _wait_until(lambda: _events(logs, "snapshot_indexer_elected"))
+            # The waiter runs its progress display too (a no-op off a TTY, but exercised).
+            waiter_cfg = dataclasses.replace(cfg, show_progress=True)
             waiter = asyncio.create_task(
-                resolve_snapshot(link, cfg, store=store, page_source=_MustNotList())
+                resolve_snapshot(link, waiter_cfg, store=store, page_source=_MustNotList())
             )
             await _wait_until(lambda: _events(logs, "snapshot_index_waiting"))
             waiting_since = time.monotonic()
@@ -390,3 +398,18 @@ async def test_snapshot_waiter_takes_over_when_progressing_holder_dies(
 async def _gt(store: ManifestStore, key: str, than: int) -> bool:
     count = await _body_count(store, key)
     return count is not None and count > than
+
+
+def test_snapshot_progress_waiting_shows_holder_and_count() -> None:
+    bar = _Progress(True, "s3://b/big/")
+    try:
+        progress = {"objects_indexed": 1_500_000}
+        bar.waiting("s3://b/big/", LockHolder("node7:42:ab", 3, 0, progress))
+        (task,) = bar._progress.tasks
+        assert task.description == "waiting for node7 to index s3://b/big/:"
+        assert task.completed == 1_500_000
+        bar.waiting("s3://b/big/", None)  # an unreadable body leaves the line as it was
+        assert bar._progress.tasks[0].completed == 1_500_000
+    finally:
+        bar.close()
+    _Progress(False, "x").waiting("x", LockHolder("h:1:a", 1, 0))  # off: a no-op
