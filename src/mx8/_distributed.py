@@ -2,8 +2,9 @@
 
 The coordinator owns the job (snapshot, shuffle, seed, epochs, ranks); the agent on this
 host fetches each sample once and shares batches among the host's trainers. The trainer
-code is the same as embedded: iterate, get ``Batch``es. Resume is the coordinator's lease
-log: a restarted trainer simply opens a new stream and gets what is not yet committed.
+code is the same as embedded: one ``for`` loop per epoch, each yielding ``Batch``es.
+Resume is the coordinator's lease log: a restarted trainer simply opens a new stream and
+gets what is not yet committed.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class DistributedLoader:
         self.epochs: int = int(info["epochs"])
         self.classes: list[str] | None = info["class_names"] or None
         self._current: AgentStreamClient | None = None
+        self._held: Batch | None = None  # the first batch of the next epoch's loop
+        self._drained = False
         self._bytes = self._samples = self._batches = 0
         self._seconds = 0.0
 
@@ -66,24 +69,43 @@ class DistributedLoader:
         )
 
     def __iter__(self) -> Iterator[Batch]:
-        client = self._client()
-        self._current = client
-        try:
-            while True:
-                t0 = time.perf_counter()
-                try:
+        """This trainer's batches of one epoch; the next ``for`` loop continues with the next.
+
+        As in embedded mode, ``for epoch in range(E): for batch in loader:`` walks the job
+        epoch by epoch. One stream to the agent serves every epoch: a loop ends when the
+        first batch of a later epoch arrives, which is kept (unacknowledged) for the next
+        loop. A batch of an earlier epoch that arrives late (work re-issued from a failed
+        node) is yielded in the loop that is running, with its own ``batch.epoch``. After
+        the job ends every further loop is empty at once.
+        """
+        if self._drained:
+            return
+        if self._current is None:
+            self._current = self._client()
+        client = self._current
+        epoch: int | None = None
+        while True:
+            t0 = time.perf_counter()
+            try:
+                if self._held is not None:
+                    batch, self._held = self._held, None
+                else:
                     batch = next(client)
-                except StopIteration:
-                    return
-                finally:
-                    self._seconds += time.perf_counter() - t0
-                self._bytes += len(batch.payload)
-                self._samples += len(batch)
-                self._batches += 1
-                yield batch
-        finally:
-            client.close()
-            self._current = None
+            except StopIteration:
+                self._drained = True
+                self.close()
+                return
+            finally:
+                self._seconds += time.perf_counter() - t0
+            if epoch is None:
+                epoch = batch.epoch
+            elif batch.epoch > epoch:
+                self._held = batch
+                return
+            self._bytes += len(batch.payload)
+            self._samples += len(batch)
+            self._batches += 1
+            yield batch
 
     def __len__(self) -> int:
         raise TypeError(
@@ -109,8 +131,11 @@ class DistributedLoader:
         return LoaderStats(self._bytes, self._samples, self._batches, self._seconds, 0)
 
     def close(self) -> None:
+        """End the stream; batches not yet acknowledged go back to the host's trainers."""
         if self._current is not None:
             self._current.close()
+            self._current = None
+        self._held = None
 
     def __enter__(self) -> DistributedLoader:
         return self

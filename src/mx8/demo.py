@@ -112,11 +112,13 @@ def _run_trainer(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # The raw batches carry sample ids and epochs for the report; collate() is exactly what
     # iterating the ImageFolderLoader yields: (float32 [B,3,H,W] images, int64 labels).
-    for batch in loader.loader:
-        images, labels = loader.collate(batch)
-        shapes.add(tuple(images.shape[1:]))
-        assert len(labels) == len(batch)
-        per_epoch.setdefault(int(batch.epoch), []).extend(batch.sample_ids.tolist())
+    # One loop per epoch, as in embedded mode (loops past the job's end are empty).
+    for _epoch in range(loader.loader.epochs):
+        for batch in loader.loader:
+            images, labels = loader.collate(batch)
+            shapes.add(tuple(images.shape[1:]))
+            assert len(labels) == len(batch)
+            per_epoch.setdefault(int(batch.epoch), []).extend(batch.sample_ids.tolist())
     seconds = time.perf_counter() - t0
     Path(args.out).write_text(
         json.dumps(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -28,16 +29,24 @@ def _write_folder(root: Path) -> Path:
 
 
 def _distributed_epochs(url: str, folder: Path) -> tuple[str, dict[int, list[int]], list[bytes]]:
+    """The training loop a user writes in embedded mode: one ``for`` loop per epoch."""
     loader = mx8.load(str(folder), agent=url, batch_size=7)
     per_epoch: dict[int, list[int]] = {}
     payloads: list[bytes] = []
-    for batch in loader:
-        per_epoch.setdefault(batch.epoch, []).extend(batch.sample_ids.tolist())
-        payloads.extend(batch.payloads)
+    for epoch in range(EPOCHS):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            assert batch.epoch == epoch  # one loop, one epoch (one trainer, no failures)
+            per_epoch.setdefault(epoch, []).extend(batch.sample_ids.tolist())
+            payloads.extend(batch.payloads)
+    # The job is over: another loop is empty at once, without waiting for the agent.
+    started = time.monotonic()
+    assert list(loader) == []
+    assert time.monotonic() - started < 1.0
     return loader.manifest_hash, per_epoch, payloads
 
 
-async def test_distributed_load_yields_same_per_epoch_ids_as_embedded(
+async def test_distributed_load_yields_each_epoch_per_loop_with_embedded_ids(
     tmp_path: Path, sock_dir: Path, store_root: str, daemons: list[DaemonProcess]
 ) -> None:
     folder = _write_folder(tmp_path)
