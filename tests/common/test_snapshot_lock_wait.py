@@ -54,6 +54,20 @@ asyncio.run(main())
 _STALE_MS = 600
 
 
+def _waiter(store: ManifestStore, result: dict[str, str], **options: Any) -> Any:
+    """``run_single_writer`` as a waiter on key "k": reuses ``result["value"]``, never indexes."""
+
+    async def find_done() -> str | None:
+        return result.get("value")
+
+    async def index() -> str:
+        raise AssertionError("the waiter indexed instead of waiting for the live holder")
+
+    return run_single_writer(
+        store, "k", link="L", find_done=find_done, index=index, stale_ms=_STALE_MS, **options
+    )
+
+
 @pytest.fixture(autouse=True)
 def _logging_configured() -> None:
     # events.get_logger configures structlog lazily on first use, which would replace
@@ -189,26 +203,9 @@ async def test_run_single_writer_reports_progress_and_one_stall_of_live_holder(
         )
         assert await holder.try_acquire()
         result: dict[str, str] = {}
-
-        async def find_done() -> str | None:
-            return result.get("value")
-
-        async def index() -> str:
-            raise AssertionError("the waiter indexed instead of waiting for the live holder")
-
         try:
             with capture_logs() as logs:
-                waiter = asyncio.create_task(
-                    run_single_writer(
-                        store,
-                        "k",
-                        link="L",
-                        find_done=find_done,
-                        index=index,
-                        stale_ms=_STALE_MS,
-                        report_every_ms=100,
-                    )
-                )
+                waiter = asyncio.create_task(_waiter(store, result, report_every_ms=100))
 
                 def reported() -> set[Any]:
                     return {
@@ -262,24 +259,9 @@ async def test_run_single_writer_cap_still_times_out_on_live_progressing_holder(
             progress=lambda: {"objects_indexed": 1234},
         )
         assert await holder.try_acquire()
-
-        async def find_done() -> str | None:
-            return None
-
-        async def index() -> str:
-            raise AssertionError("the waiter indexed instead of waiting for the live holder")
-
         try:
             with capture_logs() as logs, pytest.raises(LockTimeoutError) as info:
-                await run_single_writer(
-                    store,
-                    "k",
-                    link="L",
-                    find_done=find_done,
-                    index=index,
-                    stale_ms=_STALE_MS,
-                    wait_timeout_ms=3 * _STALE_MS,
-                )
+                await _waiter(store, {}, wait_timeout_ms=3 * _STALE_MS)
             assert holder.held
         finally:
             await holder.release()
@@ -318,26 +300,9 @@ async def test_run_single_writer_waits_on_old_holder_without_progress(tmp_path: 
         state = await store.lock_read("k")
         assert state is not None and "progress" not in json.loads(state.body)
         result: dict[str, str] = {}
-
-        async def find_done() -> str | None:
-            return result.get("value")
-
-        async def index() -> str:
-            raise AssertionError("the waiter indexed instead of waiting for the live holder")
-
         try:
             with capture_logs() as logs:
-                waiter = asyncio.create_task(
-                    run_single_writer(
-                        store,
-                        "k",
-                        link="L",
-                        find_done=find_done,
-                        index=index,
-                        stale_ms=_STALE_MS,
-                        report_every_ms=100,
-                    )
-                )
+                waiter = asyncio.create_task(_waiter(store, result, report_every_ms=100))
                 await _wait_until(
                     lambda: any(
                         e["waited_s"] > 3 * _STALE_MS / 1000
