@@ -13,6 +13,7 @@ current path is skipped so a link loop cannot recurse forever.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import TypeVar
@@ -154,9 +155,10 @@ def _check_root(root: str) -> os.stat_result:
     return st
 
 
-def _local_pages(root: str, recursive: bool, page_size: int) -> Iterator[list[tuple[str, int]]]:
+def _root_chunks(root: str, recursive: bool) -> Iterator[list[tuple[str, int]]]:
+    # A generator: the root is checked on the first next(), in the lister's thread.
     st = _check_root(root)
-    yield from _paged(_walk_chunks(root, "", recursive, {(st.st_dev, st.st_ino)}), page_size)
+    yield from _walk_chunks(root, "", recursive, {(st.st_dev, st.st_ino)})
 
 
 def iter_local_files(
@@ -166,9 +168,7 @@ def iter_local_files(
 
     Keys use ``/`` separators. ``recursive=False`` yields only files directly in ``root``.
     """
-    root = os.fspath(root)
-    st = _check_root(root)
-    for chunk in _walk_chunks(root, "", recursive, {(st.st_dev, st.st_ino)}):
+    for chunk in _root_chunks(os.fspath(root), recursive):
         yield from chunk
 
 
@@ -190,15 +190,10 @@ async def _thread_paged(pages: Iterator[list[T]]) -> AsyncIterator[list[T]]:
         yield page
 
 
-async def thread_pages(
-    it: Iterator[T], page_size: int = DEFAULT_PAGE_SIZE
-) -> AsyncIterator[list[T]]:
+def thread_pages(it: Iterator[T], page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[list[T]]:
     """Drain a blocking iterator page by page in a worker thread, off the event loop."""
-    while True:
-        page = await asyncio.to_thread(_take, it, page_size)
-        if not page:
-            return
-        yield page
+    # iter(callable, []) stops at the first empty page: the iterator is exhausted.
+    return _thread_paged(iter(functools.partial(_take, it, page_size), []))
 
 
 def _summarize(root: str) -> FolderSummary:
@@ -245,7 +240,8 @@ class LocalPageSource:
 
     def pages(self) -> AsyncIterator[list[tuple[str, int]]]:
         """Pages of ``(relative_key, size)`` in bytewise key order."""
-        return _thread_paged(_local_pages(self.root, self.recursive, self.page_size))
+        chunks = _root_chunks(self.root, self.recursive)
+        return _thread_paged(_paged(chunks, self.page_size))
 
     def location(self, key: str) -> str:
         """The manifest location of ``key`` (relative, as listed): the file's path."""
