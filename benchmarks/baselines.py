@@ -17,6 +17,7 @@ from typing import Any
 from mx8_common.s3_client import S3Settings, open_s3_client
 
 __all__ = [
+    "S3TORCH_NOTE",
     "S3TORCH_SKIP_REASON",
     "dataloader_boto3_rate",
     "dataloader_files_rate",
@@ -148,6 +149,10 @@ def dataloader_files_rate(
 ) -> float:
     """``torch DataLoader(num_workers=2)`` reading one local file per sample: samples/s."""
     return _dataloader_rate(_FileDataset(paths), batch_size, num_workers)
+
+
+#: The note every s3torchconnector row carries.
+S3TORCH_NOTE = "s3torchconnector lists the prefix each epoch: its time includes the listing"
 
 
 def s3torchconnector_rate(uri_prefix: str, *, endpoint: str, expect: int) -> float:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from benchmarks.baselines import (
+    S3TORCH_NOTE,
     S3TORCH_SKIP_REASON,
     dataloader_boto3_rate,
     mx8_load_rate,
@@ -76,7 +77,7 @@ def run(env: BenchEnv) -> list[Row]:
             target=1.2,
             samples=mx8_vals,
             baseline_samples=s3t_vals,
-            note="s3torchconnector lists the prefix each epoch: its time includes the listing",
+            note=S3TORCH_NOTE,
         )
     else:
         s3t = Row(CASE, metric, "samples/s", mx8, note=S3TORCH_SKIP_REASON)

@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Callable
 
 from benchmarks.baselines import (
+    S3TORCH_NOTE,
     S3TORCH_SKIP_REASON,
     dataloader_boto3_rate,
     dataloader_files_rate,
@@ -96,7 +97,7 @@ def run(env: BenchEnv) -> list[Row]:
     rows.append(row)
     if s3t_vals:
         row = _row(label, mx8_vals, s3t_vals, "s3torchconnector", 1.2)
-        row.note = "s3torchconnector lists the prefix each epoch: its time includes the listing"
+        row.note = S3TORCH_NOTE
         rows.append(row)
     else:
         rows.append(
