@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from mx8_common.s3_client import S3Settings, open_s3_client
+from mx8_common.storage.s3_client import S3Settings, open_s3_client
 
 __all__ = [
     "S3TORCH_NOTE",

@@ -25,8 +25,8 @@ from typing import Any
 
 import psutil
 
-from mx8_common.local_s3 import LocalS3, local_s3_server
-from mx8_common.s3_client import S3Settings, sync_s3_client
+from mx8_common.storage.s3_client import S3Settings, sync_s3_client
+from mx8_common.testing.local_s3 import LocalS3, local_s3_server
 
 __all__ = ["BenchEnv", "RssSampler", "ServerCpu", "mib", "run_child", "s3_object_keys"]
 

@@ -40,7 +40,7 @@ class SyntheticPages:
 
 
 def _child(n: int, store: str) -> dict[str, float]:
-    from mx8_common.snapshot_resolver import SnapshotResolverConfig, resolve_snapshot
+    from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot
 
     cfg = SnapshotResolverConfig(
         store_root=store, label_mode="none", materialize_manifest_bytes=False, show_progress=False

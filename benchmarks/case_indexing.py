@@ -11,8 +11,8 @@ import time
 
 from benchmarks.bench_env import BenchEnv, s3_object_keys
 from benchmarks.report import Row, median_of
-from mx8_common.s3_client import open_s3_client
-from mx8_common.snapshot_resolver import SnapshotResolverConfig, resolve_snapshot
+from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot
+from mx8_common.storage.s3_client import open_s3_client
 
 __all__ = ["run"]
 

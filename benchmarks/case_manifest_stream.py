@@ -28,7 +28,7 @@ CASE = "manifest_stream"
 
 def write_manifest(directory: Path, samples: int) -> Path:
     """A canonical manifest of ``samples`` S3 rows at ``directory/manifest.tsv``."""
-    from mx8_common.manifest_format import ManifestWriter
+    from mx8_common.manifest.format import ManifestWriter
 
     with ManifestWriter(directory) as writer:
         for i in range(samples):
@@ -43,9 +43,9 @@ def write_manifest(directory: Path, samples: int) -> Path:
 
 
 async def _ingest(address: str, manifest_hash: str) -> int:
-    from mx8_common.coordinator_client import CoordinatorClient
-    from mx8_common.ingest_adapter import StreamChunk, ingest_chunk_stream
-    from mx8_common.manifest_table import ManifestTable
+    from mx8_agent.ingest.adapter import StreamChunk, ingest_chunk_stream
+    from mx8_common.manifest.table import ManifestTable
+    from mx8_common.rpc.coordinator_client import CoordinatorClient
 
     async with CoordinatorClient(address, tls=None, token="") as client:
         stream = client.get_manifest_stream("default", manifest_hash)
@@ -77,9 +77,6 @@ def _child(address: str, manifest_hash: str, path: Path, samples: int) -> dict[s
     import uvloop
 
     # Import everything the ingest uses before sampling RSS: code is not manifest data.
-    import mx8_common.coordinator_client
-    import mx8_common.ingest_adapter
-    import mx8_common.manifest_table  # noqa: F401
 
     size = path.stat().st_size
     with RssSampler() as rss:

@@ -65,7 +65,7 @@ def serve_coordinator(
 
 async def _serve(args: argparse.Namespace) -> None:
     from mx8_coordinator.config import CoordinatorConfig
-    from mx8_coordinator.manifest_serving import FileManifestSource
+    from mx8_coordinator.rpc.manifest_serving import FileManifestSource
     from mx8_coordinator.server import Coordinator
 
     source = await FileManifestSource.open(args.manifest)
@@ -114,7 +114,7 @@ if __name__ == "__main__":
     if parsed.log_file:
         _log = os.open(parsed.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(_log, 2)
-    from mx8_common.events import configure_logging
+    from mx8_common.obs.events import configure_logging
 
     # As mx8-coordinator's main() does: the level comes from MX8_LOG_LEVEL.
     configure_logging(fmt="json")

@@ -74,7 +74,7 @@ async def drive_agents(
     address: str, first: int, agents: int, seconds: float, interval_ms: float, total: int = 0
 ) -> dict[str, Any]:
     """Register, wait for the start line on stdin, run the agents; samples and counts."""
-    from mx8_common.coordinator_client import CoordinatorClient
+    from mx8_common.rpc.coordinator_client import CoordinatorClient
 
     clients = [CoordinatorClient(address, tls=None, token="") for _ in range(agents)]
     nodes = [f"agent-{first + i:03d}" for i in range(agents)]

@@ -17,7 +17,7 @@ if [ ! -x "$DIR/node_modules/.bin/s3rver" ]; then
   (cd "$DIR" && npm install --silent --no-audit --no-fund s3rver@3.7.1 >/dev/null)
 fi
 data="$(mktemp -d)"
-port="$(python -c 'from mx8_common.local_s3 import free_port; print(free_port())')"
+port="$(python -c 'from mx8_common.testing.local_s3 import free_port; print(free_port())')"
 "$DIR/node_modules/.bin/s3rver" -d "$data" -a 127.0.0.1 -p "$port" --silent &
 server=$!
 trap 'rc=$?; kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"; exit $rc' EXIT

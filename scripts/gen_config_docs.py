@@ -14,9 +14,9 @@ from pathlib import Path
 
 from mx8_agent.config import AgentConfig
 from mx8_common.config_fields import config_reference_markdown
-from mx8_common.fetch_pipeline import FetchConfig
-from mx8_common.object_reader import ObjectReaderConfig
-from mx8_common.snapshot_resolver import SnapshotResolverConfig
+from mx8_common.snapshot.resolver import SnapshotResolverConfig
+from mx8_common.storage.fetch_pipeline import FetchConfig
+from mx8_common.storage.object_reader import ObjectReaderConfig
 from mx8_coordinator.config import CoordinatorConfig
 
 __all__ = ["CONFIG_CLASSES", "OUTPUT", "render", "main"]

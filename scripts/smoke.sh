@@ -32,13 +32,13 @@ run_gate() {
 }
 
 run_gate MX8_SMOKE_MINIO_S3_PREFIX_SNAPSHOT "s3-prefix-snapshot" \
-  tests/common/test_snapshot_resolver_s3.py
+  tests/common/snapshot/test_snapshot_resolver_s3.py
 run_gate MX8_SMOKE_AGENT_KILL "agent-kill" \
-  tests/agent -k "kill"
+  tests/agent tests/e2e -k "kill"
 run_gate MX8_SMOKE_COORDINATOR_RESTART "coordinator-restart" \
-  tests/coordinator/test_coordinator_process.py -k "restart"
+  tests/e2e/test_coordinator_process.py -k "restart"
 run_gate MX8_SMOKE_FAIL_CLOSED "fail-closed" \
-  tests/common/test_ingest_adapter.py tests/agent/test_agent_manifest_ingest.py -k "truncated or schema"
+  tests/agent/test_ingest_adapter.py tests/agent/test_agent_manifest_ingest.py -k "truncated or schema"
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "smoke gates FAILED: ${failed[*]}"

@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 ruff check .
-ruff format --check src tests scripts
+ruff format --check .
 python scripts/gen_proto.py --check
 python -m pytest -q -p no:cacheprovider "$@"

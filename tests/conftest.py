@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from mx8_common.local_s3 import LocalS3, local_s3_server
-from mx8_common.s3_client import S3Settings, sync_s3_client
+from mx8_common.storage.s3_client import S3Settings, sync_s3_client
+from mx8_common.testing.local_s3 import LocalS3, local_s3_server
 from mx8_coordinator.config import CoordinatorConfig
-from mx8_coordinator.manifest_serving import FileManifestSource
+from mx8_coordinator.rpc.manifest_serving import FileManifestSource
 from mx8_coordinator.server import Coordinator
 
 

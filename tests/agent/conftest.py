@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import DaemonProcess, assert_eventually
+from support.agent import DaemonProcess, assert_eventually
 
 from mx8_agent.agent import Agent
 from mx8_agent.config import AgentConfig
-from mx8_common.events import configure_logging
+from mx8_common.obs.events import configure_logging
 
 
 @pytest.fixture(autouse=True, scope="session")

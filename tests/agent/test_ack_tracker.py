@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mx8_agent.ack_tracker import AckTracker, LeaseAcks, LeaseRef
+from mx8_agent.work.ack_tracker import AckTracker, LeaseAcks, LeaseRef
 
 
 def test_lease_acks_in_order_advances_cursor() -> None:

@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from agent_helpers import DaemonProcess, assert_eventually, sample_bytes
+from support.agent import DaemonProcess, assert_eventually, sample_bytes
 
 import mx8
-from mx8_common.local_s3 import free_port
+from mx8_common.testing.local_s3 import free_port
 
 pytestmark = pytest.mark.slow
 

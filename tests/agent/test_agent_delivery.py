@@ -11,20 +11,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_helpers import assert_eventually, run_trainer, sample_bytes, write_local_dataset
 from structlog.testing import capture_logs
+from support.agent import (
+    assert_eventually,
+    committed,
+    run_trainer,
+    sample_bytes,
+    write_local_dataset,
+)
 
 from mx8._agent_client import AgentStreamClient
 from mx8_agent.agent import Agent
 from mx8_agent.config import AgentConfig
-from mx8_common.coordinator_client import CoordinatorClient
 from mx8_common.errors import AgentError, ObjectChangedError
-
-
-async def committed(address: str) -> int:
-    async with CoordinatorClient(address) as client:
-        snap = await client.get_job_snapshot()
-    return int(snap.counters.samples_committed)
+from mx8_common.rpc.coordinator_client import CoordinatorClient
 
 
 async def test_agent_two_trainers_share_leases_exactly_once(

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from agent_helpers import write_local_dataset
+from support.agent import write_local_dataset
 
 from mx8._agent_client import AgentStreamClient
-from mx8_common.proto import agent_pb2 as pb
-from mx8_common.proto import agent_pb2_grpc as pb_grpc
+from mx8_common.rpc.proto import agent_pb2 as pb
+from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
 
 
 def consume(url: str, *, want_locations: bool, local_rank: int) -> list[Any]:

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import assert_eventually, run_trainer, write_local_dataset
-from fake_coordinator import FakeCoordinator
 from structlog.testing import capture_logs
+from support.agent import assert_eventually, run_trainer, write_local_dataset
+from support.fake_coordinator import FakeCoordinator
 
-from mx8_agent.manifest_ingest import IngestSettings, ingest_manifest
-from mx8_common.coordinator_client import CoordinatorClient
+from mx8_agent.ingest.manifest_ingest import IngestSettings, ingest_manifest
 from mx8_common.errors import (
     AgentError,
     CoordinatorError,
@@ -25,9 +24,10 @@ from mx8_common.errors import (
     ManifestSchemaMismatch,
     ManifestTruncated,
 )
-from mx8_common.manifest_format import ManifestWriter, manifest_hash
-from mx8_common.manifest_reader import parse_canonical_manifest_tsv_bytes
-from mx8_common.manifest_table import ManifestTable
+from mx8_common.manifest.format import ManifestWriter, manifest_hash
+from mx8_common.manifest.reader import parse_canonical_manifest_tsv_bytes
+from mx8_common.manifest.table import ManifestTable
+from mx8_common.rpc.coordinator_client import CoordinatorClient
 
 
 def write_mixed_manifest(directory: Path, samples: int) -> Path:

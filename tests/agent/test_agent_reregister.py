@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import (
+from structlog.testing import capture_logs
+from support.agent import (
     DaemonProcess,
     assert_eventually,
     run_trainer,
     write_local_dataset,
 )
-from fake_coordinator import FakeCoordinator
-from structlog.testing import capture_logs
+from support.fake_coordinator import FakeCoordinator
 
 from mx8_common.errors import AgentError, ManifestChangedError
 

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import write_local_dataset
 from structlog.testing import capture_logs
-from tcp_proxy import TcpProxy
-from test_agent_delivery import committed
+from support.agent import committed, write_local_dataset
+from support.tcp_proxy import TcpProxy
 
 from mx8._agent_client import AgentStreamClient
 from mx8_common.errors import AgentError

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import run_trainer
 from structlog.testing import capture_logs
+from support.agent import run_trainer
 
 from mx8_common.errors import ObjectChangedError
-from mx8_common.manifest_format import ManifestWriter
+from mx8_common.manifest.format import ManifestWriter
 
 
 def write_s3_manifest(directory: Path, rows: list[tuple[str, int | None, int | None]]) -> Path:

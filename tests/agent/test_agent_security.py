@@ -1,6 +1,6 @@
 """TLS, mutual TLS, the trainer token and health checks on a real agent over 127.0.0.1.
 
-Certificates are generated per session by ``tests/ops/ops_helpers.make_pki`` (imported from
+Certificates are generated per session by ``support.ops.make_pki`` (imported from
 there, not copied): a CA, a server certificate for 127.0.0.1, a client certificate of the
 CA and a rogue client certificate of another CA.
 """
@@ -8,27 +8,21 @@ CA and a rogue client certificate of another CA.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from agent_helpers import assert_eventually, run_trainer, write_local_dataset
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
+from support import ops as ops_helpers
+from support.agent import assert_eventually, run_trainer, write_local_dataset
 
 from mx8._agent_client import AgentStreamClient, agent_tls_from_env
 from mx8_agent.agent import SERVICE_NAME, Agent
 from mx8_agent.config import AgentConfig, load_agent_config
 from mx8_common.errors import AgentError, ConfigError
-from mx8_common.grpc_security import TlsConfig, channel_credentials
-
-_OPS = Path(__file__).resolve().parents[1] / "ops"
-if str(_OPS) not in sys.path:
-    sys.path.append(str(_OPS))
-ops_helpers = importlib.import_module("ops_helpers")
+from mx8_common.rpc.security import TlsConfig, channel_credentials
 
 SAMPLES = 64
 _SECURITY_ENV = (

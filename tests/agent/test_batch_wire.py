@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mx8_agent.batch_wire import END_OF_JOB, encode_batch
-from mx8_agent.servicer import batch_to_proto
-from mx8_agent.trainer_hub import ReadyBatch
-from mx8_common.proto import agent_pb2 as pb
+from mx8_agent.serve.batch_wire import END_OF_JOB, encode_batch
+from mx8_agent.serve.servicer import batch_to_proto
+from mx8_agent.serve.trainer_hub import ReadyBatch
+from mx8_common.rpc.proto import agent_pb2 as pb
 
 
 @pytest.mark.parametrize(

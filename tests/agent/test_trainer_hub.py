@@ -4,28 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
+from support.agent import make_batch, new_hub
 
-from mx8_agent.trainer_hub import ReadyBatch, TrainerHub
 from mx8_common.errors import ObjectChangedError, RequestError
-
-
-def make_batch(k: int, n: int = 4, nbytes: int = 40, lease: str = "L1") -> ReadyBatch:
-    return ReadyBatch(
-        lease_id=lease,
-        epoch=0,
-        first_pos=k * n,
-        sample_ids=np.arange(k * n, k * n + n, dtype=np.uint64),
-        parts=[b"p" * nbytes],
-        offsets=np.linspace(0, nbytes, n + 1).astype(np.uint64),
-        labels=None,
-    )
-
-
-def new_hub(max_bytes: int = 10_000) -> tuple[TrainerHub, list[ReadyBatch]]:
-    acked: list[ReadyBatch] = []
-    return TrainerHub(max_bytes=max_bytes, on_acked=acked.append), acked
 
 
 async def test_trainer_hub_first_batch_size_wins() -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from agent_helpers import assert_eventually
-from test_trainer_hub import make_batch, new_hub
+from support.agent import assert_eventually, make_batch, new_hub
 
-from mx8_agent.trainer_hub import TrainerHub
+from mx8_agent.serve.trainer_hub import TrainerHub
 from mx8_common.errors import RequestError, TrainerResumeError
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.utils.data
-from api_helpers import (
+from support.api import (
     assert_eventually,
     collect,
     engine_threads,

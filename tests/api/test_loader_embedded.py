@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import (
+from support.api import (
     assert_eventually,
     collect,
     engine_threads,

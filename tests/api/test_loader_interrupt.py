@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from api_helpers import make_local_dataset
+from support.api import make_local_dataset
 
 _TRAINER = textwrap.dedent(
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from coordinator_helpers import write_manifest
+from support.coordinator import write_manifest
 
 
 @pytest.fixture

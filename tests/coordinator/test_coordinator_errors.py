@@ -7,10 +7,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from coordinator_helpers import assert_eventually
+from support.coordinator import assert_eventually
 
-from mx8_common.coordinator_client import CoordinatorClient
 from mx8_common.errors import CoordinatorError
+from mx8_common.rpc.coordinator_client import CoordinatorClient
 
 JOB = "default"
 

@@ -7,15 +7,15 @@ import hashlib
 from pathlib import Path
 
 import grpc
-from coordinator_helpers import Ledger, assert_eventually, run_node, write_manifest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from structlog.testing import capture_logs
+from support.coordinator import Ledger, assert_eventually, run_node, write_manifest
 
-from mx8_common.coordinator_client import CoordinatorClient
 from mx8_common.errors import CoordinatorError
+from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_coordinator.config import CoordinatorConfig
-from mx8_coordinator.manifest_serving import FileManifestSource
+from mx8_coordinator.rpc.manifest_serving import FileManifestSource
 from mx8_coordinator.server import SERVICE_NAME, Coordinator
 
 JOB = "default"

@@ -7,9 +7,9 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from mx8_common.coordinator_client import CoordinatorClient
-from mx8_common.manifest_reader import parse_canonical_manifest_tsv_bytes
-from mx8_common.snapshot_resolver import SnapshotResolverConfig, resolve_snapshot
+from mx8_common.manifest.reader import parse_canonical_manifest_tsv_bytes
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot
 from mx8_coordinator.config import CoordinatorConfig
 from mx8_coordinator.server import Coordinator
 

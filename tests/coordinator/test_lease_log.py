@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mx8_common.errors import LeaseLogError
-from mx8_coordinator.lease_log import (
+from mx8_coordinator.state.lease_log import (
     LeaseLog,
     LeaseLogHeader,
     compact_records,

@@ -6,7 +6,7 @@ import pytest
 
 from mx8_common.errors import LeaseNotFoundError, LeaseRangeError, LeaseStateError
 from mx8_common.sample_order import EpochOrder
-from mx8_coordinator.lease_scheduler import LeaseScheduler, RestoredLease, Span
+from mx8_coordinator.state.lease_scheduler import LeaseScheduler, RestoredLease, Span
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mx8_common.sample_order import EpochOrder
-from mx8_coordinator.lease_scheduler import LeaseScheduler
+from mx8_coordinator.state.lease_scheduler import LeaseScheduler
 
 OPS = ("acquire", "report", "report", "report", "tick", "kill", "revive", "join")
 

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from coordinator_helpers import write_manifest
+from support.coordinator import write_manifest
 
 from mx8_common.errors import (
     ManifestHashMismatch,
@@ -14,8 +14,8 @@ from mx8_common.errors import (
     ManifestTooLargeError,
     ManifestTruncated,
 )
-from mx8_common.manifest_store import open_manifest_store
-from mx8_coordinator.manifest_serving import (
+from mx8_common.store import open_manifest_store
+from mx8_coordinator.rpc.manifest_serving import (
     FileManifestSource,
     ManifestSource,
     StoreManifestSource,

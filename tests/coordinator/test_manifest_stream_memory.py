@@ -6,9 +6,9 @@ import hashlib
 import tracemalloc
 from pathlib import Path
 
-from coordinator_helpers import write_manifest
+from support.coordinator import write_manifest
 
-from mx8_common.coordinator_client import CoordinatorClient
+from mx8_common.rpc.coordinator_client import CoordinatorClient
 
 MiB = 1 << 20
 

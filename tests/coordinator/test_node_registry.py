@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mx8_common.errors import JobNotReadyError, NodeNotRegisteredError
-from mx8_coordinator.node_registry import NodeRegistry
+from mx8_coordinator.state.node_registry import NodeRegistry
 
 
 class Clock:

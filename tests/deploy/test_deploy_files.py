@@ -21,9 +21,9 @@ import yaml
 
 from mx8.cli import build_parser
 from mx8_agent.config import AgentConfig, load_agent_config
-from mx8_common.fetch_pipeline import FetchConfig
-from mx8_common.object_reader import ObjectReaderConfig
-from mx8_common.snapshot_resolver import SnapshotResolverConfig
+from mx8_common.snapshot.resolver import SnapshotResolverConfig
+from mx8_common.storage.fetch_pipeline import FetchConfig
+from mx8_common.storage.object_reader import ObjectReaderConfig
 from mx8_coordinator.config import CoordinatorConfig, load_coordinator_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +38,9 @@ CONFIG_CLASSES = (
 _MX8_NAME = re.compile(r"\bMX8_[A-Z0-9_]*[A-Z0-9]\b")
 
 
+PACKAGES = ("mx8", "mx8_common", "mx8_coordinator", "mx8_agent")
+
+
 def known_env_names() -> set[str]:
     """Every MX8_* variable the code reads: config settings plus names read directly."""
     names = {
@@ -46,7 +49,7 @@ def known_env_names() -> set[str]:
         for f in dataclasses.fields(cls)
         if "env" in f.metadata
     }
-    for path in (ROOT / "src").rglob("*.py"):
+    for path in (p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")):
         names |= set(_MX8_NAME.findall(path.read_text()))
     return names
 

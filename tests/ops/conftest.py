@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ops_helpers import Pki, make_pki, write_manifest
+from support.ops import Pki, make_pki, write_manifest
 
 from mx8_coordinator.server import Coordinator
 

@@ -13,11 +13,11 @@ from types import ModuleType
 import pytest
 
 from mx8_agent.metrics import COUNTERS, GAUGES
-from mx8_coordinator.metrics import CoordinatorMetrics
+from mx8_coordinator.web.metrics import CoordinatorMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-SRC = ROOT / "src"
+PACKAGES = [ROOT / name for name in ("mx8", "mx8_common", "mx8_coordinator", "mx8_agent")]
 
 
 def _gen_module() -> ModuleType:
@@ -31,7 +31,12 @@ def _gen_module() -> ModuleType:
 
 
 def _source_text() -> dict[Path, str]:
-    return {p: p.read_text() for p in SRC.rglob("*.py") if "/proto/" not in p.as_posix()}
+    return {
+        p: p.read_text()
+        for pkg in PACKAGES
+        for p in pkg.rglob("*.py")
+        if "/proto/" not in p.as_posix()
+    }
 
 
 def emitted_events() -> set[str]:

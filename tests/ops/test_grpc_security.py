@@ -8,12 +8,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from ops_helpers import Pki
 from structlog.testing import capture_logs
+from support.ops import Pki
 
-from mx8_common.coordinator_client import CoordinatorClient
 from mx8_common.errors import ConfigError, CoordinatorError
-from mx8_common.grpc_security import (
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.security import (
     BearerTokenInterceptor,
     TlsConfig,
     channel_credentials,
@@ -136,8 +136,8 @@ async def test_grpc_security_token_over_raw_channel_metadata(
     coord = await start_coordinator(
         tls_cert=pki.server_cert, tls_key=pki.server_key, auth_token="tok"
     )
-    from mx8_common.proto import coordinator_pb2 as pb
-    from mx8_common.proto import coordinator_pb2_grpc as pb_grpc
+    from mx8_common.rpc.proto import coordinator_pb2 as pb
+    from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
 
     creds = channel_credentials(TlsConfig(ca=pki.ca))
     async with grpc.aio.secure_channel(coord.address, creds) as channel:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from ops_helpers import drive_partial_job
+from support.ops import drive_partial_job
 
 from mx8_coordinator.server import Coordinator
 

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
-from ops_helpers import drive_partial_job
+from support.ops import drive_partial_job
 
 from mx8.cli import main
-from mx8_common.coordinator_client import CoordinatorClient
+from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_coordinator.server import Coordinator
 
 StartCoordinator = Callable[..., Awaitable[Coordinator]]

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ops_helpers import drive_partial_job
+from support.ops import drive_partial_job
 
 from mx8_coordinator.config import CoordinatorConfig
-from mx8_coordinator.manifest_serving import FileManifestSource, ManifestSource
+from mx8_coordinator.rpc.manifest_serving import FileManifestSource, ManifestSource
 from mx8_coordinator.server import Coordinator
-from mx8_coordinator.status_page import render_status_html, resolving_status
+from mx8_coordinator.web.status_page import render_status_html, resolving_status
 
 StartCoordinator = Callable[..., Awaitable[Coordinator]]
 

@@ -1,0 +1,333 @@
+"""``AgentStreamClient``: a trainer's synchronous view of the local ``mx8d-agent``.
+
+Iterating yields ``mx8.batch.Batch``es of the job, shared fairly with the other
+trainers of the host. A batch is acknowledged when the next one is requested, i.e.
+after the trainer consumed it; the agent reports only acknowledged samples to the
+coordinator, so batches a crashed trainer never finished go to another trainer instead
+of being lost. Up to ``window`` batches may be in flight ahead of the trainer.
+
+A stream that breaks (UNAVAILABLE) while the agent lives is reopened with the same
+``trainer_id`` and ``resume_after_seq`` = the last batch the trainer consumed: the agent
+counts that one as acknowledged even if the ack was lost, re-sends the batches the trainer
+never got, and the iteration goes on without losing or repeating a consumed batch. The
+client retries for ``reconnect_timeout_s`` (0 turns this off); an agent that restarted
+meanwhile refuses the resume (it cannot know what was consumed) and that is an
+``AgentError`` telling the trainer to restart, as is an agent that stays away.
+``want_locations=True`` asks the agent to fill ``Batch.locations``.
+
+The client owns one plain (sync) gRPC channel; gRPC's own threads move the bytes, so no
+event loop is involved. Every gRPC failure becomes an mx8 error here: a storage failure
+the agent hit is raised as the same class (``ObjectChangedError`` for
+``object_changed_since_snapshot``), anything else as ``AgentError`` naming the URL.
+
+An agent started with ``--tls-cert`` (and ``--tls-ca``) or ``MX8_AGENT_AUTH_TOKEN`` needs
+the same on this side: TLS files and the token default to ``MX8_AGENT_TLS_CA`` /
+``MX8_AGENT_TLS_CERT`` / ``MX8_AGENT_TLS_KEY`` and ``MX8_AGENT_AUTH_TOKEN`` (not the
+``MX8_TLS_*`` / ``MX8_AUTH_TOKEN`` of the coordinator connection). A sync channel takes no
+aio interceptors, so the token rides as metadata on each call.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+
+from mx8.batch import Batch
+from mx8_common.errors import (
+    AccessDeniedError,
+    AgentError,
+    BucketNotFoundError,
+    ConfigError,
+    Mx8Error,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    TrainerResumeError,
+    TransientStorageError,
+)
+from mx8_common.rpc.proto import agent_pb2 as pb
+from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
+from mx8_common.rpc.security import TlsConfig, channel_credentials, token_metadata
+
+__all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "agent_tls_from_env"]
+
+#: The token the agent's ``MX8_AGENT_AUTH_TOKEN`` demands (same name on both ends).
+AGENT_AUTH_TOKEN_ENV = "MX8_AGENT_AUTH_TOKEN"
+
+#: Storage errors the agent forwards as ``"<event>: <message>"``, by event name.
+_FORWARDED: dict[str, type[StorageError]] = {
+    cls.event: cls
+    for cls in (
+        ObjectChangedError,
+        ObjectNotFoundError,
+        AccessDeniedError,
+        BucketNotFoundError,
+        TransientStorageError,
+        StorageError,
+    )
+}
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+]
+
+
+def agent_tls_from_env(environ: Mapping[str, str] | None = None) -> TlsConfig:
+    """The trainer's TLS files for the agent: ``MX8_AGENT_TLS_CA`` (trust the agent's
+    certificate) and ``MX8_AGENT_TLS_CERT`` / ``MX8_AGENT_TLS_KEY`` (mutual TLS).
+    Empty values count as unset; none set means plaintext."""
+    env = os.environ if environ is None else environ
+    cert = env.get("MX8_AGENT_TLS_CERT") or None
+    key = env.get("MX8_AGENT_TLS_KEY") or None
+    if (cert is None) != (key is None):
+        raise ConfigError(
+            "set both MX8_AGENT_TLS_CERT and MX8_AGENT_TLS_KEY (the trainer's client "
+            "certificate and its key) or neither"
+        )
+    return TlsConfig(cert=cert, key=key, ca=env.get("MX8_AGENT_TLS_CA") or None)
+
+
+class AgentStreamClient:
+    """Batches of one job from the local agent, as a sync iterator (see module docstring).
+
+    ``tls`` None reads ``MX8_AGENT_TLS_*`` (pass ``TlsConfig()`` to force plaintext);
+    ``token`` None reads ``MX8_AGENT_AUTH_TOKEN`` (pass ``""`` to send none).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        job_id: str,
+        local_rank: int,
+        batch_size: int,
+        trainer_id: str | None = None,
+        window: int = 4,
+        timeout_s: float = 30.0,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
+        want_locations: bool = False,
+        reconnect_timeout_s: float = 5.0,
+    ) -> None:
+        if batch_size <= 0:
+            raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
+        if window <= 0:
+            raise AgentError(f"window is {window}; it must be > 0", address=url)
+        self.url = url
+        self.job_id = job_id
+        self.local_rank = local_rank
+        self.batch_size = batch_size
+        self.window = window
+        self.timeout_s = timeout_s
+        self.want_locations = want_locations
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.reconnects = 0
+        self.trainer_id = trainer_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{local_rank}-{uuid.uuid4().hex[:6]}"
+        )
+        self.tls = agent_tls_from_env() if tls is None else tls
+        token = (os.environ.get(AGENT_AUTH_TOKEN_ENV) or None) if token is None else token
+        self._metadata = token_metadata(token) if token else ()
+        if self.tls.enabled:
+            self._channel = grpc.secure_channel(
+                url, channel_credentials(self.tls), options=_CHANNEL_OPTIONS
+            )
+        else:
+            self._channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError as exc:
+            self._channel.close()
+            # A TLS mismatch (plaintext vs TLS, an untrusted or missing certificate) looks
+            # the same as a dead agent from here: the channel just never becomes ready.
+            raise AgentError(
+                f"mx8d-agent at {url} is unreachable after {timeout_s}s; start mx8d-agent on "
+                "this host, or point the trainer at its --listen address (MX8_AGENT_LISTEN). "
+                "If the agent runs TLS (--tls-cert), set MX8_AGENT_TLS_CA (and "
+                "MX8_AGENT_TLS_CERT/MX8_AGENT_TLS_KEY when it wants client certificates)",
+                address=url,
+            ) from exc
+        self._stub = pb_grpc.AgentStub(self._channel)
+        self._requests: queue.Queue[pb.TrainerMessage | None] = queue.Queue()
+        self._responses: Any = None
+        self._pending_ack: int | None = None
+        # The last batch_seq the trainer consumed: where a resumed stream continues.
+        self._consumed_seq = 0
+        self._finished = False
+        self._closed = False
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _error(self, exc: grpc.RpcError, what: str) -> Mx8Error:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            hint = (
+                ""
+                if AGENT_AUTH_TOKEN_ENV in details
+                else f"; set {AGENT_AUTH_TOKEN_ENV} to the agent's token"
+            )
+            return AgentError(
+                f"mx8d-agent at {self.url} refused {what} (UNAUTHENTICATED): {details}{hint}",
+                address=self.url,
+            )
+        event, sep, message = details.partition(": ")
+        if sep and event == TrainerResumeError.event:
+            return AgentError(
+                f"mx8d-agent at {self.url} cannot resume this trainer's stream: {message}",
+                address=self.url,
+            )
+        if sep and event in _FORWARDED:
+            return _FORWARDED[event](f"{message} (reported by mx8d-agent at {self.url})")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return AgentError(
+                f"lost mx8d-agent at {self.url} during {what} ({details}); is it still "
+                "running? restart it (its unacknowledged batches are not lost)",
+                address=self.url,
+            )
+        name = code.name if code is not None else "UNKNOWN"
+        return AgentError(
+            f"mx8d-agent at {self.url} refused {what}: {details} ({name})", address=self.url
+        )
+
+    # -- describe -----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The job as the agent knows it: hash, sample count, epochs, class names, rank."""
+        try:
+            d = self._stub.DescribeJob(
+                pb.DescribeJobRequest(job_id=self.job_id),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc, "DescribeJob") from exc
+        return {
+            "job_id": d.job_id,
+            "manifest_hash": d.manifest_hash,
+            "total_samples": d.total_samples,
+            "epochs": d.epochs,
+            "class_names": list(d.class_names),
+            "node_rank": d.node_rank,
+            "world_size": d.world_size,
+            "ready": d.ready,
+        }
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def _request_stream(
+        self, requests: queue.Queue[pb.TrainerMessage | None], resume_after: int
+    ) -> Iterator[pb.TrainerMessage]:
+        yield pb.TrainerMessage(
+            open=pb.OpenStream(
+                job_id=self.job_id,
+                local_rank=self.local_rank,
+                batch_size=self.batch_size,
+                trainer_id=self.trainer_id,
+                window=self.window,
+                want_locations=self.want_locations,
+                resume_after_seq=resume_after,
+            )
+        )
+        while (message := requests.get()) is not None:
+            yield message
+
+    def _open(self, resume_after: int) -> None:
+        # Each stream has its own request queue: a None ends the old one's sender thread.
+        self._requests = queue.Queue()
+        self._responses = self._stub.Stream(
+            self._request_stream(self._requests, resume_after), metadata=self._metadata
+        )
+
+    def _reopen(self, deadline: float) -> bool:
+        """After a broken stream: wait (until ``deadline``) for the agent, then resume.
+
+        False when the agent did not come back in time."""
+        self._requests.put(None)
+        try:
+            grpc.channel_ready_future(self._channel).result(
+                timeout=max(0.0, deadline - time.monotonic())
+            )
+        except grpc.FutureTimeoutError:
+            return False
+        self.reconnects += 1
+        self._open(self._consumed_seq)
+        return True
+
+    def __iter__(self) -> AgentStreamClient:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._finished or self._closed:
+            raise StopIteration
+        if self._responses is None:
+            self._open(0)
+        if self._pending_ack is not None:
+            # The trainer asks for the next batch: it has consumed the previous one.
+            self._requests.put(pb.TrainerMessage(ack=pb.Ack(batch_seq=self._pending_ack)))
+            self._consumed_seq = self._pending_ack
+            self._pending_ack = None
+        deadline: float | None = None
+        while True:
+            try:
+                message = next(self._responses)
+                break
+            except StopIteration:
+                self._finish()
+                raise AgentError(
+                    f"mx8d-agent at {self.url} ended the stream before the end of the job; "
+                    "check the agent's log",
+                    address=self.url,
+                ) from None
+            except grpc.RpcError as exc:
+                # Only a broken transport is worth a resume; a refusal would repeat.
+                code = exc.code() if hasattr(exc, "code") else None
+                if code == grpc.StatusCode.UNAVAILABLE and self.reconnect_timeout_s > 0:
+                    if deadline is None:
+                        deadline = time.monotonic() + self.reconnect_timeout_s
+                    if not self._closed and self._reopen(deadline):
+                        continue
+                self._finish()
+                raise self._error(exc, "Stream") from exc
+        if message.HasField("end_of_job"):
+            self._finish()
+            raise StopIteration
+        b = message.batch
+        self._pending_ack = b.batch_seq
+        return Batch(
+            sample_ids=np.array(b.sample_ids, dtype=np.uint64),
+            payload=b.payload,
+            offsets=np.array(b.offsets, dtype=np.int64),
+            labels=np.array(b.labels, dtype=np.int64) if len(b.labels) else None,
+            epoch=b.epoch,
+            locations=tuple(b.locations) if self.want_locations else None,
+        )
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._requests.put(None)
+
+    def close(self) -> None:
+        """End the stream (unacknowledged batches go to other trainers) and the channel."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(None)
+        if self._responses is not None and not self._finished:
+            self._responses.cancel()
+        self._channel.close()
+
+    def __enter__(self) -> AgentStreamClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

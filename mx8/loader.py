@@ -1,0 +1,351 @@
+"""``mx8.load``: the iterator a trainer holds.
+
+Embedded by default: the snapshot is resolved in-process and a background engine fetches
+the rank's samples. When ``agent=`` (or ``MX8_AGENT_URL``) names a local ``mx8d-agent``,
+the same iterator is served by the agent, which got the job from the coordinator.
+
+The order is a pure function of (manifest_hash, seed, epoch): ``EpochOrder`` (block +
+in-block shuffle, the coordinator's too), then the rank's strided, equal-length shard.
+``state_dict()`` is (manifest_hash, epoch, seed, position): restoring it restarts the
+shard at ``position`` in O(1), without replaying fetched data.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mx8._engine import EmbeddedEngine
+from mx8._shard import Shard
+from mx8.batch import Batch
+from mx8_common.errors import ConfigError
+from mx8_common.manifest.table import ManifestTable
+from mx8_common.sample_order import EpochOrder
+from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
+from mx8_common.storage.fetch_pipeline import FetchConfig
+
+__all__ = ["Loader", "LoaderStats", "load"]
+
+_STATE_VERSION = 1
+DEFAULT_BLOCK_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class LoaderStats:
+    """What a loader has moved so far."""
+
+    bytes: int
+    samples: int
+    batches: int
+    seconds: float
+    retries: int
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from exc
+
+
+class Loader:
+    """Batches of one rank's shard of a snapshot, in deterministic order.
+
+    Iterating consumes the current epoch: a loop that stops early and starts again goes on
+    where it stopped, and an exhausted epoch yields nothing more until ``set_epoch``.
+    """
+
+    def __init__(
+        self,
+        link: str,
+        *,
+        recursive: bool = True,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        label_mode: str = "auto",
+        store: str | None = None,
+        max_inflight_bytes: int = 256 * 1024 * 1024,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        fetch_concurrency: int = 64,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        prefetch_batches: int = 2,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
+        world_size = world_size if world_size is not None else _env_int("WORLD_SIZE") or 1
+        rank = rank if rank is not None else _env_int("RANK") or 0
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(
+                f"rank {rank} / world_size {world_size} is not a valid shard; "
+                "need 0 <= rank < world_size (or set RANK and WORLD_SIZE)"
+            )
+        self.link = link
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.block_size = block_size
+        self._prefetch = prefetch_batches
+        self._fetch = FetchConfig(
+            concurrency=fetch_concurrency, max_inflight_bytes=max_inflight_bytes
+        )
+        resolver = SnapshotResolverConfig.from_env(
+            recursive=recursive,
+            label_mode=label_mode,
+            store_root=store,
+            materialize_manifest_bytes=True,
+        )
+        snapshot = resolve_snapshot_sync(link, resolver)
+        assert snapshot.manifest_data is not None
+        self.snapshot = snapshot
+        self.table = ManifestTable.from_bytes(
+            snapshot.manifest_data, expected_hash=snapshot.manifest_hash
+        )
+        self.classes: list[str] | None = (
+            list(snapshot.class_names) if snapshot.class_names else None
+        )
+        self._epoch = epoch
+        self._position = 0  # samples of this rank's shard consumed in the current epoch
+        self._lock = threading.Lock()
+        self._engine: EmbeddedEngine | None = None
+        self._bytes = 0
+        self._samples = 0
+        self._batches = 0
+        self._retries = 0
+        self._seconds = 0.0
+
+    # -- shape of the data ------------------------------------------------------------
+
+    @property
+    def manifest_hash(self) -> str:
+        return self.snapshot.manifest_hash
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def total_samples(self) -> int:
+        return len(self.table)
+
+    def _shard(self) -> Shard:
+        order = EpochOrder(
+            len(self.table),
+            self.block_size,
+            self.shuffle,
+            self.seed,
+            self._epoch,
+            self.manifest_hash,
+        )
+        return Shard(order, self.rank, self.world_size, self.drop_last, self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches of this rank in one epoch (equal on every rank)."""
+        return self._shard().batches
+
+    # -- iteration --------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iter_worker(0, 1)
+
+    def iter_worker(self, worker: int, num_workers: int) -> Iterator[Batch]:
+        """Worker ``worker``'s share of the rest of the epoch: every ``num_workers``-th batch.
+
+        Counted from the resume point, so worker 0 gets the next batch, worker 1 the one
+        after, and a round-robin merge of the workers (what ``torch.utils.data.DataLoader``
+        does) is the single-process order. ``iter(loader)`` is ``iter_worker(0, 1)``.
+        """
+        if num_workers < 1 or not 0 <= worker < num_workers:
+            raise ConfigError(
+                f"worker {worker} of {num_workers} is not a valid split; "
+                "need 0 <= worker < num_workers"
+            )
+        with self._lock:
+            if self._engine is not None:
+                raise RuntimeError(
+                    "this loader is already being iterated; finish or close() that loop first"
+                )
+            shard = self._shard()
+            if self._position % self.batch_size and self._position < shard.samples:
+                raise ConfigError("resume position is not on a batch boundary")
+            start_batch = -(-self._position // self.batch_size) + worker
+            if start_batch >= shard.batches:
+                return iter(())
+            engine = EmbeddedEngine(
+                self.table,
+                shard,
+                start_batch=start_batch,
+                batch_step=num_workers,
+                fetch=self._fetch,
+                prefetch_batches=self._prefetch,
+            )
+            self._engine = engine
+        indices = range(start_batch, shard.batches, num_workers)
+        return self._iterate(engine, shard, iter(indices))
+
+    def _iterate(
+        self, engine: EmbeddedEngine, shard: Shard, indices: Iterator[int]
+    ) -> Iterator[Batch]:
+        try:
+            while True:
+                t0 = time.perf_counter()
+                batch = engine.next_batch()
+                self._seconds += time.perf_counter() - t0
+                if batch is None:
+                    return
+                # The position is the end of the batch just handed out, so a state taken
+                # now resumes right after it (for a worker: after its own last batch).
+                self._position = shard.batch_bounds(next(indices))[1]
+                self._samples += len(batch)
+                self._bytes += len(batch.payload)
+                self._batches += 1
+                self._retries = engine.retries
+                yield batch
+        finally:
+            engine.close()
+            with self._lock:
+                if self._engine is engine:
+                    self._engine = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its beginning on the next iteration."""
+        if self._engine is not None:
+            raise RuntimeError("cannot change the epoch while iterating; finish the loop first")
+        self._epoch = epoch
+        self._position = 0
+
+    # -- resume -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank is: enough to restore the exact remaining order."""
+        return {
+            "version": _STATE_VERSION,
+            "manifest_hash": self.manifest_hash,
+            "epoch": self._epoch,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "position": self._position,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state_dict()`` of a loader over the same snapshot and shard."""
+        if self._engine is not None:
+            raise RuntimeError("cannot load a state while iterating; finish the loop first")
+        if state.get("version") != _STATE_VERSION:
+            raise ConfigError(f"unknown loader state version {state.get('version')!r}")
+        if state["manifest_hash"] != self.manifest_hash:
+            raise ConfigError(
+                f"this state belongs to snapshot {state['manifest_hash']}, but the loader reads "
+                f"{self.manifest_hash}; pin the snapshot with '{self.link}@sha256:"
+                f"{state['manifest_hash']}' to resume it"
+            )
+        for key in ("rank", "world_size", "batch_size", "shuffle", "block_size"):
+            if state[key] != getattr(self, key):
+                raise ConfigError(
+                    f"state was taken with {key}={state[key]!r} but this loader has "
+                    f"{key}={getattr(self, key)!r}; build the loader with the same value"
+                )
+        self.seed = int(state["seed"])
+        self._epoch = int(state["epoch"])
+        self._position = int(state["position"])
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def stats(self) -> LoaderStats:
+        return LoaderStats(self._bytes, self._samples, self._batches, self._seconds, self._retries)
+
+    def close(self) -> None:
+        """Stop any running fetch engine; safe to call twice."""
+        engine = self._engine
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Loader({self.link!r}, manifest_hash={self.manifest_hash[:12]}..., "
+            f"samples={len(self.table)}, epoch={self._epoch}, rank={self.rank}/{self.world_size})"
+        )
+
+
+def load(
+    link: str,
+    *,
+    recursive: bool = True,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    label_mode: str = "auto",
+    store: str | None = None,
+    max_inflight_bytes: int = 256 * 1024 * 1024,
+    agent: str | None = None,
+    job: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    drop_last: bool = False,
+    fetch_concurrency: int = 64,
+) -> Any:
+    """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
+
+    Embedded (in-process) unless ``agent`` or ``MX8_AGENT_URL`` names a local mx8d-agent,
+    in which case the agent serves the coordinator's job and ``shuffle``/``seed``/``rank``
+    come from the coordinator.
+
+    Embedded, ``max_inflight_bytes`` bounds every sample byte the loader holds: reads in
+    flight, the reorder buffer, prefetched batches and the batch last handed out (released
+    when the next one is asked for); a single batch bigger than it still goes through,
+    alone. ``fetch_concurrency`` is the most reads in flight, and the S3 connection pool
+    is sized to match.
+    """
+    agent = agent or os.environ.get("MX8_AGENT_URL") or None
+    if agent:
+        from mx8._distributed import DistributedLoader
+
+        return DistributedLoader(agent, link=link, job=job, batch_size=batch_size, rank=rank)
+    return Loader(
+        link,
+        recursive=recursive,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        label_mode=label_mode,
+        store=store,
+        max_inflight_bytes=max_inflight_bytes,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+        fetch_concurrency=fetch_concurrency,
+    )

@@ -1,0 +1,506 @@
+"""``Agent``: the per-host daemon's lifecycle around one job.
+
+``start()`` binds the trainer service (``--listen``; TLS with ``--tls-cert``/``--tls-key``,
+mutual with ``--tls-ca``, a bearer token with ``MX8_AGENT_AUTH_TOKEN``) with the
+``grpc.health.v1`` service beside it (NOT_SERVING until the manifest is ingested, open
+without a token), and the metrics exporter. ``run()``
+then registers with the coordinator (retrying an unreachable one with backoff until
+``--connect-timeout-s``), heartbeats on the interval the coordinator gave, ingests the
+manifest (fail closed: a bad manifest raises its ``ManifestError`` and no lease is ever
+requested), runs the ``LeaseRunner`` until the coordinator says the job is drained,
+gives every trainer its end-of-job message and returns. A coordinator that restarted and
+forgot this node is registered with again, from the heartbeat; if it now serves another
+manifest hash, the agent fails closed (``coordinator_manifest_changed``, trainers told,
+``run()`` raises ``ManifestChangedError``, the CLI exits 2) instead of switching snapshot
+under running trainers. ``shutdown()`` stops leasing,
+reports what trainers acknowledged, stops the server and closes every client; it is safe
+to call twice, and ``async with`` wraps ``start``/``shutdown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from mx8_agent.config import AGENT_AUTH_TOKEN_ENV, AgentConfig
+from mx8_agent.ingest.manifest_ingest import IngestSettings, ingest_manifest
+from mx8_agent.metrics import AgentMetrics, TimedReader
+from mx8_agent.serve.batch_wire import add_agent_service
+from mx8_agent.serve.servicer import AgentServicer, JobInfo
+from mx8_agent.serve.trainer_hub import TrainerHub
+from mx8_agent.work.lease_runner import LeaseRunner
+from mx8_common.errors import ConfigError, CoordinatorError, ManifestChangedError, Mx8Error
+from mx8_common.manifest.table import ManifestTable
+from mx8_common.obs.events import emit
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.proto import agent_pb2
+from mx8_common.rpc.proto import coordinator_pb2 as cpb
+from mx8_common.rpc.security import BearerTokenInterceptor, server_credentials, warn_if_exposed
+from mx8_common.sample_order import JobOrder
+from mx8_common.storage.fetch_pipeline import FetchConfig
+from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig
+from mx8_common.storage.s3_client import S3Settings
+
+__all__ = ["SERVICE_NAME", "Agent"]
+
+#: The trainer-facing gRPC service, as health checks name it.
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+_COMPONENT = "agent"
+_MAX_MESSAGE_BYTES = 1 << 30
+#: How long a drained (or failed) agent waits for its trainers to read the last message.
+_GOODBYE_S = 10.0
+#: How long a disconnected trainer's unacknowledged batches wait for it to reconnect
+#: before other trainers may take them (a transient break resumes without duplicates).
+_RESUME_GRACE_S = 2.0
+
+
+class Agent:
+    """The agent daemon of one host (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        fetch_config: FetchConfig | None = None,
+        reader_config: ObjectReaderConfig | None = None,
+        s3_settings: S3Settings | None = None,
+        shutdown_grace_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        budget = config.max_inflight_bytes
+        # Half the budget for reads in progress, half for batches queued/unacknowledged.
+        self._hub_budget = max(1, budget // 2)
+        self.fetch_config = dataclasses.replace(
+            fetch_config or FetchConfig(),
+            concurrency=config.fetch_concurrency,
+            max_inflight_bytes=max(1, budget - self._hub_budget),
+        )
+        self._reader = ObjectReader(reader_config, s3_settings=s3_settings)
+        self._grace = shutdown_grace_s
+        self._client = CoordinatorClient(config.coordinator)
+        self.hub = TrainerHub(
+            max_bytes=self._hub_budget, on_acked=self._on_acked, resume_grace_s=_RESUME_GRACE_S
+        )
+        self.metrics = AgentMetrics(self.stats)
+        self._servicer = AgentServicer(hub=self.hub, job_info=self.job_info, locate=self._locations)
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._registration: cpb.RegisterNodeResponse | None = None
+        self.table: ManifestTable | None = None
+        self.runner: LeaseRunner | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        # Set when the coordinator switched snapshot: nothing may be reported to it.
+        self._fenced = False
+        self._started = False
+        self._shutdown_requested = asyncio.Event()
+        self._shutdown_started = False
+        self._done = asyncio.Event()
+        self._socket_path: Path | None = None
+        self.address: str | None = None
+        self.metrics_port: int | None = None
+        self._rng = random.Random()
+
+    # -- views --------------------------------------------------------------------------
+
+    def job_info(self) -> JobInfo:
+        reg = self._registration
+        if reg is None:
+            return JobInfo(job_id=self.config.job_id)
+        return JobInfo(
+            job_id=reg.job_id or self.config.job_id,
+            manifest_hash=reg.manifest_hash,
+            total_samples=reg.total_samples,
+            epochs=reg.epochs,
+            class_names=tuple(reg.class_names),
+            node_rank=reg.rank,
+            world_size=reg.world_size,
+            ready=self.table is not None,
+        )
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Sample bytes held now: pipeline + batch being cut + queued + unacknowledged."""
+        return self.runner.inflight_bytes if self.runner is not None else self.hub.held_bytes
+
+    def stats(self) -> dict[str, float]:
+        """A snapshot of the agent's counters and gauges (metrics, heartbeats, tests)."""
+        runner = self.runner
+        pipeline = runner.pipeline if runner is not None else None
+        rs = runner.stats if runner is not None else None
+        acked = rs.samples_acked if rs is not None else 0
+        since = rs.first_lease_at if rs is not None else None
+        elapsed = max(1e-3, time.monotonic() - since) if since is not None else None
+        read = self._reader.stats
+        return {
+            "bytes_fetched": read.bytes,
+            "samples_fetched": read.reads,
+            "samples_acked": acked,
+            "fetch_retries": read.retries,
+            "batches_sent": sum(s.batches_sent for s in self.hub.sessions),
+            "batches_requeued": self.hub.requeued_batches,
+            "leases_started": rs.leases_started if rs is not None else 0,
+            "inflight_bytes": self.inflight_bytes,
+            "peak_inflight_bytes": rs.peak_inflight_bytes if rs is not None else 0,
+            "queued_batches": self.hub.queued_batches,
+            "unacked_batches": self.hub.unacked_batches,
+            "running_reads": pipeline.stats.running if pipeline is not None else 0,
+            "leases_held": len(runner.tracker) if runner is not None else 0,
+            "trainers": len(self.hub.sessions),
+            "bytes_per_second": read.bytes / elapsed if elapsed else 0.0,
+            "samples_per_second": acked / elapsed if elapsed else 0.0,
+        }
+
+    def _locations(self, sample_ids: np.ndarray) -> list[str]:
+        # Batches exist only after the ingest, so the table is there.
+        assert self.table is not None
+        return [self.table.location(i) for i in sample_ids.tolist()]
+
+    def _on_acked(self, batch: Any) -> None:
+        if self.runner is not None:
+            self.runner.on_acked(batch)
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the trainer service and the metrics exporter. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        cfg = self.config
+        target = cfg.listen_target
+        # Read the PEM files before binding: a bad path fails start-up with its flag named.
+        credentials = server_credentials(cfg.tls) if cfg.tls.enabled else None
+        interceptors = (
+            [BearerTokenInterceptor(cfg.auth_token, token_env=AGENT_AUTH_TOKEN_ENV)]
+            if cfg.auth_token
+            else []
+        )
+        # A unix socket is local (is_loopback says so); a TCP port may not be.
+        warn_if_exposed(
+            target,
+            cfg.auth_token,
+            tls=cfg.tls,
+            component=_COMPONENT,
+            token_env=AGENT_AUTH_TOKEN_ENV,
+        )
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        add_agent_service(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if target.startswith("unix:"):
+            path = Path(target.removeprefix("unix://").removeprefix("unix:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # A socket file left by a killed agent would make the bind fail.
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_socket():
+                    path.unlink()
+            self._socket_path = path
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(target)
+            else:
+                port = server.add_secure_port(target, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"cannot listen on {self.config.listen}: {exc}; is another agent running "
+                "there? pick another --listen"
+            ) from exc
+        self._server = server
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        if self._socket_path is not None:
+            self.address = f"unix://{self._socket_path}"
+        else:
+            host = target.rpartition(":")[0]
+            self.address = f"{host}:{port}"
+        metrics_at = self.config.metrics_host_port
+        if metrics_at is not None:
+            try:
+                self.metrics_port = self.metrics.serve(*metrics_at)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on {self.config.metrics}: {exc}; pick another "
+                    "--metrics port"
+                ) from exc
+        emit(
+            _COMPONENT,
+            "agent_listening",
+            address=self.address,
+            node_id=self.config.node_id,
+            metrics_port=self.metrics_port,
+            pid=os.getpid(),
+            tls=cfg.tls.enabled,
+            mutual_tls=cfg.tls.mutual,
+            auth_token=cfg.auth_token is not None,
+        )
+
+    async def _set_health(self, status: Any) -> None:
+        await self._health.set("", status)
+        await self._health.set(SERVICE_NAME, status)
+
+    # -- run --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Register, ingest, lease until the job is drained; raise what stopped it."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.shutdown()
+            raise
+        main = asyncio.create_task(self._main(), name="mx8-agent-main")
+        stop = asyncio.create_task(self._shutdown_requested.wait())
+        error: BaseException | None = None
+        try:
+            await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not main.done():
+                main.cancel()
+            try:
+                await main
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:
+                error = exc
+            await self.shutdown()
+        if error is not None:
+            raise error
+
+    async def _main(self) -> None:
+        reg = await self._register()
+        heartbeat = self._heartbeat = asyncio.create_task(
+            self._heartbeat_loop(reg.heartbeat_interval_ms / 1000), name="mx8-agent-heartbeat"
+        )
+        work = asyncio.create_task(self._work(reg), name="mx8-agent-work")
+        try:
+            await asyncio.wait({work, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if work.done() and not work.cancelled():
+            work.result()  # raise what stopped it
+            return
+        # The heartbeat loop only ends by raising (a switched snapshot).
+        error = heartbeat.exception()
+        assert error is not None
+        self.hub.fail(error)
+        await self._wait_trainers_gone()
+        raise error
+
+    async def _work(self, reg: cpb.RegisterNodeResponse) -> None:
+        cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else None
+        settings = IngestSettings(
+            job_id=self.config.job_id,
+            manifest_hash=reg.manifest_hash,
+            total_samples=reg.total_samples,
+            schema_version=reg.schema_version,
+            mode=self.config.manifest_ingest,
+            max_line_bytes=self.config.max_line_bytes,
+            cache_dir=cache_dir,
+            attempts=self.config.ingest_attempts,
+        )
+        try:
+            result = await ingest_manifest(self._client, settings, rng=self._rng)
+        except Mx8Error as exc:
+            # Fail closed: no lease is ever requested; waiting trainers are told why.
+            self.hub.fail(exc)
+            await self._wait_trainers_gone()
+            raise
+        self.table = result.table
+        # Trainers can be served from here on: DescribeJob is complete, leasing starts.
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.runner = LeaseRunner(
+            client=self._client,
+            job_id=self.config.job_id,
+            node_id=self.config.node_id,
+            table=result.table,
+            job_order=JobOrder(
+                total_samples=reg.total_samples,
+                block_size=reg.block_size,
+                shuffle=reg.shuffle,
+                seed=reg.seed,
+                manifest_hash=reg.manifest_hash,
+            ),
+            reader=TimedReader(self._reader, self.metrics.fetch_latency),
+            fetch_config=self.fetch_config,
+            hub=self.hub,
+            leases_ahead=self.config.leases_ahead,
+            progress_interval_s=self.config.progress_interval_ms / 1000,
+            retry_wait_s=max(0.05, reg.heartbeat_interval_ms / 1000),
+        )
+        try:
+            await self.runner.run()
+        except Mx8Error as exc:
+            emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
+            # Tell the trainers why before going away.
+            self.hub.fail(exc)
+            await self._wait_trainers_gone()
+            raise
+        await self._wait_trainers_gone()
+        emit(_COMPONENT, "agent_drained", node_id=self.config.node_id, **self._summary())
+
+    async def _wait_trainers_gone(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_GOODBYE_S):
+                await self.hub.wait_no_sessions()
+
+    def _summary(self) -> dict[str, Any]:
+        s = self.stats()
+        return {
+            k: s[k]
+            for k in ("samples_acked", "bytes_fetched", "leases_started", "peak_inflight_bytes")
+        }
+
+    async def _register(self) -> cpb.RegisterNodeResponse:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.connect_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                reg = await self._register_once()
+                break
+            except CoordinatorError as exc:
+                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise CoordinatorError(
+                        f"{exc} (gave up after {cfg.connect_timeout_s}s; raise "
+                        "--connect-timeout-s or start the coordinator first)",
+                        address=cfg.coordinator,
+                        code=exc.code,
+                    ) from exc
+                emit(_COMPONENT, "register_retry", delay_s=round(delay, 3), error=str(exc))
+                await asyncio.sleep(self._rng.uniform(delay / 2, delay))
+                delay = min(delay * 2, 2.0)
+        self._registration = reg
+        emit(
+            _COMPONENT,
+            "node_registered",
+            node_id=cfg.node_id,
+            rank=reg.rank,
+            world_size=reg.world_size,
+            job_ready=reg.job_ready,
+            manifest_hash=reg.manifest_hash,
+            total_samples=reg.total_samples,
+        )
+        return reg
+
+    async def _heartbeat_loop(self, interval_s: float) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(interval_s)
+            s = self.stats()
+            try:
+                await self._client.heartbeat(
+                    cfg.job_id,
+                    cfg.node_id,
+                    samples_delivered=int(s["samples_acked"]),
+                    bytes_fetched=int(s["bytes_fetched"]),
+                    inflight_bytes=int(s["inflight_bytes"]),
+                )
+            except CoordinatorError as exc:
+                # A missed heartbeat is not fatal: the lease TTL is several intervals long.
+                emit(_COMPONENT, "heartbeat_failed", code=exc.code, error=str(exc))
+                if exc.code == "FAILED_PRECONDITION":
+                    # A coordinator restarted without its lease log no longer knows us;
+                    # registering again is idempotent when it does.
+                    with contextlib.suppress(CoordinatorError):
+                        self._check_same_snapshot(await self._register_once())
+
+    async def _register_once(self) -> cpb.RegisterNodeResponse:
+        """RegisterNode with this host's caps (first registration and re-registration alike)."""
+        cfg = self.config
+        return await self._client.register_node(
+            cfg.job_id,
+            cfg.node_id,
+            hostname=os.uname().nodename,
+            max_inflight_bytes=cfg.max_inflight_bytes,
+            fetch_concurrency=cfg.fetch_concurrency,
+        )
+
+    def _check_same_snapshot(self, reg: cpb.RegisterNodeResponse) -> None:
+        """Fail closed when a re-registration names another manifest than the first one."""
+        assert self._registration is not None
+        expected, got = self._registration.manifest_hash, reg.manifest_hash
+        if got == expected:
+            emit(_COMPONENT, "node_reregistered", node_id=self.config.node_id, manifest_hash=got)
+            return
+        self._fenced = True
+        error = ManifestChangedError(
+            f"the coordinator at {self.config.coordinator} now serves manifest {got} but this "
+            f"node's trainers are reading {expected}: it restarted on another snapshot. "
+            f"Restart it on the original snapshot (manifest hash {expected}), or restart the "
+            "whole job (coordinator, agents, trainers) on the new one",
+            expected=expected,
+            got=got,
+        )
+        emit(
+            _COMPONENT,
+            error.event,
+            node_id=self.config.node_id,
+            expected=expected,
+            got=got,
+            error=str(error),
+        )
+        raise error
+
+    # -- stop -------------------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        """Ask ``run()`` to stop (signal handlers call this)."""
+        self._shutdown_requested.set()
+
+    async def shutdown(self) -> None:
+        """Stop everything; report acknowledged progress first. Safe to call twice."""
+        self._shutdown_requested.set()
+        if self._shutdown_started:
+            await self._done.wait()
+            return
+        self._shutdown_started = True
+        try:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._heartbeat
+            if self.runner is not None and not self._fenced:
+                # Only acknowledged samples: what trainers did not consume stays uncommitted.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await self.runner.report_now()
+            if self._server is not None:
+                await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+                await self._server.stop(self._grace)
+            await self._reader.aclose()
+            await self._client.close()
+            await asyncio.to_thread(self.metrics.stop)
+            if self._socket_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self._socket_path.unlink()
+            emit(_COMPONENT, "agent_stopped", node_id=self.config.node_id)
+        finally:
+            self._done.set()
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()

@@ -1,0 +1,209 @@
+"""``AgentConfig``: every knob of ``mx8d-agent``, as a flag and an ``MX8_*`` env var."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mx8_common.config_fields import load_config, parse_size, setting, split_host_port
+from mx8_common.errors import ConfigError
+from mx8_common.manifest.reader import DEFAULT_MAX_LINE_BYTES
+from mx8_common.rpc.security import TlsConfig
+
+__all__ = [
+    "AGENT_AUTH_TOKEN_ENV",
+    "INGEST_MODES",
+    "AgentConfig",
+    "listen_target",
+    "load_agent_config",
+]
+
+#: How the agent may ingest the manifest.
+INGEST_MODES = ("direct", "cached")
+
+#: The token trainers must send to the agent. Distinct from ``MX8_AUTH_TOKEN`` (and the
+#: ``MX8_AGENT_TLS_*`` files from ``MX8_TLS_*``): those configure the agent's own
+#: connection to the coordinator, these its trainer-facing server.
+AGENT_AUTH_TOKEN_ENV = "MX8_AGENT_AUTH_TOKEN"
+
+
+def listen_target(value: str) -> str:
+    """The gRPC bind target of ``--listen``: ``unix:///abs/path`` or ``HOST:PORT``.
+
+    Accepts ``unix:PATH``, ``unix://PATH``, ``unix:///abs/path`` and ``HOST:PORT``.
+    """
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        path = path[2:] if path.startswith("//") else path
+        if not path:
+            raise ConfigError(
+                f"--listen {value!r} names no socket path; write unix:///run/mx8/agent.sock"
+            )
+        return f"unix:{path}" if not path.startswith("/") else f"unix://{path}"
+    split_host_port(value, "--listen", "127.0.0.1:9401")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """Settings of the per-host agent daemon (``mx8d-agent``)."""
+
+    coordinator: str = setting(
+        "127.0.0.1:50051", env="MX8_COORDINATOR_URL", help="coordinator address HOST:PORT"
+    )
+    node_id: str = setting(
+        "", env="MX8_NODE_ID", help="this node's stable, unique id (empty: the hostname)"
+    )
+    listen: str = setting(
+        "unix:///run/mx8/agent.sock",
+        env="MX8_AGENT_LISTEN",
+        help="where local trainers connect: unix:PATH or 127.0.0.1:PORT",
+    )
+    job_id: str = setting("default", env="MX8_JOB_ID", help="job id the coordinator serves")
+    max_inflight_bytes: int = setting(
+        256 * 1024 * 1024,
+        env="MX8_MAX_INFLIGHT_BYTES",
+        parse=parse_size,
+        help="most sample bytes held (fetching + queued + unacknowledged), e.g. 256MiB",
+    )
+    fetch_concurrency: int = setting(
+        32, env="MX8_FETCH_CONCURRENCY", help="most sample reads running at once"
+    )
+    cache_dir: str = setting(
+        "",
+        env="MX8_AGENT_CACHE_DIR",
+        help="directory of the cached-ingest manifest copy (empty: a temp dir)",
+    )
+    metrics: str = setting(
+        "", env="MX8_AGENT_METRICS", help="Prometheus HOST:PORT, e.g. 127.0.0.1:9401 (empty: off)"
+    )
+    manifest_ingest: str = setting(
+        "direct",
+        env="MX8_AGENT_MANIFEST_INGEST",
+        help="direct (stream and parse, no file) or cached (download, verify, parse the file)",
+    )
+    max_line_bytes: int = setting(
+        DEFAULT_MAX_LINE_BYTES,
+        env="MX8_AGENT_MANIFEST_STREAM_MAX_LINE_BYTES",
+        parse=parse_size,
+        help="longest manifest line accepted while streaming (the carry bound)",
+    )
+    progress_interval_ms: int = setting(
+        500,
+        env="MX8_PROGRESS_INTERVAL_MS",
+        help="how often acknowledged progress is reported (also keeps leases alive)",
+    )
+    leases_ahead: int = setting(
+        2, env="MX8_AGENT_LEASES_AHEAD", help="most leases held at once (fetching + delivering)"
+    )
+    connect_timeout_s: float = setting(
+        60.0,
+        env="MX8_AGENT_CONNECT_TIMEOUT_S",
+        help="how long to keep retrying an unreachable coordinator before giving up",
+    )
+    ingest_attempts: int = setting(
+        5,
+        env="MX8_AGENT_INGEST_ATTEMPTS",
+        help="manifest ingest tries when the cause is transient (a dropped connection)",
+    )
+    tls_cert: str | None = setting(
+        None,
+        env="MX8_AGENT_TLS_CERT",
+        help="PEM certificate chain of the trainer-facing server (turns TLS on)",
+    )
+    tls_key: str | None = setting(
+        None, env="MX8_AGENT_TLS_KEY", help="PEM private key of --tls-cert"
+    )
+    tls_ca: str | None = setting(
+        None,
+        env="MX8_AGENT_TLS_CA",
+        help="PEM CA bundle; when set, trainers must present a certificate it signed "
+        "(mutual TLS). Trainers read MX8_AGENT_TLS_CA/_CERT/_KEY as their client side",
+    )
+    auth_token: str | None = setting(
+        None,
+        env=AGENT_AUTH_TOKEN_ENV,
+        help="bearer token every trainer must send (trainers read the same variable; "
+        "prefer the env var: flags show in ps)",
+        secret=True,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            # The hostname is the natural id of "the agent of this host".
+            object.__setattr__(self, "node_id", socket.gethostname())
+        self._validate()
+
+    def _validate(self) -> None:
+        split_host_port(self.coordinator, "--coordinator")
+        listen_target(self.listen)
+        if self.metrics:
+            split_host_port(self.metrics, "--metrics", "127.0.0.1:9401")
+        if not self.job_id:
+            raise ConfigError("--job-id must not be empty; use the job id the coordinator serves")
+        if self.manifest_ingest not in INGEST_MODES:
+            raise ConfigError(
+                f"--manifest-ingest {self.manifest_ingest!r} is not one of "
+                f"{', '.join(INGEST_MODES)}"
+            )
+        positive = {
+            "--max-inflight-bytes": self.max_inflight_bytes,
+            "--fetch-concurrency": self.fetch_concurrency,
+            "--max-line-bytes": self.max_line_bytes,
+            "--progress-interval-ms": self.progress_interval_ms,
+            "--leases-ahead": self.leases_ahead,
+            "--connect-timeout-s": self.connect_timeout_s,
+            "--ingest-attempts": self.ingest_attempts,
+        }
+        for flag, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{flag} must be > 0, got {value}")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        # Checked here, not by TlsConfig, so the messages name the agent's variables.
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (
+                ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            )
+            raise ConfigError(
+                f"{given} needs {missing} too: a certificate and its private key go together "
+                "(or set both MX8_AGENT_TLS_CERT and MX8_AGENT_TLS_KEY)"
+            )
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "--tls-ca needs --tls-cert and --tls-key: mutual TLS is TLS plus client "
+                "certificates (or set MX8_AGENT_TLS_CERT and MX8_AGENT_TLS_KEY)"
+            )
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ConfigError(f"{AGENT_AUTH_TOKEN_ENV} is blank; set a real token or unset it")
+
+    @property
+    def tls(self) -> TlsConfig:
+        """The trainer-facing server's TLS files (all None: plaintext)."""
+        return TlsConfig(cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca)
+
+    @property
+    def listen_target(self) -> str:
+        """The gRPC bind target of ``listen``."""
+        return listen_target(self.listen)
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        if not self.metrics:
+            return None
+        return split_host_port(self.metrics, "--metrics", "127.0.0.1:9401")
+
+
+def load_agent_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Defaults, then ``MX8_*`` env vars, then flags."""
+    return load_config(
+        AgentConfig,
+        argv,
+        environ=environ,
+        prog="mx8d-agent",
+        description="Per-host agent: ingests the manifest, leases and fetches, serves trainers.",
+    )

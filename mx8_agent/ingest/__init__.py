@@ -1,0 +1,1 @@
+"""Manifest ingest: the bounded-carry adapter and the fail-closed stream consumer."""

@@ -1,0 +1,301 @@
+"""Fail-closed manifest ingest: coordinator stream -> validated ``ManifestTable``.
+
+Two paths give identical tables:
+
+* **direct** (default): ``GetManifestStream`` chunks go through the bounded-carry adapter
+  (``ingest_chunk_stream``: schema version of every chunk, contiguous offsets, the
+  announced length) into the table builder (schema header, sequential ids, rows, line
+  bound, hash), which takes whole lines a block at a time (``read_block``) and parses
+  each block vectorized into the compact table's columns; no file is written.
+* **cached**: the same checked stream is copied to ``<cache_dir>/<hash>.tsv`` (temp file +
+  rename, hash verified before the rename), then parsed by path. A copy already in the
+  cache is reused when it still parses to the hash.
+
+Any manifest problem raises its ``ManifestError`` after emitting its event
+(``manifest_stream_truncated``, ``manifest_schema_mismatch``, ``manifest_line_too_long``,
+``manifest_hash_mismatch``, ``manifest_bad_row``...): the caller must not lease. A
+dropped connection (UNAVAILABLE) is retried with jittered backoff instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mx8_agent.ingest.adapter import (
+    BoundedCarryReader,
+    IngestStats,
+    StreamChunk,
+    ingest_chunk_stream,
+)
+from mx8_common.errors import (
+    CoordinatorError,
+    ManifestError,
+    ManifestHashMismatch,
+    ManifestSchemaMismatch,
+    ManifestTruncated,
+)
+from mx8_common.manifest.format import SCHEMA_VERSION
+from mx8_common.manifest.table import ManifestTable
+from mx8_common.obs.events import emit
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+
+T = TypeVar("T")
+
+__all__ = ["IngestResult", "IngestSettings", "ingest_manifest", "is_transient"]
+
+_COMPONENT = "agent"
+_TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestSettings:
+    """What to ingest and how (built by the agent from its config and registration)."""
+
+    job_id: str
+    manifest_hash: str
+    total_samples: int
+    schema_version: int = SCHEMA_VERSION
+    mode: str = "direct"
+    max_line_bytes: int = 8 * 1024 * 1024
+    cache_dir: Path | None = None
+    attempts: int = 5
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """A validated manifest and what ingesting it cost."""
+
+    table: ManifestTable
+    mode: str
+    seconds: float
+    manifest_bytes: int
+    stats: IngestStats
+    path: Path | None = None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a dropped/unreachable coordinator, also when it cut a stream short."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, CoordinatorError) and cause.code in _TRANSIENT_CODES:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+async def _checked_chunks(
+    client: CoordinatorClient, settings: IngestSettings
+) -> tuple[AsyncIterator[StreamChunk], int | None, Any]:
+    """Open the stream, check its first chunk's announcement, re-yield it as ``StreamChunk``s."""
+    stream = client.get_manifest_stream(settings.job_id, settings.manifest_hash)
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        await stream.aclose()
+        raise ManifestTruncated(
+            "the coordinator sent an empty manifest stream (not even the schema header); "
+            "check the coordinator's manifest store"
+        ) from None
+    except BaseException:
+        await stream.aclose()
+        raise
+    if first.manifest_hash and first.manifest_hash != settings.manifest_hash:
+        await stream.aclose()
+        raise ManifestHashMismatch(
+            f"the manifest stream announces hash {first.manifest_hash}, not the "
+            f"{settings.manifest_hash} RegisterNode returned; the coordinator is serving "
+            "another snapshot: restart it or this agent"
+        )
+    total = int(first.total_bytes) or None
+
+    async def chunks() -> AsyncIterator[StreamChunk]:
+        yield StreamChunk(int(first.offset), bytes(first.data), int(first.schema_version))
+        async for chunk in stream:
+            yield StreamChunk(int(chunk.offset), bytes(chunk.data), int(chunk.schema_version))
+
+    return chunks(), total, stream
+
+
+def _build_table(reader: BoundedCarryReader, settings: IngestSettings) -> ManifestTable:
+    # Blocks of whole lines straight into the table's columns (vectorized); same checks
+    # and errors as the row-by-row reference parser.
+    return ManifestTable.from_block_reader(
+        reader, max_line_bytes=settings.max_line_bytes, expected_hash=settings.manifest_hash
+    )
+
+
+async def _consume_stream(
+    client: CoordinatorClient,
+    settings: IngestSettings,
+    stats: IngestStats,
+    consume: Callable[[BoundedCarryReader], T],
+) -> T:
+    """Open the checked manifest stream, run ``consume`` over it, always close the stream."""
+    chunks, total, stream = await _checked_chunks(client, settings)
+    try:
+        return await ingest_chunk_stream(
+            chunks,
+            consume,
+            max_line_bytes=settings.max_line_bytes,
+            expected_total_bytes=total,
+            expected_schema_version=settings.schema_version,
+            stats=stats,
+        )
+    finally:
+        await stream.aclose()
+
+
+async def _ingest_direct(
+    client: CoordinatorClient, settings: IngestSettings, stats: IngestStats
+) -> tuple[ManifestTable, None]:
+    table = await _consume_stream(
+        client, settings, stats, lambda reader: _build_table(reader, settings)
+    )
+    return table, None
+
+
+def _copy_to_file(reader: BoundedCarryReader, directory: Path, manifest_hash: str) -> Path:
+    """Copy the checked stream to a temp file, verify its hash, rename it into place."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
+    tmp = Path(name)
+    try:
+        sha = hashlib.sha256()
+        with os.fdopen(fd, "wb") as f:
+            while data := reader.read(1 << 20):
+                sha.update(data)
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if sha.hexdigest() != manifest_hash:
+            raise ManifestHashMismatch(
+                f"downloaded manifest bytes hash to {sha.hexdigest()}, not the announced "
+                f"{manifest_hash}; the coordinator's copy is corrupt or was replaced"
+            )
+        final = directory / f"{manifest_hash}.tsv"
+        os.replace(tmp, final)
+        return final
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+async def _ingest_cached(
+    client: CoordinatorClient, settings: IngestSettings, stats: IngestStats
+) -> tuple[ManifestTable, Path]:
+    directory = settings.cache_dir or Path(tempfile.gettempdir()) / "mx8-agent-cache"
+    final = directory / f"{settings.manifest_hash}.tsv"
+    if final.exists():
+        try:
+            table = await asyncio.to_thread(
+                ManifestTable.from_path,
+                final,
+                expected_hash=settings.manifest_hash,
+                max_line_bytes=settings.max_line_bytes,
+            )
+            emit(_COMPONENT, "manifest_cache_hit", path=str(final))
+            return table, final
+        except ManifestError as exc:
+            # A damaged cached copy is not fatal: the coordinator has the real one.
+            emit(_COMPONENT, "manifest_cache_invalid", path=str(final), error=str(exc))
+            final.unlink(missing_ok=True)
+    path = await _consume_stream(
+        client,
+        settings,
+        stats,
+        lambda reader: _copy_to_file(reader, directory, settings.manifest_hash),
+    )
+    try:
+        table = await asyncio.to_thread(
+            ManifestTable.from_path,
+            path,
+            expected_hash=settings.manifest_hash,
+            max_line_bytes=settings.max_line_bytes,
+        )
+    except ManifestError:
+        # Its hash matched but its content is invalid: never keep it for a later start.
+        path.unlink(missing_ok=True)
+        raise
+    return table, path
+
+
+async def _ingest_once(
+    client: CoordinatorClient, settings: IngestSettings
+) -> tuple[ManifestTable, IngestStats, Path | None]:
+    if settings.schema_version != SCHEMA_VERSION:
+        raise ManifestSchemaMismatch(
+            f"the coordinator serves manifest schema version {settings.schema_version}; this "
+            f"agent reads version {SCHEMA_VERSION} only: run the same mx8 version on both"
+        )
+    stats = IngestStats()
+    if settings.mode == "cached":
+        table, path = await _ingest_cached(client, settings, stats)
+    else:
+        table, path = await _ingest_direct(client, settings, stats)
+    if len(table) != settings.total_samples:
+        raise ManifestError(
+            f"the manifest holds {len(table)} samples but the coordinator announced "
+            f"{settings.total_samples}; the coordinator is inconsistent: restart it"
+        )
+    return table, stats, path
+
+
+async def ingest_manifest(
+    client: CoordinatorClient,
+    settings: IngestSettings,
+    *,
+    rng: random.Random | None = None,
+) -> IngestResult:
+    """Ingest the job's manifest, retrying transient failures; raise on anything else."""
+    rng = rng or random.Random()
+    started = time.perf_counter()
+    for attempt in range(1, settings.attempts + 1):
+        try:
+            table, stats, path = await _ingest_once(client, settings)
+        except (ManifestError, CoordinatorError) as exc:
+            if is_transient(exc) and attempt < settings.attempts:
+                cap = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
+                delay = rng.uniform(0, cap)
+                emit(
+                    _COMPONENT,
+                    "manifest_ingest_retry",
+                    attempt=attempt,
+                    delay_s=round(delay, 3),
+                    error=str(exc),
+                )
+                await asyncio.sleep(delay)
+                continue
+            emit(
+                _COMPONENT,
+                exc.event,
+                error=str(exc),
+                manifest_hash=settings.manifest_hash,
+                mode=settings.mode,
+                attempt=attempt,
+            )
+            raise
+        seconds = time.perf_counter() - started
+        emit(
+            _COMPONENT,
+            "manifest_ingested",
+            mode=settings.mode,
+            manifest_hash=settings.manifest_hash,
+            samples=len(table),
+            manifest_bytes=stats.bytes,
+            table_nbytes=table.nbytes,
+            peak_carry_bytes=stats.peak_carry_bytes,
+            seconds=round(seconds, 3),
+        )
+        return IngestResult(table, settings.mode, seconds, stats.bytes, stats, path)
+    raise AssertionError("unreachable: the loop returns or raises")

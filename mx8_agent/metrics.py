@@ -1,0 +1,94 @@
+"""Prometheus metrics of one agent, in its own registry (tests run several agents at once).
+
+Counters and gauges are read from the agent's live stats at scrape time (one callable
+returns them), so the hot path only bumps plain ints; the fetch latency histogram is
+observed per read by ``TimedReader``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import MetricsHandler
+from prometheus_client.registry import Collector
+
+from mx8_common.obs.http_exporter import HttpExporter
+
+__all__ = ["COUNTERS", "GAUGES", "AgentMetrics", "TimedReader"]
+
+#: Monotonic totals in the stats snapshot: name -> help.
+COUNTERS = {
+    "bytes_fetched": "sample bytes read from storage",
+    "samples_fetched": "samples read from storage",
+    "samples_acked": "samples trainers acknowledged (the only ones reported as progress)",
+    "fetch_retries": "storage reads retried (throttling, resets, short bodies)",
+    "batches_sent": "batches sent to trainers",
+    "batches_requeued": "unacknowledged batches re-queued after a trainer left",
+    "leases_started": "leases this agent started",
+}
+
+#: Current values in the stats snapshot: name -> help.
+GAUGES = {
+    "inflight_bytes": "sample bytes held: fetching + buffered + queued + unacknowledged",
+    "queued_batches": "ready batches waiting for a trainer",
+    "unacked_batches": "batches sent and not yet acknowledged",
+    "running_reads": "storage reads in progress",
+    "leases_held": "leases held now",
+    "trainers": "connected trainer streams",
+    "bytes_per_second": "bytes fetched per second since the first lease",
+    "samples_per_second": "samples acknowledged per second since the first lease",
+}
+
+
+class _StatsCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Mapping[str, float]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._snapshot()
+        for name, doc in COUNTERS.items():
+            yield CounterMetricFamily(f"mx8_agent_{name}", doc, value=stats.get(name, 0))
+        for name, doc in GAUGES.items():
+            yield GaugeMetricFamily(f"mx8_agent_{name}", doc, value=stats.get(name, 0))
+
+
+class AgentMetrics:
+    """The agent's registry; ``serve`` exposes it over HTTP."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, float]]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatsCollector(snapshot))
+        self.fetch_latency = Histogram(
+            "mx8_agent_fetch_latency_seconds",
+            "time to read one sample from storage (retries included)",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+        )
+        self._http = HttpExporter("mx8-agent-http")
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` from a daemon thread; returns the bound port."""
+        return self._http.start(host, port, MetricsHandler.factory(self.registry))
+
+    def stop(self) -> None:
+        """Stop the exporter if it runs. Safe to call twice."""
+        self._http.stop()
+
+
+class TimedReader:
+    """An ``ObjectReader`` stand-in that times every ``read`` into the latency histogram."""
+
+    def __init__(self, reader: Any, histogram: Histogram) -> None:
+        self._reader = reader
+        self._histogram = histogram
+
+    async def read(self, location: str, *args: Any, **kwargs: Any) -> bytes:
+        started = time.perf_counter()
+        try:
+            return await self._reader.read(location, *args, **kwargs)  # type: ignore[no-any-return]
+        finally:
+            self._histogram.observe(time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""Leases: taking them from the coordinator, fetching, and tracking trainers' acknowledgements."""

@@ -1,0 +1,358 @@
+"""Leases in, batches out, acknowledged progress back: the agent's work loop.
+
+Only started after a full, valid manifest ingest. Three tasks share one ``AckTracker``:
+
+* the **lease loop** holds up to ``leases_ahead`` leases: it asks the coordinator for
+  more (only once a trainer has opened a stream, so an idle host takes no work), emits
+  ``lease_started`` and queues each lease for fetching;
+* the **deliverer** turns queued leases into ``FetchRequest``s in the epoch's order
+  (``EpochOrder.ids(cursor, end)``), runs them through one ``FetchPipeline`` and cuts the
+  results into batches of the trainers' batch size that never cross a lease boundary;
+* the **reporter** sends each held lease's acknowledged cursor every progress interval
+  (which also keeps the lease alive), drops leases the coordinator took back, and frees
+  a slot when a lease completes.
+
+Memory: the pipeline holds at most its own budget; the batch being cut plus queued and
+unacknowledged batches wait for room under the hub's budget; the two budgets add up to
+``--max-inflight-bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
+from mx8_agent.work.ack_tracker import AckTracker, LeaseRef
+from mx8_common.errors import CoordinatorError
+from mx8_common.manifest.table import ManifestTable
+from mx8_common.obs.events import emit
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.sample_order import EpochOrder, JobOrder
+from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
+
+__all__ = ["LeaseRunner", "RunnerStats"]
+
+_COMPONENT = "agent"
+_RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION")
+_DROP_CODES = ("NOT_FOUND", "FAILED_PRECONDITION")
+_REQUEST_CHUNK = 4096
+
+
+@dataclass
+class RunnerStats:
+    """Totals of the runner (read by metrics and heartbeats)."""
+
+    leases_started: int = 0
+    leases_completed: int = 0
+    leases_dropped: int = 0
+    samples_acked: int = 0
+    batches_made: int = 0
+    partial_bytes: int = 0
+    peak_inflight_bytes: int = 0
+    first_lease_at: float | None = None
+    dropped: set[str] = field(default_factory=set)
+
+
+class LeaseRunner:
+    """Leases -> fetches -> batches for the hub -> acknowledged progress reports."""
+
+    def __init__(
+        self,
+        *,
+        client: CoordinatorClient,
+        job_id: str,
+        node_id: str,
+        table: ManifestTable,
+        job_order: JobOrder,
+        reader: Any,
+        fetch_config: FetchConfig,
+        hub: TrainerHub,
+        leases_ahead: int,
+        progress_interval_s: float,
+        retry_wait_s: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._job_id = job_id
+        self._node_id = node_id
+        self._table = table
+        self._job_order = job_order
+        self._reader = reader
+        self._fetch_config = fetch_config
+        self._hub = hub
+        self._leases_ahead = leases_ahead
+        self._interval_s = progress_interval_s
+        self._retry_wait_s = retry_wait_s
+        self.tracker = AckTracker()
+        self.stats = RunnerStats()
+        self.pipeline: FetchPipeline | None = None
+        self._queue: asyncio.Queue[LeaseRef | None] = asyncio.Queue()
+        self._orders: dict[int, EpochOrder] = {}
+        self._freed = asyncio.Event()
+        self._report_soon = asyncio.Event()
+        self._has_labels = table.has_labels
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes held by the pipeline, the batch being cut, and the hub."""
+        pipeline = self.pipeline.stats.inflight_bytes if self.pipeline is not None else 0
+        return pipeline + self.stats.partial_bytes + self._hub.held_bytes
+
+    def on_acked(self, batch: ReadyBatch) -> None:
+        """Hub callback: trainers consumed ``batch``; its positions may now be reported."""
+        n = len(batch)
+        if self.tracker.ack(batch.lease_id, batch.first_pos, batch.first_pos + n):
+            self.stats.samples_acked += n
+            if self.tracker.is_done(batch.lease_id):
+                # Report a finished lease now: it frees a slot for the next one.
+                self._report_soon.set()
+
+    async def run(self) -> None:
+        """Lease, fetch and report until the coordinator says the job is drained."""
+        reporter = asyncio.create_task(self._report_loop(), name="mx8-agent-reporter")
+        leaser = asyncio.create_task(self._lease_loop(), name="mx8-agent-leaser")
+        deliverer = asyncio.create_task(self._deliver(), name="mx8-agent-deliverer")
+        tasks = {reporter, leaser, deliverer}
+        try:
+            pending = {leaser, deliverer}
+            while pending:
+                done, _ = await asyncio.wait(
+                    pending | {reporter}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                pending -= done
+                if reporter in done:
+                    raise RuntimeError("the progress reporter stopped unexpectedly")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.report_now()
+
+    # -- leases -------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        # No trainer, no batch size, no leases: idle hosts leave the work to others.
+        await self._hub.wait_batch_size()
+        while True:
+            free = self._leases_ahead - len(self.tracker)
+            if free <= 0:
+                self._freed.clear()
+                await self._freed.wait()
+                continue
+            try:
+                resp = await self._client.request_lease(self._job_id, self._node_id, free)
+            except CoordinatorError as exc:
+                if exc.code not in _RETRY_CODES:
+                    raise
+                emit(_COMPONENT, "lease_request_retry", code=exc.code, error=str(exc))
+                await asyncio.sleep(self._retry_wait_s)
+                continue
+            for le in resp.leases:
+                self._start_lease(le)
+            if resp.job_drained:
+                emit(_COMPONENT, "job_drained", node_id=self._node_id)
+                break
+            if not resp.leases:
+                self._freed.clear()
+                wait_s = max(0.01, resp.wait_ms / 1000)
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._freed.wait()
+                except TimeoutError:
+                    pass
+        self._queue.put_nowait(None)
+
+    def _start_lease(self, le: Any) -> None:
+        ref = LeaseRef(
+            lease_id=le.lease_id,
+            epoch=int(le.range.epoch),
+            start=int(le.range.start_id),
+            end=int(le.range.end_id),
+            cursor=int(le.cursor),
+        )
+        self.tracker.add(ref)
+        self.stats.leases_started += 1
+        if self.stats.first_lease_at is None:
+            self.stats.first_lease_at = time.monotonic()
+        emit(
+            _COMPONENT,
+            "lease_started",
+            lease_id=ref.lease_id,
+            node_id=self._node_id,
+            epoch=ref.epoch,
+            start=ref.start,
+            end=ref.end,
+            cursor=ref.cursor,
+        )
+        self._queue.put_nowait(ref)
+
+    # -- fetching -----------------------------------------------------------------------
+
+    def _order(self, epoch: int) -> EpochOrder:
+        order = self._orders.get(epoch)
+        if order is None:
+            order = self._orders[epoch] = self._job_order.order(epoch)
+        return order
+
+    async def _requests(self) -> AsyncIterator[FetchRequest]:
+        table = self._table
+        while (lease := await self._queue.get()) is not None:
+            order = self._order(lease.epoch)
+            pos = lease.cursor
+            while pos < lease.end and lease.lease_id not in self.stats.dropped:
+                stop = min(lease.end, pos + _REQUEST_CHUNK)
+                ids = order.ids(pos, stop).astype(np.int64)
+                offsets = table.byte_offset[ids].tolist()
+                lengths = table.byte_length[ids].tolist()
+                for k, (sid, off, length) in enumerate(
+                    zip(ids.tolist(), offsets, lengths, strict=True)
+                ):
+                    yield FetchRequest(
+                        sid,
+                        table.location(sid),
+                        None if off < 0 else off,
+                        None if length < 0 else length,
+                        (lease, pos + k),
+                    )
+                pos = stop
+
+    async def _deliver(self) -> None:
+        batch_size = await self._hub.wait_batch_size()
+        cut = _BatchCutter(self, self._hub)
+        async with FetchPipeline(self._reader, self._requests(), self._fetch_config) as pipe:
+            self.pipeline = pipe
+            async for result in pipe:
+                lease, pos = result.tag
+                if lease.lease_id in self.stats.dropped:
+                    cut.drop(lease.lease_id)
+                    continue
+                if cut.lease is not None and cut.lease is not lease:
+                    cut.flush()
+                # Room for the growing batch is reserved before it grows: back-pressure.
+                await self._hub.wait_room(self.stats.partial_bytes + len(result.data))
+                cut.add(lease, pos, result.sample_id, result.data)
+                self._note_inflight()
+                if len(cut) == batch_size or pos + 1 == lease.end:
+                    cut.flush()
+            cut.flush()
+        self._hub.finish()
+
+    def _note_inflight(self) -> None:
+        now = self.inflight_bytes
+        if now > self.stats.peak_inflight_bytes:
+            self.stats.peak_inflight_bytes = now
+
+    def make_batch(
+        self, lease: LeaseRef, first_pos: int, ids: list[int], payloads: list[bytes]
+    ) -> ReadyBatch:
+        """A ``ReadyBatch`` of consecutive positions of ``lease`` (labels from the table)."""
+        sample_ids = np.asarray(ids, dtype=np.uint64)
+        offsets = np.zeros(len(payloads) + 1, dtype=np.uint64)
+        np.cumsum([len(p) for p in payloads], out=offsets[1:])
+        labels = None
+        # The parts are not joined here: the wire message is their one copy (batch_wire).
+        if self._has_labels:
+            labels = self._table.label_id[sample_ids.astype(np.int64)].astype(np.int64)
+        return ReadyBatch(
+            lease_id=lease.lease_id,
+            epoch=lease.epoch,
+            first_pos=first_pos,
+            sample_ids=sample_ids,
+            parts=payloads,
+            offsets=offsets,
+            labels=labels,
+        )
+
+    # -- progress -----------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._interval_s):
+                    await self._report_soon.wait()
+            except TimeoutError:
+                pass
+            self._report_soon.clear()
+            await self.report_now()
+
+    async def report_now(self) -> None:
+        """Report every held lease's acknowledged cursor (unchanged ones keep it alive)."""
+        for lease_id, cursor in self.tracker.cursors().items():
+            try:
+                resp = await self._client.report_progress(
+                    self._job_id, self._node_id, lease_id, cursor
+                )
+            except CoordinatorError as exc:
+                if exc.code in _DROP_CODES:
+                    self._drop(lease_id, str(exc))
+                    continue
+                if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    emit(_COMPONENT, "progress_report_failed", lease_id=lease_id, error=str(exc))
+                    return  # try again next interval
+                raise
+            self.tracker.mark_reported(lease_id, cursor)
+            if resp.completed:
+                self.tracker.remove(lease_id)
+                self.stats.leases_completed += 1
+                emit(_COMPONENT, "lease_done", lease_id=lease_id, cursor=cursor)
+                self._freed.set()
+
+    def _drop(self, lease_id: str, reason: str) -> None:
+        """The coordinator took the lease back (expired): stop delivering it."""
+        self.tracker.remove(lease_id)
+        self.stats.dropped.add(lease_id)
+        self.stats.leases_dropped += 1
+        discarded = self._hub.discard_lease(lease_id)
+        emit(_COMPONENT, "lease_lost", lease_id=lease_id, discarded=discarded, reason=reason)
+        self._freed.set()
+
+
+class _BatchCutter:
+    """The batch being cut: consecutive positions of one lease."""
+
+    def __init__(self, runner: LeaseRunner, hub: TrainerHub) -> None:
+        self._runner = runner
+        self._hub = hub
+        self.lease: LeaseRef | None = None
+        self._first_pos = 0
+        self._ids: list[int] = []
+        self._payloads: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, lease: LeaseRef, pos: int, sample_id: int, data: bytes) -> None:
+        if self.lease is None:
+            self.lease, self._first_pos = lease, pos
+        self._ids.append(sample_id)
+        self._payloads.append(data)
+        self._runner.stats.partial_bytes += len(data)
+
+    def drop(self, lease_id: str) -> None:
+        if self.lease is not None and self.lease.lease_id == lease_id:
+            self._reset()
+
+    def flush(self) -> None:
+        if self.lease is None or not self._ids:
+            self._reset()
+            return
+        batch = self._runner.make_batch(self.lease, self._first_pos, self._ids, self._payloads)
+        self._reset()
+        self._runner.stats.batches_made += 1
+        self._hub.put(batch)
+
+    def _reset(self) -> None:
+        self.lease = None
+        self._ids = []
+        self._payloads = []
+        self._runner.stats.partial_bytes = 0

@@ -1,0 +1,205 @@
+"""``CoordinatorClient``: one grpc.aio channel to ``mx8-coordinator``, errors made plain.
+
+Methods mirror the ``mx8.v1.Coordinator`` RPCs and return its proto messages. Every
+``grpc.aio.AioRpcError`` becomes a ``CoordinatorError`` carrying the status name in
+``.code`` (``"NOT_FOUND"``, ``"UNAVAILABLE"``...), so callers can tell a refused call from
+an unreachable coordinator; this is the one place gRPC errors are translated.
+
+TLS and the bearer token come from ``MX8_TLS_CA`` / ``MX8_TLS_CERT`` / ``MX8_TLS_KEY`` and
+``MX8_AUTH_TOKEN`` unless given, so every daemon and tool that dials the coordinator
+follows the same environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from mx8_common.errors import CoordinatorError
+from mx8_common.rpc.proto import coordinator_pb2 as pb
+from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
+from mx8_common.rpc.security import (
+    TlsConfig,
+    auth_token_from_env,
+    bearer_token_client_interceptors,
+    channel_credentials,
+)
+
+__all__ = ["CoordinatorClient"]
+
+_DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _rpc_errors(address: str, method: str) -> Iterator[None]:
+    """Translate gRPC failures of ``method`` into ``CoordinatorError``."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            message = (
+                f"coordinator at {address} is unreachable; is mx8-coordinator running and "
+                f"--coordinator right? If it runs TLS, set MX8_TLS_CA (and MX8_TLS_CERT/"
+                f"MX8_TLS_KEY for mutual TLS) ({method}: {exc.details()})"
+            )
+        elif code == grpc.StatusCode.UNAUTHENTICATED:
+            message = (
+                f"coordinator at {address} refused {method} (UNAUTHENTICATED): {exc.details()}"
+            )
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            message = (
+                f"coordinator at {address} did not answer {method} in time; it may be "
+                "overloaded or the network is slow (raise the client timeout)"
+            )
+        else:
+            message = f"coordinator at {address} refused {method}: {exc.details()}"
+        raise CoordinatorError(message, address=address, code=code.name) from exc
+
+
+class CoordinatorClient:
+    """An async client of one coordinator; use ``async with CoordinatorClient(addr) as c``.
+
+    ``tls`` None reads ``MX8_TLS_*`` (pass ``TlsConfig()`` to force plaintext); ``token``
+    None reads ``MX8_AUTH_TOKEN`` (pass ``""`` to send none).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 10.0,
+        max_message_bytes: int | None = None,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
+    ) -> None:
+        if max_message_bytes is None:
+            env = os.environ.get("MX8_GRPC_MAX_MESSAGE_BYTES")
+            max_message_bytes = int(env) if env else _DEFAULT_MAX_MESSAGE_BYTES
+        tls = TlsConfig.from_env() if tls is None else tls
+        token = auth_token_from_env() if token is None else token
+        self.address = address
+        self.timeout_s = timeout_s
+        self.tls = tls
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        interceptors = bearer_token_client_interceptors(token) if token else None
+        if tls.enabled:
+            self._channel = grpc.aio.secure_channel(
+                address, channel_credentials(tls), options=options, interceptors=interceptors
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(
+                address, options=options, interceptors=interceptors
+            )
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel (idempotent)."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> CoordinatorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: str, request: Any) -> Any:
+        with _rpc_errors(self.address, method):
+            return await getattr(self._stub, method)(request, timeout=self.timeout_s)
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Wait until the channel connects (the coordinator listens), or raise."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._channel.channel_ready()
+        except TimeoutError as exc:
+            raise CoordinatorError(
+                f"coordinator at {self.address} is unreachable after {timeout_s}s; is "
+                "mx8-coordinator running and --coordinator right?",
+                address=self.address,
+                code="UNAVAILABLE",
+            ) from exc
+
+    async def register_node(
+        self,
+        job_id: str,
+        node_id: str,
+        *,
+        hostname: str = "",
+        max_inflight_bytes: int = 0,
+        fetch_concurrency: int = 0,
+    ) -> pb.RegisterNodeResponse:
+        caps = pb.NodeCaps(
+            hostname=hostname,
+            max_inflight_bytes=max_inflight_bytes,
+            fetch_concurrency=fetch_concurrency,
+        )
+        request = pb.RegisterNodeRequest(job_id=job_id, node_id=node_id, caps=caps)
+        return await self._call("RegisterNode", request)
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        node_id: str,
+        *,
+        samples_delivered: int = 0,
+        bytes_fetched: int = 0,
+        inflight_bytes: int = 0,
+    ) -> pb.HeartbeatResponse:
+        stats = pb.NodeStats(
+            samples_delivered=samples_delivered,
+            bytes_fetched=bytes_fetched,
+            inflight_bytes=inflight_bytes,
+        )
+        request = pb.HeartbeatRequest(job_id=job_id, node_id=node_id, stats=stats)
+        return await self._call("Heartbeat", request)
+
+    async def request_lease(
+        self, job_id: str, node_id: str, want: int = 1
+    ) -> pb.RequestLeaseResponse:
+        request = pb.RequestLeaseRequest(job_id=job_id, node_id=node_id, want=want)
+        return await self._call("RequestLease", request)
+
+    async def report_progress(
+        self, job_id: str, node_id: str, lease_id: str, cursor: int, *, delivered_bytes: int = 0
+    ) -> pb.ReportProgressResponse:
+        request = pb.ReportProgressRequest(
+            job_id=job_id,
+            node_id=node_id,
+            lease_id=lease_id,
+            cursor=cursor,
+            delivered_bytes=delivered_bytes,
+        )
+        return await self._call("ReportProgress", request)
+
+    async def get_manifest(self, job_id: str, manifest_hash: str) -> pb.GetManifestResponse:
+        """The whole manifest in one message (small manifests; see ``get_manifest_stream``)."""
+        request = pb.GetManifestRequest(job_id=job_id, manifest_hash=manifest_hash)
+        return await self._call("GetManifest", request)
+
+    async def get_manifest_stream(
+        self, job_id: str, manifest_hash: str
+    ) -> AsyncIterator[pb.ManifestChunk]:
+        """The manifest's chunks in order, as the coordinator streams them.
+
+        No overall deadline: a large manifest may take longer than ``timeout_s``.
+        """
+        request = pb.GetManifestStreamRequest(job_id=job_id, manifest_hash=manifest_hash)
+        call = self._stub.GetManifestStream(request)
+        try:
+            with _rpc_errors(self.address, "GetManifestStream"):
+                async for chunk in call:
+                    yield chunk
+        finally:
+            call.cancel()
+
+    async def get_job_snapshot(self, job_id: str = "") -> pb.JobSnapshot:
+        return await self._call("GetJobSnapshot", pb.GetJobSnapshotRequest(job_id=job_id))

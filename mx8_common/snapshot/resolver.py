@@ -1,0 +1,570 @@
+"""Resolve a dataset link into a stored, content-hashed manifest: the zero-manifest path.
+
+``resolve_snapshot(link)`` parses the link, then:
+
+- ``@sha256:<hash>``: uses exactly that stored snapshot (``SnapshotNotFoundError`` if absent);
+- plain: reuses the snapshot the store's intent pointer names for this link and options,
+  indexing only when there is none;
+- ``@refresh``: indexes again now.
+
+Indexing runs under the single-writer lock (``snapshot_lock``): one resolver per link
+lists the dataset while the others wait and reuse its result. Listing pages stream
+straight into ``ManifestWriter`` (temp file + running SHA-256): the key list is never held
+in memory, and with ``external_sort`` at most ``spill_keys_per_run`` keys are. The file is
+then put into the store by path, and one ``snapshot_index_summary`` event is emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mx8_common.config_fields import load_config, setting
+from mx8_common.errors import (
+    ConfigError,
+    EmptyDatasetError,
+    LabelError,
+    ManifestHashMismatch,
+    SnapshotNotFoundError,
+    UnsupportedKeyError,
+)
+from mx8_common.link import DatasetLink, parse_dataset_link
+from mx8_common.manifest.format import ManifestWriter, WrittenManifest
+from mx8_common.manifest.labels import ClassIndex, choose_classes, scan_folders, validate_label_mode
+from mx8_common.obs.events import emit
+from mx8_common.snapshot.external_sort import ExternalSorter
+from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
+from mx8_common.snapshot.lock import LockHolder, run_single_writer
+from mx8_common.snapshot.s3_lister import PageSource, S3PageSource, ordered_pages
+from mx8_common.storage.s3_client import S3Settings, open_s3_client
+from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
+
+__all__ = [
+    "ResolvedSnapshot",
+    "SnapshotResolverConfig",
+    "intent_key",
+    "resolve_snapshot",
+    "resolve_snapshot_sync",
+]
+
+_COMPONENT = "snapshot"
+Page = Sequence[tuple[str, int]]
+
+
+def _optional_bool(text: str) -> bool | None:
+    from mx8_common.config_fields import parse_bool
+
+    return None if text.strip().lower() in ("", "auto") else parse_bool(text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotResolverConfig:
+    """How a dataset link is indexed into a snapshot and where it is stored."""
+
+    recursive: bool = setting(
+        True, env="MX8_SNAPSHOT_RECURSIVE", help="index nested keys/folders, not only direct ones"
+    )
+    label_mode: str = setting(
+        "auto", env="MX8_SNAPSHOT_LABEL_MODE", help="labels: none, imagefolder or auto"
+    )
+    materialize_manifest_bytes: bool = setting(
+        True,
+        env="MX8_SNAPSHOT_MATERIALIZE_MANIFEST_BYTES",
+        help="also return the manifest bytes in memory (the Python API); daemons use false",
+    )
+    store_root: str | None = setting(
+        None,
+        env="MX8_MANIFEST_STORE_ROOT",
+        flag="--store",
+        help="manifest store: a folder or s3://bucket/prefix (default ~/.mx8/manifests)",
+    )
+    s3_endpoint_url: str | None = setting(
+        None, env="MX8_S3_ENDPOINT_URL", help="S3 endpoint override (MinIO, moto)"
+    )
+    external_sort: bool = setting(
+        False,
+        env="MX8_SNAPSHOT_S3_EXTERNAL_SORT",
+        help="spill keys to sorted run files and merge, for endpoints that list out of order",
+    )
+    spill_keys_per_run: int = setting(
+        100_000, env="MX8_SNAPSHOT_S3_SPILL_KEYS_PER_RUN", help="keys per external-sort run"
+    )
+    lock_stale_ms: int = setting(
+        60_000,
+        env="MX8_SNAPSHOT_LOCK_STALE_MS",
+        help="take over an indexer lock whose heartbeat is this old",
+    )
+    wait_timeout_ms: int = setting(
+        0,
+        env="MX8_SNAPSHOT_WAIT_TIMEOUT_MS",
+        help="cap on waiting for another live indexer; 0: wait while its heartbeat advances "
+        "(a dead one is taken over after the stale time)",
+    )
+    show_progress: bool | None = setting(
+        None,
+        env="MX8_SNAPSHOT_PROGRESS",
+        parse=_optional_bool,
+        help="progress bar while indexing (unset: only on a TTY)",
+    )
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        try:
+            validate_label_mode(self.label_mode)
+        except LabelError as exc:
+            raise ConfigError(str(exc)) from exc
+        for name in ("spill_keys_per_run", "lock_stale_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.wait_timeout_ms < 0:
+            raise ConfigError(
+                f"wait_timeout_ms must be >= 0 (0: no cap), got {self.wait_timeout_ms}"
+            )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> SnapshotResolverConfig:
+        """Defaults, then ``MX8_*`` env vars, then ``overrides`` (None values are ignored)."""
+        base = load_config(cls, environ=environ)
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class ResolvedSnapshot:
+    """A resolved snapshot: its hash, size and where it is stored."""
+
+    link: str
+    manifest_hash: str
+    samples: int
+    manifest_bytes: int
+    class_names: tuple[str, ...] | None
+    store_path: str
+    #: True when this call indexed the dataset, False when it reused a stored snapshot.
+    indexed: bool
+    #: The canonical manifest bytes, only with ``materialize_manifest_bytes``. Left out of
+    #: repr: asyncio.run's SIGINT restore reprs the main task, result included (Python 3.11
+    #: ``signal.getsignal`` -> enum lookup error text), which cost ~50 ms per 8 MB manifest.
+    manifest_data: bytes | None = dataclasses.field(default=None, repr=False)
+
+
+def intent_key(link: DatasetLink, config: SnapshotResolverConfig) -> str:
+    """Store key of the intent pointer: SHA-256 of the normalized link and the options."""
+    text = f"{link.normalized()}\nrecursive={int(config.recursive)}\nlabel_mode={config.label_mode}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- reuse -------------------------------------------------------------------------------
+
+
+async def _describe(
+    store: ManifestStore, link: str, manifest_hash: str, cfg: SnapshotResolverConfig
+) -> ResolvedSnapshot:
+    labels = await store.get_labels(manifest_hash)
+    data = (
+        await store.read_manifest_bytes(manifest_hash) if cfg.materialize_manifest_bytes else None
+    )
+    return ResolvedSnapshot(
+        link=link,
+        manifest_hash=manifest_hash,
+        samples=await store.manifest_samples(manifest_hash),
+        manifest_bytes=len(data) if data is not None else await store.manifest_len(manifest_hash),
+        class_names=tuple(labels) if labels is not None else None,
+        store_path=store.manifest_location(manifest_hash),
+        indexed=False,
+        manifest_data=data,
+    )
+
+
+# -- indexing ----------------------------------------------------------------------------
+
+
+def _reject_unsupported_key(page: Page, link: str) -> None:
+    """Raise for the first key of ``page`` holding a TAB, LF or CR (the manifest's separators)."""
+    for key, _size in page:
+        if "\t" in key or "\n" in key or "\r" in key:
+            char = "TAB" if "\t" in key else ("LF" if "\n" in key else "CR")
+            raise UnsupportedKeyError(
+                f"{link}: object key {key!r} contains a {char} character, which the "
+                "canonical manifest TSV cannot hold; rename the object",
+                link=link,
+                key=key,
+            )
+
+
+class _IndexTracker:
+    """How far indexing got, published in the lock body for the resolvers that wait."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+        self.listed = 0
+        self.written = 0
+        self.phase = "listing"
+
+    def snapshot(self) -> dict[str, int | str]:
+        # objects_written moves during an external sort's merge, when listing is done.
+        return {
+            "objects_indexed": self.listed,
+            "objects_written": self.written,
+            "phase": self.phase,
+        }
+
+
+async def _checked_keys(
+    pages: AsyncIterator[Page], link: str, tracker: _IndexTracker
+) -> AsyncIterator[Page]:
+    """Reject keys a manifest cannot hold, and count pages and keys, before sorting or writing."""
+    async for page in pages:
+        tracker.pages += 1
+        tracker.listed += len(page)
+        # One scan of the joined keys per page; the per-key walk only names the bad key.
+        joined = "".join([key for key, _size in page])
+        if "\t" in joined or "\n" in joined or "\r" in joined:
+            _reject_unsupported_key(page, link)
+        yield page
+
+
+async def _read_ahead(pages: AsyncIterator[Page]) -> AsyncIterator[Page]:
+    """Pass pages through, fetching the next one while the caller writes this one.
+
+    Listing (stat calls or an S3 request) and writing (formatting, hashing) then overlap
+    instead of taking turns; at most one page waits, so memory stays one page per side.
+    """
+    nxt: asyncio.Future[Page | None] = asyncio.ensure_future(anext(pages, None))
+    try:
+        while (page := await nxt) is not None:
+            nxt = asyncio.ensure_future(anext(pages, None))
+            yield page
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+            await asyncio.wait({nxt})
+        if not nxt.cancelled():
+            nxt.exception()  # retrieved: the caller's own error is the one that matters
+        aclose = getattr(pages, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _sorted_pages(pages: AsyncIterator[Page], sorter: ExternalSorter) -> AsyncIterator[Page]:
+    async for page in pages:
+        await asyncio.to_thread(sorter.add, page)
+    async for page in thread_pages(sorter.merged()):
+        yield page
+
+
+def _page_hints(page: Page, classes: ClassIndex, link: str) -> list[str]:
+    """The decode_hint of every key of a page.
+
+    Keys arrive sorted, so one class folder is one run of keys: the hint is looked up once
+    per run (a ``startswith`` per key) instead of once per key.
+    """
+    hints: list[str] = []
+    run_prefix = ""
+    hint = ""
+    for key, _size in page:
+        if not run_prefix or not key.startswith(run_prefix):
+            hint = classes.hint_for(key, link=link)  # raises for a key outside the classes
+            run_prefix = key.partition("/")[0] + "/"
+        hints.append(hint)
+    return hints
+
+
+def _write_page(
+    writer: ManifestWriter, source: PageSource, page: Page, classes: ClassIndex | None, link: str
+) -> None:
+    location = source.location
+    writer.write_page(
+        [location(key) for key, _size in page],
+        [size or None for _key, size in page],
+        None if classes is None else _page_hints(page, classes, link),
+    )
+
+
+class _Progress:
+    """A rich progress line on a TTY (objects indexed and rate); a no-op elsewhere.
+
+    A waiter shows the holder's count instead (``waiting``): what rank 3 waits for.
+    """
+
+    def __init__(self, enabled: bool, link: str) -> None:
+        self._progress: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TextColumn("{task.completed:,} objects"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._progress.add_task(f"indexing {link}", total=None, rate="")
+            self._t0 = time.monotonic()
+            self._progress.start()
+
+    def advance(self, n: int, total: int) -> None:
+        if self._progress is not None:
+            rate = total / max(time.monotonic() - self._t0, 1e-6)
+            self._progress.update(self._task, advance=n, rate=f"{rate:,.0f} objects/s")
+
+    def waiting(self, link: str, holder: LockHolder | None) -> None:
+        if self._progress is not None and holder is not None:
+            self._progress.update(
+                self._task,
+                description=f"waiting for {holder.host} to index {link}:",
+                completed=holder.objects_indexed or 0,
+            )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _show_progress(cfg: SnapshotResolverConfig) -> bool:
+    return cfg.show_progress if cfg.show_progress is not None else sys.stderr.isatty()
+
+
+async def _index(
+    parsed: DatasetLink,
+    cfg: SnapshotResolverConfig,
+    store: ManifestStore,
+    key: str | None,
+    page_source: PageSource | None,
+    tracker: _IndexTracker | None = None,
+) -> ResolvedSnapshot:
+    link = parsed.display()
+    tracker = tracker if tracker is not None else _IndexTracker()
+    t0 = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        source = page_source
+        if source is None and parsed.scheme == "s3":
+            client = await stack.enter_async_context(
+                open_s3_client(S3Settings.from_env(cfg.s3_endpoint_url))
+            )
+            source = S3PageSource(
+                client, parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
+            )
+        elif source is None:
+            source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
+        classes = await _classes(source, cfg, link)
+        pages: AsyncIterator[Page] = _checked_keys(source.pages(), link, tracker)
+        if cfg.external_sort:
+            sorter = stack.enter_context(
+                ExternalSorter(keys_per_run=cfg.spill_keys_per_run, directory=store.scratch_dir())
+            )
+            pages = _sorted_pages(pages, sorter)
+        pages = _read_ahead(ordered_pages(pages, link=link))
+        progress = _Progress(_show_progress(cfg), link)
+        stack.callback(progress.close)
+        writer = stack.enter_context(ManifestWriter(store.scratch_dir()))
+        async with contextlib.aclosing(pages):  # type: ignore[type-var]
+            async for page in pages:
+                await asyncio.to_thread(_write_page, writer, source, page, classes, link)
+                progress.advance(len(page), writer.samples)
+                tracker.written = writer.samples
+        tracker.phase = "storing"
+        if writer.samples == 0:
+            raise EmptyDatasetError(
+                f"{link} holds no objects{'' if cfg.recursive else ' directly under it'}; "
+                "check the path or prefix"
+                + ("" if cfg.recursive else ", or index recursively (recursive=True)"),
+                link=link,
+            )
+        written = await asyncio.to_thread(writer.finish)
+        try:
+            data = await _store_written(store, written, classes, cfg)
+        finally:
+            await asyncio.to_thread(written.path.unlink, True)
+    if key is not None:
+        await store.write_intent(key, written.manifest_hash)
+    scan_ms = int((time.monotonic() - t0) * 1000)
+    emit(
+        _COMPONENT,
+        "snapshot_index_summary",
+        link=link,
+        objects_indexed=written.samples,
+        pages_scanned=getattr(source, "pages_scanned", None) or tracker.pages,
+        scan_ms=scan_ms,
+        recursive=cfg.recursive,
+        label_mode=cfg.label_mode,
+        classes=len(classes.names) if classes else 0,
+        external_sort=cfg.external_sort,
+        manifest_hash=written.manifest_hash,
+        manifest_bytes=written.manifest_bytes,
+    )
+    return ResolvedSnapshot(
+        link=parsed.raw,
+        manifest_hash=written.manifest_hash,
+        samples=written.samples,
+        manifest_bytes=written.manifest_bytes,
+        class_names=classes.names if classes else None,
+        store_path=store.manifest_location(written.manifest_hash),
+        indexed=True,
+        manifest_data=data,
+    )
+
+
+async def _classes(source: PageSource, cfg: SnapshotResolverConfig, link: str) -> ClassIndex | None:
+    mode = validate_label_mode(cfg.label_mode)
+    if mode == "none":
+        return None
+    if not cfg.recursive:
+        # Only loose objects are indexed: nothing can sit inside a class folder.
+        if mode == "imagefolder":
+            raise LabelError(
+                f"{link}: label_mode='imagefolder' needs recursive=True (classes are folders)",
+                link=link,
+            )
+        return None
+    folders = getattr(source, "folders", None)
+    summary = await folders() if folders is not None else await scan_folders(source.pages())
+    if not summary.folders and not summary.loose_objects:
+        raise EmptyDatasetError(f"{link} holds no objects; check the path or prefix", link=link)
+    return choose_classes(mode, summary, link=link)
+
+
+def _read_verified(path: Path, manifest_hash: str) -> bytes:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest_hash:
+        raise ManifestHashMismatch(f"{path} no longer hashes to {manifest_hash}; index again")
+    return data
+
+
+async def _store_written(
+    store: ManifestStore,
+    written: WrittenManifest,
+    classes: ClassIndex | None,
+    cfg: SnapshotResolverConfig,
+) -> bytes | None:
+    data = None
+    if cfg.materialize_manifest_bytes:
+        data = await asyncio.to_thread(_read_verified, written.path, written.manifest_hash)
+    await store.put_manifest_file(written.path, written.manifest_hash)
+    await store.put_meta(
+        written.manifest_hash, ManifestMeta(written.samples, written.manifest_bytes)
+    )
+    if classes is not None:
+        await store.put_labels(written.manifest_hash, classes.names)
+    return data
+
+
+# -- entry points ------------------------------------------------------------------------
+
+
+async def resolve_snapshot(
+    link: str,
+    config: SnapshotResolverConfig | None = None,
+    *,
+    store: ManifestStore | None = None,
+    page_source: PageSource | None = None,
+) -> ResolvedSnapshot:
+    """Resolve ``link`` into a stored snapshot (see the module docstring).
+
+    ``config`` defaults to ``SnapshotResolverConfig.from_env()``. ``store`` defaults to
+    ``open_manifest_store(config.store_root)`` (opened and closed here). ``page_source``
+    replaces the real lister (tests feed synthetic listings through it).
+    """
+    cfg = config if config is not None else SnapshotResolverConfig.from_env()
+    parsed = parse_dataset_link(link)
+    own = store is None
+    if store is None:
+        store = open_manifest_store(cfg.store_root, s3_endpoint_url=cfg.s3_endpoint_url)
+    try:
+        if parsed.mode == "pinned":
+            assert parsed.pinned_hash is not None
+            if not await store.has(parsed.pinned_hash):
+                raise SnapshotNotFoundError(
+                    f"{parsed.display()}: the manifest store {store.root} has no snapshot "
+                    f"{parsed.pinned_hash}; drop the @sha256 suffix to index the dataset, or "
+                    "point MX8_MANIFEST_STORE_ROOT / --store at the store that holds it",
+                    manifest_hash=parsed.pinned_hash,
+                )
+            return await _describe(store, link, parsed.pinned_hash, cfg)
+        key = intent_key(parsed, cfg)
+        start = await store.read_intent_record(key)
+        if parsed.mode == "plain" and start is not None and await store.has(start.manifest_hash):
+            return await _describe(store, link, start.manifest_hash, cfg)
+        start_token = start.token if start is not None else None
+        active: ManifestStore = store
+
+        async def find_done() -> ResolvedSnapshot | None:
+            record = await active.read_intent_record(key)
+            if record is None or (parsed.mode == "refresh" and record.token == start_token):
+                return None
+            if not await active.has(record.manifest_hash):
+                return None
+            return await _describe(active, link, record.manifest_hash, cfg)
+
+        tracker = _IndexTracker()
+        wait_bar: list[_Progress] = []  # made on the first wait only: most calls never wait
+
+        async def index() -> ResolvedSnapshot:
+            # Took over from a dead holder: its waiting line gives way to our own.
+            for bar in wait_bar:
+                bar.close()
+            return await _index(parsed, cfg, active, key, page_source, tracker)
+
+        def on_wait(holder: LockHolder | None) -> None:
+            if not wait_bar:
+                wait_bar.append(_Progress(_show_progress(cfg), parsed.display()))
+            wait_bar[0].waiting(parsed.display(), holder)
+
+        try:
+            result, _indexed = await run_single_writer(
+                store,
+                key,
+                link=parsed.display(),
+                find_done=find_done,
+                index=index,
+                stale_ms=cfg.lock_stale_ms,
+                wait_timeout_ms=cfg.wait_timeout_ms,
+                progress=tracker.snapshot,
+                on_wait=on_wait,
+            )
+        finally:
+            for bar in wait_bar:
+                bar.close()
+        return result
+    finally:
+        if own:
+            await store.aclose()
+
+
+def resolve_snapshot_sync(
+    link: str,
+    config: SnapshotResolverConfig | None = None,
+    *,
+    store: ManifestStore | None = None,
+    page_source: PageSource | None = None,
+) -> ResolvedSnapshot:
+    """``resolve_snapshot`` from blocking code, with or without a running event loop.
+
+    Inside a running loop (a notebook, an async app) it runs on a worker thread with its
+    own loop; pass no ``store`` then, since a store belongs to the loop that opened it.
+    """
+    coro_args = (link, config)
+    kwargs = {"store": store, "page_source": page_source}
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(resolve_snapshot(*coro_args, **kwargs))  # type: ignore[arg-type]
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mx8-resolve") as pool:
+        return pool.submit(
+            lambda: asyncio.run(resolve_snapshot(*coro_args, **kwargs))  # type: ignore[arg-type]
+        ).result()

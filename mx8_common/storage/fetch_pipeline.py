@@ -1,0 +1,494 @@
+"""Fetch many samples concurrently, under a byte budget, and hand them out in request order.
+
+``FetchPipeline(reader, requests, config)`` turns an (async or sync) iterable of
+``FetchRequest`` into ``FetchResult``s, or into ``FetchBatch``es of N samples whose
+payloads are joined into one ``bytes`` (one copy per payload, none later).
+
+Two limits hold at once:
+
+* at most ``concurrency`` reads are running;
+* at most ``max_inflight_bytes`` are held: bytes being fetched (a request is charged its
+  ``byte_length``, or ``unknown_size_estimate`` when the manifest has none, corrected when
+  the bytes arrive) plus fetched bytes waiting in the reorder buffer plus what the consumer
+  was last handed. The consumer gives its share back when it asks for the next item, so a
+  slow consumer stops new reads instead of letting memory grow. A consumer that passes
+  batches on (the embedded engine queues them for the trainer's thread) asks for
+  ``batches(n, hold=True)``: each batch then stays charged until ``release(batch)``, so
+  batches waiting downstream count toward the same budget.
+
+A request is always admitted when the pipeline itself holds nothing (and no held batch is
+waiting for ``release``), so a sample bigger than the budget (or a batch bigger than the
+budget) still goes through, one sample at a time, instead of deadlocking. Results come
+out in request order; ``reorder_window`` caps how far reads may run ahead of the consumer
+in samples, which bounds the reorder buffer even for tiny samples.
+
+The first failed read stops new reads; the consumer receives every result before it and
+then the original exception (``ObjectChangedError``, ``ObjectNotFoundError``, ...). Closing
+(``async with``, ``aclose()``, the end of iteration or an error) cancels and awaits every
+task the pipeline started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from mx8_common.config_fields import parse_size, setting
+from mx8_common.errors import ConfigError
+from mx8_common.manifest.table import ManifestTable
+from mx8_common.storage.object_reader import ObjectReader, ReadStats, is_local
+
+__all__ = [
+    "FetchBatch",
+    "FetchConfig",
+    "FetchPipeline",
+    "FetchRequest",
+    "FetchResult",
+    "FetchStats",
+    "table_requests",
+]
+
+
+class FetchRequest(NamedTuple):
+    """One sample to fetch; ``tag`` travels to the result untouched."""
+
+    sample_id: int
+    location: str
+    byte_offset: int | None = None
+    byte_length: int | None = None
+    tag: Any = None
+
+
+class FetchResult(NamedTuple):
+    """The bytes of one requested sample."""
+
+    sample_id: int
+    data: bytes
+    tag: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FetchBatch:
+    """N consecutive results: payload i is ``data[offsets[i]:offsets[i+1]]``."""
+
+    sample_ids: np.ndarray
+    data: bytes
+    offsets: np.ndarray
+    tags: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes of the batch (what it is charged against the byte budget)."""
+        return len(self.data)
+
+    def payload(self, i: int) -> memoryview:
+        """Sample ``i`` of the batch, as a zero-copy view of ``data``."""
+        return memoryview(self.data)[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchConfig:
+    """How hard the data plane pulls: concurrency and the in-flight byte budget."""
+
+    concurrency: int = setting(
+        64, env="MX8_FETCH_CONCURRENCY", help="most sample reads running at once"
+    )
+    max_inflight_bytes: int = setting(
+        256 * 1024 * 1024,
+        env="MX8_MAX_INFLIGHT_BYTES",
+        flag="--max-inflight-bytes",
+        parse=parse_size,
+        help="most sample bytes held (fetching + buffered + handed out), e.g. 256MiB",
+    )
+    unknown_size_estimate: int = setting(
+        1024 * 1024,
+        env="MX8_FETCH_UNKNOWN_SIZE_ESTIMATE",
+        parse=parse_size,
+        help="bytes charged for a sample whose manifest row has no byte_length",
+    )
+    reorder_window: int = setting(
+        0,
+        env="MX8_FETCH_REORDER_WINDOW",
+        help="most samples read ahead of the consumer (0 = 16 x concurrency)",
+    )
+    local_group: int = setting(
+        32,
+        env="MX8_FETCH_LOCAL_GROUP",
+        help="local files read per thread-pool job (each still counts toward concurrency)",
+    )
+
+    def __post_init__(self) -> None:
+        for name, env in (
+            ("concurrency", "MX8_FETCH_CONCURRENCY"),
+            ("max_inflight_bytes", "MX8_MAX_INFLIGHT_BYTES"),
+            ("unknown_size_estimate", "MX8_FETCH_UNKNOWN_SIZE_ESTIMATE"),
+            ("local_group", "MX8_FETCH_LOCAL_GROUP"),
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"fetch {name} is {getattr(self, name)}; set {env} to 1 or more")
+        if self.reorder_window < 0:
+            raise ConfigError(
+                f"fetch reorder_window is {self.reorder_window}; use 0 (automatic) or more"
+            )
+
+    @property
+    def window(self) -> int:
+        """The effective reorder window in samples."""
+        return self.reorder_window or 16 * self.concurrency
+
+
+@dataclass(slots=True)
+class FetchStats(ReadStats):
+    """What a pipeline moved and holds.
+
+    ``reads``/``bytes``/``retries`` are counted by the reader; ``samples`` were handed to
+    the consumer; ``running`` reads are in progress; ``inflight_bytes`` are held now.
+    """
+
+    samples: int = 0
+    running: int = 0
+    inflight_bytes: int = 0
+    peak_inflight_bytes: int = 0
+
+
+class _Slot:
+    __slots__ = ("charge", "fut", "req")
+
+    def __init__(self, req: FetchRequest, fut: asyncio.Future[bytes], charge: int) -> None:
+        self.req = req
+        self.fut = fut  # a read task (S3) or a future resolved by a local group read
+        self.charge = charge
+
+
+class FetchPipeline:
+    """Ordered, budgeted, concurrent fetching of sample bytes (see the module docstring)."""
+
+    def __init__(
+        self,
+        reader: ObjectReader,
+        requests: Iterable[FetchRequest] | AsyncIterable[FetchRequest],
+        config: FetchConfig | None = None,
+    ) -> None:
+        self.config = config or FetchConfig()
+        self.stats = FetchStats()
+        self._reader = reader
+        self._requests = requests
+        self._budget = self.config.max_inflight_bytes
+        self._concurrency = self.config.concurrency
+        self._window = self.config.window
+        self._estimate = self.config.unknown_size_estimate
+        # A stand-in reader (e.g. one that times each read) may offer only ``read``;
+        # local grouping then falls back to one read per sample.
+        self._read_many = getattr(reader, "read_local_many", None)
+        self._local_group = self.config.local_group if self._read_many is not None else 1
+        self._group: list[_Slot] = []  # local reads admitted, not yet handed to a thread
+        self._group_tasks: set[asyncio.Task[None]] = set()
+        self._slots: collections.deque[_Slot] = collections.deque()
+        self._running = 0
+        self._started_count = 0
+        self._consumed = 0
+        self._pipeline_bytes = 0  # being fetched + fetched, not yet handed out
+        self._consumer_bytes = 0  # handed out, released on the next pull
+        self._held_bytes = 0  # batches handed out with hold=True, until release()
+        self._failed = False
+        self._feed_done = False
+        self._feed_error: BaseException | None = None
+        self._feeder: asyncio.Task[None] | None = None
+        self._closed = False
+        self._wake = asyncio.Event()  # capacity freed: the feeder may admit more
+        self._ready = asyncio.Event()  # a slot was added or the feed ended
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> FetchPipeline:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        """Begin fetching before the first pull (iteration starts it otherwise)."""
+        if self._feeder is None and not self._closed:
+            self._feeder = asyncio.get_running_loop().create_task(
+                self._feed(), name="mx8-fetch-feeder"
+            )
+
+    async def aclose(self) -> None:
+        """Cancel and await every read and the feeder; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks: list[asyncio.Future[Any]] = [s.fut for s in self._slots]
+        tasks += self._group_tasks
+        if self._feeder is not None:
+            tasks.append(self._feeder)
+        self._slots.clear()
+        self._group.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # return_exceptions also marks failed reads as retrieved (no "never retrieved").
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._pipeline_bytes = self._consumer_bytes = self._held_bytes = 0
+        self.stats.inflight_bytes = 0
+
+    # -- feeding ------------------------------------------------------------------------
+
+    def _can_start(self, charge: int) -> bool:
+        if self._running >= self._concurrency:
+            return False
+        if self._started_count - self._consumed >= self._window:
+            return False
+        held = self._pipeline_bytes + self._consumer_bytes + self._held_bytes
+        if held + charge <= self._budget:
+            return True
+        # Alone: an oversized sample (or the rest of an oversized batch) must not deadlock.
+        # Held batches are excluded: their release always comes, and admitting past them
+        # would let every queued batch add one more sample over the budget.
+        return self._pipeline_bytes == 0 and self._held_bytes == 0
+
+    async def _admit(self, req: FetchRequest) -> bool:
+        length = req.byte_length
+        charge = length if length is not None and length >= 0 else self._estimate
+        while not self._can_start(charge):
+            if self._failed:
+                return False
+            self._wake.clear()
+            await self._wake.wait()
+        if self._failed:
+            return False
+        loop = asyncio.get_running_loop()
+        grouped = self._local_group > 1 and is_local(req.location)
+        fut: asyncio.Future[bytes] = (
+            loop.create_future()
+            if grouped
+            else loop.create_task(
+                self._reader.read(req.location, req.byte_offset, length, stats=self.stats)
+            )
+        )
+        slot = _Slot(req, fut, charge)
+        self._running += 1
+        self.stats.running = self._running
+        self._started_count += 1
+        self._pipeline_bytes += charge
+        self._note_inflight()
+        fut.add_done_callback(lambda _: self._on_read_done(slot))
+        self._slots.append(slot)
+        if grouped:
+            self._group.append(slot)
+            if len(self._group) >= self._local_group:
+                self._flush_group()
+            elif len(self._group) == 1:
+                # Whatever else is admitted before the feeder next yields joins this group.
+                loop.call_soon(self._flush_group)
+        self._ready.set()
+        return True
+
+    def _flush_group(self) -> None:
+        if not self._group or self._closed:
+            return
+        group, self._group = self._group, []
+        task = asyncio.get_running_loop().create_task(self._read_group(group))
+        self._group_tasks.add(task)
+        task.add_done_callback(self._group_tasks.discard)
+
+    async def _read_group(self, group: list[_Slot]) -> None:
+        items = [(s.req.location, s.req.byte_offset, s.req.byte_length) for s in group]
+        try:
+            assert self._read_many is not None
+            results: Sequence[bytes | BaseException] = await self._read_many(
+                items, stats=self.stats
+            )
+        except asyncio.CancelledError:
+            for s in group:
+                s.fut.cancel()
+            raise
+        except Exception as exc:
+            results = [exc] * len(group)
+        for s, res in zip(group, results, strict=True):
+            if s.fut.done():
+                continue
+            if isinstance(res, BaseException):
+                s.fut.set_exception(res)
+            else:
+                s.fut.set_result(res)
+
+    async def _feed(self) -> None:
+        try:
+            if isinstance(self._requests, AsyncIterable):
+                async for req in self._requests:
+                    if not await self._admit(req):
+                        break
+            else:
+                for req in self._requests:
+                    if not await self._admit(req):
+                        break
+        except Exception as exc:
+            # Delivered to the consumer after the results before it, like a failed read.
+            self._feed_error = exc
+        finally:
+            self._feed_done = True
+            self._ready.set()
+
+    def _on_read_done(self, slot: _Slot) -> None:
+        self._running -= 1
+        self.stats.running = self._running
+        task = slot.fut
+        if task.cancelled():
+            pass
+        elif task.exception() is not None:
+            self._failed = True
+            self._pipeline_bytes -= slot.charge
+            slot.charge = 0
+        else:
+            actual = len(task.result())
+            # An unknown-size estimate is corrected to what actually arrived.
+            self._pipeline_bytes += actual - slot.charge
+            slot.charge = actual
+            self._note_inflight()
+        self._wake.set()
+        self._ready.set()
+
+    def _note_inflight(self) -> None:
+        total = self._pipeline_bytes + self._consumer_bytes + self._held_bytes
+        self.stats.inflight_bytes = total
+        if total > self.stats.peak_inflight_bytes:
+            self.stats.peak_inflight_bytes = total
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def _release_consumer(self) -> None:
+        if self._consumer_bytes:
+            self._consumer_bytes = 0
+            self.stats.inflight_bytes = self._pipeline_bytes + self._held_bytes
+            self._wake.set()
+
+    def release(self, batch: FetchBatch) -> None:
+        """Give back the budget of a batch from ``batches(n, hold=True)`` (loop thread only).
+
+        Call it once the batch's bytes are no longer needed (the trainer moved past it);
+        until then the batch counts toward ``max_inflight_bytes`` and holds back reads.
+        """
+        if self._closed:
+            return  # closing dropped every charge already
+        if batch.nbytes > self._held_bytes:
+            raise ValueError(
+                f"release of {batch.nbytes} bytes but only {self._held_bytes} are held; "
+                "release each batch from batches(n, hold=True) exactly once"
+            )
+        self._held_bytes -= batch.nbytes
+        self._note_inflight()
+        self._wake.set()
+
+    async def _next_slot(self) -> _Slot:
+        if self._closed:
+            raise StopAsyncIteration
+        self.start()
+        while not self._slots:
+            if self._feed_done:
+                error = self._feed_error
+                await self.aclose()
+                if error is not None:
+                    raise error
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        slot = self._slots[0]
+        try:
+            await slot.fut
+        except BaseException:
+            # The original error (or the consumer's cancellation) ends the pipeline.
+            await self.aclose()
+            raise
+        self._slots.popleft()
+        self._consumed += 1
+        self._pipeline_bytes -= slot.charge
+        self._consumer_bytes += slot.charge
+        self.stats.samples += 1
+        self._wake.set()
+        return slot
+
+    def __aiter__(self) -> FetchPipeline:
+        return self
+
+    async def __anext__(self) -> FetchResult:
+        self._release_consumer()
+        slot = await self._next_slot()
+        return FetchResult(slot.req.sample_id, slot.fut.result(), slot.req.tag)
+
+    async def batches(self, batch_size: int, *, hold: bool = False) -> AsyncIterator[FetchBatch]:
+        """Results grouped ``batch_size`` at a time (the last batch may be shorter).
+
+        By default a batch's bytes are released when the next batch is asked for. With
+        ``hold=True`` each batch stays charged until ``release(batch)``: for a consumer
+        that queues batches for someone else instead of finishing with them.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
+        while True:
+            self._release_consumer()
+            slots: list[_Slot] = []
+            try:
+                while len(slots) < batch_size:
+                    slots.append(await self._next_slot())
+            except StopAsyncIteration:
+                if not slots:
+                    return
+            batch = _join(slots)
+            if hold:
+                # The batch's charge moves from "last handed out" to "held until released".
+                self._consumer_bytes -= batch.nbytes
+                self._held_bytes += batch.nbytes
+            yield batch
+
+
+def _join(slots: Sequence[_Slot]) -> FetchBatch:
+    payloads = [s.fut.result() for s in slots]
+    offsets = np.zeros(len(payloads) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in payloads], out=offsets[1:])
+    return FetchBatch(
+        sample_ids=np.fromiter((s.req.sample_id for s in slots), dtype=np.int64, count=len(slots)),
+        data=b"".join(payloads),
+        offsets=offsets,
+        tags=[s.req.tag for s in slots],
+    )
+
+
+def _id_chunks(sample_ids: Iterable[int] | np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    if isinstance(sample_ids, np.ndarray):
+        for start in range(0, len(sample_ids), chunk):
+            yield sample_ids[start : start + chunk]
+        return
+    it = iter(sample_ids)
+    while len(part := np.fromiter(itertools.islice(it, chunk), dtype=np.int64)):
+        yield part
+
+
+def table_requests(
+    table: ManifestTable,
+    sample_ids: Iterable[int] | np.ndarray,
+    *,
+    chunk: int = 4096,
+) -> Iterator[FetchRequest]:
+    """Fetch requests for ``sample_ids`` of ``table``, in the given order (tag = None)."""
+    for part in _id_chunks(sample_ids, chunk):
+        # Column lookups are vectorised per chunk; only the location is built per row.
+        offsets = table.byte_offset[part].tolist()
+        lengths = table.byte_length[part].tolist()
+        for sid, off, length in zip(part.tolist(), offsets, lengths, strict=True):
+            yield FetchRequest(
+                sid,
+                table.location(sid),
+                None if off < 0 else off,
+                None if length < 0 else length,
+            )

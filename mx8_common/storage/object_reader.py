@@ -1,0 +1,432 @@
+"""Read the bytes of one sample from S3 or a local file, with retries and loud size checks.
+
+``ObjectReader.read(location, byte_offset, byte_length)`` is the one call the data plane
+makes per sample. ``s3://bucket/key`` goes through one ``s3_get.S3Getter`` (botocore
+resolves and signs, one aiohttp pool sends; a ranged GET ``bytes=a-b`` when the manifest
+row has an offset); a plain path or ``file://`` URL is read with ``os.pread`` in a thread
+pool, never on the event loop.
+
+The manifest promised a size, so every read is checked against it: a whole object whose
+size differs, or a range that runs past the object's end, is ``ObjectChangedError``
+(``object_changed_since_snapshot``), never silently different bytes. Throttling, server
+errors, resets and short bodies (``TransientStorageError``) are retried with exponential
+backoff and full jitter up to ``max_attempts``; permanent errors (missing object or bucket,
+access denied) raise at once. botocore errors become mx8 errors only through
+``mx8_common.storage.s3_client.translate_s3_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from mx8_common.config_fields import setting
+from mx8_common.errors import (
+    AccessDeniedError,
+    ConfigError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from mx8_common.obs.events import emit
+from mx8_common.storage.s3_client import S3Settings, translate_s3_error
+from mx8_common.storage.s3_get import S3Getter, S3Object
+
+__all__ = ["ObjectReader", "ObjectReaderConfig", "ReadStats", "is_local", "split_s3_location"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectReaderConfig:
+    """How sample bytes are read: retry policy and local read threads."""
+
+    max_attempts: int = setting(
+        5, env="MX8_FETCH_MAX_ATTEMPTS", help="tries per sample before a transient error is fatal"
+    )
+    backoff_base_s: float = setting(
+        0.05, env="MX8_FETCH_BACKOFF_BASE_S", help="first retry waits up to this many seconds"
+    )
+    backoff_max_s: float = setting(
+        5.0, env="MX8_FETCH_BACKOFF_MAX_S", help="cap on one retry's backoff, in seconds"
+    )
+    local_read_threads: int = setting(
+        16, env="MX8_FETCH_LOCAL_THREADS", help="threads reading local files (os.pread)"
+    )
+    lean_s3_get: bool = setting(
+        True,
+        env="MX8_FETCH_LEAN_S3_GET",
+        help="S3 GETs signed by botocore but sent by aiohttp (~half the client CPU per GET); "
+        "0 sends each through the aiobotocore client",
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(
+                f"max_attempts is {self.max_attempts}; set MX8_FETCH_MAX_ATTEMPTS to 1 or more"
+            )
+        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
+            raise ConfigError(
+                f"backoff {self.backoff_base_s}s..{self.backoff_max_s}s is not a valid range; "
+                "set MX8_FETCH_BACKOFF_BASE_S >= 0 and MX8_FETCH_BACKOFF_MAX_S >= it"
+            )
+        if self.local_read_threads < 1:
+            raise ConfigError(
+                f"local_read_threads is {self.local_read_threads}; set MX8_FETCH_LOCAL_THREADS "
+                "to 1 or more"
+            )
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """Counters of one reader (or one pipeline that passes its own to ``read``)."""
+
+    reads: int = 0
+    bytes: int = 0
+    retries: int = 0
+
+
+def split_s3_location(location: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``; anything else is a ``StorageError``."""
+    rest = location[5:]
+    bucket, sep, key = rest.partition("/")
+    if not location.startswith("s3://") or not bucket or not sep or not key:
+        raise StorageError(
+            f"{location!r} is not an S3 object location; write it as s3://bucket/key",
+            location=location,
+        )
+    return bucket, key
+
+
+def _changed(location: str, expected: str, actual: str) -> ObjectChangedError:
+    return ObjectChangedError(
+        f"{location} changed since the snapshot: expected {expected}, found {actual}; "
+        "re-snapshot the dataset (mx8-snapshot-resolve) to pick up the new content",
+        location=location,
+    )
+
+
+def _parse_content_range(value: str) -> tuple[int, int, int | None] | None:
+    """``bytes a-b/total`` -> ``(a, b, total)`` (total None for ``*``)."""
+    _unit, _, spec = value.partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    try:
+        return int(first), int(last), (None if total == "*" else int(total))
+    except ValueError:
+        return None
+
+
+def is_local(location: str) -> bool:
+    """True for a plain path or ``file://`` URL (read from the local filesystem)."""
+    return not location.startswith("s3://")
+
+
+def _normalize(
+    location: str, byte_offset: int | None, byte_length: int | None
+) -> tuple[int | None, int | None]:
+    """Map -1 to None and reject an offset without a length."""
+    if byte_offset is not None and byte_offset < 0:
+        byte_offset = None
+    if byte_length is not None and byte_length < 0:
+        byte_length = None
+    if byte_offset is not None and byte_length is None:
+        raise StorageError(
+            f"read of {location} has byte_offset {byte_offset} without byte_length; "
+            "a range needs both",
+            location=location,
+        )
+    return byte_offset, byte_length
+
+
+def _local_path(location: str) -> str:
+    if location.startswith("file://"):
+        return location[7:]
+    if "://" in location:
+        raise StorageError(
+            f"{location} uses a storage scheme mx8 cannot read; use s3://bucket/key, "
+            "file:///path or a plain path",
+            location=location,
+        )
+    return location
+
+
+def _read_local_many(
+    items: list[tuple[str, int | None, int | None]],
+) -> list[bytes | StorageError]:
+    """Blocking reads of several local samples in one thread-pool job; errors are returned."""
+    out: list[bytes | StorageError] = []
+    for location, byte_offset, byte_length in items:
+        try:
+            off, length = _normalize(location, byte_offset, byte_length)
+            out.append(_read_local(location, off, length))
+        except StorageError as exc:
+            out.append(exc)
+    return out
+
+
+def _read_local(location: str, byte_offset: int | None, byte_length: int | None) -> bytes:
+    """Blocking read of a local file (runs in the reader's thread pool)."""
+    path = _local_path(location)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise ObjectNotFoundError(
+            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
+            location=location,
+        ) from exc
+    except PermissionError as exc:
+        raise AccessDeniedError(
+            f"permission denied reading {location}; check the file mode and the user running "
+            "the loader",
+            location=location,
+        ) from exc
+    except OSError as exc:
+        raise StorageError(f"cannot open {location}: {exc}", location=location) from exc
+    try:
+        if byte_offset is None:
+            size = os.fstat(fd).st_size
+            if byte_length is not None and size != byte_length:
+                raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
+            want, start = size, 0
+        else:
+            want, start = int(byte_length or 0), byte_offset
+        data = os.pread(fd, want, start)
+        # pread may return less than asked only at end of file (the file shrank meanwhile).
+        while len(data) < want:
+            more = os.pread(fd, want - len(data), start + len(data))
+            if not more:
+                raise _changed(
+                    location,
+                    f"bytes {start}..{start + want - 1}",
+                    f"the file ends at byte {start + len(data)}",
+                )
+            data += more
+        return data
+    except StorageError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            raise StorageError(f"{location} is a directory, not a file", location=location) from exc
+        raise StorageError(f"cannot read {location}: {exc}", location=location) from exc
+    finally:
+        os.close(fd)
+
+
+class ObjectReader:
+    """Reads sample bytes; ``async with`` owns its S3 client and local read threads.
+
+    The S3 client is opened on the first ``s3://`` read (a local-only job never needs
+    one) and reused for every read, or ``s3_client`` is borrowed and never closed (GETs
+    then all go through it).
+    """
+
+    def __init__(
+        self,
+        config: ObjectReaderConfig | None = None,
+        *,
+        s3_settings: S3Settings | None = None,
+        s3_client: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or ObjectReaderConfig()
+        self.stats = ReadStats()
+        self._s3_settings = s3_settings
+        self._client = s3_client
+        self._getter: S3Getter | None = None
+        self._client_lock = asyncio.Lock()
+        self._stack = contextlib.AsyncExitStack()
+        self._pool: ThreadPoolExecutor | None = None
+        self._rng = rng or random.Random()
+        self._closed = False
+
+    async def __aenter__(self) -> ObjectReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the owned S3 client and thread pool; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stack.aclose()
+        if self._pool is not None:
+            # Threads only run short preads; waiting for them keeps nothing running after us.
+            await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+            self._pool = None
+
+    async def _s3(self) -> S3Getter:
+        if self._getter is None:
+            async with self._client_lock:
+                if self._getter is None:
+                    if self._closed:
+                        raise StorageError("this ObjectReader is closed; open a new one")
+                    getter = S3Getter(
+                        self._s3_settings, lean=self.config.lean_s3_get, client=self._client
+                    )
+                    self._getter = await self._stack.enter_async_context(getter)
+                    self._client = getter.client
+        return self._getter
+
+    async def read(
+        self,
+        location: str,
+        byte_offset: int | None = None,
+        byte_length: int | None = None,
+        *,
+        stats: ReadStats | None = None,
+    ) -> bytes:
+        """The bytes of one sample: the range ``[byte_offset, +byte_length)`` or the object.
+
+        ``byte_offset``/``byte_length`` of ``None`` or -1 mean "none". A whole object whose
+        size is not ``byte_length`` raises ``ObjectChangedError``.
+        """
+        byte_offset, byte_length = _normalize(location, byte_offset, byte_length)
+        if location.startswith("s3://"):
+            data = await self._read_s3_retrying(location, byte_offset, byte_length, stats)
+        else:
+            data = await asyncio.get_running_loop().run_in_executor(
+                self._local_pool(), _read_local, location, byte_offset, byte_length
+            )
+        self.stats.reads += 1
+        self.stats.bytes += len(data)
+        if stats is not None:
+            stats.reads += 1
+            stats.bytes += len(data)
+        return data
+
+    async def read_local_many(
+        self,
+        items: list[tuple[str, int | None, int | None]],
+        *,
+        stats: ReadStats | None = None,
+    ) -> list[bytes | StorageError]:
+        """Read several local samples ``(location, byte_offset, byte_length)`` in one
+        thread-pool job: one loop-to-thread hop per group instead of one per file, which is
+        most of the cost of small page-cached files. Per-sample errors are returned in place.
+        """
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._local_pool(), _read_local_many, items
+        )
+        got = [len(r) for r in results if isinstance(r, bytes)]
+        self.stats.reads += len(got)
+        self.stats.bytes += sum(got)
+        if stats is not None:
+            stats.reads += len(got)
+            stats.bytes += sum(got)
+        return results
+
+    def _local_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            if self._closed:
+                raise StorageError("this ObjectReader is closed; open a new one")
+            self._pool = ThreadPoolExecutor(
+                self.config.local_read_threads, thread_name_prefix="mx8-local-read"
+            )
+        return self._pool
+
+    async def _read_s3_retrying(
+        self,
+        location: str,
+        byte_offset: int | None,
+        byte_length: int | None,
+        stats: ReadStats | None,
+    ) -> bytes:
+        attempts = self.config.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._read_s3_once(location, byte_offset, byte_length)
+            except TransientStorageError as exc:
+                if attempt == attempts:
+                    raise TransientStorageError(
+                        f"{exc} (gave up after {attempts} attempts; raise "
+                        "MX8_FETCH_MAX_ATTEMPTS or check the storage endpoint)",
+                        location=location,
+                    ) from exc
+                # Full jitter: spreads a burst of throttled readers over the whole window.
+                cap = min(
+                    self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1)
+                )
+                delay = self._rng.uniform(0, cap)
+                self.stats.retries += 1
+                if stats is not None:
+                    stats.retries += 1
+                emit(
+                    "fetch",
+                    "storage_read_retry",
+                    location=location,
+                    attempt=attempt,
+                    delay_s=round(delay, 4),
+                    error=str(exc),
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _read_s3_once(
+        self, location: str, byte_offset: int | None, byte_length: int | None
+    ) -> bytes:
+        bucket, key = split_s3_location(location)
+        getter = await self._s3()
+        range_header = None
+        if byte_offset is not None and byte_length is not None:
+            range_header = f"bytes={byte_offset}-{byte_offset + byte_length - 1}"
+        try:
+            async with getter.get(bucket, key, range_header) as obj:
+                size = obj.content_length
+                if byte_offset is None:
+                    if byte_length is not None and size >= 0 and size != byte_length:
+                        # Checked before reading: no point downloading the wrong object.
+                        raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
+                else:
+                    self._check_range(location, obj, byte_offset, byte_length or 0)
+                data = await obj.read()
+        except StorageError:
+            raise
+        except Exception as exc:
+            if _error_code(exc) == "InvalidRange":
+                raise _changed(
+                    location,
+                    f"bytes {byte_offset}..{(byte_offset or 0) + (byte_length or 0) - 1}",
+                    "an object too short for that range",
+                ) from exc
+            raise translate_s3_error(exc, location) from exc
+        if 0 <= size != len(data):
+            raise TransientStorageError(
+                f"short body reading {location}: got {len(data)} of {size} bytes",
+                location=location,
+            )
+        if byte_length is not None and len(data) != byte_length:
+            raise _changed(location, f"{byte_length} bytes", f"{len(data)} bytes")
+        return data
+
+    @staticmethod
+    def _check_range(location: str, obj: S3Object, offset: int, length: int) -> None:
+        want = f"bytes {offset}..{offset + length - 1}"
+        header = obj.content_range
+        if not header:
+            # A server that ignored Range sent the whole object: its size is the evidence.
+            raise _changed(location, want, f"a whole object of {obj.content_length} bytes")
+        parsed = _parse_content_range(str(header))
+        if parsed is None:
+            raise StorageError(
+                f"S3 answered an unreadable Content-Range {header!r} for {location}",
+                location=location,
+            )
+        first, last, total = parsed
+        if first != offset or last != offset + length - 1:
+            shown = f"bytes {first}..{last}" + (f" of a {total}-byte object" if total else "")
+            raise _changed(location, want, shown)
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str((response.get("Error") or {}).get("Code", ""))
+    return ""

@@ -1,0 +1,59 @@
+"""The manifest store: immutable manifests by hash, intent pointers and indexer locks.
+
+``base`` holds the layout and the integrity rules every backend shares; ``fs`` and ``s3`` are
+the backends; ``open_manifest_store`` picks one by the root's scheme.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mx8_common.errors import ConfigError
+from mx8_common.store.base import (
+    DEFAULT_STORE_ROOT,
+    STREAM_CHUNK,
+    IntentRecord,
+    LockState,
+    ManifestMeta,
+    ManifestStore,
+    check_hash,
+)
+
+__all__ = [
+    "DEFAULT_STORE_ROOT",
+    "STREAM_CHUNK",
+    "IntentRecord",
+    "LockState",
+    "ManifestMeta",
+    "ManifestStore",
+    "check_hash",
+    "open_manifest_store",
+    "resolve_store_root",
+]
+
+
+def resolve_store_root(root: str | None = None) -> str:
+    """``root``, else ``MX8_MANIFEST_STORE_ROOT``, else ``~/.mx8/manifests``."""
+    return root or os.environ.get("MX8_MANIFEST_STORE_ROOT") or DEFAULT_STORE_ROOT
+
+
+def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore:
+    """The store at ``root`` (folder or ``s3://bucket/prefix``); see ``resolve_store_root``.
+
+    Keyword arguments go to the S3 backend (``s3_endpoint_url``).
+    """
+    root = resolve_store_root(root)
+    if root.startswith("s3://"):
+        from mx8_common.store.s3 import S3ManifestStore
+
+        return S3ManifestStore(root, **kwargs)
+    if "://" in root and not root.startswith("file://"):
+        raise ConfigError(
+            f"manifest store root {root!r} has an unknown scheme; use a folder or "
+            "s3://bucket/prefix (MX8_MANIFEST_STORE_ROOT / --store)"
+        )
+    from mx8_common.store.fs import FsManifestStore
+
+    path = root[len("file://") :] if root.startswith("file://") else root
+    return FsManifestStore(os.path.expanduser(path))

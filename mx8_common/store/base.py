@@ -1,0 +1,273 @@
+"""The manifest store: immutable manifests by hash, intent pointers and indexer locks.
+
+    <root>/by-hash/<hash>              canonical manifest TSV (immutable, conditional create)
+    <root>/by-hash/<hash>.meta.json    {"samples": N, "manifest_bytes": B} (derived, immutable)
+    <root>/by-hash/<hash>.labels.tsv   class names of imagefolder snapshots
+    <root>/intent/<key>/current        the hash last resolved for a link + options (JSON)
+    <root>/locks/<key>.lock            the single-writer indexer lock (see snapshot_lock)
+
+The root is a folder (``store.fs``) or ``s3://bucket/prefix``
+(``store.s3``), chosen by ``open_manifest_store``. Everything under ``by-hash``
+is written once with a conditional create; a second writer of the same hash verifies the
+stored bytes equal its own by streaming both, and a mismatch is an ``IntegrityError``.
+Every read of a whole manifest re-verifies its hash.
+
+A store holds a lazily created client bound to the event loop that first used it: use one
+store per event loop, and ``aclose()`` it (or ``async with``).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mx8_common.errors import IntegrityError, SnapshotNotFoundError, StoreError
+from mx8_common.manifest.labels import decode_labels_tsv
+
+__all__ = [
+    "DEFAULT_STORE_ROOT",
+    "IntentRecord",
+    "LockState",
+    "ManifestMeta",
+    "ManifestStore",
+    "check_hash",
+]
+
+DEFAULT_STORE_ROOT = "~/.mx8/manifests"
+STREAM_CHUNK = 1 << 20
+
+
+def check_hash(manifest_hash: str) -> str:
+    """``manifest_hash`` if it is 64 lowercase hex digits (it becomes a path), else error."""
+    if len(manifest_hash) != 64 or any(c not in "0123456789abcdef" for c in manifest_hash):
+        raise StoreError(
+            f"{manifest_hash!r} is not a manifest hash (64 lowercase hex digits)",
+            manifest_hash=manifest_hash,
+        )
+    return manifest_hash
+
+
+@dataclass(frozen=True)
+class ManifestMeta:
+    """Counts stored beside a manifest so a reuse needs no parse."""
+
+    samples: int
+    manifest_bytes: int
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"samples": self.samples, "manifest_bytes": self.manifest_bytes}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ManifestMeta:
+        obj = json.loads(data)
+        return cls(int(obj["samples"]), int(obj["manifest_bytes"]))
+
+
+@dataclass(frozen=True)
+class IntentRecord:
+    """What an intent pointer holds: the hash, and a token unique to each write."""
+
+    manifest_hash: str
+    token: str
+    written_at_ms: int
+
+    def to_bytes(self) -> bytes:
+        return (
+            json.dumps(
+                {
+                    "manifest_hash": self.manifest_hash,
+                    "token": self.token,
+                    "written_at_ms": self.written_at_ms,
+                }
+            )
+            + "\n"
+        ).encode()
+
+    @classmethod
+    def new(cls, manifest_hash: str) -> IntentRecord:
+        return cls(manifest_hash, secrets.token_hex(8), int(time.time() * 1000))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> IntentRecord:
+        try:
+            obj = json.loads(data)
+            return cls(
+                check_hash(obj["manifest_hash"]), str(obj["token"]), int(obj["written_at_ms"])
+            )
+        except (ValueError, KeyError, TypeError, StoreError) as exc:
+            raise StoreError(
+                f"intent pointer {where} is unreadable ({exc}); delete it or resolve the "
+                "link with @refresh"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class LockState:
+    """A lock object as read: its body and an opaque version for compare-and-swap."""
+
+    body: bytes
+    version: str
+
+
+class ManifestStore(abc.ABC):
+    """Async API of a manifest store; see the module docstring for the layout."""
+
+    #: The root as given (a folder path or ``s3://bucket/prefix``).
+    root: str
+
+    # -- manifests -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def has(self, manifest_hash: str) -> bool:
+        """Whether the store holds a manifest with this hash."""
+
+    @abc.abstractmethod
+    async def put_manifest_file(self, path: str | os.PathLike[str], manifest_hash: str) -> None:
+        """Store the file at ``path`` as ``manifest_hash``, streaming; verify on collision."""
+
+    @abc.abstractmethod
+    async def manifest_len(self, manifest_hash: str) -> int:
+        """Byte length of a stored manifest (``SnapshotNotFoundError`` if absent)."""
+
+    @abc.abstractmethod
+    async def read_range(self, manifest_hash: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (short only at the end of the manifest)."""
+
+    @abc.abstractmethod
+    async def download_manifest(self, manifest_hash: str, dest: str | os.PathLike[str]) -> Path:
+        """Stream a manifest to ``dest`` (temp + rename), verifying its hash on the way."""
+
+    @abc.abstractmethod
+    async def read_manifest_bytes(self, manifest_hash: str) -> bytes:
+        """A whole manifest in memory, hash verified (small manifests, the Python API)."""
+
+    @abc.abstractmethod
+    async def local_path(self, manifest_hash: str) -> Path | None:
+        """A verified local file holding the manifest, if this store has one (fs store)."""
+
+    @abc.abstractmethod
+    def manifest_location(self, manifest_hash: str) -> str:
+        """Where the manifest lives, for people and logs (a path or an s3:// URL)."""
+
+    # -- small derived objects beside a manifest -------------------------------------------
+    @abc.abstractmethod
+    async def _put_small(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` with ``data`` if absent; False if it already existed."""
+
+    @abc.abstractmethod
+    async def _get_small(self, rel: str) -> bytes | None:
+        """The bytes of ``rel`` or None."""
+
+    @abc.abstractmethod
+    async def _replace_small(self, rel: str, data: bytes) -> None:
+        """Atomically replace (or create) ``rel``."""
+
+    async def put_labels(
+        self, manifest_hash: str, class_names: list[str] | tuple[str, ...]
+    ) -> None:
+        """Store ``labels.tsv`` beside a manifest (identical content if it already exists)."""
+        from mx8_common.manifest.labels import encode_labels_tsv
+
+        data = encode_labels_tsv(class_names)
+        rel = f"by-hash/{check_hash(manifest_hash)}.labels.tsv"
+        if not await self._put_small(rel, data):
+            existing = await self._get_small(rel)
+            if existing != data:
+                raise IntegrityError(
+                    f"{self.manifest_location(manifest_hash)}.labels.tsv already holds other "
+                    "class names than this indexing found; the store is corrupt or shared by "
+                    "an incompatible writer. Delete that file and index again",
+                    manifest_hash=manifest_hash,
+                )
+
+    async def get_labels(self, manifest_hash: str) -> list[str] | None:
+        """Class names in label-id order, or None when the snapshot has no labels."""
+        data = await self._get_small(f"by-hash/{check_hash(manifest_hash)}.labels.tsv")
+        return None if data is None else decode_labels_tsv(data)
+
+    async def put_meta(self, manifest_hash: str, meta: ManifestMeta) -> None:
+        """Store row and byte counts beside a manifest."""
+        await self._put_small(f"by-hash/{check_hash(manifest_hash)}.meta.json", meta.to_bytes())
+
+    async def get_meta(self, manifest_hash: str) -> ManifestMeta | None:
+        data = await self._get_small(f"by-hash/{check_hash(manifest_hash)}.meta.json")
+        if data is None:
+            return None
+        try:
+            return ManifestMeta.from_bytes(data)
+        except (ValueError, KeyError, TypeError):
+            return None  # recomputable: the caller counts rows instead
+
+    async def manifest_samples(self, manifest_hash: str) -> int:
+        """Rows of a stored manifest: from its meta, else by counting LFs in ranged reads."""
+        meta = await self.get_meta(manifest_hash)
+        if meta is not None:
+            return meta.samples
+        size = await self.manifest_len(manifest_hash)
+        lines = 0
+        for offset in range(0, size, STREAM_CHUNK):
+            lines += (await self.read_range(manifest_hash, offset, STREAM_CHUNK)).count(b"\n")
+        samples = max(lines - 1, 0)  # minus the schema header
+        await self.put_meta(manifest_hash, ManifestMeta(samples, size))
+        return samples
+
+    # -- intent pointers -------------------------------------------------------------------
+    async def read_intent_record(self, key: str) -> IntentRecord | None:
+        """The intent pointer of ``key`` with its write token, or None."""
+        rel = f"intent/{key}/current"
+        data = await self._get_small(rel)
+        return None if data is None else IntentRecord.from_bytes(data, f"{self.root}/{rel}")
+
+    async def read_intent(self, key: str) -> str | None:
+        """The hash the intent pointer ``key`` names, or None."""
+        record = await self.read_intent_record(key)
+        return None if record is None else record.manifest_hash
+
+    async def write_intent(self, key: str, manifest_hash: str) -> IntentRecord:
+        """Point intent ``key`` at ``manifest_hash`` (atomic replace)."""
+        record = IntentRecord.new(check_hash(manifest_hash))
+        await self._replace_small(f"intent/{key}/current", record.to_bytes())
+        return record
+
+    # -- lock primitives (used by snapshot_lock) -------------------------------------------
+    @abc.abstractmethod
+    async def lock_create(self, key: str, body: bytes) -> str | None:
+        """Create lock ``key`` if absent; its version, or None if it exists."""
+
+    @abc.abstractmethod
+    async def lock_read(self, key: str) -> LockState | None:
+        """The current lock, or None."""
+
+    @abc.abstractmethod
+    async def lock_replace(self, key: str, version: str, body: bytes) -> str | None:
+        """Replace the lock if it is still at ``version``; the new version, or None if lost."""
+
+    @abc.abstractmethod
+    async def lock_delete(self, key: str, version: str) -> bool:
+        """Delete the lock if it is still at ``version``; whether it was deleted."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def aclose(self) -> None:  # noqa: B027 - optional hook: the fs store holds nothing
+        """Release clients (idempotent)."""
+
+    async def __aenter__(self) -> ManifestStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def scratch_dir(self) -> Path:
+        """A local folder for temp files headed into this store."""
+        return Path(os.environ.get("TMPDIR", "/tmp"))
+
+    def _not_found(self, manifest_hash: str) -> SnapshotNotFoundError:
+        return SnapshotNotFoundError(
+            f"manifest store {self.root} has no snapshot {manifest_hash}; resolve the dataset "
+            "link without @sha256 to index it, or point MX8_MANIFEST_STORE_ROOT at the store "
+            "that holds it",
+            manifest_hash=manifest_hash,
+        )

@@ -1,0 +1,412 @@
+"""S3 backend of the manifest store (``s3://bucket/prefix`` roots).
+
+Conditional creates are ``PutObject`` with ``If-None-Match: *``; lock heartbeats and
+takeovers are ``If-Match: <etag>`` puts and deletes. Manifests upload straight from the
+file (one PUT, or a multipart upload past ``multipart_threshold`` whose completion is
+conditional), and single PUTs carry ``x-amz-checksum-sha256`` equal to the manifest hash,
+so the server itself refuses bytes that do not match. Reads are ranged GETs streamed in
+chunks; no whole manifest is held unless ``read_manifest_bytes`` is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import botocore.exceptions
+
+from mx8_common.errors import (
+    IntegrityError,
+    ManifestHashMismatch,
+    StoreError,
+)
+from mx8_common.storage.s3_client import S3Settings, open_s3_client, translate_s3_error
+from mx8_common.store import STREAM_CHUNK, LockState, ManifestStore, check_hash
+
+__all__ = ["S3ManifestStore"]
+
+T = TypeVar("T")
+
+_PRECONDITION = {"PreconditionFailed", "412"}
+_CONFLICT = {"ConditionalRequestConflict", "409", "OperationAborted"}
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_PART_SIZE = 64 * 1024 * 1024
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    err = exc.response.get("Error", {}) or {}
+    code = str(err.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code or str(status or "")
+
+
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(STREAM_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+class S3ManifestStore(ManifestStore):
+    """A manifest store under ``s3://bucket/prefix``; see ``manifest_store`` for the layout."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        s3_endpoint_url: str | None = None,
+        multipart_threshold: int = 1024 * 1024 * 1024,
+        part_size: int = _PART_SIZE,
+    ) -> None:
+        if not root.startswith("s3://"):
+            raise StoreError(f"S3 manifest store root {root!r} must start with s3://")
+        bucket, _, prefix = root[len("s3://") :].partition("/")
+        if not bucket:
+            raise StoreError(f"manifest store root {root!r} names no bucket")
+        self.root = root.rstrip("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.settings = S3Settings.from_env(s3_endpoint_url)
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Any = None
+        self._client_lock: asyncio.Lock | None = None
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def _c(self) -> Any:
+        if self._client is None:
+            if self._client_lock is None:
+                self._client_lock = asyncio.Lock()
+            async with self._client_lock:
+                if self._client is None:
+                    stack = contextlib.AsyncExitStack()
+                    self._client = await stack.enter_async_context(open_s3_client(self.settings))
+                    self._stack = stack
+        return self._client
+
+    async def aclose(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    def _url(self, rel: str) -> str:
+        return f"s3://{self.bucket}/{self._key(rel)}"
+
+    def manifest_location(self, manifest_hash: str) -> str:
+        return self._url(f"by-hash/{check_hash(manifest_hash)}")
+
+    async def _call(
+        self, rel: str, fn: Callable[[Any], Awaitable[T]], *, tolerate: set[str] = frozenset()
+    ) -> tuple[T | None, str | None]:
+        """Run ``fn(client)``; a ClientError whose code is in ``tolerate`` returns its code."""
+        client = await self._c()
+        try:
+            return await fn(client), None
+        except botocore.exceptions.ClientError as exc:
+            code = _code(exc)
+            if code in tolerate:
+                return None, code
+            raise translate_s3_error(exc, self._url(rel)) from exc
+        except Exception as exc:
+            raise translate_s3_error(exc, self._url(rel)) from exc
+
+    async def _body_chunks(self, resp: dict[str, Any]) -> AsyncIterator[bytes]:
+        body = resp["Body"]
+        async with body:  # releases the connection however the stream ends
+            while chunk := await body.read(STREAM_CHUNK):
+                yield chunk
+
+    # -- manifests -------------------------------------------------------------------------
+    async def _head(self, rel: str) -> dict[str, Any] | None:
+        resp, _ = await self._call(
+            rel,
+            lambda c: c.head_object(Bucket=self.bucket, Key=self._key(rel)),
+            tolerate=_MISSING,
+        )
+        return resp
+
+    async def has(self, manifest_hash: str) -> bool:
+        return await self._head(f"by-hash/{check_hash(manifest_hash)}") is not None
+
+    async def manifest_len(self, manifest_hash: str) -> int:
+        head = await self._head(f"by-hash/{check_hash(manifest_hash)}")
+        if head is None:
+            raise self._not_found(manifest_hash)
+        return int(head["ContentLength"])
+
+    async def read_range(self, manifest_hash: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise StoreError(f"bad range offset={offset} length={length}")
+        if length == 0:
+            return b""
+        rel = f"by-hash/{check_hash(manifest_hash)}"
+
+        async def get(c: Any) -> bytes:
+            resp = await c.get_object(
+                Bucket=self.bucket,
+                Key=self._key(rel),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )
+            async with resp["Body"] as body:
+                return bytes(await body.read())
+
+        data, code = await self._call(rel, get, tolerate=_MISSING | {"InvalidRange", "416"})
+        if code in _MISSING:
+            raise self._not_found(manifest_hash)
+        return data or b""
+
+    async def _stream_verified(self, manifest_hash: str, sink: Callable[[bytes], object]) -> None:
+        rel = f"by-hash/{check_hash(manifest_hash)}"
+        resp, _ = await self._call(
+            rel, lambda c: c.get_object(Bucket=self.bucket, Key=self._key(rel)), tolerate=_MISSING
+        )
+        if resp is None:
+            raise self._not_found(manifest_hash)
+        sha = hashlib.sha256()
+        try:
+            async for chunk in self._body_chunks(resp):
+                sha.update(chunk)
+                sink(chunk)
+        except Exception as exc:
+            raise translate_s3_error(exc, self._url(rel)) from exc
+        if sha.hexdigest() != manifest_hash:
+            raise ManifestHashMismatch(
+                f"stored manifest {self._url(rel)} hashes to {sha.hexdigest()}, not "
+                f"{manifest_hash}; the store copy is corrupt: delete it and index again"
+            )
+
+    async def read_manifest_bytes(self, manifest_hash: str) -> bytes:
+        parts: list[bytes] = []
+        await self._stream_verified(manifest_hash, parts.append)
+        return b"".join(parts)
+
+    async def download_manifest(self, manifest_hash: str, dest: str | os.PathLike[str]) -> Path:
+        dest_path = Path(dest)
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest_path.parent / f".{dest_path.name}.{secrets.token_hex(6)}.tmp"
+        # Local writes of <= 1 MiB chunks are short; the GET stream itself is async.
+        f = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            await self._stream_verified(manifest_hash, f.write)
+            await asyncio.to_thread(f.flush)
+            await asyncio.to_thread(os.fsync, f.fileno())
+            f.close()
+            await asyncio.to_thread(os.replace, tmp, dest_path)
+        finally:
+            f.close()
+            tmp.unlink(missing_ok=True)
+        return dest_path
+
+    async def local_path(self, manifest_hash: str) -> Path | None:
+        return None
+
+    async def _verify_collision(self, path: Path, manifest_hash: str) -> None:
+        """Stream the stored object and our file side by side; IntegrityError on a mismatch."""
+        where = self.manifest_location(manifest_hash)
+        f = await asyncio.to_thread(open, path, "rb")
+        try:
+            mismatch = False
+
+            def compare(chunk: bytes) -> None:
+                nonlocal mismatch
+                if not mismatch and f.read(len(chunk)) != chunk:
+                    mismatch = True
+
+            try:
+                await self._stream_verified(manifest_hash, compare)
+            except ManifestHashMismatch as exc:
+                raise IntegrityError(str(exc), manifest_hash=manifest_hash) from exc
+            if mismatch or f.read(1):
+                raise IntegrityError(
+                    f"{where} already exists with different bytes than {path}, stored under "
+                    f"the same hash {manifest_hash}; one of them is corrupt. Delete the store "
+                    "copy if it fails verification, else check the local file",
+                    manifest_hash=manifest_hash,
+                )
+        finally:
+            f.close()
+
+    async def put_manifest_file(self, path: str | os.PathLike[str], manifest_hash: str) -> None:
+        path = Path(path)
+        rel = f"by-hash/{check_hash(manifest_hash)}"
+        if await self._head(rel) is not None:
+            await self._verify_collision(path, manifest_hash)
+            return
+        size = (await asyncio.to_thread(path.stat)).st_size
+        # Hash our file first: never store bytes under a hash they do not have. (Single PUTs
+        # also carry the checksum, so a real S3 rejects bytes corrupted in transit.)
+        actual = await asyncio.to_thread(_file_sha256, path)
+        if actual != manifest_hash:
+            raise IntegrityError(
+                f"{path} hashes to {actual}, not {manifest_hash}; refusing to store it under "
+                "the wrong hash",
+                manifest_hash=manifest_hash,
+            )
+        if size > self.multipart_threshold:
+            created = await self._put_multipart(path, rel, size)
+        else:
+            created = await self._put_single(path, rel, manifest_hash, size)
+        if not created:
+            await self._verify_collision(path, manifest_hash)
+
+    async def _put_single(self, path: Path, rel: str, manifest_hash: str, size: int) -> bool:
+        checksum = base64.b64encode(bytes.fromhex(manifest_hash)).decode()
+        f = await asyncio.to_thread(open, path, "rb")
+        try:
+            _resp, code = await self._call(
+                rel,
+                lambda c: c.put_object(
+                    Bucket=self.bucket,
+                    Key=self._key(rel),
+                    Body=f,
+                    ContentLength=size,
+                    ChecksumSHA256=checksum,
+                    IfNoneMatch="*",
+                ),
+                tolerate=_PRECONDITION | _CONFLICT | {"BadDigest", "InvalidRequest"},
+            )
+        finally:
+            f.close()
+        if code in ("BadDigest", "InvalidRequest"):
+            raise IntegrityError(
+                f"{path} does not hash to {manifest_hash} (S3 rejected its SHA-256 checksum); "
+                "refusing to store it under the wrong hash",
+                manifest_hash=manifest_hash,
+            )
+        return code is None
+
+    async def _put_multipart(self, path: Path, rel: str, size: int) -> bool:
+        key = self._key(rel)
+        created, _ = await self._call(
+            rel, lambda c: c.create_multipart_upload(Bucket=self.bucket, Key=key)
+        )
+        assert created is not None
+        upload_id = created["UploadId"]
+        parts: list[dict[str, Any]] = []
+        done = False
+        try:
+            f = await asyncio.to_thread(open, path, "rb")
+            try:
+                for number in range(1, -(-size // self.part_size) + 1):
+                    # One part in memory at a time: memory stays at part_size, not the file.
+                    chunk = await asyncio.to_thread(f.read, self.part_size)
+                    resp, _ = await self._call(
+                        rel,
+                        lambda c, n=number, b=chunk: c.upload_part(
+                            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=b
+                        ),
+                    )
+                    assert resp is not None
+                    parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+            finally:
+                f.close()
+            _resp, code = await self._call(
+                rel,
+                lambda c: c.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                ),
+                tolerate=_PRECONDITION | _CONFLICT,
+            )
+            done = code is None
+            return done
+        finally:
+            if not done:
+                with contextlib.suppress(Exception):
+                    await self._call(
+                        rel,
+                        lambda c: c.abort_multipart_upload(
+                            Bucket=self.bucket, Key=key, UploadId=upload_id
+                        ),
+                        tolerate=_MISSING | {"NoSuchUpload"},
+                    )
+
+    # -- small objects ---------------------------------------------------------------------
+    async def _put_small(self, rel: str, data: bytes) -> bool:
+        for _attempt in range(5):
+            _resp, code = await self._call(
+                rel,
+                lambda c: c.put_object(
+                    Bucket=self.bucket, Key=self._key(rel), Body=data, IfNoneMatch="*"
+                ),
+                tolerate=_PRECONDITION | _CONFLICT,
+            )
+            if code in _CONFLICT:
+                # Another conditional write to this key is in flight; ask again shortly.
+                await asyncio.sleep(0.05)
+                continue
+            return code is None
+        return False
+
+    async def _get_with_etag(self, rel: str) -> tuple[bytes, str] | None:
+        async def get(c: Any) -> tuple[bytes, str]:
+            resp = await c.get_object(Bucket=self.bucket, Key=self._key(rel))
+            body = resp["Body"]
+            async with body:
+                return bytes(await body.read()), str(resp["ETag"])
+
+        result, _ = await self._call(rel, get, tolerate=_MISSING)
+        return result
+
+    async def _get_small(self, rel: str) -> bytes | None:
+        got = await self._get_with_etag(rel)
+        return None if got is None else got[0]
+
+    async def _replace_small(self, rel: str, data: bytes) -> None:
+        await self._call(
+            rel, lambda c: c.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
+        )
+
+    # -- locks -----------------------------------------------------------------------------
+    def _lock(self, key: str) -> str:
+        return f"locks/{key}.lock"
+
+    async def lock_create(self, key: str, body: bytes) -> str | None:
+        rel = self._lock(key)
+        resp, _ = await self._call(
+            rel,
+            lambda c: c.put_object(
+                Bucket=self.bucket, Key=self._key(rel), Body=body, IfNoneMatch="*"
+            ),
+            tolerate=_PRECONDITION | _CONFLICT,
+        )
+        return None if resp is None else str(resp["ETag"])
+
+    async def lock_read(self, key: str) -> LockState | None:
+        got = await self._get_with_etag(self._lock(key))
+        return None if got is None else LockState(got[0], got[1])
+
+    async def lock_replace(self, key: str, version: str, body: bytes) -> str | None:
+        rel = self._lock(key)
+        resp, _ = await self._call(
+            rel,
+            lambda c: c.put_object(
+                Bucket=self.bucket, Key=self._key(rel), Body=body, IfMatch=version
+            ),
+            tolerate=_PRECONDITION | _CONFLICT | _MISSING,
+        )
+        return None if resp is None else str(resp["ETag"])
+
+    async def lock_delete(self, key: str, version: str) -> bool:
+        rel = self._lock(key)
+        _resp, code = await self._call(
+            rel,
+            lambda c: c.delete_object(Bucket=self.bucket, Key=self._key(rel), IfMatch=version),
+            tolerate=_PRECONDITION | _CONFLICT | _MISSING,
+        )
+        return code is None

@@ -1,0 +1,1 @@
+"""Helpers that start real local servers for tests, demos and benchmarks."""

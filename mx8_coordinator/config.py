@@ -1,0 +1,163 @@
+"""``CoordinatorConfig``: every knob of ``mx8-coordinator``, as a flag and an ``MX8_*`` env var."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mx8_common.config_fields import load_config, parse_size, setting, split_host_port
+from mx8_common.errors import ConfigError
+from mx8_common.rpc.security import TlsConfig
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_config"]
+
+#: Default gRPC message cap (send and receive); ``GetManifest`` refuses manifests over it.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_LABEL_MODES = ("none", "imagefolder", "auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordinatorConfig:
+    """Settings of the head-node coordinator daemon (``mx8-coordinator``)."""
+
+    dataset: str = setting(
+        "", env="MX8_DATASET_LINK", help="dataset link (s3://bucket/prefix/, /abs/dir, a manifest)"
+    )
+    listen: str = setting(
+        "127.0.0.1:50051", env="MX8_COORDINATOR_LISTEN", help="gRPC listen address HOST:PORT"
+    )
+    job_id: str = setting("default", env="MX8_JOB_ID", help="job id every node must present")
+    world_size: int = setting(1, env="MX8_WORLD_SIZE", help="number of nodes expected")
+    min_world_size: int | None = setting(
+        None,
+        env="MX8_MIN_WORLD_SIZE",
+        help="nodes that must register before ranks freeze (default: --world-size)",
+    )
+    block_size: int = setting(65536, env="MX8_BLOCK_SIZE", help="samples per lease block")
+    shuffle: bool = setting(False, env="MX8_SHUFFLE", help="shuffle block and in-block order")
+    seed: int = setting(0, env="MX8_SEED", help="shuffle seed")
+    epochs: int = setting(1, env="MX8_EPOCHS", help="number of passes over the dataset")
+    lease_ttl_ms: int = setting(
+        10000, env="MX8_LEASE_TTL_MS", help="lease/node lifetime without a report or heartbeat"
+    )
+    heartbeat_interval_ms: int = setting(
+        1000, env="MX8_HEARTBEAT_INTERVAL_MS", help="how often nodes should heartbeat"
+    )
+    store: str | None = setting(
+        None, env="MX8_MANIFEST_STORE_ROOT", help="manifest store root (dir or s3://bucket/prefix)"
+    )
+    state_dir: str | None = setting(
+        None,
+        env="MX8_COORDINATOR_STATE_DIR",
+        help="directory of the lease log (unset: no lease log, a restart starts over)",
+    )
+    metrics: str | None = setting(
+        None, env="MX8_COORDINATOR_METRICS", help="Prometheus HOST:PORT (unset: no metrics server)"
+    )
+    recursive: bool = setting(
+        True, env="MX8_SNAPSHOT_RECURSIVE", help="index nested keys/folders too"
+    )
+    label_mode: str = setting(
+        "auto", env="MX8_SNAPSHOT_LABEL_MODE", help="label mode: none, imagefolder or auto"
+    )
+    max_message_bytes: int = setting(
+        DEFAULT_MAX_MESSAGE_BYTES,
+        env="MX8_GRPC_MAX_MESSAGE_BYTES",
+        flag="--grpc-max-message-bytes",
+        parse=parse_size,
+        help="gRPC message cap; GetManifest refuses larger manifests",
+    )
+    tls_cert: str | None = setting(
+        None, env="MX8_TLS_CERT", help="PEM certificate chain of the gRPC server (turns TLS on)"
+    )
+    tls_key: str | None = setting(None, env="MX8_TLS_KEY", help="PEM private key of --tls-cert")
+    tls_ca: str | None = setting(
+        None,
+        env="MX8_TLS_CA",
+        help="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)",
+    )
+    auth_token: str | None = setting(
+        None,
+        env="MX8_AUTH_TOKEN",
+        help="shared bearer token every client must send (prefer the env var: flags show in ps)",
+        secret=True,
+    )
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.dataset:
+            raise ConfigError("no dataset: pass --dataset LINK or set MX8_DATASET_LINK")
+        if not self.job_id:
+            raise ConfigError("--job-id must not be empty")
+        split_host_port(self.listen, "--listen")
+        if self.metrics is not None:
+            split_host_port(self.metrics, "--metrics")
+        positive: dict[str, Any] = {
+            "--world-size": self.world_size,
+            "--block-size": self.block_size,
+            "--epochs": self.epochs,
+            "--lease-ttl-ms": self.lease_ttl_ms,
+            "--heartbeat-interval-ms": self.heartbeat_interval_ms,
+            "--grpc-max-message-bytes": self.max_message_bytes,
+        }
+        for flag, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{flag} must be > 0, got {value}")
+        if self.min_world_size is not None and not 1 <= self.min_world_size <= self.world_size:
+            raise ConfigError(
+                f"--min-world-size {self.min_world_size} must be in [1, --world-size "
+                f"{self.world_size}]"
+            )
+        if self.heartbeat_interval_ms >= self.lease_ttl_ms:
+            raise ConfigError(
+                f"--heartbeat-interval-ms {self.heartbeat_interval_ms} must be below "
+                f"--lease-ttl-ms {self.lease_ttl_ms}, or live nodes would be declared departed"
+            )
+        if self.label_mode not in _LABEL_MODES:
+            raise ConfigError(
+                f"--label-mode {self.label_mode!r} is not one of {', '.join(_LABEL_MODES)}"
+            )
+        if not 0 <= self.seed < 2**64:
+            raise ConfigError(f"--seed {self.seed} must be in [0, 2**64)")
+        tls = self.tls  # raises when only one of cert/key is given
+        if tls.ca is not None and tls.cert is None:
+            raise ConfigError(
+                "--tls-ca needs --tls-cert and --tls-key: mutual TLS is TLS plus client "
+                "certificates (or set MX8_TLS_CERT and MX8_TLS_KEY)"
+            )
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ConfigError("MX8_AUTH_TOKEN is blank; set a real token or unset it")
+
+    @property
+    def tls(self) -> TlsConfig:
+        """The server's TLS files (all None: plaintext)."""
+        return TlsConfig(cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca)
+
+    @property
+    def freeze_size(self) -> int:
+        """Registrations after which ranks are assigned and the job becomes ready."""
+        return self.world_size if self.min_world_size is None else self.min_world_size
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.listen, "--listen")
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        return None if self.metrics is None else split_host_port(self.metrics, "--metrics")
+
+
+def load_coordinator_config(
+    argv: list[str] | None = None, environ: dict[str, str] | None = None
+) -> CoordinatorConfig:
+    """Defaults, then ``MX8_*`` env vars, then flags."""
+    return load_config(
+        CoordinatorConfig,
+        argv,
+        environ=environ,
+        prog="mx8-coordinator",
+        description="Head-node daemon: owns one job's snapshot and leases sample ranges.",
+    )

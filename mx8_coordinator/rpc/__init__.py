@@ -1,0 +1,1 @@
+"""The coordinator's gRPC face: the servicer and manifest streaming."""

@@ -1,0 +1,274 @@
+"""The gRPC face of the coordinator: proto -> plain call on ``Job`` -> proto.
+
+Each method only converts; ``Mx8Error`` becomes ``context.abort(code, message)`` through
+one table, so the status codes a client sees are decided in one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from mx8_common.errors import (
+    JobStateError,
+    LeaseNotFoundError,
+    LeaseRangeError,
+    LeaseStateError,
+    ManifestTooLargeError,
+    Mx8Error,
+    RequestError,
+    SnapshotNotFoundError,
+)
+from mx8_common.manifest.format import SCHEMA_VERSION
+from mx8_common.rpc.proto import coordinator_pb2 as pb
+from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
+from mx8_coordinator.rpc.manifest_serving import (
+    ManifestSource,
+    iter_manifest_chunks,
+    read_whole_manifest,
+)
+from mx8_coordinator.state.job import Job
+from mx8_coordinator.state.lease_scheduler import Lease
+from mx8_coordinator.web.metrics import CoordinatorMetrics
+
+__all__ = ["CoordinatorServicer", "status_code_for"]
+
+# Most specific class first: the first match decides.
+_CODES: tuple[tuple[type[Mx8Error], grpc.StatusCode], ...] = (
+    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (LeaseRangeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (LeaseNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (SnapshotNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (LeaseStateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ManifestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+)
+
+_NOT_READY = (
+    "the coordinator is still resolving its dataset snapshot; retry in a moment "
+    "(its health check turns SERVING when it is ready)"
+)
+
+R = TypeVar("R")
+
+
+def status_code_for(exc: Mx8Error) -> grpc.StatusCode:
+    """The gRPC status a client sees for ``exc`` (INTERNAL for anything unexpected)."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _unary(
+    fn: Callable[[Any, Any, Job, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    """Wrap a unary method: wait-for-job, error mapping and latency, in one place."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: CoordinatorServicer, request: Any, context: Any) -> R:
+        started = time.perf_counter()
+        try:
+            job = self.job
+            if job is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
+            try:
+                return await fn(self, request, job, context)
+            except Mx8Error as exc:
+                await context.abort(status_code_for(exc), str(exc))
+                raise  # unreachable: abort raises
+        finally:
+            self.metrics.rpc_latency.labels(name).observe(time.perf_counter() - started)
+
+    return wrapper
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServicer):
+    """``mx8.v1.Coordinator`` over a ``Job`` and a ``ManifestSource``.
+
+    ``job`` and ``source`` stay None while the snapshot is being resolved; calls then
+    get UNAVAILABLE, which clients retry.
+    """
+
+    def __init__(self, *, metrics: CoordinatorMetrics, max_message_bytes: int) -> None:
+        self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
+        self.job: Job | None = None
+        self.source: ManifestSource | None = None
+
+    def _lease_pb(self, job: Job, lease: Lease) -> pb.Lease:
+        return pb.Lease(
+            lease_id=lease.lease_id,
+            node_id=lease.node_id,
+            range=pb.WorkRange(
+                start_id=lease.start, end_id=lease.end, epoch=lease.epoch, seed=job.spec.seed
+            ),
+            cursor=lease.cursor,
+            expires_unix_ms=job.unix_ms(lease.expires_ms),
+        )
+
+    @_unary
+    async def RegisterNode(
+        self, request: pb.RegisterNodeRequest, job: Job, context: Any
+    ) -> pb.RegisterNodeResponse:
+        reg = await job.register(request.job_id, request.node_id, request.caps.hostname)
+        s = job.spec
+        return pb.RegisterNodeResponse(
+            rank=reg.rank or 0,
+            world_size=reg.world_size,
+            manifest_hash=s.manifest_hash,
+            schema_version=SCHEMA_VERSION,
+            total_samples=s.total_samples,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            lease_ttl_ms=s.lease_ttl_ms,
+            job_ready=reg.ready,
+            job_id=s.job_id,
+            epochs=s.epochs,
+            shuffle=s.shuffle,
+            seed=s.seed,
+            block_size=s.block_size,
+            class_names=list(s.class_names),
+        )
+
+    @_unary
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, job: Job, context: Any
+    ) -> pb.HeartbeatResponse:
+        st = request.stats
+        stats = {
+            "samples_delivered": st.samples_delivered,
+            "bytes_fetched": st.bytes_fetched,
+            "inflight_bytes": st.inflight_bytes,
+        }
+        hb = await job.heartbeat(request.job_id, request.node_id, stats)
+        return pb.HeartbeatResponse(
+            job_ready=hb.job_ready, job_drained=hb.job_drained, world_size=hb.world_size
+        )
+
+    @_unary
+    async def RequestLease(
+        self, request: pb.RequestLeaseRequest, job: Job, context: Any
+    ) -> pb.RequestLeaseResponse:
+        grant = await job.request_lease(request.job_id, request.node_id, request.want)
+        return pb.RequestLeaseResponse(
+            leases=[self._lease_pb(job, le) for le in grant.leases],
+            wait_ms=grant.wait_ms,
+            job_drained=grant.drained,
+        )
+
+    @_unary
+    async def ReportProgress(
+        self, request: pb.ReportProgressRequest, job: Job, context: Any
+    ) -> pb.ReportProgressResponse:
+        progress = await job.report_progress(
+            request.job_id, request.node_id, request.lease_id, request.cursor
+        )
+        return pb.ReportProgressResponse(
+            lease=self._lease_pb(job, progress.lease), completed=progress.completed
+        )
+
+    def _check_manifest(self, job: Job, job_id: str, manifest_hash: str) -> ManifestSource:
+        job.check_job(job_id)
+        if not manifest_hash:
+            raise RequestError(
+                "manifest_hash is empty; ask for the hash RegisterNode returned",
+                field="manifest_hash",
+            )
+        if self.source is None or manifest_hash != self.source.manifest_hash:
+            raise SnapshotNotFoundError(
+                f"this coordinator serves manifest {job.spec.manifest_hash}, not "
+                f"{manifest_hash}; the node is talking to the wrong job's coordinator",
+                manifest_hash=manifest_hash,
+            )
+        return self.source
+
+    @_unary
+    async def GetManifest(
+        self, request: pb.GetManifestRequest, job: Job, context: Any
+    ) -> pb.GetManifestResponse:
+        source = self._check_manifest(job, request.job_id, request.manifest_hash)
+        data = await read_whole_manifest(source, self._whole_manifest_cap())
+        return pb.GetManifestResponse(
+            manifest_bytes=data, schema_version=SCHEMA_VERSION, manifest_hash=source.manifest_hash
+        )
+
+    def _whole_manifest_cap(self) -> int:
+        # Leave room for the reply's own fields inside the message cap.
+        return max(0, self.max_message_bytes - 1024)
+
+    async def GetManifestStream(
+        self, request: pb.GetManifestStreamRequest, context: Any
+    ) -> AsyncIterator[pb.ManifestChunk]:
+        started = time.perf_counter()
+        try:
+            job = self.job
+            if job is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
+                return
+            try:
+                source = self._check_manifest(job, request.job_id, request.manifest_hash)
+                async for piece in iter_manifest_chunks(source):
+                    chunk = pb.ManifestChunk(
+                        data=piece.data, offset=piece.offset, schema_version=SCHEMA_VERSION
+                    )
+                    if piece.offset == 0:
+                        chunk.total_bytes = piece.total_bytes
+                        chunk.manifest_hash = source.manifest_hash
+                    yield chunk
+            except Mx8Error as exc:
+                await context.abort(status_code_for(exc), str(exc))
+        finally:
+            self.metrics.rpc_latency.labels("GetManifestStream").observe(
+                time.perf_counter() - started
+            )
+
+    @_unary
+    async def GetJobSnapshot(
+        self, request: pb.GetJobSnapshotRequest, job: Job, context: Any
+    ) -> pb.JobSnapshot:
+        job.check_job(request.job_id)
+        v = job.view()
+        c = v.counters
+        return pb.JobSnapshot(
+            job_id=v.spec.job_id,
+            dataset_link=v.spec.dataset_link,
+            manifest_hash=v.spec.manifest_hash,
+            total_samples=v.spec.total_samples,
+            world_size=v.world_size,
+            epochs=v.spec.epochs,
+            job_ready=v.ready,
+            job_drained=v.drained,
+            nodes=[
+                pb.NodeInfo(
+                    node_id=n.node_id,
+                    rank=n.rank or 0,
+                    alive=n.alive,
+                    last_heartbeat_unix_ms=v.unix_ms(n.last_seen_ms),
+                    samples_committed=v.samples_by_node.get(n.node_id, 0),
+                    hostname=n.hostname,
+                    stats=pb.NodeStats(**n.stats),
+                )
+                for n in v.nodes
+            ],
+            live_leases=[self._lease_pb(job, le) for le in v.live_leases],
+            progress=[
+                pb.EpochProgress(
+                    epoch=e, committed_samples=done, total_samples=v.spec.total_samples
+                )
+                for e, done in enumerate(v.committed_by_epoch)
+            ],
+            counters=pb.Counters(
+                leases_issued=c.leases_issued,
+                leases_expired=c.leases_expired,
+                leases_requeued=c.leases_requeued,
+                leases_completed=c.leases_completed,
+                samples_committed=c.samples_committed,
+            ),
+            started_unix_ms=v.started_unix_ms,
+            samples_per_second=v.samples_per_second,
+        )

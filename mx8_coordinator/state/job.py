@@ -1,0 +1,386 @@
+"""One job's state machine: nodes, leases, the lease log, counters and events, no gRPC.
+
+Each call validates its request, changes the in-memory state (registry + scheduler)
+synchronously, then awaits the lease log append of what changed before answering, so an
+acknowledged lease or progress step survives a crash. Because the state change happens
+before the first ``await``, log lines are written in the order the state changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mx8_common.errors import JobStateError, RequestError
+from mx8_common.obs.events import emit
+from mx8_common.sample_order import JobOrder
+from mx8_coordinator.state.lease_log import LeaseLog, LeaseLogHeader, LeaseLogState
+from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
+from mx8_coordinator.state.node_registry import NodeRegistry, NodeState, Registration, monotonic_ms
+from mx8_coordinator.web.metrics import CoordinatorMetrics
+
+__all__ = ["Counters", "HeartbeatResult", "Job", "JobSpec", "JobView", "lease_seq"]
+
+_COMPONENT = "coordinator"
+
+
+def lease_seq(lease_id: str) -> int:
+    """The sequence number inside a scheduler lease id (``"L<seq>"``)."""
+    return int(lease_id[1:])
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec(JobOrder):
+    """What a job is: its snapshot, its order (``JobOrder``) and its timing."""
+
+    job_id: str
+    dataset_link: str
+    class_names: tuple[str, ...] = ()
+    epochs: int = 1
+    lease_ttl_ms: int = 10000
+    heartbeat_interval_ms: int = 1000
+    freeze_size: int = 1
+
+    def log_header(self) -> LeaseLogHeader:
+        return LeaseLogHeader(
+            job_id=self.job_id,
+            manifest_hash=self.manifest_hash,
+            total=self.total_samples,
+            block_size=self.block_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epochs=self.epochs,
+        )
+
+
+@dataclass
+class Counters:
+    leases_issued: int = 0
+    leases_expired: int = 0
+    leases_requeued: int = 0
+    leases_completed: int = 0
+    samples_committed: int = 0
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    job_ready: bool
+    job_drained: bool
+    world_size: int
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A consistent copy of the job's state for ``GetJobSnapshot``."""
+
+    spec: JobSpec
+    world_size: int
+    ready: bool
+    drained: bool
+    nodes: list[NodeState]
+    samples_by_node: dict[str, int]
+    live_leases: list[Lease]
+    committed_by_epoch: list[int]
+    counters: Counters
+    started_unix_ms: int
+    samples_per_second: float
+    unix_ms: Callable[[int], int] = field(repr=False)
+
+
+class Job:
+    """Registration, leasing, progress and expiry of one job."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        *,
+        log: LeaseLog | None = None,
+        metrics: CoordinatorMetrics | None = None,
+        clock: Callable[[], int] = monotonic_ms,
+    ) -> None:
+        self.spec = spec
+        self._log = log
+        self._metrics = metrics
+        self._clock = clock
+        self.registry = NodeRegistry(
+            freeze_size=spec.freeze_size, node_ttl_ms=spec.lease_ttl_ms, clock=clock
+        )
+        self.scheduler = LeaseScheduler(
+            total=spec.total_samples,
+            epochs=spec.epochs,
+            lease_ttl_ms=spec.lease_ttl_ms,
+            blocks_for_epoch=lambda e: spec.order(e).block_ranges(),
+            clock=clock,
+            max_wait_ms=spec.heartbeat_interval_ms,
+        )
+        self.counters = Counters()
+        self._samples_by_node: dict[str, int] = {}
+        self._draining = False
+        self._drained_announced = False
+        self._started_mono = clock()
+        self._started_unix_ms = int(time.time() * 1000)
+        self._committed_here = 0
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def unix_ms(self, mono_ms: int) -> int:
+        """Wall-clock milliseconds of a time on the job's (monotonic) clock."""
+        return int(time.time() * 1000) + (mono_ms - self._clock())
+
+    def _check_ids(self, job_id: str, node_id: str | None) -> None:
+        if not job_id:
+            raise RequestError(
+                "job_id is empty; pass the job id the coordinator serves", field="job_id"
+            )
+        if job_id != self.spec.job_id:
+            raise JobStateError(
+                f"this coordinator serves job {self.spec.job_id!r}, not {job_id!r}; "
+                "point the node at the right coordinator or fix --job-id",
+            )
+        if node_id is not None and not node_id:
+            raise RequestError(
+                "node_id is empty; every node needs a stable, unique id", field="node_id"
+            )
+
+    def check_job(self, job_id: str) -> None:
+        """Read-only calls may omit the job id; a wrong one is still refused."""
+        if job_id:
+            self._check_ids(job_id, None)
+
+    async def _append(self, records: list[dict[str, Any]]) -> None:
+        if self._log is not None and records:
+            await self._log.append(records)
+
+    @property
+    def drained(self) -> bool:
+        return self.scheduler.drained
+
+    def begin_drain(self) -> None:
+        """Stop handing out leases (shutdown); reports are still taken."""
+        self._draining = True
+
+    # -- restart ---------------------------------------------------------------------
+
+    def restore(self, state: LeaseLogState) -> None:
+        """Take over the state a lease log replay produced."""
+        self.registry.restore(state.ranks)
+        self.scheduler.restore(dealt=state.dealt, leases=state.leases, next_seq=state.next_seq)
+        for le in state.leases:
+            self._samples_by_node[le.node_id] = (
+                self._samples_by_node.get(le.node_id, 0) + le.cursor - le.start
+            )
+        self.counters.leases_issued = len(state.leases)
+        self.counters.leases_completed = sum(le.state == "done" for le in state.leases)
+        self.counters.leases_expired = sum(le.state == "expired" for le in state.leases)
+        self.counters.samples_committed = sum(le.cursor - le.start for le in state.leases)
+        emit(
+            _COMPONENT,
+            "lease_log_replayed",
+            records=state.records,
+            leases=len(state.leases),
+            live_leases=len(self.scheduler.live_leases()),
+            epochs_dealt=self.scheduler.epochs_dealt,
+            samples_committed=self.counters.samples_committed,
+            drained=self.drained,
+        )
+        self._drained_announced = self.drained
+
+    # -- RPC bodies ------------------------------------------------------------------
+
+    async def register(self, job_id: str, node_id: str, hostname: str = "") -> Registration:
+        self._check_ids(job_id, node_id)
+        reg = self.registry.register(node_id, hostname)
+        await self._append([{"ev": "rank", "node": n, "rank": r} for n, r in reg.assigned])
+        emit(
+            _COMPONENT,
+            "node_registered",
+            node_id=node_id,
+            hostname=hostname,
+            rank=reg.rank,
+            world_size=reg.world_size,
+            job_ready=reg.ready,
+        )
+        self._update_live_gauge()
+        return reg
+
+    async def heartbeat(
+        self, job_id: str, node_id: str, stats: Mapping[str, int] | None = None
+    ) -> HeartbeatResult:
+        self._check_ids(job_id, node_id)
+        self.registry.heartbeat(node_id, stats)
+        self._update_live_gauge()
+        return HeartbeatResult(self.registry.ready, self.drained, self.registry.world_size)
+
+    async def request_lease(self, job_id: str, node_id: str, want: int) -> Grant:
+        self._check_ids(job_id, node_id)
+        if want <= 0:
+            raise RequestError(
+                "want must be > 0: the number of leases the node wants now", field="want"
+            )
+        rank = self.registry.require_rank(node_id)
+        self.registry.heartbeat(node_id)
+        records = self._collect_expiries()
+        if self._draining:
+            grant = Grant((), (), self.spec.heartbeat_interval_ms, self.drained)
+        else:
+            grant = self.scheduler.acquire(
+                node_id,
+                rank,
+                world_size=self.registry.world_size,
+                departed_ranks=self.registry.departed_ranks(),
+                want=want,
+            )
+        records += [{"ev": "deal", "epoch": d.epoch, "world": d.world_size} for d in grant.dealt]
+        records += [
+            {
+                "ev": "issue",
+                "lease": le.lease_id,
+                "seq": lease_seq(le.lease_id),
+                "node": le.node_id,
+                "epoch": le.epoch,
+                "start": le.start,
+                "end": le.end,
+            }
+            for le in grant.leases
+        ]
+        await self._append(records)
+        for d in grant.dealt:
+            emit(_COMPONENT, "epoch_dealt", epoch=d.epoch, world_size=d.world_size)
+        for le in grant.leases:
+            emit(
+                _COMPONENT,
+                "lease_issued",
+                lease_id=le.lease_id,
+                node_id=node_id,
+                epoch=le.epoch,
+                start=le.start,
+                end=le.end,
+            )
+        self.counters.leases_issued += len(grant.leases)
+        if self._metrics is not None:
+            self._metrics.leases_issued.inc(len(grant.leases))
+        self._announce_drained()
+        return grant
+
+    async def report_progress(
+        self, job_id: str, node_id: str, lease_id: str, cursor: int
+    ) -> Progress:
+        self._check_ids(job_id, node_id)
+        if not lease_id:
+            raise RequestError(
+                "lease_id is empty; report on a lease RequestLease returned", field="lease_id"
+            )
+        self.registry.heartbeat(node_id)
+        progress = self.scheduler.report(node_id, lease_id, cursor)
+        advanced = progress.committed_to - progress.committed_from
+        if advanced:
+            await self._append([{"ev": "progress", "lease": lease_id, "cursor": cursor}])
+            self._samples_by_node[node_id] = self._samples_by_node.get(node_id, 0) + advanced
+            self.counters.samples_committed += advanced
+            self._committed_here += advanced
+            if self._metrics is not None:
+                self._metrics.samples_committed.inc(advanced)
+        le = progress.lease
+        if progress.completed and advanced:
+            self.counters.leases_completed += 1
+            if self._metrics is not None:
+                self._metrics.leases_completed.inc()
+            emit(
+                _COMPONENT,
+                "lease_completed",
+                lease_id=lease_id,
+                node_id=node_id,
+                epoch=le.epoch,
+                start=le.start,
+                end=le.end,
+            )
+        if progress.epoch_completed:
+            emit(
+                _COMPONENT,
+                "epoch_completed",
+                epoch=le.epoch,
+                total_samples=self.spec.total_samples,
+            )
+        self._announce_drained()
+        return progress
+
+    # -- time ------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Depart silent nodes and expire overdue leases (the server calls this often)."""
+        await self._append(self._collect_expiries())
+
+    def _collect_expiries(self) -> list[dict[str, Any]]:
+        expiries: list[Expiry] = []
+        for node in self.registry.expire_silent():
+            emit(_COMPONENT, "node_departed", node_id=node.node_id, rank=node.rank)
+            expiries += self.scheduler.expire_node(node.node_id)
+        expiries += self.scheduler.expire_due()
+        if expiries:
+            self._update_live_gauge()
+        records: list[dict[str, Any]] = []
+        for ex in expiries:
+            le = ex.lease
+            records.append({"ev": "expire", "lease": le.lease_id})
+            emit(
+                _COMPONENT,
+                "lease_expired",
+                lease_id=le.lease_id,
+                node_id=le.node_id,
+                epoch=le.epoch,
+                start=le.start,
+                end=le.end,
+                cursor=le.cursor,
+            )
+            self.counters.leases_expired += 1
+            if self._metrics is not None:
+                self._metrics.leases_expired.inc()
+            if ex.requeued is not None:
+                emit(
+                    _COMPONENT,
+                    "lease_requeued",
+                    from_lease_id=le.lease_id,
+                    epoch=ex.requeued.epoch,
+                    start=ex.requeued.start,
+                    end=ex.requeued.end,
+                )
+                self.counters.leases_requeued += 1
+                if self._metrics is not None:
+                    self._metrics.leases_requeued.inc()
+        return records
+
+    def _announce_drained(self) -> None:
+        if self.drained and not self._drained_announced:
+            self._drained_announced = True
+            emit(
+                _COMPONENT,
+                "job_drained",
+                epochs=self.spec.epochs,
+                total_samples=self.spec.total_samples,
+                samples_committed=self.counters.samples_committed,
+            )
+
+    def _update_live_gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.nodes_live.set(self.registry.live_count())
+
+    # -- views -----------------------------------------------------------------------
+
+    def view(self) -> JobView:
+        elapsed_s = max(1e-3, (self._clock() - self._started_mono) / 1000)
+        return JobView(
+            spec=self.spec,
+            world_size=self.registry.world_size,
+            ready=self.registry.ready,
+            drained=self.drained,
+            nodes=[replace(n) for n in self.registry.nodes()],
+            samples_by_node=dict(self._samples_by_node),
+            live_leases=self.scheduler.live_leases(),
+            committed_by_epoch=[self.scheduler.committed(e) for e in range(self.spec.epochs)],
+            counters=replace(self.counters),
+            started_unix_ms=self._started_unix_ms,
+            samples_per_second=self._committed_here / elapsed_s,
+            unix_ms=self.unix_ms,
+        )

@@ -1,0 +1,352 @@
+"""The coordinator's lease log: append-only, fsync'd JSON lines, replayed on restart.
+
+    {"mx8_lease_log": 1, "manifest_hash": ..., "total": ..., "block_size": ..., ...}  header
+    {"ev": "rank", "node": "n1", "rank": 0}                       world freeze / late joiner
+    {"ev": "deal", "epoch": 0, "world": 3}                        epoch dealt over 3 ranks
+    {"ev": "issue", "lease": "L7", "seq": 7, "node": "n1", "epoch": 0, "start": 0, "end": 64}
+    {"ev": "progress", "lease": "L7", "cursor": 32}               cursor == end completes it
+    {"ev": "expire", "lease": "L7"}                               remainder was re-queued
+
+The header names the manifest hash and every setting that positions depend on, so a log
+is never replayed against another snapshot or order. A write is acknowledged only after
+``fdatasync`` (enough for appends: it also flushes the file size); concurrent appends
+share one sync (group commit) in a single writer thread, so the event loop never blocks
+on the disk and lines stay in the order the job produced them. A torn last line (crash
+mid-write, never acknowledged) is cut off on open.
+
+Opening an existing log compacts it when that drops anything: only the last ``progress``
+line of each lease matters to a replay (cursors only move forward), so the earlier ones
+are left out of a rewritten copy (temp file, fsync, rename, directory fsync) and appends
+continue on the copy. A crash mid-compaction leaves the original log in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mx8_common.errors import LeaseLogError
+from mx8_coordinator.state.lease_scheduler import RestoredLease
+
+__all__ = [
+    "LeaseLog",
+    "LeaseLogHeader",
+    "LeaseLogState",
+    "compact_records",
+    "lease_log_path",
+    "read_log_manifest_hash",
+    "replay_records",
+]
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LeaseLogHeader:
+    """What a lease log belongs to: positions only mean something for these values."""
+
+    job_id: str
+    manifest_hash: str
+    total: int
+    block_size: int
+    shuffle: bool
+    seed: int
+    epochs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mx8_lease_log": _FORMAT, **asdict(self)}
+
+
+@dataclass
+class LeaseLogState:
+    """What replaying a log yields, ready for ``NodeRegistry.restore`` / ``LeaseScheduler``."""
+
+    ranks: dict[str, int] = field(default_factory=dict)
+    dealt: dict[int, int] = field(default_factory=dict)
+    leases: list[RestoredLease] = field(default_factory=list)
+    next_seq: int = 0
+    records: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.records == 0
+
+
+def lease_log_path(state_dir: str | os.PathLike[str], job_id: str) -> Path:
+    """``<state_dir>/<job_id>.lease-log.jsonl`` (job id made file-name safe)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)
+    return Path(state_dir) / f"{safe}.lease-log.jsonl"
+
+
+def read_log_manifest_hash(path: str | os.PathLike[str]) -> str | None:
+    """The manifest hash a lease log's header names (None if there is no readable log)."""
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    value = header.get("manifest_hash") if isinstance(header, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def replay_records(records: Iterator[dict[str, Any]], path: str = "") -> LeaseLogState:
+    """Fold log records (after the header) into the state they describe."""
+    state = LeaseLogState()
+    leases: dict[str, dict[str, Any]] = {}
+    for n, rec in enumerate(records, start=2):
+        try:
+            ev = rec["ev"]
+            if ev == "rank":
+                state.ranks[rec["node"]] = int(rec["rank"])
+            elif ev == "deal":
+                state.dealt[int(rec["epoch"])] = int(rec["world"])
+            elif ev == "issue":
+                leases[rec["lease"]] = {**rec, "cursor": int(rec["start"]), "state": "live"}
+                state.next_seq = max(state.next_seq, int(rec["seq"]))
+            elif ev == "progress":
+                lease = leases[rec["lease"]]
+                lease["cursor"] = int(rec["cursor"])
+                if lease["cursor"] == int(lease["end"]):
+                    lease["state"] = "done"
+            elif ev == "expire":
+                leases[rec["lease"]]["state"] = "expired"
+            else:
+                raise KeyError(ev)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LeaseLogError(
+                f"lease log {path} line {n} is not a record this coordinator wrote "
+                f"({exc!r}); move the file away to start the job over",
+                path=path,
+            ) from exc
+        state.records += 1
+    state.leases = [
+        RestoredLease(
+            lease_id=lid,
+            node_id=le["node"],
+            epoch=int(le["epoch"]),
+            start=int(le["start"]),
+            end=int(le["end"]),
+            cursor=le["cursor"],
+            state=le["state"],
+        )
+        for lid, le in leases.items()
+    ]
+    return state
+
+
+def compact_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` without the ``progress`` lines a later one of the same lease supersedes.
+
+    Replaying the result gives the same state: a lease's cursor is its last progress
+    line's (cursors only move forward, so only the last can complete it), and every other
+    line is kept in its order.
+    """
+    last: dict[Any, int] = {}
+    for i, rec in enumerate(records):
+        if rec.get("ev") == "progress":
+            last[rec.get("lease")] = i
+    return [
+        rec
+        for i, rec in enumerate(records)
+        if rec.get("ev") != "progress" or last[rec.get("lease")] == i
+    ]
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LeaseLog:
+    """An open lease log. Build with ``LeaseLog.open`` (blocking: call it off the loop)."""
+
+    def __init__(self, path: Path, file: Any, *, compacted_from: int = 0) -> None:
+        self.path = path
+        self._file = file
+        #: Records the log held before open compacted it (0 when it was not compacted).
+        self.compacted_from = compacted_from
+        # Appends hand bytes to one writer thread: a lock-guarded list and a condition,
+        # answered with one call_soon_threadsafe per batch (an executor hop per append
+        # cost more CPU than the sync itself at a few thousand appends/s).
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.fsyncs = 0
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], header: LeaseLogHeader
+    ) -> tuple[LeaseLog, LeaseLogState]:
+        """Open (creating with ``header``) the log at ``path`` and replay what it holds.
+
+        Returns ``(log, LeaseLogState)``. A log whose header differs from ``header`` is
+        refused: its positions belong to another snapshot or order.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = LeaseLogState()
+        compacted_from = 0
+        if path.exists() and path.stat().st_size > 0:
+            records = cls._read_existing(path, header)
+            state = replay_records(iter(records), str(path))
+            kept = compact_records(records)
+            if len(kept) < len(records):
+                cls._rewrite(path, header, kept)
+                compacted_from = len(records)
+        else:
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(json.dumps(header.to_json(), sort_keys=True).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        return cls(path, open(path, "ab"), compacted_from=compacted_from), state
+
+    @staticmethod
+    def _rewrite(path: Path, header: LeaseLogHeader, records: Sequence[dict[str, Any]]) -> None:
+        # The copy is complete and synced before it replaces the log, so a crash at any
+        # point leaves either the old log or the whole new one.
+        tmp = path.with_name(path.name + ".compact.tmp")
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(header.to_json(), sort_keys=True).encode() + b"\n")
+            f.writelines(_encode(r) for r in records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    @staticmethod
+    def _read_existing(path: Path, header: LeaseLogHeader) -> list[dict[str, Any]]:
+        with open(path, "rb") as f:
+            first = f.readline()
+            try:
+                found = json.loads(first)
+            except ValueError as exc:
+                raise LeaseLogError(
+                    f"lease log {path} has no readable header; it is not an mx8 lease log "
+                    "or is damaged: move it away to start the job over",
+                    path=str(path),
+                ) from exc
+            if found != header.to_json():
+                diff = {
+                    k: (found.get(k), v) for k, v in header.to_json().items() if found.get(k) != v
+                }
+                raise LeaseLogError(
+                    f"lease log {path} belongs to another job setup (logged vs now: {diff}); "
+                    "start with the same dataset snapshot and settings, or use another "
+                    "--state-dir / --job-id to start over",
+                    path=str(path),
+                )
+            good_end = f.tell()
+            records: list[dict[str, Any]] = []
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # torn tail: never fsync'd, never acknowledged
+                try:
+                    records.append(json.loads(line))
+                except ValueError as exc:
+                    raise LeaseLogError(
+                        f"lease log {path} has a damaged line at byte {good_end}; move the "
+                        "file away to start the job over",
+                        path=str(path),
+                    ) from exc
+                good_end += len(line)
+        if good_end < path.stat().st_size:
+            with open(path, "r+b") as f:
+                f.truncate(good_end)
+                os.fsync(f.fileno())
+        return records
+
+    def _write(self, data: bytes) -> None:
+        fd = self._file.fileno()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fdatasync(fd)
+        self.fsyncs += 1
+
+    def _run_writer(self) -> None:
+        """The writer thread: take everything pending, write it, sync once, answer."""
+        assert self._loop is not None
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return  # closed and drained
+                batch, self._pending = self._pending, []
+            error: OSError | None = None
+            try:
+                self._write(b"".join(d for d, _ in batch))
+            except OSError as exc:
+                error = exc
+            try:
+                self._loop.call_soon_threadsafe(self._settle, batch, error)
+            except RuntimeError:
+                return  # the loop is closed: nobody waits for these answers any more
+
+    def _settle(
+        self, batch: list[tuple[bytes, asyncio.Future[None]]], error: OSError | None
+    ) -> None:
+        err = None
+        if error is not None:
+            err = LeaseLogError(
+                f"cannot write lease log {self.path}: {error}; check the disk of --state-dir",
+                path=str(self.path),
+            )
+        for _, fut in batch:
+            if fut.done():
+                continue
+            if err is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(err)
+
+    async def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Append ``records`` and return once they are on disk."""
+        if not records:
+            return
+        if self._closed:
+            raise LeaseLogError(f"lease log {self.path} is closed", path=str(self.path))
+        if self._writer is None:
+            self._loop = asyncio.get_running_loop()
+            self._writer = threading.Thread(
+                target=self._run_writer, name="mx8-lease-log", daemon=True
+            )
+            self._writer.start()
+        assert self._loop is not None
+        data = b"".join(_encode(r) for r in records)
+        done: asyncio.Future[None] = self._loop.create_future()
+        with self._cond:  # held by the writer only to swap the list: never blocks the loop
+            self._pending.append((data, done))
+            self._cond.notify()
+        await done
+
+    async def close(self) -> None:
+        """Wait for pending appends, then close the file. Safe to call twice."""
+        if self._closed:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+            await asyncio.sleep(0)  # let the last batch's answers run
+        self._file.close()

@@ -1,0 +1,1 @@
+"""The coordinator's HTTP face: /metrics, /api/status and the status page."""

@@ -1,0 +1,113 @@
+"""S3 listing pages against the real S3-protocol server, and the monotonic-order guard."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from support.fake_list_endpoint import fake_list_endpoint
+
+from mx8_common.errors import AccessDeniedError, BucketNotFoundError, NonMonotonicListingError
+from mx8_common.snapshot.s3_lister import PageSource, S3PageSource, ordered_pages
+from mx8_common.storage.s3_client import S3Settings, open_s3_client
+
+KEYS = {
+    "ds/b/2.jpg": 2,
+    "ds/a/1.jpg": 1,
+    "ds/a-x/9.jpg": 9,
+    "ds/top.txt": 3,
+    "ds/a/deep/4.jpg": 4,
+    "ds/a/": 0,  # a console's folder marker: not a sample
+    "other/z.jpg": 5,
+}
+
+
+@pytest.fixture
+def filled_bucket(s3_bucket: str, s3_sync_client: Any) -> str:
+    for key, size in KEYS.items():
+        s3_sync_client.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * size)
+    return s3_bucket
+
+
+async def _collect(source: S3PageSource) -> list[Sequence[tuple[str, int]]]:
+    return [page async for page in source.pages()]
+
+
+async def test_s3_page_source_pages_in_key_order(filled_bucket: str) -> None:
+    async with open_s3_client() as client:
+        source = S3PageSource(client, filled_bucket, "ds/", page_size=2)
+        assert isinstance(source, PageSource)
+        pages = await _collect(source)
+    keys = [item for page in pages for item in page]
+    assert keys == [
+        ("a-x/9.jpg", 9),
+        ("a/1.jpg", 1),
+        ("a/deep/4.jpg", 4),
+        ("b/2.jpg", 2),
+        ("top.txt", 3),
+    ]
+    assert source.pages_scanned == len(pages) >= 3
+    assert source.location("a/1.jpg") == f"s3://{filled_bucket}/ds/a/1.jpg"
+
+
+async def test_s3_page_source_non_recursive_keeps_direct_keys(filled_bucket: str) -> None:
+    async with open_s3_client() as client:
+        source = S3PageSource(client, filled_bucket, "ds/", recursive=False)
+        pages = await _collect(source)
+    assert [item for page in pages for item in page] == [("top.txt", 3)]
+
+
+async def test_s3_page_source_folders_summary(filled_bucket: str) -> None:
+    async with open_s3_client() as client:
+        summary = await S3PageSource(client, filled_bucket, "ds/").folders()
+    assert summary.folders == ("a", "a-x", "b")
+    assert summary.loose_objects == 1 and summary.example_loose == "top.txt"
+
+
+async def test_s3_page_source_missing_bucket_is_clear(s3_env: Any) -> None:
+    async with open_s3_client() as client:
+        with pytest.raises(BucketNotFoundError, match="does not exist"):
+            await _collect(S3PageSource(client, "mx8-no-such-bucket-x", ""))
+
+
+async def test_s3_page_source_access_denied_is_clear(s3_env: Any) -> None:
+    with fake_list_endpoint() as fake:
+        fake.denied.add("locked-bucket")
+        async with open_s3_client(S3Settings(endpoint_url=fake.url, region="us-east-1")) as client:
+            with pytest.raises(AccessDeniedError, match="access denied"):
+                await _collect(S3PageSource(client, "locked-bucket", "p/"))
+
+
+async def test_s3_page_source_serves_unordered_listing_from_fake_endpoint(s3_env: Any) -> None:
+    with fake_list_endpoint() as fake:
+        fake.buckets["unordered"] = [("p/b", 1), ("p/c", 1), ("p/a", 1)]
+        async with open_s3_client(S3Settings(endpoint_url=fake.url, region="us-east-1")) as client:
+            source = S3PageSource(client, "unordered", "p/", page_size=2)
+            with pytest.raises(NonMonotonicListingError, match="'a', which sorts before"):
+                [p async for p in ordered_pages(source.pages(), link="s3://unordered/p/")]
+
+
+async def _gen(pages: list[list[tuple[str, int]]]) -> AsyncIterator[Sequence[tuple[str, int]]]:
+    for page in pages:
+        yield page
+
+
+@pytest.mark.parametrize(
+    ("pages", "fragment"),
+    [
+        ([[("a", 1), ("c", 1)], [("b", 1)]], "sorts before"),
+        ([[("a", 1), ("a", 1)]], "repeats"),
+        ([[("b", 1)], [], [("b", 1)]], "repeats"),
+    ],
+)
+async def test_ordered_pages_fails_fast(pages: list[list[tuple[str, int]]], fragment: str) -> None:
+    with pytest.raises(NonMonotonicListingError, match=fragment) as info:
+        [p async for p in ordered_pages(_gen(pages), link="s3://b/p/")]
+    assert "MX8_SNAPSHOT_S3_EXTERNAL_SORT=1" in str(info.value)
+    assert info.value.link == "s3://b/p/"
+
+
+async def test_ordered_pages_passes_increasing_pages() -> None:
+    pages = [[("a", 1), ("b", 2)], [], [("b/c", 3), ("é", 4)]]
+    assert [p async for p in ordered_pages(_gen(pages), link="x")] == pages

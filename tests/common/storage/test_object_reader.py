@@ -1,0 +1,224 @@
+"""ObjectReader against the real S3-protocol test server (and a fault proxy in front of it)."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support.s3_fault_proxy import FaultProxy, fault_proxy
+
+from mx8_common.errors import (
+    BucketNotFoundError,
+    ConfigError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig, split_s3_location
+from mx8_common.storage.s3_client import S3Settings
+from mx8_common.testing.local_s3 import LocalS3
+
+PAYLOAD = bytes(random.Random(7).randbytes(10_000))
+FAST_RETRY = ObjectReaderConfig(max_attempts=4, backoff_base_s=0.001, backoff_max_s=0.01)
+
+
+@pytest.fixture
+def s3_object(s3_sync_client: Any, s3_bucket: str) -> str:
+    s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD)
+    return f"s3://{s3_bucket}/data/obj.bin"
+
+
+@pytest.fixture
+def proxy(s3_env: LocalS3) -> Iterator[FaultProxy]:
+    with fault_proxy(s3_env.endpoint_url) as p:
+        yield p
+
+
+def _via(proxy: FaultProxy) -> S3Settings:
+    return S3Settings(endpoint_url=proxy.url, region="us-east-1")
+
+
+async def test_object_reader_reads_whole_object(s3_object: str) -> None:
+    async with ObjectReader() as reader:
+        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
+        assert await reader.read(s3_object) == PAYLOAD  # size unknown: no check
+        assert await reader.read(s3_object, -1, -1) == PAYLOAD  # -1 means none
+        assert reader.stats.reads == 3
+        assert reader.stats.bytes == 3 * len(PAYLOAD)
+        assert reader.stats.retries == 0
+
+
+@pytest.mark.parametrize(("offset", "length"), [(0, 1), (0, 10_000), (123, 456), (9_999, 1)])
+async def test_object_reader_reads_byte_ranges(s3_object: str, offset: int, length: int) -> None:
+    async with ObjectReader() as reader:
+        assert await reader.read(s3_object, offset, length) == PAYLOAD[offset : offset + length]
+
+
+async def test_object_reader_whole_object_of_other_size_is_changed(s3_object: str) -> None:
+    async with ObjectReader() as reader:
+        with pytest.raises(ObjectChangedError) as info:
+            await reader.read(s3_object, None, len(PAYLOAD) + 1)
+    message = str(info.value)
+    assert s3_object in message
+    assert "10001 bytes" in message and "10000 bytes" in message
+    assert info.value.location == s3_object
+    assert info.value.event == "object_changed_since_snapshot"
+
+
+@pytest.mark.parametrize(("offset", "length"), [(9_990, 20), (20_000, 5)])
+async def test_object_reader_range_past_end_is_changed(
+    s3_object: str, offset: int, length: int
+) -> None:
+    async with ObjectReader() as reader:
+        with pytest.raises(ObjectChangedError, match="changed since the snapshot"):
+            await reader.read(s3_object, offset, length)
+
+
+async def test_object_reader_overwritten_object_is_changed(
+    s3_sync_client: Any, s3_bucket: str, s3_object: str
+) -> None:
+    async with ObjectReader() as reader:
+        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
+        s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD[:5000])
+        with pytest.raises(ObjectChangedError):
+            await reader.read(s3_object, None, len(PAYLOAD))
+
+
+async def test_object_reader_missing_object_raises_not_found(s3_bucket: str) -> None:
+    async with ObjectReader(FAST_RETRY) as reader:
+        with pytest.raises(ObjectNotFoundError, match="does not exist") as info:
+            await reader.read(f"s3://{s3_bucket}/nope.bin", None, 10)
+    assert info.value.location == f"s3://{s3_bucket}/nope.bin"
+    assert reader.stats.retries == 0  # permanent: not retried
+
+
+async def test_object_reader_missing_bucket_raises_bucket_not_found(s3_env: LocalS3) -> None:
+    async with ObjectReader(FAST_RETRY) as reader:
+        with pytest.raises(BucketNotFoundError, match="bucket"):
+            await reader.read("s3://mx8-no-such-bucket-x1/a.bin")
+    assert reader.stats.retries == 0
+
+
+async def test_object_reader_retries_slowdown_then_succeeds(
+    s3_object: str, proxy: FaultProxy
+) -> None:
+    proxy.add_faults("data/obj.bin", "slowdown", "slowdown")
+    async with ObjectReader(FAST_RETRY, s3_settings=_via(proxy)) as reader:
+        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
+    assert proxy.faults_fired["slowdown"] == 2
+    assert proxy.gets_for("data/obj.bin") == 3
+    assert reader.stats.retries == 2
+
+
+async def test_object_reader_retries_short_body_and_reset(
+    s3_object: str, proxy: FaultProxy
+) -> None:
+    proxy.add_faults("data/obj.bin", "short", "reset", "reset")
+    async with ObjectReader(FAST_RETRY, s3_settings=_via(proxy)) as reader:
+        assert await reader.read(s3_object, 100, 5000) == PAYLOAD[100:5100]
+    assert proxy.faults_fired["short"] == 1 and proxy.faults_fired["reset"] == 2
+    # aiohttp itself may re-send once on a dropped keep-alive connection; the short body
+    # and at least one reset reach mx8's retry loop.
+    assert reader.stats.retries >= 2
+
+
+async def test_object_reader_gives_up_after_max_attempts(s3_object: str, proxy: FaultProxy) -> None:
+    proxy.add_faults("data/obj.bin", *["slowdown"] * 10)
+    async with ObjectReader(FAST_RETRY, s3_settings=_via(proxy)) as reader:
+        with pytest.raises(TransientStorageError, match="gave up after 4 attempts") as info:
+            await reader.read(s3_object, None, len(PAYLOAD))
+    assert info.value.location == s3_object
+    assert proxy.gets_for("data/obj.bin") == 4
+    assert reader.stats.retries == 3
+
+
+async def test_object_reader_reads_local_files(tmp_path: Any) -> None:
+    path = tmp_path / "a b.bin"
+    path.write_bytes(PAYLOAD)
+    async with ObjectReader() as reader:
+        assert await reader.read(str(path), None, len(PAYLOAD)) == PAYLOAD
+        assert await reader.read(f"file://{path}", 10, 20) == PAYLOAD[10:30]
+        assert await reader.read(str(path)) == PAYLOAD
+        with pytest.raises(ObjectChangedError, match="10000 bytes"):
+            await reader.read(str(path), None, 9_999)
+        with pytest.raises(ObjectChangedError, match="ends at byte 10000"):
+            await reader.read(str(path), 9_990, 20)
+        with pytest.raises(ObjectNotFoundError):
+            await reader.read(str(tmp_path / "missing.bin"), None, 5)
+        with pytest.raises(StorageError, match="directory"):
+            await reader.read(str(tmp_path), 0, 5)
+
+
+async def test_object_reader_local_permission_denied(tmp_path: Any) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    path = tmp_path / "secret.bin"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    async with ObjectReader() as reader:
+        with pytest.raises(StorageError, match="permission denied"):
+            await reader.read(str(path))
+
+
+async def test_object_reader_rejects_offset_without_length(tmp_path: Any) -> None:
+    async with ObjectReader() as reader:
+        with pytest.raises(StorageError, match="a range needs both"):
+            await reader.read(str(tmp_path / "x"), 5, None)
+
+
+@pytest.mark.parametrize("bad", ["s3://", "s3://bucket", "s3://bucket/", "s3:///key"])
+def test_split_s3_location_rejects_malformed(bad: str) -> None:
+    with pytest.raises(StorageError, match="s3://bucket/key"):
+        split_s3_location(bad)
+
+
+def test_split_s3_location_splits_bucket_and_key() -> None:
+    assert split_s3_location("s3://b/k/x y.jpg") == ("b", "k/x y.jpg")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_attempts": 0}, {"backoff_base_s": 1.0, "backoff_max_s": 0.5}, {"local_read_threads": 0}],
+)
+def test_object_reader_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        ObjectReaderConfig(**kwargs)
+
+
+async def test_object_reader_reads_local_files_in_one_job(tmp_path: Any) -> None:
+    (tmp_path / "a").write_bytes(b"aaaa")
+    (tmp_path / "b").write_bytes(PAYLOAD)
+    items = [
+        (str(tmp_path / "a"), None, 4),
+        (str(tmp_path / "missing"), None, 4),
+        (f"file://{tmp_path / 'b'}", 5, 10),
+        (str(tmp_path / "a"), None, 3),
+        ("gs://bucket/key", None, None),
+    ]
+    async with ObjectReader() as reader:
+        got = await reader.read_local_many(items)
+    assert got[0] == b"aaaa" and got[2] == PAYLOAD[5:15]
+    assert isinstance(got[1], ObjectNotFoundError)
+    assert isinstance(got[3], ObjectChangedError)
+    assert isinstance(got[4], StorageError) and "scheme" in str(got[4])
+    assert reader.stats.reads == 2 and reader.stats.bytes == 14
+
+
+async def test_object_reader_new_clients_reuse_parsed_models(s3_object: str) -> None:
+    # Each reader opens its own client (one per engine epoch); the parsed service model is
+    # shared, and sharing it must not grow the loader's search path per client.
+    readers = [ObjectReader() for _ in range(3)]
+    try:
+        for reader in readers:
+            assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
+        loaders = {id(reader._client._loader) for reader in readers}
+        paths = [len(reader._client._loader.search_paths) for reader in readers]
+    finally:
+        for reader in readers:
+            await reader.aclose()
+    assert len(loaders) == 1
+    assert paths[0] == paths[-1]

@@ -1,0 +1,206 @@
+"""Helpers of the agent tests: datasets on disk, daemons as processes, trainers in threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mx8._agent_client import AgentStreamClient
+from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
+from mx8_common.manifest.format import ManifestWriter
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+from support.eventually import assert_eventually as _assert_eventually
+
+__all__ = [
+    "DaemonProcess",
+    "TrainerRun",
+    "assert_eventually",
+    "committed",
+    "make_batch",
+    "new_hub",
+    "run_trainer",
+    "sample_size",
+    "write_local_dataset",
+]
+
+
+def sample_size(i: int) -> int:
+    """Byte size of sample ``i`` in the test datasets (varied, never 0)."""
+    return 50 + (i * 37) % 200
+
+
+def sample_bytes(i: int) -> bytes:
+    return i.to_bytes(4, "big") * (sample_size(i) // 4) + b"x" * (sample_size(i) % 4)
+
+
+def write_local_dataset(
+    root: Path, samples: int, *, labels: int = 0, with_lengths: bool = True
+) -> Path:
+    """Files ``root/data/NNNNNN.bin`` and a canonical manifest of them at ``root/manifest.tsv``.
+
+    With ``labels`` > 0 each row carries ``label_id = i % labels`` as its decode hint.
+    """
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    with ManifestWriter(root) as writer:
+        for i in range(samples):
+            path = data / f"{i:06d}.bin"
+            path.write_bytes(sample_bytes(i))
+            hint = f"mx8:vision:imagefolder;label_id={i % labels}" if labels else ""
+            writer.write(
+                str(path), byte_length=sample_size(i) if with_lengths else None, decode_hint=hint
+            )
+        written = writer.finish()
+    path = root / "manifest.tsv"
+    os.replace(written.path, path)
+    return path
+
+
+async def assert_eventually(
+    check: Callable[[], Any], *, timeout_s: float = 20.0, interval_s: float = 0.02
+) -> Any:
+    """The shared poller with this package's longer default (agent processes start slowly)."""
+    return await _assert_eventually(check, timeout_s=timeout_s, interval_s=interval_s)
+
+
+@dataclass
+class TrainerRun:
+    """What one trainer thread consumed (acknowledged batches only) and how it ended."""
+
+    ids: list[int] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    batches: list[Any] = field(default_factory=list)
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def run_trainer(
+    url: str,
+    *,
+    local_rank: int = 0,
+    batch_size: int = 16,
+    window: int = 4,
+    job_id: str = "default",
+    delay_s: float = 0.0,
+    stop_after: int | None = None,
+    keep_batches: bool = False,
+    timeout_s: float = 30.0,
+    on_batch: Callable[[Any], None] | None = None,
+) -> TrainerRun:
+    """Consume the agent's stream in the calling thread; never raises (see ``.error``).
+
+    ``stop_after`` batches closes the stream early, leaving the last one unacknowledged.
+    """
+    run = TrainerRun()
+    try:
+        with AgentStreamClient(
+            url,
+            job_id=job_id,
+            local_rank=local_rank,
+            batch_size=batch_size,
+            window=window,
+            timeout_s=timeout_s,
+        ) as client:
+            for n, batch in enumerate(client, start=1):
+                if on_batch is not None:
+                    on_batch(batch)
+                if stop_after is not None and n >= stop_after:
+                    break
+                run.ids.extend(batch.sample_ids.tolist())
+                run.epochs.append(batch.epoch)
+                if keep_batches:
+                    run.batches.append(batch)
+                if delay_s:
+                    time.sleep(delay_s)
+    except BaseException as exc:
+        run.error = exc
+    finally:
+        run.done.set()
+    return run
+
+
+class DaemonProcess:
+    """An ``mx8-coordinator`` or ``mx8d-agent`` child process logging JSON events to a file."""
+
+    def __init__(
+        self, module: str, args: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.log_path = log_path
+        full_env = {**os.environ, "MX8_LOG_FORMAT": "json", **(env or {})}
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=full_env,
+            )
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.text().splitlines():
+            if line.startswith("{"):
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line being written right now
+                if name is None or event.get("event") == name:
+                    out.append(event)
+        return out
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        found = self.events(name)
+        return found[0] if found else None
+
+    async def wait_event(self, name: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            found = self.event(name)
+            if found is None and self.proc.poll() is not None:
+                raise AssertionError(f"{name!r} never came; the process exited:\n{self.text()}")
+            return found
+
+        return await assert_eventually(check, timeout_s=timeout_s)
+
+    async def wait_exit(self, timeout_s: float = 30.0) -> int:
+        await assert_eventually(lambda: self.proc.poll() is not None, timeout_s=timeout_s)
+        return int(self.proc.returncode)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+async def committed(address: str) -> int:
+    async with CoordinatorClient(address) as client:
+        snap = await client.get_job_snapshot()
+    return int(snap.counters.samples_committed)
+
+
+def make_batch(k: int, n: int = 4, nbytes: int = 40, lease: str = "L1") -> ReadyBatch:
+    return ReadyBatch(
+        lease_id=lease,
+        epoch=0,
+        first_pos=k * n,
+        sample_ids=np.arange(k * n, k * n + n, dtype=np.uint64),
+        parts=[b"p" * nbytes],
+        offsets=np.linspace(0, nbytes, n + 1).astype(np.uint64),
+        labels=None,
+    )
+
+
+def new_hub(max_bytes: int = 10_000) -> tuple[TrainerHub, list[ReadyBatch]]:
+    acked: list[ReadyBatch] = []
+    return TrainerHub(max_bytes=max_bytes, on_acked=acked.append), acked
