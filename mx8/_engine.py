@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mx8._shard import Shard
 from mx8.batch import Batch
 from mx8_common.manifest.table import ManifestTable
+from mx8_common.sample_order import Shard
 from mx8_common.storage.fetch_pipeline import (
     FetchBatch,
     FetchConfig,

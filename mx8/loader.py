@@ -5,9 +5,10 @@ the rank's samples. When ``agent=`` (or ``MX8_AGENT_URL``) names a local ``mx8d-
 the same iterator is served by the agent, which got the job from the coordinator.
 
 The order is a pure function of (manifest_hash, seed, epoch): ``EpochOrder`` (block +
-in-block shuffle, the coordinator's too), then the rank's strided, equal-length shard.
-``state_dict()`` is (manifest_hash, epoch, seed, position): restoring it restarts the
-shard at ``position`` in O(1), without replaying fetched data.
+in-block shuffle, the coordinator's too), then the rank's strided, equal-length ``Shard``
+(the agents cut the same one). ``state_dict()`` is O(1) (manifest hash, epoch, step,
+global ``consumed`` positions, seed, world and batch size; see ``mx8._state``): restoring
+it continues the epoch without replaying fetched data, also at another world size.
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from mx8._engine import EmbeddedEngine
-from mx8._shard import Shard
+from mx8._state import EpochCursor, LoaderShape, build_state, resume_cursor
 from mx8.batch import Batch
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.sample_order import EpochOrder
+from mx8_common.sample_order import JobOrder, Shard
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
 from mx8_common.storage.fetch_pipeline import FetchConfig
 
-__all__ = ["Loader", "LoaderStats", "load"]
+__all__ = ["Loader", "LoaderStats", "load", "resolve_rank"]
 
-_STATE_VERSION = 1
 DEFAULT_BLOCK_SIZE = 65536
 
 
@@ -57,6 +57,18 @@ def _env_int(name: str) -> int | None:
         return int(value)
     except ValueError as exc:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer") from exc
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size) from the arguments, else torchrun's ``RANK``/``WORLD_SIZE``."""
+    world_size = world_size if world_size is not None else _env_int("WORLD_SIZE") or 1
+    rank = rank if rank is not None else _env_int("RANK") or 0
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(
+            f"rank {rank} / world_size {world_size} is not a valid shard; "
+            "need 0 <= rank < world_size (or set RANK and WORLD_SIZE)"
+        )
+    return rank, world_size
 
 
 class Loader:
@@ -87,13 +99,7 @@ class Loader:
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
-        world_size = world_size if world_size is not None else _env_int("WORLD_SIZE") or 1
-        rank = rank if rank is not None else _env_int("RANK") or 0
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(
-                f"rank {rank} / world_size {world_size} is not a valid shard; "
-                "need 0 <= rank < world_size (or set RANK and WORLD_SIZE)"
-            )
+        rank, world_size = resolve_rank(rank, world_size)
         self.link = link
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -121,8 +127,7 @@ class Loader:
         self.classes: list[str] | None = (
             list(snapshot.class_names) if snapshot.class_names else None
         )
-        self._epoch = epoch
-        self._position = 0  # samples of this rank's shard consumed in the current epoch
+        self._cursor = EpochCursor(epoch=epoch)
         self._lock = threading.Lock()
         self._engine: EmbeddedEngine | None = None
         self._bytes = 0
@@ -139,26 +144,39 @@ class Loader:
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self._cursor.epoch
 
     @property
     def total_samples(self) -> int:
         return len(self.table)
 
-    def _shard(self) -> Shard:
-        order = EpochOrder(
-            len(self.table),
-            self.block_size,
-            self.shuffle,
-            self.seed,
-            self._epoch,
-            self.manifest_hash,
+    def _shape(self) -> LoaderShape:
+        job = JobOrder(
+            manifest_hash=self.manifest_hash,
+            total_samples=len(self.table),
+            block_size=self.block_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
         )
-        return Shard(order, self.rank, self.world_size, self.drop_last, self.batch_size)
+        return LoaderShape(
+            link=self.link,
+            job=job,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+        )
+
+    def _shard(self) -> Shard:
+        return self._shape().shard(self._cursor)
 
     def __len__(self) -> int:
-        """Batches of this rank in one epoch (equal on every rank)."""
-        return self._shard().batches
+        """Batches of this rank in the current epoch (equal on every rank).
+
+        After an elastic resume this counts the batches taken before it too, so the
+        epoch's last step is ``len(loader) - 1`` either way.
+        """
+        return self._cursor.base_step + self._shard().batches
 
     # -- iteration --------------------------------------------------------------------
 
@@ -183,9 +201,10 @@ class Loader:
                     "this loader is already being iterated; finish or close() that loop first"
                 )
             shard = self._shard()
-            if self._position % self.batch_size and self._position < shard.samples:
+            position = self._cursor.position
+            if position % self.batch_size and position < shard.samples:
                 raise ConfigError("resume position is not on a batch boundary")
-            start_batch = -(-self._position // self.batch_size) + worker
+            start_batch = -(-position // self.batch_size) + worker
             if start_batch >= shard.batches:
                 return iter(())
             engine = EmbeddedEngine(
@@ -212,7 +231,7 @@ class Loader:
                     return
                 # The position is the end of the batch just handed out, so a state taken
                 # now resumes right after it (for a worker: after its own last batch).
-                self._position = shard.batch_bounds(next(indices))[1]
+                self._cursor.position = shard.batch_bounds(next(indices))[1]
                 self._samples += len(batch)
                 self._bytes += len(batch.payload)
                 self._batches += 1
@@ -228,47 +247,27 @@ class Loader:
         """Start epoch ``epoch`` from its beginning on the next iteration."""
         if self._engine is not None:
             raise RuntimeError("cannot change the epoch while iterating; finish the loop first")
-        self._epoch = epoch
-        self._position = 0
+        self._cursor.restart(epoch)
 
     # -- resume -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this rank is: enough to restore the exact remaining order."""
-        return {
-            "version": _STATE_VERSION,
-            "manifest_hash": self.manifest_hash,
-            "epoch": self._epoch,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "position": self._position,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "batch_size": self.batch_size,
-            "block_size": self.block_size,
-        }
+        """Where this rank is, O(1): enough to continue the exact remaining order.
+
+        Every rank of a lockstep job holds the same ``epoch``, ``step`` and ``consumed``,
+        so any rank's state resumes any rank, at any world size (see ``mx8._state``).
+        """
+        return build_state(self._shape(), self._cursor)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a ``state_dict()`` of a loader over the same snapshot and shard."""
+        """Continue from a ``state_dict()`` of a loader over the same snapshot and order.
+
+        At the same world size this is the uninterrupted continuation; at another one
+        the new world shares out the epoch's not yet consumed samples (elastic resume).
+        """
         if self._engine is not None:
             raise RuntimeError("cannot load a state while iterating; finish the loop first")
-        if state.get("version") != _STATE_VERSION:
-            raise ConfigError(f"unknown loader state version {state.get('version')!r}")
-        if state["manifest_hash"] != self.manifest_hash:
-            raise ConfigError(
-                f"this state belongs to snapshot {state['manifest_hash']}, but the loader reads "
-                f"{self.manifest_hash}; pin the snapshot with '{self.link}@sha256:"
-                f"{state['manifest_hash']}' to resume it"
-            )
-        for key in ("rank", "world_size", "batch_size", "shuffle", "block_size"):
-            if state[key] != getattr(self, key):
-                raise ConfigError(
-                    f"state was taken with {key}={state[key]!r} but this loader has "
-                    f"{key}={getattr(self, key)!r}; build the loader with the same value"
-                )
-        self.seed = int(state["seed"])
-        self._epoch = int(state["epoch"])
-        self._position = int(state["position"])
+        self._cursor, self.seed = resume_cursor(self._shape(), state, fixed_seed=False)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -295,7 +294,7 @@ class Loader:
     def __repr__(self) -> str:
         return (
             f"Loader({self.link!r}, manifest_hash={self.manifest_hash[:12]}..., "
-            f"samples={len(self.table)}, epoch={self._epoch}, rank={self.rank}/{self.world_size})"
+            f"samples={len(self.table)}, epoch={self.epoch}, rank={self.rank}/{self.world_size})"
         )
 
 

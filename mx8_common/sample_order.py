@@ -10,6 +10,14 @@ Positions are what the coordinator leases: block k of the order covers a contigu
 position range, so a lease, its cursor and a re-queued remainder are all plain ranges.
 Without shuffle, position == sample id. The embedded loader and the coordinator use the
 same ``EpochOrder``, so both deliver the same order.
+
+A rank's share of an epoch is a ``Shard``: the strided positions
+``offset + rank + i * world_size`` of the order, equal in length on every rank (wrapped
+to the order's start as padding, or cut with ``drop_last``). ``offset`` is how many
+positions of the epoch were consumed before this world started (0 normally): resuming at
+world W' from a state saved at world W is the same function with ``offset = consumed``
+(``consumed_positions``), and with W' == W it is exactly the uninterrupted continuation.
+Embedded loaders and the agents of the distributed mode both cut batches with it.
 """
 
 from __future__ import annotations
@@ -19,7 +27,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EpochOrder", "JobOrder", "rank_positions", "splitmix64"]
+__all__ = [
+    "EpochOrder",
+    "JobOrder",
+    "Shard",
+    "consumed_positions",
+    "rank_positions",
+    "shard_samples",
+    "splitmix64",
+]
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
@@ -158,14 +174,92 @@ class JobOrder:
         )
 
 
-def rank_positions(total: int, rank: int, world_size: int, *, drop_last: bool = False) -> range:
+def shard_samples(total: int, world_size: int, *, drop_last: bool = False, offset: int = 0) -> int:
+    """Samples of every rank's shard of the positions ``[offset, total)``.
+
+    ceil((total - offset) / world_size), or floor with ``drop_last``; 0 once consumed.
+    """
+    if world_size <= 0:
+        raise ValueError(f"world_size must be > 0, got {world_size}")
+    remaining = max(0, total - offset)
+    return remaining // world_size if drop_last else -(-remaining // world_size)
+
+
+def rank_positions(
+    total: int, rank: int, world_size: int, *, drop_last: bool = False, offset: int = 0
+) -> range:
     """Positions of ``rank``'s shard: strided, equal length for every rank.
 
     Without ``drop_last`` the order is padded by wrapping to its start so each rank gets
-    ceil(total / world_size) positions; with it the tail is dropped (floor). Positions
-    past ``total`` must be taken modulo ``total`` (see ``shard_position``).
+    ceil((total - offset) / world_size) positions; with it the tail is dropped (floor).
+    Positions past ``total`` must be taken modulo ``total`` (see ``Shard.ids``).
     """
     if world_size <= 0 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    per_rank = total // world_size if drop_last else -(-total // world_size)
-    return range(rank, rank + per_rank * world_size, world_size)
+    per_rank = shard_samples(total, world_size, drop_last=drop_last, offset=offset)
+    first = offset + rank
+    return range(first, first + per_rank * world_size, world_size)
+
+
+def consumed_positions(
+    total: int, world_size: int, *, offset: int, position: int, drop_last: bool = False
+) -> int:
+    """Positions of the epoch consumed by the whole world once each rank took ``position``
+    samples of its shard starting at ``offset``: ``offset + position * world_size``,
+    clamped to ``total`` (wrap padding consumes nothing new). A finished shard counts as
+    the whole epoch, so the tail ``drop_last`` cut is not served by a resumed world.
+    """
+    if position >= shard_samples(total, world_size, drop_last=drop_last, offset=offset):
+        return total
+    return min(total, offset + position * world_size)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One rank's batches of an epoch, from global position ``offset`` on.
+
+    Rank-local sample ``i`` is position ``offset + rank + i * world_size`` of the epoch's
+    order (modulo ``total``: the padding that keeps every rank's length equal). Batches
+    are ``batch_size`` consecutive rank-local samples, the last one possibly shorter.
+    """
+
+    order: EpochOrder
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool = False
+    batch_size: int = 32
+    offset: int = 0
+
+    @property
+    def samples(self) -> int:
+        """Samples of this rank in the epoch (equal for every rank)."""
+        return shard_samples(
+            self.order.total, self.world_size, drop_last=self.drop_last, offset=self.offset
+        )
+
+    @property
+    def batches(self) -> int:
+        return -(-self.samples // self.batch_size)
+
+    def batch_bounds(self, batch_index: int) -> tuple[int, int]:
+        """Half-open range of rank-local sample indices in batch ``batch_index``."""
+        start = batch_index * self.batch_size
+        return start, min(self.samples, start + self.batch_size)
+
+    def ids(self, start: int, end: int) -> np.ndarray:
+        """Sample ids at rank-local indices [start, end)."""
+        total = self.order.total
+        if end <= start or total == 0:
+            return np.empty(0, dtype=np.uint64)
+        first = self.offset + self.rank + start * self.world_size
+        last = self.offset + self.rank + (end - 1) * self.world_size  # inclusive
+        if last < total:
+            return self.order.ids(first, last + 1)[:: self.world_size].copy()
+        positions = np.arange(first, last + 1, self.world_size, dtype=np.int64) % total
+        lo, hi = int(positions.min()), int(positions.max())
+        span = self.order.ids(lo, hi + 1)
+        return span[positions - lo]
+
+    def batch_ids(self, batch_index: int) -> np.ndarray:
+        """Sample ids of batch ``batch_index``."""
+        return self.ids(*self.batch_bounds(batch_index))

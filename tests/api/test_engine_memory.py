@@ -17,9 +17,8 @@ import pytest
 
 import mx8
 from mx8._engine import EmbeddedEngine
-from mx8._shard import Shard
 from mx8.loader import DEFAULT_BLOCK_SIZE
-from mx8_common.sample_order import EpochOrder
+from mx8_common.sample_order import EpochOrder, Shard
 from mx8_common.storage.fetch_pipeline import FetchConfig
 
 KiB = 1024

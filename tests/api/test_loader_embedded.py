@@ -192,6 +192,34 @@ def test_loader_state_dict_restored_in_a_new_process_yields_exactly_the_rest(
     assert rest == full[12:]
 
 
+def test_loader_state_saved_at_four_ranks_resumes_elastically_at_two(local: Dataset) -> None:
+    """Elastic resume: the rest of the epoch goes to the new world exactly once."""
+    common = {"batch_size": 4, "shuffle": True, "seed": 2}
+    old = [mx8.load(local.link, rank=r, world_size=4, **common) for r in range(4)]
+    steps = 3
+    taken: list[int] = []
+    for loader in old:
+        it = iter(loader)
+        taken += [i for _ in range(steps) for i in next(it).sample_ids.tolist()]
+        it.close()
+    states = [loader.state_dict() for loader in old]
+    assert {(s["epoch"], s["step"], s["consumed"]) for s in states} == {(0, steps, 48)}
+    new = [mx8.load(local.link, rank=r, world_size=2, **common) for r in range(2)]
+    for r, loader in enumerate(new):
+        loader.load_state_dict(states[r])  # any rank's state: they agree
+    rest = [collect(loader) for loader in new]
+    assert len({len(r) for r in rest}) == 1
+    assert len(new[0]) == steps + len(rest[0])  # the epoch's step count, both sides
+    ids = taken + [i for batches in rest for b in batches for i in b]
+    counts = Counter(ids)
+    assert set(counts) == set(range(local.size))
+    assert sum(c - 1 for c in counts.values()) < 2  # only the new world's wrap padding
+    for loader in new:
+        loader.set_epoch(1)
+    epoch1 = [i for loader in new for i in flat(collect(loader))]
+    assert set(epoch1) == set(range(local.size))
+
+
 def test_loader_state_of_another_snapshot_is_a_clear_error(local: Dataset, tmp_path: Path) -> None:
     other_root = tmp_path / "other"
     make_local_dataset(other_root, classes=("x", "y"), per_class=3)

@@ -1,0 +1,168 @@
+"""Where a loader is in the job, and the ``state_dict`` both modes save and load.
+
+An ``EpochCursor`` is the loader's place: the epoch, the segment of it this world serves
+(``offset`` positions of the epoch's order were consumed before it, in ``base_step``
+batches) and how many rank-local samples of that segment were consumed. With the loader's
+shape it gives the rank's ``Shard`` (``mx8_common.sample_order``), so embedded and
+distributed loaders cut the same batches.
+
+The state is O(1) and names the global progress (``consumed`` positions of the epoch), so
+it can be loaded at another world size or batch size: the new world continues the epoch
+from ``consumed`` (elastic resume); at the same world size that is exactly the
+uninterrupted continuation. States of version 1 (``position`` only) still load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mx8_common.errors import ConfigError
+from mx8_common.sample_order import JobOrder, Shard, consumed_positions
+
+__all__ = ["STATE_VERSION", "EpochCursor", "LoaderShape", "build_state", "resume_cursor"]
+
+STATE_VERSION = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderShape:
+    """What a loader reads and how it cuts it: the inputs of its ``Shard``s."""
+
+    link: str
+    job: JobOrder
+    rank: int
+    world_size: int
+    batch_size: int
+    drop_last: bool
+
+    def shard(self, cursor: EpochCursor) -> Shard:
+        return Shard(
+            self.job.order(cursor.epoch),
+            self.rank,
+            self.world_size,
+            self.drop_last,
+            self.batch_size,
+            offset=cursor.offset,
+        )
+
+
+@dataclass
+class EpochCursor:
+    """A loader's place in the job (see the module docstring)."""
+
+    epoch: int = 0
+    #: Positions of the epoch's order consumed before this segment (0 unless resumed).
+    offset: int = 0
+    #: Batches of this epoch taken before this segment.
+    base_step: int = 0
+    #: This rank's samples of this epoch before this segment.
+    base_position: int = 0
+    #: Rank-local samples of this segment consumed.
+    position: int = 0
+
+    def restart(self, epoch: int) -> None:
+        """Epoch ``epoch`` from its beginning."""
+        self.epoch = epoch
+        self.offset = self.base_step = self.base_position = self.position = 0
+
+    def step(self, batch_size: int) -> int:
+        """Batches of this epoch consumed (the resume point is a batch boundary)."""
+        return self.base_step + -(-self.position // batch_size)
+
+
+def build_state(shape: LoaderShape, cursor: EpochCursor) -> dict[str, Any]:
+    """The ``state_dict`` of a loader of ``shape`` at ``cursor``."""
+    job = shape.job
+    return {
+        "version": STATE_VERSION,
+        "manifest_hash": job.manifest_hash,
+        "epoch": cursor.epoch,
+        "seed": job.seed,
+        "shuffle": job.shuffle,
+        "block_size": job.block_size,
+        "batch_size": shape.batch_size,
+        "drop_last": shape.drop_last,
+        "world_size": shape.world_size,
+        "rank": shape.rank,
+        "step": cursor.step(shape.batch_size),
+        "position": cursor.base_position + cursor.position,
+        "consumed": consumed_positions(
+            job.total_samples,
+            shape.world_size,
+            offset=cursor.offset,
+            position=cursor.position,
+            drop_last=shape.drop_last,
+        ),
+    }
+
+
+def _int(state: dict[str, Any], key: str) -> int:
+    try:
+        value = int(state[key])
+    except KeyError:
+        raise ConfigError(f"loader state has no {key!r}; pass a dict from state_dict()") from None
+    except (TypeError, ValueError):
+        raise ConfigError(f"loader state {key}={state[key]!r} is not an integer") from None
+    if value < 0:
+        raise ConfigError(f"loader state {key}={value} is negative")
+    return value
+
+
+def resume_cursor(
+    shape: LoaderShape, state: dict[str, Any], *, fixed_seed: bool
+) -> tuple[EpochCursor, int]:
+    """The cursor and seed a loader of ``shape`` continues ``state`` with.
+
+    Refuses a state of another snapshot, order (shuffle, block size; the seed too when
+    ``fixed_seed``, i.e. the job owns it) or ``drop_last``; another world size, rank or
+    batch size is an elastic resume. Without ``fixed_seed`` the state's seed is taken.
+    """
+    if not isinstance(state, dict):
+        raise ConfigError(
+            f"loader state is a {type(state).__name__}; pass a dict from state_dict()"
+        )
+    version = state.get("version")
+    if version not in (1, STATE_VERSION):
+        raise ConfigError(f"unknown loader state version {version!r}")
+    job = shape.job
+    if state.get("manifest_hash") != job.manifest_hash:
+        raise ConfigError(
+            f"this state belongs to snapshot {state.get('manifest_hash')}, but the loader reads "
+            f"{job.manifest_hash}; pin the snapshot with '{shape.link}@sha256:"
+            f"{state.get('manifest_hash')}' to resume it"
+        )
+    ours: dict[str, Any] = {"shuffle": job.shuffle, "block_size": job.block_size}
+    if fixed_seed:
+        ours["seed"] = job.seed
+    if version == STATE_VERSION:
+        ours["drop_last"] = shape.drop_last
+    for key, value in ours.items():
+        if key in state and state[key] != value:
+            raise ConfigError(
+                f"state was taken with {key}={state[key]!r} but this loader has "
+                f"{key}={value!r}; build the loader with the same value"
+            )
+    epoch = _int(state, "epoch")
+    position = _int(state, "position")
+    if version == 1:
+        # Version 1 kept the rank's position in a full-epoch shard of its world.
+        world = _int(state, "world_size")
+        if world < 1:
+            raise ConfigError("loader state world_size=0 is not a world")
+        step = -(-position // max(1, _int(state, "batch_size")))
+        consumed = consumed_positions(
+            job.total_samples, world, offset=0, position=position, drop_last=shape.drop_last
+        )
+    else:
+        step = _int(state, "step")
+        consumed = _int(state, "consumed")
+    if consumed > job.total_samples:
+        raise ConfigError(
+            f"loader state consumed={consumed} is more than the snapshot's "
+            f"{job.total_samples} samples"
+        )
+    cursor = EpochCursor(
+        epoch=epoch, offset=consumed, base_step=step, base_position=position, position=0
+    )
+    return cursor, _int(state, "seed") if "seed" in state else job.seed
