@@ -79,6 +79,7 @@ async def _serve(args: argparse.Namespace) -> None:
         lease_ttl_ms=60_000,
         heartbeat_interval_ms=10_000,
         metrics=args.metrics,
+        mode="dynamic",  # the benchmark clients take leases
     )
     async with Coordinator(config, source=source) as coordinator:
         info = {

@@ -6,6 +6,7 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
 
     Mx8Error
     ├── ConfigError                  bad flag, env var or argument
+    │   └── ContractError              a trainer disagrees with the job or another rank (.field)
     ├── LinkError                    dataset link that cannot be parsed (.link)
     ├── ManifestError                canonical manifest TSV rejected (.line_no)
     │   ├── ManifestSchemaMismatch     missing/unknown schema header, mixed chunk schemas
@@ -37,7 +38,7 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
     ├── LeaseLogError                lease log unreadable or from another job (.path)
     ├── JobStateError                call not allowed in the job's current state (.node_id)
     │   ├── NodeNotRegisteredError     node must RegisterNode first
-    │   └── JobNotReadyError           world not frozen yet (fewer than min_world_size nodes)
+    │   └── JobNotReadyError           world not formed yet (nodes or trainer ranks missing)
     ├── RequestError                 malformed request: empty id, want=0 (.field)
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
     ├── CoordinatorError             coordinator unreachable or refused (.address, .code)
@@ -54,6 +55,7 @@ __all__ = [
     "AgentError",
     "BucketNotFoundError",
     "ConfigError",
+    "ContractError",
     "CoordinatorError",
     "DecodeError",
     "EmptyDatasetError",
@@ -105,6 +107,18 @@ class ConfigError(Mx8Error):
     """A flag, environment variable or argument has a value mx8 cannot use."""
 
     event = "config_invalid"
+
+
+class ContractError(ConfigError):
+    """A trainer's rank contract (seed, shuffle, batch size, drop_last, world size, start
+    point) disagrees with the job or with another rank of its world; the message names
+    both values."""
+
+    event = "rank_contract_mismatch"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class LinkError(Mx8Error):

@@ -8,6 +8,7 @@ from typing import Any
 from mx8_common.config_fields import load_config, parse_size, setting, split_host_port
 from mx8_common.errors import ConfigError
 from mx8_common.rpc.security import TlsConfig
+from mx8_coordinator.state.ranks import MODES, RANK_EXACT
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_config"]
 
@@ -28,6 +29,12 @@ class CoordinatorConfig:
         "127.0.0.1:50051", env="MX8_COORDINATOR_LISTEN", help="gRPC listen address HOST:PORT"
     )
     job_id: str = setting("default", env="MX8_JOB_ID", help="job id every node must present")
+    mode: str = setting(
+        RANK_EXACT,
+        env="MX8_JOB_MODE",
+        help="rank-exact: each trainer rank gets embedded mode's batches, equal steps (DDP); "
+        "dynamic: trainers take leased batches as they ask (inference, preprocessing)",
+    )
     world_size: int = setting(1, env="MX8_WORLD_SIZE", help="number of nodes expected")
     min_world_size: int | None = setting(
         None,
@@ -92,6 +99,8 @@ class CoordinatorConfig:
             raise ConfigError("no dataset: pass --dataset LINK or set MX8_DATASET_LINK")
         if not self.job_id:
             raise ConfigError("--job-id must not be empty")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
         split_host_port(self.listen, "--listen")
         if self.metrics is not None:
             split_host_port(self.metrics, "--metrics")

@@ -115,6 +115,7 @@ class Coordinator:
             "coordinator_serving",
             address=self.address,
             job_id=self.config.job_id,
+            mode=self.config.mode,
             manifest_hash=source.manifest_hash,
             total_samples=source.total_samples,
             metrics_port=self.metrics_port,
@@ -260,6 +261,7 @@ class Coordinator:
             lease_ttl_ms=cfg.lease_ttl_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             freeze_size=cfg.freeze_size,
+            mode=cfg.mode,
         )
         if cfg.state_dir is None:
             emit(_COMPONENT, "lease_log_disabled", reason="no --state-dir")

@@ -66,6 +66,8 @@ async def start_coordinator() -> AsyncIterator[Callable[..., Awaitable[Coordinat
             "listen": "127.0.0.1:0",
             "lease_ttl_ms": 5000,
             "heartbeat_interval_ms": 100,
+            # Leases are dynamic mode's; rank-exact tests pass mode="rank-exact".
+            "mode": "dynamic",
         }
         values.update(overrides)
         source = await FileManifestSource.open(path)

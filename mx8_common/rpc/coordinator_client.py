@@ -203,3 +203,13 @@ class CoordinatorClient:
 
     async def get_job_snapshot(self, job_id: str = "") -> pb.JobSnapshot:
         return await self._call("GetJobSnapshot", pb.GetJobSnapshotRequest(job_id=job_id))
+
+    async def register_rank(self, request: pb.RegisterRankRequest) -> pb.RegisterRankResponse:
+        """Rank-exact mode: a trainer rank joins its world (a refusal is in the reply)."""
+        return await self._call("RegisterRank", request)
+
+    async def report_ranks(
+        self, job_id: str, node_id: str, ranks: list[pb.RankProgress]
+    ) -> pb.ReportRanksResponse:
+        request = pb.ReportRanksRequest(job_id=job_id, node_id=node_id, ranks=ranks)
+        return await self._call("ReportRanks", request)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from mx8_common.errors import (
+    ContractError,
     JobStateError,
     LeaseNotFoundError,
     LeaseRangeError,
@@ -33,6 +34,7 @@ from mx8_coordinator.rpc.manifest_serving import (
 )
 from mx8_coordinator.state.job import Job
 from mx8_coordinator.state.lease_scheduler import Lease
+from mx8_coordinator.state.ranks import RankJoin, RankReport, RankStart
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
 __all__ = ["CoordinatorServicer", "status_code_for"]
@@ -133,7 +135,46 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             seed=s.seed,
             block_size=s.block_size,
             class_names=list(s.class_names),
+            mode=s.mode,
         )
+
+    @_unary
+    async def RegisterRank(
+        self, request: pb.RegisterRankRequest, job: Job, context: Any
+    ) -> pb.RegisterRankResponse:
+        job.check_job(request.job_id)
+        r = request
+        join = RankJoin(
+            node_id=r.node_id,
+            instance_id=r.instance_id,
+            rank=r.rank,
+            world_size=r.world_size,
+            batch_size=r.batch_size,
+            drop_last=r.drop_last,
+            seed=r.seed if r.HasField("seed") else None,
+            shuffle=r.shuffle if r.HasField("shuffle") else None,
+            start=RankStart(epoch=r.epoch, step=r.step, consumed=r.consumed, resumed=r.resumed),
+        )
+        try:
+            answer = job.ranks.join(join)
+        except ContractError as exc:
+            # A verdict on the trainer's settings, not a failed call: the agent tells it.
+            return pb.RegisterRankResponse(refusal=str(exc), refusal_field=exc.field or "")
+        return pb.RegisterRankResponse(
+            ready=answer.ready,
+            world_id=answer.world_id,
+            world_size=answer.world_size,
+            registered_ranks=answer.registered,
+            missing_ranks=answer.missing,
+        )
+
+    @_unary
+    async def ReportRanks(
+        self, request: pb.ReportRanksRequest, job: Job, context: Any
+    ) -> pb.ReportRanksResponse:
+        job.check_job(request.job_id)
+        reports = [_rank_report(p, request.node_id) for p in request.ranks]
+        return pb.ReportRanksResponse(job_drained=job.ranks.report(reports))
 
     @_unary
     async def Heartbeat(
@@ -271,4 +312,30 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             ),
             started_unix_ms=v.started_unix_ms,
             samples_per_second=v.samples_per_second,
+            mode=v.spec.mode,
+            ranks=[
+                pb.RankProgress(
+                    rank=r.rank,
+                    instance_id=r.instance_id,
+                    world_id=r.world_id,
+                    world_size=r.world_size,
+                    epoch=r.epoch,
+                    step=r.step,
+                    finished=r.finished,
+                )
+                for r in v.ranks
+            ],
         )
+
+
+def _rank_report(p: pb.RankProgress, node_id: str) -> RankReport:
+    return RankReport(
+        rank=p.rank,
+        instance_id=p.instance_id,
+        world_id=p.world_id,
+        world_size=p.world_size,
+        epoch=p.epoch,
+        step=p.step,
+        finished=p.finished,
+        node_id=node_id,
+    )

@@ -19,6 +19,7 @@ from mx8_common.sample_order import JobOrder
 from mx8_coordinator.state.lease_log import LeaseLog, LeaseLogHeader, LeaseLogState
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.state.node_registry import NodeRegistry, NodeState, Registration, monotonic_ms
+from mx8_coordinator.state.ranks import RANK_EXACT, RankReport, WorldAnswer, WorldRegistry
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
 __all__ = ["Counters", "HeartbeatResult", "Job", "JobSpec", "JobView", "lease_seq"]
@@ -42,6 +43,7 @@ class JobSpec(JobOrder):
     lease_ttl_ms: int = 10000
     heartbeat_interval_ms: int = 1000
     freeze_size: int = 1
+    mode: str = RANK_EXACT
 
     def log_header(self) -> LeaseLogHeader:
         return LeaseLogHeader(
@@ -87,6 +89,8 @@ class JobView:
     started_unix_ms: int
     samples_per_second: float
     unix_ms: Callable[[int], int] = field(repr=False)
+    ranks: list[RankReport] = field(default_factory=list)
+    waiting: WorldAnswer | None = None
 
 
 class Job:
@@ -114,6 +118,13 @@ class Job:
             blocks_for_epoch=lambda e: spec.order(e).block_ranges(),
             clock=clock,
             max_wait_ms=spec.heartbeat_interval_ms,
+        )
+        self.ranks = WorldRegistry(
+            job_id=spec.job_id,
+            seed=spec.seed,
+            shuffle=spec.shuffle,
+            stale_ms=spec.lease_ttl_ms,
+            clock=clock,
         )
         self.counters = Counters()
         self._samples_by_node: dict[str, int] = {}
@@ -154,8 +165,12 @@ class Job:
             await self._log.append(records)
 
     @property
+    def rank_exact(self) -> bool:
+        return self.spec.mode == RANK_EXACT
+
+    @property
     def drained(self) -> bool:
-        return self.scheduler.drained
+        return self.ranks.drained if self.rank_exact else self.scheduler.drained
 
     def begin_drain(self) -> None:
         """Stop handing out leases (shutdown); reports are still taken."""
@@ -218,6 +233,13 @@ class Job:
         if want <= 0:
             raise RequestError(
                 "want must be > 0: the number of leases the node wants now", field="want"
+            )
+        if self.rank_exact:
+            raise JobStateError(
+                f"job {self.spec.job_id!r} runs in rank-exact mode: agents cut each trainer "
+                "rank's batches themselves and take no leases; start the coordinator with "
+                "--mode dynamic for leased work",
+                node_id=node_id,
             )
         rank = self.registry.require_rank(node_id)
         self.registry.heartbeat(node_id)
@@ -383,4 +405,6 @@ class Job:
             started_unix_ms=self._started_unix_ms,
             samples_per_second=self._committed_here / elapsed_s,
             unix_ms=self.unix_ms,
+            ranks=self.ranks.progress(),
+            waiting=self.ranks.waiting(),
         )

@@ -32,6 +32,7 @@ async def test_coordinator_snapshot_from_s3_prefix_into_s3_store(
         store=f"s3://{s3_bucket}/mx8-store",
         block_size=8,
         label_mode="none",
+        mode="dynamic",
     )
     async with Coordinator(config) as coord, CoordinatorClient(coord.address) as client:
         reg = await client.register_node(JOB, "a")
@@ -57,6 +58,7 @@ async def test_coordinator_snapshot_restart_pins_logged_hash(tmp_path: Path) -> 
         store=str(tmp_path / "store"),
         state_dir=str(tmp_path / "state"),
         block_size=4,
+        mode="dynamic",
     )
     async with Coordinator(config) as coord, CoordinatorClient(coord.address) as client:
         reg = await client.register_node(JOB, "a")

@@ -36,7 +36,8 @@ def start_coordinator(
 ) -> DaemonProcess:
     proc = DaemonProcess(
         "mx8_coordinator",
-        ["--dataset", dataset, "--listen", f"127.0.0.1:{free_port()}", *args],
+        # These are dynamic mode's tests (work-stealing leases).
+        ["--dataset", dataset, "--listen", f"127.0.0.1:{free_port()}", "--mode", "dynamic", *args],
         tmp_path / "coordinator.log",
     )
     daemons.append(proc)

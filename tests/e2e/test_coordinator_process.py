@@ -89,6 +89,7 @@ async def test_coordinator_process_kill9_restart_resumes_without_reindex(
         "--store", str(tmp_path / "store"), "--state-dir", str(tmp_path / "state"),
         "--world-size", "2", "--block-size", "10", "--shuffle", "--seed", "5",
         "--epochs", "2", "--lease-ttl-ms", "800", "--heartbeat-interval-ms", "100",
+        "--mode", "dynamic",
     ]  # fmt: skip
     first = CoordinatorProcess(args, tmp_path / "first.log")
     processes.append(first)
@@ -146,7 +147,7 @@ async def test_coordinator_process_sigterm_drains_and_exits_zero(
     state = tmp_path / "state"
     args = [
         "--dataset", str(manifest), "--listen", "127.0.0.1:0", "--state-dir", str(state),
-        "--block-size", "10", "--job-id", "j1",
+        "--block-size", "10", "--job-id", "j1", "--mode", "dynamic",
     ]  # fmt: skip
     proc = CoordinatorProcess(args, tmp_path / "c.log")
     processes.append(proc)

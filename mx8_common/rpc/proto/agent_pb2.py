@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mx8/v1/agent.proto\x12\x06mx8.v1\"$\n\x12\x44\x65scribeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xa9\x01\n\x0eJobDescription\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmanifest_hash\x18\x02 \x01(\t\x12\x15\n\rtotal_samples\x18\x03 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\r\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x11\n\tnode_rank\x18\x06 \x01(\r\x12\x12\n\nworld_size\x18\x07 \x01(\r\x12\r\n\x05ready\x18\x08 \x01(\x08\"\x9a\x01\n\nOpenStream\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nlocal_rank\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x12\n\ntrainer_id\x18\x04 \x01(\t\x12\x0e\n\x06window\x18\x05 \x01(\r\x12\x16\n\x0ewant_locations\x18\x06 \x01(\x08\x12\x18\n\x10resume_after_seq\x18\x07 \x01(\x04\"\x18\n\x03\x41\x63k\x12\x11\n\tbatch_seq\x18\x01 \x01(\x04\"X\n\x0eTrainerMessage\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.mx8.v1.OpenStreamH\x00\x12\x1a\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0b.mx8.v1.AckH\x00\x42\x06\n\x04kind\"\x82\x01\n\x05\x42\x61tch\x12\x11\n\tbatch_seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x12\n\nsample_ids\x18\x03 \x03(\x04\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x0f\n\x07offsets\x18\x05 \x03(\x04\x12\x0e\n\x06labels\x18\x06 \x03(\x03\x12\x11\n\tlocations\x18\x07 \x03(\t\"L\n\x0c\x41gentMessage\x12\x1e\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\r.mx8.v1.BatchH\x00\x12\x14\n\nend_of_job\x18\x02 \x01(\x08H\x00\x42\x06\n\x04kind2\x86\x01\n\x05\x41gent\x12\x41\n\x0b\x44\x65scribeJob\x12\x1a.mx8.v1.DescribeJobRequest\x1a\x16.mx8.v1.JobDescription\x12:\n\x06Stream\x12\x16.mx8.v1.TrainerMessage\x1a\x14.mx8.v1.AgentMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mx8/v1/agent.proto\x12\x06mx8.v1\"$\n\x12\x44\x65scribeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xea\x01\n\x0eJobDescription\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmanifest_hash\x18\x02 \x01(\t\x12\x15\n\rtotal_samples\x18\x03 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\r\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x11\n\tnode_rank\x18\x06 \x01(\r\x12\x12\n\nworld_size\x18\x07 \x01(\r\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x0c\n\x04mode\x18\t \x01(\t\x12\x0f\n\x07shuffle\x18\n \x01(\x08\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x12\n\nblock_size\x18\x0c \x01(\x04\"\x81\x01\n\x0cRankContract\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nworld_size\x18\x02 \x01(\r\x12\x11\n\tdrop_last\x18\x03 \x01(\x08\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x14\n\x07shuffle\x18\x05 \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05_seedB\n\n\x08_shuffle\"p\n\x0bStreamStart\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tbase_step\x18\x04 \x01(\x04\x12\x10\n\x08\x63onsumed\x18\x05 \x01(\x04\x12\x0f\n\x07resumed\x18\x06 \x01(\x08\"\xe6\x01\n\nOpenStream\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nlocal_rank\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x12\n\ntrainer_id\x18\x04 \x01(\t\x12\x0e\n\x06window\x18\x05 \x01(\r\x12\x16\n\x0ewant_locations\x18\x06 \x01(\x08\x12\x18\n\x10resume_after_seq\x18\x07 \x01(\x04\x12&\n\x08\x63ontract\x18\x08 \x01(\x0b\x32\x14.mx8.v1.RankContract\x12\"\n\x05start\x18\t \x01(\x0b\x32\x13.mx8.v1.StreamStart\"\x18\n\x03\x41\x63k\x12\x11\n\tbatch_seq\x18\x01 \x01(\x04\"X\n\x0eTrainerMessage\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.mx8.v1.OpenStreamH\x00\x12\x1a\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0b.mx8.v1.AckH\x00\x42\x06\n\x04kind\"\x90\x01\n\x05\x42\x61tch\x12\x11\n\tbatch_seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x12\n\nsample_ids\x18\x03 \x03(\x04\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x0f\n\x07offsets\x18\x05 \x03(\x04\x12\x0e\n\x06labels\x18\x06 \x03(\x03\x12\x11\n\tlocations\x18\x07 \x03(\t\x12\x0c\n\x04step\x18\x08 \x01(\x04\"c\n\x0cWorldWaiting\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nworld_size\x18\x02 \x01(\r\x12\x18\n\x10registered_ranks\x18\x03 \x03(\r\x12\x15\n\rmissing_ranks\x18\x04 \x03(\r\"u\n\x0c\x41gentMessage\x12\x1e\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\r.mx8.v1.BatchH\x00\x12\x14\n\nend_of_job\x18\x02 \x01(\x08H\x00\x12\'\n\x07waiting\x18\x03 \x01(\x0b\x32\x14.mx8.v1.WorldWaitingH\x00\x42\x06\n\x04kind2\x86\x01\n\x05\x41gent\x12\x41\n\x0b\x44\x65scribeJob\x12\x1a.mx8.v1.DescribeJobRequest\x1a\x16.mx8.v1.JobDescription\x12:\n\x06Stream\x12\x16.mx8.v1.TrainerMessage\x1a\x14.mx8.v1.AgentMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEJOBREQUEST']._serialized_start=30
   _globals['_DESCRIBEJOBREQUEST']._serialized_end=66
   _globals['_JOBDESCRIPTION']._serialized_start=69
-  _globals['_JOBDESCRIPTION']._serialized_end=238
-  _globals['_OPENSTREAM']._serialized_start=241
-  _globals['_OPENSTREAM']._serialized_end=395
-  _globals['_ACK']._serialized_start=397
-  _globals['_ACK']._serialized_end=421
-  _globals['_TRAINERMESSAGE']._serialized_start=423
-  _globals['_TRAINERMESSAGE']._serialized_end=511
-  _globals['_BATCH']._serialized_start=514
-  _globals['_BATCH']._serialized_end=644
-  _globals['_AGENTMESSAGE']._serialized_start=646
-  _globals['_AGENTMESSAGE']._serialized_end=722
-  _globals['_AGENT']._serialized_start=725
-  _globals['_AGENT']._serialized_end=859
+  _globals['_JOBDESCRIPTION']._serialized_end=303
+  _globals['_RANKCONTRACT']._serialized_start=306
+  _globals['_RANKCONTRACT']._serialized_end=435
+  _globals['_STREAMSTART']._serialized_start=437
+  _globals['_STREAMSTART']._serialized_end=549
+  _globals['_OPENSTREAM']._serialized_start=552
+  _globals['_OPENSTREAM']._serialized_end=782
+  _globals['_ACK']._serialized_start=784
+  _globals['_ACK']._serialized_end=808
+  _globals['_TRAINERMESSAGE']._serialized_start=810
+  _globals['_TRAINERMESSAGE']._serialized_end=898
+  _globals['_BATCH']._serialized_start=901
+  _globals['_BATCH']._serialized_end=1045
+  _globals['_WORLDWAITING']._serialized_start=1047
+  _globals['_WORLDWAITING']._serialized_end=1146
+  _globals['_AGENTMESSAGE']._serialized_start=1148
+  _globals['_AGENTMESSAGE']._serialized_end=1265
+  _globals['_AGENT']._serialized_start=1268
+  _globals['_AGENT']._serialized_end=1402
 # @@protoc_insertion_point(module_scope)

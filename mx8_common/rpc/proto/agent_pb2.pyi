@@ -14,7 +14,7 @@ class DescribeJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobDescription(_message.Message):
-    __slots__ = ("job_id", "manifest_hash", "total_samples", "epochs", "class_names", "node_rank", "world_size", "ready")
+    __slots__ = ("job_id", "manifest_hash", "total_samples", "epochs", "class_names", "node_rank", "world_size", "ready", "mode", "shuffle", "seed", "block_size")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,10 @@ class JobDescription(_message.Message):
     NODE_RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SHUFFLE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     manifest_hash: str
     total_samples: int
@@ -31,10 +35,44 @@ class JobDescription(_message.Message):
     node_rank: int
     world_size: int
     ready: bool
-    def __init__(self, job_id: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., epochs: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., node_rank: _Optional[int] = ..., world_size: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
+    mode: str
+    shuffle: bool
+    seed: int
+    block_size: int
+    def __init__(self, job_id: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., epochs: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., node_rank: _Optional[int] = ..., world_size: _Optional[int] = ..., ready: _Optional[bool] = ..., mode: _Optional[str] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
+
+class RankContract(_message.Message):
+    __slots__ = ("rank", "world_size", "drop_last", "seed", "shuffle")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DROP_LAST_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SHUFFLE_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    world_size: int
+    drop_last: bool
+    seed: int
+    shuffle: bool
+    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ...) -> None: ...
+
+class StreamStart(_message.Message):
+    __slots__ = ("epoch", "step", "offset", "base_step", "consumed", "resumed")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BASE_STEP_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    step: int
+    offset: int
+    base_step: int
+    consumed: int
+    resumed: bool
+    def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., offset: _Optional[int] = ..., base_step: _Optional[int] = ..., consumed: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class OpenStream(_message.Message):
-    __slots__ = ("job_id", "local_rank", "batch_size", "trainer_id", "window", "want_locations", "resume_after_seq")
+    __slots__ = ("job_id", "local_rank", "batch_size", "trainer_id", "window", "want_locations", "resume_after_seq", "contract", "start")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +80,8 @@ class OpenStream(_message.Message):
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     WANT_LOCATIONS_FIELD_NUMBER: _ClassVar[int]
     RESUME_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     local_rank: int
     batch_size: int
@@ -49,7 +89,9 @@ class OpenStream(_message.Message):
     window: int
     want_locations: bool
     resume_after_seq: int
-    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., trainer_id: _Optional[str] = ..., window: _Optional[int] = ..., want_locations: _Optional[bool] = ..., resume_after_seq: _Optional[int] = ...) -> None: ...
+    contract: RankContract
+    start: StreamStart
+    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., trainer_id: _Optional[str] = ..., window: _Optional[int] = ..., want_locations: _Optional[bool] = ..., resume_after_seq: _Optional[int] = ..., contract: _Optional[_Union[RankContract, _Mapping]] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("batch_seq",)
@@ -66,7 +108,7 @@ class TrainerMessage(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenStream, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("batch_seq", "epoch", "sample_ids", "payload", "offsets", "labels", "locations")
+    __slots__ = ("batch_seq", "epoch", "sample_ids", "payload", "offsets", "labels", "locations", "step")
     BATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +116,7 @@ class Batch(_message.Message):
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     batch_seq: int
     epoch: int
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -81,12 +124,27 @@ class Batch(_message.Message):
     offsets: _containers.RepeatedScalarFieldContainer[int]
     labels: _containers.RepeatedScalarFieldContainer[int]
     locations: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, batch_seq: _Optional[int] = ..., epoch: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., locations: _Optional[_Iterable[str]] = ...) -> None: ...
+    step: int
+    def __init__(self, batch_seq: _Optional[int] = ..., epoch: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., locations: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ...) -> None: ...
+
+class WorldWaiting(_message.Message):
+    __slots__ = ("job_id", "world_size", "registered_ranks", "missing_ranks")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_RANKS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_RANKS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    world_size: int
+    registered_ranks: _containers.RepeatedScalarFieldContainer[int]
+    missing_ranks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., registered_ranks: _Optional[_Iterable[int]] = ..., missing_ranks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("batch", "end_of_job")
+    __slots__ = ("batch", "end_of_job", "waiting")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     END_OF_JOB_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     batch: Batch
     end_of_job: bool
-    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ..., end_of_job: _Optional[bool] = ...) -> None: ...
+    waiting: WorldWaiting
+    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ..., end_of_job: _Optional[bool] = ..., waiting: _Optional[_Union[WorldWaiting, _Mapping]] = ...) -> None: ...

@@ -54,7 +54,7 @@ class RegisterNodeRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., caps: _Optional[_Union[NodeCaps, _Mapping]] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
-    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names")
+    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode")
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class RegisterNodeResponse(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     rank: int
     world_size: int
     manifest_hash: str
@@ -83,7 +84,90 @@ class RegisterNodeResponse(_message.Message):
     seed: int
     block_size: int
     class_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    mode: str
+    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class RegisterRankRequest(_message.Message):
+    __slots__ = ("job_id", "node_id", "instance_id", "rank", "world_size", "batch_size", "drop_last", "seed", "shuffle", "epoch", "step", "consumed", "resumed")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DROP_LAST_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SHUFFLE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node_id: str
+    instance_id: str
+    rank: int
+    world_size: int
+    batch_size: int
+    drop_last: bool
+    seed: int
+    shuffle: bool
+    epoch: int
+    step: int
+    consumed: int
+    resumed: bool
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., consumed: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
+
+class RegisterRankResponse(_message.Message):
+    __slots__ = ("ready", "world_id", "world_size", "registered_ranks", "missing_ranks", "refusal", "refusal_field")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    WORLD_ID_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_RANKS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_RANKS_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    world_id: str
+    world_size: int
+    registered_ranks: _containers.RepeatedScalarFieldContainer[int]
+    missing_ranks: _containers.RepeatedScalarFieldContainer[int]
+    refusal: str
+    refusal_field: str
+    def __init__(self, ready: _Optional[bool] = ..., world_id: _Optional[str] = ..., world_size: _Optional[int] = ..., registered_ranks: _Optional[_Iterable[int]] = ..., missing_ranks: _Optional[_Iterable[int]] = ..., refusal: _Optional[str] = ..., refusal_field: _Optional[str] = ...) -> None: ...
+
+class RankProgress(_message.Message):
+    __slots__ = ("rank", "instance_id", "world_id", "world_size", "epoch", "step", "finished")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORLD_ID_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    instance_id: str
+    world_id: str
+    world_size: int
+    epoch: int
+    step: int
+    finished: bool
+    def __init__(self, rank: _Optional[int] = ..., instance_id: _Optional[str] = ..., world_id: _Optional[str] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+
+class ReportRanksRequest(_message.Message):
+    __slots__ = ("job_id", "node_id", "ranks")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node_id: str
+    ranks: _containers.RepeatedCompositeFieldContainer[RankProgress]
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ...) -> None: ...
+
+class ReportRanksResponse(_message.Message):
+    __slots__ = ("job_drained",)
+    JOB_DRAINED_FIELD_NUMBER: _ClassVar[int]
+    job_drained: bool
+    def __init__(self, job_drained: _Optional[bool] = ...) -> None: ...
 
 class NodeStats(_message.Message):
     __slots__ = ("samples_delivered", "bytes_fetched", "inflight_bytes")
@@ -246,7 +330,7 @@ class Counters(_message.Message):
     def __init__(self, leases_issued: _Optional[int] = ..., leases_expired: _Optional[int] = ..., leases_requeued: _Optional[int] = ..., leases_completed: _Optional[int] = ..., samples_committed: _Optional[int] = ...) -> None: ...
 
 class JobSnapshot(_message.Message):
-    __slots__ = ("job_id", "dataset_link", "manifest_hash", "total_samples", "world_size", "epochs", "job_ready", "job_drained", "nodes", "live_leases", "progress", "counters", "started_unix_ms", "samples_per_second")
+    __slots__ = ("job_id", "dataset_link", "manifest_hash", "total_samples", "world_size", "epochs", "job_ready", "job_drained", "nodes", "live_leases", "progress", "counters", "started_unix_ms", "samples_per_second", "mode", "ranks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_LINK_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +345,8 @@ class JobSnapshot(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset_link: str
     manifest_hash: str
@@ -275,4 +361,6 @@ class JobSnapshot(_message.Message):
     counters: Counters
     started_unix_ms: int
     samples_per_second: float
-    def __init__(self, job_id: _Optional[str] = ..., dataset_link: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., live_leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ...) -> None: ...
+    mode: str
+    ranks: _containers.RepeatedCompositeFieldContainer[RankProgress]
+    def __init__(self, job_id: _Optional[str] = ..., dataset_link: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., live_leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,16 @@ class CoordinatorStub:
                 request_serializer=mx8_dot_v1_dot_coordinator__pb2.GetJobSnapshotRequest.SerializeToString,
                 response_deserializer=mx8_dot_v1_dot_coordinator__pb2.JobSnapshot.FromString,
                 _registered_method=True)
+        self.RegisterRank = channel.unary_unary(
+                '/mx8.v1.Coordinator/RegisterRank',
+                request_serializer=mx8_dot_v1_dot_coordinator__pb2.RegisterRankRequest.SerializeToString,
+                response_deserializer=mx8_dot_v1_dot_coordinator__pb2.RegisterRankResponse.FromString,
+                _registered_method=True)
+        self.ReportRanks = channel.unary_unary(
+                '/mx8.v1.Coordinator/ReportRanks',
+                request_serializer=mx8_dot_v1_dot_coordinator__pb2.ReportRanksRequest.SerializeToString,
+                response_deserializer=mx8_dot_v1_dot_coordinator__pb2.ReportRanksResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -117,6 +127,18 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterRank(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportRanks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +176,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetJobSnapshot,
                     request_deserializer=mx8_dot_v1_dot_coordinator__pb2.GetJobSnapshotRequest.FromString,
                     response_serializer=mx8_dot_v1_dot_coordinator__pb2.JobSnapshot.SerializeToString,
+            ),
+            'RegisterRank': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterRank,
+                    request_deserializer=mx8_dot_v1_dot_coordinator__pb2.RegisterRankRequest.FromString,
+                    response_serializer=mx8_dot_v1_dot_coordinator__pb2.RegisterRankResponse.SerializeToString,
+            ),
+            'ReportRanks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRanks,
+                    request_deserializer=mx8_dot_v1_dot_coordinator__pb2.ReportRanksRequest.FromString,
+                    response_serializer=mx8_dot_v1_dot_coordinator__pb2.ReportRanksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +377,60 @@ class Coordinator:
             '/mx8.v1.Coordinator/GetJobSnapshot',
             mx8_dot_v1_dot_coordinator__pb2.GetJobSnapshotRequest.SerializeToString,
             mx8_dot_v1_dot_coordinator__pb2.JobSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterRank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mx8.v1.Coordinator/RegisterRank',
+            mx8_dot_v1_dot_coordinator__pb2.RegisterRankRequest.SerializeToString,
+            mx8_dot_v1_dot_coordinator__pb2.RegisterRankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRanks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mx8.v1.Coordinator/ReportRanks',
+            mx8_dot_v1_dot_coordinator__pb2.ReportRanksRequest.SerializeToString,
+            mx8_dot_v1_dot_coordinator__pb2.ReportRanksResponse.FromString,
             options,
             channel_credentials,
             insecure,
