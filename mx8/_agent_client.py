@@ -15,6 +15,14 @@ meanwhile refuses the resume (it cannot know what was consumed) and that is an
 ``AgentError`` telling the trainer to restart, as is an agent that stays away.
 ``want_locations=True`` asks the agent to fill ``Batch.locations``.
 
+Rank-exact mode (``rank=RankOpen(...)``): the stream is one trainer rank's batches, in
+order from the given start, each with its epoch and step (``last_step``). Before the
+first batch the agent may send ``WorldWaiting`` while the rank's world is incomplete:
+the client prints what it waits for (at once, then every ``_WAIT_PRINT_S`` or when it
+changes) and gives up after ``world_wait_timeout_s`` with ``JobNotReadyError``. A broken
+stream is reopened at the position after the last batch returned, also on an agent that
+restarted (the trainer knows what it consumed), for ``reconnect_timeout_s``, saying so.
+
 The client owns one plain (sync) gRPC channel; gRPC's own threads move the bytes, so no
 event loop is involved. Every gRPC failure becomes an mx8 error here: a storage failure
 the agent hit is raised as the same class (``ObjectChangedError`` for
@@ -29,12 +37,15 @@ aio interceptors, so the token rides as metadata on each call.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -46,6 +57,8 @@ from mx8_common.errors import (
     AgentError,
     BucketNotFoundError,
     ConfigError,
+    ContractError,
+    JobNotReadyError,
     Mx8Error,
     ObjectChangedError,
     ObjectNotFoundError,
@@ -57,13 +70,13 @@ from mx8_common.rpc.proto import agent_pb2 as pb
 from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
 from mx8_common.rpc.security import TlsConfig, channel_credentials, token_metadata
 
-__all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "agent_tls_from_env"]
+__all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "RankOpen", "agent_tls_from_env"]
 
 #: The token the agent's ``MX8_AGENT_AUTH_TOKEN`` demands (same name on both ends).
 AGENT_AUTH_TOKEN_ENV = "MX8_AGENT_AUTH_TOKEN"
 
-#: Storage errors the agent forwards as ``"<event>: <message>"``, by event name.
-_FORWARDED: dict[str, type[StorageError]] = {
+#: Errors the agent forwards as ``"<event>: <message>"``, by event name.
+_FORWARDED: dict[str, type[StorageError] | type[ContractError]] = {
     cls.event: cls
     for cls in (
         ObjectChangedError,
@@ -72,13 +85,46 @@ _FORWARDED: dict[str, type[StorageError]] = {
         BucketNotFoundError,
         TransientStorageError,
         StorageError,
+        ContractError,
     )
 }
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
+    # An agent that restarts comes back within seconds: look for it often.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+#: How often an unchanged "waiting for ranks" line is printed again.
+_WAIT_PRINT_S = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankOpen:
+    """A rank-exact stream: the trainer's rank contract and where it starts.
+
+    ``offset``/``base_step`` are the start epoch's segment (see ``mx8._state``); later
+    epochs start at their step 0. ``seed``/``shuffle`` None take the job's.
+    """
+
+    rank: int
+    world_size: int
+    drop_last: bool = False
+    seed: int | None = None
+    shuffle: bool | None = None
+    epoch: int = 0
+    step: int = 0
+    offset: int = 0
+    base_step: int = 0
+    consumed: int = 0
+    resumed: bool = False
+    job_label: str = ""
+
+
+def _say(line: str) -> None:
+    print(f"mx8: {line}", file=sys.stderr, flush=True)
 
 
 def agent_tls_from_env(environ: Mapping[str, str] | None = None) -> TlsConfig:
@@ -117,6 +163,8 @@ class AgentStreamClient:
         token: str | None = None,
         want_locations: bool = False,
         reconnect_timeout_s: float = 5.0,
+        rank: RankOpen | None = None,
+        world_wait_timeout_s: float = 600.0,
     ) -> None:
         if batch_size <= 0:
             raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
@@ -130,6 +178,13 @@ class AgentStreamClient:
         self.timeout_s = timeout_s
         self.want_locations = want_locations
         self.reconnect_timeout_s = reconnect_timeout_s
+        self.rank = rank
+        self.world_wait_timeout_s = world_wait_timeout_s
+        #: Rank-exact mode: the epoch and step of the batch last returned.
+        self.last_epoch: int | None = None
+        self.last_step: int | None = None
+        self._waiting_since: float | None = None
+        self._printed: tuple[object, float] | None = None
         self.reconnects = 0
         self.trainer_id = trainer_id or (
             f"{socket.gethostname()}-{os.getpid()}-{local_rank}-{uuid.uuid4().hex[:6]}"
@@ -220,24 +275,59 @@ class AgentStreamClient:
             "node_rank": d.node_rank,
             "world_size": d.world_size,
             "ready": d.ready,
+            "mode": d.mode,
+            "shuffle": d.shuffle,
+            "seed": d.seed,
+            "block_size": d.block_size,
         }
 
     # -- streaming ----------------------------------------------------------------------
 
+    def _open_message(self, resume_after: int) -> pb.TrainerMessage:
+        op = pb.OpenStream(
+            job_id=self.job_id,
+            local_rank=self.local_rank,
+            batch_size=self.batch_size,
+            trainer_id=self.trainer_id,
+            window=self.window,
+            want_locations=self.want_locations,
+            resume_after_seq=resume_after,
+        )
+        r = self.rank
+        if r is not None:
+            op.contract.rank = r.rank
+            op.contract.world_size = r.world_size
+            op.contract.drop_last = r.drop_last
+            if r.seed is not None:
+                op.contract.seed = r.seed
+            if r.shuffle is not None:
+                op.contract.shuffle = r.shuffle
+            op.start.CopyFrom(self._start())
+        return pb.TrainerMessage(open=op)
+
+    def _start(self) -> pb.StreamStart:
+        """Where a rank-exact stream (re)opens: after the last batch returned."""
+        r = self.rank
+        assert r is not None
+        if self.last_epoch is None or self.last_step is None:
+            epoch, step = r.epoch, r.step
+        else:
+            epoch, step = self.last_epoch, self.last_step + 1
+        if epoch != r.epoch:  # later epochs start fresh: their segment is the whole epoch
+            return pb.StreamStart(epoch=epoch, step=step, resumed=r.resumed)
+        return pb.StreamStart(
+            epoch=epoch,
+            step=step,
+            offset=r.offset,
+            base_step=r.base_step,
+            consumed=r.consumed,
+            resumed=r.resumed,
+        )
+
     def _request_stream(
         self, requests: queue.Queue[pb.TrainerMessage | None], resume_after: int
     ) -> Iterator[pb.TrainerMessage]:
-        yield pb.TrainerMessage(
-            open=pb.OpenStream(
-                job_id=self.job_id,
-                local_rank=self.local_rank,
-                batch_size=self.batch_size,
-                trainer_id=self.trainer_id,
-                window=self.window,
-                want_locations=self.want_locations,
-                resume_after_seq=resume_after,
-            )
-        )
+        yield self._open_message(resume_after)
         while (message := requests.get()) is not None:
             yield message
 
@@ -260,6 +350,9 @@ class AgentStreamClient:
         except grpc.FutureTimeoutError:
             return False
         self.reconnects += 1
+        if self.rank is not None:
+            # A rank stream reopens after the last batch returned, numbered afresh.
+            self._pending_ack = None
         self._open(self._consumed_seq)
         return True
 
@@ -280,6 +373,9 @@ class AgentStreamClient:
         while True:
             try:
                 message = next(self._responses)
+                if message.HasField("waiting"):
+                    self._on_waiting(message.waiting)
+                    continue
                 break
             except StopIteration:
                 self._finish()
@@ -294,15 +390,28 @@ class AgentStreamClient:
                 if code == grpc.StatusCode.UNAVAILABLE and self.reconnect_timeout_s > 0:
                     if deadline is None:
                         deadline = time.monotonic() + self.reconnect_timeout_s
+                        if self.rank is not None:
+                            _say(
+                                f"lost mx8d-agent at {self.url}; reconnecting for up to "
+                                f"{self.reconnect_timeout_s:.0f}s (training continues where "
+                                "it is)"
+                            )
                     if not self._closed and self._reopen(deadline):
                         continue
                 self._finish()
                 raise self._error(exc, "Stream") from exc
         if message.HasField("end_of_job"):
             self._finish()
+            if self.rank is not None:
+                # Wait for the agent to take our last acknowledgement and end the call.
+                with contextlib.suppress(grpc.RpcError):
+                    for _ in self._responses:
+                        pass
             raise StopIteration
+        self._waiting_since = None
         b = message.batch
         self._pending_ack = b.batch_seq
+        self.last_epoch, self.last_step = b.epoch, b.step
         return Batch(
             sample_ids=np.array(b.sample_ids, dtype=np.uint64),
             payload=b.payload,
@@ -311,6 +420,45 @@ class AgentStreamClient:
             epoch=b.epoch,
             locations=tuple(b.locations) if self.want_locations else None,
         )
+
+    def _on_waiting(self, w: pb.WorldWaiting) -> None:
+        """The rank's world is incomplete: say what for, give up after the timeout."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        job = w.job_id or self.job_id or "default"
+        if w.missing_ranks:
+            missing = ",".join(map(str, w.missing_ranks))
+            what = (
+                f"waiting for rank{'s' if len(w.missing_ranks) > 1 else ''} {missing} of "
+                f"{w.world_size} to join job {job!r} ({len(w.registered_ranks)}/"
+                f"{w.world_size} registered)"
+            )
+        else:
+            what = f"waiting for mx8d-agent at {self.url} and the coordinator of job {job!r}"
+        waited = now - self._waiting_since
+        if waited > self.world_wait_timeout_s:
+            self.close()
+            raise JobNotReadyError(
+                f"gave up after {waited:.0f}s {what}; start the missing trainers (all "
+                "ranks of a job run the same mx8.load), or wait longer with "
+                "MX8_WORLD_WAIT_TIMEOUT_S / mx8.load(world_wait_timeout_s=...)"
+            )
+        key = tuple(w.missing_ranks)
+        if (
+            self._printed is None
+            or self._printed[0] != key
+            or now - self._printed[1] >= (_WAIT_PRINT_S)
+        ):
+            self._printed = (key, now)
+            _say(what)
+
+    def ack(self) -> None:
+        """Acknowledge the batch last returned now (the trainer is done with it)."""
+        if self._pending_ack is not None and not self._finished and not self._closed:
+            self._requests.put(pb.TrainerMessage(ack=pb.Ack(batch_seq=self._pending_ack)))
+            self._consumed_seq = self._pending_ack
+            self._pending_ack = None
 
     def _finish(self) -> None:
         self._finished = True

@@ -1,141 +1,365 @@
 """Distributed mode of ``mx8.load``: the local ``mx8d-agent`` serves the batches.
 
-The coordinator owns the job (snapshot, shuffle, seed, epochs, ranks); the agent on this
-host fetches each sample once and shares batches among the host's trainers. The trainer
-code is the same as embedded: one ``for`` loop per epoch, each yielding ``Batch``es.
-Resume is the coordinator's lease log: a restarted trainer simply opens a new stream and
-gets what is not yet committed.
+``open_distributed`` asks the agent for the job (waiting, with a message, until the agent
+has registered with the coordinator) and returns the loader of the job's mode:
+
+* **rank-exact** (the coordinator's default): ``DistributedLoader``. Trainer rank r of
+  world W gets exactly the batches embedded ``mx8.load(rank=r, world_size=W)`` gives it:
+  the same ``Shard`` of the same order, cut by the agent, which fetches for every rank of
+  its host under one byte budget and prefetches their next steps. ``len(loader)``,
+  ``set_epoch``, ``state_dict`` and ``load_state_dict`` mean what they mean embedded
+  (``mx8._state``); a state saved at another world size resumes elastically. The stream
+  to the agent carries the rank's contract (rank, world size, batch size, drop_last, and
+  seed/shuffle when given), which the coordinator checks against the job and the other
+  ranks, and the rank's start; it waits (saying so) until every rank of its world joined.
+* **dynamic**: ``mx8._dynamic.DynamicLoader`` (work-stealing; no fixed length).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from mx8._agent_client import AgentStreamClient
+from mx8._agent_client import AgentStreamClient, RankOpen
+from mx8._dynamic import DynamicLoader
+from mx8._state import EpochCursor, LoaderShape, build_state, resume_cursor
 from mx8.batch import Batch
-from mx8.loader import LoaderStats
-from mx8_common.errors import ConfigError
+from mx8.loader import LoaderStats, resolve_rank
+from mx8_common.errors import AgentError, ConfigError, ContractError
+from mx8_common.sample_order import DYNAMIC, JobOrder, Shard, consumed_positions
 
-__all__ = ["DistributedLoader"]
+__all__ = ["DistributedLoader", "open_distributed", "world_wait_timeout"]
+
+#: Seconds a rank waits for the rest of its world before giving up (env override).
+WORLD_WAIT_TIMEOUT_ENV = "MX8_WORLD_WAIT_TIMEOUT_S"
+_DEFAULT_WORLD_WAIT_S = 600.0
+#: How long a lost agent is waited for (it restarts, ingests the manifest, serves again).
+_RECONNECT_S = 120.0
+
+
+def world_wait_timeout(value: float | None = None) -> float:
+    """The world-wait timeout: ``value``, else ``MX8_WORLD_WAIT_TIMEOUT_S``, else 600 s."""
+    if value is not None:
+        return float(value)
+    raw = os.environ.get(WORLD_WAIT_TIMEOUT_ENV)
+    if raw in (None, ""):
+        return _DEFAULT_WORLD_WAIT_S
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{WORLD_WAIT_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+
+
+def _describe(agent: str, job: str, timeout_s: float) -> dict[str, Any]:
+    """The job as the agent knows it, once the agent has registered (polls until then)."""
+    deadline = time.monotonic() + timeout_s
+    told = False
+    with AgentStreamClient(agent, job_id=job, local_rank=0, batch_size=1, timeout_s=timeout_s) as c:
+        while True:
+            info = c.describe()
+            if info["manifest_hash"]:
+                return info
+            if time.monotonic() > deadline:
+                raise AgentError(
+                    f"mx8d-agent at {agent} has not reached the coordinator after "
+                    f"{timeout_s:.0f}s; check the agent's log (--coordinator)",
+                    address=agent,
+                )
+            if not told:
+                print(
+                    f"mx8: waiting for mx8d-agent at {agent} to register with the coordinator",
+                    flush=True,
+                    file=sys.stderr,
+                )
+                told = True
+            time.sleep(0.2)
+
+
+def open_distributed(
+    agent: str,
+    *,
+    link: str | None,
+    job: str | None,
+    batch_size: int,
+    rank: int | None,
+    world_size: int | None,
+    drop_last: bool,
+    shuffle: bool | None,
+    seed: int | None,
+    epoch: int,
+    timeout_s: float = 60.0,
+    world_wait_timeout_s: float | None = None,
+) -> DistributedLoader | DynamicLoader:
+    """The loader of the agent's job, in the job's mode (see the module docstring)."""
+    job_id = job or os.environ.get("MX8_JOB_ID") or ""
+    info = _describe(agent, job_id, timeout_s)
+    if (info["mode"] or DYNAMIC) == DYNAMIC:
+        return DynamicLoader(
+            agent, link=link, job=job_id, batch_size=batch_size, rank=rank, timeout_s=timeout_s
+        )
+    return DistributedLoader(
+        agent,
+        info=info,
+        link=link,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        timeout_s=timeout_s,
+        world_wait_timeout_s=world_wait_timeout(world_wait_timeout_s),
+    )
 
 
 class DistributedLoader:
-    """Batches of the coordinator's job, served by the agent at ``agent``."""
+    """One trainer rank's batches of a rank-exact job, served by the agent at ``agent``."""
 
     def __init__(
         self,
         agent: str,
         *,
+        info: dict[str, Any],
         link: str | None = None,
-        job: str | None = None,
         batch_size: int = 32,
         rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        shuffle: bool | None = None,
+        seed: int | None = None,
+        epoch: int = 0,
         timeout_s: float = 60.0,
+        world_wait_timeout_s: float = _DEFAULT_WORLD_WAIT_S,
     ) -> None:
-        self.agent = agent
-        self.link = link
-        # No job named: take the one job the host's agent serves.
-        self.job = job or os.environ.get("MX8_JOB_ID") or ""
-        self.batch_size = batch_size
-        local = rank if rank is not None else os.environ.get("LOCAL_RANK", "0")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        local = os.environ.get("LOCAL_RANK", "0")
         try:
             self.local_rank = int(local)
         except ValueError as exc:
             raise ConfigError(f"LOCAL_RANK={local!r} is not an integer") from exc
-        self._timeout_s = timeout_s
-        with self._client() as client:
-            info = client.describe()
-        self.job = self.job or info["job_id"]
+        self.agent = agent
+        self.link = link
+        self.job: str = info["job_id"]
         self.manifest_hash: str = info["manifest_hash"]
         self.total_samples: int = int(info["total_samples"])
         self.epochs: int = int(info["epochs"])
         self.classes: list[str] | None = info["class_names"] or None
-        self._current: AgentStreamClient | None = None
-        self._held: Batch | None = None  # the first batch of the next epoch's loop
-        self._drained = False
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.shuffle = bool(info["shuffle"])
+        self.seed = int(info["seed"])
+        self.block_size = int(info["block_size"])
+        # The coordinator checks these too; saying it here needs no world.
+        if seed is not None and seed != self.seed:
+            raise ContractError(
+                f"seed {seed} of rank {self.rank} differs from the job's --seed {self.seed}; "
+                f"pass seed={self.seed} or leave seed out to take the job's",
+                field="seed",
+            )
+        if shuffle is not None and shuffle != self.shuffle:
+            raise ContractError(
+                f"shuffle={shuffle} of rank {self.rank} differs from the job's shuffle="
+                f"{self.shuffle}; pass shuffle={self.shuffle} or leave it out",
+                field="shuffle",
+            )
+        self._given_seed, self._given_shuffle = seed, shuffle
+        self._shape = LoaderShape(
+            link=link or "",
+            job=JobOrder(
+                manifest_hash=self.manifest_hash,
+                total_samples=self.total_samples,
+                block_size=self.block_size,
+                shuffle=self.shuffle,
+                seed=self.seed,
+            ),
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=batch_size,
+            drop_last=drop_last,
+        )
+        self.instance_id = uuid.uuid4().hex
+        self._timeout_s = timeout_s
+        self._world_wait_s = world_wait_timeout_s
+        self._cursor = EpochCursor(epoch=epoch)
+        self._resumed = False
+        self._stream: AgentStreamClient | None = None
+        #: What the open stream delivers next: (epoch, step).
+        self._stream_next: tuple[int, int] | None = None
+        self._iterating = False
         self._bytes = self._samples = self._batches = 0
         self._seconds = 0.0
 
-    def _client(self) -> AgentStreamClient:
-        return AgentStreamClient(
+    # -- shape of the data ------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._cursor.epoch
+
+    def _shard(self) -> Shard:
+        return self._shape.shard(self._cursor)
+
+    def __len__(self) -> int:
+        """Batches of this rank in the current epoch: embedded mode's, equal on every rank."""
+        return self._cursor.base_step + self._shard().batches
+
+    # -- the stream -------------------------------------------------------------------
+
+    def _open_stream(self) -> AgentStreamClient:
+        c = self._cursor
+        step = c.step(self.batch_size)
+        if self._stream is not None and self._stream_next == (c.epoch, step):
+            return self._stream
+        self._close_stream()
+        consumed = consumed_positions(
+            self.total_samples,
+            self.world_size,
+            offset=c.offset,
+            position=c.position,
+            drop_last=self.drop_last,
+        )
+        self._stream = AgentStreamClient(
             self.agent,
             job_id=self.job,
             local_rank=self.local_rank,
             batch_size=self.batch_size,
+            trainer_id=self.instance_id,
             timeout_s=self._timeout_s,
+            reconnect_timeout_s=_RECONNECT_S,
+            world_wait_timeout_s=self._world_wait_s,
+            rank=RankOpen(
+                rank=self.rank,
+                world_size=self.world_size,
+                drop_last=self.drop_last,
+                seed=self._given_seed,
+                shuffle=self._given_shuffle,
+                epoch=c.epoch,
+                step=step,
+                offset=c.offset,
+                base_step=c.base_step,
+                consumed=consumed,
+                resumed=self._resumed,
+            ),
         )
+        self._stream_next = (c.epoch, step)
+        return self._stream
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = None
+        self._stream_next = None
 
     def __iter__(self) -> Iterator[Batch]:
-        """This trainer's batches of one epoch; the next ``for`` loop continues with the next.
+        """The rest of this rank's current epoch; exhausted, nothing until ``set_epoch``."""
+        if self._iterating:
+            raise RuntimeError(
+                "this loader is already being iterated; finish or close() that loop first"
+            )
+        c = self._cursor
+        if c.epoch >= self.epochs or c.position >= self._shard().samples:
+            return iter(())
+        return self._iterate()
 
-        As in embedded mode, ``for epoch in range(E): for batch in loader:`` walks the job
-        epoch by epoch. One stream to the agent serves every epoch: a loop ends when the
-        first batch of a later epoch arrives, which is kept (unacknowledged) for the next
-        loop. A batch of an earlier epoch that arrives late (work re-issued from a failed
-        node) is yielded in the loop that is running, with its own ``batch.epoch``. After
-        the job ends every further loop is empty at once.
-        """
-        if self._drained:
-            return
-        if self._current is None:
-            self._current = self._client()
-        client = self._current
-        epoch: int | None = None
-        while True:
-            t0 = time.perf_counter()
-            try:
-                if self._held is not None:
-                    batch, self._held = self._held, None
-                else:
-                    batch = next(client)
-            except StopIteration:
-                self._drained = True
-                self.close()
-                return
-            finally:
-                self._seconds += time.perf_counter() - t0
-            if epoch is None:
-                epoch = batch.epoch
-            elif batch.epoch > epoch:
-                self._held = batch
-                return
-            self._bytes += len(batch.payload)
-            self._samples += len(batch)
-            self._batches += 1
-            yield batch
+    def _iterate(self) -> Iterator[Batch]:
+        c = self._cursor
+        shard = self._shard()
+        length = c.base_step + shard.batches
+        stream = self._open_stream()
+        self._iterating = True
+        try:
+            while c.position < shard.samples:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(stream)
+                except StopIteration:
+                    raise AgentError(
+                        f"mx8d-agent at {self.agent} ended the job before step "
+                        f"{c.step(self.batch_size)} of epoch {c.epoch}; check its log",
+                        address=self.agent,
+                    ) from None
+                finally:
+                    self._seconds += time.perf_counter() - t0
+                step = c.step(self.batch_size)
+                if (batch.epoch, stream.last_step) != (c.epoch, step):
+                    self._close_stream()
+                    raise AgentError(
+                        f"mx8d-agent at {self.agent} sent epoch {batch.epoch} step "
+                        f"{stream.last_step} where epoch {c.epoch} step {step} was due",
+                        address=self.agent,
+                    )
+                c.position = shard.batch_bounds(step - c.base_step)[1]
+                nxt = step + 1
+                self._stream_next = (c.epoch + 1, 0) if nxt == length else (c.epoch, nxt)
+                self._bytes += len(batch.payload)
+                self._samples += len(batch)
+                self._batches += 1
+                yield batch
+            # The loop asked past the epoch's last batch: the trainer is done with it.
+            if c.epoch + 1 < self.epochs:
+                stream.ack()
+            else:
+                self._end_of_job(stream)
+        finally:
+            self._iterating = False
 
-    def __len__(self) -> int:
-        raise TypeError(
-            "a distributed loader has no fixed length: the coordinator balances work across "
-            "nodes at run time; iterate until it ends"
-        )
+    def _end_of_job(self, stream: AgentStreamClient) -> None:
+        """After the job's last batch: read the agent's end of job, which acknowledges
+        that batch and ends the stream cleanly (the rank counts as finished)."""
+        try:
+            next(stream)
+        except StopIteration:
+            pass
+        else:
+            raise AgentError(
+                f"mx8d-agent at {self.agent} sent a batch after the job's last step",
+                address=self.agent,
+            )
+        self._close_stream()
 
     def set_epoch(self, epoch: int) -> None:
-        """No-op: in distributed mode the coordinator runs the epochs (``--epochs``)."""
+        """Start epoch ``epoch`` from its beginning on the next iteration."""
+        if self._iterating:
+            raise RuntimeError("cannot change the epoch while iterating; finish the loop first")
+        self._cursor.restart(epoch)
+        self._resumed = False
+        # The open stream goes on with the next epoch's step 0; anything else reopens.
+        if self._stream_next != (epoch, 0):
+            self._close_stream()
+
+    # -- resume -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Distributed progress lives in the coordinator's lease log; this names the job."""
-        return {"mode": "distributed", "manifest_hash": self.manifest_hash, "job": self.job}
+        """Where this rank is, O(1): the same state as embedded mode's (``mx8._state``)."""
+        return build_state(self._shape, self._cursor)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("manifest_hash") != self.manifest_hash:
-            raise ConfigError(
-                f"this state belongs to snapshot {state.get('manifest_hash')}, but the "
-                f"coordinator's job reads {self.manifest_hash}"
-            )
+        """Continue from a ``state_dict()`` (of any rank; at any world or batch size).
+
+        Every rank of the restarted job must load the same checkpoint: the coordinator
+        refuses a world whose ranks start from different points.
+        """
+        if self._iterating:
+            raise RuntimeError("cannot load a state while iterating; finish the loop first")
+        cursor, _seed = resume_cursor(self._shape, state, fixed_seed=True)
+        self._cursor = cursor
+        self._resumed = True
+        self._close_stream()
+
+    # -- lifecycle --------------------------------------------------------------------
 
     def stats(self) -> LoaderStats:
         return LoaderStats(self._bytes, self._samples, self._batches, self._seconds, 0)
 
     def close(self) -> None:
-        """End the stream; batches not yet acknowledged go back to the host's trainers."""
-        if self._current is not None:
-            self._current.close()
-            self._current = None
-        self._held = None
+        """End the stream to the agent; safe to call twice."""
+        self._close_stream()
 
     def __enter__(self) -> DistributedLoader:
         return self
@@ -143,8 +367,14 @@ class DistributedLoader:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.close()
+
     def __repr__(self) -> str:
         return (
             f"DistributedLoader(agent={self.agent!r}, job={self.job!r}, "
-            f"manifest_hash={self.manifest_hash[:12]}..., samples={self.total_samples})"
+            f"manifest_hash={self.manifest_hash[:12]}..., samples={self.total_samples}, "
+            f"epoch={self.epoch}, rank={self.rank}/{self.world_size})"
         )

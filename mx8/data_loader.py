@@ -66,8 +66,8 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
         *,
         recursive: bool = True,
         batch_size: int = 32,
-        shuffle: bool = False,
-        seed: int = 0,
+        shuffle: bool | None = None,
+        seed: int | None = None,
         epoch: int = 0,
         label_mode: str = "auto",
         store: str | None = None,
@@ -103,7 +103,7 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
         self._loader: Any = load(link, **self._options)
         self._manifest_hash: str | None = getattr(self._loader, "manifest_hash", None)
         self._classes: list[str] | None = getattr(self._loader, "classes", None)
-        # Distributed loaders have no fixed length: the coordinator balances work at run time.
+        # Distributed loaders answer len() themselves (dynamic mode's raises TypeError).
         self._length: int | None = len(self._loader) if self._embedded else None
         self._pending_state: dict[str, Any] | None = None
 
@@ -143,7 +143,7 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
     def __len__(self) -> int:
         """Batches of this rank in one epoch (over all DataLoader workers together)."""
         if self._length is None:
-            return len(self.loader)  # raises the distributed loader's TypeError
+            return len(self.loader)  # a dynamic-mode loader raises TypeError
         return self._length
 
     # -- iteration --------------------------------------------------------------------

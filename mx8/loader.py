@@ -303,8 +303,8 @@ def load(
     *,
     recursive: bool = True,
     batch_size: int = 32,
-    shuffle: bool = False,
-    seed: int = 0,
+    shuffle: bool | None = None,
+    seed: int | None = None,
     epoch: int = 0,
     label_mode: str = "auto",
     store: str | None = None,
@@ -315,12 +315,18 @@ def load(
     world_size: int | None = None,
     drop_last: bool = False,
     fetch_concurrency: int = 64,
+    world_wait_timeout_s: float | None = None,
 ) -> Any:
     """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
 
     Embedded (in-process) unless ``agent`` or ``MX8_AGENT_URL`` names a local mx8d-agent,
-    in which case the agent serves the coordinator's job and ``shuffle``/``seed``/``rank``
-    come from the coordinator.
+    in which case the agent serves the coordinator's job. Rank and world size come from
+    ``rank``/``world_size`` or torchrun's ``RANK``/``WORLD_SIZE`` in both modes; ``shuffle``
+    and ``seed`` default to off/0 embedded and to the job's (``--shuffle``/``--seed``)
+    distributed, where a value other than the job's is a ``ContractError``. In the
+    coordinator's default rank-exact mode each rank gets embedded mode's batches; a rank
+    waits (printing what for) until every rank of its world joined, for at most
+    ``world_wait_timeout_s`` (default ``MX8_WORLD_WAIT_TIMEOUT_S`` or 600 s).
 
     Embedded, ``max_inflight_bytes`` bounds every sample byte the loader holds: reads in
     flight, the reorder buffer, prefetched batches and the batch last handed out (released
@@ -330,15 +336,27 @@ def load(
     """
     agent = agent or os.environ.get("MX8_AGENT_URL") or None
     if agent:
-        from mx8._distributed import DistributedLoader
+        from mx8._distributed import open_distributed
 
-        return DistributedLoader(agent, link=link, job=job, batch_size=batch_size, rank=rank)
+        return open_distributed(
+            agent,
+            link=link,
+            job=job,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            world_wait_timeout_s=world_wait_timeout_s,
+        )
     return Loader(
         link,
         recursive=recursive,
         batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
+        shuffle=bool(shuffle),
+        seed=seed or 0,
         epoch=epoch,
         label_mode=label_mode,
         store=store,

@@ -7,8 +7,10 @@ without a token), and the metrics exporter. ``run()``
 then registers with the coordinator (retrying an unreachable one with backoff until
 ``--connect-timeout-s``), heartbeats on the interval the coordinator gave, ingests the
 manifest (fail closed: a bad manifest raises its ``ManifestError`` and no lease is ever
-requested), runs the ``LeaseRunner`` until the coordinator says the job is drained,
-gives every trainer its end-of-job message and returns. A coordinator that restarted and
+requested), then serves the job until the coordinator says it is drained: in rank-exact
+mode (the coordinator's default) a ``RankServer`` cuts each trainer rank's own batches,
+in dynamic mode the ``LeaseRunner`` takes leases; it gives every trainer its end-of-job
+message and returns. A coordinator that restarted and
 forgot this node is registered with again, from the heartbeat; if it now serves another
 manifest hash, the agent fails closed (``coordinator_manifest_changed``, trainers told,
 ``run()`` raises ``ManifestChangedError``, the CLI exits 2) instead of switching snapshot
@@ -39,14 +41,21 @@ from mx8_agent.serve.batch_wire import add_agent_service
 from mx8_agent.serve.servicer import AgentServicer, JobInfo
 from mx8_agent.serve.trainer_hub import TrainerHub
 from mx8_agent.work.lease_runner import LeaseRunner
-from mx8_common.errors import ConfigError, CoordinatorError, ManifestChangedError, Mx8Error
+from mx8_agent.work.rank_server import RankServer
+from mx8_common.errors import (
+    ConfigError,
+    CoordinatorError,
+    ManifestChangedError,
+    Mx8Error,
+    RequestError,
+)
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.proto import agent_pb2
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
 from mx8_common.rpc.security import BearerTokenInterceptor, server_credentials, warn_if_exposed
-from mx8_common.sample_order import JobOrder
+from mx8_common.sample_order import DYNAMIC, RANK_EXACT, JobOrder
 from mx8_common.storage.fetch_pipeline import FetchConfig
 from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig
 from mx8_common.storage.s3_client import S3Settings
@@ -92,12 +101,18 @@ class Agent:
             max_bytes=self._hub_budget, on_acked=self._on_acked, resume_grace_s=_RESUME_GRACE_S
         )
         self.metrics = AgentMetrics(self.stats)
-        self._servicer = AgentServicer(hub=self.hub, job_info=self.job_info, locate=self._locations)
+        self._servicer = AgentServicer(
+            hub=self.hub, job_info=self.job_info, locate=self._locations, ranks=self._rank_server
+        )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._registration: cpb.RegisterNodeResponse | None = None
         self.table: ManifestTable | None = None
         self.runner: LeaseRunner | None = None
+        #: Rank-exact mode's server, once the manifest is in (or why there is none).
+        self.ranks: RankServer | None = None
+        self._ranks_decided = asyncio.Event()
+        self._ranks_error: BaseException | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         # Set when the coordinator switched snapshot: nothing may be reported to it.
         self._fenced = False
@@ -125,11 +140,39 @@ class Agent:
             node_rank=reg.rank,
             world_size=reg.world_size,
             ready=self.table is not None,
+            mode=self._mode(reg),
+            shuffle=reg.shuffle,
+            seed=reg.seed,
+            block_size=reg.block_size,
         )
+
+    @staticmethod
+    def _mode(reg: cpb.RegisterNodeResponse) -> str:
+        # A coordinator that names no mode predates rank-exact mode: it leases.
+        return reg.mode or DYNAMIC
+
+    async def _rank_server(self) -> RankServer:
+        """Rank-exact mode's server, once the manifest is ingested (the servicer waits)."""
+        await self._ranks_decided.wait()
+        if self._ranks_error is not None:
+            raise self._ranks_error
+        assert self.ranks is not None
+        return self.ranks
+
+    def _fail_trainers(self, error: BaseException) -> None:
+        """Tell every trainer, waiting or streaming, why the agent stops."""
+        self.hub.fail(error)
+        if self.ranks is not None:
+            self.ranks.fail(error)
+        if not self._ranks_decided.is_set():
+            self._ranks_error = error
+            self._ranks_decided.set()
 
     @property
     def inflight_bytes(self) -> int:
         """Sample bytes held now: pipeline + batch being cut + queued + unacknowledged."""
+        if self.ranks is not None:
+            return self.ranks.reserved_bytes
         return self.runner.inflight_bytes if self.runner is not None else self.hub.held_bytes
 
     def stats(self) -> dict[str, float]:
@@ -137,8 +180,11 @@ class Agent:
         runner = self.runner
         pipeline = runner.pipeline if runner is not None else None
         rs = runner.stats if runner is not None else None
+        ranks = self.ranks
         acked = rs.samples_acked if rs is not None else 0
         since = rs.first_lease_at if rs is not None else None
+        if ranks is not None:
+            acked, since, pipeline = ranks.samples_acked, ranks.first_batch_at, ranks.pipeline
         elapsed = max(1e-3, time.monotonic() - since) if since is not None else None
         read = self._reader.stats
         return {
@@ -146,16 +192,19 @@ class Agent:
             "samples_fetched": read.reads,
             "samples_acked": acked,
             "fetch_retries": read.retries,
-            "batches_sent": sum(s.batches_sent for s in self.hub.sessions),
+            "batches_sent": sum(s.batches_sent for s in self.hub.sessions)
+            + (ranks.batches_sent if ranks is not None else 0),
             "batches_requeued": self.hub.requeued_batches,
             "leases_started": rs.leases_started if rs is not None else 0,
             "inflight_bytes": self.inflight_bytes,
-            "peak_inflight_bytes": rs.peak_inflight_bytes if rs is not None else 0,
+            "peak_inflight_bytes": rs.peak_inflight_bytes
+            if rs is not None
+            else (ranks.peak_reserved_bytes if ranks is not None else 0),
             "queued_batches": self.hub.queued_batches,
             "unacked_batches": self.hub.unacked_batches,
             "running_reads": pipeline.stats.running if pipeline is not None else 0,
             "leases_held": len(runner.tracker) if runner is not None else 0,
-            "trainers": len(self.hub.sessions),
+            "trainers": len(self.hub.sessions) + (len(ranks.streams) if ranks is not None else 0),
             "bytes_per_second": read.bytes / elapsed if elapsed else 0.0,
             "samples_per_second": acked / elapsed if elapsed else 0.0,
         }
@@ -301,7 +350,7 @@ class Agent:
         # The heartbeat loop only ends by raising (a switched snapshot).
         error = heartbeat.exception()
         assert error is not None
-        self.hub.fail(error)
+        self._fail_trainers(error)
         await self._wait_trainers_gone()
         raise error
 
@@ -321,24 +370,35 @@ class Agent:
             result = await ingest_manifest(self._client, settings, rng=self._rng)
         except Mx8Error as exc:
             # Fail closed: no lease is ever requested; waiting trainers are told why.
-            self.hub.fail(exc)
+            self._fail_trainers(exc)
             await self._wait_trainers_gone()
             raise
         self.table = result.table
         # Trainers can be served from here on: DescribeJob is complete, leasing starts.
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        order = JobOrder(
+            total_samples=reg.total_samples,
+            block_size=reg.block_size,
+            shuffle=reg.shuffle,
+            seed=reg.seed,
+            manifest_hash=reg.manifest_hash,
+        )
+        if self._mode(reg) == RANK_EXACT:
+            await self._serve_ranks(reg, order, result.table)
+            return
+        dynamic_only = RequestError(
+            "this job runs in dynamic mode (coordinator --mode dynamic): trainers take "
+            "batches as they come; open the stream without a rank contract",
+            field="contract",
+        )
+        self._ranks_error = dynamic_only
+        self._ranks_decided.set()
         self.runner = LeaseRunner(
             client=self._client,
             job_id=self.config.job_id,
             node_id=self.config.node_id,
             table=result.table,
-            job_order=JobOrder(
-                total_samples=reg.total_samples,
-                block_size=reg.block_size,
-                shuffle=reg.shuffle,
-                seed=reg.seed,
-                manifest_hash=reg.manifest_hash,
-            ),
+            job_order=order,
             reader=TimedReader(self._reader, self.metrics.fetch_latency),
             fetch_config=self.fetch_config,
             hub=self.hub,
@@ -351,7 +411,44 @@ class Agent:
         except Mx8Error as exc:
             emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
             # Tell the trainers why before going away.
-            self.hub.fail(exc)
+            self._fail_trainers(exc)
+            await self._wait_trainers_gone()
+            raise
+        await self._wait_trainers_gone()
+        emit(_COMPONENT, "agent_drained", node_id=self.config.node_id, **self._summary())
+
+    async def _serve_ranks(
+        self, reg: cpb.RegisterNodeResponse, order: JobOrder, table: ManifestTable
+    ) -> None:
+        """Rank-exact mode: serve the trainer ranks until every rank finished the job."""
+        # Contract-less streams are dynamic mode's: tell any that came early.
+        self.hub.fail(
+            RequestError(
+                "this job runs in rank-exact mode: open the stream with the trainer's rank "
+                "contract (mx8.load does), or run the coordinator with --mode dynamic",
+                field="contract",
+            )
+        )
+        self.ranks = RankServer(
+            client=self._client,
+            job_id=self.config.job_id,
+            node_id=self.config.node_id,
+            table=table,
+            job_order=order,
+            epochs=reg.epochs,
+            reader=TimedReader(self._reader, self.metrics.fetch_latency),
+            # One budget for everything: batches are charged from request to ack.
+            fetch_config=dataclasses.replace(
+                self.fetch_config, max_inflight_bytes=self.config.max_inflight_bytes
+            ),
+            report_interval_s=self.config.progress_interval_ms / 1000,
+        )
+        self._ranks_decided.set()
+        try:
+            await self.ranks.run()
+        except Mx8Error as exc:
+            emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
+            self._fail_trainers(exc)
             await self._wait_trainers_gone()
             raise
         await self._wait_trainers_gone()
@@ -361,6 +458,8 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_GOODBYE_S):
                 await self.hub.wait_no_sessions()
+                if self.ranks is not None:
+                    await self.ranks.wait_no_streams()
 
     def _summary(self) -> dict[str, Any]:
         s = self.stats()
@@ -485,6 +584,10 @@ class Agent:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2.0):
                         await self.runner.report_now()
+            if self.ranks is not None and not self._fenced:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await self.ranks.report_now()
             if self._server is not None:
                 await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
                 await self._server.stop(self._grace)

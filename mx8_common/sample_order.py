@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "DYNAMIC",
+    "MODES",
+    "RANK_EXACT",
     "EpochOrder",
     "JobOrder",
     "Shard",
@@ -36,6 +39,12 @@ __all__ = [
     "shard_samples",
     "splitmix64",
 ]
+
+#: How a distributed job splits its samples (the coordinator's ``--mode``): every trainer
+#: rank gets the ``Shard`` embedded mode gives it, or trainers take leased batches as they ask.
+RANK_EXACT = "rank-exact"
+DYNAMIC = "dynamic"
+MODES = (RANK_EXACT, DYNAMIC)
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1

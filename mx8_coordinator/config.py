@@ -8,7 +8,7 @@ from typing import Any
 from mx8_common.config_fields import load_config, parse_size, setting, split_host_port
 from mx8_common.errors import ConfigError
 from mx8_common.rpc.security import TlsConfig
-from mx8_coordinator.state.ranks import MODES, RANK_EXACT
+from mx8_common.sample_order import MODES, RANK_EXACT
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_config"]
 

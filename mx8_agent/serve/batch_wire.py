@@ -43,6 +43,7 @@ def encode_batch(seq: int, batch: ReadyBatch, locations: list[str] | None = None
     head = pb.Batch(
         batch_seq=seq,
         epoch=batch.epoch,
+        step=batch.step,
         sample_ids=batch.sample_ids.tolist(),
         offsets=batch.offsets.tolist(),
         labels=[] if batch.labels is None else batch.labels.tolist(),

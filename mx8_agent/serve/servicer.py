@@ -6,8 +6,10 @@ from a reader task, and sends what ``next_for`` returns. Errors become statuses 
 place: a bad open is INVALID_ARGUMENT (naming the values), a storage failure is
 FAILED_PRECONDITION whose message starts with the error's event name
 (``object_changed_since_snapshot: ...``) so the trainer client can raise the same class;
-so is a refused resume (``trainer_resume_refused: ...``). ``Batch.locations`` is filled
-only for a stream opened with ``want_locations``, from the ``locate`` callback.
+so is a refused resume (``trainer_resume_refused: ...``) and a refused rank contract
+(``rank_contract_mismatch: ...``). ``Batch.locations`` is filled only for a stream opened
+with ``want_locations``, from the ``locate`` callback. A stream opened with a rank
+contract is rank-exact mode's and is served by ``rank_stream``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +25,19 @@ import grpc
 import numpy as np
 
 from mx8_agent.serve.batch_wire import END_OF_JOB, encode_batch
+from mx8_agent.serve.rank_stream import RankBackend, rank_spec, serve_rank_stream
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub, TrainerSession
-from mx8_common.errors import Mx8Error, RequestError, StorageError, TrainerResumeError
+from mx8_common.errors import (
+    ContractError,
+    Mx8Error,
+    RequestError,
+    StorageError,
+    TrainerResumeError,
+)
 from mx8_common.obs.events import emit
 from mx8_common.rpc.proto import agent_pb2 as pb
 from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
+from mx8_common.sample_order import RANK_EXACT
 
 __all__ = ["AgentServicer", "JobInfo", "batch_to_proto"]
 
@@ -47,6 +57,10 @@ class JobInfo:
     node_rank: int = 0
     world_size: int = 0
     ready: bool = False
+    mode: str = ""
+    shuffle: bool = False
+    seed: int = 0
+    block_size: int = 0
 
 
 #: Sample ids -> their object locations (the agent's manifest table).
@@ -75,7 +89,7 @@ def batch_to_proto(
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RequestError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, StorageError | TrainerResumeError):
+    if isinstance(exc, StorageError | TrainerResumeError | ContractError):
         return grpc.StatusCode.FAILED_PRECONDITION, f"{exc.event}: {exc}"
     if isinstance(exc, Mx8Error):
         return grpc.StatusCode.INTERNAL, f"{exc.event}: {exc}"
@@ -86,11 +100,17 @@ class AgentServicer(pb_grpc.AgentServicer):
     """``mx8.v1.Agent`` over a ``TrainerHub`` and a ``JobInfo`` provider."""
 
     def __init__(
-        self, *, hub: TrainerHub, job_info: Callable[[], JobInfo], locate: Locate | None = None
+        self,
+        *,
+        hub: TrainerHub,
+        job_info: Callable[[], JobInfo],
+        locate: Locate | None = None,
+        ranks: Callable[[], Awaitable[RankBackend]] | None = None,
     ) -> None:
         self._hub = hub
         self._job_info = job_info
         self._locate = locate
+        self._ranks = ranks
 
     def _check_job(self, job_id: str) -> None:
         ours = self._job_info().job_id
@@ -116,6 +136,10 @@ class AgentServicer(pb_grpc.AgentServicer):
             node_rank=info.node_rank,
             world_size=info.world_size,
             ready=info.ready,
+            mode=info.mode,
+            shuffle=info.shuffle,
+            seed=info.seed,
+            block_size=info.block_size,
         )
 
     async def Stream(
@@ -140,6 +164,30 @@ class AgentServicer(pb_grpc.AgentServicer):
                     "want_locations",
                     field="want_locations",
                 )
+            if op.HasField("contract"):
+                spec = rank_spec(op, trainer_id, op.window or _DEFAULT_WINDOW)
+            elif self._job_info().mode == RANK_EXACT:
+                raise RequestError(
+                    "this job runs in rank-exact mode: open the stream with the trainer's "
+                    "rank contract (mx8.load does), or run the coordinator with --mode dynamic",
+                    field="contract",
+                )
+        except Mx8Error as exc:
+            await context.abort(*_status_for(exc))
+        if op.HasField("contract"):
+            try:
+                async for message in serve_rank_stream(
+                    self._rank_backend,
+                    spec,
+                    job_id=self._job_info().job_id,
+                    requests=request_iterator,
+                    locate=self._locate if op.want_locations else None,
+                ):
+                    yield message
+            except Mx8Error as exc:
+                await context.abort(*_status_for(exc))
+            return
+        try:
             self._hub.set_batch_size(op.batch_size)
             session = self._hub.attach(
                 trainer_id,
@@ -187,6 +235,14 @@ class AgentServicer(pb_grpc.AgentServicer):
                 samples_acked=session.samples_acked,
                 requeued_batches=requeued,
             )
+
+    async def _rank_backend(self) -> RankBackend:
+        if self._ranks is None:
+            raise RequestError(
+                "this agent serves no rank-exact job; open the stream without a rank contract",
+                field="contract",
+            )
+        return await self._ranks()
 
     async def _read_acks(
         self, request_iterator: AsyncIterator[pb.TrainerMessage], session: TrainerSession

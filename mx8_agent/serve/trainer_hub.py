@@ -54,6 +54,8 @@ class ReadyBatch:
     #: The trainer this batch was last sent to and its ``batch_seq`` there (for resumes).
     owner: str | None = None
     owner_seq: int = 0
+    #: Rank-exact mode: the step of ``epoch`` this batch is.
+    step: int = 0
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -15,11 +15,11 @@ from typing import Any
 
 from mx8_common.errors import JobStateError, RequestError
 from mx8_common.obs.events import emit
-from mx8_common.sample_order import JobOrder
+from mx8_common.sample_order import RANK_EXACT, JobOrder
 from mx8_coordinator.state.lease_log import LeaseLog, LeaseLogHeader, LeaseLogState
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.state.node_registry import NodeRegistry, NodeState, Registration, monotonic_ms
-from mx8_coordinator.state.ranks import RANK_EXACT, RankReport, WorldAnswer, WorldRegistry
+from mx8_coordinator.state.ranks import RankReport, WorldAnswer, WorldRegistry
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
 __all__ = ["Counters", "HeartbeatResult", "Job", "JobSpec", "JobView", "lease_seq"]

@@ -15,7 +15,8 @@ agents cut them on their own. The coordinator keeps the job one contract:
   (a trainer that died while waiting).
 
 A trainer is known by its loader's ``instance_id``: the same id again after its world
-formed is that trainer coming back (its agent restarted) and is served at once, at the
+formed (or once its progress was reported, which covers a restart of this coordinator)
+is that trainer coming back (its agent restarted) and is served at once, at the
 position it presents: the trainer, not a log here, knows what it consumed. New ids
 form a new world (a restarted job, possibly at another world size). Agents report each
 rank's acknowledged progress; the job is drained once every rank of a world finished
@@ -33,20 +34,12 @@ from mx8_common.obs.events import emit
 from mx8_coordinator.state.node_registry import monotonic_ms
 
 __all__ = [
-    "DYNAMIC",
-    "MODES",
-    "RANK_EXACT",
     "RankJoin",
     "RankReport",
     "RankStart",
     "WorldAnswer",
     "WorldRegistry",
 ]
-
-RANK_EXACT = "rank-exact"
-DYNAMIC = "dynamic"
-#: The coordinator's ``--mode`` values.
-MODES = (RANK_EXACT, DYNAMIC)
 
 _COMPONENT = "coordinator"
 #: Finished-world ids remembered for ``drained`` and instance ids of formed worlds kept
@@ -135,8 +128,9 @@ class WorldRegistry:
         self._clock = clock
         self._new_world_id = new_world_id
         self._forming: _World | None = None
-        #: instance_id -> (world_id, its join) for members of formed worlds.
-        self._formed: dict[str, tuple[str, RankJoin]] = {}
+        #: instance_id -> (world_id, its join) for members of formed worlds (join None:
+        #: learnt from a progress report, e.g. after this coordinator restarted).
+        self._formed: dict[str, tuple[str, RankJoin | None]] = {}
         #: instance_id -> the error that broke its world (told on its next join).
         self._refused: dict[str, ContractError] = {}
         #: (world_id, rank) -> latest report; finished ranks per world.
@@ -158,7 +152,8 @@ class WorldRegistry:
         known = self._formed.get(j.instance_id)
         if known is not None:
             world_id, first = known
-            self._check_same_trainer(first, j)
+            if first is not None:
+                self._check_same_trainer(first, j)
             return WorldAnswer(True, world_id, j.world_size, tuple(range(j.world_size)), ())
         now = self._clock()
         world = self._forming
@@ -319,6 +314,9 @@ class WorldRegistry:
         for r in reports:
             self._progress[(r.world_id, r.rank)] = r
             self._latest_world = r.world_id
+            # A trainer streaming in a world this coordinator did not see form (it
+            # restarted) is known from here on: its agent's restart rejoins at once.
+            self._formed.setdefault(r.instance_id, (r.world_id, None))
             if r.finished:
                 done = self._finished.setdefault(r.world_id, set())
                 done.add(r.rank)

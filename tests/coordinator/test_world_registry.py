@@ -181,3 +181,10 @@ def test_world_registry_drained_once_every_rank_of_a_world_finished() -> None:
     assert reg.report([_report(1, finished=True)])
     assert reg.drained
     assert [r.rank for r in reg.progress()] == [0, 1]
+
+
+def test_world_registry_after_a_restart_knows_trainers_from_their_reports() -> None:
+    reg = registry()  # a coordinator that restarted: it never saw the world form
+    reg.report([_report(0, finished=False), _report(1, finished=False)])
+    answer = reg.join(join(1, world=2, start=RankStart(epoch=1, step=9, consumed=300)))
+    assert answer.ready and answer.world_id == "w1"

@@ -1,0 +1,460 @@
+"""Rank-exact mode: each local trainer rank's batches, cut here in order, prefetched.
+
+A trainer rank's batches are a pure function of the job's order and its rank contract
+(``Shard`` in ``mx8_common.sample_order``, the function embedded loaders use), so the
+agent needs no leases: a ``RankStream`` walks its rank's batches from the step the
+trainer presented, epoch after epoch, to the end of the job.
+
+* **Joining.** ``join`` registers the rank with the coordinator (``RegisterRank``) and
+  polls until its world is complete, yielding what it waits for so the trainer can say
+  so; a refusal is the coordinator's ``ContractError``, raised as such.
+* **Fetching.** One ``FetchPipeline`` over one reader serves every stream: its request
+  feed takes the streams in turn, one batch each, while a stream has fewer than its
+  ``window`` batches requested or unacknowledged and the batch fits the byte budget
+  (``--max-inflight-bytes``: every batch is charged from its request until the trainer
+  acknowledges it; a stream holding nothing may always take one, so no rank starves).
+  The pipeline's results are only sorted into their batches, never waited on, so a
+  rank whose trainer is slow cannot hold back another's.
+* **Progress.** Acknowledged batches move each rank's (epoch, step); ``run`` reports
+  them to the coordinator every interval (``ReportRanks``, which also answers whether the
+  job is drained) and returns once it is.
+
+A stream that breaks just ends: the trainer reopens at its own position (it knows what
+it consumed), so nothing is kept for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mx8_agent.serve.rank_stream import RankSpec, WorldReady, WorldWait
+from mx8_agent.serve.trainer_hub import ReadyBatch
+from mx8_common.errors import ContractError, CoordinatorError, RequestError
+from mx8_common.manifest.table import ManifestTable
+from mx8_common.obs.events import emit
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.proto import coordinator_pb2 as cpb
+from mx8_common.sample_order import EpochOrder, JobOrder, Shard
+from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
+
+__all__ = ["RankServer", "RankStream"]
+
+_COMPONENT = "agent"
+#: How often a rank whose world is incomplete asks the coordinator again.
+_JOIN_POLL_S = 0.25
+_MAX_REPORTS = 4096
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One batch of one stream: requested, then filled, then sent, then acknowledged."""
+
+    epoch: int
+    step: int
+    ids: np.ndarray
+    last: bool
+    charge: int
+    parts: list[bytes] = field(default_factory=list)
+    seq: int = 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.parts) == len(self.ids)
+
+
+class RankStream:
+    """One trainer rank's stream: its plan of batches and the ones in flight."""
+
+    def __init__(self, spec: RankSpec, world_id: str, plan: Iterator[tuple[int, int, Any]]):
+        self.spec = spec
+        self.world_id = world_id
+        self._plan = _lookahead(plan)
+        self.pending: tuple[int, int, np.ndarray, bool] | None = None
+        self.requested: collections.deque[_Slot] = collections.deque()
+        self.sent: collections.deque[_Slot] = collections.deque()
+        self.plan_done = False
+        self.next_seq = 1
+        self.reserved = 0
+        self.closed = False
+        self.ready = asyncio.Event()
+        #: The position after the last acknowledged batch, and whether it ended the job.
+        self.acked = (spec.epoch, spec.step)
+        self.finished = False
+        self.batches_sent = 0
+        self.samples_acked = 0
+
+    @property
+    def has_room(self) -> bool:
+        return len(self.requested) + len(self.sent) < max(1, self.spec.window)
+
+    def next_plan(self) -> tuple[int, int, np.ndarray, bool] | None:
+        if self.pending is None:
+            self.pending = next(self._plan, None)
+            if self.pending is None:
+                self.plan_done = True
+                self.ready.set()
+        return self.pending
+
+
+def _lookahead(plan: Iterator[tuple[int, int, Any]]) -> Iterator[tuple[int, int, Any, bool]]:
+    """``(epoch, step, ids, last)``: ``last`` marks the job's final batch."""
+    prev = next(plan, None)
+    for item in plan:
+        assert prev is not None
+        yield (*prev, False)
+        prev = item
+    if prev is not None:
+        yield (*prev, True)
+
+
+class RankServer:
+    """Serves the local trainer ranks of a rank-exact job (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        client: CoordinatorClient,
+        job_id: str,
+        node_id: str,
+        table: ManifestTable,
+        job_order: JobOrder,
+        epochs: int,
+        reader: Any,
+        fetch_config: FetchConfig,
+        report_interval_s: float,
+    ) -> None:
+        self._client = client
+        self._job_id = job_id
+        self._node_id = node_id
+        self._table = table
+        self._job_order = job_order
+        self._epochs = epochs
+        self._reader = reader
+        self._fetch_config = fetch_config
+        self.max_bytes = fetch_config.max_inflight_bytes
+        self._interval_s = report_interval_s
+        self._estimate = fetch_config.unknown_size_estimate
+        self._orders: dict[int, EpochOrder] = {}
+        self._streams: dict[str, RankStream] = {}
+        self._turn = 0
+        self._feed = asyncio.Event()
+        self._error: BaseException | None = None
+        self._reports: dict[str, cpb.RankProgress] = {}
+        self.reserved_bytes = 0
+        self.peak_reserved_bytes = 0
+        self.pipeline: FetchPipeline | None = None
+        self.drained = asyncio.Event()
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
+        self.samples_acked = 0
+        self.batches_sent = 0
+        self.first_batch_at: float | None = None
+
+    # -- views --------------------------------------------------------------------------
+
+    @property
+    def streams(self) -> list[RankStream]:
+        return list(self._streams.values())
+
+    def _order(self, epoch: int) -> EpochOrder:
+        order = self._orders.get(epoch)
+        if order is None:
+            order = self._orders[epoch] = self._job_order.order(epoch)
+            if len(self._orders) > 4:
+                del self._orders[min(self._orders)]
+        return order
+
+    def shard(self, spec: RankSpec, epoch: int, offset: int = 0) -> Shard:
+        return Shard(
+            self._order(epoch), spec.rank, spec.world_size, spec.drop_last, spec.batch_size, offset
+        )
+
+    def _plan(self, spec: RankSpec) -> Iterator[tuple[int, int, np.ndarray]]:
+        """The rank's batches from its start to the end of the job: (epoch, step, ids)."""
+        epoch, offset, base = spec.epoch, spec.offset, spec.base_step
+        local = spec.step - base
+        while epoch < self._epochs:
+            shard = self.shard(spec, epoch, offset)
+            for b in range(max(0, local), shard.batches):
+                yield epoch, base + b, shard.batch_ids(b)
+            epoch, offset, base, local = epoch + 1, 0, 0, 0
+
+    # -- joining ------------------------------------------------------------------------
+
+    async def join(self, spec: RankSpec) -> AsyncIterator[WorldWait | WorldReady]:
+        """Register the rank until its world is complete: ``WorldWait``s, then one
+        ``WorldReady``. Raises the coordinator's ``ContractError``."""
+        request = cpb.RegisterRankRequest(
+            job_id=self._job_id,
+            node_id=self._node_id,
+            instance_id=spec.instance_id,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            batch_size=spec.batch_size,
+            drop_last=spec.drop_last,
+            epoch=spec.epoch,
+            step=spec.step,
+            consumed=spec.consumed,
+            resumed=spec.resumed,
+        )
+        if spec.seed is not None:
+            request.seed = spec.seed
+        if spec.shuffle is not None:
+            request.shuffle = spec.shuffle
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                answer = await self._client.register_rank(request)
+            except CoordinatorError as exc:
+                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    raise
+                emit(_COMPONENT, "rank_join_retry", rank=spec.rank, error=str(exc))
+                yield WorldWait(spec.world_size, (), ())
+            else:
+                if answer.refusal:
+                    raise ContractError(answer.refusal, field=answer.refusal_field or None)
+                if answer.ready:
+                    yield WorldReady(answer.world_id)
+                    return
+                yield WorldWait(
+                    answer.world_size,
+                    tuple(answer.registered_ranks),
+                    tuple(answer.missing_ranks),
+                )
+            await asyncio.sleep(_JOIN_POLL_S)
+
+    # -- streams ------------------------------------------------------------------------
+
+    def open(self, spec: RankSpec, world_id: str) -> RankStream:
+        """Start serving ``spec``'s rank (a newer stream of the same trainer replaces one)."""
+        old = self._streams.get(spec.instance_id)
+        if old is not None:
+            self.close(old)
+        stream = RankStream(spec, world_id, self._plan(spec))
+        self._streams[spec.instance_id] = stream
+        self._no_streams.clear()
+        self._note_progress(stream)
+        self._feed.set()
+        return stream
+
+    def close(self, stream: RankStream) -> None:
+        """The trainer left: drop what was fetched for it (it reopens where it is)."""
+        if stream.closed:
+            return
+        stream.closed = True
+        stream.ready.set()
+        for slot in (*stream.requested, *stream.sent):
+            self._release(stream, slot)
+        stream.requested.clear()
+        stream.sent.clear()
+        if self._streams.get(stream.spec.instance_id) is stream:
+            del self._streams[stream.spec.instance_id]
+        if not self._streams:
+            self._no_streams.set()
+        self._feed.set()
+
+    async def wait_no_streams(self) -> None:
+        await self._no_streams.wait()
+
+    async def next_batch(self, stream: RankStream) -> tuple[int, ReadyBatch] | None:
+        """The stream's next ``(batch_seq, batch)`` in order; None at the end of the job."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if stream.closed:
+                raise RequestError(
+                    f"a newer stream of trainer {stream.spec.instance_id} replaced this one",
+                    field="trainer_id",
+                )
+            if stream.requested and stream.requested[0].done:
+                slot = stream.requested.popleft()
+                slot.seq = stream.next_seq
+                stream.next_seq += 1
+                stream.sent.append(slot)
+                stream.batches_sent += 1
+                self.batches_sent += 1
+                if self.first_batch_at is None:
+                    self.first_batch_at = time.monotonic()
+                return slot.seq, self._batch(slot)
+            if stream.plan_done and not stream.requested:
+                return None
+            stream.ready.clear()
+            await stream.ready.wait()
+
+    def ack(self, stream: RankStream, batch_seq: int) -> int:
+        """Every batch up to ``batch_seq`` is consumed: free its budget, move progress."""
+        n = 0
+        while stream.sent and stream.sent[0].seq <= batch_seq:
+            slot = stream.sent.popleft()
+            self._release(stream, slot)
+            stream.acked = (slot.epoch, slot.step + 1)
+            stream.finished = slot.last
+            stream.samples_acked += len(slot.ids)
+            self.samples_acked += len(slot.ids)
+            n += 1
+        if n:
+            self._note_progress(stream)
+            self._feed.set()
+        return n
+
+    def fail(self, error: BaseException) -> None:
+        """Every stream raises ``error`` from now on."""
+        self._error = error
+        for stream in self._streams.values():
+            stream.ready.set()
+
+    def _batch(self, slot: _Slot) -> ReadyBatch:
+        offsets = np.zeros(len(slot.parts) + 1, dtype=np.uint64)
+        np.cumsum([len(p) for p in slot.parts], out=offsets[1:])
+        labels = None
+        if self._table.has_labels:
+            labels = self._table.label_id[slot.ids.astype(np.int64)].astype(np.int64)
+        return ReadyBatch(
+            lease_id="",
+            epoch=slot.epoch,
+            first_pos=0,
+            sample_ids=slot.ids,
+            parts=slot.parts,
+            offsets=offsets,
+            labels=labels,
+            step=slot.step,
+        )
+
+    # -- budget -------------------------------------------------------------------------
+
+    def _charge(self, ids: np.ndarray) -> int:
+        lengths = self._table.byte_length[ids.astype(np.int64)]
+        unknown = int((lengths < 0).sum())
+        return int(lengths[lengths >= 0].sum()) + unknown * self._estimate
+
+    def _release(self, stream: RankStream, slot: _Slot) -> None:
+        if slot.charge:
+            self.reserved_bytes -= slot.charge
+            stream.reserved -= slot.charge
+            slot.charge = 0
+
+    def _fits(self, stream: RankStream, charge: int) -> bool:
+        # A stream holding nothing may always take one batch: no rank starves.
+        return stream.reserved == 0 or self.reserved_bytes + charge <= self.max_bytes
+
+    def _pick(self) -> tuple[RankStream, tuple[int, int, np.ndarray, bool]] | None:
+        """The next stream (in turn) with room for its next batch, and that batch."""
+        streams = [s for s in self._streams.values() if not s.closed]
+        for k in range(len(streams)):
+            stream = streams[(self._turn + k) % len(streams)]
+            if stream.plan_done or not stream.has_room:
+                continue
+            item = stream.next_plan()
+            if item is None:
+                continue
+            if self._fits(stream, self._charge(item[2])):
+                self._turn = (self._turn + k + 1) % len(streams)
+                return stream, item
+        return None
+
+    # -- fetching -----------------------------------------------------------------------
+
+    async def _requests(self) -> AsyncIterator[FetchRequest]:
+        table = self._table
+        while True:
+            picked = self._pick()
+            if picked is None:
+                self._feed.clear()
+                await self._feed.wait()
+                continue
+            stream, (epoch, step, ids, last) = picked
+            stream.pending = None
+            charge = self._charge(ids)
+            slot = _Slot(epoch, step, ids, last, charge)
+            stream.reserved += charge
+            self.reserved_bytes += charge
+            self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
+            stream.requested.append(slot)
+            rows = ids.astype(np.int64)
+            offsets = table.byte_offset[rows].tolist()
+            lengths = table.byte_length[rows].tolist()
+            for sid, off, length in zip(rows.tolist(), offsets, lengths, strict=True):
+                yield FetchRequest(
+                    sid,
+                    table.location(sid),
+                    None if off < 0 else off,
+                    None if length < 0 else length,
+                    (stream, slot),
+                )
+
+    async def _fetch(self) -> None:
+        async with FetchPipeline(self._reader, self._requests(), self._fetch_config) as pipe:
+            self.pipeline = pipe
+            async for result in pipe:
+                stream, slot = result.tag
+                slot.parts.append(result.data)
+                if slot.done and not stream.closed:
+                    actual = sum(map(len, slot.parts))
+                    # An estimated charge (no byte_length) becomes what arrived.
+                    self.reserved_bytes += actual - slot.charge
+                    stream.reserved += actual - slot.charge
+                    slot.charge = actual
+                    stream.ready.set()
+
+    # -- progress -----------------------------------------------------------------------
+
+    def _note_progress(self, stream: RankStream) -> None:
+        epoch, step = stream.acked
+        spec = stream.spec
+        self._reports[spec.instance_id] = cpb.RankProgress(
+            rank=spec.rank,
+            instance_id=spec.instance_id,
+            world_id=stream.world_id,
+            world_size=spec.world_size,
+            epoch=epoch,
+            step=step,
+            finished=stream.finished,
+        )
+        while len(self._reports) > _MAX_REPORTS:
+            del self._reports[next(iter(self._reports))]
+
+    async def report_now(self) -> bool:
+        """Report every rank's progress; True when the coordinator says the job is drained."""
+        try:
+            resp = await self._client.report_ranks(
+                self._job_id, self._node_id, list(self._reports.values())
+            )
+        except CoordinatorError as exc:
+            if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION"):
+                raise
+            emit(_COMPONENT, "progress_report_failed", error=str(exc))
+            return False
+        if resp.job_drained and not self.drained.is_set():
+            self.drained.set()
+            emit(_COMPONENT, "job_drained", node_id=self._node_id)
+        return resp.job_drained
+
+    async def _report_loop(self) -> None:
+        while not await self.report_now():
+            await asyncio.sleep(self._interval_s)
+
+    async def run(self) -> None:
+        """Fetch for the streams and report progress until the job is drained."""
+        fetch = asyncio.create_task(self._fetch(), name="mx8-agent-rank-fetch")
+        report = asyncio.create_task(self._report_loop(), name="mx8-agent-rank-report")
+        try:
+            done, _ = await asyncio.wait({fetch, report}, return_when=asyncio.FIRST_COMPLETED)
+            if fetch in done and fetch.exception() is not None:
+                error = fetch.exception()
+                assert error is not None
+                self.fail(error)
+                raise error
+            if report in done and report.exception() is not None:
+                raise report.exception()  # type: ignore[misc]
+        finally:
+            for task in (fetch, report):
+                task.cancel()
+            await asyncio.gather(fetch, report, return_exceptions=True)

@@ -1,0 +1,224 @@
+"""Rank-exact mode with a real coordinator, a real agent and trainer ranks in threads.
+
+Every rank must get, epoch by epoch, exactly the batches of ``Shard`` (embedded mode's
+rank split) with the right bytes, ``len(loader)`` steps each; contract mismatches are one
+clear error; a rank alone says what it waits for and gives up after its timeout;
+checkpoint and elastic resume continue the epoch from the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.agent import sample_bytes, write_local_dataset
+
+import mx8
+from mx8_common.errors import ContractError, JobNotReadyError
+from mx8_common.sample_order import JobOrder, Shard
+
+SAMPLES = 150
+SEED = 3
+
+
+def _expected(job: JobOrder, epoch: int, rank: int, world: int, batch: int) -> list[list[int]]:
+    shard = Shard(job.order(epoch), rank, world, False, batch)
+    return [shard.batch_ids(b).tolist() for b in range(shard.batches)]
+
+
+async def _job(tmp_path: Path, start_coordinator: Any, start_agent: Any, **kw: Any) -> Any:
+    manifest = write_local_dataset(tmp_path, SAMPLES)
+    values: dict[str, Any] = {
+        "mode": "rank-exact",
+        "epochs": 2,
+        "shuffle": True,
+        "seed": SEED,
+        "block_size": 16,
+    }
+    values.update(kw)
+    coordinator = await start_coordinator(manifest, **values)
+    agent = await start_agent(coordinator.address)
+    spec = coordinator.job.spec
+    job = JobOrder(
+        manifest_hash=spec.manifest_hash,
+        total_samples=spec.total_samples,
+        block_size=spec.block_size,
+        shuffle=spec.shuffle,
+        seed=spec.seed,
+    )
+    return coordinator, agent, job
+
+
+def _train(url: str, rank: int, world: int, batch: int, epochs: int = 2) -> dict[str, Any]:
+    """A DDP-style loop: set_epoch, one loop per epoch; records ids and payload checks."""
+    loader = mx8.load("ignored", agent=url, rank=rank, world_size=world, batch_size=batch)
+    out: dict[str, Any] = {"len": len(loader), "epochs": [], "payloads_ok": True}
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        batches = []
+        for b in loader:
+            assert b.epoch == epoch
+            batches.append(b.sample_ids.tolist())
+            out["payloads_ok"] &= b.payloads == [sample_bytes(i) for i in b.sample_ids.tolist()]
+        out["epochs"].append(batches)
+    started = time.monotonic()
+    loader.set_epoch(epochs)
+    out["after_job"] = list(loader)
+    out["after_job_s"] = time.monotonic() - started
+    loader.close()
+    return out
+
+
+async def test_rank_exact_ranks_get_embedded_shards_with_equal_steps(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    coordinator, agent, job = await _job(tmp_path, start_coordinator, start_agent)
+    world, batch = 4, 8  # 150 samples: 38 per rank (2 padded), 5 steps with a short last
+    runs = await asyncio.gather(
+        *(asyncio.to_thread(_train, agent.url, r, world, batch) for r in range(world))
+    )
+    for rank, run in enumerate(runs):
+        assert run["payloads_ok"]
+        assert run["len"] == 5
+        for epoch in range(2):
+            assert run["epochs"][epoch] == _expected(job, epoch, rank, world, batch)
+        assert run["after_job"] == [] and run["after_job_s"] < 1.0
+    for epoch in range(2):
+        ids = Counter(i for run in runs for b in run["epochs"][epoch] for i in b)
+        assert set(ids) == set(range(SAMPLES))
+    # Every rank finished the last epoch: the coordinator drains, the agent exits.
+    await agent.result(timeout_s=30)
+    assert coordinator.job.drained
+    snapshot = coordinator.job.view()
+    assert {(r.rank, r.epoch, r.finished) for r in snapshot.ranks} == {
+        (r, 1, True) for r in range(world)
+    }
+
+
+async def test_rank_exact_rank_alone_says_what_it_waits_for_then_gives_up(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    _coordinator, agent, _job_order = await _job(tmp_path, start_coordinator, start_agent)
+
+    def lonely() -> BaseException:
+        loader = mx8.load(
+            "x", agent=agent.url, rank=0, world_size=3, batch_size=8, world_wait_timeout_s=1.5
+        )
+        try:
+            next(iter(loader))
+        except BaseException as exc:
+            return exc
+        raise AssertionError("a rank alone got a batch")
+
+    started = time.monotonic()
+    error = await asyncio.to_thread(lonely)
+    assert isinstance(error, JobNotReadyError)
+    assert "ranks 1,2 of 3" in str(error) and "MX8_WORLD_WAIT_TIMEOUT_S" in str(error)
+    assert time.monotonic() - started < 10
+    err = capfd.readouterr().err
+    assert "mx8: waiting for ranks 1,2 of 3 to join job 'default' (1/3 registered)" in err
+
+
+async def test_rank_exact_seed_other_than_the_jobs_is_one_clear_error(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    _coordinator, agent, _job_order = await _job(tmp_path, start_coordinator, start_agent)
+
+    def build() -> None:
+        mx8.load("x", agent=agent.url, rank=0, world_size=1, seed=7)
+
+    with pytest.raises(ContractError, match=r"seed 7 of rank 0 differs from the job's --seed 3"):
+        await asyncio.to_thread(build)
+
+
+async def test_rank_exact_batch_size_mismatch_between_ranks_fails_both(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    _coordinator, agent, _job_order = await _job(tmp_path, start_coordinator, start_agent)
+
+    def first_batch(rank: int, batch: int) -> BaseException | None:
+        loader = mx8.load("x", agent=agent.url, rank=rank, world_size=2, batch_size=batch)
+        try:
+            next(iter(loader))
+        except BaseException as exc:
+            return exc
+        finally:
+            loader.close()
+        return None
+
+    waiting = asyncio.create_task(asyncio.to_thread(first_batch, 0, 8))
+    await asyncio.sleep(0.5)  # rank 0 registers first and waits
+    started = time.monotonic()
+    late = await asyncio.to_thread(first_batch, 1, 4)
+    early = await waiting
+    for error in (late, early):
+        assert isinstance(error, ContractError)
+        assert "batch_size 4 of rank 1 differs from 8 of rank 0" in str(error)
+        assert "\n" not in str(error)
+    assert time.monotonic() - started < 5
+
+
+def _run_until(url: str, rank: int, world: int, batch: int, steps: int) -> dict[str, Any]:
+    loader = mx8.load("x", agent=url, rank=rank, world_size=world, batch_size=batch)
+    it = iter(loader)
+    ids = [next(it).sample_ids.tolist() for _ in range(steps)]
+    state = loader.state_dict()
+    loader.close()
+    return {"ids": ids, "state": state}
+
+
+def _resume(url: str, rank: int, world: int, batch: int, state: dict[str, Any]) -> Any:
+    loader = mx8.load("x", agent=url, rank=rank, world_size=world, batch_size=batch)
+    loader.load_state_dict(state)
+    rest = [b.sample_ids.tolist() for b in loader]
+    length = len(loader)
+    loader.set_epoch(state["epoch"] + 1)
+    nxt = [b.sample_ids.tolist() for b in loader]
+    loader.close()
+    return {"rest": rest, "len": length, "next": nxt}
+
+
+async def test_rank_exact_checkpoint_resume_continues_each_rank_exactly(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    _coordinator, agent, job = await _job(tmp_path, start_coordinator, start_agent)
+    world, batch, k = 2, 10, 3
+    first = await asyncio.gather(
+        *(asyncio.to_thread(_run_until, agent.url, r, world, batch, k) for r in range(world))
+    )
+    states = [run["state"] for run in first]
+    assert {(s["epoch"], s["step"], s["consumed"]) for s in states} == {(0, k, k * batch * world)}
+    again = await asyncio.gather(
+        *(asyncio.to_thread(_resume, agent.url, r, world, batch, states[r]) for r in range(world))
+    )
+    for rank, run in enumerate(again):
+        whole = _expected(job, 0, rank, world, batch)
+        assert first[rank]["ids"] == whole[:k]
+        assert run["rest"] == whole[k:]
+        assert run["len"] == len(whole)
+        assert run["next"] == _expected(job, 1, rank, world, batch)
+
+
+async def test_rank_exact_elastic_resume_from_four_ranks_to_two(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    _coordinator, agent, job = await _job(tmp_path, start_coordinator, start_agent)
+    batch, k = 6, 2
+    first = await asyncio.gather(
+        *(asyncio.to_thread(_run_until, agent.url, r, 4, batch, k) for r in range(4))
+    )
+    taken = [i for run in first for b in run["ids"] for i in b]
+    again = await asyncio.gather(
+        *(asyncio.to_thread(_resume, agent.url, r, 2, batch, first[0]["state"]) for r in range(2))
+    )
+    rest = [i for run in again for b in run["rest"] for i in b]
+    counts = Counter(taken + rest)
+    assert set(counts) == set(range(SAMPLES))
+    assert sum(n - 1 for n in counts.values()) < 2  # only the new world's wrap padding
+    assert len({len(run["rest"]) for run in again}) == 1
+    for rank, run in enumerate(again):
+        assert run["next"] == _expected(job, 1, rank, 2, batch)
