@@ -399,7 +399,9 @@ class AgentStreamClient:
                     if not self._closed and self._reopen(deadline):
                         continue
                 self._finish()
-                raise self._error(exc, "Stream") from exc
+                error = self._error(exc, "Stream")
+                # A refused contract is the trainer's own settings: one line, no gRPC chain.
+                raise error from (None if isinstance(error, ContractError) else exc)
         if message.HasField("end_of_job"):
             self._finish()
             if self.rank is not None:

@@ -279,11 +279,16 @@ class DistributedLoader:
                 try:
                     batch = next(stream)
                 except StopIteration:
+                    self._close_stream()
                     raise AgentError(
                         f"mx8d-agent at {self.agent} ended the job before step "
                         f"{c.step(self.batch_size)} of epoch {c.epoch}; check its log",
                         address=self.agent,
                     ) from None
+                except BaseException:
+                    # Close the channel now: closing it at interpreter exit can hang in gRPC.
+                    self._close_stream()
+                    raise
                 finally:
                     self._seconds += time.perf_counter() - t0
                 step = c.step(self.batch_size)
@@ -295,6 +300,7 @@ class DistributedLoader:
                         address=self.agent,
                     )
                 c.position = shard.batch_bounds(step - c.base_step)[1]
+                c.loaded = False
                 nxt = step + 1
                 self._stream_next = (c.epoch + 1, 0) if nxt == length else (c.epoch, nxt)
                 self._bytes += len(batch.payload)
@@ -324,10 +330,14 @@ class DistributedLoader:
         self._close_stream()
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its beginning on the next iteration."""
+        """Start epoch ``epoch`` from its beginning on the next iteration (right after
+        ``load_state_dict`` of a state in epoch ``epoch``: keep its position)."""
         if self._iterating:
             raise RuntimeError("cannot change the epoch while iterating; finish the loop first")
-        self._cursor.restart(epoch)
+        c = self._cursor
+        if c.loaded and epoch == c.epoch:
+            return
+        c.restart(epoch)
         self._resumed = False
         # The open stream goes on with the next epoch's step 0; anything else reopens.
         if self._stream_next != (epoch, 0):
@@ -369,7 +379,8 @@ class DistributedLoader:
 
     def __del__(self) -> None:
         stream = getattr(self, "_stream", None)
-        if stream is not None:
+        # gRPC can deadlock closing a channel while the interpreter shuts down.
+        if stream is not None and not sys.is_finalizing():
             stream.close()
 
     def __repr__(self) -> str:

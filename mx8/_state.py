@@ -60,11 +60,17 @@ class EpochCursor:
     base_position: int = 0
     #: Rank-local samples of this segment consumed.
     position: int = 0
+    #: Loaded from a state and not iterated since: ``set_epoch`` of its epoch keeps it.
+    loaded: bool = False
 
     def restart(self, epoch: int) -> None:
-        """Epoch ``epoch`` from its beginning."""
+        """Epoch ``epoch`` from its beginning, except right after a resume of that epoch:
+        the usual ``for epoch in ...: loader.set_epoch(epoch)`` loop then resumes."""
+        if self.loaded and epoch == self.epoch:
+            return
         self.epoch = epoch
         self.offset = self.base_step = self.base_position = self.position = 0
+        self.loaded = False
 
     def step(self, batch_size: int) -> int:
         """Batches of this epoch consumed (the resume point is a batch boundary)."""
@@ -163,6 +169,6 @@ def resume_cursor(
             f"{job.total_samples} samples"
         )
     cursor = EpochCursor(
-        epoch=epoch, offset=consumed, base_step=step, base_position=position, position=0
+        epoch=epoch, offset=consumed, base_step=step, base_position=position, loaded=True
     )
     return cursor, _int(state, "seed") if "seed" in state else job.seed

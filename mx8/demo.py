@@ -4,7 +4,8 @@
 
 It starts a local S3-protocol server (moto; or uses ``MX8_S3_ENDPOINT_URL``), uploads a
 small generated image dataset with class folders, starts ``mx8-coordinator`` and two
-``mx8d-agent``s on loopback, runs two trainer processes with
+``mx8d-agent``s on loopback, runs two trainer processes (ranks 0 and 1 of a world of 2,
+one per agent, as torchrun would start them on two hosts) with
 ``mx8.vision.ImageFolderLoader`` for two epochs, and prints a short report. Everything it
 started is stopped on exit, on failure and on Ctrl-C.
 """
@@ -112,8 +113,9 @@ def _run_trainer(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # The raw batches carry sample ids and epochs for the report; collate() is exactly what
     # iterating the ImageFolderLoader yields: (float32 [B,3,H,W] images, int64 labels).
-    # One loop per epoch, as in embedded mode (loops past the job's end are empty).
-    for _epoch in range(loader.loader.epochs):
+    # One loop per epoch, as in embedded mode; RANK/WORLD_SIZE say which shard is ours.
+    for epoch in range(loader.loader.epochs):
+        loader.set_epoch(epoch)
         for batch in loader.loader:
             images, labels = loader.collate(batch)
             shapes.add(tuple(images.shape[1:]))
@@ -269,7 +271,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                         "--batch-size",
                         "16",
                     ],
-                    env,
+                    {**env, "RANK": str(i), "WORLD_SIZE": str(len(agents)), "LOCAL_RANK": "0"},
                 )
                 trainers.append((proc, out))
             deadline = time.monotonic() + args.timeout

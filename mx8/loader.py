@@ -232,6 +232,7 @@ class Loader:
                 # The position is the end of the batch just handed out, so a state taken
                 # now resumes right after it (for a worker: after its own last batch).
                 self._cursor.position = shard.batch_bounds(next(indices))[1]
+                self._cursor.loaded = False
                 self._samples += len(batch)
                 self._bytes += len(batch.payload)
                 self._batches += 1
@@ -244,7 +245,11 @@ class Loader:
                     self._engine = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its beginning on the next iteration."""
+        """Start epoch ``epoch`` from its beginning on the next iteration.
+
+        Right after ``load_state_dict`` of a state in epoch ``epoch`` it keeps the
+        state's position, so the usual epoch loop resumes mid-epoch.
+        """
         if self._engine is not None:
             raise RuntimeError("cannot change the epoch while iterating; finish the loop first")
         self._cursor.restart(epoch)

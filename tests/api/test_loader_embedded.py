@@ -293,3 +293,19 @@ def test_loader_abandoned_iterator_is_cleaned_up_by_gc(local: Dataset) -> None:
 def test_load_bad_link_raises_link_error(link: str, store_root: str) -> None:
     with pytest.raises(mx8.LinkError):
         mx8.load(link)
+
+
+def test_loader_set_epoch_right_after_a_resume_keeps_the_resumed_position(local: Dataset) -> None:
+    loader = mx8.load(local.link, batch_size=10, shuffle=True, seed=1)
+    full = flat(collect(loader))
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it), next(it)
+    it.close()
+    state = loader.state_dict()
+    again = mx8.load(local.link, batch_size=10, shuffle=True, seed=1)
+    again.load_state_dict(state)
+    again.set_epoch(0)  # the usual epoch loop: keeps the state's position
+    assert flat(collect(again)) == full[20:]
+    again.set_epoch(0)  # after iterating, it restarts the epoch as always
+    assert flat(collect(again)) == full
