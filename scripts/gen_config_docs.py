@@ -62,6 +62,17 @@ _OTHER_VARS = (
         "`mx8.load`, `mx8.DataLoader`",
         "a local `mx8d-agent` (`unix:///run/mx8/agent.sock`) to take the job from; unset: embedded",
     ),
+    (
+        "`MX8_WORLD_WAIT_TIMEOUT_S`",
+        "`mx8.load` (rank-exact mode)",
+        "seconds a trainer rank waits for the other ranks of its world to join before "
+        "`JobNotReadyError` (default 600; `mx8.load(world_wait_timeout_s=...)` wins)",
+    ),
+    (
+        "`RANK`, `WORLD_SIZE`, `LOCAL_RANK`",
+        "`mx8.load` (both modes)",
+        "the trainer's rank and world size as torchrun sets them (`rank=`/`world_size=` win)",
+    ),
     ("`MX8_LOG_FORMAT`", "every daemon", "`json` for JSON lines on stderr, else console"),
     ("`MX8_LOG_LEVEL`", "every daemon", "`debug`, `info` (default), `warning`, `error`"),
     (

@@ -63,6 +63,21 @@ def _progress(committed: list[int], total: int) -> list[dict[str, Any]]:
     ]
 
 
+def _rank_rows(ranks: Any) -> list[dict[str, Any]]:
+    """Rank-exact mode: each trainer rank's acknowledged (epoch, step)."""
+    return [
+        {
+            "rank": r.rank,
+            "world_size": r.world_size,
+            "world_id": r.world_id,
+            "epoch": r.epoch,
+            "step": r.step,
+            "finished": r.finished,
+        }
+        for r in ranks
+    ]
+
+
 def resolving_status(job_id: str, dataset_link: str) -> dict[str, Any]:
     """The status before the snapshot is resolved (no job yet)."""
     return {
@@ -82,6 +97,8 @@ def resolving_status(job_id: str, dataset_link: str) -> dict[str, Any]:
         "live_leases": [],
         "progress": [],
         "counters": {},
+        "mode": "",
+        "ranks": [],
     }
 
 
@@ -142,6 +159,8 @@ def status_from_view(view: JobView, *, now_unix_ms: int | None = None) -> dict[s
             "leases_completed": c.leases_completed,
             "samples_committed": c.samples_committed,
         },
+        "mode": spec.mode,
+        "ranks": _rank_rows(view.ranks),
     }
 
 
@@ -206,6 +225,8 @@ def status_from_snapshot(snap: pb.JobSnapshot, *, now_unix_ms: int | None = None
             "leases_completed": c.leases_completed,
             "samples_committed": c.samples_committed,
         },
+        "mode": snap.mode,
+        "ranks": _rank_rows(snap.ranks),
     }
 
 
@@ -232,6 +253,7 @@ def _age(ms: int) -> str:
 def _summary(s: dict[str, Any]) -> list[str]:
     rows = [
         ("job", s["job_id"]),
+        ("mode", s.get("mode", "")),
         ("state", _STATE_TEXT.get(s["state"], s["state"])),
         ("dataset", s["dataset_link"]),
         ("snapshot hash", s["manifest_hash"] or "(resolving)"),
@@ -291,6 +313,25 @@ def _nodes_table(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def _ranks_table(s: dict[str, Any]) -> list[str]:
+    ranks = s.get("ranks") or []
+    if not ranks:
+        return []
+    out = [
+        '<h2>Trainer ranks</h2><table id="ranks">',
+        "<tr><th>rank</th><th>world</th><th>epoch</th><th>step</th><th>finished</th></tr>",
+    ]
+    for r in ranks:
+        out.append(
+            f'<tr class="rank"><td class="num">{r["rank"]}</td>'
+            f'<td>{r["world_size"]} ({_e(r["world_id"])})</td>'
+            f'<td class="num">{r["epoch"]}</td><td class="num">{r["step"]}</td>'
+            f"<td>{'yes' if r['finished'] else 'no'}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
 def _leases_table(s: dict[str, Any]) -> list[str]:
     leases = s["live_leases"]
     out = [
@@ -327,6 +368,7 @@ def render_status_html(status: dict[str, Any]) -> str:
         *_summary(status),
         *_progress_table(status),
         *_nodes_table(status),
+        *_ranks_table(status),
         *_leases_table(status),
         f'<p><small>refreshes every {REFRESH_SECONDS} s · <a href="/api/status">JSON</a> · '
         '<a href="/metrics">Prometheus metrics</a></small></p>',
