@@ -324,7 +324,7 @@ def _ranks_table(s: dict[str, Any]) -> list[str]:
     for r in ranks:
         out.append(
             f'<tr class="rank"><td class="num">{r["rank"]}</td>'
-            f'<td>{r["world_size"]} ({_e(r["world_id"])})</td>'
+            f"<td>{r['world_size']} ({_e(r['world_id'])})</td>"
             f'<td class="num">{r["epoch"]}</td><td class="num">{r["step"]}</td>'
             f"<td>{'yes' if r['finished'] else 'no'}</td></tr>"
         )
