@@ -42,6 +42,7 @@ from mx8_agent.work.lease_runner import LeaseRunner
 from mx8_common.errors import ConfigError, CoordinatorError, ManifestChangedError, Mx8Error
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
+from mx8_common.retry import EQUAL_JITTER, Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.proto import agent_pb2
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
@@ -62,6 +63,9 @@ _GOODBYE_S = 10.0
 #: How long a disconnected trainer's unacknowledged batches wait for it to reconnect
 #: before other trainers may take them (a transient break resumes without duplicates).
 _RESUME_GRACE_S = 2.0
+#: Retrying an unreachable coordinator until ``--connect-timeout-s``: 50 ms doubling to 2 s.
+_REGISTER_BACKOFF = Backoff(base_s=0.05, max_s=2.0, jitter=EQUAL_JITTER)
+_UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
 class Agent:
@@ -371,25 +375,35 @@ class Agent:
 
     async def _register(self) -> cpb.RegisterNodeResponse:
         cfg = self.config
-        deadline = time.monotonic() + cfg.connect_timeout_s
-        delay = 0.05
-        while True:
-            try:
-                reg = await self._register_once()
-                break
-            except CoordinatorError as exc:
-                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise CoordinatorError(
-                        f"{exc} (gave up after {cfg.connect_timeout_s}s; raise "
-                        "--connect-timeout-s or start the coordinator first)",
-                        address=cfg.coordinator,
-                        code=exc.code,
-                    ) from exc
-                emit(_COMPONENT, "register_retry", delay_s=round(delay, 3), error=str(exc))
-                await asyncio.sleep(self._rng.uniform(delay / 2, delay))
-                delay = min(delay * 2, 2.0)
+
+        def unreachable(exc: Exception) -> bool:
+            return isinstance(exc, CoordinatorError) and exc.code in _UNREACHABLE
+
+        def retrying(retry: Retry) -> None:
+            emit(
+                _COMPONENT,
+                "register_retry",
+                delay_s=round(retry.delay_s, 3),
+                error=str(retry.error),
+            )
+
+        try:
+            reg = await _REGISTER_BACKOFF.run(
+                self._register_once,
+                retry_if=unreachable,
+                on_retry=retrying,
+                rng=self._rng,
+                deadline=time.monotonic() + cfg.connect_timeout_s,
+            )
+        except CoordinatorError as exc:
+            if not unreachable(exc):
+                raise
+            raise CoordinatorError(
+                f"{exc} (gave up after {cfg.connect_timeout_s}s; raise "
+                "--connect-timeout-s or start the coordinator first)",
+                address=cfg.coordinator,
+                code=exc.code,
+            ) from exc
         self._registration = reg
         emit(
             _COMPONENT,

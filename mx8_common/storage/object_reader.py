@@ -36,6 +36,7 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 from mx8_common.obs.events import emit
+from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
 
@@ -80,6 +81,13 @@ class ObjectReaderConfig:
                 f"local_read_threads is {self.local_read_threads}; set MX8_FETCH_LOCAL_THREADS "
                 "to 1 or more"
             )
+
+    @property
+    def backoff(self) -> Backoff:
+        """The retry policy of one S3 read (full jitter, ``max_attempts`` tries)."""
+        return Backoff(
+            base_s=self.backoff_base_s, max_s=self.backoff_max_s, attempts=self.max_attempts
+        )
 
 
 @dataclass(slots=True)
@@ -339,35 +347,33 @@ class ObjectReader:
         byte_length: int | None,
         stats: ReadStats | None,
     ) -> bytes:
-        attempts = self.config.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return await self._read_s3_once(location, byte_offset, byte_length)
-            except TransientStorageError as exc:
-                if attempt == attempts:
-                    raise TransientStorageError(
-                        f"{exc} (gave up after {attempts} attempts; raise "
-                        "MX8_FETCH_MAX_ATTEMPTS or check the storage endpoint)",
-                        location=location,
-                    ) from exc
-                # Full jitter: spreads a burst of throttled readers over the whole window.
-                cap = min(
-                    self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1)
-                )
-                delay = self._rng.uniform(0, cap)
-                self.stats.retries += 1
-                if stats is not None:
-                    stats.retries += 1
-                emit(
-                    "fetch",
-                    "storage_read_retry",
-                    location=location,
-                    attempt=attempt,
-                    delay_s=round(delay, 4),
-                    error=str(exc),
-                )
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the loop returns or raises")
+        def retrying(retry: Retry) -> None:
+            self.stats.retries += 1
+            if stats is not None:
+                stats.retries += 1
+            emit(
+                "fetch",
+                "storage_read_retry",
+                location=location,
+                attempt=retry.attempt,
+                delay_s=round(retry.delay_s, 4),
+                error=str(retry.error),
+            )
+
+        try:
+            return await self.config.backoff.run(
+                lambda: self._read_s3_once(location, byte_offset, byte_length),
+                retry_if=lambda exc: isinstance(exc, TransientStorageError),
+                on_retry=retrying,
+                rng=self._rng,
+            )
+        except TransientStorageError as exc:
+            # Only retried errors are transient, so this one used up every attempt.
+            raise TransientStorageError(
+                f"{exc} (gave up after {self.config.max_attempts} attempts; raise "
+                "MX8_FETCH_MAX_ATTEMPTS or check the storage endpoint)",
+                location=location,
+            ) from exc
 
     async def _read_s3_once(
         self, location: str, byte_offset: int | None, byte_length: int | None
