@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
-__all__ = ["build_parser", "main", "print_status"]
+from mx8_common.rpc.client_config import DEFAULT_COORDINATOR_URL, CoordinatorClientConfig
 
-_DEFAULT_COORDINATOR = "127.0.0.1:50051"
+__all__ = ["build_parser", "main", "print_status"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job: nodes, progress, leases, throughput")
     status.add_argument(
         "--coordinator",
-        default=os.environ.get("MX8_COORDINATOR_URL", _DEFAULT_COORDINATOR),
-        help="coordinator HOST:PORT [env MX8_COORDINATOR_URL; default 127.0.0.1:50051]",
+        default=None,
+        help=f"coordinator HOST:PORT [env MX8_COORDINATOR_URL; default {DEFAULT_COORDINATOR_URL}]",
     )
     status.add_argument("--job-id", default="", help="refuse if the coordinator serves another")
     status.add_argument("--json", action="store_true", help="print the status dict as JSON")
@@ -114,7 +113,8 @@ def _status(args: argparse.Namespace) -> int:
     from mx8_common.errors import Mx8Error
 
     try:
-        status = asyncio.run(_fetch_status(args.coordinator, args.job_id, args.timeout))
+        address = args.coordinator or CoordinatorClientConfig.from_env().address
+        status = asyncio.run(_fetch_status(address, args.job_id, args.timeout))
     except Mx8Error as exc:
         print(f"mx8 status: {exc}", file=sys.stderr)
         return 2
@@ -132,9 +132,9 @@ async def _grpc_health(address: str, service: str, timeout_s: float) -> str:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from mx8_common.rpc.security import TlsConfig, channel_credentials
+    from mx8_common.rpc.security import channel_credentials
 
-    tls = TlsConfig.from_env()
+    tls = CoordinatorClientConfig.from_env().tls
     channel = (
         grpc.aio.secure_channel(address, channel_credentials(tls))
         if tls.enabled and not address.startswith("unix:")

@@ -48,8 +48,7 @@ from mx8_common.rpc.proto import agent_pb2
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
 from mx8_common.rpc.security import BearerTokenInterceptor, server_credentials, warn_if_exposed
 from mx8_common.sample_order import JobOrder
-from mx8_common.storage.fetch_pipeline import FetchConfig
-from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig
+from mx8_common.storage.object_reader import ObjectReader
 from mx8_common.storage.s3_client import S3Settings
 
 __all__ = ["SERVICE_NAME", "Agent"]
@@ -75,8 +74,6 @@ class Agent:
         self,
         config: AgentConfig,
         *,
-        fetch_config: FetchConfig | None = None,
-        reader_config: ObjectReaderConfig | None = None,
         s3_settings: S3Settings | None = None,
         shutdown_grace_s: float = 1.0,
     ) -> None:
@@ -85,11 +82,9 @@ class Agent:
         # Half the budget for reads in progress, half for batches queued/unacknowledged.
         self._hub_budget = max(1, budget // 2)
         self.fetch_config = dataclasses.replace(
-            fetch_config or FetchConfig(),
-            concurrency=config.fetch_concurrency,
-            max_inflight_bytes=max(1, budget - self._hub_budget),
+            config.fetch_config(), max_inflight_bytes=max(1, budget - self._hub_budget)
         )
-        self._reader = ObjectReader(reader_config, s3_settings=s3_settings)
+        self._reader = ObjectReader(config.reader_config(), s3_settings=s3_settings)
         self._grace = shutdown_grace_s
         self._client = CoordinatorClient(config.coordinator)
         self.hub = TrainerHub(

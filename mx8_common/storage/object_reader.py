@@ -22,11 +22,12 @@ import contextlib
 import errno
 import os
 import random
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from mx8_common.config_fields import setting
+from mx8_common.config_fields import load_env, setting, setting_names
 from mx8_common.errors import (
     AccessDeniedError,
     ConfigError,
@@ -45,42 +46,64 @@ __all__ = ["ObjectReader", "ObjectReaderConfig", "ReadStats", "is_local", "split
 
 @dataclass(frozen=True, kw_only=True)
 class ObjectReaderConfig:
-    """How sample bytes are read: retry policy and local read threads."""
+    """How sample bytes are read: retry policy and local read threads.
+
+    The agent exposes these as its ``--fetch-*`` flags; embedded ``mx8.load`` reads the same
+    variables. The flags named here are the agent's.
+    """
 
     max_attempts: int = setting(
-        5, env="MX8_FETCH_MAX_ATTEMPTS", help="tries per sample before a transient error is fatal"
+        5,
+        env="MX8_FETCH_MAX_ATTEMPTS",
+        flag="--fetch-max-attempts",
+        help="tries per sample before a transient error is fatal",
     )
     backoff_base_s: float = setting(
-        0.05, env="MX8_FETCH_BACKOFF_BASE_S", help="first retry waits up to this many seconds"
+        0.05,
+        env="MX8_FETCH_BACKOFF_BASE_S",
+        flag="--fetch-backoff-base-s",
+        help="first retry waits up to this many seconds",
     )
     backoff_max_s: float = setting(
-        5.0, env="MX8_FETCH_BACKOFF_MAX_S", help="cap on one retry's backoff, in seconds"
+        5.0,
+        env="MX8_FETCH_BACKOFF_MAX_S",
+        flag="--fetch-backoff-max-s",
+        help="cap on one retry's backoff, in seconds",
     )
     local_read_threads: int = setting(
-        16, env="MX8_FETCH_LOCAL_THREADS", help="threads reading local files (os.pread)"
+        16,
+        env="MX8_FETCH_LOCAL_THREADS",
+        flag="--fetch-local-threads",
+        help="threads reading local files (os.pread)",
     )
     lean_s3_get: bool = setting(
         True,
         env="MX8_FETCH_LEAN_S3_GET",
+        flag="--fetch-lean-s3-get",
         help="S3 GETs signed by botocore but sent by aiohttp (~half the client CPU per GET); "
-        "0 sends each through the aiobotocore client",
+        "0 (--no-fetch-lean-s3-get) sends each through the aiobotocore client",
     )
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError(
-                f"max_attempts is {self.max_attempts}; set MX8_FETCH_MAX_ATTEMPTS to 1 or more"
-            )
+        for name in ("max_attempts", "local_read_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"{name} is {getattr(self, name)}; set "
+                    f"{setting_names(ObjectReaderConfig, name)} to 1 or more"
+                )
         if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
             raise ConfigError(
                 f"backoff {self.backoff_base_s}s..{self.backoff_max_s}s is not a valid range; "
-                "set MX8_FETCH_BACKOFF_BASE_S >= 0 and MX8_FETCH_BACKOFF_MAX_S >= it"
+                "set MX8_FETCH_BACKOFF_BASE_S >= 0 and MX8_FETCH_BACKOFF_MAX_S >= it "
+                "(or --fetch-backoff-base-s / --fetch-backoff-max-s)"
             )
-        if self.local_read_threads < 1:
-            raise ConfigError(
-                f"local_read_threads is {self.local_read_threads}; set MX8_FETCH_LOCAL_THREADS "
-                "to 1 or more"
-            )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ObjectReaderConfig:
+        """Defaults, then ``MX8_*`` env vars, then ``overrides`` (None values are ignored)."""
+        return load_env(cls, environ, **overrides)
 
     @property
     def backoff(self) -> Backoff:

@@ -34,8 +34,12 @@ __all__ = [
 
 
 def resolve_store_root(root: str | None = None) -> str:
-    """``root``, else ``MX8_MANIFEST_STORE_ROOT``, else ``~/.mx8/manifests``."""
-    return root or os.environ.get("MX8_MANIFEST_STORE_ROOT") or DEFAULT_STORE_ROOT
+    """``root``, else ``~/.mx8/manifests``.
+
+    ``MX8_MANIFEST_STORE_ROOT`` reaches here through the callers' configs
+    (``SnapshotResolverConfig.store_root``, the coordinator's ``--store``).
+    """
+    return root or DEFAULT_STORE_ROOT
 
 
 def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore:
