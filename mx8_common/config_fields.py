@@ -164,6 +164,19 @@ def _settings(cls: type) -> tuple[dataclasses.Field[Any], ...]:
     return tuple(f for f in dataclasses.fields(cls) if "env" in f.metadata)
 
 
+def _argparse_type(conv: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``conv`` whose ``ConfigError`` argparse reports as "argument --flag: <message>"."""
+
+    def parse(text: str) -> Any:
+        try:
+            return conv(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = getattr(conv, "__name__", "value")
+    return parse
+
+
 def build_parser(cls: type, *, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one flag per ``setting`` field (all default to unset)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -173,7 +186,7 @@ def build_parser(cls: type, *, prog: str, description: str) -> argparse.Argument
         help_text = (
             f"{field.metadata['help']} [env {field.metadata['env']}; default {field.default!r}]"
         )
-        conv = _field_parser(cls, field)
+        conv = _argparse_type(_field_parser(cls, field))
         flag = flag_name(field)
         hint = _hints(cls)[field.name]
         if hint is bool and field.metadata.get("parse") is None:

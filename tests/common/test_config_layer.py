@@ -235,3 +235,19 @@ def test_config_layer_embedded_load_honours_the_fetch_variables(
     )
     assert (explicit._fetch.concurrency, explicit._fetch.max_inflight_bytes) == (5, 1 << 20)
     assert explicit._fetch.local_group == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--max-inflight-bytes", "lots"], "--max-inflight-bytes"),
+        (["--fetch-local-threads", "abc"], "--fetch-local-threads"),
+    ],
+)
+def test_config_layer_bad_flag_value_names_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        load_agent_config(argv, environ={})
+    assert caught.value.code == 2
+    assert f"argument {flag}: " in capsys.readouterr().err
