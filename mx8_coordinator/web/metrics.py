@@ -1,9 +1,9 @@
 """Prometheus metrics of one coordinator, in its own registry (tests run several at once).
 
 The metrics port also serves the status page: ``/metrics`` (Prometheus text), ``/`` (HTML)
-and ``/api/status`` (JSON). The HTTP server runs in its own threads so a scrape never
-waits on the event loop; the status itself comes from a provider callable that the
-coordinator makes thread-safe.
+and ``/api/status`` (JSON), from ``http_handler``. The daemon base runs the HTTP server in
+its own threads so a scrape never waits on the event loop; the status itself comes from
+a provider callable that the coordinator makes thread-safe.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from mx8_common.obs.http_exporter import HttpExporter
 from mx8_coordinator.web.status_page import render_status_html
 
 __all__ = ["CoordinatorMetrics", "StatusProvider"]
@@ -32,7 +31,7 @@ StatusProvider = Callable[[], dict[str, Any]]
 
 
 class CoordinatorMetrics:
-    """Counters and gauges the job updates; ``serve`` exposes them over HTTP."""
+    """Counters and gauges the job updates; ``http_handler`` exposes them over HTTP."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -58,16 +57,10 @@ class CoordinatorMetrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
-        self._http = HttpExporter("mx8-coordinator-http")
 
-    def serve(self, host: str, port: int, status: StatusProvider | None = None) -> int:
-        """Serve ``/metrics`` (and, with ``status``, ``/`` and ``/api/status``) from a
-        daemon thread; returns the bound port."""
-        return self._http.start(host, port, _handler_class(self.registry, status))
-
-    def stop(self) -> None:
-        """Stop the exporter if it runs. Safe to call twice."""
-        self._http.stop()
+    def http_handler(self, status: StatusProvider | None = None) -> type[BaseHTTPRequestHandler]:
+        """The handler of ``/metrics`` (and, with ``status``, ``/`` and ``/api/status``)."""
+        return _handler_class(self.registry, status)
 
 
 def _handler_class(
