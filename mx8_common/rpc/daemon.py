@@ -8,14 +8,16 @@ calls the daemon's ``_open()``. A failing start shuts down what it started and r
 
 ``run()`` starts, adds the daemon's ``_work()`` tasks, and waits on every task it owns
 with ``asyncio.wait(FIRST_EXCEPTION)``: it returns when they all finish (an agent whose
-job drained) or ``shutdown()`` cancelled them, and raises the first task error.
+job drained) or ``shutdown()`` cancelled them, and raises the first task error. A
+``shutdown()`` while ``run()`` is still starting (a coordinator indexing a bucket)
+cancels the start and ``run()`` returns.
 
-``shutdown()`` cancels those tasks, lets the daemon ``_drain()`` (report, stop leasing),
-turns health NOT_SERVING, stops the server with a grace period, lets the daemon
-``_close()`` its resources, stops the HTTP exporter and removes the socket file. A
-shutdown event plus a done event make it safe to call twice or concurrently (the second
-call waits for the first); ``request_shutdown()`` is the sync form signal handlers use.
-``async with`` is ``start()`` + ``shutdown()``.
+``shutdown()`` cancels those tasks (and a start in progress), lets the daemon
+``_drain()`` (report, stop leasing), turns health NOT_SERVING, stops the server with a
+grace period, lets the daemon ``_close()`` its resources, stops the HTTP exporter and
+removes the socket file. A shutdown event plus a done event make it safe to call twice
+or concurrently (the second call waits for the first); ``request_shutdown()`` is the sync
+form signal handlers use. ``async with`` is ``start()`` + ``shutdown()``.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Daemon(abc.ABC):
         self._shutdown_requested = asyncio.Event()
         self._done = asyncio.Event()
         self._shutdown_task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: The bound port (also when 0 was asked); None before ``start()`` or on a socket.
         self.port: int | None = None
@@ -136,6 +139,9 @@ class Daemon(abc.ABC):
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task of the daemon: ``run()`` watches it, shutdown cancels it."""
+        if self._shutdown_requested.is_set():
+            coro.close()
+            raise asyncio.CancelledError(f"the {self.component} is shutting down")
         task = asyncio.create_task(coro, name=f"mx8-{self.component}-{name}")
         self._tasks.add(task)
         return task
@@ -148,8 +154,9 @@ class Daemon(abc.ABC):
     # -- start ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind, serve health NOT_SERVING, export HTTP, then ``_open()``. Idempotent."""
-        if self._started:
+        """Bind, serve health NOT_SERVING, export HTTP, then ``_open()``. Idempotent; does
+        nothing once shutdown was asked for."""
+        if self._started or self._shutdown_requested.is_set():
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
@@ -158,7 +165,9 @@ class Daemon(abc.ABC):
             self._start_http()
             await self._open()
         except BaseException:
-            await self.shutdown()
+            # A shutdown already under way (it cancelled us) cleans up itself.
+            if not self._shutdown_requested.is_set():
+                await self.shutdown()
             raise
 
     async def _bind(self) -> None:
@@ -227,7 +236,18 @@ class Daemon(abc.ABC):
     async def run(self) -> None:
         """Start, run ``_work()`` beside the server until it finishes, a task fails or
         ``shutdown()``; then shut down and raise the first task error, if any."""
-        await self.start()
+        self._starting = asyncio.ensure_future(self.start())
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self._shutdown_requested.is_set() or (current and current.cancelling()):
+                raise  # run() itself was cancelled, not the start by shutdown()
+        finally:
+            self._starting = None
+        if self._shutdown_requested.is_set():
+            await self.shutdown()
+            return
         for name, coro in self._work():
             self.spawn(coro, name)
         tasks = set(self._tasks)
@@ -257,6 +277,10 @@ class Daemon(abc.ABC):
             return
         self._shutdown_requested.set()
         try:
+            starting = self._starting
+            if starting is not None and starting is not asyncio.current_task():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
             await self._cancel_tasks()
             await self._drain()
             if self._server is not None:
