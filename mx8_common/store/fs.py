@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mx8_common.errors import IntegrityError, ManifestHashMismatch, StoreError
-from mx8_common.store import STREAM_CHUNK, LockState, ManifestStore, check_hash
+from mx8_common.store.base import STREAM_CHUNK, LockState, ManifestStore, check_hash
 
 __all__ = ["FsManifestStore"]
 

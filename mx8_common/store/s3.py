@@ -28,7 +28,7 @@ from mx8_common.errors import (
     StoreError,
 )
 from mx8_common.storage.s3_client import S3Settings, open_s3_client, translate_s3_error
-from mx8_common.store import STREAM_CHUNK, LockState, ManifestStore, check_hash
+from mx8_common.store.base import STREAM_CHUNK, LockState, ManifestStore, check_hash
 
 __all__ = ["S3ManifestStore"]
 
