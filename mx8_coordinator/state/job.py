@@ -9,14 +9,21 @@ before the first ``await``, log lines are written in the order the state changed
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from mx8_common.errors import JobStateError, RequestError
 from mx8_common.obs.events import emit
 from mx8_common.sample_order import JobOrder
 from mx8_coordinator.state.lease_log import LeaseLog, LeaseLogHeader, LeaseLogState
+from mx8_coordinator.state.lease_records import (
+    DealRecord,
+    ExpireRecord,
+    IssueRecord,
+    LeaseRecord,
+    ProgressRecord,
+    RankRecord,
+)
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.state.node_registry import NodeRegistry, NodeState, Registration, monotonic_ms
 from mx8_coordinator.web.metrics import CoordinatorMetrics
@@ -149,7 +156,7 @@ class Job:
         if job_id:
             self._check_ids(job_id, None)
 
-    async def _append(self, records: list[dict[str, Any]]) -> None:
+    async def _append(self, records: Sequence[LeaseRecord]) -> None:
         if self._log is not None and records:
             await self._log.append(records)
 
@@ -192,7 +199,7 @@ class Job:
     async def register(self, job_id: str, node_id: str, hostname: str = "") -> Registration:
         self._check_ids(job_id, node_id)
         reg = self.registry.register(node_id, hostname)
-        await self._append([{"ev": "rank", "node": n, "rank": r} for n, r in reg.assigned])
+        await self._append([RankRecord(node_id=n, rank=r) for n, r in reg.assigned])
         emit(
             _COMPONENT,
             "node_registered",
@@ -232,17 +239,16 @@ class Job:
                 departed_ranks=self.registry.departed_ranks(),
                 want=want,
             )
-        records += [{"ev": "deal", "epoch": d.epoch, "world": d.world_size} for d in grant.dealt]
+        records += [DealRecord(epoch=d.epoch, world_size=d.world_size) for d in grant.dealt]
         records += [
-            {
-                "ev": "issue",
-                "lease": le.lease_id,
-                "seq": lease_seq(le.lease_id),
-                "node": le.node_id,
-                "epoch": le.epoch,
-                "start": le.start,
-                "end": le.end,
-            }
+            IssueRecord(
+                lease_id=le.lease_id,
+                seq=lease_seq(le.lease_id),
+                node_id=le.node_id,
+                epoch=le.epoch,
+                start=le.start,
+                end=le.end,
+            )
             for le in grant.leases
         ]
         await self._append(records)
@@ -276,7 +282,7 @@ class Job:
         progress = self.scheduler.report(node_id, lease_id, cursor)
         advanced = progress.committed_to - progress.committed_from
         if advanced:
-            await self._append([{"ev": "progress", "lease": lease_id, "cursor": cursor}])
+            await self._append([ProgressRecord(lease_id=lease_id, cursor=cursor)])
             self._samples_by_node[node_id] = self._samples_by_node.get(node_id, 0) + advanced
             self.counters.samples_committed += advanced
             self._committed_here += advanced
@@ -312,7 +318,7 @@ class Job:
         """Depart silent nodes and expire overdue leases (the server calls this often)."""
         await self._append(self._collect_expiries())
 
-    def _collect_expiries(self) -> list[dict[str, Any]]:
+    def _collect_expiries(self) -> list[LeaseRecord]:
         expiries: list[Expiry] = []
         for node in self.registry.expire_silent():
             emit(_COMPONENT, "node_departed", node_id=node.node_id, rank=node.rank)
@@ -320,10 +326,10 @@ class Job:
         expiries += self.scheduler.expire_due()
         if expiries:
             self._update_live_gauge()
-        records: list[dict[str, Any]] = []
+        records: list[LeaseRecord] = []
         for ex in expiries:
             le = ex.lease
-            records.append({"ev": "expire", "lease": le.lease_id})
+            records.append(ExpireRecord(lease_id=le.lease_id))
             emit(
                 _COMPONENT,
                 "lease_expired",
