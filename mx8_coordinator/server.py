@@ -21,6 +21,7 @@ import grpc
 
 from mx8_common.obs.events import emit
 from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
+from mx8_common.rpc.job_status import JobStatus
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
 from mx8_coordinator.config import CoordinatorConfig
@@ -34,12 +35,18 @@ from mx8_coordinator.state.job import Job, JobSpec
 from mx8_coordinator.state.lease_log import LeaseLog, lease_log_path, read_log_manifest_hash
 from mx8_coordinator.state.node_registry import monotonic_ms
 from mx8_coordinator.web.metrics import CoordinatorMetrics
-from mx8_coordinator.web.status_page import resolving_status, status_from_view
 
 __all__ = ["SERVICE_NAME", "Coordinator"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 _COMPONENT = "coordinator"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Coordinator(Daemon):
@@ -73,7 +80,7 @@ class Coordinator(Daemon):
         self.config = config
         self._given_source = source
         self._clock = clock
-        self.metrics = CoordinatorMetrics()
+        self.metrics = CoordinatorMetrics(self._status_from_thread)
         self._servicer = CoordinatorServicer(
             metrics=self.metrics, max_message_bytes=config.max_message_bytes
         )
@@ -88,7 +95,7 @@ class Coordinator(Daemon):
         pb_grpc.add_CoordinatorServicer_to_server(self._servicer, server)
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
-        return self.metrics.http_handler(status=self._status_from_thread)
+        return self.metrics.http_handler()
 
     async def _open(self) -> None:
         """Resolve, replay, serve: health turns SERVING and the ticker starts."""
@@ -112,21 +119,23 @@ class Coordinator(Daemon):
             auth_token=self.config.auth_token is not None,
         )
 
-    def status(self) -> dict[str, Any]:
-        """The ``/api/status`` dict (call on the event loop)."""
+    def status(self) -> JobStatus:
+        """The job's status, as the page, ``/api/status`` and metrics show it (on the loop)."""
         if self.job is None:
-            return resolving_status(self.config.job_id, self.config.dataset)
-        return status_from_view(self.job.view())
+            return JobStatus.before_job(self.config.job_id, self.config.dataset)
+        return self.job.status()
 
-    def _status_from_thread(self) -> dict[str, Any]:
+    def _status_from_thread(self) -> JobStatus:
         # The HTTP server's threads must not read the job while the loop changes it:
-        # build the dict on the loop and wait for it (bounded, so a stuck loop gives 503).
-        assert self._loop is not None
+        # build the status on the loop and wait for it (bounded, so a stuck loop gives 503).
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            return self.status()  # not started, or already on the loop
 
-        async def build() -> dict[str, Any]:
+        async def build() -> JobStatus:
             return self.status()
 
-        return asyncio.run_coroutine_threadsafe(build(), self._loop).result(timeout=5)
+        return asyncio.run_coroutine_threadsafe(build(), loop).result(timeout=5)
 
     async def _open_source(self) -> ManifestSource:
         given = self._given_source
@@ -204,10 +213,10 @@ class Coordinator(Daemon):
         )
         if cfg.state_dir is None:
             emit(_COMPONENT, "lease_log_disabled", reason="no --state-dir")
-            return Job(spec, metrics=self.metrics, clock=self._clock)
+            return Job(spec, clock=self._clock)
         path = lease_log_path(cfg.state_dir, cfg.job_id)
         self._log, state = await asyncio.to_thread(LeaseLog.open, path, spec.log_header())
-        job = Job(spec, log=self._log, metrics=self.metrics, clock=self._clock)
+        job = Job(spec, log=self._log, clock=self._clock)
         if not state.empty:
             job.restore(state)
         return job
