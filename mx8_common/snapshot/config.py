@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mx8_common.config_fields import load_env, parse_bool, setting, setting_names
+from mx8_common.config_fields import load_env, parse_bool, setting, setting_names, shared
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.labels import LABEL_MODES
+from mx8_common.store import StoreConfig
 
 __all__ = ["SnapshotResolverConfig"]
 
@@ -37,12 +38,7 @@ class SnapshotResolverConfig:
         env="MX8_SNAPSHOT_MATERIALIZE_MANIFEST_BYTES",
         help="also return the manifest bytes in memory (the Python API); daemons use false",
     )
-    store_root: str | None = setting(
-        None,
-        env="MX8_MANIFEST_STORE_ROOT",
-        flag="--store",
-        help="manifest store: a folder or s3://bucket/prefix (default ~/.mx8/manifests)",
-    )
+    store_root: str | None = shared(StoreConfig, "root")
     external_sort: bool = setting(
         False,
         env="MX8_SNAPSHOT_S3_EXTERNAL_SORT",
