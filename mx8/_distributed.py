@@ -17,7 +17,6 @@ has registered with the coordinator) and returns the loader of the job's mode:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
@@ -25,33 +24,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from mx8._agent_client import AgentStreamClient, RankOpen
+from mx8._config import TrainerConfig, resolve_rank
 from mx8._dynamic import DynamicLoader
 from mx8._state import EpochCursor, LoaderShape, build_state, resume_cursor
+from mx8._stats import LoaderStats
 from mx8.batch import Batch
-from mx8.loader import LoaderStats, resolve_rank
 from mx8_common.errors import AgentError, ConfigError, ContractError
 from mx8_common.sample_order import DYNAMIC, JobOrder, Shard, consumed_positions
 
-__all__ = ["DistributedLoader", "open_distributed", "world_wait_timeout"]
+__all__ = ["DistributedLoader", "open_distributed"]
 
-#: Seconds a rank waits for the rest of its world before giving up (env override).
-WORLD_WAIT_TIMEOUT_ENV = "MX8_WORLD_WAIT_TIMEOUT_S"
-_DEFAULT_WORLD_WAIT_S = 600.0
 #: How long a lost agent is waited for (it restarts, ingests the manifest, serves again).
 _RECONNECT_S = 120.0
-
-
-def world_wait_timeout(value: float | None = None) -> float:
-    """The world-wait timeout: ``value``, else ``MX8_WORLD_WAIT_TIMEOUT_S``, else 600 s."""
-    if value is not None:
-        return float(value)
-    raw = os.environ.get(WORLD_WAIT_TIMEOUT_ENV)
-    if raw in (None, ""):
-        return _DEFAULT_WORLD_WAIT_S
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{WORLD_WAIT_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
 
 
 def _describe(agent: str, job: str, timeout_s: float) -> dict[str, Any]:
@@ -95,7 +79,8 @@ def open_distributed(
     world_wait_timeout_s: float | None = None,
 ) -> DistributedLoader | DynamicLoader:
     """The loader of the agent's job, in the job's mode (see the module docstring)."""
-    job_id = job or os.environ.get("MX8_JOB_ID") or ""
+    env = TrainerConfig.from_env()
+    job_id = job or env.job_id or ""
     info = _describe(agent, job_id, timeout_s)
     if (info["mode"] or DYNAMIC) == DYNAMIC:
         return DynamicLoader(
@@ -113,7 +98,10 @@ def open_distributed(
         seed=seed,
         epoch=epoch,
         timeout_s=timeout_s,
-        world_wait_timeout_s=world_wait_timeout(world_wait_timeout_s),
+        world_wait_timeout_s=(
+            env.world_wait_timeout_s if world_wait_timeout_s is None else world_wait_timeout_s
+        ),
+        env=env,
     )
 
 
@@ -134,16 +122,14 @@ class DistributedLoader:
         seed: int | None = None,
         epoch: int = 0,
         timeout_s: float = 60.0,
-        world_wait_timeout_s: float = _DEFAULT_WORLD_WAIT_S,
+        world_wait_timeout_s: float = 600.0,
+        env: TrainerConfig | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
-        self.rank, self.world_size = resolve_rank(rank, world_size)
-        local = os.environ.get("LOCAL_RANK", "0")
-        try:
-            self.local_rank = int(local)
-        except ValueError as exc:
-            raise ConfigError(f"LOCAL_RANK={local!r} is not an integer") from exc
+        env = TrainerConfig.from_env() if env is None else env
+        self.rank, self.world_size = resolve_rank(rank, world_size, env)
+        self.local_rank = env.local_rank
         self.agent = agent
         self.link = link
         self.job: str = info["job_id"]

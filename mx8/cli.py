@@ -1,7 +1,8 @@
 """Entry point of ``mx8``: the operator CLI.
 
 ``mx8 status --coordinator ADDR [--json]`` shows a job as the coordinator sees it (the
-same dict as the status page's ``/api/status``); ``mx8 health ADDR`` (gRPC health) or
+``JobStatus`` its ``GetJobSnapshot`` reply carries; ``--json`` prints the same dict as the
+status page's ``/api/status``); ``mx8 health ADDR`` (gRPC health) or
 ``mx8 health --http URL`` is a probe for containers and scripts: exit 0 when healthy.
 TLS and the bearer token come from ``MX8_TLS_CA`` / ``MX8_TLS_CERT`` / ``MX8_TLS_KEY`` and
 ``MX8_AUTH_TOKEN``, like every mx8 client. Exit codes: 0 fine, 1 unhealthy, 2 error.
@@ -12,15 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mx8_common.rpc.job_status import JobStatus
+
+from mx8_common.rpc.client_config import DEFAULT_COORDINATOR_URL, CoordinatorClientConfig
 
 __all__ = ["build_parser", "main", "print_status"]
-
-_DEFAULT_COORDINATOR = "127.0.0.1:50051"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job: nodes, progress, leases, throughput")
     status.add_argument(
         "--coordinator",
-        default=os.environ.get("MX8_COORDINATOR_URL", _DEFAULT_COORDINATOR),
-        help="coordinator HOST:PORT [env MX8_COORDINATOR_URL; default 127.0.0.1:50051]",
+        default=None,
+        help=f"coordinator HOST:PORT [env MX8_COORDINATOR_URL; default {DEFAULT_COORDINATOR_URL}]",
     )
     status.add_argument("--job-id", default="", help="refuse if the coordinator serves another")
     status.add_argument("--json", action="store_true", help="print the status dict as JSON")
@@ -48,19 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
 # -- status ------------------------------------------------------------------------------
 
 
-async def _fetch_status(address: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+async def _fetch_status(address: str, job_id: str, timeout_s: float) -> JobStatus:
     from mx8_common.rpc.coordinator_client import CoordinatorClient
-    from mx8_coordinator.web.status_page import status_from_snapshot
+    from mx8_common.rpc.job_status_proto import job_status_from_proto
 
     async with CoordinatorClient(address, timeout_s=timeout_s) as client:
-        return status_from_snapshot(await client.get_job_snapshot(job_id))
+        return job_status_from_proto(await client.get_job_snapshot(job_id))
 
 
-def print_status(status: dict[str, Any], *, file: Any = None) -> None:
-    """Draw a status dict as rich tables."""
+def print_status(job: JobStatus, *, file: Any = None) -> None:
+    """Draw a job's status as rich tables."""
     from rich.console import Console
     from rich.table import Table
 
+    status = job.to_dict()
     out = file or sys.stdout
     # A pipe or a file gets a fixed width, so long hashes are not wrapped into pieces.
     console = Console(file=out, width=None if out.isatty() else 120)
@@ -114,12 +118,13 @@ def _status(args: argparse.Namespace) -> int:
     from mx8_common.errors import Mx8Error
 
     try:
-        status = asyncio.run(_fetch_status(args.coordinator, args.job_id, args.timeout))
+        address = args.coordinator or CoordinatorClientConfig.from_env().address
+        status = asyncio.run(_fetch_status(address, args.job_id, args.timeout))
     except Mx8Error as exc:
         print(f"mx8 status: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(status, indent=1))
+        print(json.dumps(status.to_dict(), indent=1))
     else:
         print_status(status)
     return 0
@@ -129,18 +134,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 async def _grpc_health(address: str, service: str, timeout_s: float) -> str:
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from mx8_common.rpc.security import TlsConfig, channel_credentials
+    from mx8_common.rpc.channels import aio_channel
+    from mx8_common.rpc.security import TlsConfig
 
-    tls = TlsConfig.from_env()
-    channel = (
-        grpc.aio.secure_channel(address, channel_credentials(tls))
-        if tls.enabled and not address.startswith("unix:")
-        else grpc.aio.insecure_channel(address)
-    )
-    async with channel:
+    # MX8_TLS_* are the coordinator's; a unix: address is a local agent socket.
+    tls = TlsConfig() if address.startswith("unix:") else CoordinatorClientConfig.from_env().tls
+    async with aio_channel(address, tls=tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -2,14 +2,12 @@
 
 ``DescribeJob`` answers from a plain ``JobInfo``; ``Stream`` takes the trainer's
 ``OpenStream``, attaches a session to the ``TrainerHub``, feeds acknowledgements to it
-from a reader task, and sends what ``next_for`` returns. Errors become statuses in one
-place: a bad open is INVALID_ARGUMENT (naming the values), a storage failure is
-FAILED_PRECONDITION whose message starts with the error's event name
-(``object_changed_since_snapshot: ...``) so the trainer client can raise the same class;
-so is a refused resume (``trainer_resume_refused: ...``) and a refused rank contract
-(``rank_contract_mismatch: ...``). ``Batch.locations`` is filled only for a stream opened
-with ``want_locations``, from the ``locate`` callback. A stream opened with a rank
-contract is rank-exact mode's and is served by ``rank_stream``.
+from a reader task, and sends what ``next_for`` returns. The handlers just raise: the
+agent's ``ErrorBoundary`` interceptor turns an ``Mx8Error`` (a bad open, a storage
+failure, a refused resume, a manifest that failed closed) into a typed status that the
+trainer client rebuilds as the same class. ``Batch.locations`` is filled only for a
+stream opened with ``want_locations``, from the ``locate`` callback. A stream opened with
+a rank contract is rank-exact mode's and is served by ``rank_stream``.
 """
 
 from __future__ import annotations
@@ -21,19 +19,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 
 from mx8_agent.serve.batch_wire import END_OF_JOB, encode_batch
 from mx8_agent.serve.rank_stream import RankBackend, rank_spec, serve_rank_stream
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub, TrainerSession
-from mx8_common.errors import (
-    ContractError,
-    Mx8Error,
-    RequestError,
-    StorageError,
-    TrainerResumeError,
-)
+from mx8_common.errors import RequestError
 from mx8_common.obs.events import emit
 from mx8_common.rpc.proto import agent_pb2 as pb
 from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
@@ -86,16 +77,6 @@ def batch_to_proto(
     )
 
 
-def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, RequestError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, StorageError | TrainerResumeError | ContractError):
-        return grpc.StatusCode.FAILED_PRECONDITION, f"{exc.event}: {exc}"
-    if isinstance(exc, Mx8Error):
-        return grpc.StatusCode.INTERNAL, f"{exc.event}: {exc}"
-    return grpc.StatusCode.INTERNAL, f"agent failed: {type(exc).__name__}: {exc}"
-
-
 class AgentServicer(pb_grpc.AgentServicer):
     """``mx8.v1.Agent`` over a ``TrainerHub`` and a ``JobInfo`` provider."""
 
@@ -122,10 +103,7 @@ class AgentServicer(pb_grpc.AgentServicer):
             )
 
     async def DescribeJob(self, request: pb.DescribeJobRequest, context: Any) -> pb.JobDescription:
-        try:
-            self._check_job(request.job_id)
-        except Mx8Error as exc:
-            await context.abort(*_status_for(exc))
+        self._check_job(request.job_id)
         info = self._job_info()
         return pb.JobDescription(
             job_id=info.job_id,
@@ -149,55 +127,42 @@ class AgentServicer(pb_grpc.AgentServicer):
         if first is None:
             return
         if not first.HasField("open"):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first message of a trainer stream must be OpenStream",
+            raise RequestError(
+                "the first message of a trainer stream must be OpenStream", field="open"
             )
         op = first.open
         # Without an id a trainer cannot resume; a unique one keeps it from replacing others.
         trainer_id = op.trainer_id or f"{context.peer()}#{op.local_rank}#{uuid.uuid4().hex[:8]}"
-        try:
-            self._check_job(op.job_id)
-            if op.want_locations and self._locate is None:
-                raise RequestError(
-                    "this agent cannot report sample locations; open the stream without "
-                    "want_locations",
-                    field="want_locations",
-                )
-            if op.HasField("contract"):
-                spec = rank_spec(op, trainer_id, op.window or _DEFAULT_WINDOW)
-            elif self._job_info().mode == RANK_EXACT:
-                raise RequestError(
-                    "this job runs in rank-exact mode: open the stream with the trainer's "
-                    "rank contract (mx8.load does), or run the coordinator with --mode dynamic",
-                    field="contract",
-                )
-        except Mx8Error as exc:
-            await context.abort(*_status_for(exc))
-        if op.HasField("contract"):
-            try:
-                async for message in serve_rank_stream(
-                    self._rank_backend,
-                    spec,
-                    job_id=self._job_info().job_id,
-                    requests=request_iterator,
-                    locate=self._locate if op.want_locations else None,
-                ):
-                    yield message
-            except Mx8Error as exc:
-                await context.abort(*_status_for(exc))
-            return
-        try:
-            self._hub.set_batch_size(op.batch_size)
-            session = self._hub.attach(
-                trainer_id,
-                window=op.window or _DEFAULT_WINDOW,
-                local_rank=op.local_rank,
-                resume_after=op.resume_after_seq,
-                want_locations=op.want_locations,
+        self._check_job(op.job_id)
+        if op.want_locations and self._locate is None:
+            raise RequestError(
+                "this agent cannot report sample locations; open the stream without want_locations",
+                field="want_locations",
             )
-        except Mx8Error as exc:
-            await context.abort(*_status_for(exc))
+        if op.HasField("contract"):
+            spec = rank_spec(op, trainer_id, op.window or _DEFAULT_WINDOW)
+            locate = self._locate if op.want_locations else None
+            job_id = self._job_info().job_id
+            stream = serve_rank_stream(
+                self._rank_backend, spec, job_id=job_id, requests=request_iterator, locate=locate
+            )
+            async for message in stream:
+                yield message
+            return
+        if self._job_info().mode == RANK_EXACT:
+            raise RequestError(
+                "this job runs in rank-exact mode: open the stream with the trainer's rank "
+                "contract (mx8.load does), or run the coordinator with --mode dynamic",
+                field="contract",
+            )
+        self._hub.set_batch_size(op.batch_size)
+        session = self._hub.attach(
+            trainer_id,
+            window=op.window or _DEFAULT_WINDOW,
+            local_rank=op.local_rank,
+            resume_after=op.resume_after_seq,
+            want_locations=op.want_locations,
+        )
         emit(
             _COMPONENT,
             "trainer_connected",
@@ -209,10 +174,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         acks = asyncio.create_task(self._read_acks(request_iterator, session))
         try:
             while True:
-                try:
-                    item = await self._hub.next_for(session)
-                except Mx8Error as exc:
-                    await context.abort(*_status_for(exc))
+                item = await self._hub.next_for(session)
                 if item is None:
                     yield END_OF_JOB
                     return

@@ -7,7 +7,7 @@ trainer presented, epoch after epoch, to the end of the job.
 
 * **Joining.** ``join`` registers the rank with the coordinator (``RegisterRank``) and
   polls until its world is complete, yielding what it waits for so the trainer can say
-  so; a refusal is the coordinator's ``ContractError``, raised as such.
+  so; a refusal is the coordinator's ``ContractError``, which reaches the trainer typed.
 * **Fetching.** One ``FetchPipeline`` over one reader serves every stream: its request
   feed takes the streams in turn, one batch each, while a stream has fewer than its
   ``window`` batches requested or unacknowledged and the batch fits the byte budget
@@ -36,7 +36,7 @@ import numpy as np
 
 from mx8_agent.serve.rank_stream import RankSpec, WorldReady, WorldWait
 from mx8_agent.serve.trainer_hub import ReadyBatch
-from mx8_common.errors import ContractError, CoordinatorError, RequestError
+from mx8_common.errors import CoordinatorError, RequestError
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -190,7 +190,7 @@ class RankServer:
 
     async def join(self, spec: RankSpec) -> AsyncIterator[WorldWait | WorldReady]:
         """Register the rank until its world is complete: ``WorldWait``s, then one
-        ``WorldReady``. Raises the coordinator's ``ContractError``."""
+        ``WorldReady``. The coordinator's ``ContractError`` comes through as it is."""
         request = cpb.RegisterRankRequest(
             job_id=self._job_id,
             node_id=self._node_id,
@@ -219,8 +219,6 @@ class RankServer:
                 emit(_COMPONENT, "rank_join_retry", rank=spec.rank, error=str(exc))
                 yield WorldWait(spec.world_size, (), ())
             else:
-                if answer.refusal:
-                    raise ContractError(answer.refusal, field=answer.refusal_field or None)
                 if answer.ready:
                     yield WorldReady(answer.world_id)
                     return

@@ -1,7 +1,8 @@
 """The gRPC face of the coordinator: proto -> plain call on ``Job`` -> proto.
 
-Each method only converts; ``Mx8Error`` becomes ``context.abort(code, message)`` through
-one table, so the status codes a client sees are decided in one place.
+Each method only converts; an ``Mx8Error`` it raises leaves as a typed status through the
+daemon's ``ErrorBoundary`` interceptor (``mx8_common.rpc.errors``), where the status codes
+a client sees are decided in one table.
 """
 
 from __future__ import annotations
@@ -13,18 +14,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mx8_common.errors import (
-    ContractError,
-    JobStateError,
-    LeaseNotFoundError,
-    LeaseRangeError,
-    LeaseStateError,
-    ManifestTooLargeError,
-    Mx8Error,
-    RequestError,
-    SnapshotNotFoundError,
-)
+from mx8_common.errors import RequestError, SnapshotNotFoundError
 from mx8_common.manifest.format import SCHEMA_VERSION
+from mx8_common.rpc.job_status_proto import job_status_to_proto, lease_to_proto
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
 from mx8_coordinator.rpc.manifest_serving import (
@@ -37,18 +29,7 @@ from mx8_coordinator.state.lease_scheduler import Lease
 from mx8_coordinator.state.ranks import RankJoin, RankReport, RankStart
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
-__all__ = ["CoordinatorServicer", "status_code_for"]
-
-# Most specific class first: the first match decides.
-_CODES: tuple[tuple[type[Mx8Error], grpc.StatusCode], ...] = (
-    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (LeaseRangeError, grpc.StatusCode.INVALID_ARGUMENT),
-    (LeaseNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (SnapshotNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (LeaseStateError, grpc.StatusCode.FAILED_PRECONDITION),
-    (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
-    (ManifestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-)
+__all__ = ["CoordinatorServicer"]
 
 _NOT_READY = (
     "the coordinator is still resolving its dataset snapshot; retry in a moment "
@@ -58,18 +39,10 @@ _NOT_READY = (
 R = TypeVar("R")
 
 
-def status_code_for(exc: Mx8Error) -> grpc.StatusCode:
-    """The gRPC status a client sees for ``exc`` (INTERNAL for anything unexpected)."""
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
 def _unary(
     fn: Callable[[Any, Any, Job, grpc.aio.ServicerContext], Awaitable[R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
-    """Wrap a unary method: wait-for-job, error mapping and latency, in one place."""
+    """Wrap a unary method: wait-for-job and latency, in one place."""
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -79,11 +52,7 @@ def _unary(
             job = self.job
             if job is None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
-            try:
-                return await fn(self, request, job, context)
-            except Mx8Error as exc:
-                await context.abort(status_code_for(exc), str(exc))
-                raise  # unreachable: abort raises
+            return await fn(self, request, job, context)
         finally:
             self.metrics.rpc_latency.labels(name).observe(time.perf_counter() - started)
 
@@ -104,15 +73,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self.source: ManifestSource | None = None
 
     def _lease_pb(self, job: Job, lease: Lease) -> pb.Lease:
-        return pb.Lease(
-            lease_id=lease.lease_id,
-            node_id=lease.node_id,
-            range=pb.WorkRange(
-                start_id=lease.start, end_id=lease.end, epoch=lease.epoch, seed=job.spec.seed
-            ),
-            cursor=lease.cursor,
-            expires_unix_ms=job.unix_ms(lease.expires_ms),
-        )
+        return lease_to_proto(job.lease_status(lease))
 
     @_unary
     async def RegisterNode(
@@ -155,11 +116,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             shuffle=r.shuffle if r.HasField("shuffle") else None,
             start=RankStart(epoch=r.epoch, step=r.step, consumed=r.consumed, resumed=r.resumed),
         )
-        try:
-            answer = job.ranks.join(join)
-        except ContractError as exc:
-            # A verdict on the trainer's settings, not a failed call: the agent tells it.
-            return pb.RegisterRankResponse(refusal=str(exc), refusal_field=exc.field or "")
+        answer = job.ranks.join(join)  # a ContractError reaches the agent typed
         return pb.RegisterRankResponse(
             ready=answer.ready,
             world_id=answer.world_id,
@@ -251,18 +208,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             if job is None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
                 return
-            try:
-                source = self._check_manifest(job, request.job_id, request.manifest_hash)
-                async for piece in iter_manifest_chunks(source):
-                    chunk = pb.ManifestChunk(
-                        data=piece.data, offset=piece.offset, schema_version=SCHEMA_VERSION
-                    )
-                    if piece.offset == 0:
-                        chunk.total_bytes = piece.total_bytes
-                        chunk.manifest_hash = source.manifest_hash
-                    yield chunk
-            except Mx8Error as exc:
-                await context.abort(status_code_for(exc), str(exc))
+            source = self._check_manifest(job, request.job_id, request.manifest_hash)
+            async for piece in iter_manifest_chunks(source):
+                chunk = pb.ManifestChunk(
+                    data=piece.data, offset=piece.offset, schema_version=SCHEMA_VERSION
+                )
+                if piece.offset == 0:
+                    chunk.total_bytes = piece.total_bytes
+                    chunk.manifest_hash = source.manifest_hash
+                yield chunk
         finally:
             self.metrics.rpc_latency.labels("GetManifestStream").observe(
                 time.perf_counter() - started
@@ -273,59 +227,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self, request: pb.GetJobSnapshotRequest, job: Job, context: Any
     ) -> pb.JobSnapshot:
         job.check_job(request.job_id)
-        v = job.view()
-        c = v.counters
-        return pb.JobSnapshot(
-            job_id=v.spec.job_id,
-            dataset_link=v.spec.dataset_link,
-            manifest_hash=v.spec.manifest_hash,
-            total_samples=v.spec.total_samples,
-            world_size=v.world_size,
-            epochs=v.spec.epochs,
-            job_ready=v.ready,
-            job_drained=v.drained,
-            nodes=[
-                pb.NodeInfo(
-                    node_id=n.node_id,
-                    rank=n.rank or 0,
-                    alive=n.alive,
-                    last_heartbeat_unix_ms=v.unix_ms(n.last_seen_ms),
-                    samples_committed=v.samples_by_node.get(n.node_id, 0),
-                    hostname=n.hostname,
-                    stats=pb.NodeStats(**n.stats),
-                )
-                for n in v.nodes
-            ],
-            live_leases=[self._lease_pb(job, le) for le in v.live_leases],
-            progress=[
-                pb.EpochProgress(
-                    epoch=e, committed_samples=done, total_samples=v.spec.total_samples
-                )
-                for e, done in enumerate(v.committed_by_epoch)
-            ],
-            counters=pb.Counters(
-                leases_issued=c.leases_issued,
-                leases_expired=c.leases_expired,
-                leases_requeued=c.leases_requeued,
-                leases_completed=c.leases_completed,
-                samples_committed=c.samples_committed,
-            ),
-            started_unix_ms=v.started_unix_ms,
-            samples_per_second=v.samples_per_second,
-            mode=v.spec.mode,
-            ranks=[
-                pb.RankProgress(
-                    rank=r.rank,
-                    instance_id=r.instance_id,
-                    world_id=r.world_id,
-                    world_size=r.world_size,
-                    epoch=r.epoch,
-                    step=r.step,
-                    finished=r.finished,
-                )
-                for r in v.ranks
-            ],
-        )
+        return job_status_to_proto(job.status())
 
 
 def _rank_report(p: pb.RankProgress, node_id: str) -> RankReport:

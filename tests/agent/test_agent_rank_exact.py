@@ -94,7 +94,7 @@ async def test_rank_exact_ranks_get_embedded_shards_with_equal_steps(
     # Every rank finished the last epoch: the coordinator drains, the agent exits.
     await agent.result(timeout_s=30)
     assert coordinator.job.drained
-    status = coordinator.status()  # what /api/status and the page show
+    status = coordinator.status().to_dict()  # what /api/status and the page show
     assert status["mode"] == "rank-exact" and status["state"] == "drained"
     assert {(r["rank"], r["epoch"], r["finished"]) for r in status["ranks"]} == {
         (r, 1, True) for r in range(world)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mx8._state import EpochCursor, LoaderShape, build_state, resume_cursor
@@ -37,6 +37,7 @@ def _batches(shard: Shard, first: int = 0) -> list[list[int]]:
     return [shard.batch_ids(b).tolist() for b in range(first, shard.batches)]
 
 
+@settings(deadline=None)  # whole epochs per example; a loaded box is slow
 @given(
     total=st.integers(1, 400),
     world=st.integers(1, 8),
@@ -63,6 +64,7 @@ def test_shard_ids_are_the_orders_ids_at_the_strided_positions(
     assert len(lengths) == 1  # every rank takes the same number of steps
 
 
+@settings(deadline=None)  # whole epochs per example; a loaded box is slow
 @given(
     total=st.integers(1, 300),
     world=st.integers(1, 6),
@@ -103,6 +105,7 @@ def test_shard_resume_at_any_world_covers_the_epoch_once(
     assert len(lengths) == 1
 
 
+@settings(deadline=None)  # whole epochs per example; a loaded box is slow
 @given(
     total=st.integers(1, 300),
     world=st.integers(1, 6),
@@ -133,6 +136,7 @@ def _shape(total: int, world: int, rank: int, batch: int, drop_last: bool = Fals
     )
 
 
+@settings(deadline=None)  # whole epochs per example; a loaded box is slow
 @given(
     total=st.integers(1, 300),
     world=st.integers(1, 6),

@@ -118,22 +118,18 @@ class RegisterRankRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., consumed: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class RegisterRankResponse(_message.Message):
-    __slots__ = ("ready", "world_id", "world_size", "registered_ranks", "missing_ranks", "refusal", "refusal_field")
+    __slots__ = ("ready", "world_id", "world_size", "registered_ranks", "missing_ranks")
     READY_FIELD_NUMBER: _ClassVar[int]
     WORLD_ID_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_RANKS_FIELD_NUMBER: _ClassVar[int]
     MISSING_RANKS_FIELD_NUMBER: _ClassVar[int]
-    REFUSAL_FIELD_NUMBER: _ClassVar[int]
-    REFUSAL_FIELD_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     world_id: str
     world_size: int
     registered_ranks: _containers.RepeatedScalarFieldContainer[int]
     missing_ranks: _containers.RepeatedScalarFieldContainer[int]
-    refusal: str
-    refusal_field: str
-    def __init__(self, ready: _Optional[bool] = ..., world_id: _Optional[str] = ..., world_size: _Optional[int] = ..., registered_ranks: _Optional[_Iterable[int]] = ..., missing_ranks: _Optional[_Iterable[int]] = ..., refusal: _Optional[str] = ..., refusal_field: _Optional[str] = ...) -> None: ...
+    def __init__(self, ready: _Optional[bool] = ..., world_id: _Optional[str] = ..., world_size: _Optional[int] = ..., registered_ranks: _Optional[_Iterable[int]] = ..., missing_ranks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RankProgress(_message.Message):
     __slots__ = ("rank", "instance_id", "world_id", "world_size", "epoch", "step", "finished")
