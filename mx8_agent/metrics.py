@@ -2,14 +2,12 @@
 
 Counters and gauges are read from the agent's live stats at scrape time (one callable
 returns them), so the hot path only bumps plain ints; the fetch latency histogram is
-observed per read by ``TimedReader``.
+observed per sample by the object reader's ``on_read`` hook (``AgentMetrics.observe_read``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from mx8_common.obs.http_exporter import HttpExporter
 
-__all__ = ["COUNTERS", "GAUGES", "AgentMetrics", "TimedReader"]
+__all__ = ["COUNTERS", "GAUGES", "AgentMetrics"]
 
 #: Monotonic totals in the stats snapshot: name -> help.
 COUNTERS = {
@@ -26,6 +24,7 @@ COUNTERS = {
     "samples_fetched": "samples read from storage",
     "samples_acked": "samples trainers acknowledged (the only ones reported as progress)",
     "fetch_retries": "storage reads retried (throttling, resets, short bodies)",
+    "local_read_batches": "thread-pool jobs that read several local files at once",
     "batches_sent": "batches sent to trainers",
     "batches_requeued": "unacknowledged batches re-queued after a trainer left",
     "leases_started": "leases this agent started",
@@ -70,6 +69,10 @@ class AgentMetrics:
         )
         self._http = HttpExporter("mx8-agent-http")
 
+    def observe_read(self, seconds: float, nbytes: int) -> None:
+        """The object reader's ``on_read`` hook: one sample read took ``seconds``."""
+        self.fetch_latency.observe(seconds)
+
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` from a daemon thread; returns the bound port."""
         return self._http.start(host, port, MetricsHandler.factory(self.registry))
@@ -78,17 +81,3 @@ class AgentMetrics:
         """Stop the exporter if it runs. Safe to call twice."""
         self._http.stop()
 
-
-class TimedReader:
-    """An ``ObjectReader`` stand-in that times every ``read`` into the latency histogram."""
-
-    def __init__(self, reader: Any, histogram: Histogram) -> None:
-        self._reader = reader
-        self._histogram = histogram
-
-    async def read(self, location: str, *args: Any, **kwargs: Any) -> bytes:
-        started = time.perf_counter()
-        try:
-            return await self._reader.read(location, *args, **kwargs)  # type: ignore[no-any-return]
-        finally:
-            self._histogram.observe(time.perf_counter() - started)

@@ -35,6 +35,7 @@ from mx8_common.obs.events import emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.sample_order import EpochOrder, JobOrder
 from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
+from mx8_common.storage.sample_reader import SampleReader
 
 __all__ = ["LeaseRunner", "RunnerStats"]
 
@@ -70,7 +71,7 @@ class LeaseRunner:
         node_id: str,
         table: ManifestTable,
         job_order: JobOrder,
-        reader: Any,
+        reader: SampleReader,
         fetch_config: FetchConfig,
         hub: TrainerHub,
         leases_ahead: int,

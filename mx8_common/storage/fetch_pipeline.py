@@ -42,7 +42,8 @@ import numpy as np
 from mx8_common.config_fields import parse_size, setting
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.storage.object_reader import ObjectReader, ReadStats, is_local
+from mx8_common.storage.object_reader import is_local
+from mx8_common.storage.sample_reader import ReadStats, SampleReader
 
 __all__ = [
     "FetchBatch",
@@ -150,7 +151,7 @@ class FetchConfig:
 class FetchStats(ReadStats):
     """What a pipeline moved and holds.
 
-    ``reads``/``bytes``/``retries`` are counted by the reader; ``samples`` were handed to
+    ``reads``/``bytes``/``retries``/``local_batches`` are counted by the reader; ``samples`` were handed to
     the consumer; ``running`` reads are in progress; ``inflight_bytes`` are held now.
     """
 
@@ -174,7 +175,7 @@ class FetchPipeline:
 
     def __init__(
         self,
-        reader: ObjectReader,
+        reader: SampleReader,
         requests: Iterable[FetchRequest] | AsyncIterable[FetchRequest],
         config: FetchConfig | None = None,
     ) -> None:
@@ -186,10 +187,7 @@ class FetchPipeline:
         self._concurrency = self.config.concurrency
         self._window = self.config.window
         self._estimate = self.config.unknown_size_estimate
-        # A stand-in reader (e.g. one that times each read) may offer only ``read``;
-        # local grouping then falls back to one read per sample.
-        self._read_many = getattr(reader, "read_local_many", None)
-        self._local_group = self.config.local_group if self._read_many is not None else 1
+        self._local_group = self.config.local_group
         self._group: list[_Slot] = []  # local reads admitted, not yet handed to a thread
         self._group_tasks: set[asyncio.Task[None]] = set()
         self._slots: collections.deque[_Slot] = collections.deque()
@@ -305,8 +303,7 @@ class FetchPipeline:
     async def _read_group(self, group: list[_Slot]) -> None:
         items = [(s.req.location, s.req.byte_offset, s.req.byte_length) for s in group]
         try:
-            assert self._read_many is not None
-            results: Sequence[bytes | BaseException] = await self._read_many(
+            results: Sequence[bytes | BaseException] = await self._reader.read_local_many(
                 items, stats=self.stats
             )
         except asyncio.CancelledError:

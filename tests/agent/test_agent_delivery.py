@@ -130,6 +130,24 @@ async def test_agent_reports_only_acknowledged_samples(
     assert await committed(coordinator.address) == 300
 
 
+async def test_agent_reads_local_files_several_per_read_job(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    """The agent's reader keeps ``read_local_many``: local files are read in groups, and the
+    fetch latency histogram (a hook inside the reader, not a wrapper) still sees each one."""
+    coordinator = await start_coordinator(write_local_dataset(tmp_path, 500), block_size=100)
+    agent = await start_agent(coordinator.address)
+    run = await asyncio.to_thread(run_trainer, agent.url)
+    await agent.result()
+    assert run.error is None and sorted(run.ids) == list(range(500))
+    registry = agent.agent.metrics.registry
+    samples = registry.get_sample_value("mx8_agent_samples_fetched_total")
+    batches = registry.get_sample_value("mx8_agent_local_read_batches_total")
+    assert samples == 500
+    assert batches is not None and 1 <= batches < samples / 2, batches
+    assert registry.get_sample_value("mx8_agent_fetch_latency_seconds_count") == 500
+
+
 async def _greater(value: Any, floor: int) -> bool:
     return (await value) > floor
 

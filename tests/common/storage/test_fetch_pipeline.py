@@ -25,6 +25,7 @@ from mx8_common.storage.fetch_pipeline import (
 )
 from mx8_common.storage.object_reader import ObjectReader
 from mx8_common.storage.s3_client import S3Settings
+from mx8_common.storage.sample_reader import SampleReader
 from mx8_common.testing.local_s3 import LocalS3
 
 
@@ -363,24 +364,31 @@ def test_fetch_config_reads_sizes_from_env() -> None:
     assert cfg.window == 16 * 9
 
 
-async def test_fetch_pipeline_works_with_a_read_only_stand_in(tmp_path: Path) -> None:
-    """A wrapper exposing only ``read`` (e.g. a timing wrapper) still gets every sample."""
-    reqs = _local_files(tmp_path, [300] * 40)
+def test_fetch_pipeline_reader_must_offer_batched_local_reads() -> None:
+    """The pipeline's reader is a ``SampleReader``: a wrapper with only ``read`` (which used
+    to turn local grouping off without a word) does not qualify."""
 
-    class Counting:
-        def __init__(self, inner: ObjectReader) -> None:
-            self.inner = inner
-            self.calls = 0
-
+    class ReadOnly:
         async def read(self, location: str, *args: Any, **kwargs: Any) -> bytes:
-            self.calls += 1
-            return await self.inner.read(location, *args, **kwargs)
+            return b""
 
-    async with ObjectReader() as reader:
-        wrapped = Counting(reader)
-        async with FetchPipeline(wrapped, reqs) as pipe:  # type: ignore[arg-type]
-            assert [r.sample_id async for r in pipe] == list(range(40))
-    assert wrapped.calls == 40
+    assert isinstance(ObjectReader(), SampleReader)
+    assert not isinstance(ReadOnly(), SampleReader)
+
+
+async def test_fetch_pipeline_groups_local_reads_and_times_every_sample(tmp_path: Path) -> None:
+    reqs = _local_files(tmp_path, [300] * 40)
+    timed: list[tuple[float, int]] = []
+    cfg = FetchConfig(concurrency=16, local_group=8)
+    async with (
+        ObjectReader(on_read=lambda s, n: timed.append((s, n))) as reader,
+        FetchPipeline(reader, reqs, cfg) as pipe,
+    ):
+        assert [r.sample_id async for r in pipe] == list(range(40))
+    # Groups of at most 8 files; the first 16 admitted at once make two full ones.
+    assert 5 <= pipe.stats.local_batches < 40
+    assert reader.stats.local_batches == pipe.stats.local_batches
+    assert len(timed) == 40 and all(n == 300 and s >= 0 for s, n in timed)
 
 
 async def test_fetch_pipeline_held_batches_count_until_released(tmp_path: Path) -> None:
