@@ -80,4 +80,3 @@ class AgentMetrics:
     def stop(self) -> None:
         """Stop the exporter if it runs. Safe to call twice."""
         self._http.stop()
-

@@ -151,8 +151,9 @@ class FetchConfig:
 class FetchStats(ReadStats):
     """What a pipeline moved and holds.
 
-    ``reads``/``bytes``/``retries``/``local_batches`` are counted by the reader; ``samples`` were handed to
-    the consumer; ``running`` reads are in progress; ``inflight_bytes`` are held now.
+    ``reads``/``bytes``/``retries``/``local_batches`` are counted by the reader;
+    ``samples`` were handed to the consumer; ``running`` reads are in progress;
+    ``inflight_bytes`` are held now.
     """
 
     samples: int = 0
