@@ -22,6 +22,7 @@ from mx8_common.errors import ConfigError, LockTimeoutError
 from mx8_common.link import parse_dataset_link
 from mx8_common.obs.events import configure_logging
 from mx8_common.snapshot.lock import LockHolder, SnapshotLock, parse_lock_body, run_single_writer
+from mx8_common.snapshot.page_source import PageSource
 from mx8_common.snapshot.resolver import (
     SnapshotResolverConfig,
     _Progress,
@@ -105,7 +106,7 @@ async def _body_count(store: ManifestStore, key: str) -> int | None:
     return holder.objects_indexed if holder is not None else None
 
 
-class _GatedSource:
+class _GatedSource(PageSource):
     """A listing that yields one page of ``per_page`` keys each time the test allows it."""
 
     def __init__(self, per_page: int = 5) -> None:
@@ -128,7 +129,7 @@ class _GatedSource:
         return f"s3://bkt/ds/{key}"
 
 
-class _MustNotList:
+class _MustNotList(PageSource):
     """The waiter's listing: touching it means the waiter indexed, which it must not."""
 
     async def pages(self) -> AsyncIterator[list[tuple[str, int]]]:
