@@ -16,10 +16,10 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from mx8._engine import EmbeddedEngine
+from mx8._loader_protocol import LoaderStats, Mx8Loader
 from mx8._shard import Shard
 from mx8.batch import Batch
 from mx8_common.errors import ConfigError
@@ -28,25 +28,10 @@ from mx8_common.sample_order import EpochOrder
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
 from mx8_common.storage.fetch_pipeline import FetchConfig
 
-__all__ = ["Loader", "LoaderStats", "load"]
+__all__ = ["Loader", "load"]
 
 _STATE_VERSION = 1
 DEFAULT_BLOCK_SIZE = 65536
-
-
-@dataclass(frozen=True)
-class LoaderStats:
-    """What a loader has moved so far."""
-
-    bytes: int
-    samples: int
-    batches: int
-    seconds: float
-    retries: int
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
 def _env_int(name: str) -> int | None:
@@ -316,12 +301,13 @@ def load(
     world_size: int | None = None,
     drop_last: bool = False,
     fetch_concurrency: int = 64,
-) -> Any:
+) -> Mx8Loader:
     """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
 
-    Embedded (in-process) unless ``agent`` or ``MX8_AGENT_URL`` names a local mx8d-agent,
-    in which case the agent serves the coordinator's job and ``shuffle``/``seed``/``rank``
-    come from the coordinator.
+    Embedded (in-process, a ``Loader``) unless ``agent`` or ``MX8_AGENT_URL`` names a local
+    mx8d-agent, in which case the agent serves the coordinator's job and
+    ``shuffle``/``seed``/``rank`` come from the coordinator. Either way the result is an
+    ``mx8.Mx8Loader``.
 
     Embedded, ``max_inflight_bytes`` bounds every sample byte the loader holds: reads in
     flight, the reorder buffer, prefetched batches and the batch last handed out (released
