@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,17 +32,29 @@ from mx8_agent.work.ack_tracker import AckTracker, LeaseRef
 from mx8_common.errors import CoordinatorError
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
-from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.proto import coordinator_pb2 as cpb
 from mx8_common.sample_order import EpochOrder, JobOrder
 from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
 from mx8_common.storage.sample_reader import SampleReader
 
-__all__ = ["LeaseRunner", "RunnerStats"]
+__all__ = ["LeaseClient", "LeaseRunner", "RunnerStats"]
 
 _COMPONENT = "agent"
 _RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION")
 _DROP_CODES = ("NOT_FOUND", "FAILED_PRECONDITION")
 _REQUEST_CHUNK = 4096
+
+
+class LeaseClient(Protocol):
+    """The coordinator calls the runner makes (``CoordinatorClient`` is the real one)."""
+
+    async def request_lease(
+        self, job_id: str, node_id: str, want: int = 1
+    ) -> cpb.RequestLeaseResponse: ...
+
+    async def report_progress(
+        self, job_id: str, node_id: str, lease_id: str, cursor: int, *, delivered_bytes: int = 0
+    ) -> cpb.ReportProgressResponse: ...
 
 
 @dataclass
@@ -66,7 +78,7 @@ class LeaseRunner:
     def __init__(
         self,
         *,
-        client: CoordinatorClient,
+        client: LeaseClient,
         job_id: str,
         node_id: str,
         table: ManifestTable,
