@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from support.agent import write_local_dataset
+from support.manifests import write_local_dataset
 
 import mx8
 from mx8._distributed import DistributedLoader

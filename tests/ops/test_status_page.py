@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.eventually import assert_eventually
 from support.ops import drive_partial_job
 
 from mx8_coordinator.config import CoordinatorConfig
@@ -113,8 +114,7 @@ async def test_status_page_shows_resolving_before_the_snapshot(
     coord = Coordinator(config, source=slow_source)
     starting = asyncio.create_task(coord.start())
     try:
-        while coord.metrics_port is None:
-            await asyncio.sleep(0.01)
+        await assert_eventually(lambda: coord.metrics_port is not None)
         _, _, body = await get(f"http://127.0.0.1:{coord.metrics_port}/api/status")
         assert json.loads(body)["state"] == "resolving"
         _, _, page = await get(f"http://127.0.0.1:{coord.metrics_port}/")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from support.eventually import assert_eventually
 from support.s3_fault_proxy import fault_proxy
 
 from mx8_common.errors import ConfigError, ObjectChangedError, ObjectNotFoundError
@@ -46,15 +47,6 @@ def _local_files(
             path.write_bytes(_payload(i, size))
         reqs.append(FetchRequest(i, str(path), None, size, tag=("t", i)))
     return reqs
-
-
-async def _eventually(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.002)
 
 
 def _other_tasks() -> set[asyncio.Task[Any]]:
@@ -121,7 +113,7 @@ async def test_fetch_pipeline_slow_consumer_back_pressures(tmp_path: Path) -> No
         first = await anext(pipe)
         assert first.sample_id == 0
         # The consumer now stalls: reads fill the budget, then stop.
-        await _eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
+        await assert_eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
         for _ in range(50):
             await asyncio.sleep(0)  # give a (wrong) feeder every chance to read more
         assert pipe.stats.reads == 10  # 1 held by the consumer + 9 buffered = 10 000 bytes
@@ -230,7 +222,7 @@ async def test_fetch_pipeline_consumer_cancellation_leaves_no_tasks(tmp_path: Pa
                     pass
 
             consumer = asyncio.create_task(consume())
-            await _eventually(lambda: pipe.stats.samples == 3)
+            await assert_eventually(lambda: pipe.stats.samples == 3)
             consumer.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await consumer
@@ -302,7 +294,7 @@ async def test_fetch_pipeline_s3_order_survives_slow_head(
 
             async def release_head() -> None:
                 # Samples 1..7 arrive while 0 is held: they wait in the reorder buffer.
-                await _eventually(lambda: pipe.stats.reads >= 7)
+                await assert_eventually(lambda: pipe.stats.reads >= 7)
                 assert pipe.stats.samples == 0
                 held.set()
 
@@ -397,14 +389,14 @@ async def test_fetch_pipeline_held_batches_count_until_released(tmp_path: Path) 
     async with ObjectReader() as reader, FetchPipeline(reader, reqs, cfg) as pipe:
         batches = pipe.batches(4, hold=True)
         held = [await anext(batches), await anext(batches)]  # passed on, not released
-        await _eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
+        await assert_eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
         for _ in range(50):
             await asyncio.sleep(0)  # give a (wrong) feeder every chance to read more
         # 8 000 held downstream + 2 000 buffered: asking for a batch did not free them.
         assert pipe.stats.reads == 10
         assert pipe.stats.inflight_bytes == 10_000
         pipe.release(held[0])
-        await _eventually(lambda: pipe.stats.reads == 14)
+        await assert_eventually(lambda: pipe.stats.reads == 14)
         assert pipe.stats.inflight_bytes == 10_000
         with pytest.raises(ValueError, match="exactly once"):
             pipe.release(
