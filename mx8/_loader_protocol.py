@@ -8,27 +8,12 @@ loader served by the host's agent; both are ``Mx8Loader``s, so trainer code (and
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol, Self, runtime_checkable
 
+from mx8._stats import LoaderStats
 from mx8.batch import Batch
 
-__all__ = ["LoaderStats", "Mx8Loader"]
-
-
-@dataclass(frozen=True)
-class LoaderStats:
-    """What a loader has moved so far."""
-
-    bytes: int
-    samples: int
-    batches: int
-    seconds: float
-    retries: int
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
+__all__ = ["Mx8Loader"]
 
 
 @runtime_checkable

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from mx8._engine import EmbeddedEngine
-from mx8._loader_protocol import LoaderStats, Mx8Loader
+from mx8._loader_protocol import Mx8Loader
 from mx8._shard import Shard
+from mx8._stats import LoaderStats
 from mx8.batch import Batch
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
@@ -28,7 +29,7 @@ from mx8_common.sample_order import EpochOrder
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
 from mx8_common.storage.fetch_pipeline import FetchConfig
 
-__all__ = ["Loader", "load"]
+__all__ = ["Loader", "LoaderStats", "load"]
 
 _STATE_VERSION = 1
 DEFAULT_BLOCK_SIZE = 65536

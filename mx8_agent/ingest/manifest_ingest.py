@@ -20,7 +20,6 @@ dropped connection (UNAVAILABLE) is retried with jittered backoff instead.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import random
 import tempfile
@@ -44,6 +43,7 @@ from mx8_common.errors import (
     ManifestTruncated,
 )
 from mx8_common.manifest.format import SCHEMA_VERSION
+from mx8_common.manifest.hashing import copy_hashed
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -171,16 +171,13 @@ def _copy_to_file(reader: BoundedCarryReader, directory: Path, manifest_hash: st
     fd, name = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
     tmp = Path(name)
     try:
-        sha = hashlib.sha256()
         with os.fdopen(fd, "wb") as f:
-            while data := reader.read(1 << 20):
-                sha.update(data)
-                f.write(data)
+            digest = copy_hashed(reader.read, f.write)
             f.flush()
             os.fsync(f.fileno())
-        if sha.hexdigest() != manifest_hash:
+        if digest != manifest_hash:
             raise ManifestHashMismatch(
-                f"downloaded manifest bytes hash to {sha.hexdigest()}, not the announced "
+                f"downloaded manifest bytes hash to {digest}, not the announced "
                 f"{manifest_hash}; the coordinator's copy is corrupt or was replaced"
             )
         final = directory / f"{manifest_hash}.tsv"

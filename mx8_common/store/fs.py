@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from mx8_common.errors import IntegrityError, ManifestHashMismatch, StoreError
-from mx8_common.store import STREAM_CHUNK, LockState, ManifestStore, check_hash
+from mx8_common.errors import IntegrityError, StoreError
+from mx8_common.manifest.hashing import HashingSink, copy_hashed, sha256_hex
+from mx8_common.store.base import STREAM_CHUNK, LockState, ManifestStore, check_hash
 
 __all__ = ["FsManifestStore"]
 
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 
 def _version(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+    return sha256_hex(body)
 
 
 def _same_content(stored: Path, ours: Path, manifest_hash: str, where: str) -> None:
@@ -104,16 +105,13 @@ class FsManifestStore(ManifestStore):
             return
         tmp = self._tmp_beside(final)
         try:
-            sha = hashlib.sha256()
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(STREAM_CHUNK):
-                    sha.update(chunk)
-                    fout.write(chunk)
+                digest = copy_hashed(fin.read, fout.write, chunk=STREAM_CHUNK)
                 fout.flush()
                 os.fsync(fout.fileno())
-            if sha.hexdigest() != manifest_hash:
+            if digest != manifest_hash:
                 raise IntegrityError(
-                    f"{src} hashes to {sha.hexdigest()}, not {manifest_hash}; refusing to "
+                    f"{src} hashes to {digest}, not {manifest_hash}; refusing to "
                     "store it under the wrong hash",
                     manifest_hash=manifest_hash,
                 )
@@ -155,19 +153,17 @@ class FsManifestStore(ManifestStore):
     def _stream_verified(self, manifest_hash: str, sink: Callable[[bytes], object]) -> None:
         """Feed the stored manifest to ``sink`` chunk by chunk; raise if it misses its hash."""
         src = self._manifest(manifest_hash)
-        sha = hashlib.sha256()
+        hashing = HashingSink(sink)
         try:
             with open(src, "rb") as fin:
-                while chunk := fin.read(STREAM_CHUNK):
-                    sha.update(chunk)
-                    sink(chunk)
+                copy_hashed(fin.read, hashing, chunk=STREAM_CHUNK)
         except FileNotFoundError:
             raise self._not_found(manifest_hash) from None
-        if sha.hexdigest() != manifest_hash:
-            raise ManifestHashMismatch(
-                f"stored manifest {src} hashes to {sha.hexdigest()}, not {manifest_hash}; "
-                "the store copy is corrupt: delete it and index again"
-            )
+        hashing.check(
+            manifest_hash,
+            what=f"stored manifest {src}",
+            fix="the store copy is corrupt: delete it and index again",
+        )
 
     def _download_sync(self, manifest_hash: str, dest: Path) -> None:
         tmp = self._tmp_beside(dest)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,8 +26,9 @@ from mx8_common.errors import (
     ManifestHashMismatch,
     StoreError,
 )
+from mx8_common.manifest.hashing import HashingSink, file_sha256
 from mx8_common.storage.s3_client import S3Settings, open_s3_client, translate_s3_error
-from mx8_common.store import STREAM_CHUNK, LockState, ManifestStore, check_hash
+from mx8_common.store.base import STREAM_CHUNK, LockState, ManifestStore, check_hash
 
 __all__ = ["S3ManifestStore"]
 
@@ -45,14 +45,6 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
     code = str(err.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code or str(status or "")
-
-
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(STREAM_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 class S3ManifestStore(ManifestStore):
@@ -174,18 +166,17 @@ class S3ManifestStore(ManifestStore):
         )
         if resp is None:
             raise self._not_found(manifest_hash)
-        sha = hashlib.sha256()
+        hashing = HashingSink(sink)
         try:
             async for chunk in self._body_chunks(resp):
-                sha.update(chunk)
-                sink(chunk)
+                hashing(chunk)
         except Exception as exc:
             raise translate_s3_error(exc, self._url(rel)) from exc
-        if sha.hexdigest() != manifest_hash:
-            raise ManifestHashMismatch(
-                f"stored manifest {self._url(rel)} hashes to {sha.hexdigest()}, not "
-                f"{manifest_hash}; the store copy is corrupt: delete it and index again"
-            )
+        hashing.check(
+            manifest_hash,
+            what=f"stored manifest {self._url(rel)}",
+            fix="the store copy is corrupt: delete it and index again",
+        )
 
     async def read_manifest_bytes(self, manifest_hash: str) -> bytes:
         parts: list[bytes] = []
@@ -247,7 +238,7 @@ class S3ManifestStore(ManifestStore):
         size = (await asyncio.to_thread(path.stat)).st_size
         # Hash our file first: never store bytes under a hash they do not have. (Single PUTs
         # also carry the checksum, so a real S3 rejects bytes corrupted in transit.)
-        actual = await asyncio.to_thread(_file_sha256, path)
+        actual = await asyncio.to_thread(file_sha256, path)
         if actual != manifest_hash:
             raise IntegrityError(
                 f"{path} hashes to {actual}, not {manifest_hash}; refusing to store it under "

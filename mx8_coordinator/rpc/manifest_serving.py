@@ -9,7 +9,6 @@ sources: ``StoreManifestSource`` (the manifest store the resolver wrote to) and
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mx8_common.errors import ManifestHashMismatch, ManifestTooLargeError, ManifestTruncated
+from mx8_common.manifest.hashing import HashingReader
 from mx8_common.manifest.reader import parse_canonical_manifest_tsv_reader
 
 __all__ = [
@@ -88,19 +88,6 @@ async def read_whole_manifest(source: ManifestSource, max_bytes: int) -> bytes:
     return b"".join([piece.data async for piece in iter_manifest_chunks(source)])
 
 
-class _HashingReader:
-    """A ``readline`` reader that hashes what passes through it."""
-
-    def __init__(self, file: Any) -> None:
-        self._file = file
-        self.sha = hashlib.sha256()
-
-    def readline(self, size: int = -1, /) -> bytes:
-        line = self._file.readline(size)
-        self.sha.update(line)
-        return line
-
-
 class FileManifestSource:
     """A local canonical manifest file; use ``await FileManifestSource.open(path)``."""
 
@@ -135,10 +122,10 @@ class FileManifestSource:
         cls, path: Path, expected_hash: str | None, class_names: tuple[str, ...]
     ) -> FileManifestSource:
         with open(path, "rb", buffering=1 << 20) as f:
-            reader = _HashingReader(f)
+            reader = HashingReader(f)
             count = sum(1 for _ in parse_canonical_manifest_tsv_reader(reader))
             size = f.tell()
-        digest = reader.sha.hexdigest()
+        digest = reader.hexdigest()
         if expected_hash is not None and digest != expected_hash:
             raise ManifestHashMismatch(
                 f"manifest file {path} hashes to {digest}, not the pinned {expected_hash}; "

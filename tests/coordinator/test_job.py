@@ -106,10 +106,11 @@ async def test_job_grants_leases_commits_progress_and_drains(logs: Events) -> No
     assert job.drained
     for epoch in (0, 1):
         assert sorted(committed[epoch]) == list(range(100)), f"epoch {epoch}"
-    view = job.view()
-    assert view.committed_by_epoch == [100, 100] and view.live_leases == []
-    assert view.counters.samples_committed == 200 and view.counters.leases_completed == 8
-    assert view.samples_by_node == {"node-a": 200}
+    status = job.status()
+    assert status.job_drained and status.state == "drained"
+    assert status.committed_by_epoch == (100, 100) and status.live_leases == ()
+    assert status.counters.samples_committed == 200 and status.counters.leases_completed == 8
+    assert [(n.node_id, n.samples_committed) for n in status.nodes] == [("node-a", 200)]
     assert logs.names().count("epoch_completed") == 2 and logs.names().count("job_drained") == 1
 
 
@@ -134,7 +135,7 @@ async def test_job_expired_lease_remainder_goes_to_another_node(logs: Events) ->
     assert [(le.start, le.end) for le in grant.leases] == [(lease_a.start + 7, lease_a.end)]
     with pytest.raises(LeaseNotFoundError, match=f"expired at cursor {lease_a.start + 7}"):
         await job.report_progress(JOB, "node-a", lease_a.lease_id, lease_a.end)
-    counters = job.view().counters
+    counters = job.status().counters
     assert counters.leases_expired == 1 and counters.leases_requeued == 1
     assert counters.samples_committed == 7 + 1
 
@@ -147,10 +148,11 @@ async def test_job_silent_lease_expires_on_its_own_ttl() -> None:
     clock.advance(TTL_MS - 1)
     await job.heartbeat(JOB, "node-a")  # the node lives, but this lease is not reported
     await job.tick()
-    assert job.view().live_leases[0].lease_id == lease.lease_id
+    assert job.status().live_leases[0].lease_id == lease.lease_id
     clock.advance(1)
     await job.tick()
-    assert job.view().live_leases == [] and job.view().counters.leases_expired == 1
+    status = job.status()
+    assert status.live_leases == () and status.counters.leases_expired == 1
 
 
 async def test_job_drain_stops_new_leases_but_takes_reports() -> None:
@@ -161,7 +163,7 @@ async def test_job_drain_stops_new_leases_but_takes_reports() -> None:
     grant = await job.request_lease(JOB, "node-a", 1)
     assert grant.leases == () and grant.wait_ms == 200 and not grant.drained
     progress = await job.report_progress(JOB, "node-a", lease.lease_id, lease.end)
-    assert progress.completed and job.view().counters.samples_committed == 25
+    assert progress.completed and job.status().counters.samples_committed == 25
 
 
 async def test_job_replays_its_lease_log_and_finishes_exactly_once(tmp_path: Path) -> None:
@@ -186,12 +188,12 @@ async def test_job_replays_its_lease_log_and_finishes_exactly_once(tmp_path: Pat
     log, state = await asyncio.to_thread(LeaseLog.open, path, job_spec.log_header())
     restarted = Job(job_spec, log=log, clock=FakeClock(clock.now))
     restarted.restore(state)
-    view = restarted.view()
-    assert view.ready and view.world_size == 2
-    assert [(le.lease_id, le.cursor) for le in view.live_leases] == [
+    status = restarted.status()
+    assert status.job_ready and status.world_size == 2
+    assert [(le.lease_id, le.cursor) for le in status.live_leases] == [
         (halfway.lease_id, halfway.start + 10)
     ]
-    assert view.counters.samples_committed == 35
+    assert status.counters.samples_committed == 35
     # node-a resumes its live lease from the logged cursor; node-b's rank is remembered.
     await restarted.report_progress(JOB, "node-a", halfway.lease_id, halfway.end)
     committed[0] += job_spec.order(0).ids(halfway.start + 10, halfway.end).tolist()
