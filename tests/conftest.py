@@ -21,10 +21,12 @@ from mx8_coordinator.rpc.manifest_serving import FileManifestSource
 from mx8_coordinator.server import Coordinator
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _logging_configured() -> None:
-    """Configure structlog up front: a lazy first configure inside a capture would replace
-    the capturing processors and lose the events a test asserts on."""
+    """Configure structlog before each test: a lazy first configure inside a capture would
+    replace the capturing processors and lose the events a test asserts on, and a CLI test
+    that configured logging onto its captured stderr must not leave it bound to that stream
+    (closed once the test ends)."""
     configure_logging()
 
 
