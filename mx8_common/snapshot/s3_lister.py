@@ -7,33 +7,32 @@ with ``page_source.ordered_pages``.
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from mx8_common.errors import TransientStorageError
 from mx8_common.manifest.labels import FolderSummary
+from mx8_common.retry import Backoff
 from mx8_common.storage.s3_client import s3_errors
 
 __all__ = ["S3PageSource"]
 
 T = TypeVar("T")
 
-_LIST_ATTEMPTS = 4
+#: A listing call is tried 4 times, 100 ms doubling, full jitter.
+_LIST_BACKOFF = Backoff(base_s=0.1, attempts=4)
 
 
 async def _with_retries(call: Callable[[], Awaitable[T]], location: str) -> T:
     """Retry a listing call on throttling/transport errors, with full-jitter backoff."""
-    for attempt in range(_LIST_ATTEMPTS):
-        try:
-            with s3_errors(location):
-                return await call()
-        except TransientStorageError:
-            if attempt == _LIST_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(random.uniform(0, 0.1 * 2**attempt))
-    raise AssertionError("unreachable")
+
+    async def translated() -> T:
+        with s3_errors(location):
+            return await call()
+
+    return await _LIST_BACKOFF.run(
+        translated, retry_if=lambda exc: isinstance(exc, TransientStorageError)
+    )
 
 
 class S3PageSource:

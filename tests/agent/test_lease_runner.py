@@ -1,5 +1,6 @@
-"""``LeaseRunner`` driven in-process: a fake coordinator client object, a real hub and a real
-reader over local files, a trainer that is a task of the test's loop. No sockets."""
+"""``LeaseRunner`` driven in-process from lease to acknowledged progress: a fake coordinator
+client object, a real hub and a real reader over local files, a trainer that is a task of the
+test's loop. No sockets. (How each coordinator refusal is handled: test_lease_runner_errors.)"""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import asyncio
 from collections import deque
 from pathlib import Path
 
-import pytest
 from support.logs import Events
 from support.manifests import sample_bytes, write_local_dataset
 
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
 from mx8_agent.work.lease_runner import LeaseClient, LeaseRunner
-from mx8_common.errors import CoordinatorError
+from mx8_common.errors import LeaseNotFoundError
 from mx8_common.manifest.format import manifest_hash
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
@@ -28,7 +28,7 @@ class FakeLeaseClient:
     """The two coordinator calls a runner makes, answered from a queue of spans in memory.
 
     Commits what each report moves a lease's cursor over, exactly like the coordinator;
-    a lease named in ``expire`` is answered NOT_FOUND on its first report (it expired) and
+    a lease named in ``expire`` is refused (``LeaseNotFoundError``) on its first report and
     its uncommitted remainder is handed out again as a new lease.
     """
 
@@ -44,9 +44,7 @@ class FakeLeaseClient:
         self.lease_requests = 0
         self._seq = 0
 
-    async def request_lease(
-        self, job_id: str, node_id: str, want: int = 1
-    ) -> cpb.RequestLeaseResponse:
+    async def request_lease(self, job_id: str, node_id: str, want: int) -> cpb.RequestLeaseResponse:
         assert (job_id, node_id) == (JOB, NODE)
         self.lease_requests += 1
         leases = []
@@ -63,7 +61,7 @@ class FakeLeaseClient:
         )
 
     async def report_progress(
-        self, job_id: str, node_id: str, lease_id: str, cursor: int, *, delivered_bytes: int = 0
+        self, job_id: str, node_id: str, lease_id: str, cursor: int
     ) -> cpb.ReportProgressResponse:
         self.reports.append((lease_id, cursor))
         span = self.live.get(lease_id)
@@ -72,11 +70,8 @@ class FakeLeaseClient:
                 self.expire.discard(lease_id)
                 del self.live[lease_id]
                 self.queue.appendleft((span[1], span[2]))  # the remainder, first in line
-            raise CoordinatorError(
-                f"coordinator at fake refused ReportProgress: lease {lease_id} expired; "
-                "drop it and request a new lease",
-                address="fake",
-                code="NOT_FOUND",
+            raise LeaseNotFoundError(
+                f"lease {lease_id} expired; drop it and request a new lease", lease_id=lease_id
             )
         _start, before, end = span
         assert before <= cursor <= end, (lease_id, before, cursor, end)
@@ -169,7 +164,8 @@ async def test_lease_runner_drops_an_expired_lease_and_goes_on(
     client = FakeLeaseClient(total=120, block=40, expire=frozenset({"L1"}))
     runner, batches, _reader = await _run_to_end(tmp_path, client, 120)
     (lost,) = logs.named("lease_lost")
-    assert lost["lease_id"] == "L1" and "expired" in lost["reason"]
+    assert lost["lease_id"] == "L1" and lost["reason"] == LeaseNotFoundError.event
+    assert "expired" in lost["error"]
     assert runner.stats.leases_dropped == 1 and "L1" in runner.stats.dropped
     # L1's remainder came back as a new lease: every position is still committed once.
     assert sorted(client.committed) == list(range(120))
@@ -179,41 +175,3 @@ async def test_lease_runner_drops_an_expired_lease_and_goes_on(
     assert all(lease != "L1" for lease, _ in client.reports[first_refusal + 1 :])
     delivered = {int(i) for b in batches for i in b.sample_ids}
     assert delivered == set(range(120))
-
-
-async def test_lease_runner_retries_an_unreachable_coordinator(
-    tmp_path: Path, logs: Events
-) -> None:
-    class Flaky(FakeLeaseClient):
-        async def request_lease(
-            self, job_id: str, node_id: str, want: int = 1
-        ) -> cpb.RequestLeaseResponse:
-            if self.lease_requests < 2:
-                self.lease_requests += 1
-                raise CoordinatorError(
-                    "coordinator at fake is unreachable", address="fake", code="UNAVAILABLE"
-                )
-            return await super().request_lease(job_id, node_id, want)
-
-    client = Flaky(total=40, block=40)
-    await _run_to_end(tmp_path, client, 40)
-    assert len(logs.named("lease_request_retry")) == 2
-    assert sorted(client.committed) == list(range(40))
-
-
-async def test_lease_runner_refused_lease_request_stops_the_runner(tmp_path: Path) -> None:
-    class Refusing(FakeLeaseClient):
-        async def request_lease(
-            self, job_id: str, node_id: str, want: int = 1
-        ) -> cpb.RequestLeaseResponse:
-            raise CoordinatorError(
-                "coordinator at fake refused RequestLease: wrong job",
-                address="fake",
-                code="INVALID_ARGUMENT",
-            )
-
-    async with ObjectReader() as reader:
-        runner, _hub = _runner(tmp_path, Refusing(total=40, block=40), reader, 40)
-        with pytest.raises(CoordinatorError, match="wrong job"):
-            async with asyncio.timeout(30):
-                await runner.run()
