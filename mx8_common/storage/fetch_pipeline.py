@@ -184,12 +184,13 @@ class FetchStats(ReadStats):
 
 
 class _Slot:
-    __slots__ = ("charge", "fut", "req")
+    __slots__ = ("charge", "fut", "req", "settled")
 
     def __init__(self, req: FetchRequest, fut: asyncio.Future[bytes], charge: int) -> None:
         self.req = req
         self.fut = fut  # a read task (S3) or a future resolved by a local group read
         self.charge = charge
+        self.settled = False  # _on_read_done has run: the charge is what arrived
 
 
 class FetchPipeline:
@@ -341,6 +342,8 @@ class FetchPipeline:
                 s.fut.set_exception(res)
             else:
                 s.fut.set_result(res)
+            # The whole group arrived at once: count every sample's real size now.
+            self._on_read_done(s)
 
     async def _feed(self) -> None:
         try:
@@ -360,6 +363,11 @@ class FetchPipeline:
             self._ready.set()
 
     def _on_read_done(self, slot: _Slot) -> None:
+        # Runs from the future's callback, or earlier from _next_slot: a consumer can find
+        # the future done before its callbacks ran, and must not hand out the estimate.
+        if slot.settled:
+            return
+        slot.settled = True
         self._running -= 1
         self.stats.running = self._running
         task = slot.fut
@@ -429,6 +437,7 @@ class FetchPipeline:
             # The original error (or the consumer's cancellation) ends the pipeline.
             await self.aclose()
             raise
+        self._on_read_done(slot)
         self._slots.popleft()
         self._consumed += 1
         self._pipeline_bytes -= slot.charge

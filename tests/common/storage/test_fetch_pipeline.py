@@ -123,6 +123,25 @@ async def test_fetch_pipeline_slow_consumer_back_pressures(tmp_path: Path) -> No
     assert pipe.stats.peak_inflight_bytes <= 10_000
 
 
+@pytest.mark.parametrize("local_group", [1, 32])
+async def test_fetch_pipeline_unknown_sizes_are_settled_before_they_are_handed_out(
+    tmp_path: Path, local_group: int
+) -> None:
+    """A read can finish and be taken by the consumer before its done-callback ran: the
+    estimate it was charged must not leave the byte count short (it went negative)."""
+    reqs = [
+        r._replace(byte_length=None) for r in _local_files(tmp_path, [10 + i for i in range(300)])
+    ]
+    cfg = FetchConfig(concurrency=8, unknown_size_estimate=1000, local_group=local_group)
+    lowest = 0
+    async with ObjectReader() as reader, FetchPipeline(reader, reqs, cfg) as pipe:
+        async for batch in pipe.batches(4):
+            lowest = min(lowest, pipe.stats.inflight_bytes)
+            # What the consumer holds is what arrived, never an estimate.
+            assert pipe.stats.inflight_bytes >= batch.nbytes
+    assert lowest == 0 and pipe.stats.samples == 300
+
+
 async def test_fetch_pipeline_oversized_sample_goes_alone(tmp_path: Path) -> None:
     sizes = [500, 5_000, 500, 500, 7_000, 500]
     reqs = _local_files(tmp_path, sizes)
