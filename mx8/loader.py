@@ -20,6 +20,7 @@ from typing import Any
 
 from mx8._config import TrainerConfig, resolve_rank
 from mx8._engine import EmbeddedEngine
+from mx8._loader_protocol import Mx8Loader
 from mx8._state import EpochCursor, LoaderShape, build_state, resume_cursor
 from mx8._stats import LoaderStats
 from mx8.batch import Batch
@@ -288,11 +289,12 @@ def load(
     drop_last: bool = False,
     fetch_concurrency: int | None = None,
     world_wait_timeout_s: float | None = None,
-) -> Any:
+) -> Mx8Loader:
     """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
 
-    Embedded (in-process) unless ``agent`` or ``MX8_AGENT_URL`` names a local mx8d-agent,
-    in which case the agent serves the coordinator's job. Rank and world size come from
+    Embedded (in-process, a ``Loader``) unless ``agent`` or ``MX8_AGENT_URL`` names a local
+    mx8d-agent, in which case the agent serves the coordinator's job; either way the result
+    is an ``mx8.Mx8Loader``. Rank and world size come from
     ``rank``/``world_size`` or torchrun's ``RANK``/``WORLD_SIZE`` in both modes; ``shuffle``
     and ``seed`` default to off/0 embedded and to the job's (``--shuffle``/``--seed``)
     distributed, where a value other than the job's is a ``ContractError``. In the
