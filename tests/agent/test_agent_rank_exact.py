@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.agent import sample_bytes, write_local_dataset
+from support.manifests import sample_bytes, write_local_dataset
 
 import mx8
 from mx8_common.errors import ContractError, JobNotReadyError

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.agent import DaemonProcess, assert_eventually
+from support.agent import DaemonProcess
+from support.eventually import assert_eventually
 
 import mx8
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -217,7 +218,7 @@ async def test_rank_exact_hard_kill_resumes_from_checkpoint_then_elastic_at_two_
     first = [
         _trainer(job, r, 4, {"checkpoint_step": k, "hang_after_step": h}, "a") for r in range(4)
     ]
-    await assert_eventually(lambda: _ranks_acked(job.address, h, 4), timeout_s=60)
+    await assert_eventually(lambda: _ranks_acked(job.address, h, 4), timeout_s=60, interval_s=0.2)
     for proc in first:
         _kill_group(proc)
     states = [json.loads((job.out / f"state-{r}.json").read_text()) for r in range(4)]
