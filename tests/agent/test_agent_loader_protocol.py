@@ -10,6 +10,7 @@ from support.manifests import write_local_dataset
 
 import mx8
 from mx8._distributed import DistributedLoader
+from mx8._dynamic import DynamicLoader
 
 
 async def test_load_returns_an_mx8_loader_embedded_and_distributed(
@@ -24,16 +25,18 @@ async def test_load_returns_an_mx8_loader_embedded_and_distributed(
         assert isinstance(embedded, mx8.Mx8Loader)
         assert embedded.total_samples == 6 and len(embedded) == 2
 
-    coordinator = await start_coordinator(write_local_dataset(tmp_path / "served", 20))
-    agent = await start_agent(coordinator.address)
-    # The distributed loader asks the agent (served by this loop) at construction: a thread.
-    with await asyncio.to_thread(mx8.load, str(folder), agent=agent.url) as distributed:
-        assert isinstance(distributed, DistributedLoader)
-        assert isinstance(distributed, mx8.Mx8Loader)
-        assert distributed.total_samples == 20
-        assert coordinator.job is not None
-        assert distributed.manifest_hash == coordinator.job.spec.manifest_hash
-        assert distributed.stats().batches == 0
+    manifest = write_local_dataset(tmp_path / "served", 20)
+    for mode, cls in (("rank-exact", DistributedLoader), ("dynamic", DynamicLoader)):
+        coordinator = await start_coordinator(manifest, mode=mode)
+        agent = await start_agent(coordinator.address)
+        # The distributed loader asks the agent (served by this loop) at construction: a thread.
+        with await asyncio.to_thread(mx8.load, str(folder), agent=agent.url) as distributed:
+            assert isinstance(distributed, cls)
+            assert isinstance(distributed, mx8.Mx8Loader)
+            assert distributed.total_samples == 20
+            assert coordinator.job is not None
+            assert distributed.manifest_hash == coordinator.job.spec.manifest_hash
+            assert distributed.stats().batches == 0
 
 
 def test_mx8_loader_protocol_rejects_an_iterable_without_the_loader_api() -> None:
