@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from mx8_common.errors import (
 )
 from mx8_coordinator.state.job import Job, JobSpec
 from mx8_coordinator.state.lease_log import LeaseLog
+from mx8_coordinator.state.ranks import RankReport
 
 JOB = "job-1"
 TTL_MS = 1_000
@@ -36,6 +38,7 @@ def spec(*, total: int = 100, block: int = 25, epochs: int = 1, freeze: int = 1)
         lease_ttl_ms=TTL_MS,
         heartbeat_interval_ms=200,
         freeze_size=freeze,
+        mode="dynamic",  # these are the leases' tests; rank-exact jobs take none
     )
 
 
@@ -203,3 +206,18 @@ async def test_job_replays_its_lease_log_and_finishes_exactly_once(tmp_path: Pat
     assert restarted.drained
     for epoch in (0, 1):
         assert sorted(committed[epoch]) == list(range(100)), f"epoch {epoch}"
+
+
+async def test_job_in_rank_exact_mode_refuses_leases_and_drains_from_rank_reports() -> None:
+    job = Job(replace(spec(), mode="rank-exact"))
+    await job.register(JOB, "a")
+    with pytest.raises(JobStateError, match="rank-exact mode"):
+        await job.request_lease(JOB, "a", 1)
+    assert not job.drained
+    report = RankReport(
+        rank=0, instance_id="i0", world_id="w", world_size=1, epoch=0, step=3, finished=True
+    )
+    assert job.ranks.report([report])
+    status = job.status()
+    assert job.drained and status.job_drained and status.mode == "rank-exact"
+    assert [(r.rank, r.step, r.finished) for r in status.ranks] == [(0, 3, True)]
