@@ -220,3 +220,27 @@ def test_image_folder_loader_in_torch_workers_yields_every_image_once(
 def test_mx8_vision_is_the_module() -> None:
     assert mx8.vision.ImageFolderLoader is ImageFolderLoader
     assert issubclass(ImageFolderLoader, mx8.DataLoader)
+
+
+def test_image_folder_loader_persistent_workers_yield_every_epoch_in_full(
+    tmp_path: Path, store_root: str
+) -> None:
+    root = tmp_path / "images"
+    n = make_image_folder(root)
+    loader = ImageFolderLoader(str(root), resize=(8, 8), batch_size=4, shuffle=True, seed=2)
+    dl = torch.utils.data.DataLoader(
+        loader, batch_size=None, num_workers=2, persistent_workers=True, timeout=60
+    )
+    epochs = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        epochs.append(torch.cat([labels for _, labels in dl]).tolist())
+    assert [len(e) for e in epochs] == [n, n, n]
+    for epoch, labels in enumerate(epochs):
+        assert Counter(labels) == {i: n // 3 for i in range(3)}
+        single = ImageFolderLoader(
+            str(root), resize=(8, 8), batch_size=4, shuffle=True, seed=2, epoch=epoch
+        )
+        assert labels == torch.cat([lab for _, lab in single]).tolist()
+        single.close()
+    loader.close()
