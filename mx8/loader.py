@@ -195,6 +195,7 @@ class Loader:
                 batch_step=num_workers,
                 fetch=self._fetch,
                 prefetch_batches=self._prefetch,
+                listed_at=self.snapshot.listed_at,
             )
             self._engine = engine
         indices = range(start_batch, shard.batches, num_workers)

@@ -4,7 +4,8 @@
 
 - ``@sha256:<hash>``: uses exactly that stored snapshot (``SnapshotNotFoundError`` if absent);
 - plain: reuses the snapshot the store's intent pointer names for this link and options,
-  indexing only when there is none;
+  indexing only when there is none (a reuse is announced once per process, with its age:
+  ``snapshot.notice``);
 - ``@refresh``: indexes again now.
 
 Indexing runs under the single-writer lock (``snapshot_lock``): one resolver per link
@@ -44,6 +45,7 @@ from mx8_common.obs.events import emit
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
+from mx8_common.snapshot.notice import announce_reuse
 from mx8_common.snapshot.s3_lister import PageSource, S3PageSource, ordered_pages
 from mx8_common.storage.s3_client import S3Settings, open_s3_client
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
@@ -157,6 +159,10 @@ class ResolvedSnapshot:
     #: repr: asyncio.run's SIGINT restore reprs the main task, result included (Python 3.11
     #: ``signal.getsignal`` -> enum lookup error text), which cost ~50 ms per 8 MB manifest.
     manifest_data: bytes | None = dataclasses.field(default=None, repr=False)
+    #: When the dataset was last listed into this manifest (Unix seconds, the storage's
+    #: clock; None for snapshots stored before mx8 kept it). Readers refuse objects
+    #: modified after it (``object_changed_since_snapshot``).
+    listed_at: float | None = None
 
 
 def intent_key(link: DatasetLink, config: SnapshotResolverConfig) -> str:
@@ -175,6 +181,7 @@ async def _describe(
     data = (
         await store.read_manifest_bytes(manifest_hash) if cfg.materialize_manifest_bytes else None
     )
+    meta = await store.get_meta(manifest_hash)
     return ResolvedSnapshot(
         link=link,
         manifest_hash=manifest_hash,
@@ -184,6 +191,7 @@ async def _describe(
         store_path=store.manifest_location(manifest_hash),
         indexed=False,
         manifest_data=data,
+        listed_at=meta.listed_at if meta is not None else None,
     )
 
 
@@ -351,6 +359,7 @@ async def _index(
     link = parsed.display()
     tracker = tracker if tracker is not None else _IndexTracker()
     t0 = time.monotonic()
+    started_at = time.time()  # before the first listing call: a conservative listing time
     async with contextlib.AsyncExitStack() as stack:
         source = page_source
         if source is None and parsed.scheme == "s3":
@@ -387,8 +396,13 @@ async def _index(
                 link=link,
             )
         written = await asyncio.to_thread(writer.finish)
+        # S3's own clock when it answers with one (the server compares object times to it);
+        # this host's for folders, where the files' mtimes come from the same clock.
+        listed_at = (
+            getattr(source, "listed_at", None) if isinstance(source, S3PageSource) else started_at
+        )
         try:
-            data = await _store_written(store, written, classes, cfg)
+            data = await _store_written(store, written, classes, cfg, listed_at)
         finally:
             await asyncio.to_thread(written.path.unlink, True)
     if key is not None:
@@ -417,6 +431,7 @@ async def _index(
         store_path=store.manifest_location(written.manifest_hash),
         indexed=True,
         manifest_data=data,
+        listed_at=listed_at,
     )
 
 
@@ -451,13 +466,15 @@ async def _store_written(
     written: WrittenManifest,
     classes: ClassIndex | None,
     cfg: SnapshotResolverConfig,
+    listed_at: float | None,
 ) -> bytes | None:
     data = None
     if cfg.materialize_manifest_bytes:
         data = await asyncio.to_thread(_read_verified, written.path, written.manifest_hash)
     await store.put_manifest_file(written.path, written.manifest_hash)
     await store.put_meta(
-        written.manifest_hash, ManifestMeta(written.samples, written.manifest_bytes)
+        written.manifest_hash,
+        ManifestMeta(written.samples, written.manifest_bytes, listed_at),
     )
     if classes is not None:
         await store.put_labels(written.manifest_hash, classes.names)
@@ -499,7 +516,10 @@ async def resolve_snapshot(
         key = intent_key(parsed, cfg)
         start = await store.read_intent_record(key)
         if parsed.mode == "plain" and start is not None and await store.has(start.manifest_hash):
-            return await _describe(store, link, start.manifest_hash, cfg)
+            reused = await _describe(store, link, start.manifest_hash, cfg)
+            indexed_at = reused.listed_at or start.written_at_ms / 1000
+            announce_reuse(parsed, key, reused.manifest_hash, reused.samples, indexed_at)
+            return reused
         start_token = start.token if start is not None else None
         active: ManifestStore = store
 
