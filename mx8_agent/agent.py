@@ -41,7 +41,7 @@ from mx8_agent.serve.trainer_hub import TrainerHub
 from mx8_agent.work.lease_runner import LeaseRunner
 from mx8_common.errors import ConfigError, CoordinatorError, ManifestChangedError, Mx8Error
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.proto import agent_pb2
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
@@ -109,6 +109,7 @@ class Agent:
         self.address: str | None = None
         self.metrics_port: int | None = None
         self._rng = random.Random()
+        self._retry_log = Throttled()  # retry lines: one per event every few seconds
 
     # -- views --------------------------------------------------------------------------
 
@@ -349,7 +350,7 @@ class Agent:
         try:
             await self.runner.run()
         except Mx8Error as exc:
-            emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
+            emit(_COMPONENT, exc.event, level="error", error=str(exc), node_id=self.config.node_id)
             # Tell the trainers why before going away.
             self.hub.fail(exc)
             await self._wait_trainers_gone()
@@ -387,7 +388,9 @@ class Agent:
                         address=cfg.coordinator,
                         code=exc.code,
                     ) from exc
-                emit(_COMPONENT, "register_retry", delay_s=round(delay, 3), error=str(exc))
+                self._retry_log.emit(
+                    _COMPONENT, "register_retry", delay_s=round(delay, 3), error=exc
+                )
                 await asyncio.sleep(self._rng.uniform(delay / 2, delay))
                 delay = min(delay * 2, 2.0)
         self._registration = reg
@@ -418,7 +421,7 @@ class Agent:
                 )
             except CoordinatorError as exc:
                 # A missed heartbeat is not fatal: the lease TTL is several intervals long.
-                emit(_COMPONENT, "heartbeat_failed", code=exc.code, error=str(exc))
+                self._retry_log.emit(_COMPONENT, "heartbeat_failed", code=exc.code, error=exc)
                 if exc.code == "FAILED_PRECONDITION":
                     # A coordinator restarted without its lease log no longer knows us;
                     # registering again is idempotent when it does.

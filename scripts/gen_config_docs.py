@@ -62,8 +62,16 @@ _OTHER_VARS = (
         "`mx8.load`, `mx8.DataLoader`",
         "a local `mx8d-agent` (`unix:///run/mx8/agent.sock`) to take the job from; unset: embedded",
     ),
-    ("`MX8_LOG_FORMAT`", "every daemon", "`json` for JSON lines on stderr, else console"),
-    ("`MX8_LOG_LEVEL`", "every daemon", "`debug`, `info` (default), `warning`, `error`"),
+    (
+        "`MX8_LOG_FORMAT`",
+        "every daemon and trainer",
+        "`json` for JSON lines on stderr, else console",
+    ),
+    (
+        "`MX8_LOG_LEVEL`",
+        "every daemon and trainer",
+        "`debug`, `info` (default), `warning`, `error`",
+    ),
     (
         "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, `AWS_REGION`, "
         "`AWS_ENDPOINT_URL`",

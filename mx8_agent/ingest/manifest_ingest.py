@@ -45,7 +45,7 @@ from mx8_common.errors import (
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.manifest.hashing import copy_hashed
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 
 T = TypeVar("T")
@@ -256,6 +256,7 @@ async def ingest_manifest(
 ) -> IngestResult:
     """Ingest the job's manifest, retrying transient failures; raise on anything else."""
     rng = rng or random.Random()
+    retry_log = Throttled()
     started = time.perf_counter()
     for attempt in range(1, settings.attempts + 1):
         try:
@@ -264,18 +265,19 @@ async def ingest_manifest(
             if is_transient(exc) and attempt < settings.attempts:
                 cap = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
                 delay = rng.uniform(0, cap)
-                emit(
+                retry_log.emit(
                     _COMPONENT,
                     "manifest_ingest_retry",
                     attempt=attempt,
                     delay_s=round(delay, 3),
-                    error=str(exc),
+                    error=exc,
                 )
                 await asyncio.sleep(delay)
                 continue
             emit(
                 _COMPONENT,
                 exc.event,
+                level="error",
                 error=str(exc),
                 manifest_hash=settings.manifest_hash,
                 mode=settings.mode,

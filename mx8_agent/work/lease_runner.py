@@ -31,7 +31,7 @@ from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
 from mx8_agent.work.ack_tracker import AckTracker, LeaseRef
 from mx8_common.errors import CoordinatorError
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.sample_order import EpochOrder, JobOrder
 from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
@@ -88,6 +88,7 @@ class LeaseRunner:
         self._leases_ahead = leases_ahead
         self._interval_s = progress_interval_s
         self._retry_wait_s = retry_wait_s
+        self._retry_log = Throttled()  # retry lines: one per event every few seconds
         self.tracker = AckTracker()
         self.stats = RunnerStats()
         self.pipeline: FetchPipeline | None = None
@@ -154,7 +155,7 @@ class LeaseRunner:
             except CoordinatorError as exc:
                 if exc.code not in _RETRY_CODES:
                     raise
-                emit(_COMPONENT, "lease_request_retry", code=exc.code, error=str(exc))
+                self._retry_log.emit(_COMPONENT, "lease_request_retry", code=exc.code, error=exc)
                 await asyncio.sleep(self._retry_wait_s)
                 continue
             for le in resp.leases:
@@ -297,7 +298,9 @@ class LeaseRunner:
                     self._drop(lease_id, str(exc))
                     continue
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                    emit(_COMPONENT, "progress_report_failed", lease_id=lease_id, error=str(exc))
+                    self._retry_log.emit(
+                        _COMPONENT, "progress_report_failed", lease_id=lease_id, error=exc
+                    )
                     return  # try again next interval
                 raise
             self.tracker.mark_reported(lease_id, cursor)
