@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from mx8._agent_client import AgentStreamClient
+from mx8._stats import LoaderStats
 from mx8.batch import Batch
-from mx8.loader import LoaderStats
 from mx8_common.errors import ConfigError
 
 __all__ = ["DistributedLoader"]

@@ -1,7 +1,8 @@
 """Entry point of ``mx8``: the operator CLI.
 
 ``mx8 status --coordinator ADDR [--json]`` shows a job as the coordinator sees it (the
-same dict as the status page's ``/api/status``); ``mx8 health ADDR`` (gRPC health) or
+``JobStatus`` its ``GetJobSnapshot`` reply carries; ``--json`` prints the same dict as the
+status page's ``/api/status``); ``mx8 health ADDR`` (gRPC health) or
 ``mx8 health --http URL`` is a probe for containers and scripts: exit 0 when healthy.
 TLS and the bearer token come from ``MX8_TLS_CA`` / ``MX8_TLS_CERT`` / ``MX8_TLS_KEY`` and
 ``MX8_AUTH_TOKEN``, like every mx8 client. Exit codes: 0 fine, 1 unhealthy, 2 error.
@@ -16,7 +17,10 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mx8_common.rpc.job_status import JobStatus
 
 __all__ = ["build_parser", "main", "print_status"]
 
@@ -48,19 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 # -- status ------------------------------------------------------------------------------
 
 
-async def _fetch_status(address: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+async def _fetch_status(address: str, job_id: str, timeout_s: float) -> JobStatus:
     from mx8_common.rpc.coordinator_client import CoordinatorClient
-    from mx8_coordinator.web.status_page import status_from_snapshot
+    from mx8_common.rpc.job_status_proto import job_status_from_proto
 
     async with CoordinatorClient(address, timeout_s=timeout_s) as client:
-        return status_from_snapshot(await client.get_job_snapshot(job_id))
+        return job_status_from_proto(await client.get_job_snapshot(job_id))
 
 
-def print_status(status: dict[str, Any], *, file: Any = None) -> None:
-    """Draw a status dict as rich tables."""
+def print_status(job: JobStatus, *, file: Any = None) -> None:
+    """Draw a job's status as rich tables."""
     from rich.console import Console
     from rich.table import Table
 
+    status = job.to_dict()
     out = file or sys.stdout
     # A pipe or a file gets a fixed width, so long hashes are not wrapped into pieces.
     console = Console(file=out, width=None if out.isatty() else 120)
@@ -119,7 +124,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"mx8 status: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(status, indent=1))
+        print(json.dumps(status.to_dict(), indent=1))
     else:
         print_status(status)
     return 0

@@ -16,11 +16,11 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from mx8._engine import EmbeddedEngine
 from mx8._shard import Shard
+from mx8._stats import LoaderStats
 from mx8.batch import Batch
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
@@ -32,21 +32,6 @@ __all__ = ["Loader", "LoaderStats", "load"]
 
 _STATE_VERSION = 1
 DEFAULT_BLOCK_SIZE = 65536
-
-
-@dataclass(frozen=True)
-class LoaderStats:
-    """What a loader has moved so far."""
-
-    bytes: int
-    samples: int
-    batches: int
-    seconds: float
-    retries: int
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
 def _env_int(name: str) -> int | None:

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mx8_common.errors import ConfigError
 from mx8_common.obs.events import emit
+from mx8_common.rpc.job_status import JobStatus
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
 from mx8_common.rpc.security import BearerTokenInterceptor, server_credentials, warn_if_exposed
@@ -36,12 +37,18 @@ from mx8_coordinator.state.job import Job, JobSpec
 from mx8_coordinator.state.lease_log import LeaseLog, lease_log_path, read_log_manifest_hash
 from mx8_coordinator.state.node_registry import monotonic_ms
 from mx8_coordinator.web.metrics import CoordinatorMetrics
-from mx8_coordinator.web.status_page import resolving_status, status_from_view
 
 __all__ = ["SERVICE_NAME", "Coordinator"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 _COMPONENT = "coordinator"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Coordinator:
@@ -63,7 +70,7 @@ class Coordinator:
         self._given_source = source
         self._clock = clock
         self._grace = shutdown_grace_s
-        self.metrics = CoordinatorMetrics()
+        self.metrics = CoordinatorMetrics(self._status_from_thread)
         self._servicer = CoordinatorServicer(
             metrics=self.metrics, max_message_bytes=config.max_message_bytes
         )
@@ -160,28 +167,30 @@ class Coordinator:
         metrics_at = self.config.metrics_host_port
         if metrics_at is not None:
             try:
-                self.metrics_port = self.metrics.serve(*metrics_at, status=self._status_from_thread)
+                self.metrics_port = self.metrics.serve(*metrics_at)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {self.config.metrics}: {exc}; pick another "
                     "--metrics port"
                 ) from exc
 
-    def status(self) -> dict[str, Any]:
-        """The ``/api/status`` dict (call on the event loop)."""
+    def status(self) -> JobStatus:
+        """The job's status, as the page, ``/api/status`` and metrics show it (on the loop)."""
         if self.job is None:
-            return resolving_status(self.config.job_id, self.config.dataset)
-        return status_from_view(self.job.view())
+            return JobStatus.before_job(self.config.job_id, self.config.dataset)
+        return self.job.status()
 
-    def _status_from_thread(self) -> dict[str, Any]:
+    def _status_from_thread(self) -> JobStatus:
         # The HTTP server's threads must not read the job while the loop changes it:
-        # build the dict on the loop and wait for it (bounded, so a stuck loop gives 503).
-        assert self._loop is not None
+        # build the status on the loop and wait for it (bounded, so a stuck loop gives 503).
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            return self.status()  # not started, or already on the loop
 
-        async def build() -> dict[str, Any]:
+        async def build() -> JobStatus:
             return self.status()
 
-        return asyncio.run_coroutine_threadsafe(build(), self._loop).result(timeout=5)
+        return asyncio.run_coroutine_threadsafe(build(), loop).result(timeout=5)
 
     async def _set_health(self, status: Any) -> None:
         await self._health.set("", status)
@@ -263,10 +272,10 @@ class Coordinator:
         )
         if cfg.state_dir is None:
             emit(_COMPONENT, "lease_log_disabled", reason="no --state-dir")
-            return Job(spec, metrics=self.metrics, clock=self._clock)
+            return Job(spec, clock=self._clock)
         path = lease_log_path(cfg.state_dir, cfg.job_id)
         self._log, state = await asyncio.to_thread(LeaseLog.open, path, spec.log_header())
-        job = Job(spec, log=self._log, metrics=self.metrics, clock=self._clock)
+        job = Job(spec, log=self._log, clock=self._clock)
         if not state.empty:
             job.restore(state)
         return job

@@ -1,2 +1,2 @@
-"""gRPC shared by the daemons and clients: the generated mx8.v1 code, channel security and
-the coordinator client."""
+"""gRPC shared by the daemons and clients: the generated mx8.v1 code, channel security, the
+coordinator client, and ``JobStatus`` (the job's status, plain) with its proto conversion."""

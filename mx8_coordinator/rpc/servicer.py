@@ -24,6 +24,7 @@ from mx8_common.errors import (
     SnapshotNotFoundError,
 )
 from mx8_common.manifest.format import SCHEMA_VERSION
+from mx8_common.rpc.job_status_proto import job_status_to_proto, lease_to_proto
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
 from mx8_coordinator.rpc.manifest_serving import (
@@ -102,15 +103,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self.source: ManifestSource | None = None
 
     def _lease_pb(self, job: Job, lease: Lease) -> pb.Lease:
-        return pb.Lease(
-            lease_id=lease.lease_id,
-            node_id=lease.node_id,
-            range=pb.WorkRange(
-                start_id=lease.start, end_id=lease.end, epoch=lease.epoch, seed=job.spec.seed
-            ),
-            cursor=lease.cursor,
-            expires_unix_ms=job.unix_ms(lease.expires_ms),
-        )
+        return lease_to_proto(job.lease_status(lease))
 
     @_unary
     async def RegisterNode(
@@ -232,43 +225,4 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self, request: pb.GetJobSnapshotRequest, job: Job, context: Any
     ) -> pb.JobSnapshot:
         job.check_job(request.job_id)
-        v = job.view()
-        c = v.counters
-        return pb.JobSnapshot(
-            job_id=v.spec.job_id,
-            dataset_link=v.spec.dataset_link,
-            manifest_hash=v.spec.manifest_hash,
-            total_samples=v.spec.total_samples,
-            world_size=v.world_size,
-            epochs=v.spec.epochs,
-            job_ready=v.ready,
-            job_drained=v.drained,
-            nodes=[
-                pb.NodeInfo(
-                    node_id=n.node_id,
-                    rank=n.rank or 0,
-                    alive=n.alive,
-                    last_heartbeat_unix_ms=v.unix_ms(n.last_seen_ms),
-                    samples_committed=v.samples_by_node.get(n.node_id, 0),
-                    hostname=n.hostname,
-                    stats=pb.NodeStats(**n.stats),
-                )
-                for n in v.nodes
-            ],
-            live_leases=[self._lease_pb(job, le) for le in v.live_leases],
-            progress=[
-                pb.EpochProgress(
-                    epoch=e, committed_samples=done, total_samples=v.spec.total_samples
-                )
-                for e, done in enumerate(v.committed_by_epoch)
-            ],
-            counters=pb.Counters(
-                leases_issued=c.leases_issued,
-                leases_expired=c.leases_expired,
-                leases_requeued=c.leases_requeued,
-                leases_completed=c.leases_completed,
-                samples_committed=c.samples_committed,
-            ),
-            started_unix_ms=v.started_unix_ms,
-            samples_per_second=v.samples_per_second,
-        )
+        return job_status_to_proto(job.status())

@@ -9,19 +9,26 @@ before the first ``await``, log lines are written in the order the state changed
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from mx8_common.errors import JobStateError, RequestError
 from mx8_common.obs.events import emit
+from mx8_common.rpc.job_status import JobCounters, JobStatus, LeaseStatus, NodeStatus
 from mx8_common.sample_order import JobOrder
 from mx8_coordinator.state.lease_log import LeaseLog, LeaseLogHeader, LeaseLogState
+from mx8_coordinator.state.lease_records import (
+    DealRecord,
+    ExpireRecord,
+    IssueRecord,
+    LeaseRecord,
+    ProgressRecord,
+    RankRecord,
+)
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
-from mx8_coordinator.state.node_registry import NodeRegistry, NodeState, Registration, monotonic_ms
-from mx8_coordinator.web.metrics import CoordinatorMetrics
+from mx8_coordinator.state.node_registry import NodeRegistry, Registration, monotonic_ms
 
-__all__ = ["Counters", "HeartbeatResult", "Job", "JobSpec", "JobView", "lease_seq"]
+__all__ = ["HeartbeatResult", "Job", "JobSpec", "lease_seq"]
 
 _COMPONENT = "coordinator"
 
@@ -55,38 +62,11 @@ class JobSpec(JobOrder):
         )
 
 
-@dataclass
-class Counters:
-    leases_issued: int = 0
-    leases_expired: int = 0
-    leases_requeued: int = 0
-    leases_completed: int = 0
-    samples_committed: int = 0
-
-
 @dataclass(frozen=True)
 class HeartbeatResult:
     job_ready: bool
     job_drained: bool
     world_size: int
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A consistent copy of the job's state for ``GetJobSnapshot``."""
-
-    spec: JobSpec
-    world_size: int
-    ready: bool
-    drained: bool
-    nodes: list[NodeState]
-    samples_by_node: dict[str, int]
-    live_leases: list[Lease]
-    committed_by_epoch: list[int]
-    counters: Counters
-    started_unix_ms: int
-    samples_per_second: float
-    unix_ms: Callable[[int], int] = field(repr=False)
 
 
 class Job:
@@ -97,12 +77,10 @@ class Job:
         spec: JobSpec,
         *,
         log: LeaseLog | None = None,
-        metrics: CoordinatorMetrics | None = None,
         clock: Callable[[], int] = monotonic_ms,
     ) -> None:
         self.spec = spec
         self._log = log
-        self._metrics = metrics
         self._clock = clock
         self.registry = NodeRegistry(
             freeze_size=spec.freeze_size, node_ttl_ms=spec.lease_ttl_ms, clock=clock
@@ -115,7 +93,7 @@ class Job:
             clock=clock,
             max_wait_ms=spec.heartbeat_interval_ms,
         )
-        self.counters = Counters()
+        self.counters = JobCounters()
         self._samples_by_node: dict[str, int] = {}
         self._draining = False
         self._drained_announced = False
@@ -126,8 +104,12 @@ class Job:
     # -- helpers ---------------------------------------------------------------------
 
     def unix_ms(self, mono_ms: int) -> int:
-        """Wall-clock milliseconds of a time on the job's (monotonic) clock."""
-        return int(time.time() * 1000) + (mono_ms - self._clock())
+        """Wall-clock milliseconds of a time on the job's (monotonic) clock.
+
+        Anchored at the job's start, so one moment always maps to the same wall time
+        (reading both clocks on every call made two statuses differ by a millisecond).
+        """
+        return self._started_unix_ms + (mono_ms - self._started_mono)
 
     def _check_ids(self, job_id: str, node_id: str | None) -> None:
         if not job_id:
@@ -149,7 +131,7 @@ class Job:
         if job_id:
             self._check_ids(job_id, None)
 
-    async def _append(self, records: list[dict[str, Any]]) -> None:
+    async def _append(self, records: Sequence[LeaseRecord]) -> None:
         if self._log is not None and records:
             await self._log.append(records)
 
@@ -192,7 +174,7 @@ class Job:
     async def register(self, job_id: str, node_id: str, hostname: str = "") -> Registration:
         self._check_ids(job_id, node_id)
         reg = self.registry.register(node_id, hostname)
-        await self._append([{"ev": "rank", "node": n, "rank": r} for n, r in reg.assigned])
+        await self._append([RankRecord(node_id=n, rank=r) for n, r in reg.assigned])
         emit(
             _COMPONENT,
             "node_registered",
@@ -202,7 +184,6 @@ class Job:
             world_size=reg.world_size,
             job_ready=reg.ready,
         )
-        self._update_live_gauge()
         return reg
 
     async def heartbeat(
@@ -210,7 +191,6 @@ class Job:
     ) -> HeartbeatResult:
         self._check_ids(job_id, node_id)
         self.registry.heartbeat(node_id, stats)
-        self._update_live_gauge()
         return HeartbeatResult(self.registry.ready, self.drained, self.registry.world_size)
 
     async def request_lease(self, job_id: str, node_id: str, want: int) -> Grant:
@@ -232,17 +212,16 @@ class Job:
                 departed_ranks=self.registry.departed_ranks(),
                 want=want,
             )
-        records += [{"ev": "deal", "epoch": d.epoch, "world": d.world_size} for d in grant.dealt]
+        records += [DealRecord(epoch=d.epoch, world_size=d.world_size) for d in grant.dealt]
         records += [
-            {
-                "ev": "issue",
-                "lease": le.lease_id,
-                "seq": lease_seq(le.lease_id),
-                "node": le.node_id,
-                "epoch": le.epoch,
-                "start": le.start,
-                "end": le.end,
-            }
+            IssueRecord(
+                lease_id=le.lease_id,
+                seq=lease_seq(le.lease_id),
+                node_id=le.node_id,
+                epoch=le.epoch,
+                start=le.start,
+                end=le.end,
+            )
             for le in grant.leases
         ]
         await self._append(records)
@@ -259,8 +238,6 @@ class Job:
                 end=le.end,
             )
         self.counters.leases_issued += len(grant.leases)
-        if self._metrics is not None:
-            self._metrics.leases_issued.inc(len(grant.leases))
         self._announce_drained()
         return grant
 
@@ -276,17 +253,13 @@ class Job:
         progress = self.scheduler.report(node_id, lease_id, cursor)
         advanced = progress.committed_to - progress.committed_from
         if advanced:
-            await self._append([{"ev": "progress", "lease": lease_id, "cursor": cursor}])
+            await self._append([ProgressRecord(lease_id=lease_id, cursor=cursor)])
             self._samples_by_node[node_id] = self._samples_by_node.get(node_id, 0) + advanced
             self.counters.samples_committed += advanced
             self._committed_here += advanced
-            if self._metrics is not None:
-                self._metrics.samples_committed.inc(advanced)
         le = progress.lease
         if progress.completed and advanced:
             self.counters.leases_completed += 1
-            if self._metrics is not None:
-                self._metrics.leases_completed.inc()
             emit(
                 _COMPONENT,
                 "lease_completed",
@@ -312,18 +285,16 @@ class Job:
         """Depart silent nodes and expire overdue leases (the server calls this often)."""
         await self._append(self._collect_expiries())
 
-    def _collect_expiries(self) -> list[dict[str, Any]]:
+    def _collect_expiries(self) -> list[LeaseRecord]:
         expiries: list[Expiry] = []
         for node in self.registry.expire_silent():
             emit(_COMPONENT, "node_departed", node_id=node.node_id, rank=node.rank)
             expiries += self.scheduler.expire_node(node.node_id)
         expiries += self.scheduler.expire_due()
-        if expiries:
-            self._update_live_gauge()
-        records: list[dict[str, Any]] = []
+        records: list[LeaseRecord] = []
         for ex in expiries:
             le = ex.lease
-            records.append({"ev": "expire", "lease": le.lease_id})
+            records.append(ExpireRecord(lease_id=le.lease_id))
             emit(
                 _COMPONENT,
                 "lease_expired",
@@ -335,8 +306,6 @@ class Job:
                 cursor=le.cursor,
             )
             self.counters.leases_expired += 1
-            if self._metrics is not None:
-                self._metrics.leases_expired.inc()
             if ex.requeued is not None:
                 emit(
                     _COMPONENT,
@@ -347,8 +316,6 @@ class Job:
                     end=ex.requeued.end,
                 )
                 self.counters.leases_requeued += 1
-                if self._metrics is not None:
-                    self._metrics.leases_requeued.inc()
         return records
 
     def _announce_drained(self) -> None:
@@ -362,25 +329,52 @@ class Job:
                 samples_committed=self.counters.samples_committed,
             )
 
-    def _update_live_gauge(self) -> None:
-        if self._metrics is not None:
-            self._metrics.nodes_live.set(self.registry.live_count())
-
     # -- views -----------------------------------------------------------------------
 
-    def view(self) -> JobView:
+    def lease_status(self, lease: Lease) -> LeaseStatus:
+        """``lease`` as clients see it: wall-clock expiry, the job's seed."""
+        return LeaseStatus(
+            lease_id=lease.lease_id,
+            node_id=lease.node_id,
+            epoch=lease.epoch,
+            start=lease.start,
+            end=lease.end,
+            cursor=lease.cursor,
+            expires_unix_ms=self.unix_ms(lease.expires_ms),
+            seed=self.spec.seed,
+        )
+
+    def status(self) -> JobStatus:
+        """A consistent copy of the job's state: ``GetJobSnapshot``, the status page, metrics."""
+        spec = self.spec
         elapsed_s = max(1e-3, (self._clock() - self._started_mono) / 1000)
-        return JobView(
-            spec=self.spec,
+        nodes = tuple(
+            NodeStatus(
+                node_id=n.node_id,
+                hostname=n.hostname,
+                rank=n.rank,
+                alive=n.alive,
+                last_heartbeat_unix_ms=self.unix_ms(n.last_seen_ms),
+                samples_committed=self._samples_by_node.get(n.node_id, 0),
+                samples_delivered=n.stats.get("samples_delivered", 0),
+                bytes_fetched=n.stats.get("bytes_fetched", 0),
+                inflight_bytes=n.stats.get("inflight_bytes", 0),
+            )
+            for n in self.registry.nodes()
+        )
+        return JobStatus(
+            job_id=spec.job_id,
+            dataset_link=spec.dataset_link,
+            manifest_hash=spec.manifest_hash,
+            total_samples=spec.total_samples,
+            epochs=spec.epochs,
             world_size=self.registry.world_size,
-            ready=self.registry.ready,
-            drained=self.drained,
-            nodes=[replace(n) for n in self.registry.nodes()],
-            samples_by_node=dict(self._samples_by_node),
-            live_leases=self.scheduler.live_leases(),
-            committed_by_epoch=[self.scheduler.committed(e) for e in range(self.spec.epochs)],
-            counters=replace(self.counters),
+            job_ready=self.registry.ready,
+            job_drained=self.drained,
             started_unix_ms=self._started_unix_ms,
             samples_per_second=self._committed_here / elapsed_s,
-            unix_ms=self.unix_ms,
+            nodes=nodes,
+            live_leases=tuple(self.lease_status(le) for le in self.scheduler.live_leases()),
+            committed_by_epoch=tuple(self.scheduler.committed(e) for e in range(spec.epochs)),
+            counters=replace(self.counters),
         )

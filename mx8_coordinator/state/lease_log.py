@@ -1,11 +1,7 @@
 """The coordinator's lease log: append-only, fsync'd JSON lines, replayed on restart.
 
     {"mx8_lease_log": 1, "manifest_hash": ..., "total": ..., "block_size": ..., ...}  header
-    {"ev": "rank", "node": "n1", "rank": 0}                       world freeze / late joiner
-    {"ev": "deal", "epoch": 0, "world": 3}                        epoch dealt over 3 ranks
-    {"ev": "issue", "lease": "L7", "seq": 7, "node": "n1", "epoch": 0, "start": 0, "end": 64}
-    {"ev": "progress", "lease": "L7", "cursor": 32}               cursor == end completes it
-    {"ev": "expire", "lease": "L7"}                               remainder was re-queued
+    then one typed record per line (``lease_records``: rank, deal, issue, progress, expire)
 
 The header names the manifest hash and every setting that positions depend on, so a log
 is never replayed against another snapshot or order. A write is acknowledged only after
@@ -27,12 +23,22 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mx8_common.errors import LeaseLogError
+from mx8_coordinator.state.lease_records import (
+    DealRecord,
+    ExpireRecord,
+    IssueRecord,
+    LeaseRecord,
+    ProgressRecord,
+    RankRecord,
+    decode_record,
+    encode_record,
+)
 from mx8_coordinator.state.lease_scheduler import RestoredLease
 
 __all__ = [
@@ -96,71 +102,72 @@ def read_log_manifest_hash(path: str | os.PathLike[str]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def replay_records(records: Iterator[dict[str, Any]], path: str = "") -> LeaseLogState:
+def replay_records(records: Iterable[LeaseRecord], path: str = "") -> LeaseLogState:
     """Fold log records (after the header) into the state they describe."""
     state = LeaseLogState()
-    leases: dict[str, dict[str, Any]] = {}
+    issued: dict[str, IssueRecord] = {}
+    cursors: dict[str, int] = {}
+    states: dict[str, Literal["live", "done", "expired"]] = {}
     for n, rec in enumerate(records, start=2):
-        try:
-            ev = rec["ev"]
-            if ev == "rank":
-                state.ranks[rec["node"]] = int(rec["rank"])
-            elif ev == "deal":
-                state.dealt[int(rec["epoch"])] = int(rec["world"])
-            elif ev == "issue":
-                leases[rec["lease"]] = {**rec, "cursor": int(rec["start"]), "state": "live"}
-                state.next_seq = max(state.next_seq, int(rec["seq"]))
-            elif ev == "progress":
-                lease = leases[rec["lease"]]
-                lease["cursor"] = int(rec["cursor"])
-                if lease["cursor"] == int(lease["end"]):
-                    lease["state"] = "done"
-            elif ev == "expire":
-                leases[rec["lease"]]["state"] = "expired"
-            else:
-                raise KeyError(ev)
-        except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(rec, ProgressRecord | ExpireRecord) and rec.lease_id not in issued:
             raise LeaseLogError(
-                f"lease log {path} line {n} is not a record this coordinator wrote "
-                f"({exc!r}); move the file away to start the job over",
+                f"lease log {path} line {n} names lease {rec.lease_id!r}, which no earlier "
+                "line issued; it is not a log this coordinator wrote: move the file away to "
+                "start the job over",
                 path=path,
-            ) from exc
+            )
+        match rec:
+            case RankRecord():
+                state.ranks[rec.node_id] = rec.rank
+            case DealRecord():
+                state.dealt[rec.epoch] = rec.world_size
+            case IssueRecord():
+                issued[rec.lease_id] = rec
+                cursors[rec.lease_id] = rec.start
+                states[rec.lease_id] = "live"
+                state.next_seq = max(state.next_seq, rec.seq)
+            case ProgressRecord():
+                cursors[rec.lease_id] = rec.cursor
+                if rec.cursor == issued[rec.lease_id].end:
+                    states[rec.lease_id] = "done"
+            case ExpireRecord():
+                states[rec.lease_id] = "expired"
         state.records += 1
     state.leases = [
         RestoredLease(
             lease_id=lid,
-            node_id=le["node"],
-            epoch=int(le["epoch"]),
-            start=int(le["start"]),
-            end=int(le["end"]),
-            cursor=le["cursor"],
-            state=le["state"],
+            node_id=le.node_id,
+            epoch=le.epoch,
+            start=le.start,
+            end=le.end,
+            cursor=cursors[lid],
+            state=states[lid],
         )
-        for lid, le in leases.items()
+        for lid, le in issued.items()
     ]
     return state
 
 
-def compact_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def compact_records(records: Sequence[LeaseRecord]) -> list[LeaseRecord]:
     """``records`` without the ``progress`` lines a later one of the same lease supersedes.
 
     Replaying the result gives the same state: a lease's cursor is its last progress
     line's (cursors only move forward, so only the last can complete it), and every other
     line is kept in its order.
     """
-    last: dict[Any, int] = {}
+    last: dict[str, int] = {}
     for i, rec in enumerate(records):
-        if rec.get("ev") == "progress":
-            last[rec.get("lease")] = i
+        if isinstance(rec, ProgressRecord):
+            last[rec.lease_id] = i
     return [
         rec
         for i, rec in enumerate(records)
-        if rec.get("ev") != "progress" or last[rec.get("lease")] == i
+        if not isinstance(rec, ProgressRecord) or last[rec.lease_id] == i
     ]
 
 
-def _encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+def _encode(record: LeaseRecord) -> bytes:
+    return json.dumps(encode_record(record), separators=(",", ":")).encode() + b"\n"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -220,7 +227,7 @@ class LeaseLog:
         return cls(path, open(path, "ab"), compacted_from=compacted_from), state
 
     @staticmethod
-    def _rewrite(path: Path, header: LeaseLogHeader, records: Sequence[dict[str, Any]]) -> None:
+    def _rewrite(path: Path, header: LeaseLogHeader, records: Sequence[LeaseRecord]) -> None:
         # The copy is complete and synced before it replaces the log, so a crash at any
         # point leaves either the old log or the whole new one.
         tmp = path.with_name(path.name + ".compact.tmp")
@@ -233,7 +240,7 @@ class LeaseLog:
         _fsync_dir(path.parent)
 
     @staticmethod
-    def _read_existing(path: Path, header: LeaseLogHeader) -> list[dict[str, Any]]:
+    def _read_existing(path: Path, header: LeaseLogHeader) -> list[LeaseRecord]:
         with open(path, "rb") as f:
             first = f.readline()
             try:
@@ -255,18 +262,26 @@ class LeaseLog:
                     path=str(path),
                 )
             good_end = f.tell()
-            records: list[dict[str, Any]] = []
-            for line in f:
+            records: list[LeaseRecord] = []
+            for n, line in enumerate(f, start=2):
                 if not line.endswith(b"\n"):
                     break  # torn tail: never fsync'd, never acknowledged
                 try:
-                    records.append(json.loads(line))
+                    obj = json.loads(line)
                 except ValueError as exc:
                     raise LeaseLogError(
                         f"lease log {path} has a damaged line at byte {good_end}; move the "
                         "file away to start the job over",
                         path=str(path),
                     ) from exc
+                try:
+                    records.append(decode_record(obj))
+                except ValueError as exc:
+                    raise LeaseLogError(
+                        f"lease log {path} line {n} is not a record this coordinator wrote "
+                        f"({exc}); move the file away to start the job over",
+                        path=str(path),
+                    ) from None
                 good_end += len(line)
         if good_end < path.stat().st_size:
             with open(path, "r+b") as f:
@@ -319,7 +334,7 @@ class LeaseLog:
             else:
                 fut.set_exception(err)
 
-    async def append(self, records: Sequence[dict[str, Any]]) -> None:
+    async def append(self, records: Sequence[LeaseRecord]) -> None:
         """Append ``records`` and return once they are on disk."""
         if not records:
             return

@@ -1,5 +1,9 @@
 """Prometheus metrics of one coordinator, in its own registry (tests run several at once).
 
+The counters and the live-node gauge are read from the job's ``JobStatus`` at scrape time
+(a collector), so they can never disagree with ``GetJobSnapshot`` or the status page; only
+the RPC latency histogram is observed as calls happen.
+
 The metrics port also serves the status page: ``/metrics`` (Prometheus text), ``/`` (HTML)
 and ``/api/status`` (JSON). The HTTP server runs in its own threads so a scrape never
 waits on the event loop; the status itself comes from a provider callable that the
@@ -9,61 +13,68 @@ coordinator makes thread-safe.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from mx8_common.obs.http_exporter import HttpExporter
+from mx8_common.rpc.job_status import JobCounters, JobStatus
 from mx8_coordinator.web.status_page import render_status_html
 
-__all__ = ["CoordinatorMetrics", "StatusProvider"]
+__all__ = ["COUNTERS", "CoordinatorMetrics", "StatusProvider"]
 
-#: Returns the ``/api/status`` dict; called from an HTTP thread.
-StatusProvider = Callable[[], dict[str, Any]]
+#: Returns the job's status; called from an HTTP thread.
+StatusProvider = Callable[[], JobStatus]
+
+#: ``JobCounters`` field -> help of its ``mx8_coordinator_<field>_total`` counter.
+COUNTERS = {
+    "leases_issued": "leases issued",
+    "leases_expired": "leases that expired",
+    "leases_requeued": "lease remainders re-queued",
+    "leases_completed": "leases completed",
+    "samples_committed": "sample positions committed",
+}
+
+
+class _JobStatusCollector(Collector):
+    def __init__(self, status: StatusProvider | None) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        # No provider: an exporter without a job, which has counted nothing.
+        status = self._status() if self._status is not None else None
+        counters = asdict(status.counters if status is not None else JobCounters())
+        for name, doc in COUNTERS.items():
+            yield CounterMetricFamily(f"mx8_coordinator_{name}", doc, value=counters[name])
+        live = status.nodes_live if status is not None else 0
+        yield GaugeMetricFamily("mx8_coordinator_nodes_live", "nodes alive", value=live)
 
 
 class CoordinatorMetrics:
-    """Counters and gauges the job updates; ``serve`` exposes them over HTTP."""
+    """The coordinator's registry; ``serve`` exposes it (and the status page) over HTTP."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: StatusProvider | None = None) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.leases_issued = Counter("mx8_coordinator_leases_issued", "leases issued", registry=r)
-        self.leases_expired = Counter(
-            "mx8_coordinator_leases_expired", "leases that expired", registry=r
-        )
-        self.leases_requeued = Counter(
-            "mx8_coordinator_leases_requeued", "lease remainders re-queued", registry=r
-        )
-        self.leases_completed = Counter(
-            "mx8_coordinator_leases_completed", "leases completed", registry=r
-        )
-        self.samples_committed = Counter(
-            "mx8_coordinator_samples_committed", "sample positions committed", registry=r
-        )
-        self.nodes_live = Gauge("mx8_coordinator_nodes_live", "nodes alive", registry=r)
+        self._status = status
+        self.registry.register(_JobStatusCollector(status))
         self.rpc_latency = Histogram(
             "mx8_coordinator_rpc_latency_seconds",
             "RPC handling time",
             ["method"],
-            registry=r,
+            registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
         self._http = HttpExporter("mx8-coordinator-http")
 
-    def serve(self, host: str, port: int, status: StatusProvider | None = None) -> int:
-        """Serve ``/metrics`` (and, with ``status``, ``/`` and ``/api/status``) from a
-        daemon thread; returns the bound port."""
-        return self._http.start(host, port, _handler_class(self.registry, status))
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` (and, with a status provider, ``/`` and ``/api/status``) from
+        a daemon thread; returns the bound port."""
+        return self._http.start(host, port, _handler_class(self.registry, self._status))
 
     def stop(self) -> None:
         """Stop the exporter if it runs. Safe to call twice."""
@@ -79,16 +90,20 @@ def _handler_class(
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                try:
+                    body = generate_latest(registry)
+                except Exception as exc:  # the status provider: loop busy or shutting down
+                    self._unavailable(exc)
+                    return
+                self._send(200, CONTENT_TYPE_LATEST, body)
             elif path in ("/", "/index.html", "/api/status") and status is not None:
                 try:
                     current = status()
                 except Exception as exc:  # the loop is busy or shutting down
-                    body = f"status unavailable: {exc!r}; retry in a moment\n"
-                    self._send(503, "text/plain; charset=utf-8", body.encode())
+                    self._unavailable(exc)
                     return
                 if path == "/api/status":
-                    body = json.dumps(current, indent=1).encode()
+                    body = json.dumps(current.to_dict(), indent=1).encode()
                     self._send(200, "application/json", body)
                 else:
                     body = render_status_html(current).encode()
@@ -96,6 +111,10 @@ def _handler_class(
             else:
                 known = "/metrics, / and /api/status" if status is not None else "/metrics"
                 self._send(404, "text/plain; charset=utf-8", f"not found; try {known}\n".encode())
+
+        def _unavailable(self, exc: Exception) -> None:
+            body = f"status unavailable: {exc!r}; retry in a moment\n"
+            self._send(503, "text/plain; charset=utf-8", body.encode())
 
         def _send(self, code: int, content_type: str, body: bytes) -> None:
             self.send_response(code)

@@ -66,7 +66,7 @@ async def test_status_cli_json_matches_the_status_page_dict(
     assert [n["node_id"] for n in from_cli["nodes"]] == ["node-a", "node-b"]
     assert from_cli["progress"][0]["committed_samples"] == 75
     # The server-side dict (the page's /api/status) and the CLI's read alike.
-    assert _stable(from_cli) == _stable(coord.status())
+    assert _stable(from_cli) == _stable(coord.status().to_dict())
 
 
 async def test_status_cli_table_shows_nodes_and_progress(

@@ -8,15 +8,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support.ops import drive_partial_job
 
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.job_status import JobStatus, NodeStatus
 from mx8_coordinator.config import CoordinatorConfig
 from mx8_coordinator.rpc.manifest_serving import FileManifestSource, ManifestSource
 from mx8_coordinator.server import Coordinator
-from mx8_coordinator.web.status_page import render_status_html, resolving_status
+from mx8_coordinator.web.metrics import COUNTERS, CoordinatorMetrics
+from mx8_coordinator.web.status_page import render_status_html
 
 StartCoordinator = Callable[..., Awaitable[Coordinator]]
 
@@ -129,21 +132,65 @@ async def test_status_page_shows_resolving_before_the_snapshot(
 
 
 def test_status_page_escapes_names() -> None:
-    status: dict[str, Any] = resolving_status("<job>", "s3://b/<x>")
-    status["nodes"] = [
-        {
-            "node_id": "<script>alert(1)</script>",
-            "hostname": "h&h",
-            "rank": None,
-            "alive": False,
-            "last_heartbeat_age_ms": 1500,
-            "samples_committed": 0,
-            "samples_delivered": 0,
-            "bytes_fetched": 0,
-            "inflight_bytes": 0,
-        }
-    ]
-    page = render_status_html(status)
+    node = NodeStatus(
+        node_id="<script>alert(1)</script>",
+        hostname="h&h",
+        alive=False,
+        last_heartbeat_unix_ms=10_000,
+    )
+    status = JobStatus(job_id="<job>", dataset_link="s3://b/<x>", nodes=(node,))
+    page = render_status_html(status, now_unix_ms=11_500)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "h&amp;h" in page
     assert "departed" in page and "1.5 s ago" in page
+
+
+def _metric_values(body: bytes) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+async def test_status_page_metrics_snapshot_and_api_status_tell_one_story(
+    start_coordinator: StartCoordinator, tmp_path: Path
+) -> None:
+    """The counters are read from the job's status at scrape time, so they agree with
+    ``GetJobSnapshot`` and ``/api/status``, also after a restart replayed the lease log."""
+    state_dir = str(tmp_path / "state")
+    first = await start_coordinator(
+        metrics="127.0.0.1:0", world_size=2, block_size=50, epochs=2, state_dir=state_dir
+    )
+    await drive_partial_job(first.address)
+    await first.shutdown()
+    coord = await start_coordinator(
+        metrics="127.0.0.1:0", world_size=2, block_size=50, epochs=2, state_dir=state_dir
+    )
+    async with CoordinatorClient(coord.address) as client:
+        await client.register_node("default", "node-a")
+        snap = await client.get_job_snapshot()
+    _, _, metrics = await get(f"http://127.0.0.1:{coord.metrics_port}/metrics")
+    _, _, api = await get(f"http://127.0.0.1:{coord.metrics_port}/api/status")
+    scraped, status = _metric_values(metrics), json.loads(api)
+    assert snap.counters.samples_committed == 75  # restored from the lease log
+    for name in COUNTERS:
+        from_snapshot = getattr(snap.counters, name)
+        assert scraped[f"mx8_coordinator_{name}_total"] == from_snapshot, name
+        assert status["counters"][name] == from_snapshot, name
+    assert scraped["mx8_coordinator_nodes_live"] == sum(n.alive for n in snap.nodes) > 0
+
+
+async def test_status_page_answers_503_while_the_status_is_unavailable() -> None:
+    def busy() -> JobStatus:
+        raise TimeoutError("the event loop did not answer")
+
+    metrics = CoordinatorMetrics(busy)
+    port = await asyncio.to_thread(metrics.serve, "127.0.0.1", 0)
+    try:
+        for path in ("/metrics", "/api/status", "/"):
+            code, _, body = await get(f"http://127.0.0.1:{port}{path}")
+            assert code == 503 and b"status unavailable" in body, path
+    finally:
+        await asyncio.to_thread(metrics.stop)
