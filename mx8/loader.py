@@ -40,8 +40,8 @@ def _env_int(name: str) -> int | None:
         return None
     try:
         return int(value)
-    except ValueError as exc:
-        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from exc
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 class Loader:

@@ -150,7 +150,7 @@ def load_config(
             try:
                 values[field.name] = _field_parser(cls, field)(environ[env])
             except (ValueError, ConfigError) as exc:
-                raise ConfigError(f"environment variable {env}={environ[env]!r}: {exc}") from exc
+                raise ConfigError(f"environment variable {env}={environ[env]!r}: {exc}") from None
     if argv is not None:
         parsed = build_parser(cls, prog=prog, description=description).parse_args(list(argv))
         for name, value in vars(parsed).items():

@@ -125,7 +125,7 @@ class SnapshotResolverConfig:
         try:
             validate_label_mode(self.label_mode)
         except LabelError as exc:
-            raise ConfigError(str(exc)) from exc
+            raise ConfigError(str(exc)) from None
         for name in ("spill_keys_per_run", "lock_stale_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -580,9 +580,14 @@ def resolve_snapshot_sync(
     """
     coro_args = (link, config)
     kwargs = {"store": store, "page_source": page_source}
+    # Decided outside the except clause: an error of the run would otherwise be shown
+    # chained to asyncio's "no running event loop", which has nothing to do with it.
     try:
         asyncio.get_running_loop()
+        in_loop = True
     except RuntimeError:
+        in_loop = False
+    if not in_loop:
         return asyncio.run(resolve_snapshot(*coro_args, **kwargs))  # type: ignore[arg-type]
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mx8-resolve") as pool:
         return pool.submit(

@@ -15,7 +15,8 @@ not be later. Throttling, server
 errors, resets and short bodies (``TransientStorageError``) are retried with exponential
 backoff and full jitter up to ``max_attempts``; permanent errors (missing object or bucket,
 access denied) raise at once. botocore errors become mx8 errors only through
-``mx8_common.storage.s3_client.translate_s3_error``.
+``mx8_common.storage.s3_client.translate_s3_error``, raised ``from None``: its one line
+carries the original's code or text, and a user sees one error, not a chain.
 """
 
 from __future__ import annotations
@@ -199,19 +200,19 @@ def _read_local(
     path = _local_path(location)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError as exc:
+    except FileNotFoundError:
         raise ObjectNotFoundError(
             f"{location} does not exist (it was deleted or renamed since the snapshot?)",
             location=location,
-        ) from exc
-    except PermissionError as exc:
+        ) from None
+    except PermissionError:
         raise AccessDeniedError(
             f"permission denied reading {location}; check the file mode and the user running "
             "the loader",
             location=location,
-        ) from exc
+        ) from None
     except OSError as exc:
-        raise StorageError(f"cannot open {location}: {exc}", location=location) from exc
+        raise StorageError(f"cannot open {location}: {exc}", location=location) from None
     try:
         st = os.fstat(fd)
         if byte_offset is None:
@@ -239,8 +240,10 @@ def _read_local(
         raise
     except OSError as exc:
         if exc.errno == errno.EISDIR:
-            raise StorageError(f"{location} is a directory, not a file", location=location) from exc
-        raise StorageError(f"cannot read {location}: {exc}", location=location) from exc
+            raise StorageError(
+                f"{location} is a directory, not a file", location=location
+            ) from None
+        raise StorageError(f"cannot read {location}: {exc}", location=location) from None
     finally:
         os.close(fd)
 
@@ -385,7 +388,7 @@ class ObjectReader:
                         f"{exc} (gave up after {attempts} attempts; raise "
                         "MX8_FETCH_MAX_ATTEMPTS or check the storage endpoint)",
                         location=location,
-                    ) from exc
+                    ) from None
                 # Full jitter: spreads a burst of throttled readers over the whole window.
                 cap = min(
                     self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1)
@@ -431,14 +434,14 @@ class ObjectReader:
             raise
         except Exception as exc:
             if _error_code(exc) == "PreconditionFailed" and self.listed_at is not None:
-                raise _modified_after(location, self.listed_at, "later (S3 answered 412)") from exc
+                raise _modified_after(location, self.listed_at, "later (S3 answered 412)") from None
             if _error_code(exc) == "InvalidRange":
                 raise _changed(
                     location,
                     f"bytes {byte_offset}..{(byte_offset or 0) + (byte_length or 0) - 1}",
                     "an object too short for that range",
-                ) from exc
-            raise translate_s3_error(exc, location) from exc
+                ) from None
+            raise translate_s3_error(exc, location) from None
         if 0 <= size != len(data):
             raise TransientStorageError(
                 f"short body reading {location}: got {len(data)} of {size} bytes",
