@@ -100,6 +100,7 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
         drop_last: bool = False,
         fetch_concurrency: int = 64,
         collate_fn: Callable[[Batch], Any] | None = None,
+        files: str = "all",
     ) -> None:
         self.link = link
         self.collate_fn = collate_fn
@@ -118,6 +119,7 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
             "world_size": world_size,
             "drop_last": drop_last,
             "fetch_concurrency": fetch_concurrency,
+            "files": files,
         }
         # Resolve now, in the parent: a bad link fails at construction, and the hash is
         # fixed before any worker exists.

@@ -69,6 +69,7 @@ class Loader:
         fetch_concurrency: int = 64,
         block_size: int = DEFAULT_BLOCK_SIZE,
         prefetch_batches: int = 2,
+        files: str = "all",
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
@@ -96,6 +97,7 @@ class Loader:
             label_mode=label_mode,
             store_root=store,
             materialize_manifest_bytes=True,
+            files=files,
         )
         snapshot = resolve_snapshot_sync(link, resolver)
         assert snapshot.manifest_data is not None
@@ -302,6 +304,7 @@ def load(
     world_size: int | None = None,
     drop_last: bool = False,
     fetch_concurrency: int = 64,
+    files: str = "all",
 ) -> Any:
     """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
 
@@ -313,7 +316,8 @@ def load(
     flight, the reorder buffer, prefetched batches and the batch last handed out (released
     when the next one is asked for); a single batch bigger than it still goes through,
     alone. ``fetch_concurrency`` is the most reads in flight, and the S3 connection pool
-    is sized to match.
+    is sized to match. ``files="images"`` keeps only image files inside class folders
+    (torchvision ImageFolder's rule: no hidden files, nothing directly under the root).
     """
     agent = agent or os.environ.get("MX8_AGENT_URL") or None
     if agent:
@@ -334,4 +338,5 @@ def load(
         world_size=world_size,
         drop_last=drop_last,
         fetch_concurrency=fetch_concurrency,
+        files=files,
     )

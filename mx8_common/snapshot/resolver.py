@@ -40,13 +40,21 @@ from mx8_common.errors import (
 )
 from mx8_common.link import DatasetLink, parse_dataset_link
 from mx8_common.manifest.format import ManifestWriter, WrittenManifest
-from mx8_common.manifest.labels import ClassIndex, choose_classes, scan_folders, validate_label_mode
+from mx8_common.manifest.labels import (
+    ClassIndex,
+    FolderSummary,
+    choose_classes,
+    scan_folders,
+    validate_label_mode,
+)
 from mx8_common.obs.events import emit
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
 from mx8_common.snapshot.notice import announce_reuse
+from mx8_common.snapshot.progress import IndexProgress
 from mx8_common.snapshot.s3_lister import PageSource, S3PageSource, ordered_pages
+from mx8_common.snapshot.sample_filter import Files, SampleCounter, validate_files
 from mx8_common.storage.s3_client import S3Settings, open_s3_client
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
 
@@ -111,6 +119,12 @@ class SnapshotResolverConfig:
         help="cap on waiting for another live indexer; 0: wait while its heartbeat advances "
         "(a dead one is taken over after the stale time)",
     )
+    files: str = setting(
+        "all",
+        env="MX8_SNAPSHOT_FILES",
+        help="which objects are samples: all, or images (torchvision ImageFolder's rule: "
+        "image extensions inside class folders, no hidden files)",
+    )
     show_progress: bool | None = setting(
         None,
         env="MX8_SNAPSHOT_PROGRESS",
@@ -126,6 +140,7 @@ class SnapshotResolverConfig:
             validate_label_mode(self.label_mode)
         except LabelError as exc:
             raise ConfigError(str(exc)) from None
+        validate_files(self.files)
         for name in ("spill_keys_per_run", "lock_stale_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -168,6 +183,8 @@ class ResolvedSnapshot:
 def intent_key(link: DatasetLink, config: SnapshotResolverConfig) -> str:
     """Store key of the intent pointer: SHA-256 of the normalized link and the options."""
     text = f"{link.normalized()}\nrecursive={int(config.recursive)}\nlabel_mode={config.label_mode}"
+    if config.files != "all":  # absent for "all", so keys from before the option still match
+        text += f"\nfiles={config.files}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -219,6 +236,7 @@ class _IndexTracker:
         self.listed = 0
         self.written = 0
         self.phase = "listing"
+        self.samples = SampleCounter()  # what files="images" skipped, classes it kept
 
     def snapshot(self) -> dict[str, int | str]:
         # objects_written moves during an external sort's merge, when listing is done.
@@ -230,12 +248,17 @@ class _IndexTracker:
 
 
 async def _checked_keys(
-    pages: AsyncIterator[Page], link: str, tracker: _IndexTracker
+    pages: AsyncIterator[Page], link: str, tracker: _IndexTracker, files: Files = "all"
 ) -> AsyncIterator[Page]:
-    """Reject keys a manifest cannot hold, and count pages and keys, before sorting or writing."""
+    """Reject keys a manifest cannot hold, and count pages and keys, before sorting or writing.
+
+    With ``files="images"`` the objects that are not samples leave here (counted, not refused).
+    """
     async for page in pages:
         tracker.pages += 1
         tracker.listed += len(page)
+        if files != "all":
+            page = tracker.samples.keep(page, files)
         # One scan of the joined keys per page; the per-key walk only names the bad key.
         joined = "".join([key for key, _size in page])
         if "\t" in joined or "\n" in joined or "\r" in joined:
@@ -300,50 +323,6 @@ def _write_page(
     )
 
 
-class _Progress:
-    """A rich progress line on a TTY (objects indexed and rate); a no-op elsewhere.
-
-    A waiter shows the holder's count instead (``waiting``): what rank 3 waits for.
-    """
-
-    def __init__(self, enabled: bool, link: str) -> None:
-        self._progress: Any = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TextColumn("{task.completed:,} objects"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._task = self._progress.add_task(f"indexing {link}", total=None, rate="")
-            self._t0 = time.monotonic()
-            self._progress.start()
-
-    def advance(self, n: int, total: int) -> None:
-        if self._progress is not None:
-            rate = total / max(time.monotonic() - self._t0, 1e-6)
-            self._progress.update(self._task, advance=n, rate=f"{rate:,.0f} objects/s")
-
-    def waiting(self, link: str, holder: LockHolder | None) -> None:
-        if self._progress is not None and holder is not None:
-            self._progress.update(
-                self._task,
-                description=f"waiting for {holder.host} to index {link}:",
-                completed=holder.objects_indexed or 0,
-            )
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
 def _show_progress(cfg: SnapshotResolverConfig) -> bool:
     return cfg.show_progress if cfg.show_progress is not None else sys.stderr.isatty()
 
@@ -371,15 +350,16 @@ async def _index(
             )
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
+        files = validate_files(cfg.files)
         classes = await _classes(source, cfg, link)
-        pages: AsyncIterator[Page] = _checked_keys(source.pages(), link, tracker)
+        pages: AsyncIterator[Page] = _checked_keys(source.pages(), link, tracker, files)
         if cfg.external_sort:
             sorter = stack.enter_context(
                 ExternalSorter(keys_per_run=cfg.spill_keys_per_run, directory=store.scratch_dir())
             )
             pages = _sorted_pages(pages, sorter)
         pages = _read_ahead(ordered_pages(pages, link=link))
-        progress = _Progress(_show_progress(cfg), link)
+        progress = IndexProgress(_show_progress(cfg), link)
         stack.callback(progress.close)
         writer = stack.enter_context(ManifestWriter(store.scratch_dir()))
         async with contextlib.aclosing(pages):  # type: ignore[type-var]
@@ -388,11 +368,14 @@ async def _index(
                 progress.advance(len(page), writer.samples)
                 tracker.written = writer.samples
         tracker.phase = "storing"
+        if classes is not None and files != "all" and writer.samples:
+            tracker.samples.check_classes(classes.names, link)
         if writer.samples == 0:
             raise EmptyDatasetError(
                 f"{link} holds no objects{'' if cfg.recursive else ' directly under it'}; "
                 "check the path or prefix"
-                + ("" if cfg.recursive else ", or index recursively (recursive=True)"),
+                + ("" if cfg.recursive else ", or index recursively (recursive=True)")
+                + tracker.samples.skipped_note(),
                 link=link,
             )
         written = await asyncio.to_thread(writer.finish)
@@ -419,6 +402,9 @@ async def _index(
         label_mode=cfg.label_mode,
         classes=len(classes.names) if classes else 0,
         external_sort=cfg.external_sort,
+        files=cfg.files,
+        skipped_objects=tracker.samples.skipped,
+        skipped_example=tracker.samples.skipped_example,
         manifest_hash=written.manifest_hash,
         manifest_bytes=written.manifest_bytes,
     )
@@ -451,6 +437,22 @@ async def _classes(source: PageSource, cfg: SnapshotResolverConfig, link: str) -
     summary = await folders() if folders is not None else await scan_folders(source.pages())
     if not summary.folders and not summary.loose_objects:
         raise EmptyDatasetError(f"{link} holds no objects; check the path or prefix", link=link)
+    if cfg.files != "all":
+        # torchvision's rule: classes are the visible folders; loose files are not samples.
+        visible = tuple(f for f in summary.folders if not f.startswith("."))
+        if not visible:
+            loose = (
+                f"; the {summary.loose_objects} files directly under it (e.g. "
+                f"{summary.example_loose!r}) are skipped"
+                if summary.loose_objects
+                else ""
+            )
+            raise LabelError(
+                f"{link} has no class folder: files={cfg.files!r} reads images as "
+                f"<link>/<class>/<image>{loose}; move the images into class folders",
+                link=link,
+            )
+        summary = FolderSummary(visible, 0)
     return choose_classes(mode, summary, link=link)
 
 
@@ -532,7 +534,7 @@ async def resolve_snapshot(
             return await _describe(active, link, record.manifest_hash, cfg)
 
         tracker = _IndexTracker()
-        wait_bar: list[_Progress] = []  # made on the first wait only: most calls never wait
+        wait_bar: list[IndexProgress] = []  # made on the first wait only: most calls never wait
 
         async def index() -> ResolvedSnapshot:
             # Took over from a dead holder: its waiting line gives way to our own.
@@ -542,7 +544,7 @@ async def resolve_snapshot(
 
         def on_wait(holder: LockHolder | None) -> None:
             if not wait_bar:
-                wait_bar.append(_Progress(_show_progress(cfg), parsed.display()))
+                wait_bar.append(IndexProgress(_show_progress(cfg), parsed.display()))
             wait_bar[0].waiting(parsed.display(), holder)
 
         try:
