@@ -13,7 +13,7 @@ def resolve_manifest_hash(
     recursive: bool = True,
     store: str | None = None,
     label_mode: str = "auto",
-    files: str = "all",
+    files: str | None = None,
 ) -> str:
     """Index ``link`` (or reuse its stored snapshot) and return the manifest hash.
 

@@ -14,15 +14,25 @@ interval, with how many were folded into it.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 
-__all__ = ["Level", "Throttled", "configure_logging", "emit", "get_logger", "short_error"]
+from mx8_common.config_fields import load_env, setting
+
+__all__ = [
+    "Level",
+    "LoggingConfig",
+    "Throttled",
+    "configure_logging",
+    "emit",
+    "get_logger",
+    "short_error",
+]
 
 Level = Literal["debug", "info", "warning", "error"]
 
@@ -31,11 +41,22 @@ _configured = False
 _ERROR_CHARS = 160
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+    """How every mx8 process logs its events."""
+
+    format: str | None = setting(
+        None, env="MX8_LOG_FORMAT", help="json for JSON lines on stderr, else console"
+    )
+    level: str = setting("info", env="MX8_LOG_LEVEL", help="debug, info, warning or error")
+
+
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     """Configure structlog once per process: stderr, ``MX8_LOG_FORMAT``, ``MX8_LOG_LEVEL``."""
     global _configured
-    fmt = (fmt or os.environ.get("MX8_LOG_FORMAT", "console")).lower()
-    level_name = (level or os.environ.get("MX8_LOG_LEVEL", "info")).upper()
+    env = load_env(LoggingConfig)
+    fmt = (fmt or env.format or "console").lower()
+    level_name = (level or env.level).upper()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -3,23 +3,25 @@
 One module for both ends so the coordinator, the agent and their clients agree on it:
 
 - ``TlsConfig`` names PEM files (``--tls-cert/--tls-key/--tls-ca`` or ``MX8_TLS_CERT`` /
-  ``MX8_TLS_KEY`` / ``MX8_TLS_CA``). On a server, cert + key turn TLS on and a CA makes it
+  ``MX8_TLS_KEY`` / ``MX8_TLS_CA``, read by the daemons' configs and by
+  ``client_config.CoordinatorClientConfig``). On a server, cert + key turn TLS on and a CA makes it
   mutual (clients must present a certificate that CA signed). On a client, the CA is what
   the server's certificate is checked against and cert + key are the client's identity.
 - ``BearerTokenInterceptor`` refuses calls without ``authorization: Bearer <MX8_AUTH_TOKEN>``
   with UNAUTHENTICATED and a message naming what is missing; gRPC health checks stay open
   so load balancers and Kubernetes probes need no token.
-- ``bearer_token_client_interceptors`` / ``token_metadata`` add the token on the client side.
+- ``bearer_token_client_interceptors`` (``grpc.aio``) / ``bearer_token_sync_interceptor``
+  (sync channels) / ``token_metadata`` add the token on the client side.
 - ``warn_if_exposed`` logs a loud warning when a daemon binds a non-loopback address
   without a token (anyone who can reach the port could lease work or read the manifest).
 """
 
 from __future__ import annotations
 
+import collections
 import hmac
 import ipaddress
-import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,8 @@ __all__ = [
     "OPEN_METHODS",
     "BearerTokenInterceptor",
     "TlsConfig",
-    "auth_token_from_env",
     "bearer_token_client_interceptors",
+    "bearer_token_sync_interceptor",
     "channel_credentials",
     "is_loopback",
     "server_credentials",
@@ -78,16 +80,6 @@ class TlsConfig:
                 f"{given} needs {missing} too: a certificate and its private key go together "
                 "(or set both MX8_TLS_CERT and MX8_TLS_KEY)"
             )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> TlsConfig:
-        """``MX8_TLS_CERT`` / ``MX8_TLS_KEY`` / ``MX8_TLS_CA`` (empty values count as unset)."""
-        env = os.environ if environ is None else environ
-        return cls(
-            cert=env.get("MX8_TLS_CERT") or None,
-            key=env.get("MX8_TLS_KEY") or None,
-            ca=env.get("MX8_TLS_CA") or None,
-        )
 
     @property
     def enabled(self) -> bool:
@@ -139,12 +131,6 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
         private_key=_read_pem(tls.key, "--tls-key"),
         certificate_chain=_read_pem(tls.cert, "--tls-cert"),
     )
-
-
-def auth_token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """The shared token from ``MX8_AUTH_TOKEN``; None when unset or empty."""
-    env = os.environ if environ is None else environ
-    return env.get(AUTH_TOKEN_ENV) or None
 
 
 def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -291,6 +277,54 @@ def bearer_token_client_interceptors(token: str) -> list[grpc.aio.ClientIntercep
         _StreamUnaryToken(metadata),
         _StreamStreamToken(metadata),
     ]
+
+
+class _SyncCallDetails(
+    collections.namedtuple(
+        "_SyncCallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _SyncToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, d: Any) -> _SyncCallDetails:
+        return _SyncCallDetails(
+            d.method,
+            d.timeout,
+            [*(d.metadata or ()), *self._metadata],
+            d.credentials,
+            d.wait_for_ready,
+            d.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def bearer_token_sync_interceptor(token: str) -> Any:
+    """An interceptor for sync channels (``grpc.intercept_channel``) that adds
+    ``authorization: Bearer <token>`` to every call, of every shape."""
+    return _SyncToken(token_metadata(token))
 
 
 def is_loopback(listen: str) -> bool:
