@@ -101,11 +101,12 @@ def short_error(error: object) -> str:
 
 
 class Throttled:
-    """Emits an event that repeats (a retry loop) at most once per interval per key.
+    """Emits an event that repeats (a retry loop) at ``level`` at most once per interval per key.
 
     Owned by the object that retries (a reader, an agent), so one retry storm is one short
     line every ``interval_s`` seconds: ``error`` is cut to its first line (``short_error``)
-    and a line after quiet ones carries ``repeats``, how many were folded into it.
+    and a line after quiet ones carries ``repeats``, how many were folded into it. The folded
+    ones still go out at level debug (``MX8_LOG_LEVEL=debug`` shows every retry).
     """
 
     def __init__(self, interval_s: float = 5.0) -> None:
@@ -127,15 +128,16 @@ class Throttled:
     def emit(
         self, component: str, event: str, *, key: str = "", level: Level = "warning", **fields: Any
     ) -> bool:
-        """``emit`` unless this (component, event, key) was written within the interval.
+        """``emit`` at ``level`` unless this (component, event, key) was, within the interval.
 
-        Returns whether a line was written.
+        Returns whether it was written at ``level`` (else at debug).
         """
         folded = self._admit((component, event, key))
-        if folded is None:
-            return False
         if "error" in fields:
             fields["error"] = short_error(fields["error"])
+        if folded is None:
+            emit(component, event, level="debug", **fields)
+            return False
         if folded:
             fields["repeats"] = folded
         emit(component, event, level=level, **fields)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -15,8 +16,10 @@ from mx8_common.obs.events import Throttled, configure_logging, emit, short_erro
 
 
 @pytest.fixture(autouse=True)
-def _logging_configured() -> None:
+def _logging_configured() -> Iterator[None]:
     configure_logging()  # before any capture_logs block
+    yield
+    configure_logging()  # a test that asked for debug leaves the default behind
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -82,6 +85,7 @@ def test_emit_level_is_the_log_level() -> None:
 def test_throttled_folds_repeats_into_one_short_line_per_interval() -> None:
     error = "UNAVAILABLE: connection refused\n" + "detail " * 200
     throttled = Throttled(interval_s=0.2)
+    configure_logging(level="debug")  # the folded lines go out at debug
     with capture_logs() as logs:
         written = [
             throttled.emit("agent", "t_retry", key="a", error=error, attempt=i) for i in range(50)
@@ -90,8 +94,11 @@ def test_throttled_folds_repeats_into_one_short_line_per_interval() -> None:
         throttled.emit("agent", "t_retry", key="b", error=error)  # other key
         # After the interval, the next call writes again and says how many it folded.
         assert_eventually(lambda: throttled.emit("agent", "t_retry", key="a", error=error))
-    lines = [e for e in logs if e["event"] == "t_retry"]
+    lines = [e for e in logs if e["event"] == "t_retry" and e["log_level"] == "warning"]
     assert len(lines) == 3
+    folded = [e for e in logs if e["event"] == "t_retry" and e["log_level"] == "debug"]
+    assert len(folded) >= 49  # still there at debug level, each short
+    assert all(e["error"] == "UNAVAILABLE: connection refused" for e in folded)
     first, other, later = lines
     assert first["error"] == "UNAVAILABLE: connection refused" and "repeats" not in first
     assert first["log_level"] == "warning" and first["attempt"] == 0
