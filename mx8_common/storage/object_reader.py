@@ -28,7 +28,8 @@ import email.utils
 import errno
 import os
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +47,9 @@ from mx8_common.obs.events import Throttled
 from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
+from mx8_common.storage.sample_reader import LocalRead, ReadObserver, ReadStats
 
-__all__ = ["ObjectReader", "ObjectReaderConfig", "ReadStats", "is_local", "split_s3_location"]
+__all__ = ["ObjectReader", "ObjectReaderConfig", "is_local", "split_s3_location"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,15 +119,6 @@ class ObjectReaderConfig:
         return Backoff(
             base_s=self.backoff_base_s, max_s=self.backoff_max_s, attempts=self.max_attempts
         )
-
-
-@dataclass(slots=True)
-class ReadStats:
-    """Counters of one reader (or one pipeline that passes its own to ``read``)."""
-
-    reads: int = 0
-    bytes: int = 0
-    retries: int = 0
 
 
 def split_s3_location(location: str) -> tuple[str, str]:
@@ -208,17 +201,24 @@ def _local_path(location: str) -> str:
 
 
 def _read_local_many(
-    items: list[tuple[str, int | None, int | None]], listed_at: float | None = None
-) -> list[bytes | StorageError]:
-    """Blocking reads of several local samples in one thread-pool job; errors are returned."""
+    items: Sequence[LocalRead], listed_at: float | None = None
+) -> tuple[list[bytes | StorageError], list[float]]:
+    """Blocking reads of several local samples in one thread-pool job; errors are returned.
+
+    Also returns each read's duration in seconds (timed here, in the thread, per file).
+    """
     out: list[bytes | StorageError] = []
+    seconds: list[float] = []
+    clock = time.perf_counter
     for location, byte_offset, byte_length in items:
+        started = clock()
         try:
             off, length = _normalize(location, byte_offset, byte_length)
             out.append(_read_local(location, off, length, listed_at))
         except StorageError as exc:
             out.append(exc)
-    return out
+        seconds.append(clock() - started)
+    return out, seconds
 
 
 def _read_local(
@@ -280,12 +280,15 @@ def _read_local(
 
 
 class ObjectReader:
-    """Reads sample bytes; ``async with`` owns its S3 client and local read threads.
+    """Reads sample bytes (a ``SampleReader``); ``async with`` owns its S3 client and local
+    read threads.
 
     The S3 client is opened on the first ``s3://`` read (a local-only job never needs
     one) and reused for every read, or ``s3_client`` is borrowed and never closed (GETs
-    then all go through it). ``listed_at`` (Unix seconds: the snapshot's listing time) makes
-    every read refuse an object modified after it.
+    then all go through it). ``on_read(seconds, nbytes)`` is told of every sample read:
+    a ``read`` is timed whole (retries included), a ``read_local_many`` per file.
+    ``listed_at`` (Unix seconds: the snapshot's listing time) makes every read refuse an
+    object modified after it.
     """
 
     def __init__(
@@ -295,6 +298,7 @@ class ObjectReader:
         s3_settings: S3Settings | None = None,
         s3_client: Any = None,
         rng: random.Random | None = None,
+        on_read: ReadObserver | None = None,
         listed_at: float | None = None,
     ) -> None:
         self.config = config or ObjectReaderConfig()
@@ -306,6 +310,7 @@ class ObjectReader:
             None if listed_at is None else email.utils.formatdate(listed_at, usegmt=True)
         )
         self.stats = ReadStats()
+        self._on_read = on_read
         self._s3_settings = s3_settings
         self._client = s3_client
         self._getter: S3Getter | None = None
@@ -359,12 +364,15 @@ class ObjectReader:
         size is not ``byte_length`` raises ``ObjectChangedError``.
         """
         byte_offset, byte_length = _normalize(location, byte_offset, byte_length)
+        started = time.perf_counter()
         if location.startswith("s3://"):
             data = await self._read_s3_retrying(location, byte_offset, byte_length, stats)
         else:
             data = await asyncio.get_running_loop().run_in_executor(
                 self._local_pool(), _read_local, location, byte_offset, byte_length, self.listed_at
             )
+        if self._on_read is not None:
+            self._on_read(time.perf_counter() - started, len(data))
         self.stats.reads += 1
         self.stats.bytes += len(data)
         if stats is not None:
@@ -373,24 +381,28 @@ class ObjectReader:
         return data
 
     async def read_local_many(
-        self,
-        items: list[tuple[str, int | None, int | None]],
-        *,
-        stats: ReadStats | None = None,
+        self, items: Sequence[LocalRead], *, stats: ReadStats | None = None
     ) -> list[bytes | StorageError]:
         """Read several local samples ``(location, byte_offset, byte_length)`` in one
         thread-pool job: one loop-to-thread hop per group instead of one per file, which is
         most of the cost of small page-cached files. Per-sample errors are returned in place.
         """
-        results = await asyncio.get_running_loop().run_in_executor(
+        results, seconds = await asyncio.get_running_loop().run_in_executor(
             self._local_pool(), _read_local_many, items, self.listed_at
         )
-        got = [len(r) for r in results if isinstance(r, bytes)]
-        self.stats.reads += len(got)
-        self.stats.bytes += sum(got)
-        if stats is not None:
-            stats.reads += len(got)
-            stats.bytes += sum(got)
+        got = 0
+        nbytes = 0
+        for result, took in zip(results, seconds, strict=True):
+            if isinstance(result, bytes):
+                got += 1
+                nbytes += len(result)
+                if self._on_read is not None:
+                    self._on_read(took, len(result))
+        for counters in (self.stats, stats):
+            if counters is not None:
+                counters.reads += got
+                counters.bytes += nbytes
+                counters.local_batches += 1
         return results
 
     def _local_pool(self) -> ThreadPoolExecutor:

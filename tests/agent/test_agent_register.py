@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
+from support.logs import Events
 
 from mx8_agent.agent import Agent
 from mx8_agent.config import AgentConfig
@@ -24,19 +24,21 @@ def debug_logging() -> Iterator[None]:
 
 
 async def test_agent_register_retries_an_unreachable_coordinator_then_gives_up(
-    sock_dir: Path, debug_logging: None
+    sock_dir: Path,
+    debug_logging: None,  # before logs: it reconfigures structlog
+    logs: Events,
 ) -> None:
     config = AgentConfig(
         coordinator="127.0.0.1:1",  # nothing listens: every try is UNAVAILABLE
         listen=f"unix://{sock_dir}/r.sock",
         connect_timeout_s=0.4,
     )
-    with capture_logs() as logs:
-        async with Agent(config) as agent:
-            with pytest.raises(CoordinatorError, match=r"gave up after 0.4s") as info:
-                await agent.run()
+    logs.clear()
+    async with Agent(config) as agent:
+        with pytest.raises(CoordinatorError, match=r"gave up after 0.4s") as info:
+            await agent.run()
     assert info.value.code == "UNAVAILABLE"
-    retries = [e for e in logs if e["event"] == "register_retry"]
+    retries = logs.named("register_retry")
     assert len(retries) >= 2  # it kept trying until the timeout ...
     # ... and said so in one short line; the repeats went out at debug level.
     assert [e["log_level"] for e in retries] == ["warning"] + ["debug"] * (len(retries) - 1)
