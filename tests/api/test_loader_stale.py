@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.api import assert_eventually, collect, flat, make_local_dataset, make_s3_dataset
+from support.api import collect, flat, make_local_dataset, make_s3_dataset
+from support.eventually import assert_eventually_blocking
 
 import mx8
 
@@ -32,7 +33,7 @@ def test_load_same_size_s3_overwrite_after_snapshot_is_refused_until_refresh(
     listed_at = first.snapshot.listed_at
     assert listed_at is not None
     # Overwrite one object with other bytes of the same length, a second later on S3's clock.
-    assert_eventually(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+    assert_eventually_blocking(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
     victim = sorted(objects)[3]
     key = victim.removeprefix(f"s3://{s3_bucket}/")
     s3_sync_client.put_object(Bucket=s3_bucket, Key=key, Body=objects[victim].upper())
@@ -61,7 +62,7 @@ def test_load_same_size_local_overwrite_after_snapshot_is_refused_until_refresh(
     files = make_local_dataset(root, per_class=3)
     first = mx8.load(str(root), batch_size=4)
     listed_at = first.snapshot.listed_at
-    assert_eventually(lambda: time.time() > listed_at + 0.05)
+    assert_eventually_blocking(lambda: time.time() > listed_at + 0.05)
     victim = sorted(files)[0]
     Path(victim).write_bytes(files[victim].upper())
     with pytest.raises(mx8.ObjectChangedError, match="@refresh"):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
-from support.api import assert_eventually
+from support.eventually import assert_eventually_blocking
 
 from mx8_common.obs.events import Throttled, configure_logging, emit, short_error
 
@@ -93,7 +93,7 @@ def test_throttled_folds_repeats_into_one_short_line_per_interval() -> None:
         assert written[0] and not any(written[1:])  # 50 calls at once: one line
         throttled.emit("agent", "t_retry", key="b", error=error)  # other key
         # After the interval, the next call writes again and says how many it folded.
-        assert_eventually(lambda: throttled.emit("agent", "t_retry", key="a", error=error))
+        assert_eventually_blocking(lambda: throttled.emit("agent", "t_retry", key="a", error=error))
     lines = [e for e in logs if e["event"] == "t_retry" and e["log_level"] == "warning"]
     assert len(lines) == 3
     folded = [e for e in logs if e["event"] == "t_retry" and e["log_level"] == "debug"]
