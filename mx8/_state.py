@@ -6,10 +6,13 @@ batches) and how many rank-local samples of that segment were consumed. With the
 shape it gives the rank's ``Shard`` (``mx8_common.sample_order``), so embedded and
 distributed loaders cut the same batches.
 
-The state is O(1) and names the global progress (``consumed`` positions of the epoch), so
-it can be loaded at another world size or batch size: the new world continues the epoch
-from ``consumed`` (elastic resume); at the same world size that is exactly the
-uninterrupted continuation. States of version 1 (``position`` only) still load.
+The state is O(1). It holds the cursor itself (``offset``, ``base_step``, ``position``),
+restored exactly by a loader of the same world size and batch size (any rank: lockstep
+ranks are at the same place), and the global progress (``step``, ``consumed`` positions
+of the epoch), from which a loader of another world size or batch size continues the
+epoch (elastic resume: a new segment at ``offset = consumed``). For a same-size world
+both are the uninterrupted continuation. States of version 1 (``position`` only, from
+before segments) still load.
 """
 
 from __future__ import annotations
@@ -56,8 +59,6 @@ class EpochCursor:
     offset: int = 0
     #: Batches of this epoch taken before this segment.
     base_step: int = 0
-    #: This rank's samples of this epoch before this segment.
-    base_position: int = 0
     #: Rank-local samples of this segment consumed.
     position: int = 0
     #: Loaded from a state and not iterated since: ``set_epoch`` of its epoch keeps it.
@@ -69,7 +70,7 @@ class EpochCursor:
         if self.loaded and epoch == self.epoch:
             return
         self.epoch = epoch
-        self.offset = self.base_step = self.base_position = self.position = 0
+        self.offset = self.base_step = self.position = 0
         self.loaded = False
 
     def step(self, batch_size: int) -> int:
@@ -92,7 +93,9 @@ def build_state(shape: LoaderShape, cursor: EpochCursor) -> dict[str, Any]:
         "world_size": shape.world_size,
         "rank": shape.rank,
         "step": cursor.step(shape.batch_size),
-        "position": cursor.base_position + cursor.position,
+        "offset": cursor.offset,
+        "base_step": cursor.base_step,
+        "position": cursor.position,
         "consumed": consumed_positions(
             job.total_samples,
             shape.world_size,
@@ -121,8 +124,9 @@ def resume_cursor(
     """The cursor and seed a loader of ``shape`` continues ``state`` with.
 
     Refuses a state of another snapshot, order (shuffle, block size; the seed too when
-    ``fixed_seed``, i.e. the job owns it) or ``drop_last``; another world size, rank or
-    batch size is an elastic resume. Without ``fixed_seed`` the state's seed is taken.
+    ``fixed_seed``, i.e. the job owns it) or ``drop_last``. The same world size and batch
+    size (any rank) restore the state's cursor; another one is an elastic resume from its
+    ``consumed``. Without ``fixed_seed`` the state's seed is taken.
     """
     if not isinstance(state, dict):
         raise ConfigError(
@@ -151,24 +155,29 @@ def resume_cursor(
             )
     epoch = _int(state, "epoch")
     position = _int(state, "position")
-    if version == 1:
-        # Version 1 kept the rank's position in a full-epoch shard of its world.
-        world = _int(state, "world_size")
-        if world < 1:
-            raise ConfigError("loader state world_size=0 is not a world")
-        step = -(-position // max(1, _int(state, "batch_size")))
+    world, batch = _int(state, "world_size"), _int(state, "batch_size")
+    if world < 1 or batch < 1:
+        raise ConfigError(f"loader state world_size={world} / batch_size={batch} is no shape")
+    # Version 1 had no segments: its position counted from the epoch's start.
+    offset = _int(state, "offset") if version == STATE_VERSION else 0
+    base_step = _int(state, "base_step") if version == STATE_VERSION else 0
+    if version == STATE_VERSION:
+        step, consumed = _int(state, "step"), _int(state, "consumed")
+    else:
+        step = -(-position // batch)
         consumed = consumed_positions(
             job.total_samples, world, offset=0, position=position, drop_last=shape.drop_last
         )
-    else:
-        step = _int(state, "step")
-        consumed = _int(state, "consumed")
-    if consumed > job.total_samples:
-        raise ConfigError(
-            f"loader state consumed={consumed} is more than the snapshot's "
-            f"{job.total_samples} samples"
+    for key, value in (("offset", offset), ("consumed", consumed)):
+        if value > job.total_samples:
+            raise ConfigError(
+                f"loader state {key}={value} is more than the snapshot's "
+                f"{job.total_samples} samples"
+            )
+    if (world, batch) == (shape.world_size, shape.batch_size):
+        cursor = EpochCursor(
+            epoch=epoch, offset=offset, base_step=base_step, position=position, loaded=True
         )
-    cursor = EpochCursor(
-        epoch=epoch, offset=consumed, base_step=step, base_position=position, loaded=True
-    )
+    else:
+        cursor = EpochCursor(epoch=epoch, offset=consumed, base_step=step, loaded=True)
     return cursor, _int(state, "seed") if "seed" in state else job.seed

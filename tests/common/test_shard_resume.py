@@ -145,26 +145,34 @@ def _shape(total: int, world: int, rank: int, batch: int, drop_last: bool = Fals
     drop_last=st.booleans(),
     data=st.data(),
 )
-def test_state_round_trip_resumes_at_consumed_with_the_epochs_step_count(
+def test_state_round_trip_restores_the_cursor_or_resumes_at_consumed(
     total: int, world: int, new_world: int, batch: int, drop_last: bool, data: st.DataObject
 ) -> None:
     shape = _shape(total, world, 0, batch, drop_last)
     cursor = EpochCursor(epoch=3)
-    n = shape.shard(cursor).batches
-    steps = data.draw(st.integers(0, n), label="steps")
-    cursor.position = shape.shard(cursor).batch_bounds(steps - 1)[1] if steps else 0
+    whole = shape.shard(cursor)
+    steps = data.draw(st.integers(0, whole.batches), label="steps")
+    cursor.position = whole.batch_bounds(steps - 1)[1] if steps else 0
     state = build_state(shape, cursor)
     assert state["step"] == steps and state["epoch"] == 3
     new_shape = _shape(total, new_world, new_world - 1, batch, drop_last)
     resumed, seed = resume_cursor(new_shape, state, fixed_seed=True)
-    assert seed == 4 and resumed.epoch == 3 and resumed.offset == state["consumed"]
-    rest = new_shape.shard(resumed)
-    assert rest.samples == shard_samples(
-        total, new_world, drop_last=drop_last, offset=state["consumed"]
-    )
+    assert seed == 4 and resumed.epoch == 3 and resumed.loaded
     if new_world == world:
-        # len(loader) is the whole epoch's step count, before and after the resume.
-        assert resumed.base_step + rest.batches == n
+        # The same shape (any rank) restores the cursor: len(loader) and the next batch
+        # index are what they were.
+        assert (resumed.offset, resumed.base_step, resumed.position) == (0, 0, cursor.position)
+        assert resumed.base_step + new_shape.shard(resumed).batches == whole.batches
+    else:
+        assert (resumed.offset, resumed.base_step, resumed.position) == (
+            state["consumed"],
+            steps,
+            0,
+        )
+        rest = new_shape.shard(resumed)
+        assert rest.samples == shard_samples(
+            total, new_world, drop_last=drop_last, offset=state["consumed"]
+        )
 
 
 def test_state_of_version_1_loads_as_the_same_position() -> None:
@@ -182,9 +190,13 @@ def test_state_of_version_1_loads_as_the_same_position() -> None:
         "block_size": 16,
     }
     cursor, _ = resume_cursor(shape, old, fixed_seed=True)
-    assert (cursor.epoch, cursor.offset, cursor.base_step) == (2, 40, 2)
-    whole = Shard(shape.job.order(2), 1, 4, False, 5)
-    assert _batches(shape.shard(cursor)) == _batches(whole, 2)
+    assert (cursor.epoch, cursor.offset, cursor.base_step, cursor.position) == (2, 0, 0, 10)
+    # At another world size it resumes from what the whole world consumed: 4 ranks x 10.
+    two = _shape(100, 2, 1, 5)
+    elastic, _ = resume_cursor(two, old, fixed_seed=True)
+    assert (elastic.offset, elastic.base_step, elastic.position) == (40, 2, 0)
+    rest = Shard(shape.job.order(2), 1, 2, False, 5, offset=40)
+    assert _batches(two.shard(elastic)) == _batches(rest)
 
 
 @pytest.mark.parametrize(
@@ -196,6 +208,7 @@ def test_state_of_version_1_loads_as_the_same_position() -> None:
         ("seed", 5, "seed=5"),
         ("drop_last", True, "drop_last=True"),
         ("consumed", 101, "more than"),
+        ("offset", 101, "more than"),
         ("step", -1, "negative"),
         ("version", 9, "version 9"),
     ],
