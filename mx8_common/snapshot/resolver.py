@@ -44,8 +44,10 @@ from mx8_common.obs.events import emit
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
+from mx8_common.snapshot.partitioned import ListingStats
 from mx8_common.snapshot.s3_lister import PageSource, S3PageSource, ordered_pages
-from mx8_common.storage.s3_client import S3Settings, open_s3_client
+from mx8_common.storage.s3_client import S3Settings
+from mx8_common.storage.s3_get import S3Getter
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
 
 __all__ = [
@@ -98,6 +100,13 @@ class SnapshotResolverConfig:
     spill_keys_per_run: int = setting(
         100_000, env="MX8_SNAPSHOT_S3_SPILL_KEYS_PER_RUN", help="keys per external-sort run"
     )
+    list_concurrency: int = setting(
+        32,
+        env="MX8_SNAPSHOT_LIST_CONCURRENCY",
+        flag="--list-concurrency",
+        help="S3 LIST requests in flight while indexing (key ranges listed concurrently, "
+        "same manifest); 1: one page after another",
+    )
     lock_stale_ms: int = setting(
         60_000,
         env="MX8_SNAPSHOT_LOCK_STALE_MS",
@@ -124,7 +133,7 @@ class SnapshotResolverConfig:
             validate_label_mode(self.label_mode)
         except LabelError as exc:
             raise ConfigError(str(exc)) from exc
-        for name in ("spill_keys_per_run", "lock_stale_ms"):
+        for name in ("spill_keys_per_run", "lock_stale_ms", "list_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.wait_timeout_ms < 0:
@@ -354,11 +363,19 @@ async def _index(
     async with contextlib.AsyncExitStack() as stack:
         source = page_source
         if source is None and parsed.scheme == "s3":
+            # The lean client: botocore's parse of a LIST page would cost more CPU than the
+            # concurrent listing has time for.
             client = await stack.enter_async_context(
-                open_s3_client(S3Settings.from_env(cfg.s3_endpoint_url))
+                S3Getter(S3Settings.from_env(cfg.s3_endpoint_url))
             )
             source = S3PageSource(
-                client, parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
+                client,
+                parsed.bucket or "",
+                parsed.prefix or "",
+                recursive=cfg.recursive,
+                # External sort is for endpoints that do not list in order: ranges need order.
+                concurrency=1 if cfg.external_sort else cfg.list_concurrency,
+                spill_dir=str(store.scratch_dir()),
             )
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
@@ -394,6 +411,7 @@ async def _index(
     if key is not None:
         await store.write_intent(key, written.manifest_hash)
     scan_ms = int((time.monotonic() - t0) * 1000)
+    stats = source.stats if isinstance(source, S3PageSource) else ListingStats()
     emit(
         _COMPONENT,
         "snapshot_index_summary",
@@ -405,6 +423,10 @@ async def _index(
         label_mode=cfg.label_mode,
         classes=len(classes.names) if classes else 0,
         external_sort=cfg.external_sort,
+        list_concurrency=stats.concurrency,
+        partitions=stats.partitions,
+        list_requests=stats.requests or tracker.pages,
+        keys_per_s=int(written.samples / max(scan_ms / 1000, 1e-3)),
         manifest_hash=written.manifest_hash,
         manifest_bytes=written.manifest_bytes,
     )
