@@ -11,20 +11,22 @@ A stream that breaks (UNAVAILABLE) while the agent lives is reopened with the sa
 counts that one as acknowledged even if the ack was lost, re-sends the batches the trainer
 never got, and the iteration goes on without losing or repeating a consumed batch. The
 client retries for ``reconnect_timeout_s`` (0 turns this off); an agent that restarted
-meanwhile refuses the resume (it cannot know what was consumed) and that is an
-``AgentError`` telling the trainer to restart, as is an agent that stays away.
+meanwhile refuses the resume (it cannot know what was consumed) with a
+``TrainerResumeError`` telling the trainer to restart; an agent that stays away is an
+``AgentError``.
 ``want_locations=True`` asks the agent to fill ``Batch.locations``.
 
-The client owns one plain (sync) gRPC channel; gRPC's own threads move the bytes, so no
-event loop is involved. Every gRPC failure becomes an mx8 error here: a storage failure
-the agent hit is raised as the same class (``ObjectChangedError`` for
-``object_changed_since_snapshot``), anything else as ``AgentError`` naming the URL.
+The client owns one plain (sync) gRPC channel (built by ``mx8_common.rpc.channels``);
+gRPC's own threads move the bytes, so no event loop is involved. Every gRPC failure
+becomes an mx8 error here: what the agent refused with is rebuilt as the same typed error
+(``ObjectChangedError``, ``ManifestTruncated``, ``TrainerResumeError``... from the status
+details), anything else (an unreachable agent, a refused token) is an ``AgentError``
+naming the URL.
 
 An agent started with ``--tls-cert`` (and ``--tls-ca``) or ``MX8_AGENT_AUTH_TOKEN`` needs
 the same on this side: TLS files and the token default to ``MX8_AGENT_TLS_CA`` /
 ``MX8_AGENT_TLS_CERT`` / ``MX8_AGENT_TLS_KEY`` and ``MX8_AGENT_AUTH_TOKEN`` (not the
-``MX8_TLS_*`` / ``MX8_AUTH_TOKEN`` of the coordinator connection). A sync channel takes no
-aio interceptors, so the token rides as metadata on each call.
+``MX8_TLS_*`` / ``MX8_AUTH_TOKEN`` of the coordinator connection).
 """
 
 from __future__ import annotations
@@ -41,44 +43,17 @@ import grpc
 import numpy as np
 
 from mx8.batch import Batch
-from mx8_common.errors import (
-    AccessDeniedError,
-    AgentError,
-    BucketNotFoundError,
-    ConfigError,
-    Mx8Error,
-    ObjectChangedError,
-    ObjectNotFoundError,
-    StorageError,
-    TrainerResumeError,
-    TransientStorageError,
-)
+from mx8_common.errors import AgentError, ConfigError, Mx8Error
+from mx8_common.rpc.channels import sync_channel
+from mx8_common.rpc.errors import error_from_rpc
 from mx8_common.rpc.proto import agent_pb2 as pb
 from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
-from mx8_common.rpc.security import TlsConfig, channel_credentials, token_metadata
+from mx8_common.rpc.security import TlsConfig
 
 __all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "agent_tls_from_env"]
 
 #: The token the agent's ``MX8_AGENT_AUTH_TOKEN`` demands (same name on both ends).
 AGENT_AUTH_TOKEN_ENV = "MX8_AGENT_AUTH_TOKEN"
-
-#: Storage errors the agent forwards as ``"<event>: <message>"``, by event name.
-_FORWARDED: dict[str, type[StorageError]] = {
-    cls.event: cls
-    for cls in (
-        ObjectChangedError,
-        ObjectNotFoundError,
-        AccessDeniedError,
-        BucketNotFoundError,
-        TransientStorageError,
-        StorageError,
-    )
-}
-
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-]
 
 
 def agent_tls_from_env(environ: Mapping[str, str] | None = None) -> TlsConfig:
@@ -136,13 +111,7 @@ class AgentStreamClient:
         )
         self.tls = agent_tls_from_env() if tls is None else tls
         token = (os.environ.get(AGENT_AUTH_TOKEN_ENV) or None) if token is None else token
-        self._metadata = token_metadata(token) if token else ()
-        if self.tls.enabled:
-            self._channel = grpc.secure_channel(
-                url, channel_credentials(self.tls), options=_CHANNEL_OPTIONS
-            )
-        else:
-            self._channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        self._channel = sync_channel(url, tls=self.tls, token=token)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError as exc:
@@ -168,26 +137,17 @@ class AgentStreamClient:
     # -- errors -------------------------------------------------------------------------
 
     def _error(self, exc: grpc.RpcError, what: str) -> Mx8Error:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+        refused = error_from_rpc(exc, origin=f"mx8d-agent at {self.url}")
+        if refused is not None:
+            return refused
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            hint = (
-                ""
-                if AGENT_AUTH_TOKEN_ENV in details
-                else f"; set {AGENT_AUTH_TOKEN_ENV} to the agent's token"
-            )
+            # The agent's token check names the variable to set (MX8_AGENT_AUTH_TOKEN).
             return AgentError(
-                f"mx8d-agent at {self.url} refused {what} (UNAUTHENTICATED): {details}{hint}",
+                f"mx8d-agent at {self.url} refused {what} (UNAUTHENTICATED): {details}",
                 address=self.url,
             )
-        event, sep, message = details.partition(": ")
-        if sep and event == TrainerResumeError.event:
-            return AgentError(
-                f"mx8d-agent at {self.url} cannot resume this trainer's stream: {message}",
-                address=self.url,
-            )
-        if sep and event in _FORWARDED:
-            return _FORWARDED[event](f"{message} (reported by mx8d-agent at {self.url})")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
             return AgentError(
                 f"lost mx8d-agent at {self.url} during {what} ({details}); is it still "
@@ -205,9 +165,7 @@ class AgentStreamClient:
         """The job as the agent knows it: hash, sample count, epochs, class names, rank."""
         try:
             d = self._stub.DescribeJob(
-                pb.DescribeJobRequest(job_id=self.job_id),
-                timeout=self.timeout_s,
-                metadata=self._metadata,
+                pb.DescribeJobRequest(job_id=self.job_id), timeout=self.timeout_s
             )
         except grpc.RpcError as exc:
             raise self._error(exc, "DescribeJob") from exc
@@ -244,9 +202,7 @@ class AgentStreamClient:
     def _open(self, resume_after: int) -> None:
         # Each stream has its own request queue: a None ends the old one's sender thread.
         self._requests = queue.Queue()
-        self._responses = self._stub.Stream(
-            self._request_stream(self._requests, resume_after), metadata=self._metadata
-        )
+        self._responses = self._stub.Stream(self._request_stream(self._requests, resume_after))
 
     def _reopen(self, deadline: float) -> bool:
         """After a broken stream: wait (until ``deadline``) for the agent, then resume.
@@ -290,8 +246,9 @@ class AgentStreamClient:
                 ) from None
             except grpc.RpcError as exc:
                 # Only a broken transport is worth a resume; a refusal would repeat.
-                code = exc.code() if hasattr(exc, "code") else None
-                if code == grpc.StatusCode.UNAVAILABLE and self.reconnect_timeout_s > 0:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                broken = code == grpc.StatusCode.UNAVAILABLE and error_from_rpc(exc) is None
+                if broken and self.reconnect_timeout_s > 0:
                     if deadline is None:
                         deadline = time.monotonic() + self.reconnect_timeout_s
                     if not self._closed and self._reopen(deadline):

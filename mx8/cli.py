@@ -134,18 +134,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 async def _grpc_health(address: str, service: str, timeout_s: float) -> str:
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from mx8_common.rpc.security import TlsConfig, channel_credentials
+    from mx8_common.rpc.channels import aio_channel
+    from mx8_common.rpc.security import TlsConfig
 
-    tls = TlsConfig.from_env()
-    channel = (
-        grpc.aio.secure_channel(address, channel_credentials(tls))
-        if tls.enabled and not address.startswith("unix:")
-        else grpc.aio.insecure_channel(address)
-    )
-    async with channel:
+    # MX8_TLS_* are the coordinator's; a unix: address is a local agent socket.
+    tls = TlsConfig() if address.startswith("unix:") else TlsConfig.from_env()
+    async with aio_channel(address, tls=tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -14,7 +14,8 @@ manifest hash, the agent fails closed (``coordinator_manifest_changed``, trainer
 ``run()`` raises ``ManifestChangedError``, the CLI exits 2) instead of switching snapshot
 under running trainers. ``shutdown()`` stops leasing,
 reports what trainers acknowledged, stops the server and closes every client; it is safe
-to call twice, and ``async with`` wraps ``start``/``shutdown``.
+to call twice, and ``async with`` wraps ``start``/``shutdown`` (the shared part lives in
+``mx8_common.rpc.daemon``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import dataclasses
 import os
 import random
 import time
+from collections.abc import Coroutine, Iterable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mx8_agent.config import AGENT_AUTH_TOKEN_ENV, AgentConfig
 from mx8_agent.ingest.manifest_ingest import IngestSettings, ingest_manifest
@@ -39,13 +41,18 @@ from mx8_agent.serve.batch_wire import add_agent_service
 from mx8_agent.serve.servicer import AgentServicer, JobInfo
 from mx8_agent.serve.trainer_hub import TrainerHub
 from mx8_agent.work.lease_runner import LeaseRunner
-from mx8_common.errors import ConfigError, CoordinatorError, ManifestChangedError, Mx8Error
+from mx8_common.errors import (
+    CoordinatorError,
+    ManifestChangedError,
+    Mx8Error,
+    NodeNotRegisteredError,
+)
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
 from mx8_common.rpc.proto import agent_pb2
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
-from mx8_common.rpc.security import BearerTokenInterceptor, server_credentials, warn_if_exposed
 from mx8_common.sample_order import JobOrder
 from mx8_common.storage.fetch_pipeline import FetchConfig
 from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig
@@ -64,8 +71,11 @@ _GOODBYE_S = 10.0
 _RESUME_GRACE_S = 2.0
 
 
-class Agent:
+class Agent(Daemon):
     """The agent daemon of one host (see the module docstring)."""
+
+    component = _COMPONENT
+    service_name = SERVICE_NAME
 
     def __init__(
         self,
@@ -76,6 +86,17 @@ class Agent:
         s3_settings: S3Settings | None = None,
         shutdown_grace_s: float = 1.0,
     ) -> None:
+        super().__init__(
+            ServerSettings(
+                listen=config.listen_target,
+                tls=config.tls,
+                auth_token=config.auth_token,
+                token_env=AGENT_AUTH_TOKEN_ENV,
+                max_message_bytes=_MAX_MESSAGE_BYTES,
+                http=config.metrics_host_port,
+            ),
+            shutdown_grace_s=shutdown_grace_s,
+        )
         self.config = config
         budget = config.max_inflight_bytes
         # Half the budget for reads in progress, half for batches queued/unacknowledged.
@@ -86,28 +107,17 @@ class Agent:
             max_inflight_bytes=max(1, budget - self._hub_budget),
         )
         self._reader = ObjectReader(reader_config, s3_settings=s3_settings)
-        self._grace = shutdown_grace_s
         self._client = CoordinatorClient(config.coordinator)
         self.hub = TrainerHub(
             max_bytes=self._hub_budget, on_acked=self._on_acked, resume_grace_s=_RESUME_GRACE_S
         )
         self.metrics = AgentMetrics(self.stats)
         self._servicer = AgentServicer(hub=self.hub, job_info=self.job_info, locate=self._locations)
-        self._health = health.aio.HealthServicer()
-        self._server: grpc.aio.Server | None = None
         self._registration: cpb.RegisterNodeResponse | None = None
         self.table: ManifestTable | None = None
         self.runner: LeaseRunner | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
         # Set when the coordinator switched snapshot: nothing may be reported to it.
         self._fenced = False
-        self._started = False
-        self._shutdown_requested = asyncio.Event()
-        self._shutdown_started = False
-        self._done = asyncio.Event()
-        self._socket_path: Path | None = None
-        self.address: str | None = None
-        self.metrics_port: int | None = None
         self._rng = random.Random()
 
     # -- views --------------------------------------------------------------------------
@@ -169,80 +179,21 @@ class Agent:
         if self.runner is not None:
             self.runner.on_acked(batch)
 
-    # -- start ------------------------------------------------------------------------
+    # -- start / run ------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bind the trainer service and the metrics exporter. Idempotent."""
-        if self._started:
-            return
-        self._started = True
-        cfg = self.config
-        target = cfg.listen_target
-        # Read the PEM files before binding: a bad path fails start-up with its flag named.
-        credentials = server_credentials(cfg.tls) if cfg.tls.enabled else None
-        interceptors = (
-            [BearerTokenInterceptor(cfg.auth_token, token_env=AGENT_AUTH_TOKEN_ENV)]
-            if cfg.auth_token
-            else []
-        )
-        # A unix socket is local (is_loopback says so); a TCP port may not be.
-        warn_if_exposed(
-            target,
-            cfg.auth_token,
-            tls=cfg.tls,
-            component=_COMPONENT,
-            token_env=AGENT_AUTH_TOKEN_ENV,
-        )
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+    def _add_services(self, server: grpc.aio.Server) -> None:
         add_agent_service(self._servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        if target.startswith("unix:"):
-            path = Path(target.removeprefix("unix://").removeprefix("unix:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # A socket file left by a killed agent would make the bind fail.
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_socket():
-                    path.unlink()
-            self._socket_path = path
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(target)
-            else:
-                port = server.add_secure_port(target, credentials)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"cannot listen on {self.config.listen}: {exc}; is another agent running "
-                "there? pick another --listen"
-            ) from exc
-        self._server = server
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.start()
-        if self._socket_path is not None:
-            self.address = f"unix://{self._socket_path}"
-        else:
-            host = target.rpartition(":")[0]
-            self.address = f"{host}:{port}"
-        metrics_at = self.config.metrics_host_port
-        if metrics_at is not None:
-            try:
-                self.metrics_port = self.metrics.serve(*metrics_at)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot serve metrics on {self.config.metrics}: {exc}; pick another "
-                    "--metrics port"
-                ) from exc
+
+    def _http_handler(self) -> type[BaseHTTPRequestHandler]:
+        return self.metrics.http_handler()
+
+    async def _open(self) -> None:
+        cfg = self.config
         emit(
             _COMPONENT,
             "agent_listening",
             address=self.address,
-            node_id=self.config.node_id,
+            node_id=cfg.node_id,
             metrics_port=self.metrics_port,
             pid=os.getpid(),
             tls=cfg.tls.enabled,
@@ -250,51 +201,24 @@ class Agent:
             auth_token=cfg.auth_token is not None,
         )
 
-    async def _set_health(self, status: Any) -> None:
-        await self._health.set("", status)
-        await self._health.set(SERVICE_NAME, status)
-
-    # -- run --------------------------------------------------------------------------
-
-    async def run(self) -> None:
+    def _work(self) -> Iterable[tuple[str, Coroutine[Any, Any, Any]]]:
         """Register, ingest, lease until the job is drained; raise what stopped it."""
-        try:
-            await self.start()
-        except BaseException:
-            await self.shutdown()
-            raise
-        main = asyncio.create_task(self._main(), name="mx8-agent-main")
-        stop = asyncio.create_task(self._shutdown_requested.wait())
-        error: BaseException | None = None
-        try:
-            await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not main.done():
-                main.cancel()
-            try:
-                await main
-            except asyncio.CancelledError:
-                pass
-            except BaseException as exc:
-                error = exc
-            await self.shutdown()
-        if error is not None:
-            raise error
+        return [("main", self._main())]
 
     async def _main(self) -> None:
         reg = await self._register()
-        heartbeat = self._heartbeat = asyncio.create_task(
+        heartbeat = asyncio.create_task(
             self._heartbeat_loop(reg.heartbeat_interval_ms / 1000), name="mx8-agent-heartbeat"
         )
-        work = asyncio.create_task(self._work(reg), name="mx8-agent-work")
+        work = asyncio.create_task(self._serve_job(reg), name="mx8-agent-work")
         try:
             await asyncio.wait({work, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
+            for task in (work, heartbeat):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         if work.done() and not work.cancelled():
             work.result()  # raise what stopped it
             return
@@ -305,7 +229,7 @@ class Agent:
         await self._wait_trainers_gone()
         raise error
 
-    async def _work(self, reg: cpb.RegisterNodeResponse) -> None:
+    async def _serve_job(self, reg: cpb.RegisterNodeResponse) -> None:
         cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else None
         settings = IngestSettings(
             job_id=self.config.job_id,
@@ -326,7 +250,7 @@ class Agent:
             raise
         self.table = result.table
         # Trainers can be served from here on: DescribeJob is complete, leasing starts.
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self.set_health(SERVING)
         self.runner = LeaseRunner(
             client=self._client,
             job_id=self.config.job_id,
@@ -416,14 +340,17 @@ class Agent:
                     bytes_fetched=int(s["bytes_fetched"]),
                     inflight_bytes=int(s["inflight_bytes"]),
                 )
-            except CoordinatorError as exc:
+            except Mx8Error as exc:
                 # A missed heartbeat is not fatal: the lease TTL is several intervals long.
-                emit(_COMPONENT, "heartbeat_failed", code=exc.code, error=str(exc))
-                if exc.code == "FAILED_PRECONDITION":
+                emit(_COMPONENT, "heartbeat_failed", reason=exc.event, error=str(exc))
+                if isinstance(exc, NodeNotRegisteredError):
                     # A coordinator restarted without its lease log no longer knows us;
                     # registering again is idempotent when it does.
-                    with contextlib.suppress(CoordinatorError):
-                        self._check_same_snapshot(await self._register_once())
+                    try:
+                        reg = await self._register_once()
+                    except Mx8Error:
+                        continue
+                    self._check_same_snapshot(reg)
 
     async def _register_once(self) -> cpb.RegisterNodeResponse:
         """RegisterNode with this host's caps (first registration and re-registration alike)."""
@@ -464,43 +391,16 @@ class Agent:
 
     # -- stop -------------------------------------------------------------------------
 
-    def request_shutdown(self) -> None:
-        """Ask ``run()`` to stop (signal handlers call this)."""
-        self._shutdown_requested.set()
+    async def _drain(self) -> None:
+        if self.runner is not None and not self._fenced:
+            # Only acknowledged samples: what trainers did not consume stays uncommitted.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await self.runner.report_now()
 
-    async def shutdown(self) -> None:
-        """Stop everything; report acknowledged progress first. Safe to call twice."""
-        self._shutdown_requested.set()
-        if self._shutdown_started:
-            await self._done.wait()
-            return
-        self._shutdown_started = True
-        try:
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._heartbeat
-            if self.runner is not None and not self._fenced:
-                # Only acknowledged samples: what trainers did not consume stays uncommitted.
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(2.0):
-                        await self.runner.report_now()
-            if self._server is not None:
-                await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-                await self._server.stop(self._grace)
-            await self._reader.aclose()
-            await self._client.close()
-            await asyncio.to_thread(self.metrics.stop)
-            if self._socket_path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    self._socket_path.unlink()
-            emit(_COMPONENT, "agent_stopped", node_id=self.config.node_id)
-        finally:
-            self._done.set()
+    async def _close(self) -> None:
+        await self._reader.aclose()
+        await self._client.close()
 
-    async def __aenter__(self) -> Agent:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.shutdown()
+    def _stopped_fields(self) -> dict[str, Any]:
+        return {"node_id": self.config.node_id}

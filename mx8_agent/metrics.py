@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
-
-from mx8_common.obs.http_exporter import HttpExporter
 
 __all__ = ["COUNTERS", "GAUGES", "AgentMetrics", "TimedReader"]
 
@@ -57,7 +56,7 @@ class _StatsCollector(Collector):
 
 
 class AgentMetrics:
-    """The agent's registry; ``serve`` exposes it over HTTP."""
+    """The agent's registry; ``http_handler`` exposes it over HTTP."""
 
     def __init__(self, snapshot: Callable[[], Mapping[str, float]]) -> None:
         self.registry = CollectorRegistry()
@@ -68,15 +67,10 @@ class AgentMetrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
-        self._http = HttpExporter("mx8-agent-http")
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` from a daemon thread; returns the bound port."""
-        return self._http.start(host, port, MetricsHandler.factory(self.registry))
-
-    def stop(self) -> None:
-        """Stop the exporter if it runs. Safe to call twice."""
-        self._http.stop()
+    def http_handler(self) -> type[BaseHTTPRequestHandler]:
+        """The handler of ``/metrics`` over this registry."""
+        return MetricsHandler.factory(self.registry)  # type: ignore[no-any-return]
 
 
 class TimedReader:

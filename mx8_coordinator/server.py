@@ -1,11 +1,11 @@
-"""``Coordinator``: the daemon's lifecycle around one job.
+"""``Coordinator``: the daemon's lifecycle around one job, on the shared ``Daemon`` base.
 
 ``start()`` binds the gRPC port first (health NOT_SERVING), resolves the snapshot (or takes
 a given ``ManifestSource``), opens and replays the lease log, then turns health SERVING
 and starts the expiry ticker. ``run()`` waits until ``shutdown()`` or a failing task;
 ``shutdown()`` drains (no new leases), stops the server with a grace period, flushes and
 closes the lease log and the metrics exporter. It is safe to call twice; ``async with``
-wraps both.
+wraps both (``mx8_common.rpc.daemon`` has the shared part).
 """
 
 from __future__ import annotations
@@ -13,19 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from mx8_common.errors import ConfigError
 from mx8_common.obs.events import emit
+from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
 from mx8_common.rpc.job_status import JobStatus
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
-from mx8_common.rpc.security import BearerTokenInterceptor, server_credentials, warn_if_exposed
 from mx8_coordinator.config import CoordinatorConfig
 from mx8_coordinator.rpc.manifest_serving import (
     FileManifestSource,
@@ -51,12 +49,15 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class Coordinator:
+class Coordinator(Daemon):
     """The coordinator daemon for one job.
 
     ``source`` replaces resolving ``config.dataset``: a ``ManifestSource``, or an async
     factory of one (awaited after the port is bound, like the resolver would be).
     """
+
+    component = _COMPONENT
+    service_name = SERVICE_NAME
 
     def __init__(
         self,
@@ -66,57 +67,45 @@ class Coordinator:
         clock: Callable[[], int] = monotonic_ms,
         shutdown_grace_s: float = 2.0,
     ) -> None:
+        super().__init__(
+            ServerSettings(
+                listen=config.listen,
+                tls=config.tls,
+                auth_token=config.auth_token,
+                max_message_bytes=config.max_message_bytes,
+                http=config.metrics_host_port,
+            ),
+            shutdown_grace_s=shutdown_grace_s,
+        )
         self.config = config
         self._given_source = source
         self._clock = clock
-        self._grace = shutdown_grace_s
         self.metrics = CoordinatorMetrics(self._status_from_thread)
         self._servicer = CoordinatorServicer(
             metrics=self.metrics, max_message_bytes=config.max_message_bytes
         )
-        self._health = health.aio.HealthServicer()
-        self._server: grpc.aio.Server | None = None
         self._log: LeaseLog | None = None
         self._resources = contextlib.AsyncExitStack()
-        self._ticker: asyncio.Task[None] | None = None
-        self._started = False
-        self._shutdown_requested = asyncio.Event()
-        self._shutdown_started = False
-        self._done = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.port: int | None = None
-        self.metrics_port: int | None = None
         self.job: Job | None = None
         self.source: ManifestSource | None = None
 
-    @property
-    def address(self) -> str:
-        """``host:port`` clients should dial (the bound port, also when 0 was asked)."""
-        if self.port is None:
-            raise RuntimeError("the coordinator is not started")
-        host, _ = self.config.listen_host_port
-        return f"{host}:{self.port}"
-
     # -- start -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bind, resolve, replay, serve. Idempotent."""
-        if self._started:
-            return
-        self._started = True
-        self._loop = asyncio.get_running_loop()
-        await self._bind()
-        try:
-            source = await self._open_source()
-            self.source = source
-            self.job = await self._open_job(source)
-        except BaseException:
-            await self.shutdown()
-            raise
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_CoordinatorServicer_to_server(self._servicer, server)
+
+    def _http_handler(self) -> type[BaseHTTPRequestHandler]:
+        return self.metrics.http_handler()
+
+    async def _open(self) -> None:
+        """Resolve, replay, serve: health turns SERVING and the ticker starts."""
+        source = await self._open_source()
+        self.source = source
+        self.job = await self._open_job(source)
         self._servicer.source = source
         self._servicer.job = self.job
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self._ticker = asyncio.create_task(self._tick_forever(), name="mx8-coordinator-ticker")
+        await self.set_health(SERVING)
+        self.spawn(self._tick_forever(), "ticker")
         emit(
             _COMPONENT,
             "coordinator_serving",
@@ -129,50 +118,6 @@ class Coordinator:
             mutual_tls=self.config.tls.mutual,
             auth_token=self.config.auth_token is not None,
         )
-
-    async def _bind(self) -> None:
-        cfg = self.config
-        cap = cfg.max_message_bytes
-        tls = cfg.tls
-        # Read the PEM files before binding: a bad path fails start-up with its flag named.
-        credentials = server_credentials(tls) if tls.enabled else None
-        interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
-        warn_if_exposed(cfg.listen, cfg.auth_token, tls=tls, component=_COMPONENT)
-        self._server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_send_message_length", cap),
-                ("grpc.max_receive_message_length", cap),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        pb_grpc.add_CoordinatorServicer_to_server(self._servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
-        host, port = self.config.listen_host_port
-        try:
-            if credentials is None:
-                self.port = self._server.add_insecure_port(f"{host}:{port}")
-            else:
-                self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"cannot listen on {self.config.listen}: {exc}; is another coordinator "
-                "running there? pick another --listen port"
-            ) from exc
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.start()
-        metrics_at = self.config.metrics_host_port
-        if metrics_at is not None:
-            try:
-                self.metrics_port = self.metrics.serve(*metrics_at)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot serve metrics on {self.config.metrics}: {exc}; pick another "
-                    "--metrics port"
-                ) from exc
 
     def status(self) -> JobStatus:
         """The job's status, as the page, ``/api/status`` and metrics show it (on the loop)."""
@@ -191,10 +136,6 @@ class Coordinator:
             return self.status()
 
         return asyncio.run_coroutine_threadsafe(build(), loop).result(timeout=5)
-
-    async def _set_health(self, status: Any) -> None:
-        await self._health.set("", status)
-        await self._health.set(SERVICE_NAME, status)
 
     async def _open_source(self) -> ManifestSource:
         given = self._given_source
@@ -288,53 +229,16 @@ class Coordinator:
             await asyncio.sleep(period_s)
             await self.job.tick()
 
-    # -- run / stop ------------------------------------------------------------------
+    # -- stop ----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Start, then serve until ``shutdown()`` (or a failing background task)."""
-        await self.start()
-        assert self._ticker is not None
-        stop = asyncio.create_task(self._shutdown_requested.wait())
-        try:
-            await asyncio.wait({stop, self._ticker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            await self.shutdown()
-        if self._ticker.done() and not self._ticker.cancelled() and self._ticker.exception():
-            raise self._ticker.exception()  # type: ignore[misc]
+    async def _drain(self) -> None:
+        if self.job is not None:
+            self.job.begin_drain()
 
-    def request_shutdown(self) -> None:
-        """Ask ``run()`` to shut down (signal handlers call this)."""
-        self._shutdown_requested.set()
+    async def _close(self) -> None:
+        if self._log is not None:
+            await self._log.close()
+        await self._resources.aclose()
 
-    async def shutdown(self) -> None:
-        """Drain and stop everything. Safe to call twice (the second waits for the first)."""
-        self._shutdown_requested.set()
-        if self._shutdown_started:
-            await self._done.wait()
-            return
-        self._shutdown_started = True
-        try:
-            if self.job is not None:
-                self.job.begin_drain()
-            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            if self._server is not None:
-                await self._server.stop(self._grace)
-            if self._ticker is not None:
-                self._ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._ticker
-            if self._log is not None:
-                await self._log.close()
-            await asyncio.to_thread(self.metrics.stop)
-            await self._resources.aclose()
-            emit(_COMPONENT, "coordinator_stopped", job_id=self.config.job_id)
-        finally:
-            self._done.set()
-
-    async def __aenter__(self) -> Coordinator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.shutdown()
+    def _stopped_fields(self) -> dict[str, Any]:
+        return {"job_id": self.config.job_id}

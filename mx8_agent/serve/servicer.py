@@ -2,12 +2,11 @@
 
 ``DescribeJob`` answers from a plain ``JobInfo``; ``Stream`` takes the trainer's
 ``OpenStream``, attaches a session to the ``TrainerHub``, feeds acknowledgements to it
-from a reader task, and sends what ``next_for`` returns. Errors become statuses in one
-place: a bad open is INVALID_ARGUMENT (naming the values), a storage failure is
-FAILED_PRECONDITION whose message starts with the error's event name
-(``object_changed_since_snapshot: ...``) so the trainer client can raise the same class;
-so is a refused resume (``trainer_resume_refused: ...``). ``Batch.locations`` is filled
-only for a stream opened with ``want_locations``, from the ``locate`` callback.
+from a reader task, and sends what ``next_for`` returns. The handlers just raise: the
+agent's ``ErrorBoundary`` interceptor turns an ``Mx8Error`` (a bad open, a storage
+failure, a refused resume, a manifest that failed closed) into a typed status that the
+trainer client rebuilds as the same class. ``Batch.locations`` is filled only for a
+stream opened with ``want_locations``, from the ``locate`` callback.
 """
 
 from __future__ import annotations
@@ -19,12 +18,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 
 from mx8_agent.serve.batch_wire import END_OF_JOB, encode_batch
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub, TrainerSession
-from mx8_common.errors import Mx8Error, RequestError, StorageError, TrainerResumeError
+from mx8_common.errors import RequestError
 from mx8_common.obs.events import emit
 from mx8_common.rpc.proto import agent_pb2 as pb
 from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
@@ -72,16 +70,6 @@ def batch_to_proto(
     )
 
 
-def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, RequestError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, StorageError | TrainerResumeError):
-        return grpc.StatusCode.FAILED_PRECONDITION, f"{exc.event}: {exc}"
-    if isinstance(exc, Mx8Error):
-        return grpc.StatusCode.INTERNAL, f"{exc.event}: {exc}"
-    return grpc.StatusCode.INTERNAL, f"agent failed: {type(exc).__name__}: {exc}"
-
-
 class AgentServicer(pb_grpc.AgentServicer):
     """``mx8.v1.Agent`` over a ``TrainerHub`` and a ``JobInfo`` provider."""
 
@@ -102,10 +90,7 @@ class AgentServicer(pb_grpc.AgentServicer):
             )
 
     async def DescribeJob(self, request: pb.DescribeJobRequest, context: Any) -> pb.JobDescription:
-        try:
-            self._check_job(request.job_id)
-        except Mx8Error as exc:
-            await context.abort(*_status_for(exc))
+        self._check_job(request.job_id)
         info = self._job_info()
         return pb.JobDescription(
             job_id=info.job_id,
@@ -125,31 +110,26 @@ class AgentServicer(pb_grpc.AgentServicer):
         if first is None:
             return
         if not first.HasField("open"):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first message of a trainer stream must be OpenStream",
+            raise RequestError(
+                "the first message of a trainer stream must be OpenStream", field="open"
             )
         op = first.open
         # Without an id a trainer cannot resume; a unique one keeps it from replacing others.
         trainer_id = op.trainer_id or f"{context.peer()}#{op.local_rank}#{uuid.uuid4().hex[:8]}"
-        try:
-            self._check_job(op.job_id)
-            if op.want_locations and self._locate is None:
-                raise RequestError(
-                    "this agent cannot report sample locations; open the stream without "
-                    "want_locations",
-                    field="want_locations",
-                )
-            self._hub.set_batch_size(op.batch_size)
-            session = self._hub.attach(
-                trainer_id,
-                window=op.window or _DEFAULT_WINDOW,
-                local_rank=op.local_rank,
-                resume_after=op.resume_after_seq,
-                want_locations=op.want_locations,
+        self._check_job(op.job_id)
+        if op.want_locations and self._locate is None:
+            raise RequestError(
+                "this agent cannot report sample locations; open the stream without want_locations",
+                field="want_locations",
             )
-        except Mx8Error as exc:
-            await context.abort(*_status_for(exc))
+        self._hub.set_batch_size(op.batch_size)
+        session = self._hub.attach(
+            trainer_id,
+            window=op.window or _DEFAULT_WINDOW,
+            local_rank=op.local_rank,
+            resume_after=op.resume_after_seq,
+            want_locations=op.want_locations,
+        )
         emit(
             _COMPONENT,
             "trainer_connected",
@@ -161,10 +141,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         acks = asyncio.create_task(self._read_acks(request_iterator, session))
         try:
             while True:
-                try:
-                    item = await self._hub.next_for(session)
-                except Mx8Error as exc:
-                    await context.abort(*_status_for(exc))
+                item = await self._hub.next_for(session)
                 if item is None:
                     yield END_OF_JOB
                     return

@@ -12,6 +12,11 @@ Only started after a full, valid manifest ingest. Three tasks share one ``AckTra
   (which also keeps the lease alive), drops leases the coordinator took back, and frees
   a slot when a lease completes.
 
+Coordinator refusals arrive as typed errors and are told apart by class, never by text:
+a lease the coordinator took back (``LeaseNotFoundError``: expired or unknown;
+``LeaseStateError``: completed or held elsewhere) is dropped and the rest go on, while
+anything else (a ``ManifestChangedError``, a refused request) stops the runner.
+
 Memory: the pipeline holds at most its own budget; the batch being cut plus queued and
 unacknowledged batches wait for room under the hub's budget; the two budgets add up to
 ``--max-inflight-bytes``.
@@ -29,7 +34,14 @@ import numpy as np
 
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
 from mx8_agent.work.ack_tracker import AckTracker, LeaseRef
-from mx8_common.errors import CoordinatorError
+from mx8_common.errors import (
+    CoordinatorError,
+    JobNotReadyError,
+    LeaseNotFoundError,
+    LeaseStateError,
+    Mx8Error,
+    NodeNotRegisteredError,
+)
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -39,8 +51,14 @@ from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchR
 __all__ = ["LeaseRunner", "RunnerStats"]
 
 _COMPONENT = "agent"
-_RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION")
-_DROP_CODES = ("NOT_FOUND", "FAILED_PRECONDITION")
+#: Status codes of a coordinator that did not answer (no typed refusal): try again later.
+_TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+#: RequestLease refusals to wait out: the world is not frozen yet, or a restarted
+#: coordinator does not know this node until the heartbeat registers it again.
+_WAIT_ERRORS = (JobNotReadyError, NodeNotRegisteredError)
+#: ReportProgress refusals meaning the lease is gone (expired, unknown, completed or held
+#: elsewhere, or a coordinator that forgot this node): drop it, keep the others.
+_LOST_LEASE_ERRORS = (LeaseNotFoundError, LeaseStateError, NodeNotRegisteredError)
 _REQUEST_CHUNK = 4096
 
 
@@ -151,10 +169,10 @@ class LeaseRunner:
                 continue
             try:
                 resp = await self._client.request_lease(self._job_id, self._node_id, free)
-            except CoordinatorError as exc:
-                if exc.code not in _RETRY_CODES:
+            except (*_WAIT_ERRORS, CoordinatorError) as exc:
+                if isinstance(exc, CoordinatorError) and exc.code not in _TRANSIENT_CODES:
                     raise
-                emit(_COMPONENT, "lease_request_retry", code=exc.code, error=str(exc))
+                emit(_COMPONENT, "lease_request_retry", reason=exc.event, error=str(exc))
                 await asyncio.sleep(self._retry_wait_s)
                 continue
             for le in resp.leases:
@@ -292,14 +310,14 @@ class LeaseRunner:
                 resp = await self._client.report_progress(
                     self._job_id, self._node_id, lease_id, cursor
                 )
+            except _LOST_LEASE_ERRORS as exc:
+                self._drop(lease_id, exc)
+                continue
             except CoordinatorError as exc:
-                if exc.code in _DROP_CODES:
-                    self._drop(lease_id, str(exc))
-                    continue
-                if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                    emit(_COMPONENT, "progress_report_failed", lease_id=lease_id, error=str(exc))
-                    return  # try again next interval
-                raise
+                if exc.code not in _TRANSIENT_CODES:
+                    raise
+                emit(_COMPONENT, "progress_report_failed", lease_id=lease_id, error=str(exc))
+                return  # try again next interval
             self.tracker.mark_reported(lease_id, cursor)
             if resp.completed:
                 self.tracker.remove(lease_id)
@@ -307,13 +325,20 @@ class LeaseRunner:
                 emit(_COMPONENT, "lease_done", lease_id=lease_id, cursor=cursor)
                 self._freed.set()
 
-    def _drop(self, lease_id: str, reason: str) -> None:
+    def _drop(self, lease_id: str, why: Mx8Error) -> None:
         """The coordinator took the lease back (expired): stop delivering it."""
         self.tracker.remove(lease_id)
         self.stats.dropped.add(lease_id)
         self.stats.leases_dropped += 1
         discarded = self._hub.discard_lease(lease_id)
-        emit(_COMPONENT, "lease_lost", lease_id=lease_id, discarded=discarded, reason=reason)
+        emit(
+            _COMPONENT,
+            "lease_lost",
+            lease_id=lease_id,
+            discarded=discarded,
+            reason=why.event,
+            error=str(why),
+        )
         self._freed.set()
 
 

@@ -1,13 +1,15 @@
 """``CoordinatorClient``: one grpc.aio channel to ``mx8-coordinator``, errors made plain.
 
-Methods mirror the ``mx8.v1.Coordinator`` RPCs and return its proto messages. Every
-``grpc.aio.AioRpcError`` becomes a ``CoordinatorError`` carrying the status name in
-``.code`` (``"NOT_FOUND"``, ``"UNAVAILABLE"``...), so callers can tell a refused call from
-an unreachable coordinator; this is the one place gRPC errors are translated.
+Methods mirror the ``mx8.v1.Coordinator`` RPCs and return its proto messages. A refusal
+comes back as the typed error the coordinator raised (``LeaseNotFoundError``,
+``JobNotReadyError``... rebuilt from the status details by ``rpc.errors``); any other
+``grpc.aio.AioRpcError`` (unreachable, timed out, token refused) becomes a
+``CoordinatorError`` carrying the status name in ``.code`` (``"UNAVAILABLE"``...). This
+is the one place the coordinator's gRPC errors are translated.
 
 TLS and the bearer token come from ``MX8_TLS_CA`` / ``MX8_TLS_CERT`` / ``MX8_TLS_KEY`` and
 ``MX8_AUTH_TOKEN`` unless given, so every daemon and tool that dials the coordinator
-follows the same environment.
+follows the same environment; the channel itself is built by ``rpc.channels``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,11 @@ from typing import Any
 import grpc
 
 from mx8_common.errors import CoordinatorError
+from mx8_common.rpc.channels import aio_channel
+from mx8_common.rpc.errors import error_from_rpc
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
-from mx8_common.rpc.security import (
-    TlsConfig,
-    auth_token_from_env,
-    bearer_token_client_interceptors,
-    channel_credentials,
-)
+from mx8_common.rpc.security import TlsConfig, auth_token_from_env
 
 __all__ = ["CoordinatorClient"]
 
@@ -37,10 +36,14 @@ _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 @contextlib.contextmanager
 def _rpc_errors(address: str, method: str) -> Iterator[None]:
-    """Translate gRPC failures of ``method`` into ``CoordinatorError``."""
+    """Translate gRPC failures of ``method``: the coordinator's typed error, or else a
+    ``CoordinatorError`` naming the status code."""
     try:
         yield
     except grpc.aio.AioRpcError as exc:
+        refused = error_from_rpc(exc, origin=f"the coordinator at {address}")
+        if refused is not None:
+            raise refused from exc
         code = exc.code()
         if code == grpc.StatusCode.UNAVAILABLE:
             message = (
@@ -86,19 +89,9 @@ class CoordinatorClient:
         self.address = address
         self.timeout_s = timeout_s
         self.tls = tls
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
-        interceptors = bearer_token_client_interceptors(token) if token else None
-        if tls.enabled:
-            self._channel = grpc.aio.secure_channel(
-                address, channel_credentials(tls), options=options, interceptors=interceptors
-            )
-        else:
-            self._channel = grpc.aio.insecure_channel(
-                address, options=options, interceptors=interceptors
-            )
+        self._channel = aio_channel(
+            address, tls=tls, token=token, max_message_bytes=max_message_bytes
+        )
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     async def close(self) -> None:

@@ -9,13 +9,15 @@ One module for both ends so the coordinator, the agent and their clients agree o
 - ``BearerTokenInterceptor`` refuses calls without ``authorization: Bearer <MX8_AUTH_TOKEN>``
   with UNAUTHENTICATED and a message naming what is missing; gRPC health checks stay open
   so load balancers and Kubernetes probes need no token.
-- ``bearer_token_client_interceptors`` / ``token_metadata`` add the token on the client side.
+- ``bearer_token_client_interceptors`` (``grpc.aio``) / ``bearer_token_sync_interceptor``
+  (sync channels) / ``token_metadata`` add the token on the client side.
 - ``warn_if_exposed`` logs a loud warning when a daemon binds a non-loopback address
   without a token (anyone who can reach the port could lease work or read the manifest).
 """
 
 from __future__ import annotations
 
+import collections
 import hmac
 import ipaddress
 import os
@@ -36,6 +38,7 @@ __all__ = [
     "TlsConfig",
     "auth_token_from_env",
     "bearer_token_client_interceptors",
+    "bearer_token_sync_interceptor",
     "channel_credentials",
     "is_loopback",
     "server_credentials",
@@ -291,6 +294,54 @@ def bearer_token_client_interceptors(token: str) -> list[grpc.aio.ClientIntercep
         _StreamUnaryToken(metadata),
         _StreamStreamToken(metadata),
     ]
+
+
+class _SyncCallDetails(
+    collections.namedtuple(
+        "_SyncCallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _SyncToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, d: Any) -> _SyncCallDetails:
+        return _SyncCallDetails(
+            d.method,
+            d.timeout,
+            [*(d.metadata or ()), *self._metadata],
+            d.credentials,
+            d.wait_for_ready,
+            d.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def bearer_token_sync_interceptor(token: str) -> Any:
+    """An interceptor for sync channels (``grpc.intercept_channel``) that adds
+    ``authorization: Bearer <token>`` to every call, of every shape."""
+    return _SyncToken(token_metadata(token))
 
 
 def is_loopback(listen: str) -> bool:

@@ -1,7 +1,8 @@
 """The gRPC face of the coordinator: proto -> plain call on ``Job`` -> proto.
 
-Each method only converts; ``Mx8Error`` becomes ``context.abort(code, message)`` through
-one table, so the status codes a client sees are decided in one place.
+Each method only converts; an ``Mx8Error`` it raises leaves as a typed status through the
+daemon's ``ErrorBoundary`` interceptor (``mx8_common.rpc.errors``), where the status codes
+a client sees are decided in one table.
 """
 
 from __future__ import annotations
@@ -13,16 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mx8_common.errors import (
-    JobStateError,
-    LeaseNotFoundError,
-    LeaseRangeError,
-    LeaseStateError,
-    ManifestTooLargeError,
-    Mx8Error,
-    RequestError,
-    SnapshotNotFoundError,
-)
+from mx8_common.errors import RequestError, SnapshotNotFoundError
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.rpc.job_status_proto import job_status_to_proto, lease_to_proto
 from mx8_common.rpc.proto import coordinator_pb2 as pb
@@ -36,18 +28,7 @@ from mx8_coordinator.state.job import Job
 from mx8_coordinator.state.lease_scheduler import Lease
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
-__all__ = ["CoordinatorServicer", "status_code_for"]
-
-# Most specific class first: the first match decides.
-_CODES: tuple[tuple[type[Mx8Error], grpc.StatusCode], ...] = (
-    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (LeaseRangeError, grpc.StatusCode.INVALID_ARGUMENT),
-    (LeaseNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (SnapshotNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (LeaseStateError, grpc.StatusCode.FAILED_PRECONDITION),
-    (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
-    (ManifestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-)
+__all__ = ["CoordinatorServicer"]
 
 _NOT_READY = (
     "the coordinator is still resolving its dataset snapshot; retry in a moment "
@@ -57,18 +38,10 @@ _NOT_READY = (
 R = TypeVar("R")
 
 
-def status_code_for(exc: Mx8Error) -> grpc.StatusCode:
-    """The gRPC status a client sees for ``exc`` (INTERNAL for anything unexpected)."""
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
 def _unary(
     fn: Callable[[Any, Any, Job, grpc.aio.ServicerContext], Awaitable[R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
-    """Wrap a unary method: wait-for-job, error mapping and latency, in one place."""
+    """Wrap a unary method: wait-for-job and latency, in one place."""
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -78,11 +51,7 @@ def _unary(
             job = self.job
             if job is None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
-            try:
-                return await fn(self, request, job, context)
-            except Mx8Error as exc:
-                await context.abort(status_code_for(exc), str(exc))
-                raise  # unreachable: abort raises
+            return await fn(self, request, job, context)
         finally:
             self.metrics.rpc_latency.labels(name).observe(time.perf_counter() - started)
 
@@ -203,18 +172,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             if job is None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
                 return
-            try:
-                source = self._check_manifest(job, request.job_id, request.manifest_hash)
-                async for piece in iter_manifest_chunks(source):
-                    chunk = pb.ManifestChunk(
-                        data=piece.data, offset=piece.offset, schema_version=SCHEMA_VERSION
-                    )
-                    if piece.offset == 0:
-                        chunk.total_bytes = piece.total_bytes
-                        chunk.manifest_hash = source.manifest_hash
-                    yield chunk
-            except Mx8Error as exc:
-                await context.abort(status_code_for(exc), str(exc))
+            source = self._check_manifest(job, request.job_id, request.manifest_hash)
+            async for piece in iter_manifest_chunks(source):
+                chunk = pb.ManifestChunk(
+                    data=piece.data, offset=piece.offset, schema_version=SCHEMA_VERSION
+                )
+                if piece.offset == 0:
+                    chunk.total_bytes = piece.total_bytes
+                    chunk.manifest_hash = source.manifest_hash
+                yield chunk
         finally:
             self.metrics.rpc_latency.labels("GetManifestStream").observe(
                 time.perf_counter() - started

@@ -5,9 +5,9 @@ The counters and the live-node gauge are read from the job's ``JobStatus`` at sc
 the RPC latency histogram is observed as calls happen.
 
 The metrics port also serves the status page: ``/metrics`` (Prometheus text), ``/`` (HTML)
-and ``/api/status`` (JSON). The HTTP server runs in its own threads so a scrape never
-waits on the event loop; the status itself comes from a provider callable that the
-coordinator makes thread-safe.
+and ``/api/status`` (JSON), from ``http_handler``. The daemon base runs the HTTP server in
+its own threads so a scrape never waits on the event loop; the status itself comes from
+a provider callable that the coordinator makes thread-safe.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from mx8_common.obs.http_exporter import HttpExporter
 from mx8_common.rpc.job_status import JobCounters, JobStatus
 from mx8_coordinator.web.status_page import render_status_html
 
@@ -56,7 +55,7 @@ class _JobStatusCollector(Collector):
 
 
 class CoordinatorMetrics:
-    """The coordinator's registry; ``serve`` exposes it (and the status page) over HTTP."""
+    """The coordinator's registry; ``http_handler`` exposes it (and the status page)."""
 
     def __init__(self, status: StatusProvider | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -69,16 +68,11 @@ class CoordinatorMetrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
-        self._http = HttpExporter("mx8-coordinator-http")
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` (and, with a status provider, ``/`` and ``/api/status``) from
-        a daemon thread; returns the bound port."""
-        return self._http.start(host, port, _handler_class(self.registry, self._status))
-
-    def stop(self) -> None:
-        """Stop the exporter if it runs. Safe to call twice."""
-        self._http.stop()
+    def http_handler(self) -> type[BaseHTTPRequestHandler]:
+        """The handler of ``/metrics`` (and, with a status provider, ``/`` and
+        ``/api/status``); the daemon base serves it from its HTTP exporter."""
+        return _handler_class(self.registry, self._status)
 
 
 def _handler_class(

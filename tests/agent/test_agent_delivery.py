@@ -23,7 +23,7 @@ from support.agent import (
 from mx8._agent_client import AgentStreamClient
 from mx8_agent.agent import Agent
 from mx8_agent.config import AgentConfig
-from mx8_common.errors import AgentError, ObjectChangedError
+from mx8_common.errors import AgentError, ObjectChangedError, RequestError
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 
 
@@ -65,7 +65,8 @@ async def test_agent_batch_size_mismatch_is_refused(
     )
     await assert_eventually(lambda: agent.agent.hub.batch_size == 16)
     other = await asyncio.to_thread(run_trainer, agent.url, batch_size=8)
-    assert isinstance(other.error, AgentError)
+    # The agent's typed refusal, rebuilt on the trainer's side (class and field).
+    assert isinstance(other.error, RequestError) and other.error.field == "batch_size"
     assert "batch_size 8 differs from 16" in str(other.error)
     gate.set()
     assert (await first).error is None

@@ -15,7 +15,6 @@ from support.fake_coordinator import FakeCoordinator
 
 from mx8_agent.ingest.manifest_ingest import IngestSettings, ingest_manifest
 from mx8_common.errors import (
-    AgentError,
     CoordinatorError,
     ManifestBadRow,
     ManifestError,
@@ -150,9 +149,9 @@ async def test_manifest_stream_truncated_fails_closed(
     assert expected.event in events
     assert "lease_started" not in events
     assert fake.request_lease_calls == 0
-    # The waiting trainer hears why instead of hanging.
-    assert isinstance(trainer.error, AgentError)
-    assert expected.event in str(trainer.error)
+    # The waiting trainer hears why instead of hanging: the same typed error.
+    assert type(trainer.error) is expected
+    assert str(error) in str(trainer.error)
 
 
 @pytest.mark.parametrize("fault", ["header_schema", "chunk_schema"])

@@ -18,7 +18,7 @@ from support.agent import (
 )
 from support.fake_coordinator import FakeCoordinator
 
-from mx8_common.errors import AgentError, ManifestChangedError
+from mx8_common.errors import ManifestChangedError
 
 OTHER_HASH = "f" * 64
 
@@ -83,9 +83,9 @@ async def test_agent_reregister_other_manifest_hash_fails_closed(
     assert expected in str(info.value) and "restart the whole job" in str(info.value)
     changed = [e for e in logs if e["event"] == "coordinator_manifest_changed"]
     assert len(changed) == 1 and changed[0]["got"] == OTHER_HASH
-    # The running trainer is told, not silently fed another snapshot.
-    assert isinstance(run.error, AgentError)
-    assert "coordinator_manifest_changed" in str(run.error)
+    # The running trainer is told, not silently fed another snapshot: the same typed error.
+    assert isinstance(run.error, ManifestChangedError)
+    assert run.error.expected == expected and run.error.got == OTHER_HASH
     assert len(run.ids) < 200
 
 

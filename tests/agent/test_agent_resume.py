@@ -14,7 +14,7 @@ from support.agent import committed, write_local_dataset
 from support.tcp_proxy import TcpProxy
 
 from mx8._agent_client import AgentStreamClient
-from mx8_common.errors import AgentError
+from mx8_common.errors import TrainerResumeError
 
 
 def consume(
@@ -67,7 +67,7 @@ async def _cut(proxy: TcpProxy) -> None:
     proxy.cut()
 
 
-async def test_agent_client_resume_refused_by_restarted_agent_is_agent_error(
+async def test_agent_client_resume_refused_by_restarted_agent_is_trainer_resume_error(
     tmp_path: Path, start_coordinator: Any, start_agent: Any
 ) -> None:
     manifest = write_local_dataset(tmp_path, 300)
@@ -94,9 +94,11 @@ async def test_agent_client_resume_refused_by_restarted_agent_is_agent_error(
             asyncio.run_coroutine_threadsafe(restart(), loop).result(5)
 
     try:
-        with pytest.raises(AgentError, match="cannot resume") as info:
+        with pytest.raises(TrainerResumeError, match="asks to resume after batch") as info:
             await asyncio.to_thread(consume, proxy.address, on_batch=on_batch)
     finally:
         await proxy.stop()
     assert "restarted" in str(info.value) and "Restart the trainer" in str(info.value)
+    # The refused trainer's id came back as the error's field, not inside its text only.
+    assert info.value.trainer_id and info.value.trainer_id in str(info.value)
     assert second.agent.hub.sessions == []

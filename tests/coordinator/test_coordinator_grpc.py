@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from structlog.testing import capture_logs
 from support.coordinator import Ledger, assert_eventually, run_node, write_manifest
 
-from mx8_common.errors import CoordinatorError
+from mx8_common.errors import CoordinatorError, LeaseNotFoundError
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_coordinator.config import CoordinatorConfig
 from mx8_coordinator.rpc.manifest_serving import FileManifestSource
@@ -115,10 +115,10 @@ async def test_coordinator_requeues_remainder_of_silent_node(
             snap = await client.get_job_snapshot(JOB)
             try:
                 await client.report_progress(JOB, "dead", "L1", 30)
-            except CoordinatorError as exc:
+            except LeaseNotFoundError as exc:
                 late = exc
     ledger.assert_exactly_once(1)
-    assert late.code == "NOT_FOUND" and "expired at cursor 21" in str(late)
+    assert late.lease_id == "L1" and "expired at cursor 21" in str(late)
     # The remainder [21, 100) of dead's first lease went to "live" as its own lease.
     assert (0, 21, 100) in ledger.by_node["live"] and taken == (0, 0, 100)
     assert snap.counters.leases_expired == 2 and snap.counters.leases_requeued == 2

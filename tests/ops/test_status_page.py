@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.ops import drive_partial_job
 
+from mx8_common.obs.http_exporter import HttpExporter
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.job_status import JobStatus, NodeStatus
 from mx8_coordinator.config import CoordinatorConfig
@@ -186,11 +187,12 @@ async def test_status_page_answers_503_while_the_status_is_unavailable() -> None
     def busy() -> JobStatus:
         raise TimeoutError("the event loop did not answer")
 
-    metrics = CoordinatorMetrics(busy)
-    port = await asyncio.to_thread(metrics.serve, "127.0.0.1", 0)
+    # Served the way the daemon base serves it: its handler on an HttpExporter.
+    exporter = HttpExporter("mx8-test-http")
+    port = exporter.start("127.0.0.1", 0, CoordinatorMetrics(busy).http_handler())
     try:
         for path in ("/metrics", "/api/status", "/"):
             code, _, body = await get(f"http://127.0.0.1:{port}{path}")
             assert code == 503 and b"status unavailable" in body, path
     finally:
-        await asyncio.to_thread(metrics.stop)
+        await asyncio.to_thread(exporter.stop)

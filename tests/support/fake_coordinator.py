@@ -4,8 +4,8 @@ It answers RegisterNode/Heartbeat like the real one, serves ``GetManifestStream`
 given bytes with a chosen fault, hands out one lease over the whole manifest and counts
 every ``RequestLease`` call, so tests can prove an agent never asked for work after a
 failed ingest. ``forget_nodes()`` plays a coordinator restart: heartbeats are refused
-(FAILED_PRECONDITION) until the node registers again, with whatever ``manifest_hash``
-the fake announces by then.
+(``NodeNotRegisteredError``, through the same error boundary as the real one) until the
+node registers again, with whatever ``manifest_hash`` the fake announces by then.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 
 import grpc
 
+from mx8_common.errors import NodeNotRegisteredError
 from mx8_common.manifest.format import SCHEMA_VERSION
+from mx8_common.rpc.errors import ErrorBoundary
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
 
@@ -69,7 +71,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self.address = ""
 
     async def start(self) -> str:
-        self._server = grpc.aio.server()
+        self._server = grpc.aio.server(interceptors=[ErrorBoundary("fake-coordinator")])
         pb_grpc.add_CoordinatorServicer_to_server(self, self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")
         await self._server.start()
@@ -105,8 +107,8 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
 
     async def Heartbeat(self, request: Any, context: Any) -> pb.HeartbeatResponse:
         if self._forgotten:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"node {request.node_id} not registered"
+            raise NodeNotRegisteredError(
+                f"node {request.node_id} not registered", node_id=request.node_id
             )
         return pb.HeartbeatResponse(job_ready=True, world_size=1)
 
