@@ -10,7 +10,8 @@ ListObjectsV2 is served as S3 serves it: ``prefix``, ``delimiter`` (``CommonPref
 botocore always asks for). A bucket holds either a sorted key list (``SortedKeys``, or
 ``GeneratedKeys``: a million keys computed from their index, never stored) answered by
 binary search, or a plain list served in the order given, for tests of endpoints that
-do not list in order. Buckets in ``denied`` answer 403 AccessDenied.
+do not list in order. Buckets in ``denied`` answer 403 AccessDenied; buckets in
+``ignore_start_after`` list from the start whatever ``start-after`` says.
 
 ``serve_list_endpoint()`` runs it on a thread of this process (tests); ``python -m
 mx8_common.testing.list_endpoint`` runs it as its own process (benchmarks, so its CPU
@@ -138,6 +139,8 @@ class ListEndpoint:
         #: ``(key, size)`` served in the order given.
         self.buckets: dict[str, Sequence[tuple[str, int]] | SortedKeys | GeneratedKeys] = {}
         self.denied: set[str] = set()
+        #: Buckets that ignore ``start-after`` (some S3-compatible stores do).
+        self.ignore_start_after: set[str] = set()
         self.latency_s = latency_s
         self.url = ""
         self.list_calls = 0
@@ -158,7 +161,7 @@ class ListEndpoint:
         delimiter = query.get("delimiter", "")
         max_keys = int(query.get("max-keys", "1000"))
         token = query.get("continuation-token")
-        after = query.get("start-after", "")
+        after = "" if bucket in self.ignore_start_after else query.get("start-after", "")
         if isinstance(keys, (SortedKeys, GeneratedKeys)):
             resume = None
             if token:
@@ -167,7 +170,10 @@ class ListEndpoint:
                 is_common = bool(delimiter) and last.endswith(delimiter)
                 resume, after = (_after_prefix(last), "") if is_common else (None, last)
             return self._sorted_entries(keys, prefix, delimiter, after, resume, max_keys)
-        offset = int(token.lstrip("#")) if token else 0
+        offset = 0
+        if token:  # "#<offset>#<start-after of the first request>"
+            offset_text, _, after = token[1:].partition("#")
+            offset = int(offset_text)
         return self._unordered_entries(list(keys), prefix, delimiter, after, offset, max_keys)
 
     @staticmethod
@@ -234,8 +240,11 @@ class ListEndpoint:
             next_token = _token(entries[-1][0]) if truncated else ""
         else:
             token = query.get("continuation-token")
-            offset = int(token.lstrip("#")) if token else 0
-            next_token = f"#{offset + len(entries)}"
+            offset, after = 0, query.get("start-after", "")
+            if token:
+                offset_text, _, after = token[1:].partition("#")
+                offset = int(offset_text)
+            next_token = escape(f"#{offset + len(entries)}#{after}")
         url = query.get("encoding-type") == "url"
 
         def enc(text: str) -> str:
