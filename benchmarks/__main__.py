@@ -16,7 +16,7 @@ import traceback
 from benchmarks.bench_env import BenchEnv
 from benchmarks.report import Row, format_table, write_rows
 
-__all__ = ["CASES", "main"]
+__all__ = ["CASES", "build_parser", "main"]
 
 #: Case name -> module with ``run(env) -> list[Row]``, in the order they run.
 CASES = {
@@ -32,14 +32,19 @@ CASES = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m benchmarks`` (the docs test checks flags against it)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI)")
     parser.add_argument(
         "--case", action="append", choices=sorted(CASES), help="run only this case (repeatable)"
     )
     parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     names = args.case or list(CASES)
     mode = "quick" if args.quick else "full"
     all_rows: list[Row] = []

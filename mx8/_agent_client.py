@@ -42,8 +42,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from mx8._config import AGENT_AUTH_TOKEN_ENV, TrainerConfig
 from mx8.batch import Batch
-from mx8_common.errors import AgentError, ConfigError, Mx8Error
+from mx8_common.errors import AgentError, Mx8Error
 from mx8_common.rpc.channels import sync_channel
 from mx8_common.rpc.errors import error_from_rpc
 from mx8_common.rpc.proto import agent_pb2 as pb
@@ -52,23 +53,12 @@ from mx8_common.rpc.security import TlsConfig
 
 __all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "agent_tls_from_env"]
 
-#: The token the agent's ``MX8_AGENT_AUTH_TOKEN`` demands (same name on both ends).
-AGENT_AUTH_TOKEN_ENV = "MX8_AGENT_AUTH_TOKEN"
-
 
 def agent_tls_from_env(environ: Mapping[str, str] | None = None) -> TlsConfig:
     """The trainer's TLS files for the agent: ``MX8_AGENT_TLS_CA`` (trust the agent's
     certificate) and ``MX8_AGENT_TLS_CERT`` / ``MX8_AGENT_TLS_KEY`` (mutual TLS).
     Empty values count as unset; none set means plaintext."""
-    env = os.environ if environ is None else environ
-    cert = env.get("MX8_AGENT_TLS_CERT") or None
-    key = env.get("MX8_AGENT_TLS_KEY") or None
-    if (cert is None) != (key is None):
-        raise ConfigError(
-            "set both MX8_AGENT_TLS_CERT and MX8_AGENT_TLS_KEY (the trainer's client "
-            "certificate and its key) or neither"
-        )
-    return TlsConfig(cert=cert, key=key, ca=env.get("MX8_AGENT_TLS_CA") or None)
+    return TrainerConfig.from_env(environ).agent_tls
 
 
 class AgentStreamClient:
@@ -109,8 +99,11 @@ class AgentStreamClient:
         self.trainer_id = trainer_id or (
             f"{socket.gethostname()}-{os.getpid()}-{local_rank}-{uuid.uuid4().hex[:6]}"
         )
-        self.tls = agent_tls_from_env() if tls is None else tls
-        token = (os.environ.get(AGENT_AUTH_TOKEN_ENV) or None) if token is None else token
+        if tls is None or token is None:
+            env = TrainerConfig.from_env()  # fills what the caller left None
+            tls = env.agent_tls if tls is None else tls
+            token = env.agent_auth_token if token is None else token
+        self.tls = tls
         self._channel = sync_channel(url, tls=self.tls, token=token)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout_s)

@@ -9,12 +9,12 @@ gets what is not yet committed.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from mx8._agent_client import AgentStreamClient
+from mx8._config import TrainerConfig
 from mx8._stats import LoaderStats
 from mx8.batch import Batch
 from mx8_common.errors import ConfigError
@@ -37,14 +37,11 @@ class DistributedLoader:
     ) -> None:
         self.agent = agent
         self.link = link
+        env = TrainerConfig.from_env()
         # No job named: take the one job the host's agent serves.
-        self.job = job or os.environ.get("MX8_JOB_ID") or ""
+        self.job = job or env.job_id or ""
         self.batch_size = batch_size
-        local = rank if rank is not None else os.environ.get("LOCAL_RANK", "0")
-        try:
-            self.local_rank = int(local)
-        except ValueError as exc:
-            raise ConfigError(f"LOCAL_RANK={local!r} is not an integer") from exc
+        self.local_rank = rank if rank is not None else env.local_rank
         self._timeout_s = timeout_s
         with self._client() as client:
             info = client.describe()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -22,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mx8_common.rpc.job_status import JobStatus
 
-__all__ = ["build_parser", "main", "print_status"]
+from mx8_common.rpc.client_config import DEFAULT_COORDINATOR_URL, CoordinatorClientConfig
 
-_DEFAULT_COORDINATOR = "127.0.0.1:50051"
+__all__ = ["build_parser", "main", "print_status"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job: nodes, progress, leases, throughput")
     status.add_argument(
         "--coordinator",
-        default=os.environ.get("MX8_COORDINATOR_URL", _DEFAULT_COORDINATOR),
-        help="coordinator HOST:PORT [env MX8_COORDINATOR_URL; default 127.0.0.1:50051]",
+        default=None,
+        help=f"coordinator HOST:PORT [env MX8_COORDINATOR_URL; default {DEFAULT_COORDINATOR_URL}]",
     )
     status.add_argument("--job-id", default="", help="refuse if the coordinator serves another")
     status.add_argument("--json", action="store_true", help="print the status dict as JSON")
@@ -119,7 +118,8 @@ def _status(args: argparse.Namespace) -> int:
     from mx8_common.errors import Mx8Error
 
     try:
-        status = asyncio.run(_fetch_status(args.coordinator, args.job_id, args.timeout))
+        address = args.coordinator or CoordinatorClientConfig.from_env().address
+        status = asyncio.run(_fetch_status(address, args.job_id, args.timeout))
     except Mx8Error as exc:
         print(f"mx8 status: {exc}", file=sys.stderr)
         return 2
@@ -140,7 +140,7 @@ async def _grpc_health(address: str, service: str, timeout_s: float) -> str:
     from mx8_common.rpc.security import TlsConfig
 
     # MX8_TLS_* are the coordinator's; a unix: address is a local agent socket.
-    tls = TlsConfig() if address.startswith("unix:") else TlsConfig.from_env()
+    tls = TlsConfig() if address.startswith("unix:") else CoordinatorClientConfig.from_env().tls
     async with aio_channel(address, tls=tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)

@@ -17,10 +17,10 @@ torch stays optional: without it ``DataLoader`` is a plain iterable object.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from mx8._config import TrainerConfig
 from mx8.batch import Batch
 from mx8.loader import Loader, load
 from mx8_common.errors import ConfigError
@@ -71,13 +71,13 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
         epoch: int = 0,
         label_mode: str = "auto",
         store: str | None = None,
-        max_inflight_bytes: int = 256 * 1024 * 1024,
+        max_inflight_bytes: int | None = None,
         agent: str | None = None,
         job: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         drop_last: bool = False,
-        fetch_concurrency: int = 64,
+        fetch_concurrency: int | None = None,
         collate_fn: Callable[[Batch], Any] | None = None,
     ) -> None:
         self.link = link
@@ -124,7 +124,7 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
 
     @property
     def _embedded(self) -> bool:
-        return not (self._options["agent"] or os.environ.get("MX8_AGENT_URL"))
+        return not (self._options["agent"] or TrainerConfig.from_env().agent_url)
 
     @property
     def manifest_hash(self) -> str | None:

@@ -12,12 +12,12 @@ shard at ``position`` in O(1), without replaying fetched data.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from mx8._config import TrainerConfig
 from mx8._engine import EmbeddedEngine
 from mx8._shard import Shard
 from mx8._stats import LoaderStats
@@ -27,21 +27,12 @@ from mx8_common.manifest.table import ManifestTable
 from mx8_common.sample_order import EpochOrder
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
 from mx8_common.storage.fetch_pipeline import FetchConfig
+from mx8_common.storage.object_reader import ObjectReaderConfig
 
 __all__ = ["Loader", "LoaderStats", "load"]
 
 _STATE_VERSION = 1
 DEFAULT_BLOCK_SIZE = 65536
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from exc
 
 
 class Loader:
@@ -62,18 +53,19 @@ class Loader:
         epoch: int = 0,
         label_mode: str = "auto",
         store: str | None = None,
-        max_inflight_bytes: int = 256 * 1024 * 1024,
+        max_inflight_bytes: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         drop_last: bool = False,
-        fetch_concurrency: int = 64,
+        fetch_concurrency: int | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
         prefetch_batches: int = 2,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
-        world_size = world_size if world_size is not None else _env_int("WORLD_SIZE") or 1
-        rank = rank if rank is not None else _env_int("RANK") or 0
+        env = TrainerConfig.from_env()
+        world_size = world_size if world_size is not None else env.world_size or 1
+        rank = rank if rank is not None else env.rank or 0
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(
                 f"rank {rank} / world_size {world_size} is not a valid shard; "
@@ -88,9 +80,11 @@ class Loader:
         self.drop_last = drop_last
         self.block_size = block_size
         self._prefetch = prefetch_batches
-        self._fetch = FetchConfig(
+        # The same variables and parsers as mx8d-agent's --fetch-* flags; arguments win.
+        self._fetch = FetchConfig.from_env(
             concurrency=fetch_concurrency, max_inflight_bytes=max_inflight_bytes
         )
+        self._reader = ObjectReaderConfig.from_env()
         resolver = SnapshotResolverConfig.from_env(
             recursive=recursive,
             label_mode=label_mode,
@@ -179,6 +173,7 @@ class Loader:
                 start_batch=start_batch,
                 batch_step=num_workers,
                 fetch=self._fetch,
+                reader=self._reader,
                 prefetch_batches=self._prefetch,
             )
             self._engine = engine
@@ -294,13 +289,13 @@ def load(
     epoch: int = 0,
     label_mode: str = "auto",
     store: str | None = None,
-    max_inflight_bytes: int = 256 * 1024 * 1024,
+    max_inflight_bytes: int | None = None,
     agent: str | None = None,
     job: str | None = None,
     rank: int | None = None,
     world_size: int | None = None,
     drop_last: bool = False,
-    fetch_concurrency: int = 64,
+    fetch_concurrency: int | None = None,
 ) -> Any:
     """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
 
@@ -312,9 +307,11 @@ def load(
     flight, the reorder buffer, prefetched batches and the batch last handed out (released
     when the next one is asked for); a single batch bigger than it still goes through,
     alone. ``fetch_concurrency`` is the most reads in flight, and the S3 connection pool
-    is sized to match.
+    is sized to match. Left None, both come from ``MX8_MAX_INFLIGHT_BYTES`` /
+    ``MX8_FETCH_CONCURRENCY`` (defaults 256 MiB and 64), like the rest of the data plane's
+    ``MX8_FETCH_*`` settings, exactly as ``mx8d-agent`` reads them.
     """
-    agent = agent or os.environ.get("MX8_AGENT_URL") or None
+    agent = agent or TrainerConfig.from_env().agent_url
     if agent:
         from mx8._distributed import DistributedLoader
 

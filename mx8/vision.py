@@ -85,12 +85,12 @@ class ImageFolderLoader(DataLoader):
         store: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
-        max_inflight_bytes: int = 256 * 1024 * 1024,
+        max_inflight_bytes: int | None = None,
         agent: str | None = None,
         job: str | None = None,
         label_mode: str = "auto",
         drop_last: bool = False,
-        fetch_concurrency: int = 64,
+        fetch_concurrency: int | None = None,
     ) -> None:
         self.size = _check_size(resize)
         if on_decode_error not in _ON_DECODE_ERROR:

@@ -16,24 +16,15 @@ import uvloop
 
 from mx8_agent.agent import Agent
 from mx8_agent.config import AgentConfig, load_agent_config
-from mx8_common.config_fields import load_config
 from mx8_common.errors import Mx8Error
 from mx8_common.obs.events import configure_logging, emit
-from mx8_common.storage.fetch_pipeline import FetchConfig
-from mx8_common.storage.object_reader import ObjectReaderConfig
 from mx8_common.storage.s3_client import S3Settings
 
 __all__ = ["main"]
 
 
 async def _serve(config: AgentConfig) -> None:
-    agent = Agent(
-        config,
-        # The fetch and read settings of mx8_common come from their own MX8_* env vars.
-        fetch_config=load_config(FetchConfig, None),
-        reader_config=load_config(ObjectReaderConfig, None),
-        s3_settings=S3Settings.from_env(),
-    )
+    agent = Agent(config, s3_settings=S3Settings.from_env())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_shutdown)

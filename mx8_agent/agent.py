@@ -49,13 +49,13 @@ from mx8_common.errors import (
 )
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
+from mx8_common.retry import EQUAL_JITTER, Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
 from mx8_common.rpc.proto import agent_pb2
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
 from mx8_common.sample_order import JobOrder
-from mx8_common.storage.fetch_pipeline import FetchConfig
-from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig
+from mx8_common.storage.object_reader import ObjectReader
 from mx8_common.storage.s3_client import S3Settings
 
 __all__ = ["SERVICE_NAME", "Agent"]
@@ -69,6 +69,9 @@ _GOODBYE_S = 10.0
 #: How long a disconnected trainer's unacknowledged batches wait for it to reconnect
 #: before other trainers may take them (a transient break resumes without duplicates).
 _RESUME_GRACE_S = 2.0
+#: Retrying an unreachable coordinator until ``--connect-timeout-s``: 50 ms doubling to 2 s.
+_REGISTER_BACKOFF = Backoff(base_s=0.05, max_s=2.0, jitter=EQUAL_JITTER)
+_UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
 class Agent(Daemon):
@@ -81,8 +84,6 @@ class Agent(Daemon):
         self,
         config: AgentConfig,
         *,
-        fetch_config: FetchConfig | None = None,
-        reader_config: ObjectReaderConfig | None = None,
         s3_settings: S3Settings | None = None,
         shutdown_grace_s: float = 1.0,
     ) -> None:
@@ -102,11 +103,9 @@ class Agent(Daemon):
         # Half the budget for reads in progress, half for batches queued/unacknowledged.
         self._hub_budget = max(1, budget // 2)
         self.fetch_config = dataclasses.replace(
-            fetch_config or FetchConfig(),
-            concurrency=config.fetch_concurrency,
-            max_inflight_bytes=max(1, budget - self._hub_budget),
+            config.fetch_config(), max_inflight_bytes=max(1, budget - self._hub_budget)
         )
-        self._reader = ObjectReader(reader_config, s3_settings=s3_settings)
+        self._reader = ObjectReader(config.reader_config(), s3_settings=s3_settings)
         self._client = CoordinatorClient(config.coordinator)
         self.hub = TrainerHub(
             max_bytes=self._hub_budget, on_acked=self._on_acked, resume_grace_s=_RESUME_GRACE_S
@@ -295,25 +294,35 @@ class Agent(Daemon):
 
     async def _register(self) -> cpb.RegisterNodeResponse:
         cfg = self.config
-        deadline = time.monotonic() + cfg.connect_timeout_s
-        delay = 0.05
-        while True:
-            try:
-                reg = await self._register_once()
-                break
-            except CoordinatorError as exc:
-                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise CoordinatorError(
-                        f"{exc} (gave up after {cfg.connect_timeout_s}s; raise "
-                        "--connect-timeout-s or start the coordinator first)",
-                        address=cfg.coordinator,
-                        code=exc.code,
-                    ) from exc
-                emit(_COMPONENT, "register_retry", delay_s=round(delay, 3), error=str(exc))
-                await asyncio.sleep(self._rng.uniform(delay / 2, delay))
-                delay = min(delay * 2, 2.0)
+
+        def unreachable(exc: Exception) -> bool:
+            return isinstance(exc, CoordinatorError) and exc.code in _UNREACHABLE
+
+        def retrying(retry: Retry) -> None:
+            emit(
+                _COMPONENT,
+                "register_retry",
+                delay_s=round(retry.delay_s, 3),
+                error=str(retry.error),
+            )
+
+        try:
+            reg = await _REGISTER_BACKOFF.run(
+                self._register_once,
+                retry_if=unreachable,
+                on_retry=retrying,
+                rng=self._rng,
+                deadline=time.monotonic() + cfg.connect_timeout_s,
+            )
+        except CoordinatorError as exc:
+            if not unreachable(exc):
+                raise
+            raise CoordinatorError(
+                f"{exc} (gave up after {cfg.connect_timeout_s}s; raise "
+                "--connect-timeout-s or start the coordinator first)",
+                address=cfg.coordinator,
+                code=exc.code,
+            ) from exc
         self._registration = reg
         emit(
             _COMPONENT,

@@ -6,10 +6,13 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mx8_common.config_fields import load_config, parse_size, setting, split_host_port
+from mx8_common.config_fields import load_config, parse_size, setting, shared, split_host_port
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.reader import DEFAULT_MAX_LINE_BYTES
+from mx8_common.rpc.client_config import CoordinatorClientConfig
 from mx8_common.rpc.security import TlsConfig
+from mx8_common.storage.fetch_pipeline import FetchConfig
+from mx8_common.storage.object_reader import ObjectReaderConfig
 
 __all__ = [
     "AGENT_AUTH_TOKEN_ENV",
@@ -49,9 +52,7 @@ def listen_target(value: str) -> str:
 class AgentConfig:
     """Settings of the per-host agent daemon (``mx8d-agent``)."""
 
-    coordinator: str = setting(
-        "127.0.0.1:50051", env="MX8_COORDINATOR_URL", help="coordinator address HOST:PORT"
-    )
+    coordinator: str = shared(CoordinatorClientConfig, "address")
     node_id: str = setting(
         "", env="MX8_NODE_ID", help="this node's stable, unique id (empty: the hostname)"
     )
@@ -61,15 +62,22 @@ class AgentConfig:
         help="where local trainers connect: unix:PATH or 127.0.0.1:PORT",
     )
     job_id: str = setting("default", env="MX8_JOB_ID", help="job id the coordinator serves")
-    max_inflight_bytes: int = setting(
-        256 * 1024 * 1024,
-        env="MX8_MAX_INFLIGHT_BYTES",
-        parse=parse_size,
+    max_inflight_bytes: int = shared(
+        FetchConfig,
+        "max_inflight_bytes",
         help="most sample bytes held (fetching + queued + unacknowledged), e.g. 256MiB",
     )
-    fetch_concurrency: int = setting(
-        32, env="MX8_FETCH_CONCURRENCY", help="most sample reads running at once"
-    )
+    # The data plane's settings are FetchConfig's and ObjectReaderConfig's (embedded
+    # mx8.load reads the same variables), exposed here as --fetch-* flags.
+    fetch_concurrency: int = shared(FetchConfig, "concurrency")
+    fetch_unknown_size_estimate: int = shared(FetchConfig, "unknown_size_estimate")
+    fetch_reorder_window: int = shared(FetchConfig, "reorder_window")
+    fetch_local_group: int = shared(FetchConfig, "local_group")
+    fetch_max_attempts: int = shared(ObjectReaderConfig, "max_attempts")
+    fetch_backoff_base_s: float = shared(ObjectReaderConfig, "backoff_base_s")
+    fetch_backoff_max_s: float = shared(ObjectReaderConfig, "backoff_max_s")
+    fetch_local_threads: int = shared(ObjectReaderConfig, "local_read_threads")
+    fetch_lean_s3_get: bool = shared(ObjectReaderConfig, "lean_s3_get")
     cache_dir: str = setting(
         "",
         env="MX8_AGENT_CACHE_DIR",
@@ -147,9 +155,10 @@ class AgentConfig:
                 f"--manifest-ingest {self.manifest_ingest!r} is not one of "
                 f"{', '.join(INGEST_MODES)}"
             )
+        # Built once here so a bad --fetch-* value fails at start, naming its flag and variable.
+        self.fetch_config()
+        self.reader_config()
         positive = {
-            "--max-inflight-bytes": self.max_inflight_bytes,
-            "--fetch-concurrency": self.fetch_concurrency,
             "--max-line-bytes": self.max_line_bytes,
             "--progress-interval-ms": self.progress_interval_ms,
             "--leases-ahead": self.leases_ahead,
@@ -178,6 +187,26 @@ class AgentConfig:
             )
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError(f"{AGENT_AUTH_TOKEN_ENV} is blank; set a real token or unset it")
+
+    def fetch_config(self) -> FetchConfig:
+        """The data plane's fetch settings (the whole ``--max-inflight-bytes`` budget)."""
+        return FetchConfig(
+            concurrency=self.fetch_concurrency,
+            max_inflight_bytes=self.max_inflight_bytes,
+            unknown_size_estimate=self.fetch_unknown_size_estimate,
+            reorder_window=self.fetch_reorder_window,
+            local_group=self.fetch_local_group,
+        )
+
+    def reader_config(self) -> ObjectReaderConfig:
+        """How the agent reads sample bytes: retries and local read threads."""
+        return ObjectReaderConfig(
+            max_attempts=self.fetch_max_attempts,
+            backoff_base_s=self.fetch_backoff_base_s,
+            backoff_max_s=self.fetch_backoff_max_s,
+            local_read_threads=self.fetch_local_threads,
+            lean_s3_get=self.fetch_lean_s3_get,
+        )
 
     @property
     def tls(self) -> TlsConfig:

@@ -5,16 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mx8_common.config_fields import load_config, parse_size, setting, split_host_port
+from mx8_common.config_fields import load_config, setting, shared, split_host_port
 from mx8_common.errors import ConfigError
+from mx8_common.rpc.client_config import DEFAULT_MAX_MESSAGE_BYTES, CoordinatorClientConfig
 from mx8_common.rpc.security import TlsConfig
+from mx8_common.snapshot.config import SnapshotResolverConfig
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_config"]
-
-#: Default gRPC message cap (send and receive); ``GetManifest`` refuses manifests over it.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-_LABEL_MODES = ("none", "imagefolder", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,9 +41,7 @@ class CoordinatorConfig:
     heartbeat_interval_ms: int = setting(
         1000, env="MX8_HEARTBEAT_INTERVAL_MS", help="how often nodes should heartbeat"
     )
-    store: str | None = setting(
-        None, env="MX8_MANIFEST_STORE_ROOT", help="manifest store root (dir or s3://bucket/prefix)"
-    )
+    store: str | None = shared(SnapshotResolverConfig, "store_root")
     state_dir: str | None = setting(
         None,
         env="MX8_COORDINATOR_STATE_DIR",
@@ -55,17 +50,18 @@ class CoordinatorConfig:
     metrics: str | None = setting(
         None, env="MX8_COORDINATOR_METRICS", help="Prometheus HOST:PORT (unset: no metrics server)"
     )
-    recursive: bool = setting(
-        True, env="MX8_SNAPSHOT_RECURSIVE", help="index nested keys/folders too"
-    )
-    label_mode: str = setting(
-        "auto", env="MX8_SNAPSHOT_LABEL_MODE", help="label mode: none, imagefolder or auto"
-    )
-    max_message_bytes: int = setting(
-        DEFAULT_MAX_MESSAGE_BYTES,
-        env="MX8_GRPC_MAX_MESSAGE_BYTES",
-        flag="--grpc-max-message-bytes",
-        parse=parse_size,
+    # How the dataset is indexed: SnapshotResolverConfig's settings, as flags.
+    recursive: bool = shared(SnapshotResolverConfig, "recursive")
+    label_mode: str = shared(SnapshotResolverConfig, "label_mode")
+    external_sort: bool = shared(SnapshotResolverConfig, "external_sort")
+    spill_keys_per_run: int = shared(SnapshotResolverConfig, "spill_keys_per_run")
+    list_concurrency: int = shared(SnapshotResolverConfig, "list_concurrency")
+    lock_stale_ms: int = shared(SnapshotResolverConfig, "lock_stale_ms")
+    wait_timeout_ms: int = shared(SnapshotResolverConfig, "wait_timeout_ms")
+    show_progress: bool | None = shared(SnapshotResolverConfig, "show_progress")
+    max_message_bytes: int = shared(
+        CoordinatorClientConfig,
+        "max_message_bytes",
         help="gRPC message cap; GetManifest refuses larger manifests",
     )
     tls_cert: str | None = setting(
@@ -116,10 +112,7 @@ class CoordinatorConfig:
                 f"--heartbeat-interval-ms {self.heartbeat_interval_ms} must be below "
                 f"--lease-ttl-ms {self.lease_ttl_ms}, or live nodes would be declared departed"
             )
-        if self.label_mode not in _LABEL_MODES:
-            raise ConfigError(
-                f"--label-mode {self.label_mode!r} is not one of {', '.join(_LABEL_MODES)}"
-            )
+        self.resolver_config()  # a bad indexing setting fails here, naming its flag
         if not 0 <= self.seed < 2**64:
             raise ConfigError(f"--seed {self.seed} must be in [0, 2**64)")
         tls = self.tls  # raises when only one of cert/key is given
@@ -130,6 +123,21 @@ class CoordinatorConfig:
             )
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("MX8_AUTH_TOKEN is blank; set a real token or unset it")
+
+    def resolver_config(self) -> SnapshotResolverConfig:
+        """How the dataset is indexed; the manifest is served from the stored file only."""
+        return SnapshotResolverConfig(
+            recursive=self.recursive,
+            label_mode=self.label_mode,
+            materialize_manifest_bytes=False,
+            store_root=self.store,
+            external_sort=self.external_sort,
+            spill_keys_per_run=self.spill_keys_per_run,
+            list_concurrency=self.list_concurrency,
+            lock_stale_ms=self.lock_stale_ms,
+            wait_timeout_ms=self.wait_timeout_ms,
+            show_progress=self.show_progress,
+        )
 
     @property
     def tls(self) -> TlsConfig:

@@ -152,7 +152,7 @@ class Coordinator(Daemon):
     async def _resolve_dataset(self) -> ManifestSource:
         # Imported here: the resolver pulls in S3 and store code a file-backed job never needs.
         from mx8_common.link import parse_dataset_link
-        from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot
+        from mx8_common.snapshot.resolver import resolve_snapshot
         from mx8_common.store import open_manifest_store
 
         cfg = self.config
@@ -166,14 +166,7 @@ class Coordinator(Daemon):
             # Resume the snapshot the lease log was written against, even if the link's
             # intent pointer moved since: positions only mean something for that hash.
             link = f"{link}@sha256:{logged_hash}"
-        # from_env: the resolver's own knobs (S3 endpoint, external sort, lock timeouts)
-        # still come from MX8_SNAPSHOT_* / MX8_S3_* variables.
-        resolver_config = SnapshotResolverConfig.from_env(
-            materialize_manifest_bytes=False,
-            recursive=cfg.recursive,
-            label_mode=cfg.label_mode,
-            store_root=cfg.store,
-        )
+        resolver_config = cfg.resolver_config()
         store = await self._resources.enter_async_context(
             open_manifest_store(
                 resolver_config.store_root, s3_endpoint_url=resolver_config.s3_endpoint_url

@@ -7,89 +7,76 @@ python scripts/gen_config_docs.py --check  # exit 1 when the file differs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+from mx8._config import TrainerConfig
 from mx8_agent.config import AgentConfig
-from mx8_common.config_fields import config_reference_markdown
-from mx8_common.snapshot.resolver import SnapshotResolverConfig
+from mx8_common.config_fields import config_reference_markdown, env_names
+from mx8_common.obs.events import LoggingConfig
+from mx8_common.rpc.client_config import CoordinatorClientConfig
+from mx8_common.snapshot.config import SnapshotResolverConfig
 from mx8_common.storage.fetch_pipeline import FetchConfig
 from mx8_common.storage.object_reader import ObjectReaderConfig
+from mx8_common.storage.s3_client import S3Settings
 from mx8_coordinator.config import CoordinatorConfig
 
-__all__ = ["CONFIG_CLASSES", "OUTPUT", "render", "main"]
+__all__ = ["CONFIG_CLASSES", "ENV_READERS", "OUTPUT", "PROGRAMS", "render", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "configuration.md"
 
+#: Classes whose settings are flags of a daemon (each flag also has its variable).
+PROGRAMS: dict[type, str] = {
+    CoordinatorConfig: "mx8-coordinator",
+    AgentConfig: "mx8d-agent",
+}
+
+#: Classes read from the environment only, and who reads them.
+ENV_READERS: dict[type, str] = {
+    TrainerConfig: "trainers (`mx8.load`, `mx8.DataLoader`, `mx8.vision`)",
+    SnapshotResolverConfig: "embedded `mx8.load` and `mx8-snapshot-resolve` "
+    "(`mx8-coordinator` takes the indexing settings as flags)",
+    CoordinatorClientConfig: "every client of the coordinator: `mx8d-agent`, `mx8 status`, "
+    "`mx8 health` (`mx8 status --coordinator` overrides the address)",
+    S3Settings: "every process that reads S3; credentials come from botocore's own chain "
+    "(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ...)",
+    LoggingConfig: "every daemon and CLI",
+}
+
 #: Every config class, in the order an operator meets them.
 CONFIG_CLASSES = (
-    SnapshotResolverConfig,
     CoordinatorConfig,
-    FetchConfig,
-    ObjectReaderConfig,
     AgentConfig,
+    TrainerConfig,
+    SnapshotResolverConfig,
+    CoordinatorClientConfig,
+    S3Settings,
+    LoggingConfig,
 )
 
-# Variables read outside the config classes: by every client, by logging, by trainers.
-_OTHER_VARS = (
-    (
-        "`MX8_AUTH_TOKEN`",
-        "`CoordinatorClient` (agents, `mx8 status`)",
-        "bearer token sent to the coordinator; must equal the coordinator's",
-    ),
-    (
-        "`MX8_TLS_CA`",
-        "`CoordinatorClient`, `mx8 health`",
-        "CA bundle the client checks the coordinator's certificate against "
-        "(any `MX8_TLS_*` turns client TLS on)",
-    ),
-    (
-        "`MX8_TLS_CERT` / `MX8_TLS_KEY`",
-        "`CoordinatorClient`",
-        "client certificate and key, for a coordinator that runs mutual TLS (`--tls-ca`)",
-    ),
-    (
-        "`MX8_GRPC_MAX_MESSAGE_BYTES`",
-        "`CoordinatorClient`",
-        "the client's gRPC message cap (match the coordinator's)",
-    ),
-    ("`MX8_COORDINATOR_URL`", "`mx8 status`", "default of `--coordinator`"),
-    (
-        "`MX8_AGENT_URL`",
-        "`mx8.load`, `mx8.DataLoader`",
-        "a local `mx8d-agent` (`unix:///run/mx8/agent.sock`) to take the job from; unset: embedded",
-    ),
-    ("`MX8_LOG_FORMAT`", "every daemon", "`json` for JSON lines on stderr, else console"),
-    ("`MX8_LOG_LEVEL`", "every daemon", "`debug`, `info` (default), `warning`, `error`"),
-    (
-        "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, `AWS_REGION`, "
-        "`AWS_ENDPOINT_URL`",
-        "S3 access",
-        "the standard AWS credential chain and endpoint; `MX8_S3_ENDPOINT_URL` wins over "
-        "`AWS_ENDPOINT_URL`",
-    ),
-)
+#: Read by embedded mx8.load with mx8d-agent's parsers (its --fetch-* flags), not repeated.
+_EMBEDDED_FETCH = (FetchConfig, ObjectReaderConfig)
 
 
-def _other_section() -> str:
-    lines = [
-        "## Read by every process and client",
-        "",
-        "These are not flags: each process reads them from its environment.",
-        "",
-        "| env var | read by | meaning |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {name} | {who} | {meaning} |" for name, who, meaning in _OTHER_VARS]
-    return "\n".join(lines) + "\n"
+def _embedded_note() -> str:
+    names = [n for cls in _EMBEDDED_FETCH for f in dataclasses.fields(cls) for n in env_names(f)]
+    return (
+        "Embedded `mx8.load` also reads the data plane's "
+        + ", ".join(f"`{n}`" for n in names)
+        + " exactly as `mx8d-agent` does (same defaults and checks; see its `--fetch-*` "
+        "flags above); `mx8.load`'s `fetch_concurrency` and `max_inflight_bytes` arguments "
+        "win over them.\n"
+    )
 
 
 def render() -> str:
     """The whole text of docs/configuration.md."""
-    return config_reference_markdown(CONFIG_CLASSES).rstrip("\n") + "\n\n" + _other_section()
+    text = config_reference_markdown(CONFIG_CLASSES, programs=PROGRAMS, env_readers=ENV_READERS)
+    return text.rstrip("\n") + "\n\n## Embedded data plane\n\n" + _embedded_note()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.manifest.hashing import copy_hashed
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
+from mx8_common.retry import Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 
 T = TypeVar("T")
@@ -70,6 +71,11 @@ class IngestSettings:
     attempts: int = 5
     backoff_base_s: float = 0.2
     backoff_max_s: float = 5.0
+
+    @property
+    def backoff(self) -> Backoff:
+        """The retry policy of transient ingest failures (full jitter, ``attempts`` tries)."""
+        return Backoff(base_s=self.backoff_base_s, max_s=self.backoff_max_s, attempts=self.attempts)
 
 
 @dataclass(frozen=True)
@@ -255,44 +261,49 @@ async def ingest_manifest(
     rng: random.Random | None = None,
 ) -> IngestResult:
     """Ingest the job's manifest, retrying transient failures; raise on anything else."""
-    rng = rng or random.Random()
     started = time.perf_counter()
-    for attempt in range(1, settings.attempts + 1):
-        try:
-            table, stats, path = await _ingest_once(client, settings)
-        except (ManifestError, CoordinatorError) as exc:
-            if is_transient(exc) and attempt < settings.attempts:
-                cap = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
-                delay = rng.uniform(0, cap)
-                emit(
-                    _COMPONENT,
-                    "manifest_ingest_retry",
-                    attempt=attempt,
-                    delay_s=round(delay, 3),
-                    error=str(exc),
-                )
-                await asyncio.sleep(delay)
-                continue
-            emit(
-                _COMPONENT,
-                exc.event,
-                error=str(exc),
-                manifest_hash=settings.manifest_hash,
-                mode=settings.mode,
-                attempt=attempt,
-            )
-            raise
-        seconds = time.perf_counter() - started
+    tries = 1
+
+    def retrying(retry: Retry) -> None:
+        nonlocal tries
+        tries = retry.attempt + 1
         emit(
             _COMPONENT,
-            "manifest_ingested",
-            mode=settings.mode,
-            manifest_hash=settings.manifest_hash,
-            samples=len(table),
-            manifest_bytes=stats.bytes,
-            table_nbytes=table.nbytes,
-            peak_carry_bytes=stats.peak_carry_bytes,
-            seconds=round(seconds, 3),
+            "manifest_ingest_retry",
+            attempt=retry.attempt,
+            delay_s=round(retry.delay_s, 3),
+            error=str(retry.error),
         )
-        return IngestResult(table, settings.mode, seconds, stats.bytes, stats, path)
-    raise AssertionError("unreachable: the loop returns or raises")
+
+    try:
+        table, stats, path = await settings.backoff.run(
+            lambda: _ingest_once(client, settings),
+            retry_if=lambda exc: (
+                isinstance(exc, ManifestError | CoordinatorError) and is_transient(exc)
+            ),
+            on_retry=retrying,
+            rng=rng,
+        )
+    except (ManifestError, CoordinatorError) as exc:
+        emit(
+            _COMPONENT,
+            exc.event,
+            error=str(exc),
+            manifest_hash=settings.manifest_hash,
+            mode=settings.mode,
+            attempt=tries,
+        )
+        raise
+    seconds = time.perf_counter() - started
+    emit(
+        _COMPONENT,
+        "manifest_ingested",
+        mode=settings.mode,
+        manifest_hash=settings.manifest_hash,
+        samples=len(table),
+        manifest_bytes=stats.bytes,
+        table_nbytes=table.nbytes,
+        peak_carry_bytes=stats.peak_carry_bytes,
+        seconds=round(seconds, 3),
+    )
+    return IngestResult(table, settings.mode, seconds, stats.bytes, stats, path)

@@ -8,22 +8,35 @@ in-process, or from a daemon's stderr as JSON lines.
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "emit", "get_logger"]
+from mx8_common.config_fields import load_env, setting
+
+__all__ = ["LoggingConfig", "configure_logging", "emit", "get_logger"]
 
 _configured = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+    """How every mx8 process logs its events."""
+
+    format: str | None = setting(
+        None, env="MX8_LOG_FORMAT", help="json for JSON lines on stderr, else console"
+    )
+    level: str = setting("info", env="MX8_LOG_LEVEL", help="debug, info, warning or error")
 
 
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     """Configure structlog once per process (daemons call it at start-up)."""
     global _configured
-    fmt = (fmt or os.environ.get("MX8_LOG_FORMAT", "console")).lower()
-    level_name = (level or os.environ.get("MX8_LOG_LEVEL", "info")).upper()
+    env = load_env(LoggingConfig)
+    fmt = (fmt or env.format or "console").lower()
+    level_name = (level or env.level).upper()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -50,7 +63,7 @@ def get_logger(component: str) -> Any:
     """A logger bound to ``component`` (e.g. ``"coordinator"``)."""
     # Configure lazily only when nobody else did: a test's structlog.testing.capture_logs()
     # (or an embedding app's own setup) must not be replaced by the first event.
-    if not _configured and os.environ.get("MX8_LOG_FORMAT") and not structlog.is_configured():
+    if not _configured and not structlog.is_configured() and load_env(LoggingConfig).format:
         configure_logging()
     return structlog.get_logger().bind(component=component)
 

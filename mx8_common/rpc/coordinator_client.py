@@ -7,16 +7,16 @@ comes back as the typed error the coordinator raised (``LeaseNotFoundError``,
 ``CoordinatorError`` carrying the status name in ``.code`` (``"UNAVAILABLE"``...). This
 is the one place the coordinator's gRPC errors are translated.
 
-TLS and the bearer token come from ``MX8_TLS_CA`` / ``MX8_TLS_CERT`` / ``MX8_TLS_KEY`` and
-``MX8_AUTH_TOKEN`` unless given, so every daemon and tool that dials the coordinator
-follows the same environment; the channel itself is built by ``rpc.channels``.
+TLS, the bearer token and the message cap come from ``CoordinatorClientConfig``
+(``MX8_TLS_*``, ``MX8_AUTH_TOKEN``, ``MX8_GRPC_MAX_MESSAGE_BYTES``) unless given, so every
+daemon and tool that dials the coordinator follows the same environment; the channel itself
+is built by ``rpc.channels``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,14 +24,13 @@ import grpc
 
 from mx8_common.errors import CoordinatorError
 from mx8_common.rpc.channels import aio_channel
+from mx8_common.rpc.client_config import CoordinatorClientConfig
 from mx8_common.rpc.errors import error_from_rpc
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
-from mx8_common.rpc.security import TlsConfig, auth_token_from_env
+from mx8_common.rpc.security import TlsConfig
 
 __all__ = ["CoordinatorClient"]
-
-_DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @contextlib.contextmanager
@@ -81,11 +80,12 @@ class CoordinatorClient:
         tls: TlsConfig | None = None,
         token: str | None = None,
     ) -> None:
-        if max_message_bytes is None:
-            env = os.environ.get("MX8_GRPC_MAX_MESSAGE_BYTES")
-            max_message_bytes = int(env) if env else _DEFAULT_MAX_MESSAGE_BYTES
-        tls = TlsConfig.from_env() if tls is None else tls
-        token = auth_token_from_env() if token is None else token
+        if max_message_bytes is None or tls is None or token is None:
+            env = CoordinatorClientConfig.from_env()  # fills what the caller left None
+            if max_message_bytes is None:
+                max_message_bytes = env.max_message_bytes
+            tls = env.tls if tls is None else tls
+            token = env.auth_token if token is None else token
         self.address = address
         self.timeout_s = timeout_s
         self.tls = tls

@@ -3,7 +3,8 @@
 One module for both ends so the coordinator, the agent and their clients agree on it:
 
 - ``TlsConfig`` names PEM files (``--tls-cert/--tls-key/--tls-ca`` or ``MX8_TLS_CERT`` /
-  ``MX8_TLS_KEY`` / ``MX8_TLS_CA``). On a server, cert + key turn TLS on and a CA makes it
+  ``MX8_TLS_KEY`` / ``MX8_TLS_CA``, read by the daemons' configs and by
+  ``client_config.CoordinatorClientConfig``). On a server, cert + key turn TLS on and a CA makes it
   mutual (clients must present a certificate that CA signed). On a client, the CA is what
   the server's certificate is checked against and cert + key are the client's identity.
 - ``BearerTokenInterceptor`` refuses calls without ``authorization: Bearer <MX8_AUTH_TOKEN>``
@@ -20,8 +21,7 @@ from __future__ import annotations
 import collections
 import hmac
 import ipaddress
-import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,6 @@ __all__ = [
     "OPEN_METHODS",
     "BearerTokenInterceptor",
     "TlsConfig",
-    "auth_token_from_env",
     "bearer_token_client_interceptors",
     "bearer_token_sync_interceptor",
     "channel_credentials",
@@ -81,16 +80,6 @@ class TlsConfig:
                 f"{given} needs {missing} too: a certificate and its private key go together "
                 "(or set both MX8_TLS_CERT and MX8_TLS_KEY)"
             )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> TlsConfig:
-        """``MX8_TLS_CERT`` / ``MX8_TLS_KEY`` / ``MX8_TLS_CA`` (empty values count as unset)."""
-        env = os.environ if environ is None else environ
-        return cls(
-            cert=env.get("MX8_TLS_CERT") or None,
-            key=env.get("MX8_TLS_KEY") or None,
-            ca=env.get("MX8_TLS_CA") or None,
-        )
 
     @property
     def enabled(self) -> bool:
@@ -142,12 +131,6 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
         private_key=_read_pem(tls.key, "--tls-key"),
         certificate_chain=_read_pem(tls.cert, "--tls-cert"),
     )
-
-
-def auth_token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """The shared token from ``MX8_AUTH_TOKEN``; None when unset or empty."""
-    env = os.environ if environ is None else environ
-    return env.get(AUTH_TOKEN_ENV) or None
 
 
 def token_metadata(token: str) -> tuple[tuple[str, str], ...]:

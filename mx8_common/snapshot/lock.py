@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import secrets
 import socket
 import time
@@ -35,6 +34,7 @@ from typing import TypeVar
 
 from mx8_common.errors import LockTimeoutError
 from mx8_common.obs.events import emit, get_logger
+from mx8_common.retry import Backoff
 from mx8_common.store import LockState, ManifestStore
 
 __all__ = ["LockHolder", "ProgressFn", "SnapshotLock", "parse_lock_body", "run_single_writer"]
@@ -309,7 +309,13 @@ async def run_single_writer(
     watch = _WaitWatch(link, key, stale_ms, report_every_ms)
     # A waiter may wait for minutes: back off to ~1 s between polls (the holder's body
     # changes only every stale_ms / 4 anyway) so many ranks do not hammer the store.
-    delay_ms, max_delay_ms = poll_ms, max(poll_ms, min(1000, stale_ms // 8))
+    # Jitter of +-50% so many waiters do not hit the store in lockstep.
+    polls = Backoff(
+        base_s=poll_ms / 1000,
+        max_s=max(poll_ms, min(1000, stale_ms // 8)) / 1000,
+        factor=1.25,
+        jitter=(0.5, 1.5),
+    ).delays()
     while True:
         if await lock.try_acquire():
             try:
@@ -328,6 +334,4 @@ async def run_single_writer(
             on_wait(lock.holder)
         if wait_timeout_ms > 0 and watch.waited_ms > wait_timeout_ms:
             raise watch.timeout_error(lock.holder, wait_timeout_ms)
-        # Jitter so many waiters do not hit the store in lockstep.
-        await asyncio.sleep(delay_ms / 1000 * random.uniform(0.5, 1.5))
-        delay_ms = min(max_delay_ms, delay_ms * 1.25)
+        await asyncio.sleep(next(polls))

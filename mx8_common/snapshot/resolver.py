@@ -23,14 +23,12 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mx8_common.config_fields import load_config, setting
 from mx8_common.errors import (
-    ConfigError,
     EmptyDatasetError,
     LabelError,
     ManifestHashMismatch,
@@ -41,6 +39,7 @@ from mx8_common.link import DatasetLink, parse_dataset_link
 from mx8_common.manifest.format import ManifestWriter, WrittenManifest
 from mx8_common.manifest.labels import ClassIndex, choose_classes, scan_folders, validate_label_mode
 from mx8_common.obs.events import emit
+from mx8_common.snapshot.config import SnapshotResolverConfig
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
@@ -60,94 +59,6 @@ __all__ = [
 
 _COMPONENT = "snapshot"
 Page = Sequence[tuple[str, int]]
-
-
-def _optional_bool(text: str) -> bool | None:
-    from mx8_common.config_fields import parse_bool
-
-    return None if text.strip().lower() in ("", "auto") else parse_bool(text)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SnapshotResolverConfig:
-    """How a dataset link is indexed into a snapshot and where it is stored."""
-
-    recursive: bool = setting(
-        True, env="MX8_SNAPSHOT_RECURSIVE", help="index nested keys/folders, not only direct ones"
-    )
-    label_mode: str = setting(
-        "auto", env="MX8_SNAPSHOT_LABEL_MODE", help="labels: none, imagefolder or auto"
-    )
-    materialize_manifest_bytes: bool = setting(
-        True,
-        env="MX8_SNAPSHOT_MATERIALIZE_MANIFEST_BYTES",
-        help="also return the manifest bytes in memory (the Python API); daemons use false",
-    )
-    store_root: str | None = setting(
-        None,
-        env="MX8_MANIFEST_STORE_ROOT",
-        flag="--store",
-        help="manifest store: a folder or s3://bucket/prefix (default ~/.mx8/manifests)",
-    )
-    s3_endpoint_url: str | None = setting(
-        None, env="MX8_S3_ENDPOINT_URL", help="S3 endpoint override (MinIO, moto)"
-    )
-    external_sort: bool = setting(
-        False,
-        env="MX8_SNAPSHOT_S3_EXTERNAL_SORT",
-        help="spill keys to sorted run files and merge, for endpoints that list out of order",
-    )
-    spill_keys_per_run: int = setting(
-        100_000, env="MX8_SNAPSHOT_S3_SPILL_KEYS_PER_RUN", help="keys per external-sort run"
-    )
-    list_concurrency: int = setting(
-        32,
-        env="MX8_SNAPSHOT_LIST_CONCURRENCY",
-        flag="--list-concurrency",
-        help="S3 LIST requests in flight while indexing (key ranges listed concurrently, "
-        "same manifest); 1: one page after another",
-    )
-    lock_stale_ms: int = setting(
-        60_000,
-        env="MX8_SNAPSHOT_LOCK_STALE_MS",
-        help="take over an indexer lock whose heartbeat is this old",
-    )
-    wait_timeout_ms: int = setting(
-        0,
-        env="MX8_SNAPSHOT_WAIT_TIMEOUT_MS",
-        help="cap on waiting for another live indexer; 0: wait while its heartbeat advances "
-        "(a dead one is taken over after the stale time)",
-    )
-    show_progress: bool | None = setting(
-        None,
-        env="MX8_SNAPSHOT_PROGRESS",
-        parse=_optional_bool,
-        help="progress bar while indexing (unset: only on a TTY)",
-    )
-
-    def __post_init__(self) -> None:
-        self._validate()
-
-    def _validate(self) -> None:
-        try:
-            validate_label_mode(self.label_mode)
-        except LabelError as exc:
-            raise ConfigError(str(exc)) from exc
-        for name in ("spill_keys_per_run", "lock_stale_ms", "list_concurrency"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.wait_timeout_ms < 0:
-            raise ConfigError(
-                f"wait_timeout_ms must be >= 0 (0: no cap), got {self.wait_timeout_ms}"
-            )
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> SnapshotResolverConfig:
-        """Defaults, then ``MX8_*`` env vars, then ``overrides`` (None values are ignored)."""
-        base = load_config(cls, environ=environ)
-        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass(frozen=True)

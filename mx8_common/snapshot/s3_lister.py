@@ -16,16 +16,15 @@ pages, or ``NonMonotonicListingError``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import operator
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from itertools import islice
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from mx8_common.errors import NonMonotonicListingError, TransientStorageError
 from mx8_common.manifest.labels import FolderSummary
+from mx8_common.retry import Backoff
 from mx8_common.snapshot.partitioned import ListingStats, ListPage, PartitionedListing
 from mx8_common.storage.s3_client import s3_errors
 
@@ -33,7 +32,8 @@ __all__ = ["PageSource", "S3PageSource", "ordered_pages"]
 
 T = TypeVar("T")
 
-_LIST_ATTEMPTS = 4
+#: A listing call is tried 4 times, 100 ms doubling, full jitter.
+_LIST_BACKOFF = Backoff(base_s=0.1, attempts=4)
 
 
 @runtime_checkable
@@ -84,15 +84,14 @@ def _raise_out_of_order(keys: list[str], last: str | None, page_no: int, link: s
 
 async def _with_retries(call: Callable[[], Awaitable[T]], location: str) -> T:
     """Retry a listing call on throttling/transport errors, with full-jitter backoff."""
-    for attempt in range(_LIST_ATTEMPTS):
-        try:
-            with s3_errors(location):
-                return await call()
-        except TransientStorageError:
-            if attempt == _LIST_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(random.uniform(0, 0.1 * 2**attempt))
-    raise AssertionError("unreachable")
+
+    async def translated() -> T:
+        with s3_errors(location):
+            return await call()
+
+    return await _LIST_BACKOFF.run(
+        translated, retry_if=lambda exc: isinstance(exc, TransientStorageError)
+    )
 
 
 class S3PageSource:

@@ -33,13 +33,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from mx8_common.config_fields import parse_size, setting
+from mx8_common.config_fields import load_env, parse_size, setting, setting_names
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.storage.object_reader import ObjectReader, ReadStats, is_local
@@ -97,10 +104,17 @@ class FetchBatch:
 
 @dataclass(frozen=True, kw_only=True)
 class FetchConfig:
-    """How hard the data plane pulls: concurrency and the in-flight byte budget."""
+    """How hard the data plane pulls: concurrency and the in-flight byte budget.
+
+    The agent exposes these as its ``--fetch-*`` flags; embedded ``mx8.load`` reads the same
+    variables. The flags named here are the agent's.
+    """
 
     concurrency: int = setting(
-        64, env="MX8_FETCH_CONCURRENCY", help="most sample reads running at once"
+        64,
+        env="MX8_FETCH_CONCURRENCY",
+        flag="--fetch-concurrency",
+        help="most sample reads running at once",
     )
     max_inflight_bytes: int = setting(
         256 * 1024 * 1024,
@@ -112,33 +126,40 @@ class FetchConfig:
     unknown_size_estimate: int = setting(
         1024 * 1024,
         env="MX8_FETCH_UNKNOWN_SIZE_ESTIMATE",
+        flag="--fetch-unknown-size-estimate",
         parse=parse_size,
         help="bytes charged for a sample whose manifest row has no byte_length",
     )
     reorder_window: int = setting(
         0,
         env="MX8_FETCH_REORDER_WINDOW",
+        flag="--fetch-reorder-window",
         help="most samples read ahead of the consumer (0 = 16 x concurrency)",
     )
     local_group: int = setting(
         32,
         env="MX8_FETCH_LOCAL_GROUP",
+        flag="--fetch-local-group",
         help="local files read per thread-pool job (each still counts toward concurrency)",
     )
 
     def __post_init__(self) -> None:
-        for name, env in (
-            ("concurrency", "MX8_FETCH_CONCURRENCY"),
-            ("max_inflight_bytes", "MX8_MAX_INFLIGHT_BYTES"),
-            ("unknown_size_estimate", "MX8_FETCH_UNKNOWN_SIZE_ESTIMATE"),
-            ("local_group", "MX8_FETCH_LOCAL_GROUP"),
-        ):
+        for name in ("concurrency", "max_inflight_bytes", "unknown_size_estimate", "local_group"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"fetch {name} is {getattr(self, name)}; set {env} to 1 or more")
+                raise ConfigError(
+                    f"fetch {name} is {getattr(self, name)}; set "
+                    f"{setting_names(FetchConfig, name)} to 1 or more"
+                )
         if self.reorder_window < 0:
             raise ConfigError(
-                f"fetch reorder_window is {self.reorder_window}; use 0 (automatic) or more"
+                f"fetch reorder_window is {self.reorder_window}; set "
+                f"{setting_names(FetchConfig, 'reorder_window')} to 0 (automatic) or more"
             )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> FetchConfig:
+        """Defaults, then ``MX8_*`` env vars, then ``overrides`` (None values are ignored)."""
+        return load_env(cls, environ, **overrides)
 
     @property
     def window(self) -> int:

@@ -22,11 +22,12 @@ import contextlib
 import errno
 import os
 import random
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from mx8_common.config_fields import setting
+from mx8_common.config_fields import load_env, setting, setting_names
 from mx8_common.errors import (
     AccessDeniedError,
     ConfigError,
@@ -36,6 +37,7 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 from mx8_common.obs.events import emit
+from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
 
@@ -44,42 +46,71 @@ __all__ = ["ObjectReader", "ObjectReaderConfig", "ReadStats", "is_local", "split
 
 @dataclass(frozen=True, kw_only=True)
 class ObjectReaderConfig:
-    """How sample bytes are read: retry policy and local read threads."""
+    """How sample bytes are read: retry policy and local read threads.
+
+    The agent exposes these as its ``--fetch-*`` flags; embedded ``mx8.load`` reads the same
+    variables. The flags named here are the agent's.
+    """
 
     max_attempts: int = setting(
-        5, env="MX8_FETCH_MAX_ATTEMPTS", help="tries per sample before a transient error is fatal"
+        5,
+        env="MX8_FETCH_MAX_ATTEMPTS",
+        flag="--fetch-max-attempts",
+        help="tries per sample before a transient error is fatal",
     )
     backoff_base_s: float = setting(
-        0.05, env="MX8_FETCH_BACKOFF_BASE_S", help="first retry waits up to this many seconds"
+        0.05,
+        env="MX8_FETCH_BACKOFF_BASE_S",
+        flag="--fetch-backoff-base-s",
+        help="first retry waits up to this many seconds",
     )
     backoff_max_s: float = setting(
-        5.0, env="MX8_FETCH_BACKOFF_MAX_S", help="cap on one retry's backoff, in seconds"
+        5.0,
+        env="MX8_FETCH_BACKOFF_MAX_S",
+        flag="--fetch-backoff-max-s",
+        help="cap on one retry's backoff, in seconds",
     )
     local_read_threads: int = setting(
-        16, env="MX8_FETCH_LOCAL_THREADS", help="threads reading local files (os.pread)"
+        16,
+        env="MX8_FETCH_LOCAL_THREADS",
+        flag="--fetch-local-threads",
+        help="threads reading local files (os.pread)",
     )
     lean_s3_get: bool = setting(
         True,
         env="MX8_FETCH_LEAN_S3_GET",
+        flag="--fetch-lean-s3-get",
         help="S3 GETs signed by botocore but sent by aiohttp (~half the client CPU per GET); "
-        "0 sends each through the aiobotocore client",
+        "0 (--no-fetch-lean-s3-get) sends each through the aiobotocore client",
     )
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError(
-                f"max_attempts is {self.max_attempts}; set MX8_FETCH_MAX_ATTEMPTS to 1 or more"
-            )
+        for name in ("max_attempts", "local_read_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"{name} is {getattr(self, name)}; set "
+                    f"{setting_names(ObjectReaderConfig, name)} to 1 or more"
+                )
         if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
             raise ConfigError(
                 f"backoff {self.backoff_base_s}s..{self.backoff_max_s}s is not a valid range; "
-                "set MX8_FETCH_BACKOFF_BASE_S >= 0 and MX8_FETCH_BACKOFF_MAX_S >= it"
+                "set MX8_FETCH_BACKOFF_BASE_S >= 0 and MX8_FETCH_BACKOFF_MAX_S >= it "
+                "(or --fetch-backoff-base-s / --fetch-backoff-max-s)"
             )
-        if self.local_read_threads < 1:
-            raise ConfigError(
-                f"local_read_threads is {self.local_read_threads}; set MX8_FETCH_LOCAL_THREADS "
-                "to 1 or more"
-            )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ObjectReaderConfig:
+        """Defaults, then ``MX8_*`` env vars, then ``overrides`` (None values are ignored)."""
+        return load_env(cls, environ, **overrides)
+
+    @property
+    def backoff(self) -> Backoff:
+        """The retry policy of one S3 read (full jitter, ``max_attempts`` tries)."""
+        return Backoff(
+            base_s=self.backoff_base_s, max_s=self.backoff_max_s, attempts=self.max_attempts
+        )
 
 
 @dataclass(slots=True)
@@ -339,35 +370,33 @@ class ObjectReader:
         byte_length: int | None,
         stats: ReadStats | None,
     ) -> bytes:
-        attempts = self.config.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return await self._read_s3_once(location, byte_offset, byte_length)
-            except TransientStorageError as exc:
-                if attempt == attempts:
-                    raise TransientStorageError(
-                        f"{exc} (gave up after {attempts} attempts; raise "
-                        "MX8_FETCH_MAX_ATTEMPTS or check the storage endpoint)",
-                        location=location,
-                    ) from exc
-                # Full jitter: spreads a burst of throttled readers over the whole window.
-                cap = min(
-                    self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1)
-                )
-                delay = self._rng.uniform(0, cap)
-                self.stats.retries += 1
-                if stats is not None:
-                    stats.retries += 1
-                emit(
-                    "fetch",
-                    "storage_read_retry",
-                    location=location,
-                    attempt=attempt,
-                    delay_s=round(delay, 4),
-                    error=str(exc),
-                )
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the loop returns or raises")
+        def retrying(retry: Retry) -> None:
+            self.stats.retries += 1
+            if stats is not None:
+                stats.retries += 1
+            emit(
+                "fetch",
+                "storage_read_retry",
+                location=location,
+                attempt=retry.attempt,
+                delay_s=round(retry.delay_s, 4),
+                error=str(retry.error),
+            )
+
+        try:
+            return await self.config.backoff.run(
+                lambda: self._read_s3_once(location, byte_offset, byte_length),
+                retry_if=lambda exc: isinstance(exc, TransientStorageError),
+                on_retry=retrying,
+                rng=self._rng,
+            )
+        except TransientStorageError as exc:
+            # Only retried errors are transient, so this one used up every attempt.
+            raise TransientStorageError(
+                f"{exc} (gave up after {self.config.max_attempts} attempts; raise "
+                "MX8_FETCH_MAX_ATTEMPTS or check the storage endpoint)",
+                location=location,
+            ) from exc
 
     async def _read_s3_once(
         self, location: str, byte_offset: int | None, byte_length: int | None

@@ -1,16 +1,16 @@
 """S3 clients and the one boundary where botocore errors become mx8 errors.
 
-The endpoint comes from the standard AWS environment (``AWS_ENDPOINT_URL``, the
-credential chain, ``AWS_REGION``/``AWS_DEFAULT_REGION``) with ``MX8_S3_ENDPOINT_URL`` as
-an override. Custom endpoints use path-style addressing, which MinIO and moto need.
+``S3Settings.from_env()`` takes the endpoint from the standard AWS environment
+(``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``/``AWS_DEFAULT_REGION``; the
+credential chain is botocore's) with ``MX8_S3_ENDPOINT_URL`` as an override. Custom
+endpoints use path-style addressing, which MinIO and moto need.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import botocore.exceptions
 import botocore.loaders
 from aiobotocore.session import AioSession
 
+from mx8_common.config_fields import load_env, setting
 from mx8_common.errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -55,20 +56,33 @@ _TRANSIENT_CODES = {
 class S3Settings:
     """Where S3 is and how to talk to it."""
 
-    endpoint_url: str | None = None
-    region: str | None = None
+    endpoint_url: str | None = setting(
+        None,
+        env="MX8_S3_ENDPOINT_URL",
+        also_env=("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        help="S3 endpoint (MinIO, moto); unset: AWS's own",
+    )
+    region: str = setting(
+        "us-east-1",
+        env="AWS_REGION",
+        also_env=("AWS_DEFAULT_REGION",),
+        help="S3 region",
+    )
     max_pool_connections: int = 64
 
+    def __post_init__(self) -> None:
+        # Empty values count as unset, as they always have for these variables.
+        if not self.endpoint_url:
+            object.__setattr__(self, "endpoint_url", None)
+        if not self.region:
+            object.__setattr__(self, "region", "us-east-1")
+
     @classmethod
-    def from_env(cls, endpoint_url: str | None = None) -> S3Settings:
-        endpoint = (
-            endpoint_url
-            or os.environ.get("MX8_S3_ENDPOINT_URL")
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-        )
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        return cls(endpoint_url=endpoint or None, region=region or "us-east-1")
+    def from_env(
+        cls, endpoint_url: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> S3Settings:
+        """The standard AWS environment, ``MX8_S3_ENDPOINT_URL`` first; ``endpoint_url`` wins."""
+        return load_env(cls, environ, endpoint_url=endpoint_url or None)
 
     def client_kwargs(self) -> dict[str, Any]:
         config = botocore.config.Config(

@@ -7,8 +7,10 @@ the backends; ``open_manifest_store`` picks one by the root's scheme.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
+from mx8_common.config_fields import load_env, setting
 from mx8_common.errors import ConfigError
 from mx8_common.store.base import (
     DEFAULT_STORE_ROOT,
@@ -27,15 +29,28 @@ __all__ = [
     "LockState",
     "ManifestMeta",
     "ManifestStore",
+    "StoreConfig",
     "check_hash",
     "open_manifest_store",
     "resolve_store_root",
 ]
 
 
+@dataclass(frozen=True, kw_only=True)
+class StoreConfig:
+    """Where the manifest store is."""
+
+    root: str | None = setting(
+        None,
+        env="MX8_MANIFEST_STORE_ROOT",
+        flag="--store",
+        help="manifest store: a folder or s3://bucket/prefix (default ~/.mx8/manifests)",
+    )
+
+
 def resolve_store_root(root: str | None = None) -> str:
     """``root``, else ``MX8_MANIFEST_STORE_ROOT``, else ``~/.mx8/manifests``."""
-    return root or os.environ.get("MX8_MANIFEST_STORE_ROOT") or DEFAULT_STORE_ROOT
+    return root or load_env(StoreConfig).root or DEFAULT_STORE_ROOT
 
 
 def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore:

@@ -22,6 +22,7 @@ import abc
 import json
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +263,7 @@ class ManifestStore(abc.ABC):
 
     def scratch_dir(self) -> Path:
         """A local folder for temp files headed into this store."""
-        return Path(os.environ.get("TMPDIR", "/tmp"))
+        return Path(tempfile.gettempdir())
 
     def _not_found(self, manifest_hash: str) -> SnapshotNotFoundError:
         return SnapshotNotFoundError(

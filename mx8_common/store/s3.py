@@ -27,6 +27,7 @@ from mx8_common.errors import (
     StoreError,
 )
 from mx8_common.manifest.hashing import HashingSink, file_sha256
+from mx8_common.retry import NO_JITTER, Backoff
 from mx8_common.storage.s3_client import S3Settings, open_s3_client, translate_s3_error
 from mx8_common.store.base import STREAM_CHUNK, LockState, ManifestStore, check_hash
 
@@ -38,6 +39,12 @@ _PRECONDITION = {"PreconditionFailed", "412"}
 _CONFLICT = {"ConditionalRequestConflict", "409", "OperationAborted"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _PART_SIZE = 64 * 1024 * 1024
+#: Another conditional write to the key is in flight: ask again shortly, 5 tries in all.
+_CONFLICT_BACKOFF = Backoff(base_s=0.05, factor=1.0, jitter=NO_JITTER, attempts=5)
+
+
+class _WriteConflict(Exception):
+    """A conditional write met another one in flight (409); retried, never escapes."""
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
@@ -329,7 +336,7 @@ class S3ManifestStore(ManifestStore):
 
     # -- small objects ---------------------------------------------------------------------
     async def _put_small(self, rel: str, data: bytes) -> bool:
-        for _attempt in range(5):
+        async def put() -> bool:
             _resp, code = await self._call(
                 rel,
                 lambda c: c.put_object(
@@ -338,11 +345,15 @@ class S3ManifestStore(ManifestStore):
                 tolerate=_PRECONDITION | _CONFLICT,
             )
             if code in _CONFLICT:
-                # Another conditional write to this key is in flight; ask again shortly.
-                await asyncio.sleep(0.05)
-                continue
+                raise _WriteConflict(rel)
             return code is None
-        return False
+
+        try:
+            return await _CONFLICT_BACKOFF.run(
+                put, retry_if=lambda exc: isinstance(exc, _WriteConflict)
+            )
+        except _WriteConflict:
+            return False
 
     async def _get_with_etag(self, rel: str) -> tuple[bytes, str] | None:
         async def get(c: Any) -> tuple[bytes, str]:

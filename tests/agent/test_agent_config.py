@@ -14,7 +14,8 @@ def test_agent_config_defaults_follow_the_issue() -> None:
     cfg = load_agent_config([], environ={})
     assert cfg.listen == "unix:///run/mx8/agent.sock"
     assert cfg.max_inflight_bytes == 256 * 1024 * 1024
-    assert cfg.fetch_concurrency == 32
+    # One MX8_FETCH_CONCURRENCY, one default: FetchConfig's, the same as embedded mx8.load.
+    assert cfg.fetch_concurrency == 64
     assert cfg.manifest_ingest == "direct"
     assert cfg.max_line_bytes == 8 * 1024 * 1024
     assert cfg.leases_ahead == 2

@@ -1,9 +1,14 @@
 """docs/ stays true: the configuration reference is current, every event and metric the
-code emits is explained in operations.md, every variable the code reads is documented."""
+code emits is explained in operations.md, every variable the code reads is documented, and
+every flag and variable the docs name is accepted by a real parser or read by a config class."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
 import importlib.util
+import io
 import re
 import subprocess
 import sys
@@ -110,3 +115,123 @@ def test_docs_architecture_has_one_data_flow_diagram() -> None:
     assert text.count("```mermaid") == 1
     for part in ("mx8-coordinator", "mx8d-agent", "GetManifestStream", "RequestLease"):
         assert part in text
+
+
+# -- every flag and variable the docs name exists ------------------------------------------
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?:-\*)?")
+_VAR = re.compile(r"\bMX8_[A-Z0-9_]*[A-Z0-9](?:_\*)?")
+#: Flags of other tools the docs show in full commands: flag -> the tool's name on that line.
+_FOREIGN_FLAGS = {"--build": "docker compose", "--from-literal": "kubectl"}
+#: Files that read variables no config class declares: the test harness and its scripts.
+_HARNESS = [ROOT / "mx8_common/testing/local_s3.py", *sorted((ROOT / "scripts").glob("*.sh"))]
+
+
+def _doc_pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def _program_parsers() -> dict[str, tuple[argparse.ArgumentParser, list[str]]]:
+    """Each command's real parser and the arguments it needs besides the flag under test."""
+    from benchmarks.__main__ import build_parser as bench_parser
+    from mx8.cli import build_parser as mx8_parser
+    from mx8_common.config_fields import build_parser
+    from mx8_common.snapshot.cli import build_parser as resolve_parser
+
+    gen = _gen_module()
+    programs = {
+        program: (build_parser(cls, prog=program, description=""), [])
+        for cls, program in gen.PROGRAMS.items()
+    }
+    programs["mx8-snapshot-resolve"] = (resolve_parser(), ["/data"])
+    programs["mx8 status"] = (mx8_parser(), ["status"])
+    programs["mx8 health"] = (mx8_parser(), ["health", "127.0.0.1:1"])
+    programs["python -m benchmarks"] = (bench_parser(), [])
+    return programs
+
+
+def _accepts(parser: argparse.ArgumentParser, before: list[str], flag: str) -> bool:
+    """True when ``parser`` knows ``flag`` exactly (no abbreviations): parsing it alone
+    either succeeds or fails only for its missing value. ``--fetch-*`` names a family:
+    some flag of the parser must start with ``--fetch-``."""
+    parsers = [parser]
+    for sub in parser._subparsers._group_actions if parser._subparsers else ():
+        parsers += sub.choices.values()
+    for p in parsers:
+        p.allow_abbrev = False
+    if flag.endswith("-*"):
+        return any(o.startswith(flag[:-1]) for p in parsers for o in p._option_string_actions)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            _, unknown = parser.parse_known_args([*before, flag])
+    except SystemExit:
+        return True  # known, but it wants a value (the other arguments are complete)
+    return flag not in unknown
+
+
+def _configuration_sections() -> list[tuple[str, str]]:
+    """``(class name, section text)`` of docs/configuration.md."""
+    text = (DOCS / "configuration.md").read_text()
+    parts = re.split(r"^## `[\w.]*?(\w+)`$", text, flags=re.M)
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_docs_configuration_flag_column_is_what_each_program_accepts() -> None:
+    gen = _gen_module()
+    programs = _program_parsers()
+    by_class = {cls.__name__: program for cls, program in gen.PROGRAMS.items()}
+    checked = 0
+    for name, section in _configuration_sections():
+        rows = [r for r in section.splitlines() if r.startswith("| `")]
+        flags = [_FLAG.findall(r.split("|")[2])[0] for r in rows if name in by_class]
+        for flag in flags:
+            parser, before = programs[by_class[name]]
+            assert _accepts(parser, before, flag), f"{by_class[name]} rejects {flag}"
+            checked += 1
+    assert checked >= 40
+
+
+def test_docs_name_only_flags_some_mx8_command_accepts() -> None:
+    programs = _program_parsers()
+    problems = []
+    for page in _doc_pages():
+        for line_no, line in enumerate(page.read_text().splitlines(), 1):
+            for flag in _FLAG.findall(line):
+                if flag in _FOREIGN_FLAGS:
+                    if _FOREIGN_FLAGS[flag] not in line:
+                        problems.append(f"{page.name}:{line_no}: {flag} outside its tool")
+                    continue
+                if not any(_accepts(p, before, flag) for p, before in programs.values()):
+                    problems.append(f"{page.name}:{line_no}: no mx8 command accepts {flag}")
+    assert not problems, "\n".join(problems)
+
+
+def test_docs_name_only_variables_a_config_class_or_the_harness_reads() -> None:
+    from mx8_common.config_fields import env_names
+
+    gen = _gen_module()
+    classes = (*gen.CONFIG_CLASSES, *gen._EMBEDDED_FETCH)
+    declared = {n for cls in classes for f in dataclasses.fields(cls) if "env" in f.metadata
+                for n in env_names(f)}  # fmt: skip
+    harness = "\n".join(p.read_text() for p in _HARNESS)
+    problems = []
+    for page in _doc_pages():
+        for name in set(_VAR.findall(page.read_text())):
+            if name.endswith("_*"):  # a family: MX8_TLS_*, MX8_SMOKE_*
+                prefix = name[:-1]
+                ok = any(n.startswith(prefix) for n in declared) or prefix in harness
+            else:
+                ok = name in declared or re.search(rf"\b{name}\b", harness) is not None
+            if not ok:
+                problems.append(f"{page.name}: {name} is read by no config class")
+    assert not problems, "\n".join(problems)
+
+
+def test_docs_flag_check_catches_a_flag_no_daemon_accepts() -> None:
+    programs = _program_parsers()
+    agent, before = programs["mx8d-agent"]
+    assert _accepts(agent, before, "--fetch-concurrency")
+    assert _accepts(agent, before, "--no-fetch-lean-s3-get")
+    assert _accepts(agent, before, "--fetch-*") and not _accepts(agent, before, "--fetchx-*")
+    for gone in ("--local-group", "--concurrency", "--max-attempts", "--fetch-conc"):
+        assert not any(_accepts(p, b, gone) for p, b in programs.values()), gone
