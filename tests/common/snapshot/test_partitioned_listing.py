@@ -135,7 +135,8 @@ async def test_partitioned_listing_concurrency_is_bounded_and_used(
         source = S3PageSource(client, "flat", "p/", concurrency=6)
         listed = await _listed(source)
     assert [key for key, _ in listed] == [f"obj-{i:08d}.bin" for i in range(20_000)]
-    assert list_endpoint.max_in_flight == 6
+    # Never more than asked for; more than one at once (exactly 6 depends on timing).
+    assert 2 <= list_endpoint.max_in_flight <= 6
     assert source.stats.partitions > 6 and source.stats.requests >= 20
 
 
