@@ -9,6 +9,7 @@ delimiter listing. The resolver checks key order with ``page_source.ordered_page
 from __future__ import annotations
 
 import contextlib
+import email.utils
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -36,6 +37,18 @@ async def _with_retries(call: Callable[[], Awaitable[T]], location: str) -> T:
     return await _LIST_BACKOFF.run(
         translated, retry_if=lambda exc: isinstance(exc, TransientStorageError)
     )
+
+
+def _server_time(resp: dict[str, Any]) -> float | None:
+    """The answer's Date header as Unix seconds (the server's clock), if it has one."""
+    headers = (resp.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+    date = headers.get("date")
+    if not date:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 class S3PageSource:
@@ -70,6 +83,9 @@ class S3PageSource:
         self.spill_dir = spill_dir
         #: What the last ``pages()`` did: requests, partitions, concurrency.
         self.stats = ListingStats()
+        #: S3's clock (the Date header) at the first listing answer: readers of the snapshot
+        #: refuse objects modified after it. None until a page was listed.
+        self.listed_at: float | None = None
 
     @property
     def root(self) -> str:
@@ -92,7 +108,12 @@ class S3PageSource:
         async def call() -> dict[str, Any]:
             return dict(await self.client.list_objects_v2(**kwargs))
 
-        return await _with_retries(call, self.root)
+        return await self._note_time(await _with_retries(call, self.root))
+
+    async def _note_time(self, resp: dict[str, Any]) -> dict[str, Any]:
+        if self.listed_at is None:
+            self.listed_at = _server_time(resp)
+        return resp
 
     async def _raw_pages(self, delimiter: bool) -> AsyncIterator[dict[str, Any]]:
         token: str | None = None
@@ -124,7 +145,7 @@ class S3PageSource:
         async def call() -> dict[str, Any]:
             return dict(await self.client.list_objects_v2(**kwargs))
 
-        resp = await _with_retries(call, self.root)
+        resp = await self._note_time(await _with_retries(call, self.root))
         return ListPage(
             [(obj["Key"], int(obj.get("Size", 0))) for obj in resp.get("Contents", ())],
             [cp["Prefix"] for cp in resp.get("CommonPrefixes", ())],
