@@ -6,10 +6,16 @@ Two paths give identical tables:
   (``ingest_chunk_stream``: schema version of every chunk, contiguous offsets, the
   announced length) into the table builder (schema header, sequential ids, rows, line
   bound, hash), which takes whole lines a block at a time (``read_block``) and parses
-  each block vectorized into the compact table's columns; no file is written.
+  each block vectorized into the compact table's columns; no manifest file is written.
 * **cached**: the same checked stream is copied to ``<cache_dir>/<hash>.tsv`` (temp file +
   rename, hash verified before the rename), then parsed by path. A copy already in the
   cache is reused when it still parses to the hash.
+
+Either path builds the table in memory, or, when ``table_dir`` is set (the agent sets it
+for manifests of at least ``--table-file-min-rows`` rows), appends its columns to files
+under ``table_dir/<hash>/`` and memory-maps them (``mx8_common.manifest.table_file``), so
+the agent's RSS does not grow with the manifest. Those files are sealed only after the
+hash check passed; a failed ingest removes them.
 
 Any manifest problem raises its ``ManifestError`` after emitting its event
 (``manifest_stream_truncated``, ``manifest_schema_mismatch``, ``manifest_line_too_long``,
@@ -42,9 +48,11 @@ from mx8_common.errors import (
     ManifestSchemaMismatch,
     ManifestTruncated,
 )
+from mx8_common.manifest.fast_parse import BlockReader, FileBlockReader
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.manifest.hashing import copy_hashed
 from mx8_common.manifest.table import ManifestTable
+from mx8_common.manifest.table_file import build_file_table, table_dir_name
 from mx8_common.obs.events import emit
 from mx8_common.retry import Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -68,6 +76,8 @@ class IngestSettings:
     mode: str = "direct"
     max_line_bytes: int = 8 * 1024 * 1024
     cache_dir: Path | None = None
+    #: Where a file-backed table is built (None: the table is held in memory).
+    table_dir: Path | None = None
     attempts: int = 5
     backoff_base_s: float = 0.2
     backoff_max_s: float = 5.0
@@ -133,12 +143,26 @@ async def _checked_chunks(
     return chunks(), total, stream
 
 
-def _build_table(reader: BoundedCarryReader, settings: IngestSettings) -> ManifestTable:
+def _build_table(reader: BlockReader, settings: IngestSettings) -> ManifestTable:
     # Blocks of whole lines straight into the table's columns (vectorized); same checks
-    # and errors as the row-by-row reference parser.
+    # and errors as the row-by-row reference parser. A file-backed table appends the
+    # columns to files under ``table_dir`` and maps them once the hash matched.
+    if settings.table_dir is not None:
+        return build_file_table(
+            reader,
+            root=settings.table_dir,
+            expected_hash=settings.manifest_hash,
+            max_line_bytes=settings.max_line_bytes,
+        )
     return ManifestTable.from_block_reader(
         reader, max_line_bytes=settings.max_line_bytes, expected_hash=settings.manifest_hash
     )
+
+
+def _table_from_path(path: Path, settings: IngestSettings) -> ManifestTable:
+    with open(path, "rb", buffering=1 << 20) as f:
+        reader = FileBlockReader(f, max_line_bytes=settings.max_line_bytes)
+        return _build_table(reader, settings)
 
 
 async def _consume_stream(
@@ -201,12 +225,7 @@ async def _ingest_cached(
     final = directory / f"{settings.manifest_hash}.tsv"
     if final.exists():
         try:
-            table = await asyncio.to_thread(
-                ManifestTable.from_path,
-                final,
-                expected_hash=settings.manifest_hash,
-                max_line_bytes=settings.max_line_bytes,
-            )
+            table = await asyncio.to_thread(_table_from_path, final, settings)
             emit(_COMPONENT, "manifest_cache_hit", path=str(final))
             return table, final
         except ManifestError as exc:
@@ -220,12 +239,7 @@ async def _ingest_cached(
         lambda reader: _copy_to_file(reader, directory, settings.manifest_hash),
     )
     try:
-        table = await asyncio.to_thread(
-            ManifestTable.from_path,
-            path,
-            expected_hash=settings.manifest_hash,
-            max_line_bytes=settings.max_line_bytes,
-        )
+        table = await asyncio.to_thread(_table_from_path, path, settings)
     except ManifestError:
         # Its hash matched but its content is invalid: never keep it for a later start.
         path.unlink(missing_ok=True)
@@ -241,6 +255,9 @@ async def _ingest_once(
             f"the coordinator serves manifest schema version {settings.schema_version}; this "
             f"agent reads version {SCHEMA_VERSION} only: run the same mx8 version on both"
         )
+    if settings.table_dir is not None:
+        # The hash names the table's files: refuse anything but 64 hex digits up front.
+        table_dir_name(settings.manifest_hash)
     stats = IngestStats()
     if settings.mode == "cached":
         table, path = await _ingest_cached(client, settings, stats)
@@ -303,6 +320,7 @@ async def ingest_manifest(
         samples=len(table),
         manifest_bytes=stats.bytes,
         table_nbytes=table.nbytes,
+        table_file=str(table.source) if table.source is not None else "",
         peak_carry_bytes=stats.peak_carry_bytes,
         seconds=round(seconds, 3),
     )
