@@ -37,6 +37,9 @@ _NOT_READY = (
 
 R = TypeVar("R")
 
+#: ``--manifest-stream-compression`` values as gRPC codecs.
+STREAM_CODECS = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
+
 
 def _unary(
     fn: Callable[[Any, Any, Job, grpc.aio.ServicerContext], Awaitable[R]],
@@ -65,9 +68,16 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     get UNAVAILABLE, which clients retry.
     """
 
-    def __init__(self, *, metrics: CoordinatorMetrics, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        metrics: CoordinatorMetrics,
+        max_message_bytes: int,
+        stream_compression: str = "gzip",
+    ) -> None:
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
+        self.stream_compression = STREAM_CODECS[stream_compression]
         self.job: Job | None = None
         self.source: ManifestSource | None = None
 
@@ -173,6 +183,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
                 return
             source = self._check_manifest(job, request.job_id, request.manifest_hash)
+            # The bulk of what the coordinator sends: gzip cuts it ~4x. gRPC only applies it
+            # when the agent's grpc-accept-encoding lists it, so any agent can read it.
+            context.set_compression(self.stream_compression)
             async for piece in iter_manifest_chunks(source):
                 chunk = pb.ManifestChunk(
                     data=piece.data, offset=piece.offset, schema_version=SCHEMA_VERSION

@@ -49,6 +49,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         fault: str = "none",
         chunk_bytes: int = 4096,
         announced_hash: str | None = None,
+        compression: grpc.Compression = grpc.Compression.NoCompression,
     ) -> None:
         assert fault in FAULTS, fault
         self.manifest = manifest
@@ -59,6 +60,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         hashed = self._broken_bytes() if fault == "bad_row" else manifest
         self.manifest_hash = announced_hash or hashlib.sha256(hashed).hexdigest()
         self.chunk_bytes = chunk_bytes
+        self.compression = compression
         self.release = asyncio.Event()
         self.release.set()
         self.stream_calls = 0
@@ -152,6 +154,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self, request: Any, context: Any
     ) -> AsyncIterator[pb.ManifestChunk]:
         self.stream_calls += 1
+        context.set_compression(self.compression)
         await self.release.wait()
         data = self._broken_bytes()
         total = len(data)
