@@ -605,9 +605,12 @@ def build_table(
 
 
 def _mapped(col: np.ndarray) -> bool:
+    """True when ``col`` views an ``mmap`` (through ndarray views and a memoryview)."""
     base = col.base
     while isinstance(base, np.ndarray):
         base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
     return isinstance(base, mmap.mmap)
 
 
