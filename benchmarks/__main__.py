@@ -23,6 +23,7 @@ CASES = {
     "indexing": "benchmarks.case_indexing",
     "index_memory": "benchmarks.case_index_memory",
     "manifest_stream": "benchmarks.case_manifest_stream",
+    "table_file": "benchmarks.case_table_file",
     "data_plane_s3": "benchmarks.case_data_plane_s3",
     "users_default": "benchmarks.case_users_default",
     "latency_proxy": "benchmarks.case_latency_proxy",
