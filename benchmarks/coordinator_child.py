@@ -111,7 +111,7 @@ if __name__ == "__main__":
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--log-file", default=None)
     parser.add_argument("--metrics", default=None, help="HOST:PORT of /metrics")
-    parser.add_argument("--manifest-stream-compression", default="gzip")
+    parser.add_argument("--manifest-stream-compression", default="zlib")
     parsed = parser.parse_args()
     if parsed.log_file:
         _log = os.open(parsed.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

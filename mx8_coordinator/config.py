@@ -18,9 +18,9 @@ __all__ = [
     "load_coordinator_config",
 ]
 
-#: How ``GetManifestStream`` may be compressed on the wire (gRPC's per-call compression:
-#: the client's grpc-accept-encoding negotiates it, so any gRPC agent reads either).
-STREAM_COMPRESSIONS = ("gzip", "none")
+#: How ``GetManifestStream`` chunks may be encoded (``mx8_common.manifest.chunk_codec``;
+#: negotiated per request, so an agent that asks for none still gets raw chunks).
+STREAM_COMPRESSIONS = ("zlib", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,10 +57,10 @@ class CoordinatorConfig:
         help="directory of the lease log (unset: no lease log, a restart starts over)",
     )
     manifest_stream_compression: str = setting(
-        "gzip",
+        "zlib",
         env="MX8_COORDINATOR_MANIFEST_STREAM_COMPRESSION",
-        help="gzip or none: gRPC compression of GetManifestStream responses (agents "
-        "decompress transparently; gzip sends ~1/4 of the bytes)",
+        help="zlib or none: how GetManifestStream chunks are encoded for agents that accept "
+        "it (zlib sends ~1/8 of the bytes; older agents get raw chunks)",
     )
     metrics: str | None = setting(
         None, env="MX8_COORDINATOR_METRICS", help="Prometheus HOST:PORT (unset: no metrics server)"

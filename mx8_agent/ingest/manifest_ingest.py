@@ -2,11 +2,13 @@
 
 Two paths give identical tables:
 
-* **direct** (default): ``GetManifestStream`` chunks go through the bounded-carry adapter
-  (``ingest_chunk_stream``: schema version of every chunk, contiguous offsets, the
-  announced length) into the table builder (schema header, sequential ids, rows, line
-  bound, hash), which takes whole lines a block at a time (``read_block``) and parses
-  each block vectorized into the compact table's columns; no manifest file is written.
+* **direct** (default): ``GetManifestStream`` chunks (zlib-encoded on the wire when the
+  coordinator offers it, decoded with a bounded, exact-length check) go through the
+  bounded-carry adapter (``ingest_chunk_stream``: schema version of every chunk,
+  contiguous offsets, the announced length) into the table builder (schema header,
+  sequential ids, rows, line bound, hash), which takes whole lines a block at a time
+  (``read_block``) and parses each block vectorized into the compact table's columns;
+  no manifest file is written.
 * **cached**: the same checked stream is copied to ``<cache_dir>/<hash>.tsv`` (temp file +
   rename, hash verified before the rename), then parsed by path. A copy already in the
   cache is reused when it still parses to the hash.
@@ -48,6 +50,7 @@ from mx8_common.errors import (
     ManifestSchemaMismatch,
     ManifestTruncated,
 )
+from mx8_common.manifest.chunk_codec import ENCODINGS, decode_chunk
 from mx8_common.manifest.fast_parse import BlockReader, FileBlockReader
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.manifest.hashing import copy_hashed
@@ -114,7 +117,9 @@ async def _checked_chunks(
     client: CoordinatorClient, settings: IngestSettings
 ) -> tuple[AsyncIterator[StreamChunk], int | None, Any]:
     """Open the stream, check its first chunk's announcement, re-yield it as ``StreamChunk``s."""
-    stream = client.get_manifest_stream(settings.job_id, settings.manifest_hash)
+    stream = client.get_manifest_stream(
+        settings.job_id, settings.manifest_hash, accept_encodings=ENCODINGS
+    )
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -135,10 +140,23 @@ async def _checked_chunks(
         )
     total = int(first.total_bytes) or None
 
+    async def decoded(chunk: Any) -> StreamChunk:
+        data = bytes(chunk.data)
+        if chunk.encoding:
+            # zlib releases the GIL: decoding overlaps the parser thread.
+            data = await asyncio.to_thread(
+                decode_chunk,
+                data,
+                encoding=chunk.encoding,
+                raw_length=int(chunk.raw_length),
+                offset=int(chunk.offset),
+            )
+        return StreamChunk(int(chunk.offset), data, int(chunk.schema_version))
+
     async def chunks() -> AsyncIterator[StreamChunk]:
-        yield StreamChunk(int(first.offset), bytes(first.data), int(first.schema_version))
+        yield await decoded(first)
         async for chunk in stream:
-            yield StreamChunk(int(chunk.offset), bytes(chunk.data), int(chunk.schema_version))
+            yield await decoded(chunk)
 
     return chunks(), total, stream
 

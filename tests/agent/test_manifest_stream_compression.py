@@ -1,11 +1,10 @@
-"""GetManifestStream compressed on the wire: fewer bytes, same table, same fail-closed checks."""
+"""GetManifestStream zlib-encoded on the wire: fewer bytes, same table, same fail-closed checks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from support.agent import write_local_dataset
 from support.coordinator import write_manifest
@@ -40,7 +39,7 @@ async def _ingest(
         return await ingest_manifest(client, settings)
 
 
-@pytest.mark.parametrize(("compression", "max_ratio"), [("gzip", 0.5), ("none", 1.2)])
+@pytest.mark.parametrize(("compression", "max_ratio"), [("zlib", 0.25), ("none", 1.2)])
 async def test_manifest_stream_compression_cuts_wire_bytes_same_table(
     tmp_path: Path, start_coordinator: Any, compression: str, max_ratio: float
 ) -> None:
@@ -73,13 +72,17 @@ async def test_manifest_stream_compression_cuts_wire_bytes_same_table(
         ("chunk_schema", {}, ManifestSchemaMismatch),
         ("bad_row", {}, ManifestBadRow),
         ("none", {"max_line_bytes": 40}, ManifestLineTooLong),
+        ("zlib_cut", {}, ManifestTruncated),
+        ("zlib_corrupt", {}, ManifestTruncated),
+        ("zlib_long", {}, ManifestTruncated),
+        ("zlib_unknown", {}, ManifestSchemaMismatch),
     ],
 )
-async def test_manifest_stream_gzip_keeps_every_fail_closed_check(
+async def test_manifest_stream_zlib_keeps_every_fail_closed_check(
     tmp_path: Path, fault: str, config: dict[str, Any], error_type: type[ManifestError]
 ) -> None:
     data = write_local_dataset(tmp_path, 2000).read_bytes()
-    fake = FakeCoordinator(data, total_samples=2000, fault=fault, compression=grpc.Compression.Gzip)
+    fake = FakeCoordinator(data, total_samples=2000, fault=fault, encoding="zlib")
     proxy = TcpProxy(await fake.start())
     try:
         with pytest.raises(error_type) as caught:
@@ -96,17 +99,41 @@ async def test_manifest_stream_gzip_keeps_every_fail_closed_check(
         await fake.stop()
     assert type(caught.value) is error_type
     assert not any((tmp_path / "tables").glob("*"))  # no table file of a failed stream
-    # The stream really was compressed (the manifest is highly repetitive).
-    assert 0 < proxy.bytes_down < len(data) // 2
+    # The stream really was encoded (the manifest is highly repetitive).
+    assert 0 < proxy.bytes_down < len(data) // 2 or fault.startswith("cut")
 
 
-async def test_manifest_stream_gzip_valid_stream_ingests(tmp_path: Path) -> None:
-    # The control of the fault cases: the same fake, gzip on, no fault.
+async def test_manifest_stream_zlib_valid_stream_ingests(tmp_path: Path) -> None:
+    # The control of the fault cases: the same fake, zlib on, no fault.
     data = write_local_dataset(tmp_path, 2000).read_bytes()
-    fake = FakeCoordinator(data, total_samples=2000, compression=grpc.Compression.Gzip)
+    fake = FakeCoordinator(data, total_samples=2000, encoding="zlib")
+    proxy = TcpProxy(await fake.start())
     try:
-        result = await _ingest(await fake.start(), data, 2000)
+        result = await _ingest(await proxy.start(), data, 2000)
     finally:
+        await proxy.stop()
         await fake.stop()
     assert len(result.table) == 2000
     assert result.table.manifest_hash == manifest_hash(data)
+    assert proxy.bytes_down < len(data) // 2
+
+
+async def test_manifest_stream_old_agent_gets_raw_chunks(
+    tmp_path: Path, start_coordinator: Any
+) -> None:
+    # An agent that asks for no encoding (an older one) gets the raw bytes, unchanged.
+    path = write_manifest(tmp_path, 3000)
+    data = path.read_bytes()
+    coordinator = await start_coordinator(path)  # zlib by default
+    async with CoordinatorClient(coordinator.address) as client:
+        chunks = [c async for c in client.get_manifest_stream("default", manifest_hash(data))]
+        zipped = [
+            c
+            async for c in client.get_manifest_stream(
+                "default", manifest_hash(data), accept_encodings=("zlib",)
+            )
+        ]
+    assert {c.encoding for c in chunks} == {""}
+    assert b"".join(c.data for c in chunks) == data
+    assert {c.encoding for c in zipped} == {"zlib"}
+    assert sum(c.raw_length for c in zipped) == len(data)
