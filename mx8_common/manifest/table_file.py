@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mx8_common.errors import ManifestHashMismatch
+from mx8_common.errors import ManifestHashMismatch, ManifestUnwritable
 from mx8_common.manifest.fast_parse import BLOCK_BYTES, BlockReader
 from mx8_common.manifest.reader import DEFAULT_MAX_LINE_BYTES
 from mx8_common.manifest.table import ManifestTable, _mapped, build_table
@@ -288,16 +288,25 @@ def build_file_table(
     """Parse ``reader`` (hash must be ``expected_hash``) into a file-backed table under ``root``.
 
     Same checks, errors and lookups as ``ManifestTable.from_block_reader``; on any error
-    the partial files are removed before it propagates.
+    the partial files are removed before it propagates (a file system error becomes
+    ``ManifestUnwritable``).
     """
-    storage = FileStorage(Path(root), expected_hash)
-    return build_table(
-        reader,
-        storage=storage,
-        expected_hash=expected_hash,
-        max_line_bytes=max_line_bytes,
-        block_bytes=block_bytes,
-    )
+    table_dir_name(expected_hash)
+    try:
+        storage = FileStorage(Path(root), expected_hash)
+        return build_table(
+            reader,
+            storage=storage,
+            expected_hash=expected_hash,
+            max_line_bytes=max_line_bytes,
+            block_bytes=block_bytes,
+        )
+    except OSError as exc:
+        # Disk full, no permission: one typed line, the partial files already removed.
+        raise ManifestUnwritable(
+            f"cannot write the manifest table files under {root}: {exc.strerror or exc}; "
+            "free disk space there or point --cache-dir elsewhere"
+        ) from None
 
 
 def open_table_dir(path: str | os.PathLike[str], *, expected_hash: str) -> ManifestTable:

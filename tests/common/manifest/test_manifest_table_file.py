@@ -17,6 +17,7 @@ from mx8_common.errors import (
     ManifestError,
     ManifestHashMismatch,
     ManifestTruncated,
+    ManifestUnwritable,
 )
 from mx8_common.manifest import table as manifest_table
 from mx8_common.manifest.fast_parse import FileBlockReader
@@ -176,3 +177,11 @@ def test_open_table_dir_refuses_another_manifests_table(tmp_path: Path) -> None:
     assert disk.source is not None
     with pytest.raises(ManifestHashMismatch, match="delete it and ingest again"):
         open_table_dir(disk.source, expected_hash="0" * 64)
+
+
+def test_file_table_unwritable_root_is_one_typed_error(tmp_path: Path) -> None:
+    data = encode_manifest([ManifestRecord(0, "s3://b/k", None, 1, "")])
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the table root should be")
+    with pytest.raises(ManifestUnwritable, match="--cache-dir"):
+        _file_table(data, blocker / "tables")
