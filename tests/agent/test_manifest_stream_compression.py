@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.agent import write_local_dataset
-from support.coordinator import write_manifest
 from support.fake_coordinator import FakeCoordinator
+from support.manifests import write_local_dataset, write_manifest
 from support.tcp_proxy import TcpProxy
 
 from mx8_agent.ingest.manifest_ingest import IngestSettings, ingest_manifest
@@ -43,7 +42,7 @@ async def _ingest(
 async def test_manifest_stream_compression_cuts_wire_bytes_same_table(
     tmp_path: Path, start_coordinator: Any, compression: str, max_ratio: float
 ) -> None:
-    path = write_manifest(tmp_path, 20_000)
+    path = write_manifest(tmp_path, 20_000).path
     data = path.read_bytes()
     coordinator = await start_coordinator(path, manifest_stream_compression=compression)
     proxy = TcpProxy(coordinator.address)
@@ -122,7 +121,7 @@ async def test_manifest_stream_old_agent_gets_raw_chunks(
     tmp_path: Path, start_coordinator: Any
 ) -> None:
     # An agent that asks for no encoding (an older one) gets the raw bytes, unchanged.
-    path = write_manifest(tmp_path, 3000)
+    path = write_manifest(tmp_path, 3000).path
     data = path.read_bytes()
     coordinator = await start_coordinator(path)  # zlib by default
     async with CoordinatorClient(coordinator.address) as client:
