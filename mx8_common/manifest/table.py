@@ -34,7 +34,7 @@ import io
 import mmap
 import os
 from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -48,6 +48,7 @@ from mx8_common.manifest.fast_parse import (
     parse_block,
 )
 from mx8_common.manifest.format import ManifestRecord
+from mx8_common.manifest.int_column import IntColumn, is_mapped
 from mx8_common.manifest.labels import imagefolder_hint, parse_label_id
 from mx8_common.manifest.reader import (
     DEFAULT_MAX_LINE_BYTES,
@@ -58,7 +59,14 @@ from mx8_common.manifest.reader import (
 )
 
 # parse_label_id is re-exported from mx8_common.manifest.labels, where the hint format lives.
-__all__ = ["MAX_INTERNED", "ManifestTable", "MemoryStorage", "build_table", "parse_label_id"]
+__all__ = [
+    "MAX_INTERNED",
+    "ManifestTable",
+    "MemoryStorage",
+    "TableStorage",
+    "build_table",
+    "parse_label_id",
+]
 
 #: Most distinct directories (and, separately, decode hints) a table interns.
 MAX_INTERNED = 1 << 16
@@ -70,74 +78,6 @@ def _label_of(hint: str) -> int:
     """The int32 label id of an imagefolder hint, or -1 (none, or too big for the column)."""
     label = parse_label_id(hint)
     return label if label is not None and label <= _INT32_MAX else -1
-
-
-_DTYPES: dict[str, type[np.generic]] = {"h": np.int16, "i": np.int32, "q": np.int64}
-#: The next wider array type once a value does not fit (int16 -> int32 -> int64).
-_WIDER = {"h": "i", "i": "q"}
-
-
-class _IntColumn:
-    """A growable signed int column, as narrow as its values allow.
-
-    It allocates nothing while every row holds ``fill`` (an all -1 column then costs no
-    memory) and widens int16 -> int32 -> int64 the first time a value does not fit, so
-    the dtype depends only on the values, whichever builder path appended them. Offsets
-    and lengths of a 1M-row manifest fit int32: half the bytes of int64 columns.
-    """
-
-    __slots__ = ("buf", "code", "fill", "n")
-
-    def __init__(self, code: str, fill: int) -> None:
-        self.code = code
-        self.fill = fill
-        self.buf: array.array[int] | None = None
-        self.n = 0
-
-    def _fit(self, lo: int, hi: int) -> None:
-        """Widen (and allocate) so ``lo..hi`` fits; the rows so far keep their values."""
-        if self.buf is None and lo == hi == self.fill:
-            return
-        code = self.code
-        bits = 8 * np.dtype(_DTYPES[code]).itemsize - 1
-        while lo < -(1 << bits) or hi >= 1 << bits:
-            code = _WIDER[code]
-            bits = 8 * np.dtype(_DTYPES[code]).itemsize - 1
-        if self.buf is None:
-            self.buf = array.array(code, bytes(self.n * np.dtype(_DTYPES[code]).itemsize))
-            if self.n and self.fill:
-                np.frombuffer(self.buf, dtype=_DTYPES[code])[:] = self.fill
-        elif code != self.code:
-            wide = array.array(code, bytes(self.n * np.dtype(_DTYPES[code]).itemsize))
-            np.frombuffer(wide, dtype=_DTYPES[code])[:] = np.frombuffer(
-                self.buf, _DTYPES[self.code]
-            )
-            self.buf = wide
-        self.code = code
-
-    def append(self, value: int) -> None:
-        """Append one value (the row-by-row builder)."""
-        self._fit(value, value)
-        if self.buf is not None:
-            self.buf.append(value)
-        self.n += 1
-
-    def extend(self, values: np.ndarray, lo: int, hi: int) -> None:
-        """Append int ``values`` whose smallest and largest are ``lo`` and ``hi``."""
-        self._fit(lo, hi)
-        if self.buf is not None:
-            # A byte view of numpy's memory: one copy into the array, no bytes object.
-            raw = np.ascontiguousarray(values, dtype=_DTYPES[self.code]).view(np.uint8)
-            self.buf.frombytes(raw)
-        self.n += len(values)
-
-    def column(self) -> np.ndarray:
-        """A read-only numpy view of the values without copying (zero-stride when all fill)."""
-        if self.buf is None:
-            return np.broadcast_to(np.array(self.fill, dtype=_DTYPES[self.code]), (self.n,))
-        col = np.frombuffer(self.buf, dtype=_DTYPES[self.code])
-        col.flags.writeable = False
-        return col
 
 
 def _as_column(buf: array.array[int]) -> np.ndarray:
@@ -155,7 +95,7 @@ def _narrowest(values: np.ndarray) -> np.ndarray:
 
 
 def _expand_runs(
-    heads: np.ndarray, ids: dict[bytes, int], values: list[bytes], rows: int, column: _IntColumn
+    heads: np.ndarray, ids: dict[bytes, int], values: list[bytes], rows: int, column: IntColumn
 ) -> None:
     """Append one id per row to ``column``, from runs starting at ``heads`` (``b""`` = -1)."""
     run_ids = np.fromiter((ids.get(v, -1) for v in values), dtype=np.int32, count=len(values))
@@ -164,6 +104,18 @@ def _expand_runs(
         column.n += rows  # nothing to write: the column is still all ``fill``
         return
     column.extend(np.repeat(run_ids, np.diff(heads, append=rows)), lo, hi)
+
+
+class TableStorage(Protocol):
+    """Where a table builder keeps its columns while it parses, and how it seals them."""
+
+    def int_column(self, name: str, code: str, fill: int) -> Any: ...
+    def blob(self, name: str) -> Any: ...
+    def map_column(
+        self, name: str, ids: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], dtype: Any
+    ) -> np.ndarray: ...
+    def seal(self, **fields: Any) -> ManifestTable: ...
+    def abort(self) -> None: ...
 
 
 class MemoryStorage:
@@ -175,14 +127,14 @@ class MemoryStorage:
 
     def int_column(self, name: str, code: str, fill: int) -> Any:
         """A growable int column named ``name`` (``code``: its narrowest array type)."""
-        return _IntColumn(code, fill)
+        return IntColumn(code, fill)
 
     def blob(self, name: str) -> Any:
         """A growable bytes blob (``+=`` and ``len``)."""
         return bytearray()
 
     def map_column(
-        self, name: str, ids: np.ndarray, fn: Any, dtype: type[np.generic]
+        self, name: str, ids: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], dtype: Any
     ) -> np.ndarray:
         """``fn(ids)`` as a read-only column (the file storage maps ``ids`` in chunks)."""
         col = np.asarray(fn(ids), dtype=dtype)
@@ -200,7 +152,7 @@ class MemoryStorage:
 class _Builder:
     """Growable buffers behind ``ManifestTable.from_records``."""
 
-    def __init__(self, storage: Any = None) -> None:
+    def __init__(self, storage: TableStorage | None = None) -> None:
         self.storage = storage if storage is not None else MemoryStorage()
         self.tails = self.storage.blob("tails")
         self.tail_offsets = self.storage.int_column("tail_offsets", "i", fill=0)
@@ -527,7 +479,7 @@ class ManifestTable:
         )
         # A zero-stride (broadcast) column owns no memory, nor does a memory-mapped one.
         total = sum(
-            a.nbytes for a in arrays if a is not None and a.strides != (0,) and not _mapped(a)
+            a.nbytes for a in arrays if a is not None and a.strides != (0,) and not is_mapped(a)
         )
         if not isinstance(self._tails, mmap.mmap):
             total += len(self._tails)
@@ -567,7 +519,7 @@ class ManifestTable:
 def build_table(
     reader: BlockReader,
     *,
-    storage: Any = None,
+    storage: TableStorage | None = None,
     expected_hash: str | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     block_bytes: int = BLOCK_BYTES,
@@ -602,16 +554,6 @@ def build_table(
     except BaseException:
         builder.storage.abort()
         raise
-
-
-def _mapped(col: np.ndarray) -> bool:
-    """True when ``col`` views an ``mmap`` (through ndarray views and a memoryview)."""
-    base = col.base
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    return isinstance(base, mmap.mmap)
 
 
 def _pack(col: np.ndarray) -> tuple[str, Any, int, int] | np.ndarray:

@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ import numpy as np
 
 from mx8_common.errors import ManifestHashMismatch, ManifestUnwritable
 from mx8_common.manifest.fast_parse import BLOCK_BYTES, BlockReader
+from mx8_common.manifest.int_column import is_mapped
 from mx8_common.manifest.reader import DEFAULT_MAX_LINE_BYTES
-from mx8_common.manifest.table import ManifestTable, _mapped, build_table
+from mx8_common.manifest.table import ManifestTable, build_table
 
 __all__ = ["FileStorage", "build_file_table", "is_mapped", "open_table_dir", "table_dir_name"]
 
@@ -169,11 +171,6 @@ def _map_ints(path: Path, dtype: Any, n: int) -> np.ndarray:
     return np.frombuffer(mapped, dtype=dtype, count=n)
 
 
-def is_mapped(col: np.ndarray) -> bool:
-    """True when ``col`` reads a memory-mapped file (it holds no process memory of its own)."""
-    return _mapped(col)
-
-
 def _map_bytes(path: Path) -> bytes | mmap.mmap:
     """The file's bytes, memory-mapped (slicing an ``mmap`` gives ``bytes``, as the table needs)."""
     with open(path, "rb") as f:
@@ -204,7 +201,9 @@ class FileStorage:
         self._blobs.append(blob)
         return blob
 
-    def map_column(self, name: str, ids: np.ndarray, fn: Any, dtype: Any) -> np.ndarray:
+    def map_column(
+        self, name: str, ids: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], dtype: Any
+    ) -> np.ndarray:
         col = self.int_column(name, "i", fill=-1)
         for start in range(0, len(ids), _MAP_CHUNK):
             values = np.asarray(fn(np.asarray(ids[start : start + _MAP_CHUNK])))
