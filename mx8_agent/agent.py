@@ -49,7 +49,7 @@ from mx8_common.errors import (
     NodeNotRegisteredError,
 )
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.retry import EQUAL_JITTER, Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
@@ -122,6 +122,7 @@ class Agent(Daemon):
         # Set when the coordinator switched snapshot: nothing may be reported to it.
         self._fenced = False
         self._rng = random.Random()
+        self._retry_log = Throttled()  # retry lines: one per event every few seconds
 
     # -- views --------------------------------------------------------------------------
 
@@ -282,7 +283,7 @@ class Agent(Daemon):
         try:
             await self.runner.run()
         except Mx8Error as exc:
-            emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
+            emit(_COMPONENT, exc.event, level="error", error=str(exc), node_id=self.config.node_id)
             # Tell the trainers why before going away.
             self.hub.fail(exc)
             await self._wait_trainers_gone()
@@ -309,11 +310,11 @@ class Agent(Daemon):
             return isinstance(exc, CoordinatorError) and exc.code in _UNREACHABLE
 
         def retrying(retry: Retry) -> None:
-            emit(
+            self._retry_log.emit(
                 _COMPONENT,
                 "register_retry",
                 delay_s=round(retry.delay_s, 3),
-                error=str(retry.error),
+                error=retry.error,
             )
 
         try:
@@ -361,7 +362,7 @@ class Agent(Daemon):
                 )
             except Mx8Error as exc:
                 # A missed heartbeat is not fatal: the lease TTL is several intervals long.
-                emit(_COMPONENT, "heartbeat_failed", reason=exc.event, error=str(exc))
+                self._retry_log.emit(_COMPONENT, "heartbeat_failed", reason=exc.event, error=exc)
                 if isinstance(exc, NodeNotRegisteredError):
                     # A coordinator restarted without its lease log no longer knows us;
                     # registering again is idempotent when it does.
