@@ -13,7 +13,8 @@ Layout, under ``root``::
         meta.json                       hash, rows, intern tables, each column's file or fill
         <column>.bin                    raw little-endian ints of fixed width
         tails.bin, spill_hints.bin      the bytes blobs
-    <root>/.<manifest_hash>.<rand>.building/   a build in progress (removed on any error)
+    <root>/.<manifest_hash>.<pid>.<rand>.building/   a build in progress (removed on any
+                                    error; a dead process's is removed by the next build)
 
 Fail closed: a build writes into its ``.building`` directory and is renamed to
 ``<manifest_hash>`` only after the stream's hash matched and every file was flushed; a
@@ -186,7 +187,8 @@ class FileStorage:
         self.root = Path(root)
         self.final = self.root / table_dir_name(manifest_hash)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.dir = self.root / f".{manifest_hash}.{secrets.token_hex(6)}.building"
+        _remove_orphans(self.root)
+        self.dir = self.root / f".{manifest_hash}.{os.getpid()}.{secrets.token_hex(6)}.building"
         self.dir.mkdir()
         self._columns: list[_FileIntColumn] = []
         self._blobs: list[_FileBlob] = []
@@ -250,7 +252,7 @@ class FileStorage:
     def _replace_final(self) -> None:
         old = None
         if self.final.exists():
-            old = self.root / f".{self.final.name}.{secrets.token_hex(6)}.old"
+            old = self.root / f".{self.final.name}.{os.getpid()}.{secrets.token_hex(6)}.old"
             os.replace(self.final, old)
         os.replace(self.dir, self.final)
         if old is not None:
@@ -263,6 +265,28 @@ class FileStorage:
         for blob in self._blobs:
             blob.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_ORPHAN = re.compile(r"\.[0-9a-f]{64}\.(\d+)\.[0-9a-f]+\.(building|old)")
+
+
+def _remove_orphans(root: Path) -> None:
+    """Remove builds (and replaced tables) left by processes that died (SIGKILL, power)."""
+    for path in root.iterdir():
+        match = _ORPHAN.fullmatch(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _fsync_dir_files(directory: Path) -> None:

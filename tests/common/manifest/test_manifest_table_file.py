@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -185,3 +188,26 @@ def test_file_table_unwritable_root_is_one_typed_error(tmp_path: Path) -> None:
     blocker.write_text("a file where the table root should be")
     with pytest.raises(ManifestUnwritable, match="--cache-dir"):
         _file_table(data, blocker / "tables")
+
+
+def test_file_table_build_removes_a_dead_process_build_and_keeps_a_live_one(
+    tmp_path: Path,
+) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(dead.stdout)
+    other = "b" * 64
+    orphan = tmp_path / f".{other}.{dead_pid}.abc123.building"
+    live = tmp_path / f".{other}.{os.getpid()}.def456.building"
+    for path in (orphan, live):
+        path.mkdir()
+        (path / "tails.bin").write_bytes(b"partial")
+    data = encode_manifest([ManifestRecord(0, "s3://b/k", None, 1, "")])
+    _file_table(data, tmp_path)
+    assert not orphan.exists()  # its process is gone: nobody will finish it
+    assert live.exists()  # a build in progress elsewhere is left alone
+    assert (tmp_path / manifest_hash(data)).is_dir()
