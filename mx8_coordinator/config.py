@@ -70,6 +70,7 @@ class CoordinatorConfig:
     label_mode: str = shared(SnapshotResolverConfig, "label_mode")
     external_sort: bool = shared(SnapshotResolverConfig, "external_sort")
     spill_keys_per_run: int = shared(SnapshotResolverConfig, "spill_keys_per_run")
+    list_concurrency: int = shared(SnapshotResolverConfig, "list_concurrency")
     lock_stale_ms: int = shared(SnapshotResolverConfig, "lock_stale_ms")
     wait_timeout_ms: int = shared(SnapshotResolverConfig, "wait_timeout_ms")
     show_progress: bool | None = shared(SnapshotResolverConfig, "show_progress")
@@ -153,6 +154,7 @@ class CoordinatorConfig:
             store_root=self.store,
             external_sort=self.external_sort,
             spill_keys_per_run=self.spill_keys_per_run,
+            list_concurrency=self.list_concurrency,
             lock_stale_ms=self.lock_stale_ms,
             wait_timeout_ms=self.wait_timeout_ms,
             show_progress=self.show_progress,

@@ -50,10 +50,12 @@ from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
 from mx8_common.snapshot.notice import announce_reuse
 from mx8_common.snapshot.page_source import Page, PageSource, ordered_pages
+from mx8_common.snapshot.partitioned import ListingStats
 from mx8_common.snapshot.progress import IndexProgress
 from mx8_common.snapshot.s3_lister import S3PageSource
 from mx8_common.snapshot.sample_filter import Files, SampleCounter, validate_files
-from mx8_common.storage.s3_client import S3Settings, open_s3_client
+from mx8_common.storage.s3_client import S3Settings
+from mx8_common.storage.s3_get import S3Getter
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
 
 __all__ = [
@@ -251,11 +253,19 @@ async def _index(
     async with contextlib.AsyncExitStack() as stack:
         source = page_source
         if source is None and parsed.scheme == "s3":
+            # The lean client: botocore's parse of a LIST page would cost more CPU than the
+            # concurrent listing has time for.
             client = await stack.enter_async_context(
-                open_s3_client(S3Settings.from_env(cfg.s3_endpoint_url))
+                S3Getter(S3Settings.from_env(cfg.s3_endpoint_url))
             )
             source = S3PageSource(
-                client, parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
+                client,
+                parsed.bucket or "",
+                parsed.prefix or "",
+                recursive=cfg.recursive,
+                # External sort is for endpoints that do not list in order: ranges need order.
+                concurrency=1 if cfg.external_sort else cfg.list_concurrency,
+                spill_dir=str(store.scratch_dir()),
             )
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
@@ -291,9 +301,7 @@ async def _index(
         written = await asyncio.to_thread(writer.finish)
         # S3's own clock when it answers with one (the server compares object times to it);
         # this host's for folders, where the files' mtimes come from the same clock.
-        listed_at = (
-            getattr(source, "listed_at", None) if isinstance(source, S3PageSource) else started_at
-        )
+        listed_at = source.listed_at if isinstance(source, S3PageSource) else started_at
         try:
             data = await _store_written(store, written, classes, cfg, listed_at)
         finally:
@@ -301,6 +309,7 @@ async def _index(
     if key is not None:
         await store.write_intent(key, written.manifest_hash)
     scan_ms = int((time.monotonic() - t0) * 1000)
+    stats = source.stats if isinstance(source, S3PageSource) else ListingStats()
     emit(
         _COMPONENT,
         "snapshot_index_summary",
@@ -312,6 +321,10 @@ async def _index(
         label_mode=cfg.label_mode,
         classes=len(classes.names) if classes else 0,
         external_sort=cfg.external_sort,
+        list_concurrency=stats.concurrency,
+        partitions=stats.partitions,
+        list_requests=stats.requests or tracker.pages,
+        keys_per_s=int(written.samples / max(scan_ms / 1000, 1e-3)),
         files=cfg.files,
         skipped_objects=tracker.samples.skipped,
         skipped_example=tracker.samples.skipped_example,
