@@ -43,6 +43,7 @@ from mx8_agent.serve.trainer_hub import TrainerHub
 from mx8_agent.work.lease_runner import LeaseRunner
 from mx8_common.errors import (
     CoordinatorError,
+    CoordinatorReplyError,
     ManifestChangedError,
     Mx8Error,
     NodeNotRegisteredError,
@@ -52,8 +53,10 @@ from mx8_common.obs.events import emit
 from mx8_common.retry import EQUAL_JITTER, Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
+from mx8_common.rpc.errors import error_fields
 from mx8_common.rpc.proto import agent_pb2
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
+from mx8_common.rpc.reply_checks import check_registration
 from mx8_common.sample_order import JobOrder
 from mx8_common.storage.object_reader import ObjectReader
 from mx8_common.storage.s3_client import S3Settings
@@ -272,7 +275,8 @@ class Agent(Daemon):
         try:
             await self.runner.run()
         except Mx8Error as exc:
-            emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
+            fields = error_fields(exc) | {"error": str(exc), "node_id": self.config.node_id}
+            emit(_COMPONENT, exc.event, **fields)
             # Tell the trainers why before going away.
             self.hub.fail(exc)
             await self._wait_trainers_gone()
@@ -364,13 +368,19 @@ class Agent(Daemon):
     async def _register_once(self) -> cpb.RegisterNodeResponse:
         """RegisterNode with this host's caps (first registration and re-registration alike)."""
         cfg = self.config
-        return await self._client.register_node(
+        reply = await self._client.register_node(
             cfg.job_id,
             cfg.node_id,
             hostname=os.uname().nodename,
             max_inflight_bytes=cfg.max_inflight_bytes,
             fetch_concurrency=cfg.fetch_concurrency,
         )
+        try:
+            # Nothing of the reply is used (a hash becomes a file name) before it is checked.
+            return check_registration(reply)
+        except CoordinatorReplyError as exc:
+            emit(_COMPONENT, exc.event, field=exc.field, error=str(exc), node_id=cfg.node_id)
+            raise
 
     def _check_same_snapshot(self, reg: cpb.RegisterNodeResponse) -> None:
         """Fail closed when a re-registration names another manifest than the first one."""

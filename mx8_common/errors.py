@@ -41,6 +41,7 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
     ├── RequestError                 malformed request: empty id, want=0 (.field)
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
     ├── CoordinatorError             coordinator unreachable or refused (.address, .code)
+    ├── CoordinatorReplyError        a coordinator's reply field is unusable (.field)
     ├── AgentError                   local agent unreachable or refused (.address)
     ├── DecodeError                  a sample's bytes are not a decodable image (.location)
     ├── TrainerResumeError           agent cannot resume a trainer's stream (.trainer_id)
@@ -55,6 +56,7 @@ __all__ = [
     "BucketNotFoundError",
     "ConfigError",
     "CoordinatorError",
+    "CoordinatorReplyError",
     "DecodeError",
     "EmptyDatasetError",
     "IntegrityError",
@@ -328,6 +330,18 @@ class CoordinatorError(Mx8Error):
         super().__init__(message)
         self.address = address
         self.code = code
+
+
+class CoordinatorReplyError(Mx8Error):
+    """A coordinator answered with a value this node cannot use (a bad hash, a lease past
+    the manifest's end, a zero block size): the node fails closed instead of acting on it.
+    ``field`` names the reply field."""
+
+    event = "coordinator_reply_invalid"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class AgentError(Mx8Error):

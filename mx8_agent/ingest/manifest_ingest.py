@@ -37,10 +37,12 @@ from mx8_agent.ingest.adapter import (
 )
 from mx8_common.errors import (
     CoordinatorError,
+    CoordinatorReplyError,
     ManifestError,
     ManifestHashMismatch,
     ManifestSchemaMismatch,
     ManifestTruncated,
+    StoreError,
 )
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.manifest.hashing import copy_hashed
@@ -48,10 +50,11 @@ from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
 from mx8_common.retry import Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.store.base import check_hash
 
 T = TypeVar("T")
 
-__all__ = ["IngestResult", "IngestSettings", "ingest_manifest", "is_transient"]
+__all__ = ["IngestResult", "IngestSettings", "cache_path", "ingest_manifest", "is_transient"]
 
 _COMPONENT = "agent"
 _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -171,8 +174,31 @@ async def _ingest_direct(
     return table, None
 
 
+def cache_path(directory: Path, manifest_hash: str) -> Path:
+    """``<directory>/<hash>.tsv``; the hash came from a peer, so it is checked first and
+    the path must resolve inside ``directory`` (no ``..``, no separator, no symlink out)."""
+    try:
+        check_hash(manifest_hash)
+    except StoreError:
+        raise CoordinatorReplyError(
+            f"the coordinator named manifest {manifest_hash!r}, not 64 lowercase hex digits; "
+            "refusing to use it as a cache file name: fix or restart the coordinator",
+            field="manifest_hash",
+        ) from None
+    root = directory.resolve()
+    path = (root / f"{manifest_hash}.tsv").resolve()
+    if path.parent != root:
+        raise CoordinatorReplyError(
+            f"the cache file of manifest {manifest_hash} resolves to {path}, outside the "
+            f"cache dir {root}; remove the symlink there",
+            field="manifest_hash",
+        )
+    return path
+
+
 def _copy_to_file(reader: BoundedCarryReader, directory: Path, manifest_hash: str) -> Path:
     """Copy the checked stream to a temp file, verify its hash, rename it into place."""
+    final = cache_path(directory, manifest_hash)
     directory.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
     tmp = Path(name)
@@ -186,7 +212,6 @@ def _copy_to_file(reader: BoundedCarryReader, directory: Path, manifest_hash: st
                 f"downloaded manifest bytes hash to {digest}, not the announced "
                 f"{manifest_hash}; the coordinator's copy is corrupt or was replaced"
             )
-        final = directory / f"{manifest_hash}.tsv"
         os.replace(tmp, final)
         return final
     except BaseException:
@@ -198,7 +223,8 @@ async def _ingest_cached(
     client: CoordinatorClient, settings: IngestSettings, stats: IngestStats
 ) -> tuple[ManifestTable, Path]:
     directory = settings.cache_dir or Path(tempfile.gettempdir()) / "mx8-agent-cache"
-    final = directory / f"{settings.manifest_hash}.tsv"
+    directory.mkdir(parents=True, exist_ok=True)
+    final = cache_path(directory, settings.manifest_hash)
     if final.exists():
         try:
             table = await asyncio.to_thread(
@@ -284,7 +310,7 @@ async def ingest_manifest(
             on_retry=retrying,
             rng=rng,
         )
-    except (ManifestError, CoordinatorError) as exc:
+    except (ManifestError, CoordinatorError, CoordinatorReplyError) as exc:
         emit(
             _COMPONENT,
             exc.event,

@@ -49,6 +49,9 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         fault: str = "none",
         chunk_bytes: int = 4096,
         announced_hash: str | None = None,
+        register_overrides: dict[str, Any] | None = None,
+        lease_range: tuple[int, int] | None = None,
+        stall_after_first_chunk: bool = False,
     ) -> None:
         assert fault in FAULTS, fault
         self.manifest = manifest
@@ -59,6 +62,11 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         hashed = self._broken_bytes() if fault == "bad_row" else manifest
         self.manifest_hash = announced_hash or hashlib.sha256(hashed).hexdigest()
         self.chunk_bytes = chunk_bytes
+        # Hostile-peer knobs: fields of RegisterNodeResponse to replace, the one lease's
+        # [start, end), and a stream that goes silent after its first chunk.
+        self.register_overrides = register_overrides or {}
+        self.lease_range = lease_range
+        self.stall_after_first_chunk = stall_after_first_chunk
         self.release = asyncio.Event()
         self.release.set()
         self.stream_calls = 0
@@ -91,19 +99,20 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
     async def RegisterNode(self, request: Any, context: Any) -> pb.RegisterNodeResponse:
         self.register_calls += 1
         self._forgotten = False
-        return pb.RegisterNodeResponse(
-            rank=0,
-            world_size=1,
-            manifest_hash=self.manifest_hash,
-            schema_version=SCHEMA_VERSION,
-            total_samples=self.total_samples,
-            heartbeat_interval_ms=100,
-            lease_ttl_ms=5000,
-            job_ready=True,
-            job_id=request.job_id,
-            epochs=1,
-            block_size=65536,
-        )
+        fields: dict[str, Any] = {
+            "rank": 0,
+            "world_size": 1,
+            "manifest_hash": self.manifest_hash,
+            "schema_version": SCHEMA_VERSION,
+            "total_samples": self.total_samples,
+            "heartbeat_interval_ms": 100,
+            "lease_ttl_ms": 5000,
+            "job_ready": True,
+            "job_id": request.job_id,
+            "epochs": 1,
+            "block_size": 65536,
+        }
+        return pb.RegisterNodeResponse(**(fields | self.register_overrides))
 
     async def Heartbeat(self, request: Any, context: Any) -> pb.HeartbeatResponse:
         if self._forgotten:
@@ -116,11 +125,12 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self.request_lease_calls += 1
         if not self._leased:
             self._leased = True
+            start, end = self.lease_range or (0, self.total_samples)
             lease = pb.Lease(
                 lease_id="L1",
                 node_id=request.node_id,
-                range=pb.WorkRange(start_id=0, end_id=self.total_samples, epoch=0),
-                cursor=0,
+                range=pb.WorkRange(start_id=start, end_id=end, epoch=0),
+                cursor=start,
             )
             return pb.RequestLeaseResponse(leases=[lease])
         done = any(c == self.total_samples for _, c in self.reports)
@@ -175,3 +185,5 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
                 if self.fault != "cut_unannounced":
                     chunk.total_bytes = total
             yield chunk
+            if self.stall_after_first_chunk:
+                await asyncio.Event().wait()  # silent, connection open, until cancelled
