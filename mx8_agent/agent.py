@@ -242,6 +242,7 @@ class Agent(Daemon):
             max_line_bytes=self.config.max_line_bytes,
             cache_dir=cache_dir,
             attempts=self.config.ingest_attempts,
+            chunk_timeout_s=self.config.manifest_chunk_timeout_s,
         )
         try:
             result = await ingest_manifest(self._client, settings, rng=self._rng)

@@ -115,6 +115,12 @@ class AgentConfig:
         env="MX8_AGENT_INGEST_ATTEMPTS",
         help="manifest ingest tries when the cause is transient (a dropped connection)",
     )
+    manifest_chunk_timeout_s: float = setting(
+        30.0,
+        env="MX8_AGENT_MANIFEST_CHUNK_TIMEOUT_S",
+        help="longest wait for the next manifest stream chunk; a stalled stream ends as "
+        "manifest_stream_truncated and is retried (--ingest-attempts)",
+    )
     tls_cert: str | None = setting(
         None,
         env="MX8_AGENT_TLS_CERT",
@@ -164,6 +170,7 @@ class AgentConfig:
             "--leases-ahead": self.leases_ahead,
             "--connect-timeout-s": self.connect_timeout_s,
             "--ingest-attempts": self.ingest_attempts,
+            "--manifest-chunk-timeout-s": self.manifest_chunk_timeout_s,
         }
         for flag, value in positive.items():
             if value <= 0:

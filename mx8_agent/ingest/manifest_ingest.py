@@ -14,7 +14,10 @@ Two paths give identical tables:
 Any manifest problem raises its ``ManifestError`` after emitting its event
 (``manifest_stream_truncated``, ``manifest_schema_mismatch``, ``manifest_line_too_long``,
 ``manifest_hash_mismatch``, ``manifest_bad_row``...): the caller must not lease. A
-dropped connection (UNAVAILABLE) is retried with jittered backoff instead.
+dropped connection (UNAVAILABLE), or a stream that stalls (no chunk for
+``chunk_timeout_s``: ``manifest_stream_truncated`` caused by DEADLINE_EXCEEDED), is
+retried with jittered backoff instead. The cache file name is the announced hash, checked
+first (``cache_path``): nothing outside ``cache_dir`` is ever written or removed.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class IngestSettings:
     max_line_bytes: int = 8 * 1024 * 1024
     cache_dir: Path | None = None
     attempts: int = 5
+    #: Longest wait for the next chunk: a stream that stalls is cut (and retried).
+    chunk_timeout_s: float = 30.0
     backoff_base_s: float = 0.2
     backoff_max_s: float = 5.0
 
@@ -108,8 +113,26 @@ async def _checked_chunks(
 ) -> tuple[AsyncIterator[StreamChunk], int | None, Any]:
     """Open the stream, check its first chunk's announcement, re-yield it as ``StreamChunk``s."""
     stream = client.get_manifest_stream(settings.job_id, settings.manifest_hash)
+    received = 0
+
+    async def next_chunk() -> Any:
+        # A coordinator that goes silent with the connection open must not hold the agent
+        # forever: the stall is a cut stream, retried like a dropped connection.
+        try:
+            async with asyncio.timeout(settings.chunk_timeout_s):
+                return await anext(stream)
+        except TimeoutError:
+            stalled = CoordinatorError(
+                f"no manifest chunk for {settings.chunk_timeout_s}s", code="DEADLINE_EXCEEDED"
+            )
+            raise ManifestTruncated(
+                f"the manifest stream stalled after {received} bytes (no chunk for "
+                f"{settings.chunk_timeout_s}s, --manifest-chunk-timeout-s); the coordinator "
+                "is overloaded or its link is stuck"
+            ) from stalled
+
     try:
-        first = await anext(stream)
+        first = await next_chunk()
     except StopAsyncIteration:
         await stream.aclose()
         raise ManifestTruncated(
@@ -129,8 +152,15 @@ async def _checked_chunks(
     total = int(first.total_bytes) or None
 
     async def chunks() -> AsyncIterator[StreamChunk]:
+        nonlocal received
+        received = len(first.data)
         yield StreamChunk(int(first.offset), bytes(first.data), int(first.schema_version))
-        async for chunk in stream:
+        while True:
+            try:
+                chunk = await next_chunk()
+            except StopAsyncIteration:
+                return
+            received += len(chunk.data)
             yield StreamChunk(int(chunk.offset), bytes(chunk.data), int(chunk.schema_version))
 
     return chunks(), total, stream

@@ -128,3 +128,25 @@ async def test_agent_fails_closed_on_a_malformed_registration_or_lease(
     event = agent.event("coordinator_reply_invalid")
     assert event is not None and event["field"] == field
     assert agent.event("lease_started") is None
+
+
+async def test_agent_ends_a_stalled_manifest_stream_as_truncated_and_retries_per_policy(
+    tmp_path: Path, sock_dir: Path, daemons: list[DaemonProcess]
+) -> None:
+    data = write_local_dataset(tmp_path / "ds", 300).read_bytes()
+    fake = FakeCoordinator(data, total_samples=300, chunk_bytes=512, stall_after_first_chunk=True)
+    agent, code = await run_against(
+        fake,
+        daemons,
+        tmp_path,
+        sock_dir,
+        "--manifest-chunk-timeout-s",
+        "0.5",
+        "--ingest-attempts",
+        "2",
+    )
+    assert code == 2
+    assert "stalled" in one_plain_line(agent)
+    assert len(agent.events("manifest_ingest_retry")) == 1
+    assert agent.event("manifest_stream_truncated") is not None
+    assert fake.stream_calls == 2 and fake.request_lease_calls == 0
