@@ -8,10 +8,25 @@ from typing import Any
 from mx8_common.config_fields import load_config, setting, shared, split_host_port
 from mx8_common.errors import ConfigError
 from mx8_common.rpc.client_config import DEFAULT_MAX_MESSAGE_BYTES, CoordinatorClientConfig
+from mx8_common.rpc.reply_checks import MAX_BLOCK_SIZE
 from mx8_common.rpc.security import TlsConfig
 from mx8_common.snapshot.config import SnapshotResolverConfig
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_config"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_BLOCK_SIZE",
+    "MAX_EPOCHS",
+    "MAX_LEASE_TTL_MS",
+    "MAX_WORLD_SIZE",
+    "CoordinatorConfig",
+    "load_coordinator_config",
+]
+
+#: Upper bounds of the job's shape (the agents refuse a registration past them too).
+MAX_WORLD_SIZE = 1 << 16
+MAX_EPOCHS = 1 << 20
+#: One day: a longer lease/heartbeat is a typo (and 2**32 ms overflows the wire's uint32).
+MAX_LEASE_TTL_MS = 86_400_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +116,17 @@ class CoordinatorConfig:
         for flag, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {value}")
+        # Every value travels to the agents in a proto field; one past its width (or past
+        # any sane job) would start a coordinator every agent then fails against.
+        for flag, (value, most) in {
+            "--world-size": (self.world_size, MAX_WORLD_SIZE),
+            "--block-size": (self.block_size, MAX_BLOCK_SIZE),
+            "--epochs": (self.epochs, MAX_EPOCHS),
+            "--lease-ttl-ms": (self.lease_ttl_ms, MAX_LEASE_TTL_MS),
+            "--heartbeat-interval-ms": (self.heartbeat_interval_ms, MAX_LEASE_TTL_MS),
+        }.items():
+            if value > most:
+                raise ConfigError(f"{flag} {value} is out of range: it must be in [1, {most}]")
         if self.min_world_size is not None and not 1 <= self.min_world_size <= self.world_size:
             raise ConfigError(
                 f"--min-world-size {self.min_world_size} must be in [1, --world-size "

@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from mx8_common.snapshot.lock import LockHolder, run_single_writer
 from mx8_common.snapshot.s3_lister import PageSource, S3PageSource, ordered_pages
 from mx8_common.storage.s3_client import S3Settings, open_s3_client
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
+from mx8_common.store.base import store_os_error
 
 __all__ = [
     "ResolvedSnapshot",
@@ -258,6 +259,15 @@ def _show_progress(cfg: SnapshotResolverConfig) -> bool:
     return cfg.show_progress if cfg.show_progress is not None else sys.stderr.isatty()
 
 
+@contextlib.contextmanager
+def _scratch_disk(store: ManifestStore, scratch: Path) -> Iterator[None]:
+    """Disk errors writing the manifest (a full disk) as a ``StoreError`` naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise store_os_error(exc, str(store.root), scratch) from exc
+
+
 async def _index(
     parsed: DatasetLink,
     cfg: SnapshotResolverConfig,
@@ -290,10 +300,13 @@ async def _index(
         pages = _read_ahead(ordered_pages(pages, link=link))
         progress = _Progress(_show_progress(cfg), link)
         stack.callback(progress.close)
-        writer = stack.enter_context(ManifestWriter(store.scratch_dir()))
+        scratch = store.scratch_dir()
+        with _scratch_disk(store, scratch):
+            writer = stack.enter_context(ManifestWriter(scratch))
         async with contextlib.aclosing(pages):  # type: ignore[type-var]
             async for page in pages:
-                await asyncio.to_thread(_write_page, writer, source, page, classes, link)
+                with _scratch_disk(store, scratch):
+                    await asyncio.to_thread(_write_page, writer, source, page, classes, link)
                 progress.advance(len(page), writer.samples)
                 tracker.written = writer.samples
         tracker.phase = "storing"
@@ -304,7 +317,8 @@ async def _index(
                 + ("" if cfg.recursive else ", or index recursively (recursive=True)"),
                 link=link,
             )
-        written = await asyncio.to_thread(writer.finish)
+        with _scratch_disk(store, scratch):
+            written = await asyncio.to_thread(writer.finish)
         try:
             data = await _store_written(store, written, classes, cfg)
         finally:

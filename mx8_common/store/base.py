@@ -19,6 +19,7 @@ store per event loop, and ``aclose()`` it (or ``async with``).
 from __future__ import annotations
 
 import abc
+import errno
 import json
 import os
 import secrets
@@ -37,6 +38,7 @@ __all__ = [
     "ManifestMeta",
     "ManifestStore",
     "check_hash",
+    "store_os_error",
 ]
 
 DEFAULT_STORE_ROOT = "~/.mx8/manifests"
@@ -51,6 +53,23 @@ def check_hash(manifest_hash: str) -> str:
             manifest_hash=manifest_hash,
         )
     return manifest_hash
+
+
+def store_os_error(exc: OSError, root: str, where: object = None) -> StoreError:
+    """A ``StoreError`` naming the path and the fix of a disk error under store ``root``
+    (``where``: the path written when the error does not name one)."""
+    where = exc.filename or where or root
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        fix = "free space on that disk, or point --store / MX8_MANIFEST_STORE_ROOT elsewhere"
+    elif exc.errno == errno.EISDIR:
+        fix = "a directory sits where the store keeps a file: remove it"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make it writable, or point --store / MX8_MANIFEST_STORE_ROOT elsewhere"
+    elif exc.errno == errno.ENOTDIR:
+        fix = "a regular file sits where the store needs a folder: remove it or pick another root"
+    else:
+        fix = "check that disk, or point --store / MX8_MANIFEST_STORE_ROOT elsewhere"
+    return StoreError(f"manifest store {root}: {exc.strerror or exc} at {where}; {fix}")
 
 
 @dataclass(frozen=True)
