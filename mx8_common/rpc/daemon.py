@@ -136,6 +136,10 @@ class Daemon(abc.ABC):
         """The HTTP exporter's handler; None serves no HTTP even if asked to."""
         return None
 
+    async def _claim(self) -> None:
+        """Take what only one daemon may own (a state dir) before binding anything."""
+        return None
+
     async def _open(self) -> None:
         """After the server listens: get ready to serve (resolve, ingest...)."""
         return None
@@ -182,6 +186,7 @@ class Daemon(abc.ABC):
         self._started = True
         self._loop = asyncio.get_running_loop()
         try:
+            await self._claim()
             await self._bind()
             self._start_http()
             await self._open()

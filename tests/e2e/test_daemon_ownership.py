@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from support.agent import DaemonProcess, write_local_dataset
 from support.fake_coordinator import FakeCoordinator
+from support.mounts import tmpfs
+
+from mx8_common.testing.local_s3 import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +84,66 @@ async def test_agent_replaces_a_stale_socket_left_by_a_killed_agent(
         assert accepts(path)
     finally:
         await fake.stop()
+
+
+def coordinator_process(
+    daemons: list[DaemonProcess], log: Path, dataset: Path, *args: str
+) -> DaemonProcess:
+    proc = DaemonProcess(
+        "mx8_coordinator",
+        ["--dataset", str(dataset), "--listen", f"127.0.0.1:{free_port()}", *args],
+        log,
+    )
+    daemons.append(proc)
+    return proc
+
+
+async def test_second_coordinator_on_the_same_state_dir_exits_2_naming_the_owner(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    manifest = write_local_dataset(tmp_path / "ds", 20)
+    state = tmp_path / "state"
+    first = coordinator_process(daemons, tmp_path / "c1.log", manifest, "--state-dir", str(state))
+    await first.wait_event("coordinator_serving")
+    second = coordinator_process(daemons, tmp_path / "c2.log", manifest, "--state-dir", str(state))
+    assert await second.wait_exit(30) == 2
+    line = one_plain_line(second)
+    assert f"another coordinator ({socket.gethostname()} pid {first.proc.pid})" in line
+    assert f"owns state dir {state}" in line
+    assert second.event("coordinator_serving") is None
+    assert first.proc.poll() is None
+
+
+async def test_coordinator_takes_over_the_state_dir_of_a_killed_one(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    manifest = write_local_dataset(tmp_path / "ds", 20)
+    state = tmp_path / "state"
+    first = coordinator_process(daemons, tmp_path / "c1.log", manifest, "--state-dir", str(state))
+    await first.wait_event("coordinator_serving")
+    first.stop()  # SIGKILL: the lock file stays, its lock goes with the process
+    second = coordinator_process(daemons, tmp_path / "c2.log", manifest, "--state-dir", str(state))
+    await second.wait_event("coordinator_serving")
+
+
+async def test_coordinator_state_dir_under_a_regular_file_exits_2_naming_it(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    manifest = write_local_dataset(tmp_path / "ds", 20)
+    (tmp_path / "plain").write_text("not a folder")
+    bad = tmp_path / "plain" / "state"
+    proc = coordinator_process(daemons, tmp_path / "c.log", manifest, "--state-dir", str(bad))
+    assert await proc.wait_exit(30) == 2
+    line = one_plain_line(proc)
+    assert str(bad) in line and "regular file" in line
+
+
+async def test_coordinator_state_dir_on_a_read_only_mount_exits_2_naming_it(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    manifest = write_local_dataset(tmp_path / "ds", 20)
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        proc = coordinator_process(daemons, tmp_path / "c.log", manifest, "--state-dir", str(ro))
+        assert await proc.wait_exit(30) == 2
+    line = one_plain_line(proc)
+    assert str(ro) in line and "not writable" in line
