@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mx8._config import TrainerConfig
@@ -22,9 +22,9 @@ from mx8._engine import EmbeddedEngine
 from mx8._shard import Shard
 from mx8._stats import LoaderStats
 from mx8.batch import Batch
-from mx8_common.errors import ConfigError
+from mx8_common.errors import ConfigError, ResumeError
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.sample_order import EpochOrder
+from mx8_common.sample_order import MAX_BLOCK_SIZE, EpochOrder
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
 from mx8_common.storage.fetch_pipeline import FetchConfig
 from mx8_common.storage.object_reader import ObjectReaderConfig
@@ -63,6 +63,13 @@ class Loader:
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
+        if not 1 <= block_size <= MAX_BLOCK_SIZE:
+            raise ConfigError(
+                f"block_size is {block_size}; it must be in [1, {MAX_BLOCK_SIZE}] (samples per "
+                "shuffle block)"
+            )
+        if prefetch_batches < 1:
+            raise ConfigError(f"prefetch_batches is {prefetch_batches}; it must be at least 1")
         env = TrainerConfig.from_env()
         world_size = world_size if world_size is not None else env.world_size or 1
         rank = rank if rank is not None else env.rank or 0
@@ -232,23 +239,37 @@ class Loader:
         """Continue from a ``state_dict()`` of a loader over the same snapshot and shard."""
         if self._engine is not None:
             raise RuntimeError("cannot load a state while iterating; finish the loop first")
-        if state.get("version") != _STATE_VERSION:
-            raise ConfigError(f"unknown loader state version {state.get('version')!r}")
+        state = _checked_state(state)
         if state["manifest_hash"] != self.manifest_hash:
-            raise ConfigError(
+            raise ResumeError(
                 f"this state belongs to snapshot {state['manifest_hash']}, but the loader reads "
                 f"{self.manifest_hash}; pin the snapshot with '{self.link}@sha256:"
-                f"{state['manifest_hash']}' to resume it"
+                f"{state['manifest_hash']}' to resume it",
+                key="manifest_hash",
             )
         for key in ("rank", "world_size", "batch_size", "shuffle", "block_size"):
             if state[key] != getattr(self, key):
-                raise ConfigError(
+                raise ResumeError(
                     f"state was taken with {key}={state[key]!r} but this loader has "
-                    f"{key}={getattr(self, key)!r}; build the loader with the same value"
+                    f"{key}={getattr(self, key)!r}; build the loader with the same value",
+                    key=key,
                 )
-        self.seed = int(state["seed"])
-        self._epoch = int(state["epoch"])
-        self._position = int(state["position"])
+        epoch, position = state["epoch"], state["position"]
+        samples = Shard(
+            EpochOrder(len(self.table), self.block_size, self.shuffle, state["seed"], epoch,
+                       self.manifest_hash),
+            self.rank, self.world_size, self.drop_last, self.batch_size,
+        ).samples  # fmt: skip
+        if position > samples:
+            raise ResumeError(
+                f"state position {position} is outside this rank's epoch [0, {samples}]; "
+                "the state is corrupt or from another dataset: pass a state_dict() of this "
+                "loader",
+                key="position",
+            )
+        self.seed = state["seed"]
+        self._epoch = epoch
+        self._position = position
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -277,6 +298,46 @@ class Loader:
             f"Loader({self.link!r}, manifest_hash={self.manifest_hash[:12]}..., "
             f"samples={len(self.table)}, epoch={self._epoch}, rank={self.rank}/{self.world_size})"
         )
+
+
+#: What each entry of a ``state_dict()`` must be (bool is checked before int: it is one).
+_STATE_TYPES: dict[str, type] = {
+    "manifest_hash": str,
+    "epoch": int,
+    "seed": int,
+    "shuffle": bool,
+    "position": int,
+    "rank": int,
+    "world_size": int,
+    "batch_size": int,
+    "block_size": int,
+}
+
+
+def _checked_state(state: Any) -> dict[str, Any]:
+    """``state`` if it is a well-formed ``state_dict()``, else a ``ResumeError`` naming
+    the entry: a garbage state never reaches the order arithmetic."""
+    if not isinstance(state, Mapping):
+        raise ResumeError(
+            f"load_state_dict got a {type(state).__name__}, not the dict state_dict() returns",
+            key=None,
+        )
+    if state.get("version") != _STATE_VERSION:
+        raise ResumeError(
+            f"unknown loader state version {state.get('version')!r}; pass a state_dict() of "
+            f"this mx8 version ({_STATE_VERSION})",
+            key="version",
+        )
+    for key, kind in _STATE_TYPES.items():
+        value = state.get(key)
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok or (kind is int and value < 0):
+            raise ResumeError(
+                f"loader state {key}={value!r} is not a{' non-negative' if kind is int else ''} "
+                f"{kind.__name__}; pass a state_dict() of this loader, unchanged",
+                key=key,
+            )
+    return dict(state)
 
 
 def load(

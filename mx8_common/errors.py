@@ -6,6 +6,7 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
 
     Mx8Error
     ├── ConfigError                  bad flag, env var or argument
+    │   └── ResumeError                a load_state_dict state that does not fit (.key)
     ├── LinkError                    dataset link that cannot be parsed (.link)
     ├── ManifestError                canonical manifest TSV rejected (.line_no)
     │   ├── ManifestSchemaMismatch     missing/unknown schema header, mixed chunk schemas
@@ -86,6 +87,7 @@ __all__ = [
     "ObjectChangedError",
     "ObjectNotFoundError",
     "RequestError",
+    "ResumeError",
     "SnapshotError",
     "SnapshotNotFoundError",
     "StorageError",
@@ -107,6 +109,18 @@ class ConfigError(Mx8Error):
     """A flag, environment variable or argument has a value mx8 cannot use."""
 
     event = "config_invalid"
+
+
+class ResumeError(ConfigError):
+    """A ``load_state_dict`` state that does not fit this loader (another snapshot or
+    shard, a missing or malformed entry, a position outside the epoch); ``key`` names the
+    state entry."""
+
+    event = "resume_state_invalid"
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class LinkError(Mx8Error):

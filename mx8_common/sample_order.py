@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EpochOrder", "JobOrder", "rank_positions", "splitmix64"]
+__all__ = ["MAX_BLOCK_SIZE", "EpochOrder", "JobOrder", "rank_positions", "splitmix64"]
+
+#: No sane job cuts shuffle blocks of more samples than this (flags, API and the agents'
+#: check of a coordinator's registration reply share the bound).
+MAX_BLOCK_SIZE = 1 << 32
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1

@@ -8,8 +8,8 @@ from typing import Any
 from mx8_common.config_fields import load_config, setting, shared, split_host_port
 from mx8_common.errors import ConfigError
 from mx8_common.rpc.client_config import DEFAULT_MAX_MESSAGE_BYTES, CoordinatorClientConfig
-from mx8_common.rpc.reply_checks import MAX_BLOCK_SIZE
 from mx8_common.rpc.security import TlsConfig
+from mx8_common.sample_order import MAX_BLOCK_SIZE
 from mx8_common.snapshot.config import SnapshotResolverConfig
 
 __all__ = [

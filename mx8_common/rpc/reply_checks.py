@@ -12,12 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from mx8_common.errors import CoordinatorReplyError, StoreError
+from mx8_common.sample_order import MAX_BLOCK_SIZE
 from mx8_common.store.base import check_hash
 
-__all__ = ["MAX_BLOCK_SIZE", "check_lease", "check_registration"]
-
-#: No sane job cuts blocks larger than this many samples (a block is a shuffle unit).
-MAX_BLOCK_SIZE = 1 << 32
+__all__ = ["check_lease", "check_registration"]
 
 
 def _bad(field: str, value: object, why: str) -> CoordinatorReplyError:

@@ -23,6 +23,7 @@ PUBLIC = [
     "Mx8Error",
     "ObjectChangedError",
     "ObjectNotFoundError",
+    "ResumeError",
     "SnapshotError",
     "StorageError",
     "StoreError",
