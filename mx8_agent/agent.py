@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import secrets
 import time
 from collections.abc import Coroutine, Iterable
 from http.server import BaseHTTPRequestHandler
@@ -46,6 +47,7 @@ from mx8_common.errors import (
     CoordinatorReplyError,
     ManifestChangedError,
     Mx8Error,
+    NodeIdInUseError,
     NodeNotRegisteredError,
 )
 from mx8_common.manifest.table import ManifestTable
@@ -121,6 +123,8 @@ class Agent(Daemon):
         # Set when the coordinator switched snapshot: nothing may be reported to it.
         self._fenced = False
         self._rng = random.Random()
+        #: This process among agents with the same node id (see NodeCaps.incarnation).
+        self._incarnation = secrets.token_hex(8)
 
     # -- views --------------------------------------------------------------------------
 
@@ -303,6 +307,11 @@ class Agent(Daemon):
         def unreachable(exc: Exception) -> bool:
             return isinstance(exc, CoordinatorError) and exc.code in _UNREACHABLE
 
+        def retryable(exc: Exception) -> bool:
+            # A node id held by a live agent is free once that agent has been silent for
+            # the lease TTL (this agent's own restart); a duplicate gives up at the deadline.
+            return unreachable(exc) or isinstance(exc, NodeIdInUseError)
+
         def retrying(retry: Retry) -> None:
             emit(
                 _COMPONENT,
@@ -314,11 +323,14 @@ class Agent(Daemon):
         try:
             reg = await _REGISTER_BACKOFF.run(
                 self._register_once,
-                retry_if=unreachable,
+                retry_if=retryable,
                 on_retry=retrying,
                 rng=self._rng,
                 deadline=time.monotonic() + cfg.connect_timeout_s,
             )
+        except NodeIdInUseError as exc:
+            emit(_COMPONENT, exc.event, node_id=cfg.node_id, holder=exc.hostname, error=str(exc))
+            raise
         except CoordinatorError as exc:
             if not unreachable(exc):
                 raise
@@ -375,6 +387,7 @@ class Agent(Daemon):
             hostname=os.uname().nodename,
             max_inflight_bytes=cfg.max_inflight_bytes,
             fetch_concurrency=cfg.fetch_concurrency,
+            incarnation=self._incarnation,
         )
         try:
             # Nothing of the reply is used (a hash becomes a file name) before it is checked.

@@ -38,6 +38,7 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
     ├── LeaseLogError                lease log unreadable or from another job (.path)
     ├── JobStateError                call not allowed in the job's current state (.node_id)
     │   ├── NodeNotRegisteredError     node must RegisterNode first
+    │   ├── NodeIdInUseError           a live agent of another incarnation holds the id
     │   └── JobNotReadyError           world not frozen yet (fewer than min_world_size nodes)
     ├── RequestError                 malformed request: empty id, want=0 (.field)
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
@@ -82,6 +83,7 @@ __all__ = [
     "ManifestTruncated",
     "ManifestUnwritable",
     "Mx8Error",
+    "NodeIdInUseError",
     "NodeNotRegisteredError",
     "NonMonotonicListingError",
     "ObjectChangedError",
@@ -311,6 +313,19 @@ class NodeNotRegisteredError(JobStateError):
 
 class JobNotReadyError(JobStateError):
     event = "job_not_ready"
+
+
+class NodeIdInUseError(JobStateError):
+    """Another live agent (on ``hostname``) holds this node id: two agents with one
+    ``--node-id`` would take each other's leases."""
+
+    event = "node_id_in_use"
+
+    def __init__(
+        self, message: str, *, node_id: str | None = None, hostname: str | None = None
+    ) -> None:
+        super().__init__(message, node_id=node_id)
+        self.hostname = hostname
 
 
 class RequestError(Mx8Error):

@@ -78,7 +78,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def RegisterNode(
         self, request: pb.RegisterNodeRequest, job: Job, context: Any
     ) -> pb.RegisterNodeResponse:
-        reg = await job.register(request.job_id, request.node_id, request.caps.hostname)
+        caps = request.caps
+        reg = await job.register(
+            request.job_id, request.node_id, caps.hostname, incarnation=caps.incarnation
+        )
         s = job.spec
         return pb.RegisterNodeResponse(
             rank=reg.rank or 0,

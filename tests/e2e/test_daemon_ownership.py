@@ -17,11 +17,16 @@ pytestmark = pytest.mark.slow
 
 
 def agent_process(
-    daemons: list[DaemonProcess], log: Path, coordinator: str, node_id: str, listen: str
+    daemons: list[DaemonProcess],
+    log: Path,
+    coordinator: str,
+    node_id: str,
+    listen: str,
+    *args: str,
 ) -> DaemonProcess:
     proc = DaemonProcess(
         "mx8_agent",
-        ["--coordinator", coordinator, "--node-id", node_id, "--listen", listen],
+        ["--coordinator", coordinator, "--node-id", node_id, "--listen", listen, *args],
         log,
     )
     daemons.append(proc)
@@ -147,3 +152,28 @@ async def test_coordinator_state_dir_on_a_read_only_mount_exits_2_naming_it(
         assert await proc.wait_exit(30) == 2
     line = one_plain_line(proc)
     assert str(ro) in line and "not writable" in line
+
+
+async def test_second_agent_with_a_live_node_id_exits_2_naming_the_first_host(
+    tmp_path: Path, sock_dir: Path, daemons: list[DaemonProcess]
+) -> None:
+    manifest = write_local_dataset(tmp_path / "ds", 20)
+    coordinator = coordinator_process(daemons, tmp_path / "c.log", manifest)
+    address = (await coordinator.wait_event("coordinator_serving"))["address"]
+    first = agent_process(daemons, tmp_path / "a1.log", address, "n0", f"unix://{sock_dir}/1.sock")
+    await first.wait_event("node_registered")
+    second = agent_process(
+        daemons,
+        tmp_path / "a2.log",
+        address,
+        "n0",
+        f"unix://{sock_dir}/2.sock",
+        "--connect-timeout-s",
+        "1",
+    )
+    assert await second.wait_exit(30) == 2
+    line = one_plain_line(second)
+    assert f"node id 'n0' is held by a live agent on {socket.gethostname()}" in line
+    assert second.event("node_id_in_use") is not None
+    assert second.event("node_registered") is None
+    assert first.proc.poll() is None
