@@ -6,7 +6,14 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mx8_common.config_fields import load_config, parse_size, setting, shared, split_host_port
+from mx8_common.config_fields import (
+    http_host_port,
+    load_config,
+    parse_size,
+    setting,
+    shared,
+    split_host_port,
+)
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.reader import DEFAULT_MAX_LINE_BYTES
 from mx8_common.rpc.client_config import CoordinatorClientConfig
@@ -84,7 +91,9 @@ class AgentConfig:
         help="directory of the cached-ingest manifest copy (empty: a temp dir)",
     )
     metrics: str = setting(
-        "", env="MX8_AGENT_METRICS", help="Prometheus HOST:PORT, e.g. 127.0.0.1:9401 (empty: off)"
+        "",
+        env="MX8_AGENT_METRICS",
+        help="Prometheus PORT (loopback only) or HOST:PORT, e.g. 9401 (empty: off)",
     )
     manifest_ingest: str = setting(
         "direct",
@@ -153,7 +162,7 @@ class AgentConfig:
         split_host_port(self.coordinator, "--coordinator")
         listen_target(self.listen)
         if self.metrics:
-            split_host_port(self.metrics, "--metrics", "127.0.0.1:9401")
+            http_host_port(self.metrics, "--metrics")
         if not self.job_id:
             raise ConfigError("--job-id must not be empty; use the job id the coordinator serves")
         if self.manifest_ingest not in INGEST_MODES:
@@ -229,7 +238,7 @@ class AgentConfig:
     def metrics_host_port(self) -> tuple[str, int] | None:
         if not self.metrics:
             return None
-        return split_host_port(self.metrics, "--metrics", "127.0.0.1:9401")
+        return http_host_port(self.metrics, "--metrics")
 
 
 def load_agent_config(

@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mx8_common.config_fields import load_config, setting, shared, split_host_port
+from mx8_common.config_fields import (
+    http_host_port,
+    load_config,
+    setting,
+    shared,
+    split_host_port,
+)
 from mx8_common.errors import ConfigError
 from mx8_common.rpc.client_config import DEFAULT_MAX_MESSAGE_BYTES, CoordinatorClientConfig
 from mx8_common.rpc.security import TlsConfig
@@ -63,7 +69,10 @@ class CoordinatorConfig:
         help="directory of the lease log (unset: no lease log, a restart starts over)",
     )
     metrics: str | None = setting(
-        None, env="MX8_COORDINATOR_METRICS", help="Prometheus HOST:PORT (unset: no metrics server)"
+        None,
+        env="MX8_COORDINATOR_METRICS",
+        help="status page and Prometheus: PORT (loopback only) or HOST:PORT (unset: off); "
+        "with MX8_AUTH_TOKEN set, / and /api/status need it as a bearer token",
     )
     # How the dataset is indexed: SnapshotResolverConfig's settings, as flags.
     recursive: bool = shared(SnapshotResolverConfig, "recursive")
@@ -104,7 +113,7 @@ class CoordinatorConfig:
             raise ConfigError("--job-id must not be empty")
         split_host_port(self.listen, "--listen")
         if self.metrics is not None:
-            split_host_port(self.metrics, "--metrics")
+            http_host_port(self.metrics, "--metrics")
         positive: dict[str, Any] = {
             "--world-size": self.world_size,
             "--block-size": self.block_size,
@@ -179,7 +188,7 @@ class CoordinatorConfig:
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
-        return None if self.metrics is None else split_host_port(self.metrics, "--metrics")
+        return None if self.metrics is None else http_host_port(self.metrics, "--metrics")
 
 
 def load_coordinator_config(

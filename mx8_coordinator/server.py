@@ -102,7 +102,7 @@ class Coordinator(Daemon):
         pb_grpc.add_CoordinatorServicer_to_server(self._servicer, server)
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
-        return self.metrics.http_handler()
+        return self.metrics.http_handler(auth_token=self.config.auth_token)
 
     async def _open(self) -> None:
         """Resolve, replay, serve: health turns SERVING and the ticker starts."""

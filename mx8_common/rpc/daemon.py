@@ -40,7 +40,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mx8_common.errors import ConfigError
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import emit, get_logger
 from mx8_common.obs.http_exporter import HttpExporter
 from mx8_common.owner_lock import OwnerLock, OwnerLockHeld
 from mx8_common.rpc.channels import channel_options, grpc_target, unix_socket_path
@@ -49,6 +49,7 @@ from mx8_common.rpc.security import (
     AUTH_TOKEN_ENV,
     BearerTokenInterceptor,
     TlsConfig,
+    is_loopback,
     server_credentials,
     warn_if_exposed,
 )
@@ -277,6 +278,17 @@ class Daemon(abc.ABC):
         if s.http is None or handler is None:
             return
         host, port = s.http
+        if not s.auth_token and not is_loopback(f"[{host}]:{port}"):
+            get_logger(self.component).warning(
+                "http_exposed_without_auth",
+                listen=f"{host}:{port}",
+                message=(
+                    f"WARNING: the status/metrics port {host}:{port} is reachable from other "
+                    f"hosts and no {s.token_env} is set: anyone there can read the job's "
+                    f"status (dataset link, manifest hash). Set {s.token_env} or serve "
+                    "--metrics on a bare PORT (loopback only)"
+                ),
+            )
         try:
             self.metrics_port = self._http.start(host, port, handler)
         except OSError as exc:
