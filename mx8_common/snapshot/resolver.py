@@ -37,7 +37,13 @@ from mx8_common.errors import (
 )
 from mx8_common.link import DatasetLink, parse_dataset_link
 from mx8_common.manifest.format import ManifestWriter, WrittenManifest
-from mx8_common.manifest.labels import ClassIndex, choose_classes, scan_folders, validate_label_mode
+from mx8_common.manifest.labels import (
+    ClassIndex,
+    choose_classes,
+    encode_labels_tsv,
+    scan_folders,
+    validate_label_mode,
+)
 from mx8_common.obs.events import emit
 from mx8_common.snapshot.config import SnapshotResolverConfig
 from mx8_common.snapshot.external_sort import ExternalSorter
@@ -388,8 +394,12 @@ async def _store_written(
     if cfg.materialize_manifest_bytes:
         data = await asyncio.to_thread(_read_verified, written.path, written.manifest_hash)
     await store.put_manifest_file(written.path, written.manifest_hash)
+    labels_sha256 = (
+        hashlib.sha256(encode_labels_tsv(classes.names)).hexdigest() if classes else None
+    )
     await store.put_meta(
-        written.manifest_hash, ManifestMeta(written.samples, written.manifest_bytes)
+        written.manifest_hash,
+        ManifestMeta(written.samples, written.manifest_bytes, labels_sha256),
     )
     if classes is not None:
         await store.put_labels(written.manifest_hash, classes.names)

@@ -1,7 +1,7 @@
 """The manifest store: immutable manifests by hash, intent pointers and indexer locks.
 
     <root>/by-hash/<hash>              canonical manifest TSV (immutable, conditional create)
-    <root>/by-hash/<hash>.meta.json    {"samples": N, "manifest_bytes": B} (derived, immutable)
+    <root>/by-hash/<hash>.meta.json    {"samples": N, "manifest_bytes": B, "labels_sha256": D}
     <root>/by-hash/<hash>.labels.tsv   class names of imagefolder snapshots
     <root>/intent/<key>/current        the hash last resolved for a link + options (JSON)
     <root>/locks/<key>.lock            the single-writer indexer lock (see snapshot_lock)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -74,18 +75,28 @@ def store_os_error(exc: OSError, root: str, where: object = None) -> StoreError:
 
 @dataclass(frozen=True)
 class ManifestMeta:
-    """Counts stored beside a manifest so a reuse needs no parse."""
+    """Counts stored beside a manifest so a reuse needs no parse, and the digest of its
+    ``labels.tsv``: the manifest's hash does not cover the class names, this does."""
 
     samples: int
     manifest_bytes: int
+    labels_sha256: str | None = None
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"samples": self.samples, "manifest_bytes": self.manifest_bytes}).encode()
+        obj: dict[str, object] = {"samples": self.samples, "manifest_bytes": self.manifest_bytes}
+        if self.labels_sha256 is not None:
+            obj["labels_sha256"] = self.labels_sha256
+        return json.dumps(obj).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ManifestMeta:
         obj = json.loads(data)
-        return cls(int(obj["samples"]), int(obj["manifest_bytes"]))
+        digest = obj.get("labels_sha256")
+        return cls(
+            int(obj["samples"]),
+            int(obj["manifest_bytes"]),
+            digest if isinstance(digest, str) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -205,8 +216,31 @@ class ManifestStore(abc.ABC):
                 )
 
     async def get_labels(self, manifest_hash: str) -> list[str] | None:
-        """Class names in label-id order, or None when the snapshot has no labels."""
+        """Class names in label-id order, or None when the snapshot has no labels.
+
+        Verified against the digest its meta recorded at indexing: swapped or edited class
+        names are an ``IntegrityError``, never labels silently attached to other samples.
+        (A meta written before digests existed has none; those labels are taken as is.)
+        """
         data = await self._get_small(f"by-hash/{check_hash(manifest_hash)}.labels.tsv")
+        meta = await self.get_meta(manifest_hash)
+        expected = meta.labels_sha256 if meta is not None else None
+        if expected is not None:
+            where = f"{self.manifest_location(manifest_hash)}.labels.tsv"
+            if data is None:
+                raise IntegrityError(
+                    f"{where} is missing but snapshot {manifest_hash} has class names; index "
+                    "again with the link's @refresh suffix to restore it",
+                    manifest_hash=manifest_hash,
+                )
+            got = hashlib.sha256(data).hexdigest()
+            if got != expected:
+                raise IntegrityError(
+                    f"{where} hashes to {got}, not the {expected} recorded when snapshot "
+                    f"{manifest_hash} was indexed: its class names were changed. Delete it "
+                    "and index again with the link's @refresh suffix",
+                    manifest_hash=manifest_hash,
+                )
         return None if data is None else decode_labels_tsv(data)
 
     async def put_meta(self, manifest_hash: str, meta: ManifestMeta) -> None:
