@@ -44,7 +44,7 @@ from mx8_common.manifest.labels import (
     scan_folders,
     validate_label_mode,
 )
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import emit, get_logger
 from mx8_common.snapshot.config import SnapshotResolverConfig
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
@@ -332,6 +332,18 @@ async def _index(
     if key is not None:
         await store.write_intent(key, written.manifest_hash)
     scan_ms = int((time.monotonic() - t0) * 1000)
+    skipped = int(getattr(source, "skipped_objects", 0))
+    skipped_fields: dict[str, Any] = {"skipped_objects": skipped}
+    if skipped:
+        skipped_fields["skipped_reason"] = getattr(source, "SKIPPED_REASON", "")
+        # Said once for the whole listing, not per object.
+        get_logger(_COMPONENT).warning(
+            "snapshot_objects_skipped",
+            link=link,
+            skipped_objects=skipped,
+            reason=skipped_fields["skipped_reason"],
+            example=getattr(source, "skipped_example", None),
+        )
     emit(
         _COMPONENT,
         "snapshot_index_summary",
@@ -345,6 +357,7 @@ async def _index(
         external_sort=cfg.external_sort,
         manifest_hash=written.manifest_hash,
         manifest_bytes=written.manifest_bytes,
+        **skipped_fields,
     )
     return ResolvedSnapshot(
         link=parsed.raw,

@@ -95,8 +95,13 @@ class S3PageSource:
 
     ``recursive=False`` lists with ``Delimiter="/"``: only keys directly under the
     prefix. Zero-byte keys ending in ``/`` are folder markers made by consoles, not
-    samples, and are skipped.
+    samples, and are skipped. A key ending in ``/`` that has a body is skipped too (no
+    file name can hold it) but counted: ``skipped_objects`` with ``skipped_example``,
+    which the resolver reports in ``snapshot_index_summary``.
     """
+
+    #: Why ``skipped_objects`` were left out of the snapshot.
+    SKIPPED_REASON = "key ends in '/' but the object has a body"
 
     def __init__(
         self,
@@ -113,6 +118,8 @@ class S3PageSource:
         self.recursive = recursive
         self.page_size = page_size
         self.pages_scanned = 0
+        self.skipped_objects = 0
+        self.skipped_example: str | None = None
 
     @property
     def root(self) -> str:
@@ -154,11 +161,14 @@ class S3PageSource:
         """One page of ``(relative_key, size)`` per ListObjectsV2 response, as it arrives."""
         cut = len(self.prefix)
         async for resp in self._raw_pages(not self.recursive, count=True):
-            page = [
-                (obj["Key"][cut:], int(obj.get("Size", 0)))
-                for obj in resp.get("Contents", ())
-                if not obj["Key"].endswith("/")
-            ]
+            page = []
+            for obj in resp.get("Contents", ()):
+                key, size = obj["Key"], int(obj.get("Size", 0))
+                if not key.endswith("/"):
+                    page.append((key[cut:], size))
+                elif size > 0:
+                    self.skipped_objects += 1
+                    self.skipped_example = self.skipped_example or key
             yield page
 
     async def folders(self) -> FolderSummary:

@@ -195,3 +195,20 @@ def test_resolve_s3_eight_concurrent_threads_one_indexer_s3_store(
     assert len({r.manifest_hash for r in results}) == 1
     assert {r.class_names for r in results} == {("c0", "c1")}
     assert sum(e["event"] == "snapshot_indexer_elected" for e in logs) == 1
+
+
+async def test_resolve_s3_counts_objects_whose_key_ends_in_slash_with_a_body_said_once(
+    s3_bucket: str, s3_sync_client: Any, store_root: str
+) -> None:
+    upload(s3_sync_client, s3_bucket, {"t/a.bin": 3, "t/b.bin": 4})
+    s3_sync_client.put_object(Bucket=s3_bucket, Key="t/marker/", Body=b"")
+    for key in ("t/odd/", "t/sub/odd2/"):
+        s3_sync_client.put_object(Bucket=s3_bucket, Key=key, Body=b"hidden")
+    with capture_logs() as logs:
+        snap = await resolve_snapshot(f"s3://{s3_bucket}/t/", cfg(store_root, label_mode="none"))
+    assert snap.samples == 2
+    summary = next(e for e in logs if e["event"] == "snapshot_index_summary")
+    assert summary["skipped_objects"] == 2  # the empty folder marker is not counted
+    assert "ends in '/'" in summary["skipped_reason"]
+    warnings = [e for e in logs if e["event"] == "snapshot_objects_skipped"]
+    assert len(warnings) == 1 and warnings[0]["example"] == "t/odd/"
