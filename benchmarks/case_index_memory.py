@@ -15,13 +15,14 @@ import time
 
 from benchmarks.bench_env import BenchEnv, RssSampler, mib, run_child
 from benchmarks.report import Row
+from mx8_common.snapshot.page_source import PageSource
 
 __all__ = ["SyntheticPages", "run"]
 
 CASE = "index_memory"
 
 
-class SyntheticPages:
+class SyntheticPages(PageSource):
     """``n`` keys in sorted pages of 1000, generated on demand (never a list of all keys)."""
 
     def __init__(self, n: int, bucket: str = "synthetic-bucket", prefix: str = "data/") -> None:

@@ -1,6 +1,7 @@
 """mx8: feed training jobs from object storage.
 
-``mx8.load(link)`` yields batches of a dataset (embedded, or served by a local agent);
+``mx8.load(link)`` yields batches of a dataset (embedded, or served by a local agent), as an
+``mx8.Mx8Loader``;
 ``mx8.DataLoader`` is the same as a PyTorch ``IterableDataset``; ``mx8.vision`` decodes
 image folders into tensors. Importing mx8 does not import torch: ``DataLoader`` and
 ``vision`` need it and are loaded on first use.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from mx8._loader_protocol import Mx8Loader
 from mx8._resolve import resolve_manifest_hash
 from mx8.batch import Batch
 from mx8.loader import Loader, load
@@ -50,6 +52,7 @@ __all__ = [
     "Loader",
     "ManifestError",
     "Mx8Error",
+    "Mx8Loader",
     "ObjectChangedError",
     "ObjectNotFoundError",
     "ResumeError",

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mx8._config import TrainerConfig
+from mx8._loader_protocol import Mx8Loader
 from mx8.batch import Batch
 from mx8.loader import Loader, load
 from mx8_common.errors import ConfigError
@@ -100,9 +101,9 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
         }
         # Resolve now, in the parent: a bad link fails at construction, and the hash is
         # fixed before any worker exists.
-        self._loader: Any = load(link, **self._options)
-        self._manifest_hash: str | None = getattr(self._loader, "manifest_hash", None)
-        self._classes: list[str] | None = getattr(self._loader, "classes", None)
+        self._loader: Mx8Loader | None = load(link, **self._options)
+        self._manifest_hash: str | None = self._loader.manifest_hash
+        self._classes: list[str] | None = self._loader.classes
         # Distributed loaders have no fixed length: the coordinator balances work at run time.
         self._length: int | None = len(self._loader) if self._embedded else None
         self._pending_state: dict[str, Any] | None = None
@@ -110,7 +111,7 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
     # -- the wrapped loader -----------------------------------------------------------
 
     @property
-    def loader(self) -> Any:
+    def loader(self) -> Mx8Loader:
         """The ``mx8.Loader`` (or distributed loader) behind this object, built on demand."""
         if self._loader is None:
             link = self.link
@@ -185,7 +186,14 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
 
     @property
     def epoch(self) -> int:
-        return int(self.loader.epoch)
+        """The epoch the next loop reads (embedded mode; the coordinator runs distributed ones)."""
+        loader = self.loader
+        if not isinstance(loader, Loader):
+            raise ConfigError(
+                "distributed mode has no local epoch: the coordinator runs the epochs "
+                "(mx8-coordinator --epochs); read batch.epoch instead"
+            )
+        return loader.epoch
 
     def state_dict(self) -> dict[str, Any]:
         """Where the single-process iteration is (manifest_hash, epoch, seed, position...)."""
@@ -198,8 +206,8 @@ class DataLoader(_DatasetBase):  # type: ignore[misc,valid-type]
     def stats(self) -> dict[str, Any]:
         """What this process has moved: bytes, samples, batches, seconds, retries."""
         raw = self.loader.stats()
-        out = dataclasses.asdict(raw) if dataclasses.is_dataclass(raw) else dict(raw)
-        out["samples_per_second"] = getattr(raw, "samples_per_second", 0.0)
+        out = dataclasses.asdict(raw)
+        out["samples_per_second"] = raw.samples_per_second
         return out
 
     # -- lifecycle --------------------------------------------------------------------

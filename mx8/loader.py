@@ -19,6 +19,7 @@ from typing import Any
 
 from mx8._config import TrainerConfig
 from mx8._engine import EmbeddedEngine
+from mx8._loader_protocol import Mx8Loader
 from mx8._shard import Shard
 from mx8._stats import LoaderStats
 from mx8.batch import Batch
@@ -357,12 +358,13 @@ def load(
     world_size: int | None = None,
     drop_last: bool = False,
     fetch_concurrency: int | None = None,
-) -> Any:
+) -> Mx8Loader:
     """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
 
-    Embedded (in-process) unless ``agent`` or ``MX8_AGENT_URL`` names a local mx8d-agent,
-    in which case the agent serves the coordinator's job and ``shuffle``/``seed``/``rank``
-    come from the coordinator.
+    Embedded (in-process, a ``Loader``) unless ``agent`` or ``MX8_AGENT_URL`` names a local
+    mx8d-agent, in which case the agent serves the coordinator's job and
+    ``shuffle``/``seed``/``rank`` come from the coordinator. Either way the result is an
+    ``mx8.Mx8Loader``.
 
     Embedded, ``max_inflight_bytes`` bounds every sample byte the loader holds: reads in
     flight, the reorder buffer, prefetched batches and the batch last handed out (released

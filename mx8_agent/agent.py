@@ -37,7 +37,7 @@ import numpy as np
 
 from mx8_agent.config import AGENT_AUTH_TOKEN_ENV, AgentConfig
 from mx8_agent.ingest.manifest_ingest import IngestSettings, ingest_manifest
-from mx8_agent.metrics import AgentMetrics, TimedReader
+from mx8_agent.metrics import AgentMetrics
 from mx8_agent.serve.batch_wire import add_agent_service
 from mx8_agent.serve.servicer import AgentServicer, JobInfo
 from mx8_agent.serve.trainer_hub import TrainerHub
@@ -110,12 +110,15 @@ class Agent(Daemon):
         self.fetch_config = dataclasses.replace(
             config.fetch_config(), max_inflight_bytes=max(1, budget - self._hub_budget)
         )
-        self._reader = ObjectReader(config.reader_config(), s3_settings=s3_settings)
+        self.metrics = AgentMetrics(self.stats)
+        # Timed inside the reader: a wrapper would hide read_local_many from the pipeline.
+        self._reader = ObjectReader(
+            config.reader_config(), s3_settings=s3_settings, on_read=self.metrics.observe_read
+        )
         self._client = CoordinatorClient(config.coordinator)
         self.hub = TrainerHub(
             max_bytes=self._hub_budget, on_acked=self._on_acked, resume_grace_s=_RESUME_GRACE_S
         )
-        self.metrics = AgentMetrics(self.stats)
         self._servicer = AgentServicer(hub=self.hub, job_info=self.job_info, locate=self._locations)
         self._registration: cpb.RegisterNodeResponse | None = None
         self.table: ManifestTable | None = None
@@ -162,6 +165,7 @@ class Agent(Daemon):
             "samples_fetched": read.reads,
             "samples_acked": acked,
             "fetch_retries": read.retries,
+            "local_read_batches": read.local_batches,
             "batches_sent": sum(s.batches_sent for s in self.hub.sessions),
             "batches_requeued": self.hub.requeued_batches,
             "leases_started": rs.leases_started if rs is not None else 0,
@@ -270,7 +274,7 @@ class Agent(Daemon):
                 seed=reg.seed,
                 manifest_hash=reg.manifest_hash,
             ),
-            reader=TimedReader(self._reader, self.metrics.fetch_latency),
+            reader=self._reader,
             fetch_config=self.fetch_config,
             hub=self.hub,
             leases_ahead=self.config.leases_ahead,

@@ -2,22 +2,20 @@
 
 Counters and gauges are read from the agent's live stats at scrape time (one callable
 returns them), so the hot path only bumps plain ints; the fetch latency histogram is
-observed per read by ``TimedReader``.
+observed per sample by the object reader's ``on_read`` hook (``AgentMetrics.observe_read``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
-__all__ = ["COUNTERS", "GAUGES", "AgentMetrics", "TimedReader"]
+__all__ = ["COUNTERS", "GAUGES", "AgentMetrics"]
 
 #: Monotonic totals in the stats snapshot: name -> help.
 COUNTERS = {
@@ -25,6 +23,7 @@ COUNTERS = {
     "samples_fetched": "samples read from storage",
     "samples_acked": "samples trainers acknowledged (the only ones reported as progress)",
     "fetch_retries": "storage reads retried (throttling, resets, short bodies)",
+    "local_read_batches": "thread-pool jobs that read several local files at once",
     "batches_sent": "batches sent to trainers",
     "batches_requeued": "unacknowledged batches re-queued after a trainer left",
     "leases_started": "leases this agent started",
@@ -68,21 +67,10 @@ class AgentMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
 
+    def observe_read(self, seconds: float, nbytes: int) -> None:
+        """The object reader's ``on_read`` hook: one sample read took ``seconds``."""
+        self.fetch_latency.observe(seconds)
+
     def http_handler(self) -> type[BaseHTTPRequestHandler]:
         """The handler of ``/metrics`` over this registry."""
         return MetricsHandler.factory(self.registry)  # type: ignore[no-any-return]
-
-
-class TimedReader:
-    """An ``ObjectReader`` stand-in that times every ``read`` into the latency histogram."""
-
-    def __init__(self, reader: Any, histogram: Histogram) -> None:
-        self._reader = reader
-        self._histogram = histogram
-
-    async def read(self, location: str, *args: Any, **kwargs: Any) -> bytes:
-        started = time.perf_counter()
-        try:
-            return await self._reader.read(location, *args, **kwargs)  # type: ignore[no-any-return]
-        finally:
-            self._histogram.observe(time.perf_counter() - started)

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test package: a real S3-protocol server on loopback."""
+"""Fixtures shared by every test package: a real S3-protocol server on loopback, a real
+coordinator factory, and the structlog capture (``logs``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
+from support.logs import Events
 
+from mx8_common.obs.events import configure_logging
 from mx8_common.storage.s3_client import S3Settings, sync_s3_client
 from mx8_common.testing.local_s3 import LocalS3, local_s3_server
 from mx8_coordinator.config import CoordinatorConfig
 from mx8_coordinator.rpc.manifest_serving import FileManifestSource
 from mx8_coordinator.server import Coordinator
+
+
+@pytest.fixture(autouse=True)
+def _logging_configured() -> None:
+    """Configure structlog before each test: a lazy first configure inside a capture would
+    replace the capturing processors and lose the events a test asserts on, and a CLI test
+    that configured logging onto its captured stderr must not leave it bound to that stream
+    (closed once the test ends)."""
+    configure_logging()
+
+
+@pytest.fixture
+def logs() -> Iterator[Events]:
+    """Every structlog event this test emits (in-process daemons and threads included)."""
+    with capture_logs() as entries:
+        yield Events(entries)
 
 
 @pytest.fixture(scope="session")

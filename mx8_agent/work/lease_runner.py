@@ -28,7 +28,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,12 +44,13 @@ from mx8_common.errors import (
 )
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import emit
-from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.proto import coordinator_pb2 as cpb
 from mx8_common.rpc.reply_checks import check_lease
 from mx8_common.sample_order import EpochOrder, JobOrder
 from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
+from mx8_common.storage.sample_reader import SampleReader
 
-__all__ = ["LeaseRunner", "RunnerStats"]
+__all__ = ["LeaseClient", "LeaseRunner", "RunnerStats"]
 
 _COMPONENT = "agent"
 #: Status codes of a coordinator that did not answer (no typed refusal): try again later.
@@ -61,6 +62,18 @@ _WAIT_ERRORS = (JobNotReadyError, NodeNotRegisteredError)
 #: elsewhere, or a coordinator that forgot this node): drop it, keep the others.
 _LOST_LEASE_ERRORS = (LeaseNotFoundError, LeaseStateError, NodeNotRegisteredError)
 _REQUEST_CHUNK = 4096
+
+
+class LeaseClient(Protocol):
+    """The coordinator calls the runner makes (``CoordinatorClient`` is the real one)."""
+
+    async def request_lease(
+        self, job_id: str, node_id: str, want: int
+    ) -> cpb.RequestLeaseResponse: ...
+
+    async def report_progress(
+        self, job_id: str, node_id: str, lease_id: str, cursor: int
+    ) -> cpb.ReportProgressResponse: ...
 
 
 @dataclass
@@ -84,12 +97,12 @@ class LeaseRunner:
     def __init__(
         self,
         *,
-        client: CoordinatorClient,
+        client: LeaseClient,
         job_id: str,
         node_id: str,
         table: ManifestTable,
         job_order: JobOrder,
-        reader: Any,
+        reader: SampleReader,
         fetch_config: FetchConfig,
         hub: TrainerHub,
         leases_ahead: int,

@@ -226,7 +226,7 @@ def _holds_file(path: str, on_path: set[tuple[int, int]]) -> bool:
 
 
 class LocalPageSource:
-    """A page source over a local folder (the ``PageSource`` protocol of ``s3_lister``)."""
+    """A ``PageSource`` over a local folder."""
 
     def __init__(
         self, root: str | os.PathLike[str], *, recursive: bool = True, page_size: int = 1000

@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ from mx8_common.manifest.labels import (
     ClassIndex,
     choose_classes,
     encode_labels_tsv,
-    scan_folders,
     validate_label_mode,
 )
 from mx8_common.obs.events import emit, get_logger
@@ -49,7 +48,8 @@ from mx8_common.snapshot.config import SnapshotResolverConfig
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
-from mx8_common.snapshot.s3_lister import PageSource, S3PageSource, ordered_pages
+from mx8_common.snapshot.page_source import Page, PageSource, ordered_pages
+from mx8_common.snapshot.s3_lister import S3PageSource
 from mx8_common.storage.s3_client import S3Settings, open_s3_client
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
 from mx8_common.store.base import store_os_error
@@ -63,7 +63,6 @@ __all__ = [
 ]
 
 _COMPONENT = "snapshot"
-Page = Sequence[tuple[str, int]]
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ class _IndexTracker:
 
 async def _checked_keys(
     pages: AsyncIterator[Page], link: str, tracker: _IndexTracker
-) -> AsyncIterator[Page]:
+) -> AsyncGenerator[Page, None]:
     """Reject keys a manifest cannot hold, and count pages and keys, before sorting or writing."""
     async for page in pages:
         tracker.pages += 1
@@ -160,7 +159,7 @@ async def _checked_keys(
         yield page
 
 
-async def _read_ahead(pages: AsyncIterator[Page]) -> AsyncIterator[Page]:
+async def _read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page, None]:
     """Pass pages through, fetching the next one while the caller writes this one.
 
     Listing (stat calls or an S3 request) and writing (formatting, hashing) then overlap
@@ -177,12 +176,12 @@ async def _read_ahead(pages: AsyncIterator[Page]) -> AsyncIterator[Page]:
             await asyncio.wait({nxt})
         if not nxt.cancelled():
             nxt.exception()  # retrieved: the caller's own error is the one that matters
-        aclose = getattr(pages, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await pages.aclose()
 
 
-async def _sorted_pages(pages: AsyncIterator[Page], sorter: ExternalSorter) -> AsyncIterator[Page]:
+async def _sorted_pages(
+    pages: AsyncIterator[Page], sorter: ExternalSorter
+) -> AsyncGenerator[Page, None]:
     async for page in pages:
         await asyncio.to_thread(sorter.add, page)
     async for page in thread_pages(sorter.merged()):
@@ -297,19 +296,20 @@ async def _index(
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
         classes = await _classes(source, cfg, link)
-        pages: AsyncIterator[Page] = _checked_keys(source.pages(), link, tracker)
+        listed = _checked_keys(source.pages(), link, tracker)
         if cfg.external_sort:
             sorter = stack.enter_context(
                 ExternalSorter(keys_per_run=cfg.spill_keys_per_run, directory=store.scratch_dir())
             )
-            pages = _sorted_pages(pages, sorter)
-        pages = _read_ahead(ordered_pages(pages, link=link))
+            listed = _sorted_pages(listed, sorter)
+        pages = _read_ahead(ordered_pages(listed, link=link))
         progress = _Progress(_show_progress(cfg), link)
         stack.callback(progress.close)
         scratch = store.scratch_dir()
         with _scratch_disk(store, scratch):
             writer = stack.enter_context(ManifestWriter(scratch))
-        async with contextlib.aclosing(pages):  # type: ignore[type-var]
+        # Closed from both ends: a failed write stops the listing now, not at garbage collection.
+        async with contextlib.aclosing(listed), contextlib.aclosing(pages):
             async for page in pages:
                 with _scratch_disk(store, scratch):
                     await asyncio.to_thread(_write_page, writer, source, page, classes, link)
@@ -332,24 +332,25 @@ async def _index(
     if key is not None:
         await store.write_intent(key, written.manifest_hash)
     scan_ms = int((time.monotonic() - t0) * 1000)
-    skipped = int(getattr(source, "skipped_objects", 0))
-    skipped_fields: dict[str, Any] = {"skipped_objects": skipped}
-    if skipped:
-        skipped_fields["skipped_reason"] = getattr(source, "SKIPPED_REASON", "")
+    # Only an S3 listing can hold a key ending in "/" with a body (a file name cannot).
+    s3 = source if isinstance(source, S3PageSource) else None
+    skipped_fields: dict[str, Any] = {"skipped_objects": s3.skipped_objects if s3 else 0}
+    if s3 is not None and s3.skipped_objects:
+        skipped_fields["skipped_reason"] = S3PageSource.SKIPPED_REASON
         # Said once for the whole listing, not per object.
         get_logger(_COMPONENT).warning(
             "snapshot_objects_skipped",
             link=link,
-            skipped_objects=skipped,
-            reason=skipped_fields["skipped_reason"],
-            example=getattr(source, "skipped_example", None),
+            skipped_objects=s3.skipped_objects,
+            reason=S3PageSource.SKIPPED_REASON,
+            example=s3.skipped_example,
         )
     emit(
         _COMPONENT,
         "snapshot_index_summary",
         link=link,
         objects_indexed=written.samples,
-        pages_scanned=getattr(source, "pages_scanned", None) or tracker.pages,
+        pages_scanned=tracker.pages,
         scan_ms=scan_ms,
         recursive=cfg.recursive,
         label_mode=cfg.label_mode,
@@ -383,8 +384,7 @@ async def _classes(source: PageSource, cfg: SnapshotResolverConfig, link: str) -
                 link=link,
             )
         return None
-    folders = getattr(source, "folders", None)
-    summary = await folders() if folders is not None else await scan_folders(source.pages())
+    summary = await source.folders()
     if not summary.folders and not summary.loose_objects:
         raise EmptyDatasetError(f"{link} holds no objects; check the path or prefix", link=link)
     return choose_classes(mode, summary, link=link)
@@ -435,6 +435,11 @@ async def resolve_snapshot(
     ``open_manifest_store(config.store_root)`` (opened and closed here). ``page_source``
     replaces the real lister (tests feed synthetic listings through it).
     """
+    if page_source is not None and not isinstance(page_source, PageSource):
+        raise TypeError(
+            f"page_source {type(page_source).__name__} is not a PageSource: it needs pages(), "
+            "location() and folders() (subclass PageSource to inherit folders())"
+        )
     cfg = config if config is not None else SnapshotResolverConfig.from_env()
     parsed = parse_dataset_link(link)
     own = store is None

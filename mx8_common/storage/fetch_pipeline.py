@@ -49,7 +49,8 @@ import numpy as np
 from mx8_common.config_fields import load_env, parse_size, setting, setting_names
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.storage.object_reader import ObjectReader, ReadStats, is_local
+from mx8_common.storage.object_reader import is_local
+from mx8_common.storage.sample_reader import ReadStats, SampleReader
 
 __all__ = [
     "FetchBatch",
@@ -171,8 +172,9 @@ class FetchConfig:
 class FetchStats(ReadStats):
     """What a pipeline moved and holds.
 
-    ``reads``/``bytes``/``retries`` are counted by the reader; ``samples`` were handed to
-    the consumer; ``running`` reads are in progress; ``inflight_bytes`` are held now.
+    ``reads``/``bytes``/``retries``/``local_batches`` are counted by the reader;
+    ``samples`` were handed to the consumer; ``running`` reads are in progress;
+    ``inflight_bytes`` are held now.
     """
 
     samples: int = 0
@@ -182,12 +184,13 @@ class FetchStats(ReadStats):
 
 
 class _Slot:
-    __slots__ = ("charge", "fut", "req")
+    __slots__ = ("charge", "fut", "req", "settled")
 
     def __init__(self, req: FetchRequest, fut: asyncio.Future[bytes], charge: int) -> None:
         self.req = req
         self.fut = fut  # a read task (S3) or a future resolved by a local group read
         self.charge = charge
+        self.settled = False  # _on_read_done has run: the charge is what arrived
 
 
 class FetchPipeline:
@@ -195,7 +198,7 @@ class FetchPipeline:
 
     def __init__(
         self,
-        reader: ObjectReader,
+        reader: SampleReader,
         requests: Iterable[FetchRequest] | AsyncIterable[FetchRequest],
         config: FetchConfig | None = None,
     ) -> None:
@@ -207,10 +210,7 @@ class FetchPipeline:
         self._concurrency = self.config.concurrency
         self._window = self.config.window
         self._estimate = self.config.unknown_size_estimate
-        # A stand-in reader (e.g. one that times each read) may offer only ``read``;
-        # local grouping then falls back to one read per sample.
-        self._read_many = getattr(reader, "read_local_many", None)
-        self._local_group = self.config.local_group if self._read_many is not None else 1
+        self._local_group = self.config.local_group
         self._group: list[_Slot] = []  # local reads admitted, not yet handed to a thread
         self._group_tasks: set[asyncio.Task[None]] = set()
         self._slots: collections.deque[_Slot] = collections.deque()
@@ -326,8 +326,7 @@ class FetchPipeline:
     async def _read_group(self, group: list[_Slot]) -> None:
         items = [(s.req.location, s.req.byte_offset, s.req.byte_length) for s in group]
         try:
-            assert self._read_many is not None
-            results: Sequence[bytes | BaseException] = await self._read_many(
+            results: Sequence[bytes | BaseException] = await self._reader.read_local_many(
                 items, stats=self.stats
             )
         except asyncio.CancelledError:
@@ -343,6 +342,8 @@ class FetchPipeline:
                 s.fut.set_exception(res)
             else:
                 s.fut.set_result(res)
+            # The whole group arrived at once: count every sample's real size now.
+            self._on_read_done(s)
 
     async def _feed(self) -> None:
         try:
@@ -362,6 +363,11 @@ class FetchPipeline:
             self._ready.set()
 
     def _on_read_done(self, slot: _Slot) -> None:
+        # Runs from the future's callback, or earlier from _next_slot: a consumer can find
+        # the future done before its callbacks ran, and must not hand out the estimate.
+        if slot.settled:
+            return
+        slot.settled = True
         self._running -= 1
         self.stats.running = self._running
         task = slot.fut
@@ -431,6 +437,7 @@ class FetchPipeline:
             # The original error (or the consumer's cancellation) ends the pipeline.
             await self.aclose()
             raise
+        self._on_read_done(slot)
         self._slots.popleft()
         self._consumed += 1
         self._pipeline_bytes -= slot.charge

@@ -22,7 +22,8 @@ import contextlib
 import errno
 import os
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +41,9 @@ from mx8_common.obs.events import emit
 from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
+from mx8_common.storage.sample_reader import LocalRead, ReadObserver, ReadStats
 
-__all__ = ["ObjectReader", "ObjectReaderConfig", "ReadStats", "is_local", "split_s3_location"]
+__all__ = ["ObjectReader", "ObjectReaderConfig", "is_local", "split_s3_location"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,15 +115,6 @@ class ObjectReaderConfig:
         )
 
 
-@dataclass(slots=True)
-class ReadStats:
-    """Counters of one reader (or one pipeline that passes its own to ``read``)."""
-
-    reads: int = 0
-    bytes: int = 0
-    retries: int = 0
-
-
 def split_s3_location(location: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``(bucket, key)``; anything else is a ``StorageError``."""
     rest = location[5:]
@@ -188,17 +181,24 @@ def _local_path(location: str) -> str:
 
 
 def _read_local_many(
-    items: list[tuple[str, int | None, int | None]],
-) -> list[bytes | StorageError]:
-    """Blocking reads of several local samples in one thread-pool job; errors are returned."""
+    items: Sequence[LocalRead],
+) -> tuple[list[bytes | StorageError], list[float]]:
+    """Blocking reads of several local samples in one thread-pool job; errors are returned.
+
+    Also returns each read's duration in seconds (timed here, in the thread, per file).
+    """
     out: list[bytes | StorageError] = []
+    seconds: list[float] = []
+    clock = time.perf_counter
     for location, byte_offset, byte_length in items:
+        started = clock()
         try:
             off, length = _normalize(location, byte_offset, byte_length)
             out.append(_read_local(location, off, length))
         except StorageError as exc:
             out.append(exc)
-    return out
+        seconds.append(clock() - started)
+    return out, seconds
 
 
 def _read_local(location: str, byte_offset: int | None, byte_length: int | None) -> bytes:
@@ -250,11 +250,13 @@ def _read_local(location: str, byte_offset: int | None, byte_length: int | None)
 
 
 class ObjectReader:
-    """Reads sample bytes; ``async with`` owns its S3 client and local read threads.
+    """Reads sample bytes (a ``SampleReader``); ``async with`` owns its S3 client and local
+    read threads.
 
     The S3 client is opened on the first ``s3://`` read (a local-only job never needs
     one) and reused for every read, or ``s3_client`` is borrowed and never closed (GETs
-    then all go through it).
+    then all go through it). ``on_read(seconds, nbytes)`` is told of every sample read:
+    a ``read`` is timed whole (retries included), a ``read_local_many`` per file.
     """
 
     def __init__(
@@ -264,9 +266,11 @@ class ObjectReader:
         s3_settings: S3Settings | None = None,
         s3_client: Any = None,
         rng: random.Random | None = None,
+        on_read: ReadObserver | None = None,
     ) -> None:
         self.config = config or ObjectReaderConfig()
         self.stats = ReadStats()
+        self._on_read = on_read
         self._s3_settings = s3_settings
         self._client = s3_client
         self._getter: S3Getter | None = None
@@ -320,12 +324,15 @@ class ObjectReader:
         size is not ``byte_length`` raises ``ObjectChangedError``.
         """
         byte_offset, byte_length = _normalize(location, byte_offset, byte_length)
+        started = time.perf_counter()
         if location.startswith("s3://"):
             data = await self._read_s3_retrying(location, byte_offset, byte_length, stats)
         else:
             data = await asyncio.get_running_loop().run_in_executor(
                 self._local_pool(), _read_local, location, byte_offset, byte_length
             )
+        if self._on_read is not None:
+            self._on_read(time.perf_counter() - started, len(data))
         self.stats.reads += 1
         self.stats.bytes += len(data)
         if stats is not None:
@@ -334,24 +341,28 @@ class ObjectReader:
         return data
 
     async def read_local_many(
-        self,
-        items: list[tuple[str, int | None, int | None]],
-        *,
-        stats: ReadStats | None = None,
+        self, items: Sequence[LocalRead], *, stats: ReadStats | None = None
     ) -> list[bytes | StorageError]:
         """Read several local samples ``(location, byte_offset, byte_length)`` in one
         thread-pool job: one loop-to-thread hop per group instead of one per file, which is
         most of the cost of small page-cached files. Per-sample errors are returned in place.
         """
-        results = await asyncio.get_running_loop().run_in_executor(
+        results, seconds = await asyncio.get_running_loop().run_in_executor(
             self._local_pool(), _read_local_many, items
         )
-        got = [len(r) for r in results if isinstance(r, bytes)]
-        self.stats.reads += len(got)
-        self.stats.bytes += sum(got)
-        if stats is not None:
-            stats.reads += len(got)
-            stats.bytes += sum(got)
+        got = 0
+        nbytes = 0
+        for result, took in zip(results, seconds, strict=True):
+            if isinstance(result, bytes):
+                got += 1
+                nbytes += len(result)
+                if self._on_read is not None:
+                    self._on_read(took, len(result))
+        for counters in (self.stats, stats):
+            if counters is not None:
+                counters.reads += got
+                counters.bytes += nbytes
+                counters.local_batches += 1
         return results
 
     def _local_pool(self) -> ThreadPoolExecutor:

@@ -8,7 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.agent import DaemonProcess, assert_eventually, sample_bytes
+from support.agent import DaemonProcess
+from support.eventually import assert_eventually
+from support.manifests import sample_bytes
 
 import mx8
 from mx8_common.testing.local_s3 import free_port

@@ -11,14 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from structlog.testing import capture_logs
-from support.agent import (
-    assert_eventually,
-    committed,
-    run_trainer,
-    sample_bytes,
-    write_local_dataset,
-)
+from support.agent import committed, run_trainer
+from support.eventually import assert_eventually
+from support.logs import Events
+from support.manifests import sample_bytes, write_local_dataset
 
 from mx8._agent_client import AgentStreamClient
 from mx8_agent.agent import Agent
@@ -131,6 +127,24 @@ async def test_agent_reports_only_acknowledged_samples(
     assert await committed(coordinator.address) == 300
 
 
+async def test_agent_reads_local_files_several_per_read_job(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    """The agent's reader keeps ``read_local_many``: local files are read in groups, and the
+    fetch latency histogram (a hook inside the reader, not a wrapper) still sees each one."""
+    coordinator = await start_coordinator(write_local_dataset(tmp_path, 500), block_size=100)
+    agent = await start_agent(coordinator.address)
+    run = await asyncio.to_thread(run_trainer, agent.url)
+    await agent.result()
+    assert run.error is None and sorted(run.ids) == list(range(500))
+    registry = agent.agent.metrics.registry
+    samples = registry.get_sample_value("mx8_agent_samples_fetched_total")
+    batches = registry.get_sample_value("mx8_agent_local_read_batches_total")
+    assert samples == 500
+    assert batches is not None and 1 <= batches < samples / 2, batches
+    assert registry.get_sample_value("mx8_agent_fetch_latency_seconds_count") == 500
+
+
 async def _greater(value: Any, floor: int) -> bool:
     return (await value) > floor
 
@@ -204,20 +218,20 @@ async def test_agent_describe_reports_the_job(
 
 
 async def test_agent_object_changed_since_snapshot_fails_loudly(
-    tmp_path: Path, start_coordinator: Any, start_agent: Any
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, logs: Events
 ) -> None:
     coordinator = await start_coordinator(write_local_dataset(tmp_path, 100))
     changed = tmp_path / "data" / "000050.bin"
     changed.write_bytes(b"a different, longer object " * 20)
-    with capture_logs() as logs:
-        agent = await start_agent(coordinator.address)
-        run = await asyncio.to_thread(run_trainer, agent.url, batch_size=10)
-        with pytest.raises(ObjectChangedError, match=r"000050\.bin"):
-            await agent.result()
+    logs.clear()
+    agent = await start_agent(coordinator.address)
+    run = await asyncio.to_thread(run_trainer, agent.url, batch_size=10)
+    with pytest.raises(ObjectChangedError, match=r"000050\.bin"):
+        await agent.result()
     assert isinstance(run.error, ObjectChangedError)
     assert "000050.bin" in str(run.error) and "re-snapshot" in str(run.error)
     assert all(i < 50 for i in run.ids)  # nothing from or after the changed object
-    assert any(e["event"] == "object_changed_since_snapshot" for e in logs)
+    assert logs.named("object_changed_since_snapshot")
     assert await committed(coordinator.address) <= 50
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from support.agent import write_local_dataset
+from support.manifests import write_local_dataset
 
 from mx8._agent_client import AgentStreamClient
 from mx8_common.rpc.proto import agent_pb2 as pb

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
-from support.agent import assert_eventually, run_trainer, write_local_dataset
+from support.agent import run_trainer
+from support.eventually import assert_eventually
 from support.fake_coordinator import FakeCoordinator
+from support.logs import Events
+from support.manifests import Row, write_local_dataset, write_manifest
 
 from mx8_agent.ingest.manifest_ingest import IngestSettings, ingest_manifest
 from mx8_common.errors import (
@@ -23,34 +26,25 @@ from mx8_common.errors import (
     ManifestSchemaMismatch,
     ManifestTruncated,
 )
-from mx8_common.manifest.format import ManifestWriter, manifest_hash
+from mx8_common.manifest.format import manifest_hash
 from mx8_common.manifest.reader import parse_canonical_manifest_tsv_bytes
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 
 
-def write_mixed_manifest(directory: Path, samples: int) -> Path:
+def mixed_rows(samples: int) -> Iterator[Row]:
     """Rows of every shape: whole objects, ranges, unknown sizes, labels, other hints."""
-    with ManifestWriter(directory) as writer:
-        for i in range(samples):
-            kind = i % 4
-            if kind == 0:
-                writer.write(f"s3://bucket/train/c{i % 7}/img-{i:07d}.jpg", byte_length=1 + i)
-            elif kind == 1:
-                writer.write(
-                    f"s3://bucket/shards/shard-{i // 100:04d}.tar",
-                    byte_offset=i * 512,
-                    byte_length=512,
-                    decode_hint=f"mx8:vision:imagefolder;label_id={i % 5}",
-                )
-            elif kind == 2:
-                writer.write(f"/data/local/file-{i}.bin")
-            else:
-                writer.write(f"file-{i}.txt", byte_length=3, decode_hint="text/plain")
-        written = writer.finish()
-    path = directory / "manifest.tsv"
-    written.path.replace(path)
-    return path
+    for i in range(samples):
+        kind = i % 4
+        if kind == 0:
+            yield f"s3://bucket/train/c{i % 7}/img-{i:07d}.jpg", None, 1 + i, ""
+        elif kind == 1:
+            label = f"mx8:vision:imagefolder;label_id={i % 5}"
+            yield f"s3://bucket/shards/shard-{i // 100:04d}.tar", i * 512, 512, label
+        elif kind == 2:
+            yield f"/data/local/file-{i}.bin", None, None, ""
+        else:
+            yield f"file-{i}.txt", None, 3, "text/plain"
 
 
 def records(table: ManifestTable) -> list[Any]:
@@ -71,7 +65,7 @@ async def ingest_from(address: str, manifest: bytes, samples: int, **kw: Any) ->
 async def test_runtime_stream_reader_path_parity_with_bytes_path(
     tmp_path: Path, start_coordinator: Any
 ) -> None:
-    path = write_mixed_manifest(tmp_path, 3000)
+    path = write_manifest(tmp_path, mixed_rows(3000)).path
     data = path.read_bytes()
     coordinator = await start_coordinator(path)
     streamed = await ingest_from(coordinator.address, data, 3000)
@@ -85,9 +79,9 @@ async def test_runtime_stream_reader_path_parity_with_bytes_path(
 
 
 async def test_lease_manifest_stream_parity_with_cached_path(
-    tmp_path: Path, start_coordinator: Any
+    tmp_path: Path, start_coordinator: Any, logs: Events
 ) -> None:
-    path = write_mixed_manifest(tmp_path / "m", 3000)
+    path = write_manifest(tmp_path / "m", mixed_rows(3000)).path
     data = path.read_bytes()
     coordinator = await start_coordinator(path)
     cache = tmp_path / "cache"
@@ -98,11 +92,11 @@ async def test_lease_manifest_stream_parity_with_cached_path(
     assert records(cached.table) == records(direct.table)
     assert list(cache.iterdir()) == [cached.path]  # no temp file left behind
     # A second cached ingest reuses the verified copy; a damaged copy is fetched again.
-    with capture_logs() as logs:
-        await ingest_from(coordinator.address, data, 3000, mode="cached", cache_dir=cache)
-        cached.path.write_bytes(data[:-10])
-        again = await ingest_from(coordinator.address, data, 3000, mode="cached", cache_dir=cache)
-    events = [e["event"] for e in logs]
+    logs.clear()
+    await ingest_from(coordinator.address, data, 3000, mode="cached", cache_dir=cache)
+    cached.path.write_bytes(data[:-10])
+    again = await ingest_from(coordinator.address, data, 3000, mode="cached", cache_dir=cache)
+    events = logs.names()
     assert "manifest_cache_hit" in events
     assert "manifest_cache_invalid" in events
     assert records(again.table) == records(direct.table)
@@ -112,38 +106,39 @@ async def test_lease_manifest_stream_parity_with_cached_path(
 
 
 async def run_agent_against(
-    fake: FakeCoordinator, start_agent: Any, **config: Any
-) -> tuple[BaseException | None, list[dict[str, Any]], Any]:
-    """Run an agent with a trainer already attached; return its error, events, trainer run."""
+    fake: FakeCoordinator, start_agent: Any, logs: Events, **config: Any
+) -> tuple[BaseException | None, Any]:
+    """Run an agent with a trainer already attached (events from here on in ``logs``);
+    return its error and the trainer's run."""
     address = await fake.start()
     fake.release.clear()  # hold the stream until the trainer is connected
-    with capture_logs() as logs:
-        running = await start_agent(address, **config)
-        box: dict[str, Any] = {}
-        thread = threading.Thread(
-            target=lambda: box.update(run=run_trainer(running.url, batch_size=8)), daemon=True
-        )
-        thread.start()
-        await assert_eventually(lambda: running.agent.hub.sessions)
-        fake.release.set()
-        error: BaseException | None = None
-        try:
-            await running.result(timeout_s=30)
-        except BaseException as exc:
-            error = exc
-        await asyncio.to_thread(thread.join, 30)
+    logs.clear()
+    running = await start_agent(address, **config)
+    box: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: box.update(run=run_trainer(running.url, batch_size=8)), daemon=True
+    )
+    thread.start()
+    await assert_eventually(lambda: running.agent.hub.sessions)
+    fake.release.set()
+    error: BaseException | None = None
+    try:
+        await running.result(timeout_s=30)
+    except BaseException as exc:
+        error = exc
+    await asyncio.to_thread(thread.join, 30)
     await fake.stop()
-    return error, logs, box.get("run")
+    return error, box.get("run")
 
 
 @pytest.mark.parametrize("fault", ["cut", "cut_unannounced"])
 async def test_manifest_stream_truncated_fails_closed(
-    tmp_path: Path, start_agent: Any, fault: str
+    tmp_path: Path, start_agent: Any, fault: str, logs: Events
 ) -> None:
     data = write_local_dataset(tmp_path, 200).read_bytes()
     fake = FakeCoordinator(data, total_samples=200, fault=fault)
-    error, logs, trainer = await run_agent_against(fake, start_agent)
-    events = [e["event"] for e in logs]
+    error, trainer = await run_agent_against(fake, start_agent, logs)
+    events = logs.names()
     expected = ManifestTruncated if fault == "cut" else ManifestHashMismatch
     assert isinstance(error, expected), error
     assert expected.event in events
@@ -156,12 +151,12 @@ async def test_manifest_stream_truncated_fails_closed(
 
 @pytest.mark.parametrize("fault", ["header_schema", "chunk_schema"])
 async def test_manifest_stream_schema_mismatch_hard_fails(
-    tmp_path: Path, start_agent: Any, fault: str
+    tmp_path: Path, start_agent: Any, fault: str, logs: Events
 ) -> None:
     data = write_local_dataset(tmp_path, 200).read_bytes()
     fake = FakeCoordinator(data, total_samples=200, fault=fault)
-    error, logs, _trainer = await run_agent_against(fake, start_agent)
-    events = [e["event"] for e in logs]
+    error, _trainer = await run_agent_against(fake, start_agent, logs)
+    events = logs.names()
     assert isinstance(error, ManifestSchemaMismatch), error
     assert "manifest_schema_mismatch" in events
     assert "lease_started" not in events
@@ -184,17 +179,19 @@ async def test_manifest_stream_invalid_content_fails_closed(
     config: dict[str, Any],
     error_type: type[ManifestError],
     mode: str,
+    logs: Events,
 ) -> None:
     data = write_local_dataset(tmp_path, 200).read_bytes()
     fake = FakeCoordinator(data, total_samples=200, fault=fault)
-    error, logs, _trainer = await run_agent_against(
+    error, _trainer = await run_agent_against(
         fake,
         start_agent,
+        logs,
         manifest_ingest=mode,
         cache_dir=str(tmp_path / "cache"),
         **config,
     )
-    events = [e["event"] for e in logs]
+    events = logs.names()
     assert isinstance(error, error_type), error
     assert error_type.event in events
     assert "lease_started" not in events
@@ -204,13 +201,13 @@ async def test_manifest_stream_invalid_content_fails_closed(
 
 
 async def test_manifest_ingest_valid_stream_leases_and_delivers(
-    tmp_path: Path, start_agent: Any
+    tmp_path: Path, start_agent: Any, logs: Events
 ) -> None:
     # The control of the fail-closed tests: same fake, same trainer, a good stream.
     data = write_local_dataset(tmp_path, 200).read_bytes()
     fake = FakeCoordinator(data, total_samples=200, fault="none")
-    error, logs, trainer = await run_agent_against(fake, start_agent)
-    events = [e["event"] for e in logs]
+    error, trainer = await run_agent_against(fake, start_agent, logs)
+    events = logs.names()
     assert error is None
     assert "lease_started" in events
     assert fake.request_lease_calls >= 1
@@ -219,18 +216,18 @@ async def test_manifest_ingest_valid_stream_leases_and_delivers(
     assert ("L1", 200) in fake.reports
 
 
-async def test_manifest_ingest_retries_dropped_connection(tmp_path: Path) -> None:
+async def test_manifest_ingest_retries_dropped_connection(tmp_path: Path, logs: Events) -> None:
     data = write_local_dataset(tmp_path, 500).read_bytes()
     fake = FakeCoordinator(data, total_samples=500, fault="drop_once", chunk_bytes=1024)
     address = await fake.start()
     try:
-        with capture_logs() as logs:
-            result = await ingest_from(address, data, 500, backoff_base_s=0.01)
+        logs.clear()
+        result = await ingest_from(address, data, 500, backoff_base_s=0.01)
     finally:
         await fake.stop()
     assert fake.stream_calls == 2
     assert len(result.table) == 500
-    retry = next(e for e in logs if e["event"] == "manifest_ingest_retry")
+    retry = logs.named("manifest_ingest_retry")[0]
     assert "UNAVAILABLE" in retry["error"] or "unreachable" in retry["error"]
 
 
@@ -245,10 +242,12 @@ async def test_manifest_ingest_gives_up_after_attempts(tmp_path: Path) -> None:
 
 async def test_manifest_stream_backpressure_bounded(tmp_path: Path) -> None:
     """A 200k-row stream is parsed with a bounded carry, a bounded queue, never whole."""
-    with ManifestWriter(tmp_path) as writer:
-        for i in range(200_000):
-            writer.write(f"s3://bucket/train/class-{i % 100:03d}/img-{i:08d}.jpg", None, 1000 + i)
-        written = writer.finish()
+    written = write_manifest(
+        tmp_path,
+        200_000,
+        location=lambda i: f"s3://bucket/train/class-{i % 100:03d}/img-{i:08d}.jpg",
+        byte_length=lambda i: 1000 + i,
+    )
     data = written.path.read_bytes()
     chunk = 64 * 1024
     fake = FakeCoordinator(data, total_samples=200_000, chunk_bytes=chunk)

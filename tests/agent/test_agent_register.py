@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
+from support.logs import Events
 
 from mx8_agent.agent import Agent
 from mx8_agent.config import AgentConfig
@@ -15,18 +15,19 @@ from mx8_common.errors import CoordinatorError
 
 async def test_agent_register_retries_an_unreachable_coordinator_then_gives_up(
     sock_dir: Path,
+    logs: Events,
 ) -> None:
     config = AgentConfig(
         coordinator="127.0.0.1:1",  # nothing listens: every try is UNAVAILABLE
         listen=f"unix://{sock_dir}/r.sock",
         connect_timeout_s=0.4,
     )
-    with capture_logs() as logs:
-        async with Agent(config) as agent:
-            with pytest.raises(CoordinatorError, match=r"gave up after 0.4s") as info:
-                await agent.run()
+    logs.clear()
+    async with Agent(config) as agent:
+        with pytest.raises(CoordinatorError, match=r"gave up after 0.4s") as info:
+            await agent.run()
     assert info.value.code == "UNAVAILABLE"
-    retries = [e for e in logs if e["event"] == "register_retry"]
+    retries = logs.named("register_retry")
     assert len(retries) >= 2
     # 50 ms doubling, each wait at least half its step: never past 2 s, never zero.
     assert all(0.025 <= e["delay_s"] <= 2.0 for e in retries)

@@ -9,14 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
-from support.agent import (
-    DaemonProcess,
-    assert_eventually,
-    run_trainer,
-    write_local_dataset,
-)
+from support.agent import DaemonProcess, TrainerRun, run_trainer
+from support.eventually import assert_eventually
 from support.fake_coordinator import FakeCoordinator
+from support.logs import Events
+from support.manifests import write_local_dataset
 
 from mx8_common.errors import ManifestChangedError
 
@@ -30,58 +27,57 @@ async def started_fake(tmp_path: Path, samples: int = 200) -> FakeCoordinator:
     return fake
 
 
+async def trainer_holding_a_batch(agent: Any, gate: threading.Event) -> asyncio.Task[TrainerRun]:
+    """A trainer that stops on its first batch (unacknowledged) until ``gate`` is set."""
+    trainer = asyncio.create_task(
+        asyncio.to_thread(run_trainer, agent.url, batch_size=10, on_batch=lambda b: gate.wait(10))
+    )
+    await assert_eventually(lambda: agent.agent.hub.unacked_batches > 0)
+    return trainer
+
+
 async def test_agent_reregister_same_manifest_hash_continues(
-    tmp_path: Path, start_agent: Any
+    tmp_path: Path, start_agent: Any, logs: Events
 ) -> None:
     fake = await started_fake(tmp_path)
     try:
         gate = threading.Event()
         agent = await start_agent(fake.address)
-        with capture_logs() as logs:
-            trainer = asyncio.create_task(
-                asyncio.to_thread(
-                    run_trainer, agent.url, batch_size=10, on_batch=lambda b: gate.wait(10)
-                )
-            )
-            await assert_eventually(lambda: agent.agent.hub.unacked_batches > 0)
-            fake.forget_nodes()
-            await assert_eventually(lambda: fake.register_calls >= 2)
-            gate.set()
-            run = await trainer
-            await agent.result()
+        logs.clear()
+        trainer = await trainer_holding_a_batch(agent, gate)
+        fake.forget_nodes()
+        await assert_eventually(lambda: fake.register_calls >= 2)
+        gate.set()
+        run = await trainer
+        await agent.result()
     finally:
         await fake.stop()
     assert run.error is None and sorted(run.ids) == list(range(200))
-    assert any(e["event"] == "node_reregistered" for e in logs)
-    assert not any(e["event"] == "coordinator_manifest_changed" for e in logs)
+    assert logs.named("node_reregistered")
+    assert not logs.named("coordinator_manifest_changed")
 
 
 async def test_agent_reregister_other_manifest_hash_fails_closed(
-    tmp_path: Path, start_agent: Any
+    tmp_path: Path, start_agent: Any, logs: Events
 ) -> None:
     fake = await started_fake(tmp_path)
     try:
         gate = threading.Event()
         agent = await start_agent(fake.address)
-        with capture_logs() as logs:
-            trainer = asyncio.create_task(
-                asyncio.to_thread(
-                    run_trainer, agent.url, batch_size=10, on_batch=lambda b: gate.wait(10)
-                )
-            )
-            await assert_eventually(lambda: agent.agent.hub.unacked_batches > 0)
-            expected = fake.manifest_hash
-            fake.manifest_hash = OTHER_HASH  # "restarted on another snapshot"
-            fake.forget_nodes()
-            with pytest.raises(ManifestChangedError) as info:
-                await agent.result()
-            gate.set()
-            run = await trainer
+        logs.clear()
+        trainer = await trainer_holding_a_batch(agent, gate)
+        expected = fake.manifest_hash
+        fake.manifest_hash = OTHER_HASH  # "restarted on another snapshot"
+        fake.forget_nodes()
+        with pytest.raises(ManifestChangedError) as info:
+            await agent.result()
+        gate.set()
+        run = await trainer
     finally:
         await fake.stop()
     assert info.value.expected == expected and info.value.got == OTHER_HASH
     assert expected in str(info.value) and "restart the whole job" in str(info.value)
-    changed = [e for e in logs if e["event"] == "coordinator_manifest_changed"]
+    changed = logs.named("coordinator_manifest_changed")
     assert len(changed) == 1 and changed[0]["got"] == OTHER_HASH
     # The running trainer is told, not silently fed another snapshot: the same typed error.
     assert isinstance(run.error, ManifestChangedError)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
-from support.agent import committed, write_local_dataset
+from support.agent import committed
+from support.logs import Events
+from support.manifests import write_local_dataset
 from support.tcp_proxy import TcpProxy
 
 from mx8._agent_client import AgentStreamClient
@@ -32,7 +33,7 @@ def consume(
 
 
 async def test_agent_stream_break_resumes_same_trainer_without_loss_or_duplicates(
-    tmp_path: Path, start_coordinator: Any, start_agent: Any
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, logs: Events
 ) -> None:
     coordinator = await start_coordinator(write_local_dataset(tmp_path, 600), block_size=100)
     agent = await start_agent(coordinator.address, listen="127.0.0.1:0")
@@ -46,16 +47,14 @@ async def test_agent_stream_break_resumes_same_trainer_without_loss_or_duplicate
             asyncio.run_coroutine_threadsafe(_cut(proxy), loop).result(5)
 
     try:
-        with capture_logs() as logs:
-            ids, client = await asyncio.to_thread(consume, proxy.address, on_batch=on_batch)
-            await agent.result()
+        logs.clear()
+        ids, client = await asyncio.to_thread(consume, proxy.address, on_batch=on_batch)
+        await agent.result()
     finally:
         await proxy.stop()
     assert proxy.cuts == 2 and client.reconnects >= 2
     assert sorted(ids) == list(range(600)), "a consumed batch was lost or repeated"
-    resumes = [
-        e for e in logs if e["event"] == "trainer_connected" and e.get("resumed_after", 0) > 0
-    ]
+    resumes = [e for e in logs.named("trainer_connected") if e.get("resumed_after", 0) > 0]
     assert len(resumes) >= 2
     assert all(e["trainer_id"] == client.trainer_id for e in resumes)
     # Nothing was handed to anybody else: the trainer took its own batches back.

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 from support.agent import run_trainer
+from support.logs import Events
+from support.manifests import Row, write_manifest
 
 from mx8_common.errors import ObjectChangedError
-from mx8_common.manifest.format import ManifestWriter
-
-
-def write_s3_manifest(directory: Path, rows: list[tuple[str, int | None, int | None]]) -> Path:
-    with ManifestWriter(directory) as writer:
-        for location, offset, length in rows:
-            writer.write(location, byte_offset=offset, byte_length=length)
-        written = writer.finish()
-    path = directory / "manifest.tsv"
-    os.replace(written.path, path)
-    return path
 
 
 async def test_agent_s3_ranged_and_whole_reads_deliver_the_right_bytes(
@@ -30,18 +19,18 @@ async def test_agent_s3_ranged_and_whole_reads_deliver_the_right_bytes(
 ) -> None:
     shard = b"".join(f"record-{k:03d};".encode() * 3 for k in range(40))
     s3_sync_client.put_object(Bucket=s3_bucket, Key="shards/s0.tar", Body=shard)
-    rows: list[tuple[str, int | None, int | None]] = []
+    rows: list[Row] = []
     expected: list[bytes] = []
     step = len(shard) // 40
     for k in range(40):  # 40 ranges of one object
-        rows.append((f"s3://{s3_bucket}/shards/s0.tar", k * step, step))
+        rows.append((f"s3://{s3_bucket}/shards/s0.tar", k * step, step, ""))
         expected.append(shard[k * step : (k + 1) * step])
     for k in range(40):  # 40 whole objects, half without a known size
         body = f"whole object {k}".encode() * (k + 1)
         s3_sync_client.put_object(Bucket=s3_bucket, Key=f"objs/{k:03d}", Body=body)
-        rows.append((f"s3://{s3_bucket}/objs/{k:03d}", None, len(body) if k % 2 else None))
+        rows.append((f"s3://{s3_bucket}/objs/{k:03d}", None, len(body) if k % 2 else None, ""))
         expected.append(body)
-    coordinator = await start_coordinator(write_s3_manifest(tmp_path, rows), block_size=25)
+    coordinator = await start_coordinator(write_manifest(tmp_path, rows).path, block_size=25)
     agent = await start_agent(coordinator.address)
     run = await asyncio.to_thread(run_trainer, agent.url, batch_size=8, keep_batches=True)
     await agent.result()
@@ -53,24 +42,29 @@ async def test_agent_s3_ranged_and_whole_reads_deliver_the_right_bytes(
 
 
 async def test_agent_s3_object_replaced_after_snapshot_fails(
-    tmp_path: Path, s3_sync_client: Any, s3_bucket: str, start_coordinator: Any, start_agent: Any
+    tmp_path: Path,
+    s3_sync_client: Any,
+    s3_bucket: str,
+    start_coordinator: Any,
+    start_agent: Any,
+    logs: Events,
 ) -> None:
-    rows: list[tuple[str, int | None, int | None]] = []
+    rows: list[Row] = []
     for k in range(30):
         body = f"sample {k}".encode() * 10
         s3_sync_client.put_object(Bucket=s3_bucket, Key=f"train/{k:03d}.bin", Body=body)
-        rows.append((f"s3://{s3_bucket}/train/{k:03d}.bin", None, len(body)))
-    coordinator = await start_coordinator(write_s3_manifest(tmp_path, rows))
+        rows.append((f"s3://{s3_bucket}/train/{k:03d}.bin", None, len(body), ""))
+    coordinator = await start_coordinator(write_manifest(tmp_path, rows).path)
     # Replaced after the snapshot was taken: a different size than the manifest says.
     s3_sync_client.put_object(Bucket=s3_bucket, Key="train/017.bin", Body=b"replaced")
-    with capture_logs() as logs:
-        agent = await start_agent(coordinator.address)
-        run = await asyncio.to_thread(run_trainer, agent.url, batch_size=5)
-        with pytest.raises(ObjectChangedError, match=r"train/017\.bin"):
-            await agent.result()
+    logs.clear()
+    agent = await start_agent(coordinator.address)
+    run = await asyncio.to_thread(run_trainer, agent.url, batch_size=5)
+    with pytest.raises(ObjectChangedError, match=r"train/017\.bin"):
+        await agent.result()
     assert isinstance(run.error, ObjectChangedError)
     assert f"s3://{s3_bucket}/train/017.bin" in str(run.error)
     assert "expected 90 bytes, found 8 bytes" in str(run.error)
-    changed = [e for e in logs if e["event"] == "object_changed_since_snapshot"]
+    changed = logs.named("object_changed_since_snapshot")
     assert changed and "017.bin" in changed[0]["error"]
     assert all(i < 17 for i in run.ids)

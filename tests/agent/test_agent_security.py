@@ -14,9 +14,11 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from structlog.testing import capture_logs
 from support import ops as ops_helpers
-from support.agent import assert_eventually, run_trainer, write_local_dataset
+from support.agent import run_trainer
+from support.eventually import assert_eventually
+from support.logs import Events
+from support.manifests import write_local_dataset
 
 from mx8._agent_client import AgentStreamClient, agent_tls_from_env
 from mx8_agent.agent import SERVICE_NAME, Agent
@@ -207,17 +209,18 @@ async def test_agent_security_health_is_open_and_serving_once_ingested(
     assert "MX8_AGENT_AUTH_TOKEN" in str(err)
 
 
-async def test_agent_security_warns_when_exposed_without_token(sock_dir: Path) -> None:
+async def test_agent_security_warns_when_exposed_without_token(
+    sock_dir: Path, logs: Events
+) -> None:
     exposed = AgentConfig(coordinator="127.0.0.1:1", node_id="a", listen="0.0.0.0:0")
     local_tcp = AgentConfig(coordinator="127.0.0.1:1", node_id="b", listen="127.0.0.1:0")
     local_unix = AgentConfig(
         coordinator="127.0.0.1:1", node_id="c", listen=f"unix://{sock_dir}/a.sock"
     )
-    with capture_logs() as logs:
-        for config in (exposed, local_tcp, local_unix):
-            async with Agent(config):
-                pass
-    warnings = [e for e in logs if e["event"] == "grpc_exposed_without_auth"]
+    for config in (exposed, local_tcp, local_unix):
+        async with Agent(config):
+            pass
+    warnings = logs.named("grpc_exposed_without_auth")
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
     assert warnings[0]["listen"] == "0.0.0.0:0"
     assert "MX8_AGENT_AUTH_TOKEN" in warnings[0]["message"]

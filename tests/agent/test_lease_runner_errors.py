@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
-from support.agent import write_local_dataset
+from support.logs import Events
+from support.manifests import write_local_dataset
 
 from mx8_agent.serve.trainer_hub import TrainerHub
 from mx8_agent.work.ack_tracker import LeaseRef
@@ -73,7 +73,7 @@ async def make_runner(tmp_path: Path) -> AsyncIterator[Any]:
         hub = TrainerHub(max_bytes=1 << 20, on_acked=lambda batch: None)
         hub.set_batch_size(4)  # "a trainer connected": the lease loop may ask for work
         return LeaseRunner(
-            client=client,  # type: ignore[arg-type]
+            client=client,
             job_id="default",
             node_id="a",
             table=table,
@@ -107,18 +107,17 @@ def hold_two_leases(runner: LeaseRunner) -> None:
     ids=lambda e: type(e).__name__,
 )
 async def test_lease_runner_drops_a_lease_the_coordinator_took_back(
-    make_runner: Any, error: Mx8Error
+    make_runner: Any, error: Mx8Error, logs: Events
 ) -> None:
     client = ScriptedCoordinator(report_errors={"L1": error})
     runner = make_runner(client)
     hold_two_leases(runner)
-    with capture_logs() as logs:
-        await runner.report_now()
+    await runner.report_now()
     assert "L1" not in runner.tracker and runner.stats.dropped == {"L1"}
     assert runner.stats.leases_dropped == 1
     # The other lease is still held and was reported as usual.
     assert "L2" in runner.tracker and client.reports == [("L2", 10)]
-    (lost,) = [e for e in logs if e["event"] == "lease_lost"]
+    (lost,) = logs.named("lease_lost")
     assert lost["lease_id"] == "L1" and lost["reason"] == error.event
 
 
@@ -132,28 +131,28 @@ async def test_lease_runner_drops_a_lease_the_coordinator_took_back(
     ids=lambda e: type(e).__name__,
 )
 async def test_lease_runner_stops_on_other_refusals_without_dropping(
-    make_runner: Any, error: Mx8Error
+    make_runner: Any, error: Mx8Error, logs: Events
 ) -> None:
     runner = make_runner(ScriptedCoordinator(report_errors={"L1": error}))
     hold_two_leases(runner)
-    with capture_logs() as logs, pytest.raises(type(error)) as info:
+    with pytest.raises(type(error)) as info:
         await runner.report_now()
     assert info.value is error
     assert "L1" in runner.tracker and runner.stats.leases_dropped == 0
-    assert not [e for e in logs if e["event"] == "lease_lost"]
+    assert not logs.named("lease_lost")
 
 
 async def test_lease_runner_keeps_leases_when_the_coordinator_is_unreachable(
     make_runner: Any,
+    logs: Events,
 ) -> None:
     unreachable = CoordinatorError("coordinator unreachable", address="x", code="UNAVAILABLE")
     runner = make_runner(ScriptedCoordinator(report_errors={"L1": unreachable}))
     hold_two_leases(runner)
-    with capture_logs() as logs:
-        await runner.report_now()  # returns: the next interval tries again
+    await runner.report_now()  # returns: the next interval tries again
     assert "L1" in runner.tracker and "L2" in runner.tracker
     assert runner.stats.leases_dropped == 0
-    assert [e["lease_id"] for e in logs if e["event"] == "progress_report_failed"] == ["L1"]
+    assert [e["lease_id"] for e in logs.named("progress_report_failed")] == ["L1"]
 
 
 @pytest.mark.parametrize(
@@ -167,14 +166,13 @@ async def test_lease_runner_keeps_leases_when_the_coordinator_is_unreachable(
     ids=lambda e: f"{type(e).__name__}-{getattr(e, 'code', '')}",
 )
 async def test_lease_runner_waits_out_a_lease_refusal_worth_retrying(
-    make_runner: Any, error: Mx8Error
+    make_runner: Any, error: Mx8Error, logs: Events
 ) -> None:
     client = ScriptedCoordinator(lease_error=error)
     runner = make_runner(client)
-    with capture_logs() as logs:
-        await runner.run()  # retried, then told the job is drained
+    await runner.run()  # retried, then told the job is drained
     assert client.lease_calls == 2
-    (retry,) = [e for e in logs if e["event"] == "lease_request_retry"]
+    (retry,) = logs.named("lease_request_retry")
     assert retry["reason"] == error.event
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support.agent import assert_eventually, make_batch, new_hub
+from support.agent import make_batch, new_hub
+from support.eventually import assert_eventually
 
 from mx8_agent.serve.trainer_hub import TrainerHub
 from mx8_common.errors import RequestError, TrainerResumeError

@@ -10,14 +10,8 @@ from typing import Any
 import pytest
 import torch
 import torch.utils.data
-from support.api import (
-    assert_eventually,
-    collect,
-    engine_threads,
-    flat,
-    make_local_dataset,
-    make_s3_dataset,
-)
+from support.api import collect, engine_threads, flat, make_local_dataset, make_s3_dataset
+from support.eventually import assert_eventually_blocking
 
 import mx8
 from mx8.batch import Batch
@@ -143,7 +137,7 @@ def test_data_loader_abandoned_loop_stops_the_engine(link: str) -> None:
     ds = mx8.DataLoader(link, batch_size=4)
     for _ in ds:
         break
-    assert_eventually(lambda: not engine_threads())
+    assert_eventually_blocking(lambda: not engine_threads())
     with ds:
         pass
     assert ds.stats()["batches"] == 1

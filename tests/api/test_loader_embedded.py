@@ -13,14 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.api import (
-    assert_eventually,
-    collect,
-    engine_threads,
-    flat,
-    make_local_dataset,
-    make_s3_dataset,
-)
+from support.api import collect, engine_threads, flat, make_local_dataset, make_s3_dataset
+from support.eventually import assert_eventually_blocking
 
 import mx8
 
@@ -149,7 +143,7 @@ def test_loader_stopping_early_resumes_where_it_stopped(local: Dataset) -> None:
     it = iter(loader)
     head = [next(it).sample_ids.tolist() for _ in range(3)]
     it.close()  # the loop ends early: the engine stops, the position stays
-    assert_eventually(lambda: not engine_threads())
+    assert_eventually_blocking(lambda: not engine_threads())
     rest = collect(loader)
     assert flat(head + rest) == list(range(local.size))
 
@@ -220,7 +214,7 @@ def test_load_deleted_object_mid_epoch_raises_in_consumer_and_engine_exits(
         for _ in it:
             pass
     assert info.value.location == last
-    assert_eventually(lambda: not engine_threads())
+    assert_eventually_blocking(lambda: not engine_threads())
 
 
 @pytest.fixture
@@ -238,7 +232,7 @@ def test_load_changed_object_raises_object_changed(local: Dataset) -> None:
     Path(last).write_bytes(b"a different length than before, surely\n" * 3)
     with pytest.raises(mx8.ObjectChangedError):
         list(it)
-    assert_eventually(lambda: not engine_threads())
+    assert_eventually_blocking(lambda: not engine_threads())
 
 
 def test_loader_close_mid_epoch_stops_the_engine(local: Dataset) -> None:
@@ -248,7 +242,7 @@ def test_loader_close_mid_epoch_stops_the_engine(local: Dataset) -> None:
     assert engine_threads()
     loader.close()
     loader.close()  # idempotent
-    assert_eventually(lambda: not engine_threads())
+    assert_eventually_blocking(lambda: not engine_threads())
     assert list(it) == []
 
 
@@ -258,7 +252,7 @@ def test_loader_abandoned_iterator_is_cleaned_up_by_gc(local: Dataset) -> None:
         next(it)
 
     take_one()
-    assert_eventually(lambda: not engine_threads())
+    assert_eventually_blocking(lambda: not engine_threads())
 
 
 @pytest.mark.parametrize("link", ["relative/folder", "s3://", "ftp://host/data", "/abs@sha256:xyz"])

@@ -21,6 +21,7 @@ PUBLIC = [
     "Loader",
     "ManifestError",
     "Mx8Error",
+    "Mx8Loader",
     "ObjectChangedError",
     "ObjectNotFoundError",
     "ResumeError",

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from support.coordinator import assert_eventually
+from support.eventually import assert_eventually
 
 from mx8_common.errors import (
     CoordinatorError,

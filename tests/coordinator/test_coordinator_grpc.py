@@ -9,8 +9,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from structlog.testing import capture_logs
-from support.coordinator import Ledger, assert_eventually, run_node, write_manifest
+from support.coordinator import Ledger, run_node
+from support.eventually import assert_eventually
+from support.logs import Events
+from support.manifests import write_manifest
 
 from mx8_common.errors import CoordinatorError, LeaseNotFoundError
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -61,62 +63,62 @@ async def test_coordinator_per_rank_order_is_deterministic(
 
 
 async def test_coordinator_three_nodes_commit_every_sample_once(
-    manifest_path: Path, start_coordinator
+    manifest_path: Path, start_coordinator, logs: Events
 ) -> None:
     coord = await start_coordinator(
         manifest_path, world_size=3, block_size=50, shuffle=True, seed=3, epochs=3
     )
     ledger = ledger_for(coord)
-    with capture_logs() as events:
-        async with CoordinatorClient(coord.address) as client:
-            await register_all(client, "n1", "n2", "n3")
-            await asyncio.gather(
-                *(
-                    run_node(client, JOB, n, ledger, step=s)
-                    for n, s in (("n1", 7), ("n2", 13), ("n3", 50))
-                )
+    logs.clear()
+    async with CoordinatorClient(coord.address) as client:
+        await register_all(client, "n1", "n2", "n3")
+        await asyncio.gather(
+            *(
+                run_node(client, JOB, n, ledger, step=s)
+                for n, s in (("n1", 7), ("n2", 13), ("n3", 50))
             )
-            snap = await client.get_job_snapshot(JOB)
+        )
+        snap = await client.get_job_snapshot(JOB)
     ledger.assert_exactly_once(3)
     assert snap.job_drained and snap.counters.samples_committed == 3000
     assert [p.committed_samples for p in snap.progress] == [1000, 1000, 1000]
     assert {n.node_id for n in snap.nodes} == {"n1", "n2", "n3"}
-    names = [e["event"] for e in events]
+    names = logs.names()
     assert names.count("epoch_completed") == 3 and names.count("job_drained") == 1
     assert names.count("node_registered") == 3
     assert names.count("lease_completed") == snap.counters.leases_completed == 60
 
 
 async def test_coordinator_requeues_remainder_of_silent_node(
-    manifest_path: Path, start_coordinator
+    manifest_path: Path, start_coordinator, logs: Events
 ) -> None:
     coord = await start_coordinator(
         manifest_path, world_size=2, block_size=100, lease_ttl_ms=400, heartbeat_interval_ms=100
     )
     ledger = ledger_for(coord)
-    with capture_logs() as events:
-        async with CoordinatorClient(coord.address) as client:
-            await register_all(client, "dead", "live")
-            # "dead" takes two leases, commits 3 reports of 7, then goes silent.
-            await run_node(client, JOB, "dead", ledger, want=2, step=7, stop_after=3)
-            (taken,) = [s for s in ledger.by_node["dead"] if s[1] == 0]
+    logs.clear()
+    async with CoordinatorClient(coord.address) as client:
+        await register_all(client, "dead", "live")
+        # "dead" takes two leases, commits 3 reports of 7, then goes silent.
+        await run_node(client, JOB, "dead", ledger, want=2, step=7, stop_after=3)
+        (taken,) = [s for s in ledger.by_node["dead"] if s[1] == 0]
 
-            stop = asyncio.Event()
+        stop = asyncio.Event()
 
-            async def heartbeat() -> None:
-                while not stop.is_set():
-                    await client.heartbeat(JOB, "live")
-                    await asyncio.sleep(0.05)
+        async def heartbeat() -> None:
+            while not stop.is_set():
+                await client.heartbeat(JOB, "live")
+                await asyncio.sleep(0.05)
 
-            beating = asyncio.create_task(heartbeat())
-            await run_node(client, JOB, "live", ledger, want=1)
-            stop.set()
-            await beating
-            snap = await client.get_job_snapshot(JOB)
-            try:
-                await client.report_progress(JOB, "dead", "L1", 30)
-            except LeaseNotFoundError as exc:
-                late = exc
+        beating = asyncio.create_task(heartbeat())
+        await run_node(client, JOB, "live", ledger, want=1)
+        stop.set()
+        await beating
+        snap = await client.get_job_snapshot(JOB)
+        try:
+            await client.report_progress(JOB, "dead", "L1", 30)
+        except LeaseNotFoundError as exc:
+            late = exc
     ledger.assert_exactly_once(1)
     assert late.lease_id == "L1" and "expired at cursor 21" in str(late)
     # The remainder [21, 100) of dead's first lease went to "live" as its own lease.
@@ -124,12 +126,12 @@ async def test_coordinator_requeues_remainder_of_silent_node(
     assert snap.counters.leases_expired == 2 and snap.counters.leases_requeued == 2
     dead_info = next(n for n in snap.nodes if n.node_id == "dead")
     assert not dead_info.alive and dead_info.samples_committed == 21
-    names = [e["event"] for e in events]
+    names = logs.names()
     assert "lease_expired" in names and "lease_requeued" in names and "node_departed" in names
 
 
 async def test_coordinator_restart_resumes_from_lease_log(
-    manifest_path: Path, start_coordinator, tmp_path: Path
+    manifest_path: Path, start_coordinator, tmp_path: Path, logs: Events
 ) -> None:
     settings = dict(world_size=2, block_size=100, shuffle=True, seed=9, epochs=2, lease_ttl_ms=600)
     state = str(tmp_path / "state")
@@ -145,21 +147,21 @@ async def test_coordinator_restart_resumes_from_lease_log(
     committed = sum(len(ids) for ids in ledger.committed.values())
     assert before.counters.samples_committed == committed == 130 + 80 and len(in_flight) == 2
 
-    with capture_logs() as events:
-        coord = await start_coordinator(manifest_path, state_dir=state, **settings)
-        async with CoordinatorClient(coord.address) as client:
-            after = await client.get_job_snapshot(JOB)
-            assert after.counters.samples_committed == before.counters.samples_committed
-            assert {le.lease_id: le.cursor for le in after.live_leases} == in_flight
-            # Node "a" resumes its in-flight lease from its logged cursor...
-            a_lease = next(le for le in after.live_leases if le.node_id == "a")
-            end = a_lease.range.end_id
-            await client.report_progress(JOB, "a", a_lease.lease_id, end)
-            ledger.commit(a_lease.range.epoch, a_lease.cursor, end)
-            # ...while "b" never comes back: its lease expires and is re-queued later.
-            await run_node(client, JOB, "a", ledger)
+    logs.clear()
+    coord = await start_coordinator(manifest_path, state_dir=state, **settings)
+    async with CoordinatorClient(coord.address) as client:
+        after = await client.get_job_snapshot(JOB)
+        assert after.counters.samples_committed == before.counters.samples_committed
+        assert {le.lease_id: le.cursor for le in after.live_leases} == in_flight
+        # Node "a" resumes its in-flight lease from its logged cursor...
+        a_lease = next(le for le in after.live_leases if le.node_id == "a")
+        end = a_lease.range.end_id
+        await client.report_progress(JOB, "a", a_lease.lease_id, end)
+        ledger.commit(a_lease.range.epoch, a_lease.cursor, end)
+        # ...while "b" never comes back: its lease expires and is re-queued later.
+        await run_node(client, JOB, "a", ledger)
     ledger.assert_exactly_once(2)
-    names = [e["event"] for e in events]
+    names = logs.names()
     assert "lease_log_replayed" in names and names.count("job_drained") == 1
 
 
@@ -206,7 +208,7 @@ async def test_coordinator_health_reflection_and_metrics(
 async def test_coordinator_serves_manifest_whole_and_streamed(
     tmp_path: Path, start_coordinator
 ) -> None:
-    path = write_manifest(tmp_path / "m", 30_000)  # ~1 MiB: more than one chunk
+    path = write_manifest(tmp_path / "m", 30_000).path  # ~1 MiB: more than one chunk
     coord = await start_coordinator(path)
     stored = path.read_bytes()
     digest = hashlib.sha256(stored).hexdigest()

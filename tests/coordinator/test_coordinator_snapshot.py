@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from structlog.testing import capture_logs
+from support.logs import Events
 
 from mx8_common.manifest.reader import parse_canonical_manifest_tsv_bytes
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -46,7 +46,7 @@ async def test_coordinator_snapshot_from_s3_prefix_into_s3_store(
     ]  # fmt: skip
 
 
-async def test_coordinator_snapshot_restart_pins_logged_hash(tmp_path: Path) -> None:
+async def test_coordinator_snapshot_restart_pins_logged_hash(tmp_path: Path, logs: Events) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     for i in range(12):
@@ -72,13 +72,13 @@ async def test_coordinator_snapshot_restart_pins_logged_hash(tmp_path: Path) -> 
     )
     assert moved.manifest_hash != first_hash and moved.samples == 13
 
-    with capture_logs() as events:
-        async with Coordinator(config) as coord, CoordinatorClient(coord.address) as client:
-            again = await client.register_node(JOB, "a")
-            snap = await client.get_job_snapshot(JOB)
+    logs.clear()
+    async with Coordinator(config) as coord, CoordinatorClient(coord.address) as client:
+        again = await client.register_node(JOB, "a")
+        snap = await client.get_job_snapshot(JOB)
     # The lease log's positions belong to the first snapshot: the restart must keep it.
     assert again.manifest_hash == first_hash and again.total_samples == 12
     assert [(le.lease_id, le.cursor) for le in snap.live_leases] == [(lease.lease_id, 2)]
-    resolved = next(e for e in events if e["event"] == "snapshot_resolved")
+    (resolved,) = logs.named("snapshot_resolved")
     assert resolved["indexed"] is False
-    assert not any(e["event"] == "snapshot_index_summary" for e in events)
+    assert not logs.named("snapshot_index_summary")

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from support.clock import FakeClock
 
 from mx8_common.errors import LeaseNotFoundError, LeaseRangeError, LeaseStateError
 from mx8_common.sample_order import EpochOrder
 from mx8_coordinator.state.lease_scheduler import LeaseScheduler, RestoredLease, Span
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def make(
     total: int = 100, block: int = 10, epochs: int = 1, ttl: int = 1000, shuffle: bool = False
 ):
-    clock = FakeClock()
+    clock = FakeClock(1_000)
     sched = LeaseScheduler(
         total=total,
         epochs=epochs,

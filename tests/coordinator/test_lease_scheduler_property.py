@@ -10,6 +10,7 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.clock import FakeClock
 
 from mx8_common.sample_order import EpochOrder
 from mx8_coordinator.state.lease_scheduler import LeaseScheduler
@@ -17,20 +18,12 @@ from mx8_coordinator.state.lease_scheduler import LeaseScheduler
 OPS = ("acquire", "report", "report", "report", "tick", "kill", "revive", "join")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-
 class Model:
     """Drives a scheduler and records every committed range it reports."""
 
     def __init__(self, total: int, block: int, epochs: int, nodes: int, shuffle: bool) -> None:
         self.total, self.epochs = total, epochs
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.sched = LeaseScheduler(
             total=total,
             epochs=epochs,

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from support.coordinator import write_manifest
+from support.manifests import write_manifest
 
 from mx8_common.errors import (
     ManifestHashMismatch,
@@ -25,7 +25,7 @@ from mx8_coordinator.rpc.manifest_serving import (
 
 
 async def test_file_manifest_source_counts_and_hashes(tmp_path: Path) -> None:
-    path = write_manifest(tmp_path, 321)
+    path = write_manifest(tmp_path, 321).path
     data = path.read_bytes()
     src = await FileManifestSource.open(path)
     assert isinstance(src, ManifestSource)
@@ -39,7 +39,7 @@ async def test_file_manifest_source_counts_and_hashes(tmp_path: Path) -> None:
 
 
 async def test_file_manifest_source_rejects_bad_files(tmp_path: Path) -> None:
-    path = write_manifest(tmp_path, 5)
+    path = write_manifest(tmp_path, 5).path
     with pytest.raises(ManifestHashMismatch, match="not the pinned"):
         await FileManifestSource.open(path, expected_hash="0" * 64)
     bad = tmp_path / "bad.tsv"
@@ -49,7 +49,7 @@ async def test_file_manifest_source_rejects_bad_files(tmp_path: Path) -> None:
 
 
 async def test_manifest_chunks_fail_closed_when_source_shrinks(tmp_path: Path) -> None:
-    path = write_manifest(tmp_path, 100)
+    path = write_manifest(tmp_path, 100).path
     src = await FileManifestSource.open(path)
     path.write_bytes(path.read_bytes()[:500])  # the file lost its tail after it was opened
     with pytest.raises(ManifestTruncated, match="ended at byte 500"):
@@ -58,7 +58,7 @@ async def test_manifest_chunks_fail_closed_when_source_shrinks(tmp_path: Path) -
 
 
 async def test_store_manifest_source_reads_ranges_from_fs_store(tmp_path: Path) -> None:
-    path = write_manifest(tmp_path / "m", 2000)
+    path = write_manifest(tmp_path / "m", 2000).path
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     async with open_manifest_store(str(tmp_path / "store")) as store:

@@ -6,7 +6,7 @@ import hashlib
 import tracemalloc
 from pathlib import Path
 
-from support.coordinator import write_manifest
+from support.manifests import PADDED_LOCATION, write_manifest
 
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 
@@ -14,7 +14,7 @@ MiB = 1 << 20
 
 
 async def test_manifest_stream_memory_stays_bounded(tmp_path: Path, start_coordinator) -> None:
-    path = write_manifest(tmp_path / "m", 100_000, location_pad=200)
+    path = write_manifest(tmp_path / "m", 100_000, location=PADDED_LOCATION).path
     size = path.stat().st_size
     assert size > 20 * MiB
     stored_digest = hashlib.sha256(path.read_bytes()).hexdigest()

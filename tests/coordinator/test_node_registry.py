@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from support.clock import FakeClock
 
 from mx8_common.errors import JobNotReadyError, NodeIdInUseError, NodeNotRegisteredError
 from mx8_coordinator.state.node_registry import NodeRegistry
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def test_node_registry_freezes_with_sorted_ranks() -> None:
-    reg = NodeRegistry(freeze_size=3, node_ttl_ms=100, clock=Clock())
+    reg = NodeRegistry(freeze_size=3, node_ttl_ms=100, clock=FakeClock())
     assert reg.register("zeta").rank is None
     assert not reg.register("alpha").ready
     with pytest.raises(JobNotReadyError, match="2 of 3 nodes registered"):
@@ -29,7 +22,7 @@ def test_node_registry_freezes_with_sorted_ranks() -> None:
 
 
 def test_node_registry_rejoin_keeps_rank_and_late_node_is_extra() -> None:
-    reg = NodeRegistry(freeze_size=2, node_ttl_ms=100, clock=Clock())
+    reg = NodeRegistry(freeze_size=2, node_ttl_ms=100, clock=FakeClock())
     reg.register("b")
     reg.register("a")
     again = reg.register("b")
@@ -39,7 +32,7 @@ def test_node_registry_rejoin_keeps_rank_and_late_node_is_extra() -> None:
 
 
 def test_node_registry_silent_node_departs_and_heartbeat_revives() -> None:
-    clock = Clock()
+    clock = FakeClock()
     reg = NodeRegistry(freeze_size=2, node_ttl_ms=100, clock=clock)
     reg.register("a")
     reg.register("b")
@@ -53,7 +46,7 @@ def test_node_registry_silent_node_departs_and_heartbeat_revives() -> None:
 
 
 def test_node_registry_unranked_node_leaving_does_not_count_towards_freeze() -> None:
-    clock = Clock()
+    clock = FakeClock()
     reg = NodeRegistry(freeze_size=2, node_ttl_ms=100, clock=clock)
     reg.register("a")
     clock.now = 100
@@ -64,7 +57,7 @@ def test_node_registry_unranked_node_leaving_does_not_count_towards_freeze() -> 
 
 
 def test_node_registry_restore_is_frozen_with_logged_ranks() -> None:
-    reg = NodeRegistry(freeze_size=5, node_ttl_ms=100, clock=Clock())
+    reg = NodeRegistry(freeze_size=5, node_ttl_ms=100, clock=FakeClock())
     reg.restore({"x": 1, "y": 0})
     assert reg.ready and reg.world_size == 2
     assert reg.register("x").rank == 1
@@ -72,7 +65,7 @@ def test_node_registry_restore_is_frozen_with_logged_ranks() -> None:
 
 
 def test_node_registry_refuses_a_live_node_id_from_another_incarnation_naming_its_host() -> None:
-    clock = Clock()
+    clock = FakeClock()
     reg = NodeRegistry(freeze_size=1, node_ttl_ms=100, clock=clock)
     reg.register("n0", "host-a", incarnation="first")
     clock.now = 50
@@ -86,7 +79,7 @@ def test_node_registry_refuses_a_live_node_id_from_another_incarnation_naming_it
 
 
 def test_node_registry_gives_a_silent_node_id_to_its_restarted_agent() -> None:
-    clock = Clock()
+    clock = FakeClock()
     reg = NodeRegistry(freeze_size=1, node_ttl_ms=100, clock=clock)
     reg.register("n0", "host-a", incarnation="before-restart")
     clock.now = 100  # silent for the TTL: the old process is gone

@@ -12,14 +12,15 @@ import asyncio
 import json
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.agent import DaemonProcess, TrainerRun, run_trainer, write_local_dataset
+from support.agent import DaemonProcess, TrainerRun, run_trainer
+from support.eventually import assert_eventually_blocking
 from support.fake_coordinator import FakeCoordinator
+from support.manifests import write_local_dataset
 
 from mx8_common.errors import AgentError
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -196,10 +197,7 @@ async def test_agent_processes_sigkill_mid_epoch_survivor_finishes_committed_onc
         if seen_b == 10:
             # Batches 1-9 are acked, so b's first 100-sample lease is complete: wait until
             # the coordinator committed it, then kill b mid-epoch with batches in flight.
-            deadline = time.monotonic() + 10
-            while asyncio.run(committed_by(address, "b")) < 100:
-                assert time.monotonic() < deadline, "b never reported its acked lease"
-                time.sleep(0.02)
+            assert_eventually_blocking(lambda: asyncio.run(committed_by(address, "b")) >= 100)
             os.kill(b.proc.pid, signal.SIGKILL)
 
     run_a, run_b = await asyncio.gather(

@@ -15,7 +15,9 @@ from typing import Any
 
 import psutil
 import pytest
-from support.coordinator import Ledger, assert_eventually, run_node, write_manifest
+from support.coordinator import Ledger, run_node
+from support.eventually import assert_eventually
+from support.manifests import PADDED_LOCATION, write_manifest
 
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 
@@ -142,7 +144,7 @@ async def test_coordinator_process_kill9_restart_resumes_without_reindex(
 async def test_coordinator_process_sigterm_drains_and_exits_zero(
     tmp_path: Path, processes: list[CoordinatorProcess]
 ) -> None:
-    manifest = write_manifest(tmp_path / "m", 50)
+    manifest = write_manifest(tmp_path / "m", 50).path
     state = tmp_path / "state"
     args = [
         "--dataset", str(manifest), "--listen", "127.0.0.1:0", "--state-dir", str(state),
@@ -179,7 +181,7 @@ async def test_coordinator_process_bad_flags_exit_2(tmp_path: Path) -> None:
 async def test_coordinator_process_memory_bounded_while_streaming(
     tmp_path: Path, processes: list[CoordinatorProcess]
 ) -> None:
-    manifest = write_manifest(tmp_path / "m", 160_000, location_pad=200)
+    manifest = write_manifest(tmp_path / "m", 160_000, location=PADDED_LOCATION).path
     size = manifest.stat().st_size
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     proc = CoordinatorProcess(

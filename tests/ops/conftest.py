@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.ops import Pki, make_pki, write_manifest
+from support.manifests import write_manifest
+from support.ops import Pki, make_pki
 
 from mx8_coordinator.server import Coordinator
 
@@ -21,7 +22,7 @@ def _no_ambient_security(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def manifest_path(tmp_path: Path) -> Path:
-    return write_manifest(tmp_path / "m", 600)
+    return write_manifest(tmp_path / "m", 600).path
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from structlog.testing import capture_logs
+from support.logs import Events
 from support.ops import Pki
 
 from mx8_common.errors import ConfigError, CoordinatorError
@@ -206,13 +206,12 @@ def test_grpc_security_is_loopback(listen: str, loopback: bool) -> None:
     assert is_loopback(listen) is loopback
 
 
-def test_grpc_security_warn_if_exposed_events(pki: Pki) -> None:
+def test_grpc_security_warn_if_exposed_events(pki: Pki, logs: Events) -> None:
     tls = TlsConfig(cert=pki.server_cert, key=pki.server_key)
-    with capture_logs() as logs:
-        assert not warn_if_exposed("127.0.0.1:1", None, component="t")
-        assert not warn_if_exposed("0.0.0.0:1", "tok", tls=tls, component="t")
-        assert warn_if_exposed("0.0.0.0:1", None, component="t")
-        assert warn_if_exposed("0.0.0.0:1", "tok", component="t")
+    assert not warn_if_exposed("127.0.0.1:1", None, component="t")
+    assert not warn_if_exposed("0.0.0.0:1", "tok", tls=tls, component="t")
+    assert warn_if_exposed("0.0.0.0:1", None, component="t")
+    assert warn_if_exposed("0.0.0.0:1", "tok", component="t")
     assert [(e["event"], e["log_level"]) for e in logs] == [
         ("grpc_exposed_without_auth", "warning"),
         ("grpc_token_without_tls", "warning"),
@@ -222,8 +221,8 @@ def test_grpc_security_warn_if_exposed_events(pki: Pki) -> None:
 
 async def test_grpc_security_coordinator_warns_on_all_interfaces_without_token(
     start_coordinator: StartCoordinator,
+    logs: Events,
 ) -> None:
-    with capture_logs() as logs:
-        await start_coordinator(listen="0.0.0.0:0")
-    warnings = [e for e in logs if e["event"] == "grpc_exposed_without_auth"]
+    await start_coordinator(listen="0.0.0.0:0")
+    warnings = logs.named("grpc_exposed_without_auth")
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.eventually import assert_eventually
 from support.ops import drive_partial_job
 
 from mx8_common.obs.http_exporter import HttpExporter
@@ -117,8 +118,7 @@ async def test_status_page_shows_resolving_before_the_snapshot(
     coord = Coordinator(config, source=slow_source)
     starting = asyncio.create_task(coord.start())
     try:
-        while coord.metrics_port is None:
-            await asyncio.sleep(0.01)
+        await assert_eventually(lambda: coord.metrics_port is not None)
         _, _, body = await get(f"http://127.0.0.1:{coord.metrics_port}/api/status")
         assert json.loads(body)["state"] == "resolving"
         _, _, page = await get(f"http://127.0.0.1:{coord.metrics_port}/")

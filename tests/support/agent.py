@@ -1,4 +1,4 @@
-"""Helpers of the agent tests: datasets on disk, daemons as processes, trainers in threads."""
+"""Helpers of the agent tests: daemons as processes, trainers in threads, hubs and batches."""
 
 from __future__ import annotations
 
@@ -17,60 +17,17 @@ import numpy as np
 
 from mx8._agent_client import AgentStreamClient
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
-from mx8_common.manifest.format import ManifestWriter
 from mx8_common.rpc.coordinator_client import CoordinatorClient
-from support.eventually import assert_eventually as _assert_eventually
+from support.eventually import assert_eventually
 
 __all__ = [
     "DaemonProcess",
     "TrainerRun",
-    "assert_eventually",
     "committed",
     "make_batch",
     "new_hub",
     "run_trainer",
-    "sample_size",
-    "write_local_dataset",
 ]
-
-
-def sample_size(i: int) -> int:
-    """Byte size of sample ``i`` in the test datasets (varied, never 0)."""
-    return 50 + (i * 37) % 200
-
-
-def sample_bytes(i: int) -> bytes:
-    return i.to_bytes(4, "big") * (sample_size(i) // 4) + b"x" * (sample_size(i) % 4)
-
-
-def write_local_dataset(
-    root: Path, samples: int, *, labels: int = 0, with_lengths: bool = True
-) -> Path:
-    """Files ``root/data/NNNNNN.bin`` and a canonical manifest of them at ``root/manifest.tsv``.
-
-    With ``labels`` > 0 each row carries ``label_id = i % labels`` as its decode hint.
-    """
-    data = root / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    with ManifestWriter(root) as writer:
-        for i in range(samples):
-            path = data / f"{i:06d}.bin"
-            path.write_bytes(sample_bytes(i))
-            hint = f"mx8:vision:imagefolder;label_id={i % labels}" if labels else ""
-            writer.write(
-                str(path), byte_length=sample_size(i) if with_lengths else None, decode_hint=hint
-            )
-        written = writer.finish()
-    path = root / "manifest.tsv"
-    os.replace(written.path, path)
-    return path
-
-
-async def assert_eventually(
-    check: Callable[[], Any], *, timeout_s: float = 20.0, interval_s: float = 0.02
-) -> Any:
-    """The shared poller with this package's longer default (agent processes start slowly)."""
-    return await _assert_eventually(check, timeout_s=timeout_s, interval_s=interval_s)
 
 
 @dataclass

@@ -14,15 +14,8 @@ import pytest
 
 from mx8_agent.agent import Agent
 from mx8_agent.config import AgentConfig
-from mx8_common.obs.events import configure_logging
-from support.agent import DaemonProcess, assert_eventually
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _logging_configured() -> None:
-    """Configure structlog up front: a lazy first configure inside ``capture_logs`` would
-    replace the capturing processors and lose the events a test asserts on."""
-    configure_logging()
+from support.agent import DaemonProcess
+from support.eventually import assert_eventually
 
 
 @pytest.fixture

@@ -1,15 +1,13 @@
-"""Helpers of the trainer-API tests: small real datasets on disk and in S3, polling."""
+"""Helpers of the trainer-API tests: small real datasets on disk and in S3."""
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "assert_eventually",
     "collect",
     "engine_threads",
     "flat",
@@ -70,17 +68,3 @@ def flat(batches: Iterable[Iterable[int]]) -> list[int]:
 def engine_threads() -> list[threading.Thread]:
     """Live background fetch-engine threads of this process."""
     return [t for t in threading.enumerate() if t.name == "mx8-engine" and t.is_alive()]
-
-
-def assert_eventually(
-    check: Callable[[], Any], *, timeout_s: float = 10.0, interval_s: float = 0.02
-) -> Any:
-    """Poll ``check`` until it returns a truthy value; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s (last: {value!r})")
-        time.sleep(interval_s)

@@ -1,30 +1,14 @@
-"""Helpers of the coordinator tests: real manifest files, polling, a node driven by a client."""
+"""Helpers of the coordinator tests: a node driven by a client, and the ledger it fills."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from mx8_common.manifest.format import ManifestWriter
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.sample_order import EpochOrder
-from support.eventually import assert_eventually
 
-__all__ = ["Ledger", "assert_eventually", "run_node", "write_manifest"]
-
-
-def write_manifest(directory: Path, samples: int, *, location_pad: int = 0) -> Path:
-    """A canonical manifest of ``samples`` rows at ``directory/manifest.tsv``."""
-    pad = "x" * location_pad
-    with ManifestWriter(directory) as writer:
-        for i in range(samples):
-            writer.write(f"s3://bucket/{pad}obj-{i:08d}.bin", byte_length=100 + i % 7)
-        written = writer.finish()
-    path = directory / "manifest.tsv"
-    os.replace(written.path, path)
-    return path
+__all__ = ["Ledger", "run_node"]
 
 
 @dataclass

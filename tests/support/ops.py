@@ -1,10 +1,9 @@
-"""Helpers of the operator-surface tests: certificates, manifests, a job driven by clients."""
+"""Helpers of the operator-surface tests: certificates and a job driven by clients."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,21 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mx8_common.manifest.format import ManifestWriter
-from support.eventually import assert_eventually
-
-__all__ = ["Pki", "assert_eventually", "drive_partial_job", "make_pki", "write_manifest"]
-
-
-def write_manifest(directory: Path, samples: int) -> Path:
-    """A canonical manifest of ``samples`` rows at ``directory/manifest.tsv``."""
-    with ManifestWriter(directory) as writer:
-        for i in range(samples):
-            writer.write(f"s3://bucket/obj-{i:06d}.bin", byte_length=100 + i % 7)
-        written = writer.finish()
-    path = directory / "manifest.tsv"
-    os.replace(written.path, path)
-    return path
+__all__ = ["Pki", "drive_partial_job", "make_pki"]
 
 
 @dataclass(frozen=True)

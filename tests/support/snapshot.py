@@ -1,14 +1,18 @@
-"""Helpers shared by the snapshot resolver and manifest store tests (local and S3)."""
+"""Helpers of the snapshot resolver tests (local and S3)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
+import threading
 
-from mx8_common.manifest.format import ManifestWriter, WrittenManifest
 from mx8_common.manifest.reader import parse_canonical_manifest_tsv_bytes
-from mx8_common.snapshot.resolver import ResolvedSnapshot, SnapshotResolverConfig
+from mx8_common.snapshot.resolver import (
+    ResolvedSnapshot,
+    SnapshotResolverConfig,
+    resolve_snapshot,
+)
 
-__all__ = ["cfg", "rows", "write_manifest"]
+__all__ = ["cfg", "resolve_in_threads", "rows"]
 
 
 def cfg(store_root: str, **kw: object) -> SnapshotResolverConfig:
@@ -27,9 +31,30 @@ def rows(resolved: ResolvedSnapshot) -> list[tuple[str, int | None, str]]:
     ]
 
 
-def write_manifest(directory: Path, n: int, tag: str = "x") -> WrittenManifest:
-    """A finished manifest of ``n`` rows (not renamed anywhere)."""
-    with ManifestWriter(directory) as w:
-        for i in range(n):
-            w.write(f"s3://bkt/{tag}/{i:05d}.bin", None, i + 1, "")
-        return w.finish()
+def resolve_in_threads(
+    link: str, config: SnapshotResolverConfig, threads: int = 8, *, join_s: float = 60.0
+) -> list[ResolvedSnapshot]:
+    """``threads`` resolvers of ``link`` started at once, each in its own thread and event
+    loop (how several trainer processes of one host meet); fails on any thread's error."""
+    barrier = threading.Barrier(threads)
+    results: list[ResolvedSnapshot] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        async def go() -> ResolvedSnapshot:
+            barrier.wait()
+            return await resolve_snapshot(link, config)
+
+        try:
+            results.append(asyncio.run(go()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join(join_s)
+    assert not errors, errors
+    assert len(results) == threads
+    return results

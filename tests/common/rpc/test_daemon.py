@@ -18,8 +18,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from structlog.testing import capture_logs
 from support.eventually import assert_eventually
+from support.logs import Events
 
 from mx8_common.errors import ConfigError
 from mx8_common.rpc.channels import aio_channel, grpc_target, sync_channel, unix_socket_path
@@ -144,15 +144,15 @@ async def test_daemon_busy_port_is_config_error_and_cleans_up() -> None:
         assert second.calls == ["drain", "close"]
 
 
-async def test_daemon_run_returns_when_its_work_is_done() -> None:
+async def test_daemon_run_returns_when_its_work_is_done(logs: Events) -> None:
     done = asyncio.Event()
 
     async def work() -> None:
         done.set()
 
     toy = Toy(tcp(), work)
-    with capture_logs() as logs:
-        await asyncio.wait_for(toy.run(), 10)
+    logs.clear()
+    await asyncio.wait_for(toy.run(), 10)
     assert done.is_set() and toy.calls == ["open", "drain", "close"]
     assert [e["event"] for e in logs if e["event"] == "toy_stopped"] == ["toy_stopped"]
 

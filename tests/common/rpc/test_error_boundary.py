@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from structlog.testing import capture_logs
+from support.logs import Events
 
 from mx8._agent_client import AgentStreamClient
 from mx8_common import errors
@@ -203,17 +203,19 @@ async def test_error_boundary_status_codes_follow_the_table(served: tuple[Raisin
 
 async def test_error_boundary_unknown_exception_is_internal_and_logged(
     served: tuple[Raising, str],
+    logs: Events,
 ) -> None:
     servicer, address = served
     servicer.error = KeyError("secret-internal-detail")
     async with CoordinatorClient(address, tls=TlsConfig(), token="") as client:
-        with capture_logs() as logs, pytest.raises(CoordinatorError) as info:
+        logs.clear()
+        with pytest.raises(CoordinatorError) as info:
             await client.heartbeat("job", "node")
     assert info.value.code == "INTERNAL"
     # Only a generic line crosses the wire: no exception text, no traceback.
     assert "secret-internal-detail" not in str(info.value)
     assert "Traceback" not in str(info.value) and "rpc_internal_error" in str(info.value)
-    (event,) = [e for e in logs if e["event"] == "rpc_internal_error"]
+    (event,) = logs.named("rpc_internal_error")
     assert event["method"] == "/mx8.v1.Coordinator/Heartbeat"
     assert event["error_type"] == "KeyError" and "secret-internal-detail" in event["error"]
 

@@ -7,16 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
+from support.eventually import assert_eventually
+from support.logs import Events
 
 from mx8_common.errors import LockTimeoutError
 from mx8_common.link import parse_dataset_link
-from mx8_common.obs.events import configure_logging
 from mx8_common.snapshot.lock import SnapshotLock, run_single_writer
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, intent_key, resolve_snapshot
 from mx8_common.store import ManifestStore, open_manifest_store
@@ -37,21 +35,6 @@ asyncio.run(main())
 """
 
 
-@pytest.fixture(autouse=True)
-def _logging_configured() -> None:
-    # events.get_logger configures structlog lazily on first use, which would replace
-    # capture_logs' processors if the first event fell inside a capture block.
-    configure_logging()
-
-
-@pytest.fixture(params=["fs", "s3"])
-def store_root_any(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "fs":
-        return str(tmp_path / "store")
-    bucket = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/store"
-
-
 def _dataset(tmp_path: Path) -> Path:
     root = tmp_path / "ds"
     root.mkdir()
@@ -60,15 +43,8 @@ def _dataset(tmp_path: Path) -> Path:
     return root
 
 
-async def _wait_until(cond: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_snapshot_lock_stale_lock_of_killed_holder_is_recovered(
-    store_root_any: str, tmp_path: Path
+    store_root_any: str, tmp_path: Path, logs: Events
 ) -> None:
     root = _dataset(tmp_path)
     cfg = SnapshotResolverConfig(store_root=store_root_any, lock_stale_ms=500, label_mode="none")
@@ -85,10 +61,10 @@ async def test_snapshot_lock_stale_lock_of_killed_holder_is_recovered(
         holder.wait(10)
         async with open_manifest_store(store_root_any) as store:
             assert await store.lock_read(key) is not None
-            with capture_logs() as logs:
-                resolved = await resolve_snapshot(str(root), cfg, store=store)
+            logs.clear()
+            resolved = await resolve_snapshot(str(root), cfg, store=store)
             assert resolved.indexed and resolved.samples == 5
-            events = [e["event"] for e in logs]
+            events = logs.names()
             assert "snapshot_lock_stale_takeover" in events
             assert events.count("snapshot_indexer_elected") == 1
             assert await store.lock_read(key) is None  # released after indexing
@@ -101,7 +77,7 @@ async def test_snapshot_lock_stale_lock_of_killed_holder_is_recovered(
 
 
 async def test_snapshot_lock_wait_times_out_while_live_holder_heartbeats(
-    store_root_any: str, tmp_path: Path
+    store_root_any: str, tmp_path: Path, logs: Events
 ) -> None:
     root = _dataset(tmp_path)
     cfg = SnapshotResolverConfig(
@@ -113,11 +89,12 @@ async def test_snapshot_lock_wait_times_out_while_live_holder_heartbeats(
         holder = SnapshotLock(store, key, link="holder", stale_ms=1500, heartbeat_ms=50)
         assert await holder.try_acquire()
         try:
-            with capture_logs() as logs, pytest.raises(LockTimeoutError) as info:
+            logs.clear()
+            with pytest.raises(LockTimeoutError) as info:
                 # Longer than stale_ms: only the heartbeat keeps the lock from a takeover.
                 await resolve_snapshot(str(root), cfg, store=store)
             assert "MX8_SNAPSHOT_WAIT_TIMEOUT_MS" in str(info.value)
-            events = [e["event"] for e in logs]
+            events = logs.names()
             assert events.count("snapshot_index_waiting") == 1
             assert "snapshot_lock_stale_takeover" not in events
             assert holder.held
@@ -126,7 +103,7 @@ async def test_snapshot_lock_wait_times_out_while_live_holder_heartbeats(
         assert await store.lock_read(key) is None
 
 
-async def test_run_single_writer_elects_one_and_others_reuse(tmp_path: Path) -> None:
+async def test_run_single_writer_elects_one_and_others_reuse(tmp_path: Path, logs: Events) -> None:
     store: ManifestStore = open_manifest_store(str(tmp_path / "store"))
     result: dict[str, str] = {}
     started = asyncio.Event()
@@ -141,27 +118,26 @@ async def test_run_single_writer_elects_one_and_others_reuse(tmp_path: Path) -> 
         result["value"] = "hash-1"
         return "hash-1"
 
-    with capture_logs() as logs:
-        first = asyncio.create_task(
+    first = asyncio.create_task(
+        run_single_writer(store, "k", link="L", find_done=find_done, index=index)
+    )
+    await started.wait()
+    others = [
+        asyncio.create_task(
             run_single_writer(store, "k", link="L", find_done=find_done, index=index)
         )
-        await started.wait()
-        others = [
-            asyncio.create_task(
-                run_single_writer(store, "k", link="L", find_done=find_done, index=index)
-            )
-            for _ in range(3)
-        ]
+        for _ in range(3)
+    ]
 
-        async def all_waiting() -> bool:
-            return sum(e["event"] == "snapshot_index_waiting" for e in logs) == 3
+    async def all_waiting() -> bool:
+        return len(logs.named("snapshot_index_waiting")) == 3
 
-        await _wait_until(all_waiting)
-        finish.set()
-        results = await asyncio.gather(first, *others)
+    await assert_eventually(all_waiting)
+    finish.set()
+    results = await asyncio.gather(first, *others)
     assert results[0] == ("hash-1", True)
     assert all(r == ("hash-1", False) for r in results[1:])
-    assert sum(e["event"] == "snapshot_indexer_elected" for e in logs) == 1
+    assert len(logs.named("snapshot_indexer_elected")) == 1
     assert await store.lock_read("k") is None
 
 

@@ -10,18 +10,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
+from support.eventually import assert_eventually
+from support.logs import Events
 from support.snapshot import cfg as make_cfg
 
 from mx8_common.errors import ConfigError, LockTimeoutError
 from mx8_common.link import parse_dataset_link
-from mx8_common.obs.events import configure_logging
 from mx8_common.snapshot.lock import LockHolder, SnapshotLock, parse_lock_body, run_single_writer
+from mx8_common.snapshot.page_source import PageSource
 from mx8_common.snapshot.resolver import (
     SnapshotResolverConfig,
     _Progress,
@@ -68,44 +69,13 @@ def _waiter(store: ManifestStore, result: dict[str, str], **options: Any) -> Any
     )
 
 
-@pytest.fixture(autouse=True)
-def _logging_configured() -> None:
-    # events.get_logger configures structlog lazily on first use, which would replace
-    # capture_logs' processors if the first event fell inside a capture block.
-    configure_logging()
-
-
-@pytest.fixture(params=["fs", "s3"])
-def store_root_any(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "fs":
-        return str(tmp_path / "store")
-    bucket = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/store"
-
-
-async def _wait_until(cond: Callable[[], Any], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in logs if e["event"] == name]
-
-
 async def _body_count(store: ManifestStore, key: str) -> int | None:
     state = await store.lock_read(key)
     holder = parse_lock_body(state.body) if state is not None else None
     return holder.objects_indexed if holder is not None else None
 
 
-class _GatedSource:
+class _GatedSource(PageSource):
     """A listing that yields one page of ``per_page`` keys each time the test allows it."""
 
     def __init__(self, per_page: int = 5) -> None:
@@ -128,7 +98,7 @@ class _GatedSource:
         return f"s3://bkt/ds/{key}"
 
 
-class _MustNotList:
+class _MustNotList(PageSource):
     """The waiter's listing: touching it means the waiter indexed, which it must not."""
 
     async def pages(self) -> AsyncIterator[list[tuple[str, int]]]:
@@ -140,7 +110,7 @@ class _MustNotList:
 
 
 async def test_snapshot_waiter_outlasts_stale_periods_while_holder_progresses(
-    store_root_any: str, tmp_path: Path
+    store_root_any: str, tmp_path: Path, logs: Events
 ) -> None:
     link = str(tmp_path / "ds")
     cfg = make_cfg(store_root_any, lock_stale_ms=_STALE_MS, label_mode="none")
@@ -148,37 +118,35 @@ async def test_snapshot_waiter_outlasts_stale_periods_while_holder_progresses(
     key = intent_key(parse_dataset_link(link), cfg)
     source = _GatedSource()
     async with open_manifest_store(store_root_any) as store:
-        with capture_logs() as logs:
-            holder = asyncio.create_task(
-                resolve_snapshot(link, cfg, store=store, page_source=source)
-            )
-            await _wait_until(lambda: _events(logs, "snapshot_indexer_elected"))
-            # The waiter runs its progress display too (a no-op off a TTY, but exercised).
-            waiter_cfg = dataclasses.replace(cfg, show_progress=True)
-            waiter = asyncio.create_task(
-                resolve_snapshot(link, waiter_cfg, store=store, page_source=_MustNotList())
-            )
-            await _wait_until(lambda: _events(logs, "snapshot_index_waiting"))
-            waiting_since = time.monotonic()
-            # One page at a time, each step ending when a heartbeat has published it,
-            # until the waiter has waited through several stale periods.
-            published: list[int] = []
-            while time.monotonic() - waiting_since < 4 * _STALE_MS / 1000:
-                source.allow()
-                want = (len(published) + 1) * source.per_page
-                await _wait_until(lambda w=want: _is(store, key, w))
-                published.append(want)
-                assert not waiter.done()
-            source.end()
-            held, waited = await asyncio.gather(holder, waiter)
+        logs.clear()
+        holder = asyncio.create_task(resolve_snapshot(link, cfg, store=store, page_source=source))
+        await assert_eventually(lambda: logs.named("snapshot_indexer_elected"))
+        # The waiter runs its progress display too (a no-op off a TTY, but exercised).
+        waiter_cfg = dataclasses.replace(cfg, show_progress=True)
+        waiter = asyncio.create_task(
+            resolve_snapshot(link, waiter_cfg, store=store, page_source=_MustNotList())
+        )
+        await assert_eventually(lambda: logs.named("snapshot_index_waiting"))
+        waiting_since = time.monotonic()
+        # One page at a time, each step ending when a heartbeat has published it,
+        # until the waiter has waited through several stale periods.
+        published: list[int] = []
+        while time.monotonic() - waiting_since < 4 * _STALE_MS / 1000:
+            source.allow()
+            want = (len(published) + 1) * source.per_page
+            await assert_eventually(lambda w=want: _is(store, key, w))
+            published.append(want)
+            assert not waiter.done()
+        source.end()
+        held, waited = await asyncio.gather(holder, waiter)
     assert len(published) >= 2
     assert held.indexed and not waited.indexed
     assert waited.manifest_hash == held.manifest_hash
     assert waited.samples == held.samples == published[-1]
-    assert len(_events(logs, "snapshot_indexer_elected")) == 1
-    assert not _events(logs, "snapshot_lock_stale_takeover")
-    assert not _events(logs, "snapshot_index_stalled")
-    (first,) = _events(logs, "snapshot_index_waiting")
+    assert len(logs.named("snapshot_indexer_elected")) == 1
+    assert not logs.named("snapshot_lock_stale_takeover")
+    assert not logs.named("snapshot_index_stalled")
+    (first,) = logs.named("snapshot_index_waiting")
     assert first["holder"] and first["intent_key"] == key
     async with open_manifest_store(store_root_any) as store:
         assert await store.lock_read(key) is None  # released
@@ -190,6 +158,7 @@ async def _is(store: ManifestStore, key: str, want: int) -> bool:
 
 async def test_run_single_writer_reports_progress_and_one_stall_of_live_holder(
     store_root_any: str,
+    logs: Events,
 ) -> None:
     async with open_manifest_store(store_root_any) as store:
         count = [0]
@@ -204,50 +173,49 @@ async def test_run_single_writer_reports_progress_and_one_stall_of_live_holder(
         assert await holder.try_acquire()
         result: dict[str, str] = {}
         try:
-            with capture_logs() as logs:
-                waiter = asyncio.create_task(_waiter(store, result, report_every_ms=100))
+            logs.clear()
+            waiter = asyncio.create_task(_waiter(store, result, report_every_ms=100))
 
-                def reported() -> set[Any]:
-                    return {
-                        e["objects_indexed"] for e in _events(logs, "snapshot_index_wait_progress")
-                    }
+            def reported() -> set[Any]:
+                return {e["objects_indexed"] for e in logs.named("snapshot_index_wait_progress")}
 
-                # Progress moves: the waiter's periodic events follow the lock body.
-                for n in (1, 2, 3):
-                    count[0] = n * 100
-                    await _wait_until(lambda n=n: n * 100 in reported())
-                assert not _events(logs, "snapshot_index_stalled")
-                # The heartbeat goes on but the count stops: one warning, no takeover.
-                await _wait_until(lambda: _events(logs, "snapshot_index_stalled"))
-                (stall,) = _events(logs, "snapshot_index_stalled")
-                assert stall["log_level"] == "warning"
-                assert stall["holder"] == holder.owner and stall["objects_indexed"] == 300
-                assert stall["stalled_s"] >= _STALE_MS / 1000
-                # Two more stale periods of a live, stuck holder: still one warning.
-                await _wait_until(
-                    lambda: any(
-                        e["waited_s"] > stall["waited_s"] + 2 * _STALE_MS / 1000
-                        for e in _events(logs, "snapshot_index_wait_progress")
-                    )
+            # Progress moves: the waiter's periodic events follow the lock body.
+            for n in (1, 2, 3):
+                count[0] = n * 100
+                await assert_eventually(lambda n=n: n * 100 in reported())
+            assert not logs.named("snapshot_index_stalled")
+            # The heartbeat goes on but the count stops: one warning, no takeover.
+            await assert_eventually(lambda: logs.named("snapshot_index_stalled"))
+            (stall,) = logs.named("snapshot_index_stalled")
+            assert stall["log_level"] == "warning"
+            assert stall["holder"] == holder.owner and stall["objects_indexed"] == 300
+            assert stall["stalled_s"] >= _STALE_MS / 1000
+            # Two more stale periods of a live, stuck holder: still one warning.
+            await assert_eventually(
+                lambda: any(
+                    e["waited_s"] > stall["waited_s"] + 2 * _STALE_MS / 1000
+                    for e in logs.named("snapshot_index_wait_progress")
                 )
-                assert len(_events(logs, "snapshot_index_stalled")) == 1
-                assert holder.held and not waiter.done()
-                # The holder moves again, then finishes: the waiter reuses its result.
-                count[0] = 400
-                await _wait_until(lambda: 400 in reported())
-                result["value"] = "hash-1"
-                assert await waiter == ("hash-1", False)
+            )
+            assert len(logs.named("snapshot_index_stalled")) == 1
+            assert holder.held and not waiter.done()
+            # The holder moves again, then finishes: the waiter reuses its result.
+            count[0] = 400
+            await assert_eventually(lambda: 400 in reported())
+            result["value"] = "hash-1"
+            assert await waiter == ("hash-1", False)
         finally:
             await holder.release()
-    assert not _events(logs, "snapshot_lock_stale_takeover")
-    assert not _events(logs, "snapshot_indexer_elected")
-    waited = [e["waited_s"] for e in _events(logs, "snapshot_index_wait_progress")]
+    assert not logs.named("snapshot_lock_stale_takeover")
+    assert not logs.named("snapshot_indexer_elected")
+    waited = [e["waited_s"] for e in logs.named("snapshot_index_wait_progress")]
     assert waited == sorted(waited) and waited[-1] > 2 * _STALE_MS / 1000
-    assert all(e["holder"] == holder.owner for e in _events(logs, "snapshot_index_wait_progress"))
+    assert all(e["holder"] == holder.owner for e in logs.named("snapshot_index_wait_progress"))
 
 
 async def test_run_single_writer_cap_still_times_out_on_live_progressing_holder(
     tmp_path: Path,
+    logs: Events,
 ) -> None:
     async with open_manifest_store(str(tmp_path / "store")) as store:
         holder = SnapshotLock(
@@ -260,7 +228,8 @@ async def test_run_single_writer_cap_still_times_out_on_live_progressing_holder(
         )
         assert await holder.try_acquire()
         try:
-            with capture_logs() as logs, pytest.raises(LockTimeoutError) as info:
+            logs.clear()
+            with pytest.raises(LockTimeoutError) as info:
                 await _waiter(store, {}, wait_timeout_ms=3 * _STALE_MS)
             assert holder.held
         finally:
@@ -268,7 +237,7 @@ async def test_run_single_writer_cap_still_times_out_on_live_progressing_holder(
     message = str(info.value)
     assert "MX8_SNAPSHOT_WAIT_TIMEOUT_MS" in message and "set it to 0" in message
     assert holder.owner in message and "1,234 objects indexed so far" in message
-    assert not _events(logs, "snapshot_lock_stale_takeover")
+    assert not logs.named("snapshot_lock_stale_takeover")
 
 
 def test_snapshot_resolver_config_wait_timeout_zero_means_no_cap() -> None:
@@ -292,7 +261,9 @@ def test_parse_lock_body_reads_old_and_new_bodies() -> None:
     assert parse_lock_body(b'{"owner": "x"}') is None
 
 
-async def test_run_single_writer_waits_on_old_holder_without_progress(tmp_path: Path) -> None:
+async def test_run_single_writer_waits_on_old_holder_without_progress(
+    tmp_path: Path, logs: Events
+) -> None:
     async with open_manifest_store(str(tmp_path / "store")) as store:
         # No progress callable: the body has the pre-progress format.
         holder = SnapshotLock(store, "k", link="L", stale_ms=_STALE_MS, heartbeat_ms=30)
@@ -301,26 +272,26 @@ async def test_run_single_writer_waits_on_old_holder_without_progress(tmp_path: 
         assert state is not None and "progress" not in json.loads(state.body)
         result: dict[str, str] = {}
         try:
-            with capture_logs() as logs:
-                waiter = asyncio.create_task(_waiter(store, result, report_every_ms=100))
-                await _wait_until(
-                    lambda: any(
-                        e["waited_s"] > 3 * _STALE_MS / 1000
-                        for e in _events(logs, "snapshot_index_wait_progress")
-                    )
+            logs.clear()
+            waiter = asyncio.create_task(_waiter(store, result, report_every_ms=100))
+            await assert_eventually(
+                lambda: any(
+                    e["waited_s"] > 3 * _STALE_MS / 1000
+                    for e in logs.named("snapshot_index_wait_progress")
                 )
-                result["value"] = "hash-old"
-                assert await waiter == ("hash-old", False)
+            )
+            result["value"] = "hash-old"
+            assert await waiter == ("hash-old", False)
         finally:
             await holder.release()
-    (first,) = _events(logs, "snapshot_index_waiting")
+    (first,) = logs.named("snapshot_index_waiting")
     assert first["holder"] == holder.owner and first["objects_indexed"] is None
-    assert not _events(logs, "snapshot_index_stalled")  # nothing to judge progress by
-    assert not _events(logs, "snapshot_lock_stale_takeover")
+    assert not logs.named("snapshot_index_stalled")  # nothing to judge progress by
+    assert not logs.named("snapshot_lock_stale_takeover")
 
 
 async def test_snapshot_waiter_takes_over_when_progressing_holder_dies(
-    store_root_any: str, tmp_path: Path
+    store_root_any: str, tmp_path: Path, logs: Events
 ) -> None:
     root = tmp_path / "ds"
     root.mkdir()
@@ -337,20 +308,20 @@ async def test_snapshot_waiter_takes_over_when_progressing_holder_dies(
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == b"held"
         async with open_manifest_store(store_root_any) as store:
-            with capture_logs() as logs:
-                waiter = asyncio.create_task(resolve_snapshot(str(root), cfg, store=store))
-                # Alive and advancing: the waiter waits and sees the count in the body.
-                await _wait_until(lambda: _events(logs, "snapshot_index_waiting"))
-                first = await _body_count(store, key)
-                assert first is not None
-                await _wait_until(lambda: _gt(store, key, first))
-                assert not waiter.done()
-                holder.send_signal(signal.SIGKILL)  # dies holding the lock: no release
-                holder.wait(10)
-                resolved = await asyncio.wait_for(waiter, 8)
+            logs.clear()
+            waiter = asyncio.create_task(resolve_snapshot(str(root), cfg, store=store))
+            # Alive and advancing: the waiter waits and sees the count in the body.
+            await assert_eventually(lambda: logs.named("snapshot_index_waiting"))
+            first = await _body_count(store, key)
+            assert first is not None
+            await assert_eventually(lambda: _gt(store, key, first))
+            assert not waiter.done()
+            holder.send_signal(signal.SIGKILL)  # dies holding the lock: no release
+            holder.wait(10)
+            resolved = await asyncio.wait_for(waiter, 8)
             assert resolved.indexed and resolved.samples == 5
-            assert len(_events(logs, "snapshot_lock_stale_takeover")) == 1
-            assert len(_events(logs, "snapshot_indexer_elected")) == 1
+            assert len(logs.named("snapshot_lock_stale_takeover")) == 1
+            assert len(logs.named("snapshot_indexer_elected")) == 1
             assert await store.lock_read(key) is None
     finally:
         if holder.poll() is None:

@@ -24,12 +24,13 @@ N_KEYS = 1_000_000
 
 _SCENARIO = r"""
 import asyncio, json, sys, time, tracemalloc
+from mx8_common.snapshot.page_source import PageSource
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot
 
 N, SHUFFLED, STORE = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 
 
-class SyntheticPages:
+class SyntheticPages(PageSource):
     '''N keys in pages of 1000; shuffled = a fixed permutation, generated page by page.'''
 
     def __init__(self, n, shuffled):

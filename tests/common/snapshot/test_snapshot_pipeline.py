@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,11 @@ from mx8_common.errors import (
     UnsupportedKeyError,
 )
 from mx8_common.manifest.labels import FolderSummary
+from mx8_common.snapshot.page_source import Page, PageSource, ordered_pages
 from mx8_common.snapshot.resolver import ResolvedSnapshot, _read_ahead, resolve_snapshot
-from mx8_common.snapshot.s3_lister import ordered_pages
-
-Page = Sequence[tuple[str, int]]
 
 
-class _Recorded:
+class _Recorded(PageSource):
     """An async page source over fixed pages that records what it produced and its close."""
 
     def __init__(self, pages: list[list[tuple[str, int]]], *, fail_at: int | None = None):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
-from support.snapshot import cfg, rows
+from support.logs import Events
+from support.snapshot import cfg, resolve_in_threads, rows
 
 import mx8
 from mx8_common.errors import (
@@ -19,20 +17,12 @@ from mx8_common.errors import (
     UnsupportedKeyError,
 )
 from mx8_common.manifest.labels import parse_label_id
-from mx8_common.obs.events import configure_logging
 from mx8_common.snapshot.resolver import (
-    ResolvedSnapshot,
     SnapshotResolverConfig,
     resolve_snapshot,
     resolve_snapshot_sync,
 )
 from mx8_common.store import open_manifest_store
-
-
-@pytest.fixture(autouse=True)
-def _logging_configured() -> None:
-    configure_logging()  # before any capture_logs block (see test_snapshot_lock)
-
 
 FILES = {
     "cat/1.jpg": b"meow",
@@ -84,18 +74,17 @@ async def test_resolve_snapshot_changed_size_or_added_key_changes_hash(
 
 
 async def test_resolve_snapshot_plain_reuses_refresh_reindexes_pinned_pins(
-    tmp_path: Path, store_root: str
+    tmp_path: Path, store_root: str, logs: Events
 ) -> None:
     root = make_tree(tmp_path / "ds", FILES)
-    with capture_logs() as logs:
-        first = await resolve_snapshot(str(root), cfg(store_root))
-        (root / "late.jpg").write_bytes(b"late")
-        reused = await resolve_snapshot(f"file://{root}", cfg(store_root))
+    first = await resolve_snapshot(str(root), cfg(store_root))
+    (root / "late.jpg").write_bytes(b"late")
+    reused = await resolve_snapshot(f"file://{root}", cfg(store_root))
     assert first.indexed and not reused.indexed
     assert reused.manifest_hash == first.manifest_hash  # the intent pointer, not a re-index
     assert reused.samples == first.samples == 5
     assert reused.class_names == first.class_names
-    assert [e["event"] for e in logs].count("snapshot_index_summary") == 1
+    assert logs.names().count("snapshot_index_summary") == 1
     refreshed = await resolve_snapshot(f"{root}@refresh", cfg(store_root))
     assert refreshed.indexed and refreshed.samples == 6
     after = await resolve_snapshot(str(root), cfg(store_root))
@@ -192,11 +181,12 @@ async def test_resolve_snapshot_errors_are_distinct(tmp_path: Path, store_root: 
         del store
 
 
-async def test_resolve_snapshot_summary_event_fields(tmp_path: Path, store_root: str) -> None:
+async def test_resolve_snapshot_summary_event_fields(
+    tmp_path: Path, store_root: str, logs: Events
+) -> None:
     root = make_tree(tmp_path / "ds", FILES)
-    with capture_logs() as logs:
-        resolved = await resolve_snapshot(str(root), cfg(store_root))
-    summaries = [e for e in logs if e["event"] == "snapshot_index_summary"]
+    resolved = await resolve_snapshot(str(root), cfg(store_root))
+    summaries = logs.named("snapshot_index_summary")
     assert len(summaries) == 1
     s = summaries[0]
     assert s["objects_indexed"] == 5 and s["pages_scanned"] == 1
@@ -207,36 +197,15 @@ async def test_resolve_snapshot_summary_event_fields(tmp_path: Path, store_root:
 
 
 def test_resolve_snapshot_eight_concurrent_threads_one_indexer(
-    tmp_path: Path, store_root: str
+    tmp_path: Path, store_root: str, logs: Events
 ) -> None:
     root = make_tree(tmp_path / "ds", {f"c{i % 2}/{i:03d}.jpg": b"x" * i for i in range(1, 60)})
-    barrier = threading.Barrier(8)
-    results: list[ResolvedSnapshot] = []
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        async def go() -> ResolvedSnapshot:
-            barrier.wait()
-            return await resolve_snapshot(str(root), cfg(store_root))
-
-        try:
-            results.append(asyncio.run(go()))  # one event loop per thread
-        except BaseException as exc:
-            errors.append(exc)
-
-    with capture_logs() as logs:
-        threads = [threading.Thread(target=worker) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
-    assert len(results) == 8
+    results = resolve_in_threads(str(root), cfg(store_root))
     assert sum(r.indexed for r in results) == 1
     assert len({r.manifest_hash for r in results}) == 1
     assert {r.samples for r in results} == {59}
-    assert sum(e["event"] == "snapshot_indexer_elected" for e in logs) == 1
-    assert sum(e["event"] == "snapshot_index_summary" for e in logs) == 1
+    assert len(logs.named("snapshot_indexer_elected")) == 1
+    assert len(logs.named("snapshot_index_summary")) == 1
 
 
 async def test_resolve_snapshot_sync_works_inside_running_loop(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 from support.fake_list_endpoint import fake_list_endpoint
-from support.snapshot import cfg, rows
+from support.logs import Events
+from support.snapshot import cfg, resolve_in_threads, rows
 
 from mx8_common.errors import (
     AccessDeniedError,
@@ -20,15 +18,8 @@ from mx8_common.errors import (
     NonMonotonicListingError,
     UnsupportedKeyError,
 )
-from mx8_common.obs.events import configure_logging
-from mx8_common.snapshot.resolver import ResolvedSnapshot, resolve_snapshot
+from mx8_common.snapshot.resolver import resolve_snapshot
 from mx8_common.store import open_manifest_store
-
-
-@pytest.fixture(autouse=True)
-def _logging_configured() -> None:
-    configure_logging()  # before any capture_logs block (see test_snapshot_lock)
-
 
 OBJECTS = {
     "train/cat/001.jpg": 11,
@@ -165,50 +156,28 @@ async def test_resolve_s3_non_monotonic_listing_fails_fast_and_external_sort_mat
 
 
 def test_resolve_s3_eight_concurrent_threads_one_indexer_s3_store(
-    s3_bucket: str, s3_sync_client: Any
+    s3_bucket: str, s3_sync_client: Any, logs: Events
 ) -> None:
     upload(s3_sync_client, s3_bucket, {f"p/c{i % 2}/{i:03d}.jpg": i for i in range(1, 40)})
     store_root = f"s3://{s3_bucket}/store"
-    barrier = threading.Barrier(8)
-    results: list[ResolvedSnapshot] = []
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        async def go() -> ResolvedSnapshot:
-            barrier.wait()
-            return await resolve_snapshot(f"s3://{s3_bucket}/p/", cfg(store_root))
-
-        try:
-            results.append(asyncio.run(go()))
-        except BaseException as exc:
-            errors.append(exc)
-
-    with capture_logs() as logs:
-        threads = [threading.Thread(target=worker) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-    assert not errors, errors
-    assert len(results) == 8
+    results = resolve_in_threads(f"s3://{s3_bucket}/p/", cfg(store_root), join_s=120)
     assert sum(r.indexed for r in results) == 1
     assert len({r.manifest_hash for r in results}) == 1
     assert {r.class_names for r in results} == {("c0", "c1")}
-    assert sum(e["event"] == "snapshot_indexer_elected" for e in logs) == 1
+    assert len(logs.named("snapshot_indexer_elected")) == 1
 
 
 async def test_resolve_s3_counts_objects_whose_key_ends_in_slash_with_a_body_said_once(
-    s3_bucket: str, s3_sync_client: Any, store_root: str
+    s3_bucket: str, s3_sync_client: Any, store_root: str, logs: Events
 ) -> None:
     upload(s3_sync_client, s3_bucket, {"t/a.bin": 3, "t/b.bin": 4})
     s3_sync_client.put_object(Bucket=s3_bucket, Key="t/marker/", Body=b"")
     for key in ("t/odd/", "t/sub/odd2/"):
         s3_sync_client.put_object(Bucket=s3_bucket, Key=key, Body=b"hidden")
-    with capture_logs() as logs:
-        snap = await resolve_snapshot(f"s3://{s3_bucket}/t/", cfg(store_root, label_mode="none"))
+    snap = await resolve_snapshot(f"s3://{s3_bucket}/t/", cfg(store_root, label_mode="none"))
     assert snap.samples == 2
-    summary = next(e for e in logs if e["event"] == "snapshot_index_summary")
+    (summary,) = logs.named("snapshot_index_summary")
     assert summary["skipped_objects"] == 2  # the empty folder marker is not counted
     assert "ends in '/'" in summary["skipped_reason"]
-    warnings = [e for e in logs if e["event"] == "snapshot_objects_skipped"]
+    warnings = logs.named("snapshot_objects_skipped")
     assert len(warnings) == 1 and warnings[0]["example"] == "t/odd/"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from support.eventually import assert_eventually
 from support.s3_fault_proxy import fault_proxy
 
 from mx8_common.errors import ConfigError, ObjectChangedError, ObjectNotFoundError
@@ -25,6 +26,7 @@ from mx8_common.storage.fetch_pipeline import (
 )
 from mx8_common.storage.object_reader import ObjectReader
 from mx8_common.storage.s3_client import S3Settings
+from mx8_common.storage.sample_reader import SampleReader
 from mx8_common.testing.local_s3 import LocalS3
 
 
@@ -45,15 +47,6 @@ def _local_files(
             path.write_bytes(_payload(i, size))
         reqs.append(FetchRequest(i, str(path), None, size, tag=("t", i)))
     return reqs
-
-
-async def _eventually(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.002)
 
 
 def _other_tasks() -> set[asyncio.Task[Any]]:
@@ -120,7 +113,7 @@ async def test_fetch_pipeline_slow_consumer_back_pressures(tmp_path: Path) -> No
         first = await anext(pipe)
         assert first.sample_id == 0
         # The consumer now stalls: reads fill the budget, then stop.
-        await _eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
+        await assert_eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
         for _ in range(50):
             await asyncio.sleep(0)  # give a (wrong) feeder every chance to read more
         assert pipe.stats.reads == 10  # 1 held by the consumer + 9 buffered = 10 000 bytes
@@ -128,6 +121,25 @@ async def test_fetch_pipeline_slow_consumer_back_pressures(tmp_path: Path) -> No
         rest = [r.sample_id async for r in pipe]
     assert rest == list(range(1, 100))
     assert pipe.stats.peak_inflight_bytes <= 10_000
+
+
+@pytest.mark.parametrize("local_group", [1, 32])
+async def test_fetch_pipeline_unknown_sizes_are_settled_before_they_are_handed_out(
+    tmp_path: Path, local_group: int
+) -> None:
+    """A read can finish and be taken by the consumer before its done-callback ran: the
+    estimate it was charged must not leave the byte count short (it went negative)."""
+    reqs = [
+        r._replace(byte_length=None) for r in _local_files(tmp_path, [10 + i for i in range(300)])
+    ]
+    cfg = FetchConfig(concurrency=8, unknown_size_estimate=1000, local_group=local_group)
+    lowest = 0
+    async with ObjectReader() as reader, FetchPipeline(reader, reqs, cfg) as pipe:
+        async for batch in pipe.batches(4):
+            lowest = min(lowest, pipe.stats.inflight_bytes)
+            # What the consumer holds is what arrived, never an estimate.
+            assert pipe.stats.inflight_bytes >= batch.nbytes
+    assert lowest == 0 and pipe.stats.samples == 300
 
 
 async def test_fetch_pipeline_oversized_sample_goes_alone(tmp_path: Path) -> None:
@@ -229,7 +241,7 @@ async def test_fetch_pipeline_consumer_cancellation_leaves_no_tasks(tmp_path: Pa
                     pass
 
             consumer = asyncio.create_task(consume())
-            await _eventually(lambda: pipe.stats.samples == 3)
+            await assert_eventually(lambda: pipe.stats.samples == 3)
             consumer.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await consumer
@@ -301,7 +313,7 @@ async def test_fetch_pipeline_s3_order_survives_slow_head(
 
             async def release_head() -> None:
                 # Samples 1..7 arrive while 0 is held: they wait in the reorder buffer.
-                await _eventually(lambda: pipe.stats.reads >= 7)
+                await assert_eventually(lambda: pipe.stats.reads >= 7)
                 assert pipe.stats.samples == 0
                 held.set()
 
@@ -363,24 +375,31 @@ def test_fetch_config_reads_sizes_from_env() -> None:
     assert cfg.window == 16 * 9
 
 
-async def test_fetch_pipeline_works_with_a_read_only_stand_in(tmp_path: Path) -> None:
-    """A wrapper exposing only ``read`` (e.g. a timing wrapper) still gets every sample."""
-    reqs = _local_files(tmp_path, [300] * 40)
+def test_fetch_pipeline_reader_must_offer_batched_local_reads() -> None:
+    """The pipeline's reader is a ``SampleReader``: a wrapper with only ``read`` (which used
+    to turn local grouping off without a word) does not qualify."""
 
-    class Counting:
-        def __init__(self, inner: ObjectReader) -> None:
-            self.inner = inner
-            self.calls = 0
-
+    class ReadOnly:
         async def read(self, location: str, *args: Any, **kwargs: Any) -> bytes:
-            self.calls += 1
-            return await self.inner.read(location, *args, **kwargs)
+            return b""
 
-    async with ObjectReader() as reader:
-        wrapped = Counting(reader)
-        async with FetchPipeline(wrapped, reqs) as pipe:  # type: ignore[arg-type]
-            assert [r.sample_id async for r in pipe] == list(range(40))
-    assert wrapped.calls == 40
+    assert isinstance(ObjectReader(), SampleReader)
+    assert not isinstance(ReadOnly(), SampleReader)
+
+
+async def test_fetch_pipeline_groups_local_reads_and_times_every_sample(tmp_path: Path) -> None:
+    reqs = _local_files(tmp_path, [300] * 40)
+    timed: list[tuple[float, int]] = []
+    cfg = FetchConfig(concurrency=16, local_group=8)
+    async with (
+        ObjectReader(on_read=lambda s, n: timed.append((s, n))) as reader,
+        FetchPipeline(reader, reqs, cfg) as pipe,
+    ):
+        assert [r.sample_id async for r in pipe] == list(range(40))
+    # Groups of at most 8 files; the first 16 admitted at once make two full ones.
+    assert 5 <= pipe.stats.local_batches < 40
+    assert reader.stats.local_batches == pipe.stats.local_batches
+    assert len(timed) == 40 and all(n == 300 and s >= 0 for s, n in timed)
 
 
 async def test_fetch_pipeline_held_batches_count_until_released(tmp_path: Path) -> None:
@@ -389,14 +408,14 @@ async def test_fetch_pipeline_held_batches_count_until_released(tmp_path: Path) 
     async with ObjectReader() as reader, FetchPipeline(reader, reqs, cfg) as pipe:
         batches = pipe.batches(4, hold=True)
         held = [await anext(batches), await anext(batches)]  # passed on, not released
-        await _eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
+        await assert_eventually(lambda: pipe.stats.running == 0 and pipe.stats.reads >= 10)
         for _ in range(50):
             await asyncio.sleep(0)  # give a (wrong) feeder every chance to read more
         # 8 000 held downstream + 2 000 buffered: asking for a batch did not free them.
         assert pipe.stats.reads == 10
         assert pipe.stats.inflight_bytes == 10_000
         pipe.release(held[0])
-        await _eventually(lambda: pipe.stats.reads == 14)
+        await assert_eventually(lambda: pipe.stats.reads == 14)
         assert pipe.stats.inflight_bytes == 10_000
         with pytest.raises(ValueError, match="exactly once"):
             pipe.release(

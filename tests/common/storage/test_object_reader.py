@@ -206,6 +206,19 @@ async def test_object_reader_reads_local_files_in_one_job(tmp_path: Any) -> None
     assert isinstance(got[3], ObjectChangedError)
     assert isinstance(got[4], StorageError) and "scheme" in str(got[4])
     assert reader.stats.reads == 2 and reader.stats.bytes == 14
+    assert reader.stats.local_batches == 1
+
+
+async def test_object_reader_on_read_sees_each_sample_read(tmp_path: Any, s3_object: str) -> None:
+    (tmp_path / "a").write_bytes(b"aaaa")
+    timed: list[tuple[float, int]] = []
+    async with ObjectReader(on_read=lambda s, n: timed.append((s, n))) as reader:
+        await reader.read(s3_object, 10, 20)
+        await reader.read(str(tmp_path / "a"))
+        await reader.read_local_many([(str(tmp_path / "a"), None, 4), ("/no/such/file", None, 1)])
+    # Failed reads are not timed: the observer sees bytes that arrived.
+    assert [n for _s, n in timed] == [20, 4, 4]
+    assert all(s >= 0 for s, _n in timed)
 
 
 async def test_object_reader_new_clients_reuse_parsed_models(s3_object: str) -> None:

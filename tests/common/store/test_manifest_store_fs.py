@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support.snapshot import write_manifest
+from support.manifests import write_manifest
 
 from mx8_common.errors import (
     IntegrityError,
@@ -33,7 +33,7 @@ def test_open_manifest_store_picks_backend(tmp_path: Path, monkeypatch: pytest.M
 
 
 async def test_fs_store_put_and_read_back(store: FsManifestStore, tmp_path: Path) -> None:
-    m = write_manifest(tmp_path / "src", 50)
+    m = write_manifest(tmp_path / "src", 50, name=None)
     assert not await store.has(m.manifest_hash)
     await store.put_manifest_file(m.path, m.manifest_hash)
     data = m.path.read_bytes()
@@ -53,7 +53,7 @@ async def test_fs_store_put_and_read_back(store: FsManifestStore, tmp_path: Path
 
 
 async def test_fs_store_links_own_temp_files(store: FsManifestStore) -> None:
-    m = write_manifest(store.scratch_dir(), 5)
+    m = write_manifest(store.scratch_dir(), 5, name=None)
     await store.put_manifest_file(m.path, m.manifest_hash)
     stored = Path(store.manifest_location(m.manifest_hash))
     assert os.stat(stored).st_ino == os.stat(m.path).st_ino  # hard link, no copy
@@ -64,7 +64,7 @@ async def test_fs_store_links_own_temp_files(store: FsManifestStore) -> None:
 async def test_fs_store_collision_verify_catches_different_stored_file(
     store: FsManifestStore, tmp_path: Path
 ) -> None:
-    m = write_manifest(tmp_path / "src", 20)
+    m = write_manifest(tmp_path / "src", 20, name=None)
     final = Path(store.manifest_location(m.manifest_hash))
     final.parent.mkdir(parents=True)
     data = bytearray(m.path.read_bytes())
@@ -81,8 +81,8 @@ async def test_fs_store_collision_verify_catches_different_stored_file(
 async def test_fs_store_refuses_file_under_wrong_hash(
     store: FsManifestStore, tmp_path: Path
 ) -> None:
-    a = write_manifest(tmp_path / "a", 3, "a")
-    b = write_manifest(tmp_path / "b", 3, "b")
+    a = write_manifest(tmp_path / "a", 3, location="s3://bucket/a/{i:05d}.bin", name=None)
+    b = write_manifest(tmp_path / "b", 3, location="s3://bucket/b/{i:05d}.bin", name=None)
     with pytest.raises(IntegrityError, match="hashes to"):
         await store.put_manifest_file(a.path, b.manifest_hash)
     assert not await store.has(b.manifest_hash)
@@ -101,7 +101,7 @@ async def test_fs_store_missing_hash_is_not_found(store: FsManifestStore) -> Non
 
 
 async def test_fs_store_intent_labels_meta(store: FsManifestStore, tmp_path: Path) -> None:
-    m = write_manifest(tmp_path / "src", 4)
+    m = write_manifest(tmp_path / "src", 4, name=None)
     assert await store.read_intent("k" * 64) is None
     first = await store.write_intent("k" * 64, m.manifest_hash)
     second = await store.write_intent("k" * 64, m.manifest_hash)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.snapshot import write_manifest
+from support.manifests import write_manifest
 
 from mx8_common.errors import (
     IntegrityError,
@@ -25,7 +25,7 @@ async def store(s3_bucket: str) -> Any:
 
 
 async def test_s3_store_put_and_read_back(store: S3ManifestStore, tmp_path: Path) -> None:
-    m = write_manifest(tmp_path, 40)
+    m = write_manifest(tmp_path, 40, name=None)
     data = m.path.read_bytes()
     assert not await store.has(m.manifest_hash)
     await store.put_manifest_file(m.path, m.manifest_hash)
@@ -48,7 +48,7 @@ async def test_s3_store_put_and_read_back(store: S3ManifestStore, tmp_path: Path
 async def test_s3_store_collision_verify_catches_different_stored_object(
     store: S3ManifestStore, s3_sync_client: Any, tmp_path: Path
 ) -> None:
-    m = write_manifest(tmp_path, 30)
+    m = write_manifest(tmp_path, 30, name=None)
     data = bytearray(m.path.read_bytes())
     data[-4] ^= 1
     s3_sync_client.put_object(
@@ -63,15 +63,15 @@ async def test_s3_store_collision_verify_catches_different_stored_object(
 async def test_s3_store_server_rejects_file_under_wrong_hash(
     store: S3ManifestStore, tmp_path: Path
 ) -> None:
-    a = write_manifest(tmp_path / "a", 3, "a")
-    b = write_manifest(tmp_path / "b", 3, "b")
+    a = write_manifest(tmp_path / "a", 3, location="s3://bucket/a/{i:05d}.bin", name=None)
+    b = write_manifest(tmp_path / "b", 3, location="s3://bucket/b/{i:05d}.bin", name=None)
     with pytest.raises(IntegrityError):
         await store.put_manifest_file(a.path, b.manifest_hash)
     assert not await store.has(b.manifest_hash)
 
 
 async def test_s3_store_multipart_upload_is_conditional(s3_bucket: str, tmp_path: Path) -> None:
-    m = write_manifest(tmp_path, 160_000)  # ~6 MiB: two 5 MiB-minimum parts
+    m = write_manifest(tmp_path, 160_000, name=None)  # ~6 MiB: two 5 MiB-minimum parts
     assert m.manifest_bytes > 5 * 1024 * 1024
     async with S3ManifestStore(
         f"s3://{s3_bucket}/mp", multipart_threshold=1024 * 1024, part_size=5 * 1024 * 1024
@@ -94,7 +94,7 @@ async def test_s3_store_missing_hash_is_not_found(store: S3ManifestStore) -> Non
 
 
 async def test_s3_store_intent_labels_meta(store: S3ManifestStore, tmp_path: Path) -> None:
-    m = write_manifest(tmp_path, 4)
+    m = write_manifest(tmp_path, 4, name=None)
     assert await store.read_intent("k" * 64) is None
     rec = await store.write_intent("k" * 64, m.manifest_hash)
     assert await store.read_intent_record("k" * 64) == rec

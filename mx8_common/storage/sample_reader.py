@@ -1,0 +1,60 @@
+"""``SampleReader``: what the fetch pipeline asks of a reader of sample bytes.
+
+Two calls: ``read`` (one sample, local or S3) and ``read_local_many`` (several local
+samples in one thread-pool job, errors returned in place). ``ObjectReader`` is the real
+reader; anything the pipeline is given must offer both, so local grouping never silently
+turns off behind a wrapper. Whoever wants per-read timings passes an ``on_read`` observer
+to the reader instead of wrapping it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from mx8_common.errors import StorageError
+
+__all__ = ["LocalRead", "ReadObserver", "ReadStats", "SampleReader"]
+
+#: One local sample to read: ``(location, byte_offset, byte_length)``.
+LocalRead = tuple[str, int | None, int | None]
+
+#: Told ``(seconds, nbytes)`` of every sample read (an agent's latency histogram).
+ReadObserver = Callable[[float, int], None]
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """Counters of one reader (or one pipeline that passes its own to ``read``).
+
+    ``local_batches`` counts ``read_local_many`` jobs: several local files per trip to a
+    read thread instead of one.
+    """
+
+    reads: int = 0
+    bytes: int = 0
+    retries: int = 0
+    local_batches: int = 0
+
+
+@runtime_checkable
+class SampleReader(Protocol):
+    """Reads the bytes of samples; ``ObjectReader`` is the implementation."""
+
+    async def read(
+        self,
+        location: str,
+        byte_offset: int | None = None,
+        byte_length: int | None = None,
+        *,
+        stats: ReadStats | None = None,
+    ) -> bytes:
+        """The bytes of one sample (the range, or the whole object checked against its size)."""
+        ...
+
+    async def read_local_many(
+        self, items: Sequence[LocalRead], *, stats: ReadStats | None = None
+    ) -> list[bytes | StorageError]:
+        """Several local samples in one job; a failed sample's error is returned in its place."""
+        ...

@@ -1,0 +1,177 @@
+"""``LeaseRunner`` driven in-process from lease to acknowledged progress: a fake coordinator
+client object, a real hub and a real reader over local files, a trainer that is a task of the
+test's loop. No sockets. (How each coordinator refusal is handled: test_lease_runner_errors.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from pathlib import Path
+
+from support.logs import Events
+from support.manifests import sample_bytes, write_local_dataset
+
+from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
+from mx8_agent.work.lease_runner import LeaseClient, LeaseRunner
+from mx8_common.errors import LeaseNotFoundError
+from mx8_common.manifest.format import manifest_hash
+from mx8_common.manifest.table import ManifestTable
+from mx8_common.rpc.proto import coordinator_pb2 as cpb
+from mx8_common.sample_order import JobOrder
+from mx8_common.storage.fetch_pipeline import FetchConfig
+from mx8_common.storage.object_reader import ObjectReader
+
+JOB, NODE = "job", "node-a"
+
+
+class FakeLeaseClient:
+    """The two coordinator calls a runner makes, answered from a queue of spans in memory.
+
+    Commits what each report moves a lease's cursor over, exactly like the coordinator;
+    a lease named in ``expire`` is refused (``LeaseNotFoundError``) on its first report and
+    its uncommitted remainder is handed out again as a new lease.
+    """
+
+    def __init__(self, total: int, block: int, *, expire: frozenset[str] = frozenset()) -> None:
+        self.total = total
+        self.queue: deque[tuple[int, int]] = deque(
+            (start, min(start + block, total)) for start in range(0, total, block)
+        )
+        self.expire = set(expire)
+        self.live: dict[str, list[int]] = {}  # lease id -> [start, cursor, end]
+        self.committed: list[int] = []
+        self.reports: list[tuple[str, int]] = []
+        self.lease_requests = 0
+        self._seq = 0
+
+    async def request_lease(self, job_id: str, node_id: str, want: int) -> cpb.RequestLeaseResponse:
+        assert (job_id, node_id) == (JOB, NODE)
+        self.lease_requests += 1
+        leases = []
+        while self.queue and len(leases) < want:
+            start, end = self.queue.popleft()
+            self._seq += 1
+            lease_id = f"L{self._seq}"
+            self.live[lease_id] = [start, start, end]
+            work = cpb.WorkRange(start_id=start, end_id=end, epoch=0)
+            leases.append(cpb.Lease(lease_id=lease_id, node_id=node_id, range=work, cursor=start))
+        drained = not self.queue and not self.live
+        return cpb.RequestLeaseResponse(
+            leases=leases, wait_ms=0 if leases else 10, job_drained=drained
+        )
+
+    async def report_progress(
+        self, job_id: str, node_id: str, lease_id: str, cursor: int
+    ) -> cpb.ReportProgressResponse:
+        self.reports.append((lease_id, cursor))
+        span = self.live.get(lease_id)
+        if span is None or lease_id in self.expire:
+            if span is not None:
+                self.expire.discard(lease_id)
+                del self.live[lease_id]
+                self.queue.appendleft((span[1], span[2]))  # the remainder, first in line
+            raise LeaseNotFoundError(
+                f"lease {lease_id} expired; drop it and request a new lease", lease_id=lease_id
+            )
+        _start, before, end = span
+        assert before <= cursor <= end, (lease_id, before, cursor, end)
+        self.committed.extend(range(before, cursor))
+        span[1] = cursor
+        if cursor == end:
+            del self.live[lease_id]
+        return cpb.ReportProgressResponse(completed=cursor == end)
+
+
+def _runner(
+    tmp_path: Path, client: LeaseClient, reader: ObjectReader, samples: int
+) -> tuple[LeaseRunner, TrainerHub]:
+    """A runner over ``samples`` local files, its hub already told the batch size (8)."""
+    data = write_local_dataset(tmp_path, samples).read_bytes()
+    table = ManifestTable.from_bytes(data)
+    hub = TrainerHub(max_bytes=1 << 20, on_acked=lambda batch: runner.on_acked(batch))
+    hub.set_batch_size(8)
+    runner = LeaseRunner(
+        client=client,
+        job_id=JOB,
+        node_id=NODE,
+        table=table,
+        job_order=JobOrder(
+            manifest_hash=manifest_hash(data),
+            total_samples=samples,
+            block_size=40,
+            shuffle=True,
+            seed=2,
+        ),
+        reader=reader,
+        fetch_config=FetchConfig(concurrency=8, max_inflight_bytes=1 << 20),
+        hub=hub,
+        leases_ahead=2,
+        progress_interval_s=0.02,
+        retry_wait_s=0.01,
+    )
+    return runner, hub
+
+
+async def _trainer(hub: TrainerHub) -> list[ReadyBatch]:
+    """Consume and acknowledge every batch until the end of the job."""
+    session = hub.attach("trainer-0", window=4)
+    got: list[ReadyBatch] = []
+    while (item := await hub.next_for(session)) is not None:
+        seq, batch = item
+        got.append(batch)
+        hub.ack(session, seq)
+    hub.detach(session)
+    return got
+
+
+async def _run_to_end(
+    tmp_path: Path, client: LeaseClient, samples: int
+) -> tuple[LeaseRunner, list[ReadyBatch], ObjectReader]:
+    """Run a runner and one trainer until the job ends; the reader is returned closed."""
+    async with ObjectReader() as reader:
+        runner, hub = _runner(tmp_path, client, reader, samples)
+        trainer = asyncio.create_task(_trainer(hub))
+        async with asyncio.timeout(30):
+            await runner.run()
+            batches = await trainer
+    return runner, batches, reader
+
+
+async def test_lease_runner_takes_leases_delivers_batches_and_reports_progress(
+    tmp_path: Path, logs: Events
+) -> None:
+    client = FakeLeaseClient(total=120, block=40)
+    runner, batches, reader = await _run_to_end(tmp_path, client, 120)
+    ids = [int(i) for b in batches for i in b.sample_ids]
+    assert sorted(ids) == list(range(120))
+    for batch in batches:
+        # Batches never cross a lease, and carry the bytes of their own samples.
+        assert len(batch) <= 8 and len({batch.lease_id}) == 1
+        assert batch.parts == [sample_bytes(int(i)) for i in batch.sample_ids]
+    # Each lease's positions map through the job's order, and each is committed once.
+    assert sorted(client.committed) == list(range(120))
+    assert {lease for lease, _cursor in client.reports} == {"L1", "L2", "L3"}
+    assert runner.stats.leases_started == runner.stats.leases_completed == 3
+    assert runner.stats.samples_acked == 120 and runner.stats.leases_dropped == 0
+    assert [e["lease_id"] for e in logs.named("lease_done")] == ["L1", "L2", "L3"]
+    # Local files were read several per thread-pool job.
+    assert 0 < reader.stats.local_batches < reader.stats.reads == 120
+
+
+async def test_lease_runner_drops_an_expired_lease_and_goes_on(
+    tmp_path: Path, logs: Events
+) -> None:
+    client = FakeLeaseClient(total=120, block=40, expire=frozenset({"L1"}))
+    runner, batches, _reader = await _run_to_end(tmp_path, client, 120)
+    (lost,) = logs.named("lease_lost")
+    assert lost["lease_id"] == "L1" and lost["reason"] == LeaseNotFoundError.event
+    assert "expired" in lost["error"]
+    assert runner.stats.leases_dropped == 1 and "L1" in runner.stats.dropped
+    # L1's remainder came back as a new lease: every position is still committed once.
+    assert sorted(client.committed) == list(range(120))
+    assert runner.stats.leases_started == 4 and runner.stats.leases_completed == 3
+    # Nothing of L1 is reported after it was lost.
+    first_refusal = client.reports.index(next(r for r in client.reports if r[0] == "L1"))
+    assert all(lease != "L1" for lease, _ in client.reports[first_refusal + 1 :])
+    delivered = {int(i) for b in batches for i in b.sample_ids}
+    assert delivered == set(range(120))
