@@ -7,8 +7,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from support.agent import DaemonProcess, write_local_dataset
+from support.agent import DaemonProcess
 from support.fake_coordinator import FakeCoordinator
+from support.manifests import write_local_dataset
 from support.mounts import tmpfs
 
 from mx8_common.testing.local_s3 import free_port

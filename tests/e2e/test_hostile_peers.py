@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.agent import DaemonProcess, run_trainer, write_local_dataset
+from support.agent import DaemonProcess, run_trainer
 from support.fake_coordinator import FakeCoordinator
+from support.manifests import write_local_dataset
 
 pytestmark = pytest.mark.slow
 

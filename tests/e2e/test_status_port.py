@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.agent import DaemonProcess, write_local_dataset
+from support.agent import DaemonProcess
+from support.manifests import write_local_dataset
 
 from mx8_common.config_fields import http_host_port
 from mx8_common.testing.local_s3 import free_port
