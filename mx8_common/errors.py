@@ -39,6 +39,7 @@ the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc
     ├── JobStateError                call not allowed in the job's current state (.node_id)
     │   ├── NodeNotRegisteredError     node must RegisterNode first
     │   ├── NodeIdInUseError           a live agent of another incarnation holds the id
+    │   ├── NodeIdentityError          node id is not a name of the client certificate
     │   └── JobNotReadyError           world not frozen yet (fewer than min_world_size nodes)
     ├── RequestError                 malformed request: empty id, want=0 (.field)
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
@@ -84,6 +85,7 @@ __all__ = [
     "ManifestUnwritable",
     "Mx8Error",
     "NodeIdInUseError",
+    "NodeIdentityError",
     "NodeNotRegisteredError",
     "NonMonotonicListingError",
     "ObjectChangedError",
@@ -313,6 +315,13 @@ class NodeNotRegisteredError(JobStateError):
 
 class JobNotReadyError(JobStateError):
     event = "job_not_ready"
+
+
+class NodeIdentityError(JobStateError):
+    """With ``--tls-bind-node-id``, a request's node id is not a name of the client's
+    certificate (its CN or a DNS SAN): one agent cannot act as another."""
+
+    event = "node_identity_mismatch"
 
 
 class NodeIdInUseError(JobStateError):

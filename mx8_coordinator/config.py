@@ -96,6 +96,12 @@ class CoordinatorConfig:
         env="MX8_TLS_CA",
         help="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)",
     )
+    tls_bind_node_id: bool = setting(
+        False,
+        env="MX8_TLS_BIND_NODE_ID",
+        help="with --tls-ca: every request's node id must be the client certificate's CN or "
+        "a DNS SAN, so one agent cannot register or report as another",
+    )
     auth_token: str | None = setting(
         None,
         env="MX8_AUTH_TOKEN",
@@ -157,6 +163,11 @@ class CoordinatorConfig:
             )
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("MX8_AUTH_TOKEN is blank; set a real token or unset it")
+        if self.tls_bind_node_id and tls.ca is None:
+            raise ConfigError(
+                "--tls-bind-node-id needs mutual TLS (--tls-ca): node ids are bound to client "
+                "certificates"
+            )
 
     def resolver_config(self) -> SnapshotResolverConfig:
         """How the dataset is indexed; the manifest is served from the stored file only."""

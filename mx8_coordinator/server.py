@@ -84,7 +84,9 @@ class Coordinator(Daemon):
         self._clock = clock
         self.metrics = CoordinatorMetrics(self._status_from_thread)
         self._servicer = CoordinatorServicer(
-            metrics=self.metrics, max_message_bytes=config.max_message_bytes
+            metrics=self.metrics,
+            max_message_bytes=config.max_message_bytes,
+            bind_node_ids=config.tls_bind_node_id,
         )
         self._log: LeaseLog | None = None
         self._state_lock: OwnerLock | None = None

@@ -19,6 +19,7 @@ from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.rpc.job_status_proto import job_status_to_proto, lease_to_proto
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
+from mx8_common.rpc.security import check_node_identity
 from mx8_coordinator.rpc.manifest_serving import (
     ManifestSource,
     iter_manifest_chunks,
@@ -51,6 +52,10 @@ def _unary(
             job = self.job
             if job is None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
+            node_id = getattr(request, "node_id", "")
+            if self.bind_node_ids and node_id:
+                # A node speaks only for the node its client certificate names.
+                check_node_identity(node_id, context)
             return await fn(self, request, job, context)
         finally:
             self.metrics.rpc_latency.labels(name).observe(time.perf_counter() - started)
@@ -65,9 +70,14 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     get UNAVAILABLE, which clients retry.
     """
 
-    def __init__(self, *, metrics: CoordinatorMetrics, max_message_bytes: int) -> None:
+    def __init__(
+        self, *, metrics: CoordinatorMetrics, max_message_bytes: int, bind_node_ids: bool = False
+    ) -> None:
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
+        #: Mutual TLS with ``--tls-bind-node-id``: each request's node id must be a name of
+        #: the client's certificate.
+        self.bind_node_ids = bind_node_ids
         self.job: Job | None = None
         self.source: ManifestSource | None = None
 
