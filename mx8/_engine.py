@@ -65,8 +65,10 @@ class EmbeddedEngine:
         fetch: FetchConfig,
         reader: ObjectReaderConfig | None = None,
         prefetch_batches: int = 2,
+        listed_at: float | None = None,
     ) -> None:
         self._table = table
+        self._listed_at = listed_at  # objects modified after the snapshot's listing are refused
         self._shard = shard
         self._start_batch = start_batch
         self._batch_step = batch_step
@@ -111,7 +113,9 @@ class EmbeddedEngine:
 
     async def _produce(self) -> None:
         try:
-            async with ObjectReader(self._reader_config, s3_settings=self._s3_settings()) as reader:
+            async with ObjectReader(
+                self._reader_config, s3_settings=self._s3_settings(), listed_at=self._listed_at
+            ) as reader:
                 pipeline = FetchPipeline(reader, self._requests(), self._fetch)
                 self._pipeline = pipeline
                 async with pipeline:

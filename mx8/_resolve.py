@@ -8,19 +8,27 @@ __all__ = ["resolve_manifest_hash"]
 
 
 def resolve_manifest_hash(
-    link: str, *, recursive: bool = True, store: str | None = None, label_mode: str = "auto"
+    link: str,
+    *,
+    recursive: bool = True,
+    store: str | None = None,
+    label_mode: str = "auto",
+    files: str | None = None,
 ) -> str:
     """Index ``link`` (or reuse its stored snapshot) and return the manifest hash.
 
     ``link`` is ``s3://bucket/prefix/``, ``/abs/dir`` or ``file:///abs/dir``, optionally
     with ``@refresh`` or ``@sha256:<hash>``. ``store`` is a manifest store root (folder or
     ``s3://bucket/prefix``; default ``MX8_MANIFEST_STORE_ROOT`` or ``~/.mx8/manifests``).
-    Works from plain code and from inside a running event loop.
+    ``recursive``, ``label_mode`` and ``files`` are those of ``mx8.load`` (the snapshot
+    ``vision.ImageFolderLoader`` reads has ``files="images"``). Works from plain code and
+    from inside a running event loop.
     """
     config = SnapshotResolverConfig.from_env(
         recursive=recursive,
         label_mode=label_mode,
         store_root=store,
         materialize_manifest_bytes=False,  # only the hash is returned: never load the bytes
+        files=files,
     )
     return resolve_snapshot_sync(link, config).manifest_hash

@@ -188,6 +188,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     procs = _Processes(work)
     epochs = 2
     try:
+        print("starting a local S3-protocol server ...", flush=True)
         with local_s3_server("MX8_S3_ENDPOINT_URL") as s3:
             os.environ.update(s3.env)  # this process uploads; children inherit it too
             env = {**os.environ, "MX8_LOG_FORMAT": "json"}

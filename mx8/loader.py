@@ -61,6 +61,7 @@ class Loader:
         fetch_concurrency: int | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
         prefetch_batches: int = 2,
+        files: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
@@ -98,6 +99,7 @@ class Loader:
             label_mode=label_mode,
             store_root=store,
             materialize_manifest_bytes=True,
+            files=files,
         )
         snapshot = resolve_snapshot_sync(link, resolver)
         assert snapshot.manifest_data is not None
@@ -183,6 +185,7 @@ class Loader:
                 fetch=self._fetch,
                 reader=self._reader,
                 prefetch_batches=self._prefetch,
+                listed_at=self.snapshot.listed_at,
             )
             self._engine = engine
         indices = range(start_batch, shard.batches, num_workers)
@@ -358,6 +361,7 @@ def load(
     world_size: int | None = None,
     drop_last: bool = False,
     fetch_concurrency: int | None = None,
+    files: str | None = None,
 ) -> Mx8Loader:
     """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
 
@@ -372,7 +376,9 @@ def load(
     alone. ``fetch_concurrency`` is the most reads in flight, and the S3 connection pool
     is sized to match. Left None, both come from ``MX8_MAX_INFLIGHT_BYTES`` /
     ``MX8_FETCH_CONCURRENCY`` (defaults 256 MiB and 64), like the rest of the data plane's
-    ``MX8_FETCH_*`` settings, exactly as ``mx8d-agent`` reads them.
+    ``MX8_FETCH_*`` settings, exactly as ``mx8d-agent`` reads them. ``files="images"`` keeps
+    only image files inside class folders (torchvision ImageFolder's rule: no hidden files,
+    nothing directly under the root); left None, ``MX8_SNAPSHOT_FILES`` or ``"all"``.
     """
     agent = agent or TrainerConfig.from_env().agent_url
     if agent:
@@ -393,4 +399,5 @@ def load(
         world_size=world_size,
         drop_last=drop_last,
         fetch_concurrency=fetch_concurrency,
+        files=files,
     )

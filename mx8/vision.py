@@ -24,11 +24,13 @@ from mx8.batch import Batch
 from mx8.data_loader import DataLoader
 from mx8_common.errors import ConfigError, DecodeError, LabelError
 from mx8_common.obs.events import emit
+from mx8_common.snapshot.sample_filter import IMAGE_EXTENSIONS
 
-__all__ = ["IMAGE_FORMATS", "ImageFolderLoader", "decode_image"]
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "ImageFolderLoader", "decode_image"]
 
 #: Pillow format names ``ImageFolderLoader`` accepts; anything else is a ``DecodeError``.
-IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+#: They cover torchvision's image extensions (``IMAGE_EXTENSIONS``; PPM covers .pgm).
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "PPM", "TIFF")
 _ON_DECODE_ERROR = ("raise", "skip")
 # Antialiased bilinear: what torchvision's Resize does on PIL images, and much cheaper than
 # Lanczos at a quality difference a network does not notice.
@@ -37,7 +39,7 @@ _MAX_PIXEL = np.float32(255)
 
 
 def decode_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
-    """``data`` (a JPEG, PNG or WebP file) as a uint8 ``[3, H, W]`` RGB array.
+    """``data`` (a JPEG, PNG, WebP, BMP, PPM/PGM or TIFF file) as a uint8 ``[3, H, W]`` array.
 
     ``size`` is ``(width, height)`` (Pillow's convention); the image is stretched to it,
     not cropped. Raises Pillow's own errors; ``ImageFolderLoader`` wraps them.
@@ -60,7 +62,13 @@ class ImageFolderLoader(DataLoader):
     ``classes[label]`` the class (folder) name. ``resize`` is ``(width, height)``, Pillow's
     order: ``resize=(320, 240)`` gives ``H=240, W=320``. Every image is stretched to it.
 
-    A corrupt or non-JPEG/PNG/WebP object raises ``DecodeError`` naming the object, or with
+    Like torchvision's ``ImageFolder`` it reads only image files inside class folders
+    (``files="images"``: names ending in ``IMAGE_EXTENSIONS``, any case): hidden files and
+    folders (``.DS_Store``) and files directly under the root (a README) are skipped, and
+    ``snapshot_index_summary`` counts them. A class folder left without an image is a
+    ``LabelError`` naming it. ``files="all"`` makes every object a sample.
+
+    A corrupt or unreadable image raises ``DecodeError`` naming the object, or with
     ``on_decode_error="skip"`` is left out of its batch (which then holds fewer samples;
     never none: a batch of B=0 is still yielded so every rank takes the same number of
     steps) and counted in ``stats()["decode_errors"]``.
@@ -91,6 +99,7 @@ class ImageFolderLoader(DataLoader):
         label_mode: str = "auto",
         drop_last: bool = False,
         fetch_concurrency: int | None = None,
+        files: str = "images",
     ) -> None:
         self.size = _check_size(resize)
         if on_decode_error not in _ON_DECODE_ERROR:
@@ -127,6 +136,7 @@ class ImageFolderLoader(DataLoader):
             world_size=world_size,
             drop_last=drop_last,
             fetch_concurrency=fetch_concurrency,
+            files=files,
         )
         if self._embedded and not self.classes:
             self.close()

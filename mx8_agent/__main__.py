@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_agent_config(sys.argv[1:] if argv is None else argv)
         uvloop.run(_serve(config))
     except Mx8Error as exc:
-        emit("agent", "agent_failed", event_name=exc.event, error=str(exc))
+        emit("agent", "agent_failed", level="error", event_name=exc.event, error=str(exc))
         print(f"mx8d-agent: {exc}", file=sys.stderr)
         return 2
     return 0

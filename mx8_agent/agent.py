@@ -51,7 +51,7 @@ from mx8_common.errors import (
     NodeNotRegisteredError,
 )
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.retry import EQUAL_JITTER, Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
@@ -128,6 +128,7 @@ class Agent(Daemon):
         self._rng = random.Random()
         #: This process among agents with the same node id (see NodeCaps.incarnation).
         self._incarnation = secrets.token_hex(8)
+        self._retry_log = Throttled()  # retry lines: one per event every few seconds
 
     # -- views --------------------------------------------------------------------------
 
@@ -285,7 +286,7 @@ class Agent(Daemon):
             await self.runner.run()
         except Mx8Error as exc:
             fields = error_fields(exc) | {"error": str(exc), "node_id": self.config.node_id}
-            emit(_COMPONENT, exc.event, **fields)
+            emit(_COMPONENT, exc.event, level="error", **fields)
             # Tell the trainers why before going away.
             self.hub.fail(exc)
             await self._wait_trainers_gone()
@@ -317,11 +318,11 @@ class Agent(Daemon):
             return unreachable(exc) or isinstance(exc, NodeIdInUseError)
 
         def retrying(retry: Retry) -> None:
-            emit(
+            self._retry_log.emit(
                 _COMPONENT,
                 "register_retry",
                 delay_s=round(retry.delay_s, 3),
-                error=str(retry.error),
+                error=retry.error,
             )
 
         try:
@@ -372,7 +373,7 @@ class Agent(Daemon):
                 )
             except Mx8Error as exc:
                 # A missed heartbeat is not fatal: the lease TTL is several intervals long.
-                emit(_COMPONENT, "heartbeat_failed", reason=exc.event, error=str(exc))
+                self._retry_log.emit(_COMPONENT, "heartbeat_failed", reason=exc.event, error=exc)
                 if isinstance(exc, NodeNotRegisteredError):
                     # A coordinator restarted without its lease log no longer knows us;
                     # registering again is idempotent when it does.

@@ -2,7 +2,9 @@
 
 Every error a user or operator can see is an ``Mx8Error``; each message names the
 problem and the fix. Foreign errors are translated at one boundary each (botocore in
-the S3 layer, ``grpc.aio.AioRpcError`` in the clients) with ``raise ... from exc``.
+the S3 layer, ``grpc.aio.AioRpcError`` in the clients), ``raise ... from None`` where the
+one-line message carries what the original said: a user sees one error, not a chain of
+internals (the original stays reachable as ``__context__``).
 
     Mx8Error
     ├── ConfigError                  bad flag, env var or argument

@@ -25,6 +25,11 @@ _SUFFIX_RE = re.compile(r"^(?P<base>.*)@(?P<suffix>refresh|sha256:.*)$", re.DOTA
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 # Bucket names per the S3 rules, loosened to also admit the dotted/underscored legacy names.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+# Typos of s3:// and file:// (a wrong case, a missing ':' or '/', Hadoop's s3a/s3n): each
+# gets "did you mean ...?" instead of "unknown scheme" or "a relative path". A single '/'
+# after "s3" is not one: "s3/data" may well be a folder named s3.
+_NEAR_S3_RE = re.compile(r"^s3[an]?(?::/*|//+)(?P<rest>[^/].*)$", re.IGNORECASE | re.DOTALL)
+_NEAR_FILE_RE = re.compile(r"^file:/*(?P<rest>[^/].*)$", re.IGNORECASE | re.DOTALL)
 
 Scheme = Literal["s3", "file"]
 Mode = Literal["plain", "refresh", "pinned"]
@@ -122,6 +127,24 @@ def _parse_local(link: str, base: str) -> str:
     return os.path.normpath(path)
 
 
+def _did_you_mean(link: str, base: str) -> str | None:
+    """The link the user probably meant when ``base`` misspells s3:// or file://."""
+    suffix = link[len(base) :]
+    if (m := _NEAR_S3_RE.match(base)) is not None:
+        guess = "s3://" + m.group("rest") + suffix
+    elif (m := _NEAR_FILE_RE.match(base)) is not None:
+        guess = "file:///" + m.group("rest") + suffix
+    else:
+        return None
+    if guess == link:
+        return None
+    try:
+        parse_dataset_link(guess)
+    except LinkError:
+        return None
+    return guess
+
+
 def parse_dataset_link(link: str) -> DatasetLink:
     """Parse ``link`` or raise ``LinkError`` naming it and the fix."""
     if not isinstance(link, str) or not link.strip():
@@ -140,6 +163,8 @@ def parse_dataset_link(link: str) -> DatasetLink:
             link=link,
         )
     base, mode, pinned = _split_suffix(link)
+    if not base.startswith(("s3://", "file://", "/")) and (guess := _did_you_mean(link, base)):
+        raise LinkError(f"dataset link {link!r} is misspelt; did you mean {guess!r}?", link=link)
     if base.startswith("s3://"):
         bucket, prefix = _parse_s3(link, base)
         return DatasetLink(link, "s3", bucket, prefix, None, mode, pinned)

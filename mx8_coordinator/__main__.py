@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_coordinator_config(sys.argv[1:] if argv is None else argv)
         uvloop.run(_serve(config))
     except Mx8Error as exc:
-        emit("coordinator", exc.event, error=str(exc))
+        emit("coordinator", exc.event, level="error", error=str(exc))
         print(f"mx8-coordinator: {exc}", file=sys.stderr)
         return 2
     return 0

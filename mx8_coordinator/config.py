@@ -82,6 +82,7 @@ class CoordinatorConfig:
     lock_stale_ms: int = shared(SnapshotResolverConfig, "lock_stale_ms")
     wait_timeout_ms: int = shared(SnapshotResolverConfig, "wait_timeout_ms")
     show_progress: bool | None = shared(SnapshotResolverConfig, "show_progress")
+    files: str = shared(SnapshotResolverConfig, "files")
     max_message_bytes: int = shared(
         CoordinatorClientConfig,
         "max_message_bytes",
@@ -181,6 +182,7 @@ class CoordinatorConfig:
             lock_stale_ms=self.lock_stale_ms,
             wait_timeout_ms=self.wait_timeout_ms,
             show_progress=self.show_progress,
+            files=self.files,
         )
 
     @property

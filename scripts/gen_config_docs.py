@@ -44,7 +44,7 @@ ENV_READERS: dict[type, str] = {
     "`mx8 health` (`mx8 status --coordinator` overrides the address)",
     S3Settings: "every process that reads S3; credentials come from botocore's own chain "
     "(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ...)",
-    LoggingConfig: "every daemon and CLI",
+    LoggingConfig: "every daemon, CLI and trainer process (on stderr, also without MX8_LOG_FORMAT)",
 }
 
 #: Every config class, in the order an operator meets them.

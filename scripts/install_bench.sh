@@ -15,10 +15,14 @@ import numpy, torch
 print(f"torch=={torch.__version__}\nnumpy=={numpy.__version__}")
 PY
 quiet() { "$@" 2> >(grep -v -e "is ignored: it is neither" -e "^WARNING: Running pip as" >&2); }
+echo "install_bench: installing s3torchconnector and MosaicML Streaming into $VIRTUAL_ENV" >&2
 quiet python -m pip install -q -c "$pins" "s3torchconnector>=1.5"
-quiet python -m pip install -q --no-deps "mosaicml-streaming==0.13.0"
+# Streaming's runtime deps first, streaming itself last and without its declared deps: pip
+# checks declared deps after every install, so any install after it would end with a
+# resolver ERROR about the ones it skips on purpose (numpy<2.2, torchvision, cloud SDKs).
 quiet python -m pip install -q -c "$pins" Brotli catalogue python-snappy "xxhash<4" zstd tqdm boto3 \
   "transformers>=4.21.3,<5"
+quiet python -m pip install -q --no-deps "mosaicml-streaming==0.13.0"
 cd "$ROOT"
 python -c "import s3torchconnector; from benchmarks.case_first_batch import import_streaming_base; import_streaming_base()" \
   && echo "bench baselines installed: python -m benchmarks"

@@ -50,7 +50,7 @@ from mx8_common.errors import (
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.manifest.hashing import copy_hashed
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.retry import Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.store.base import check_hash
@@ -319,16 +319,17 @@ async def ingest_manifest(
     """Ingest the job's manifest, retrying transient failures; raise on anything else."""
     started = time.perf_counter()
     tries = 1
+    retry_log = Throttled()
 
     def retrying(retry: Retry) -> None:
         nonlocal tries
         tries = retry.attempt + 1
-        emit(
+        retry_log.emit(
             _COMPONENT,
             "manifest_ingest_retry",
             attempt=retry.attempt,
             delay_s=round(retry.delay_s, 3),
-            error=str(retry.error),
+            error=retry.error,
         )
 
     try:
@@ -344,6 +345,7 @@ async def ingest_manifest(
         emit(
             _COMPONENT,
             exc.event,
+            level="error",
             error=str(exc),
             manifest_hash=settings.manifest_hash,
             mode=settings.mode,

@@ -43,7 +43,7 @@ from mx8_common.errors import (
     NodeNotRegisteredError,
 )
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
 from mx8_common.rpc.reply_checks import check_lease
 from mx8_common.sample_order import EpochOrder, JobOrder
@@ -120,6 +120,7 @@ class LeaseRunner:
         self._leases_ahead = leases_ahead
         self._interval_s = progress_interval_s
         self._retry_wait_s = retry_wait_s
+        self._retry_log = Throttled()  # retry lines: one per event every few seconds
         self.tracker = AckTracker()
         self.stats = RunnerStats()
         self.pipeline: FetchPipeline | None = None
@@ -186,7 +187,7 @@ class LeaseRunner:
             except (*_WAIT_ERRORS, CoordinatorError) as exc:
                 if isinstance(exc, CoordinatorError) and exc.code not in _TRANSIENT_CODES:
                     raise
-                emit(_COMPONENT, "lease_request_retry", reason=exc.event, error=str(exc))
+                self._retry_log.emit(_COMPONENT, "lease_request_retry", reason=exc.event, error=exc)
                 await asyncio.sleep(self._retry_wait_s)
                 continue
             for le in resp.leases:
@@ -332,7 +333,9 @@ class LeaseRunner:
             except CoordinatorError as exc:
                 if exc.code not in _TRANSIENT_CODES:
                     raise
-                emit(_COMPONENT, "progress_report_failed", lease_id=lease_id, error=str(exc))
+                self._retry_log.emit(
+                    _COMPONENT, "progress_report_failed", lease_id=lease_id, error=exc
+                )
                 return  # try again next interval
             self.tracker.mark_reported(lease_id, cursor)
             if resp.completed:

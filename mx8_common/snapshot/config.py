@@ -14,6 +14,7 @@ from typing import Any
 from mx8_common.config_fields import load_env, parse_bool, setting, setting_names, shared
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.labels import LABEL_MODES
+from mx8_common.snapshot.sample_filter import validate_files
 from mx8_common.store import StoreConfig
 
 __all__ = ["SnapshotResolverConfig"]
@@ -58,6 +59,12 @@ class SnapshotResolverConfig:
         help="cap on waiting for another live indexer; 0: wait while its heartbeat advances "
         "(a dead one is taken over after the stale time)",
     )
+    files: str = setting(
+        "all",
+        env="MX8_SNAPSHOT_FILES",
+        help="which objects are samples: all, or images (torchvision ImageFolder's rule: "
+        "image extensions inside class folders, no hidden files)",
+    )
     show_progress: bool | None = setting(
         None,
         env="MX8_SNAPSHOT_PROGRESS",
@@ -76,6 +83,7 @@ class SnapshotResolverConfig:
                 f"label mode {self.label_mode!r} is not one of {', '.join(LABEL_MODES)}; set "
                 f"{setting_names(SnapshotResolverConfig, 'label_mode')}"
             )
+        validate_files(self.files)
         for name in ("spill_keys_per_run", "lock_stale_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(

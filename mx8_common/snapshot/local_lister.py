@@ -56,11 +56,11 @@ def _read_dir(path: str, rel: str) -> tuple[list[tuple[str, int]], list[tuple[st
         finally:
             if fd is not None:
                 os.close(fd)
-    except PermissionError as exc:
+    except PermissionError:
         raise AccessDeniedError(
             f"permission denied listing folder {path}; grant read+execute to this user",
             location=path,
-        ) from exc
+        ) from None
     _check_utf8(path, rel, files, dirs)
     return files, dirs
 
@@ -80,12 +80,12 @@ def _check_utf8(
         for name in names:
             try:
                 name.encode("utf-8")
-            except UnicodeEncodeError as exc:
+            except UnicodeEncodeError:
                 raise UnsupportedKeyError(
                     f"file name {os.fsencode(os.path.join(path, name))!r} is not valid "
                     "UTF-8; mx8 manifests hold UTF-8 paths, so rename it",
                     key=rel + name,
-                ) from exc
+                ) from None
 
 
 def _walk_chunks(
@@ -139,14 +139,15 @@ def _paged(chunks: Iterator[list[T]], size: int) -> Iterator[list[T]]:
 
 
 def _check_root(root: str) -> os.stat_result:
+    # from None: the OSError says nothing the message does not.
     try:
         st = os.stat(root)
-    except FileNotFoundError as exc:
+    except FileNotFoundError:
         raise ObjectNotFoundError(
             f"folder {root} does not exist; check the dataset link", location=root
-        ) from exc
-    except PermissionError as exc:
-        raise AccessDeniedError(f"permission denied on folder {root}", location=root) from exc
+        ) from None
+    except PermissionError:
+        raise AccessDeniedError(f"permission denied on folder {root}", location=root) from None
     if not os.path.isdir(root):
         raise ObjectNotFoundError(
             f"{root} is a file, not a folder; link the folder that holds the dataset",

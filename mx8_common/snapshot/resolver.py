@@ -4,7 +4,8 @@
 
 - ``@sha256:<hash>``: uses exactly that stored snapshot (``SnapshotNotFoundError`` if absent);
 - plain: reuses the snapshot the store's intent pointer names for this link and options,
-  indexing only when there is none;
+  indexing only when there is none (a reuse is announced once per process, with its age:
+  ``snapshot.notice``);
 - ``@refresh``: indexes again now.
 
 Indexing runs under the single-writer lock (``snapshot_lock``): one resolver per link
@@ -26,7 +27,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mx8_common.errors import (
     EmptyDatasetError,
@@ -39,6 +39,7 @@ from mx8_common.link import DatasetLink, parse_dataset_link
 from mx8_common.manifest.format import ManifestWriter, WrittenManifest
 from mx8_common.manifest.labels import (
     ClassIndex,
+    FolderSummary,
     choose_classes,
     encode_labels_tsv,
     validate_label_mode,
@@ -48,8 +49,11 @@ from mx8_common.snapshot.config import SnapshotResolverConfig
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
+from mx8_common.snapshot.notice import announce_reuse
 from mx8_common.snapshot.page_source import Page, PageSource, ordered_pages
+from mx8_common.snapshot.progress import IndexProgress
 from mx8_common.snapshot.s3_lister import S3PageSource
+from mx8_common.snapshot.sample_filter import Files, SampleCounter, validate_files
 from mx8_common.storage.s3_client import S3Settings, open_s3_client
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
 from mx8_common.store.base import store_os_error
@@ -81,11 +85,17 @@ class ResolvedSnapshot:
     #: repr: asyncio.run's SIGINT restore reprs the main task, result included (Python 3.11
     #: ``signal.getsignal`` -> enum lookup error text), which cost ~50 ms per 8 MB manifest.
     manifest_data: bytes | None = dataclasses.field(default=None, repr=False)
+    #: When the dataset was last listed into this manifest (Unix seconds, the storage's
+    #: clock; None for snapshots stored before mx8 kept it). Readers refuse objects
+    #: modified after it (``object_changed_since_snapshot``).
+    listed_at: float | None = None
 
 
 def intent_key(link: DatasetLink, config: SnapshotResolverConfig) -> str:
     """Store key of the intent pointer: SHA-256 of the normalized link and the options."""
     text = f"{link.normalized()}\nrecursive={int(config.recursive)}\nlabel_mode={config.label_mode}"
+    if config.files != "all":  # absent for "all", so keys from before the option still match
+        text += f"\nfiles={config.files}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -99,6 +109,7 @@ async def _describe(
     data = (
         await store.read_manifest_bytes(manifest_hash) if cfg.materialize_manifest_bytes else None
     )
+    meta = await store.get_meta(manifest_hash)
     return ResolvedSnapshot(
         link=link,
         manifest_hash=manifest_hash,
@@ -108,6 +119,7 @@ async def _describe(
         store_path=store.manifest_location(manifest_hash),
         indexed=False,
         manifest_data=data,
+        listed_at=meta.listed_at if meta is not None else None,
     )
 
 
@@ -135,6 +147,7 @@ class _IndexTracker:
         self.listed = 0
         self.written = 0
         self.phase = "listing"
+        self.samples = SampleCounter()  # what files="images" skipped, classes it kept
 
     def snapshot(self) -> dict[str, int | str]:
         # objects_written moves during an external sort's merge, when listing is done.
@@ -146,12 +159,17 @@ class _IndexTracker:
 
 
 async def _checked_keys(
-    pages: AsyncIterator[Page], link: str, tracker: _IndexTracker
+    pages: AsyncIterator[Page], link: str, tracker: _IndexTracker, files: Files = "all"
 ) -> AsyncGenerator[Page, None]:
-    """Reject keys a manifest cannot hold, and count pages and keys, before sorting or writing."""
+    """Reject keys a manifest cannot hold, and count pages and keys, before sorting or writing.
+
+    With ``files="images"`` the objects that are not samples leave here (counted, not refused).
+    """
     async for page in pages:
         tracker.pages += 1
         tracker.listed += len(page)
+        if files != "all":
+            page = tracker.samples.keep(page, files)
         # One scan of the joined keys per page; the per-key walk only names the bad key.
         joined = "".join([key for key, _size in page])
         if "\t" in joined or "\n" in joined or "\r" in joined:
@@ -216,50 +234,6 @@ def _write_page(
     )
 
 
-class _Progress:
-    """A rich progress line on a TTY (objects indexed and rate); a no-op elsewhere.
-
-    A waiter shows the holder's count instead (``waiting``): what rank 3 waits for.
-    """
-
-    def __init__(self, enabled: bool, link: str) -> None:
-        self._progress: Any = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TextColumn("{task.completed:,} objects"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._task = self._progress.add_task(f"indexing {link}", total=None, rate="")
-            self._t0 = time.monotonic()
-            self._progress.start()
-
-    def advance(self, n: int, total: int) -> None:
-        if self._progress is not None:
-            rate = total / max(time.monotonic() - self._t0, 1e-6)
-            self._progress.update(self._task, advance=n, rate=f"{rate:,.0f} objects/s")
-
-    def waiting(self, link: str, holder: LockHolder | None) -> None:
-        if self._progress is not None and holder is not None:
-            self._progress.update(
-                self._task,
-                description=f"waiting for {holder.host} to index {link}:",
-                completed=holder.objects_indexed or 0,
-            )
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
 def _show_progress(cfg: SnapshotResolverConfig) -> bool:
     return cfg.show_progress if cfg.show_progress is not None else sys.stderr.isatty()
 
@@ -284,6 +258,7 @@ async def _index(
     link = parsed.display()
     tracker = tracker if tracker is not None else _IndexTracker()
     t0 = time.monotonic()
+    started_at = time.time()  # before the first listing call: a conservative listing time
     async with contextlib.AsyncExitStack() as stack:
         source = page_source
         if source is None and parsed.scheme == "s3":
@@ -295,15 +270,16 @@ async def _index(
             )
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
+        files = validate_files(cfg.files)
         classes = await _classes(source, cfg, link)
-        listed = _checked_keys(source.pages(), link, tracker)
+        listed = _checked_keys(source.pages(), link, tracker, files)
         if cfg.external_sort:
             sorter = stack.enter_context(
                 ExternalSorter(keys_per_run=cfg.spill_keys_per_run, directory=store.scratch_dir())
             )
             listed = _sorted_pages(listed, sorter)
         pages = _read_ahead(ordered_pages(listed, link=link))
-        progress = _Progress(_show_progress(cfg), link)
+        progress = IndexProgress(_show_progress(cfg), link)
         stack.callback(progress.close)
         scratch = store.scratch_dir()
         with _scratch_disk(store, scratch):
@@ -316,34 +292,46 @@ async def _index(
                 progress.advance(len(page), writer.samples)
                 tracker.written = writer.samples
         tracker.phase = "storing"
+        if classes is not None and files != "all" and writer.samples:
+            tracker.samples.check_classes(classes.names, link)
         if writer.samples == 0:
             raise EmptyDatasetError(
                 f"{link} holds no objects{'' if cfg.recursive else ' directly under it'}; "
                 "check the path or prefix"
-                + ("" if cfg.recursive else ", or index recursively (recursive=True)"),
+                + ("" if cfg.recursive else ", or index recursively (recursive=True)")
+                + tracker.samples.skipped_note(),
                 link=link,
             )
         with _scratch_disk(store, scratch):
             written = await asyncio.to_thread(writer.finish)
+        # S3's own clock when it answers with one (the server compares object times to it);
+        # this host's for folders, where the files' mtimes come from the same clock.
+        listed_at = (
+            getattr(source, "listed_at", None) if isinstance(source, S3PageSource) else started_at
+        )
         try:
-            data = await _store_written(store, written, classes, cfg)
+            data = await _store_written(store, written, classes, cfg, listed_at)
         finally:
             await asyncio.to_thread(written.path.unlink, True)
     if key is not None:
         await store.write_intent(key, written.manifest_hash)
     scan_ms = int((time.monotonic() - t0) * 1000)
-    # Only an S3 listing can hold a key ending in "/" with a body (a file name cannot).
+    # Two reasons to leave an object out: the files filter (not an image in a class folder)
+    # and, in S3 only, a key ending in "/" that has a body (no file name can hold it).
     s3 = source if isinstance(source, S3PageSource) else None
-    skipped_fields: dict[str, Any] = {"skipped_objects": s3.skipped_objects if s3 else 0}
-    if s3 is not None and s3.skipped_objects:
-        skipped_fields["skipped_reason"] = S3PageSource.SKIPPED_REASON
+    slash_skipped = s3.skipped_objects if s3 is not None else 0
+    reasons = []
+    if tracker.samples.skipped:
+        reasons.append(f"{tracker.samples.skipped} not images inside class folders")
+    if slash_skipped:
+        reasons.append(f"{slash_skipped} {S3PageSource.SKIPPED_REASON}")
         # Said once for the whole listing, not per object.
         get_logger(_COMPONENT).warning(
             "snapshot_objects_skipped",
             link=link,
-            skipped_objects=s3.skipped_objects,
+            skipped_objects=slash_skipped,
             reason=S3PageSource.SKIPPED_REASON,
-            example=s3.skipped_example,
+            example=s3.skipped_example if s3 is not None else None,
         )
     emit(
         _COMPONENT,
@@ -356,9 +344,13 @@ async def _index(
         label_mode=cfg.label_mode,
         classes=len(classes.names) if classes else 0,
         external_sort=cfg.external_sort,
+        files=cfg.files,
+        skipped_objects=tracker.samples.skipped + slash_skipped,
+        skipped_example=tracker.samples.skipped_example
+        or (s3.skipped_example if s3 is not None else None),
+        skipped_reason="; ".join(reasons) or None,
         manifest_hash=written.manifest_hash,
         manifest_bytes=written.manifest_bytes,
-        **skipped_fields,
     )
     return ResolvedSnapshot(
         link=parsed.raw,
@@ -369,6 +361,7 @@ async def _index(
         store_path=store.manifest_location(written.manifest_hash),
         indexed=True,
         manifest_data=data,
+        listed_at=listed_at,
     )
 
 
@@ -387,6 +380,22 @@ async def _classes(source: PageSource, cfg: SnapshotResolverConfig, link: str) -
     summary = await source.folders()
     if not summary.folders and not summary.loose_objects:
         raise EmptyDatasetError(f"{link} holds no objects; check the path or prefix", link=link)
+    if cfg.files != "all":
+        # torchvision's rule: classes are the visible folders; loose files are not samples.
+        visible = tuple(f for f in summary.folders if not f.startswith("."))
+        if not visible:
+            loose = (
+                f"; the {summary.loose_objects} files directly under it (e.g. "
+                f"{summary.example_loose!r}) are skipped"
+                if summary.loose_objects
+                else ""
+            )
+            raise LabelError(
+                f"{link} has no class folder: files={cfg.files!r} reads images as "
+                f"<link>/<class>/<image>{loose}; move the images into class folders",
+                link=link,
+            )
+        summary = FolderSummary(visible, 0)
     return choose_classes(mode, summary, link=link)
 
 
@@ -402,6 +411,7 @@ async def _store_written(
     written: WrittenManifest,
     classes: ClassIndex | None,
     cfg: SnapshotResolverConfig,
+    listed_at: float | None,
 ) -> bytes | None:
     data = None
     if cfg.materialize_manifest_bytes:
@@ -412,7 +422,9 @@ async def _store_written(
     )
     await store.put_meta(
         written.manifest_hash,
-        ManifestMeta(written.samples, written.manifest_bytes, labels_sha256),
+        ManifestMeta(
+            written.samples, written.manifest_bytes, listed_at, labels_sha256=labels_sha256
+        ),
     )
     if classes is not None:
         await store.put_labels(written.manifest_hash, classes.names)
@@ -459,7 +471,10 @@ async def resolve_snapshot(
         key = intent_key(parsed, cfg)
         start = await store.read_intent_record(key)
         if parsed.mode == "plain" and start is not None and await store.has(start.manifest_hash):
-            return await _describe(store, link, start.manifest_hash, cfg)
+            reused = await _describe(store, link, start.manifest_hash, cfg)
+            indexed_at = reused.listed_at or start.written_at_ms / 1000
+            announce_reuse(parsed, key, reused.manifest_hash, reused.samples, indexed_at)
+            return reused
         start_token = start.token if start is not None else None
         active: ManifestStore = store
 
@@ -472,7 +487,7 @@ async def resolve_snapshot(
             return await _describe(active, link, record.manifest_hash, cfg)
 
         tracker = _IndexTracker()
-        wait_bar: list[_Progress] = []  # made on the first wait only: most calls never wait
+        wait_bar: list[IndexProgress] = []  # made on the first wait only: most calls never wait
 
         async def index() -> ResolvedSnapshot:
             # Took over from a dead holder: its waiting line gives way to our own.
@@ -482,7 +497,7 @@ async def resolve_snapshot(
 
         def on_wait(holder: LockHolder | None) -> None:
             if not wait_bar:
-                wait_bar.append(_Progress(_show_progress(cfg), parsed.display()))
+                wait_bar.append(IndexProgress(_show_progress(cfg), parsed.display()))
             wait_bar[0].waiting(parsed.display(), holder)
 
         try:
@@ -520,9 +535,14 @@ def resolve_snapshot_sync(
     """
     coro_args = (link, config)
     kwargs = {"store": store, "page_source": page_source}
+    # Decided outside the except clause: an error of the run would otherwise be shown
+    # chained to asyncio's "no running event loop", which has nothing to do with it.
     try:
         asyncio.get_running_loop()
+        in_loop = True
     except RuntimeError:
+        in_loop = False
+    if not in_loop:
         return asyncio.run(resolve_snapshot(*coro_args, **kwargs))  # type: ignore[arg-type]
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mx8-resolve") as pool:
         return pool.submit(

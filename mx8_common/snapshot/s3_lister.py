@@ -7,6 +7,7 @@ with ``page_source.ordered_pages``.
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -33,6 +34,18 @@ async def _with_retries(call: Callable[[], Awaitable[T]], location: str) -> T:
     return await _LIST_BACKOFF.run(
         translated, retry_if=lambda exc: isinstance(exc, TransientStorageError)
     )
+
+
+def _server_time(resp: dict[str, Any]) -> float | None:
+    """The answer's Date header as Unix seconds (the server's clock), if it has one."""
+    headers = (resp.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+    date = headers.get("date")
+    if not date:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 class S3PageSource:
@@ -65,6 +78,9 @@ class S3PageSource:
         self.page_size = page_size
         self.skipped_objects = 0
         self.skipped_example: str | None = None
+        #: S3's clock (the Date header) at the first listing answer: readers of the snapshot
+        #: refuse objects modified after it. None until a page was listed.
+        self.listed_at: float | None = None
 
     @property
     def root(self) -> str:
@@ -87,7 +103,10 @@ class S3PageSource:
         async def call() -> dict[str, Any]:
             return dict(await self.client.list_objects_v2(**kwargs))
 
-        return await _with_retries(call, self.root)
+        resp = await _with_retries(call, self.root)
+        if self.listed_at is None:
+            self.listed_at = _server_time(resp)
+        return resp
 
     async def _raw_pages(self, delimiter: bool) -> AsyncIterator[dict[str, Any]]:
         token: str | None = None

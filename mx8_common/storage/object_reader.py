@@ -8,17 +8,23 @@ pool, never on the event loop.
 
 The manifest promised a size, so every read is checked against it: a whole object whose
 size differs, or a range that runs past the object's end, is ``ObjectChangedError``
-(``object_changed_since_snapshot``), never silently different bytes. Throttling, server
+(``object_changed_since_snapshot``), never silently different bytes. An overwrite of the
+same size is caught by time: given the snapshot's listing time, S3 GETs carry
+``If-Unmodified-Since`` (S3 answers 412 for a newer object) and a local file's mtime must
+not be later. Throttling, server
 errors, resets and short bodies (``TransientStorageError``) are retried with exponential
 backoff and full jitter up to ``max_attempts``; permanent errors (missing object or bucket,
 access denied) raise at once. botocore errors become mx8 errors only through
-``mx8_common.storage.s3_client.translate_s3_error``.
+``mx8_common.storage.s3_client.translate_s3_error``, raised ``from None``: its one line
+carries the original's code or text, and a user sees one error, not a chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import errno
 import os
 import random
@@ -37,7 +43,7 @@ from mx8_common.errors import (
     StorageError,
     TransientStorageError,
 )
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled
 from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
@@ -128,10 +134,24 @@ def split_s3_location(location: str) -> tuple[str, str]:
 
 
 def _changed(location: str, expected: str, actual: str) -> ObjectChangedError:
+    # The plain link keeps answering with the stale snapshot: only @refresh indexes again.
     return ObjectChangedError(
         f"{location} changed since the snapshot: expected {expected}, found {actual}; "
-        "re-snapshot the dataset (mx8-snapshot-resolve) to pick up the new content",
+        "index the dataset again by appending @refresh to its link "
+        "(mx8.load('s3://bucket/prefix/@refresh')) and start from the new snapshot",
         location=location,
+    )
+
+
+def _utc(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _modified_after(location: str, listed_at: float, modified: str) -> ObjectChangedError:
+    return _changed(
+        location,
+        f"an object last modified before the snapshot's listing at {_utc(listed_at)}",
+        f"one modified {modified}",
     )
 
 
@@ -181,7 +201,7 @@ def _local_path(location: str) -> str:
 
 
 def _read_local_many(
-    items: Sequence[LocalRead],
+    items: Sequence[LocalRead], listed_at: float | None = None
 ) -> tuple[list[bytes | StorageError], list[float]]:
     """Blocking reads of several local samples in one thread-pool job; errors are returned.
 
@@ -194,39 +214,47 @@ def _read_local_many(
         started = clock()
         try:
             off, length = _normalize(location, byte_offset, byte_length)
-            out.append(_read_local(location, off, length))
+            out.append(_read_local(location, off, length, listed_at))
         except StorageError as exc:
             out.append(exc)
         seconds.append(clock() - started)
     return out, seconds
 
 
-def _read_local(location: str, byte_offset: int | None, byte_length: int | None) -> bytes:
+def _read_local(
+    location: str,
+    byte_offset: int | None,
+    byte_length: int | None,
+    listed_at: float | None = None,
+) -> bytes:
     """Blocking read of a local file (runs in the reader's thread pool)."""
     path = _local_path(location)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError as exc:
+    except FileNotFoundError:
         raise ObjectNotFoundError(
             f"{location} does not exist (it was deleted or renamed since the snapshot?)",
             location=location,
-        ) from exc
-    except PermissionError as exc:
+        ) from None
+    except PermissionError:
         raise AccessDeniedError(
             f"permission denied reading {location}; check the file mode and the user running "
             "the loader",
             location=location,
-        ) from exc
+        ) from None
     except OSError as exc:
-        raise StorageError(f"cannot open {location}: {exc}", location=location) from exc
+        raise StorageError(f"cannot open {location}: {exc}", location=location) from None
     try:
+        st = os.fstat(fd)
         if byte_offset is None:
-            size = os.fstat(fd).st_size
+            size = st.st_size
             if byte_length is not None and size != byte_length:
                 raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
             want, start = size, 0
         else:
             want, start = int(byte_length or 0), byte_offset
+        if listed_at is not None and st.st_mtime > listed_at:
+            raise _modified_after(location, listed_at, f"at {_utc(st.st_mtime)}")
         data = os.pread(fd, want, start)
         # pread may return less than asked only at end of file (the file shrank meanwhile).
         while len(data) < want:
@@ -243,8 +271,10 @@ def _read_local(location: str, byte_offset: int | None, byte_length: int | None)
         raise
     except OSError as exc:
         if exc.errno == errno.EISDIR:
-            raise StorageError(f"{location} is a directory, not a file", location=location) from exc
-        raise StorageError(f"cannot read {location}: {exc}", location=location) from exc
+            raise StorageError(
+                f"{location} is a directory, not a file", location=location
+            ) from None
+        raise StorageError(f"cannot read {location}: {exc}", location=location) from None
     finally:
         os.close(fd)
 
@@ -257,6 +287,8 @@ class ObjectReader:
     one) and reused for every read, or ``s3_client`` is borrowed and never closed (GETs
     then all go through it). ``on_read(seconds, nbytes)`` is told of every sample read:
     a ``read`` is timed whole (retries included), a ``read_local_many`` per file.
+    ``listed_at`` (Unix seconds: the snapshot's listing time) makes every read refuse an
+    object modified after it.
     """
 
     def __init__(
@@ -267,8 +299,16 @@ class ObjectReader:
         s3_client: Any = None,
         rng: random.Random | None = None,
         on_read: ReadObserver | None = None,
+        listed_at: float | None = None,
     ) -> None:
         self.config = config or ObjectReaderConfig()
+        self.listed_at = listed_at
+        self._retry_log = Throttled()
+        # HTTP dates have whole seconds: an object written later within the listing's
+        # second passes (S3 compares at that resolution too).
+        self._unmodified_since = (
+            None if listed_at is None else email.utils.formatdate(listed_at, usegmt=True)
+        )
         self.stats = ReadStats()
         self._on_read = on_read
         self._s3_settings = s3_settings
@@ -329,7 +369,7 @@ class ObjectReader:
             data = await self._read_s3_retrying(location, byte_offset, byte_length, stats)
         else:
             data = await asyncio.get_running_loop().run_in_executor(
-                self._local_pool(), _read_local, location, byte_offset, byte_length
+                self._local_pool(), _read_local, location, byte_offset, byte_length, self.listed_at
             )
         if self._on_read is not None:
             self._on_read(time.perf_counter() - started, len(data))
@@ -348,7 +388,7 @@ class ObjectReader:
         most of the cost of small page-cached files. Per-sample errors are returned in place.
         """
         results, seconds = await asyncio.get_running_loop().run_in_executor(
-            self._local_pool(), _read_local_many, items
+            self._local_pool(), _read_local_many, items, self.listed_at
         )
         got = 0
         nbytes = 0
@@ -385,13 +425,15 @@ class ObjectReader:
             self.stats.retries += 1
             if stats is not None:
                 stats.retries += 1
-            emit(
+            # A throttled endpoint makes every read retry: one short line per few seconds
+            # (with the count folded into it) instead of one per read.
+            self._retry_log.emit(
                 "fetch",
                 "storage_read_retry",
                 location=location,
                 attempt=retry.attempt,
                 delay_s=round(retry.delay_s, 4),
-                error=str(retry.error),
+                error=retry.error,
             )
 
         try:
@@ -407,7 +449,7 @@ class ObjectReader:
                 f"{exc} (gave up after {self.config.max_attempts} attempts; raise "
                 "MX8_FETCH_MAX_ATTEMPTS or check the storage endpoint)",
                 location=location,
-            ) from exc
+            ) from None
 
     async def _read_s3_once(
         self, location: str, byte_offset: int | None, byte_length: int | None
@@ -418,7 +460,9 @@ class ObjectReader:
         if byte_offset is not None and byte_length is not None:
             range_header = f"bytes={byte_offset}-{byte_offset + byte_length - 1}"
         try:
-            async with getter.get(bucket, key, range_header) as obj:
+            async with getter.get(
+                bucket, key, range_header, if_unmodified_since=self._unmodified_since
+            ) as obj:
                 size = obj.content_length
                 if byte_offset is None:
                     if byte_length is not None and size >= 0 and size != byte_length:
@@ -430,13 +474,15 @@ class ObjectReader:
         except StorageError:
             raise
         except Exception as exc:
+            if _error_code(exc) == "PreconditionFailed" and self.listed_at is not None:
+                raise _modified_after(location, self.listed_at, "later (S3 answered 412)") from None
             if _error_code(exc) == "InvalidRange":
                 raise _changed(
                     location,
                     f"bytes {byte_offset}..{(byte_offset or 0) + (byte_length or 0) - 1}",
                     "an object too short for that range",
-                ) from exc
-            raise translate_s3_error(exc, location) from exc
+                ) from None
+            raise translate_s3_error(exc, location) from None
         if 0 <= size != len(data):
             raise TransientStorageError(
                 f"short body reading {location}: got {len(data)} of {size} bytes",

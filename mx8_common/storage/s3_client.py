@@ -228,10 +228,14 @@ def translate_s3_error(exc: BaseException, location: str) -> StorageError:
 
 @contextlib.contextmanager
 def s3_errors(location: str) -> Iterator[None]:
-    """Translate botocore/transport errors raised inside into mx8 ``StorageError``s."""
+    """Translate botocore/transport errors raised inside into mx8 ``StorageError``s.
+
+    Raised ``from None``: the translation carries what matters of the original (its code
+    or text) in one line; the original stays reachable as ``__context__``.
+    """
     try:
         yield
     except StorageError:
         raise
     except Exception as exc:
-        raise translate_s3_error(exc, location) from exc
+        raise translate_s3_error(exc, location) from None

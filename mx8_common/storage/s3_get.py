@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
@@ -186,24 +187,37 @@ class S3Getter:
         await self._stack.aclose()
 
     @contextlib.asynccontextmanager
-    async def get(self, bucket: str, key: str, range_header: str | None) -> AsyncIterator[S3Object]:
-        """GET ``key`` (``Range: range_header`` if given); S3 errors raise ``ClientError``."""
+    async def get(
+        self,
+        bucket: str,
+        key: str,
+        range_header: str | None,
+        *,
+        if_unmodified_since: str | None = None,
+    ) -> AsyncIterator[S3Object]:
+        """GET ``key`` (``Range: range_header`` if given); S3 errors raise ``ClientError``.
+
+        ``if_unmodified_since`` (an HTTP date) makes S3 refuse a newer object with 412
+        (``PreconditionFailed``).
+        """
         route = await self._route(bucket) if self._credentials is not None else None
         if route is not None:
-            async with self._get_lean(route, bucket, key, range_header) as obj:
+            async with self._get_lean(route, bucket, key, range_header, if_unmodified_since) as obj:
                 if obj is not None:
                     yield obj
                     return
-        async with self._get_client(bucket, key, range_header) as obj:
+        async with self._get_client(bucket, key, range_header, if_unmodified_since) as obj:
             yield obj
 
     @contextlib.asynccontextmanager
     async def _get_client(
-        self, bucket: str, key: str, range_header: str | None
+        self, bucket: str, key: str, range_header: str | None, if_unmodified_since: str | None
     ) -> AsyncIterator[S3Object]:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if range_header is not None:
             kwargs["Range"] = range_header
+        if if_unmodified_since is not None:
+            kwargs["IfUnmodifiedSince"] = email.utils.parsedate_to_datetime(if_unmodified_since)
         resp = await self.client.get_object(**kwargs)
         body = resp["Body"]
         async with body:
@@ -211,13 +225,20 @@ class S3Getter:
 
     @contextlib.asynccontextmanager
     async def _get_lean(
-        self, route: _Route, bucket: str, key: str, range_header: str | None
+        self,
+        route: _Route,
+        bucket: str,
+        key: str,
+        range_header: str | None,
+        if_unmodified_since: str | None,
     ) -> AsyncIterator[S3Object | None]:
         """Yields None when S3 redirects: the caller then asks the client instead."""
         url = route.base + quote(key, safe="/~")
         headers = {"x-amz-checksum-mode": "ENABLED"} if self._checksum_mode else {}
         if range_header is not None:
             headers["Range"] = range_header
+        if if_unmodified_since is not None:
+            headers["If-Unmodified-Since"] = if_unmodified_since
         credentials = await self._credentials.get_frozen_credentials()
         request = AWSRequest("GET", url, headers=headers)
         S3SigV4Auth(credentials, route.service, route.region).add_auth(request)

@@ -1,7 +1,8 @@
 """The manifest store: immutable manifests by hash, intent pointers and indexer locks.
 
     <root>/by-hash/<hash>              canonical manifest TSV (immutable, conditional create)
-    <root>/by-hash/<hash>.meta.json    {"samples": N, "manifest_bytes": B, "labels_sha256": D}
+    <root>/by-hash/<hash>.meta.json    {"samples": N, "manifest_bytes": B, "listed_at": T,
+                                        "labels_sha256": D}
     <root>/by-hash/<hash>.labels.tsv   class names of imagefolder snapshots
     <root>/intent/<key>/current        the hash last resolved for a link + options (JSON)
     <root>/locks/<key>.lock            the single-writer indexer lock (see snapshot_lock)
@@ -10,7 +11,10 @@ The root is a folder (``store.fs``) or ``s3://bucket/prefix``
 (``store.s3``), chosen by ``open_manifest_store``. Everything under ``by-hash``
 is written once with a conditional create; a second writer of the same hash verifies the
 stored bytes equal its own by streaming both, and a mismatch is an ``IntegrityError``.
-Every read of a whole manifest re-verifies its hash.
+Every read of a whole manifest re-verifies its hash. The one exception is ``listed_at`` in
+the meta: when the dataset was last listed into this manifest (kept out of the canonical
+TSV so the hash stays a function of the content); a re-index that finds the same content
+moves it forward, and readers refuse objects modified after it.
 
 A store holds a lazily created client bound to the event loop that first used it: use one
 store per event loop, and ``aclose()`` it (or ``async with``).
@@ -75,15 +79,24 @@ def store_os_error(exc: OSError, root: str, where: object = None) -> StoreError:
 
 @dataclass(frozen=True)
 class ManifestMeta:
-    """Counts stored beside a manifest so a reuse needs no parse, and the digest of its
-    ``labels.tsv``: the manifest's hash does not cover the class names, this does."""
+    """Counts stored beside a manifest so a reuse needs no parse, its listing time, and
+    the digest of its ``labels.tsv`` (the manifest's hash does not cover class names)."""
 
     samples: int
     manifest_bytes: int
+    #: When the listing that produced this manifest began (Unix seconds, on the storage's
+    #: clock: S3's Date header, or this host's for a folder); None for older snapshots.
+    listed_at: float | None = None
+    #: sha256 of the ``labels.tsv`` written at indexing; None: no labels, or an older meta.
     labels_sha256: str | None = None
 
     def to_bytes(self) -> bytes:
-        obj: dict[str, object] = {"samples": self.samples, "manifest_bytes": self.manifest_bytes}
+        obj: dict[str, float | int | str] = {
+            "samples": self.samples,
+            "manifest_bytes": self.manifest_bytes,
+        }
+        if self.listed_at is not None:
+            obj["listed_at"] = self.listed_at
         if self.labels_sha256 is not None:
             obj["labels_sha256"] = self.labels_sha256
         return json.dumps(obj).encode()
@@ -91,10 +104,12 @@ class ManifestMeta:
     @classmethod
     def from_bytes(cls, data: bytes) -> ManifestMeta:
         obj = json.loads(data)
+        listed_at = obj.get("listed_at")
         digest = obj.get("labels_sha256")
         return cls(
             int(obj["samples"]),
             int(obj["manifest_bytes"]),
+            None if listed_at is None else float(listed_at),
             digest if isinstance(digest, str) else None,
         )
 
@@ -244,8 +259,16 @@ class ManifestStore(abc.ABC):
         return None if data is None else decode_labels_tsv(data)
 
     async def put_meta(self, manifest_hash: str, meta: ManifestMeta) -> None:
-        """Store row and byte counts beside a manifest."""
-        await self._put_small(f"by-hash/{check_hash(manifest_hash)}.meta.json", meta.to_bytes())
+        """Store row and byte counts beside a manifest (and the listing time, if given).
+
+        Counts alone never overwrite a stored meta; a listing time replaces it, since a
+        newer listing that found the same content vouches for it up to a later time.
+        """
+        rel = f"by-hash/{check_hash(manifest_hash)}.meta.json"
+        if meta.listed_at is None:
+            await self._put_small(rel, meta.to_bytes())
+        else:
+            await self._replace_small(rel, meta.to_bytes())
 
     async def get_meta(self, manifest_hash: str) -> ManifestMeta | None:
         data = await self._get_small(f"by-hash/{check_hash(manifest_hash)}.meta.json")

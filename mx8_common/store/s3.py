@@ -117,9 +117,9 @@ class S3ManifestStore(ManifestStore):
             code = _code(exc)
             if code in tolerate:
                 return None, code
-            raise translate_s3_error(exc, self._url(rel)) from exc
+            raise translate_s3_error(exc, self._url(rel)) from None
         except Exception as exc:
-            raise translate_s3_error(exc, self._url(rel)) from exc
+            raise translate_s3_error(exc, self._url(rel)) from None
 
     async def _body_chunks(self, resp: dict[str, Any]) -> AsyncIterator[bytes]:
         body = resp["Body"]
@@ -178,7 +178,7 @@ class S3ManifestStore(ManifestStore):
             async for chunk in self._body_chunks(resp):
                 hashing(chunk)
         except Exception as exc:
-            raise translate_s3_error(exc, self._url(rel)) from exc
+            raise translate_s3_error(exc, self._url(rel)) from None
         hashing.check(
             manifest_hash,
             what=f"stored manifest {self._url(rel)}",

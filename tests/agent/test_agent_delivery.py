@@ -229,7 +229,7 @@ async def test_agent_object_changed_since_snapshot_fails_loudly(
     with pytest.raises(ObjectChangedError, match=r"000050\.bin"):
         await agent.result()
     assert isinstance(run.error, ObjectChangedError)
-    assert "000050.bin" in str(run.error) and "re-snapshot" in str(run.error)
+    assert "000050.bin" in str(run.error) and "@refresh" in str(run.error)
     assert all(i < 50 for i in run.ids)  # nothing from or after the changed object
     assert logs.named("object_changed_since_snapshot")
     assert await committed(coordinator.address) <= 50

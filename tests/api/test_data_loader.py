@@ -141,3 +141,82 @@ def test_data_loader_abandoned_loop_stops_the_engine(link: str) -> None:
     with ds:
         pass
     assert ds.stats()["batches"] == 1
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_data_loader_persistent_workers_yield_every_epoch_in_full(link: str, context: str) -> None:
+    ds = mx8.DataLoader(link, batch_size=7, shuffle=True, seed=3)
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=None,
+        num_workers=2,
+        persistent_workers=True,
+        multiprocessing_context=context,
+        timeout=60,
+    )
+    epochs = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        epochs.append([[int(i) for i in b.sample_ids] for b in dl])
+    assert [len(flat(e)) for e in epochs] == [60, 60, 60]
+    for epoch, got in enumerate(epochs):
+        assert Counter(flat(got)) == dict.fromkeys(range(60), 1)
+        assert got == collect(mx8.load(link, batch_size=7, shuffle=True, seed=3, epoch=epoch))
+    assert epochs[0] != epochs[1]
+
+
+def test_data_loader_persistent_workers_restart_an_abandoned_epoch(link: str) -> None:
+    ds = mx8.DataLoader(link, batch_size=5)
+    dl = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, persistent_workers=True, timeout=60
+    )
+    for _ in dl:
+        break  # the workers' loops of this epoch are left open
+    ds.set_epoch(0)
+    assert collect(dl) == collect(mx8.load(link, batch_size=5))
+
+
+def test_data_loader_state_after_plain_torch_workers_is_refused_not_stale(link: str) -> None:
+    ds = mx8.DataLoader(link, batch_size=4)
+    it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, timeout=60))
+    for _ in range(5):
+        next(it)
+    with pytest.raises(mx8.ConfigError, match="StatefulDataLoader"):
+        ds.state_dict()
+    del it
+    ds.set_epoch(1)  # a new epoch's start is known again
+    assert ds.state_dict()["epoch"] == 1
+    assert ds.state_dict()["position"] == 0
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize(("num_workers", "consumed"), [(0, 5), (2, 5), (2, 6), (3, 1)])
+def test_data_loader_stateful_data_loader_resumes_exactly(
+    link: str, num_workers: int, consumed: int
+) -> None:
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    full = collect(mx8.load(link, batch_size=4, shuffle=True, seed=5))
+    kw: dict[str, Any] = {"batch_size": None, "num_workers": num_workers}
+    if num_workers:
+        kw["timeout"] = 60
+    first = StatefulDataLoader(mx8.DataLoader(link, batch_size=4, shuffle=True, seed=5), **kw)
+    it = iter(first)
+    head = [[int(i) for i in next(it).sample_ids] for _ in range(consumed)]
+    state = first.state_dict()
+    del it
+    assert head == full[:consumed]
+
+    ds = mx8.DataLoader(link, batch_size=4, shuffle=True, seed=5)
+    resumed = StatefulDataLoader(ds, **kw)
+    resumed.load_state_dict(state)
+    assert collect(resumed) == full[consumed:]
+    ds.set_epoch(1)  # the next epoch runs whole, from the parent's epoch
+    assert collect(resumed) == collect(mx8.load(link, batch_size=4, shuffle=True, seed=5, epoch=1))
+
+
+def test_data_loader_worker_state_is_refused_outside_its_worker(link: str) -> None:
+    ds = mx8.DataLoader(link, batch_size=4)
+    state = {**ds.state_dict(), "worker": {"id": 1, "num_workers": 2, "next_batch": 3}}
+    with pytest.raises(mx8.ConfigError, match="worker 1"):
+        ds.load_state_dict(state)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.utils.data
 from PIL import Image, features
+from structlog.testing import capture_logs
 
 import mx8
 from mx8.vision import ImageFolderLoader, decode_image
@@ -37,6 +38,10 @@ VARIANTS = [
     ("PNG", "png", (64, 64), "P"),
     ("JPEG", "jpg", (640, 480), "RGB"),
     ("JPEG", "jpeg", (33, 21), "RGB"),
+    ("BMP", "bmp", (20, 10), "RGB"),
+    ("TIFF", "tif", (12, 9), "RGB"),
+    ("PPM", "ppm", (7, 5), "RGB"),
+    ("JPEG", "JPG", (16, 16), "RGB"),  # extensions match in any case
 ] + ([("WEBP", "webp", (50, 40), "RGB")] if WEBP else [])
 
 
@@ -220,3 +225,89 @@ def test_image_folder_loader_in_torch_workers_yields_every_image_once(
 def test_mx8_vision_is_the_module() -> None:
     assert mx8.vision.ImageFolderLoader is ImageFolderLoader
     assert issubclass(ImageFolderLoader, mx8.DataLoader)
+
+
+def test_image_folder_loader_persistent_workers_yield_every_epoch_in_full(
+    tmp_path: Path, store_root: str
+) -> None:
+    root = tmp_path / "images"
+    n = make_image_folder(root)
+    loader = ImageFolderLoader(str(root), resize=(8, 8), batch_size=4, shuffle=True, seed=2)
+    dl = torch.utils.data.DataLoader(
+        loader, batch_size=None, num_workers=2, persistent_workers=True, timeout=60
+    )
+    epochs = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        epochs.append(torch.cat([labels for _, labels in dl]).tolist())
+    assert [len(e) for e in epochs] == [n, n, n]
+    for epoch, labels in enumerate(epochs):
+        assert Counter(labels) == {i: n // 3 for i in range(3)}
+        single = ImageFolderLoader(
+            str(root), resize=(8, 8), batch_size=4, shuffle=True, seed=2, epoch=epoch
+        )
+        assert labels == torch.cat([lab for _, lab in single]).tolist()
+        single.close()
+    loader.close()
+
+
+def _stray_files(root: Path) -> list[Path]:
+    """What a real image folder collects: Finder/Jupyter/AppleDouble files, notes, a README."""
+    strays = [
+        root / ".DS_Store",
+        root / "README.txt",
+        root / "cat" / ".DS_Store",
+        root / "dog" / "notes.txt",
+        root / "dog" / "._0-0.png",  # AppleDouble: hidden, though its name ends in .png
+        root / ".ipynb_checkpoints" / "a.png",
+        root / "fish" / ".cache" / "b.png",
+    ]
+    for path in strays:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not an image\n")
+    (root / "stray.png").write_bytes(_encode((1, 2, 3), "PNG", (4, 4), "RGB"))  # not in a class
+    return strays
+
+
+def test_image_folder_loader_skips_hidden_and_non_image_files_like_torchvision(
+    tmp_path: Path, store_root: str
+) -> None:
+    root = tmp_path / "images"
+    n = make_image_folder(root)
+    _stray_files(root)
+    with capture_logs() as logs:
+        loader = ImageFolderLoader(str(root), resize=(8, 8), batch_size=5)
+    assert loader.classes == ["cat", "dog", "fish"]
+    assert loader.loader.total_samples == n
+    labels = torch.cat([lab for _, lab in loader]).tolist()
+    assert Counter(labels) == {i: n // 3 for i in range(3)}
+    assert loader.stats()["decode_errors"] == 0
+    [summary] = [e for e in logs if e["event"] == "snapshot_index_summary"]
+    assert summary["files"] == "images" and summary["skipped_objects"] == 8
+    # mx8.load reads every object of the same folder: another snapshot, side by side.
+    assert mx8.load(str(root)).total_samples == n + 8
+    assert mx8.resolve_manifest_hash(str(root), files="images") == loader.manifest_hash
+    loader.close()
+
+
+def test_image_folder_loader_names_a_class_folder_without_images(
+    tmp_path: Path, store_root: str
+) -> None:
+    root = tmp_path / "images"
+    make_image_folder(root)
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.txt").write_bytes(b"label more\n")
+    with pytest.raises(mx8.LabelError, match="'notes' hold no image file") as info:
+        ImageFolderLoader(str(root))
+    assert str(root) in str(info.value)
+
+
+def test_image_folder_loader_names_a_loose_file_when_there_is_no_class_folder(
+    tmp_path: Path, store_root: str
+) -> None:
+    root = tmp_path / "flat"
+    root.mkdir()
+    (root / "0.png").write_bytes(_encode((1, 1, 1), "PNG", (4, 4), "RGB"))
+    with pytest.raises(mx8.LabelError, match="no class folder") as info:
+        ImageFolderLoader(str(root))
+    assert "'0.png'" in str(info.value)

@@ -91,3 +91,32 @@ def test_parse_dataset_link_rejects_bad_links(raw: str, fragment: str) -> None:
         parse_dataset_link(raw)
     assert fragment in str(info.value)
     assert info.value.link == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "meant"),
+    [
+        ("s3:/bucket/x", "s3://bucket/x"),
+        ("s3//bucket", "s3://bucket"),
+        ("s3:bucket/x/", "s3://bucket/x/"),
+        ("S3://bucket/x", "s3://bucket/x"),
+        ("s3:/bucket/x@refresh", "s3://bucket/x@refresh"),
+        ("s3a://bucket/x", "s3://bucket/x"),
+        ("S3N:///bucket", "s3://bucket"),
+        ("file:/data/imgs", "file:///data/imgs"),
+        ("FILE:///data/imgs", "file:///data/imgs"),
+    ],
+)
+def test_parse_dataset_link_near_miss_scheme_suggests_the_link(raw: str, meant: str) -> None:
+    with pytest.raises(LinkError) as info:
+        parse_dataset_link(raw)
+    assert f"did you mean {meant!r}?" in str(info.value)
+    assert "relative path" not in str(info.value)
+    parse_dataset_link(meant)  # the suggestion itself is a valid link
+
+
+@pytest.mark.parametrize("raw", ["s3/data", "s3data/x", "gs://bkt/p"])
+def test_parse_dataset_link_suggests_nothing_for_other_links(raw: str) -> None:
+    with pytest.raises(LinkError) as info:
+        parse_dataset_link(raw)
+    assert "did you mean" not in str(info.value)

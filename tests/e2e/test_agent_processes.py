@@ -239,7 +239,8 @@ async def test_agent_processes_cli_fail_closed_exits_2_with_one_line(
     assert code == 2
     plain = [line for line in agent.text().splitlines() if not line.startswith("{")]
     assert len(plain) == 1 and plain[0].startswith("mx8d-agent: manifest stream ended")
-    assert agent.event("manifest_stream_truncated") is not None
+    assert agent.event("manifest_stream_truncated")["level"] == "error"
+    assert agent.event("agent_failed")["level"] == "error"
     assert agent.event("lease_started") is None
     assert fake.request_lease_calls == 0
 

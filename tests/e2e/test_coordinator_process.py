@@ -166,16 +166,20 @@ async def test_coordinator_process_sigterm_drains_and_exits_zero(
     assert json.loads(lines[-1]) == {"ev": "progress", "lease": lease.lease_id, "cursor": 7}
 
 
-async def test_coordinator_process_bad_flags_exit_2(tmp_path: Path) -> None:
+async def test_coordinator_process_bad_flags_exit_2_logged_at_level_error(tmp_path: Path) -> None:
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "mx8_coordinator", "--dataset", "/x", "--world-size", "0"],
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, "MX8_LOG_FORMAT": "json"},
     )
     assert result.returncode == 2
     assert "--world-size must be > 0, got 0" in result.stderr and "Traceback" not in result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    [fatal] = [e for e in events if e["event"] == "config_invalid"]
+    assert fatal["level"] == "error"
 
 
 async def test_coordinator_process_memory_bounded_while_streaming(

@@ -117,6 +117,17 @@ def test_docs_architecture_has_one_data_flow_diagram() -> None:
         assert part in text
 
 
+def test_readme_and_docs_link_only_inside_the_repository() -> None:
+    for doc in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        text = doc.read_text()
+        targets = re.findall(r"\]\(([^)#\s]+)", text) + re.findall(r"`(\.\./[^`\s]+)`", text)
+        for target in targets:
+            assert not re.match(r"[a-z]+://", target), f"{doc.name}: {target} leaves the repo"
+            path = (doc.parent / target).resolve()
+            assert path.is_relative_to(ROOT), f"{doc.name}: {target} points outside the repo"
+            assert path.exists(), f"{doc.name}: {target} does not exist"
+
+
 # -- every flag and variable the docs name exists ------------------------------------------
 
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?:-\*)?")

@@ -23,12 +23,8 @@ from mx8_common.errors import ConfigError, LockTimeoutError
 from mx8_common.link import parse_dataset_link
 from mx8_common.snapshot.lock import LockHolder, SnapshotLock, parse_lock_body, run_single_writer
 from mx8_common.snapshot.page_source import PageSource
-from mx8_common.snapshot.resolver import (
-    SnapshotResolverConfig,
-    _Progress,
-    intent_key,
-    resolve_snapshot,
-)
+from mx8_common.snapshot.progress import IndexProgress
+from mx8_common.snapshot.resolver import SnapshotResolverConfig, intent_key, resolve_snapshot
 from mx8_common.store import ManifestStore, open_manifest_store
 
 # A holder in another process that heartbeats a progress count that keeps rising.
@@ -337,7 +333,7 @@ async def _gt(store: ManifestStore, key: str, than: int) -> bool:
 
 
 def test_snapshot_progress_waiting_shows_holder_and_count() -> None:
-    bar = _Progress(True, "s3://b/big/")
+    bar = IndexProgress(True, "s3://b/big/")
     try:
         progress = {"objects_indexed": 1_500_000}
         bar.waiting("s3://b/big/", LockHolder("node7:42:ab", 3, 0, progress))
@@ -348,4 +344,4 @@ def test_snapshot_progress_waiting_shows_holder_and_count() -> None:
         assert bar._progress.tasks[0].completed == 1_500_000
     finally:
         bar.close()
-    _Progress(False, "x").waiting("x", LockHolder("h:1:a", 1, 0))  # off: a no-op
+    IndexProgress(False, "x").waiting("x", LockHolder("h:1:a", 1, 0))  # off: a no-op

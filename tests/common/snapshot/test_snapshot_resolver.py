@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,37 @@ def test_snapshot_resolver_config_from_env(monkeypatch: pytest.MonkeyPatch) -> N
         SnapshotResolverConfig(label_mode="folders")
     with pytest.raises(ConfigError, match="spill_keys_per_run"):
         SnapshotResolverConfig(spill_keys_per_run=0)
+
+
+async def test_resolve_snapshot_plain_reuse_says_once_which_snapshot_and_how_to_refresh(
+    tmp_path: Path, store_root: str, logs: Events
+) -> None:
+    root = make_tree(tmp_path / "ds", FILES)
+    first = await resolve_snapshot(str(root), cfg(store_root))
+    (root / "late.jpg").write_bytes(b"late")  # not seen: the reuse must say so
+    for _ in range(3):
+        await resolve_snapshot(str(root), cfg(store_root))
+    reused = logs.named("snapshot_reused")
+    assert len(reused) == 1  # once per process, not per call
+    event = reused[0]
+    assert event["manifest_hash"] == first.manifest_hash
+    assert event["objects"] == 5
+    assert event["link"] == str(root)
+    assert event["refresh_with"] == f"{root}@refresh"
+    assert first.listed_at is not None
+    assert event["indexed_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first.listed_at))
+    assert event["age"].endswith("s")
+
+
+async def test_resolve_snapshot_refresh_of_same_content_moves_the_listing_time(
+    tmp_path: Path, store_root: str
+) -> None:
+    root = make_tree(tmp_path / "ds", FILES)
+    before = time.time()
+    first = await resolve_snapshot(str(root), cfg(store_root))
+    assert first.listed_at is not None and before <= first.listed_at <= time.time()
+    again = await resolve_snapshot(f"{root}@refresh", cfg(store_root))
+    assert again.manifest_hash == first.manifest_hash  # the canonical TSV holds no time
+    assert again.listed_at is not None and again.listed_at > first.listed_at
+    reused = await resolve_snapshot(str(root), cfg(store_root))
+    assert reused.listed_at == again.listed_at

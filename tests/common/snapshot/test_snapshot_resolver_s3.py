@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,17 @@ async def test_resolve_s3_counts_objects_whose_key_ends_in_slash_with_a_body_sai
     assert "ends in '/'" in summary["skipped_reason"]
     warnings = logs.named("snapshot_objects_skipped")
     assert len(warnings) == 1 and warnings[0]["example"] == "t/odd/"
+
+
+async def test_resolve_s3_records_the_servers_listing_time_beside_the_manifest(
+    s3_bucket: str, s3_sync_client: Any, store_root: str
+) -> None:
+    upload(s3_sync_client, s3_bucket, OBJECTS)
+    head = s3_sync_client.list_objects_v2(Bucket=s3_bucket)["ResponseMetadata"]["HTTPHeaders"]
+    server_before = email.utils.parsedate_to_datetime(head["date"]).timestamp()
+    first = await resolve_snapshot(f"s3://{s3_bucket}/train/", cfg(store_root))
+    assert first.listed_at is not None
+    assert server_before <= first.listed_at == int(first.listed_at)  # a whole-second HTTP date
+    async with open_manifest_store(store_root) as store:
+        meta = await store.get_meta(first.manifest_hash)
+    assert meta is not None and meta.listed_at == first.listed_at

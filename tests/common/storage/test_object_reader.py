@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import email.utils
 import os
 import random
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
+from support.eventually import assert_eventually
 from support.s3_fault_proxy import FaultProxy, fault_proxy
 
 from mx8_common.errors import (
@@ -18,6 +23,7 @@ from mx8_common.errors import (
     StorageError,
     TransientStorageError,
 )
+from mx8_common.obs.events import configure_logging
 from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig, split_s3_location
 from mx8_common.storage.s3_client import S3Settings
 from mx8_common.testing.local_s3 import LocalS3
@@ -88,6 +94,56 @@ async def test_object_reader_overwritten_object_is_changed(
             await reader.read(s3_object, None, len(PAYLOAD))
 
 
+def _server_time(client: Any, bucket: str) -> float:
+    """The S3 server's clock (its Date header), as a snapshot's listing records it."""
+    date = client.list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]["date"]
+    return email.utils.parsedate_to_datetime(date).timestamp()
+
+
+@pytest.mark.parametrize("lean", [True, False])
+async def test_object_reader_same_size_overwrite_after_listing_is_changed(
+    s3_sync_client: Any, s3_bucket: str, s3_object: str, lean: bool
+) -> None:
+    listed_at = _server_time(s3_sync_client, s3_bucket)
+    config = ObjectReaderConfig(lean_s3_get=lean)
+    async with ObjectReader(config, listed_at=listed_at) as reader:
+        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
+        assert await reader.read(s3_object, 10, 20) == PAYLOAD[10:30]
+    # HTTP dates have whole seconds: overwrite once the server's clock shows a later one.
+    await assert_eventually(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+    s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD[::-1])
+    async with ObjectReader(config, listed_at=listed_at) as reader:
+        for offset, length in ((None, len(PAYLOAD)), (10, 20)):
+            with pytest.raises(ObjectChangedError) as info:
+                await reader.read(s3_object, offset, length)
+            assert s3_object in str(info.value)
+            assert "@refresh" in str(info.value)
+            assert "mx8-snapshot-resolve" not in str(info.value)
+        assert reader.stats.retries == 0
+    # A snapshot listed after the overwrite reads the new bytes.
+    later = _server_time(s3_sync_client, s3_bucket)
+    async with ObjectReader(config, listed_at=later) as reader:
+        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD[::-1]
+
+
+async def test_object_reader_local_file_modified_after_listing_is_changed(tmp_path: Path) -> None:
+    path = tmp_path / "a.bin"
+    path.write_bytes(PAYLOAD)
+    listed_at = time.time()
+    async with ObjectReader(listed_at=listed_at) as reader:
+        assert await reader.read(str(path), None, len(PAYLOAD)) == PAYLOAD
+        # File times come from the kernel's coarse clock (a tick behind): step past it.
+        await assert_eventually(lambda: time.time() > listed_at + 0.05)
+        path.write_bytes(PAYLOAD[::-1])  # same size, new content
+        with pytest.raises(ObjectChangedError, match="@refresh") as info:
+            await reader.read(str(path), None, len(PAYLOAD))
+        assert "modified at" in str(info.value)
+        [result] = await reader.read_local_many([(str(path), 5, 10)])
+        assert isinstance(result, ObjectChangedError)
+    async with ObjectReader(listed_at=time.time()) as reader:
+        assert await reader.read(str(path), None, len(PAYLOAD)) == PAYLOAD[::-1]
+
+
 async def test_object_reader_missing_object_raises_not_found(s3_bucket: str) -> None:
     async with ObjectReader(FAST_RETRY) as reader:
         with pytest.raises(ObjectNotFoundError, match="does not exist") as info:
@@ -112,6 +168,29 @@ async def test_object_reader_retries_slowdown_then_succeeds(
     assert proxy.faults_fired["slowdown"] == 2
     assert proxy.gets_for("data/obj.bin") == 3
     assert reader.stats.retries == 2
+
+
+@pytest.fixture
+def debug_logging() -> Iterator[None]:
+    configure_logging(level="debug")  # folded retry lines go out at debug
+    yield
+    configure_logging()
+
+
+async def test_object_reader_retry_lines_are_short_and_one_per_interval(
+    s3_object: str, proxy: FaultProxy, debug_logging: None
+) -> None:
+    proxy.add_faults("data/obj.bin", *["slowdown"] * 6)
+    with capture_logs() as logs:
+        config = ObjectReaderConfig(max_attempts=8, backoff_base_s=0.001, backoff_max_s=0.01)
+        async with ObjectReader(config, s3_settings=_via(proxy)) as reader:
+            assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
+    assert reader.stats.retries == 6
+    lines = [e for e in logs if e["event"] == "storage_read_retry"]
+    shown = [e for e in lines if e["log_level"] == "warning"]
+    assert len(shown) == 1  # six retries within the interval: one line at the default level
+    assert [e["log_level"] for e in lines[1:]] == ["debug"] * 5
+    assert len(lines[0]["error"]) <= 160 and "\n" not in lines[0]["error"]
 
 
 async def test_object_reader_retries_short_body_and_reset(

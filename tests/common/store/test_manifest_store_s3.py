@@ -105,6 +105,13 @@ async def test_s3_store_intent_labels_meta(store: S3ManifestStore, tmp_path: Pat
     assert await store.get_labels(m.manifest_hash) == ["a", "b", "c"]
     await store.put_meta(m.manifest_hash, ManifestMeta(4, m.manifest_bytes))
     assert await store.get_meta(m.manifest_hash) == ManifestMeta(4, m.manifest_bytes)
+    # A listing time replaces the meta (a later listing of the same content vouches for
+    # it); counts alone never clobber it.
+    await store.put_meta(m.manifest_hash, ManifestMeta(4, m.manifest_bytes, 1700000000.0))
+    await store.put_meta(m.manifest_hash, ManifestMeta(4, m.manifest_bytes, 1800000000.0))
+    await store.put_meta(m.manifest_hash, ManifestMeta(4, m.manifest_bytes))
+    meta = await store.get_meta(m.manifest_hash)
+    assert meta == ManifestMeta(4, m.manifest_bytes, 1800000000.0)
 
 
 async def test_s3_store_lock_primitives_compare_and_swap(store: S3ManifestStore) -> None:
