@@ -88,7 +88,14 @@ class AgentConfig:
     cache_dir: str = setting(
         "",
         env="MX8_AGENT_CACHE_DIR",
-        help="directory of the cached-ingest manifest copy (empty: a temp dir)",
+        help="directory of the cached-ingest manifest copy and of file-backed tables "
+        "(empty: a temp dir)",
+    )
+    table_file_min_rows: int = setting(
+        10_000_000,
+        env="MX8_AGENT_TABLE_FILE_MIN_ROWS",
+        help="manifests of at least this many rows are held in memory-mapped files under "
+        "<cache-dir>/tables instead of RAM (smaller ones stay in memory)",
     )
     metrics: str = setting(
         "",
@@ -180,6 +187,7 @@ class AgentConfig:
             "--connect-timeout-s": self.connect_timeout_s,
             "--ingest-attempts": self.ingest_attempts,
             "--manifest-chunk-timeout-s": self.manifest_chunk_timeout_s,
+            "--table-file-min-rows": self.table_file_min_rows,
         }
         for flag, value in positive.items():
             if value <= 0:

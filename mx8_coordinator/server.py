@@ -87,6 +87,7 @@ class Coordinator(Daemon):
             metrics=self.metrics,
             max_message_bytes=config.max_message_bytes,
             bind_node_ids=config.tls_bind_node_id,
+            stream_compression=config.manifest_stream_compression,
         )
         self._log: LeaseLog | None = None
         self._state_lock: OwnerLock | None = None

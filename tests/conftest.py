@@ -15,6 +15,7 @@ from support.logs import Events
 
 from mx8_common.obs.events import configure_logging
 from mx8_common.storage.s3_client import S3Settings, sync_s3_client
+from mx8_common.testing.list_endpoint import ListEndpoint, serve_list_endpoint
 from mx8_common.testing.local_s3 import LocalS3, local_s3_server
 from mx8_coordinator.config import CoordinatorConfig
 from mx8_coordinator.rpc.manifest_serving import FileManifestSource
@@ -64,6 +65,13 @@ def s3_bucket(s3_sync_client: Any) -> str:
     name = f"mx8-test-{uuid.uuid4().hex[:12]}"
     s3_sync_client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def list_endpoint() -> Iterator[ListEndpoint]:
+    """A LIST-only S3-protocol endpoint on loopback (tests set buckets, latency, denials)."""
+    with serve_list_endpoint() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Entry point of ``mx8-snapshot-resolve``: index a dataset link (or reuse its snapshot).
 
-    mx8-snapshot-resolve LINK [--no-recursive] [--label-mode M] [--store ROOT] [--json]
+    mx8-snapshot-resolve LINK [--no-recursive] [--label-mode M] [--store ROOT]
+                         [--list-concurrency N] [--json]
 
 Prints the manifest hash, or with ``--json`` one JSON object. Works from the stored file
 only (``materialize_manifest_bytes=false``). Events go to stderr; an ``Mx8Error`` prints
@@ -20,6 +21,16 @@ from mx8_common.obs.events import configure_logging
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot
 
 __all__ = ["build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--store", default=None, help="manifest store root (folder or s3://bucket/prefix)"
     )
+    parser.add_argument(
+        "--list-concurrency",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="S3 LIST requests in flight while indexing (default 32, or "
+        "MX8_SNAPSHOT_LIST_CONCURRENCY); 1 lists one page after another",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -55,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             recursive=args.recursive,
             label_mode=args.label_mode,
             store_root=args.store,
+            list_concurrency=args.list_concurrency,
             materialize_manifest_bytes=False,
         )
         resolved = asyncio.run(resolve_snapshot(args.link, config))

@@ -48,6 +48,13 @@ class SnapshotResolverConfig:
     spill_keys_per_run: int = setting(
         100_000, env="MX8_SNAPSHOT_S3_SPILL_KEYS_PER_RUN", help="keys per external-sort run"
     )
+    list_concurrency: int = setting(
+        32,
+        env="MX8_SNAPSHOT_LIST_CONCURRENCY",
+        flag="--list-concurrency",
+        help="S3 LIST requests in flight while indexing (key ranges listed concurrently, "
+        "same manifest); 1: one page after another",
+    )
     lock_stale_ms: int = setting(
         60_000,
         env="MX8_SNAPSHOT_LOCK_STALE_MS",
@@ -84,7 +91,7 @@ class SnapshotResolverConfig:
                 f"{setting_names(SnapshotResolverConfig, 'label_mode')}"
             )
         validate_files(self.files)
-        for name in ("spill_keys_per_run", "lock_stale_ms"):
+        for name in ("spill_keys_per_run", "lock_stale_ms", "list_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"{name} must be >= 1, got {getattr(self, name)}; set "

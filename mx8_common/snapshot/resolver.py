@@ -51,10 +51,12 @@ from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
 from mx8_common.snapshot.notice import announce_reuse
 from mx8_common.snapshot.page_source import Page, PageSource, ordered_pages
+from mx8_common.snapshot.partitioned import SKIPPED_REASON, ListingStats
 from mx8_common.snapshot.progress import IndexProgress
 from mx8_common.snapshot.s3_lister import S3PageSource
 from mx8_common.snapshot.sample_filter import Files, SampleCounter, validate_files
-from mx8_common.storage.s3_client import S3Settings, open_s3_client
+from mx8_common.storage.s3_client import S3Settings
+from mx8_common.storage.s3_get import S3Getter
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
 from mx8_common.store.base import store_os_error
 
@@ -262,11 +264,19 @@ async def _index(
     async with contextlib.AsyncExitStack() as stack:
         source = page_source
         if source is None and parsed.scheme == "s3":
+            # The lean client: botocore's parse of a LIST page would cost more CPU than the
+            # concurrent listing has time for.
             client = await stack.enter_async_context(
-                open_s3_client(S3Settings.from_env(cfg.s3_endpoint_url))
+                S3Getter(S3Settings.from_env(cfg.s3_endpoint_url))
             )
             source = S3PageSource(
-                client, parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
+                client,
+                parsed.bucket or "",
+                parsed.prefix or "",
+                recursive=cfg.recursive,
+                # External sort is for endpoints that do not list in order: ranges need order.
+                concurrency=1 if cfg.external_sort else cfg.list_concurrency,
+                spill_dir=str(store.scratch_dir()),
             )
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
@@ -306,9 +316,7 @@ async def _index(
             written = await asyncio.to_thread(writer.finish)
         # S3's own clock when it answers with one (the server compares object times to it);
         # this host's for folders, where the files' mtimes come from the same clock.
-        listed_at = (
-            getattr(source, "listed_at", None) if isinstance(source, S3PageSource) else started_at
-        )
+        listed_at = source.listed_at if isinstance(source, S3PageSource) else started_at
         try:
             data = await _store_written(store, written, classes, cfg, listed_at)
         finally:
@@ -316,22 +324,22 @@ async def _index(
     if key is not None:
         await store.write_intent(key, written.manifest_hash)
     scan_ms = int((time.monotonic() - t0) * 1000)
+    stats = source.stats if isinstance(source, S3PageSource) else ListingStats()
     # Two reasons to leave an object out: the files filter (not an image in a class folder)
     # and, in S3 only, a key ending in "/" that has a body (no file name can hold it).
-    s3 = source if isinstance(source, S3PageSource) else None
-    slash_skipped = s3.skipped_objects if s3 is not None else 0
+    slash_skipped = stats.skipped_objects
     reasons = []
     if tracker.samples.skipped:
         reasons.append(f"{tracker.samples.skipped} not images inside class folders")
     if slash_skipped:
-        reasons.append(f"{slash_skipped} {S3PageSource.SKIPPED_REASON}")
+        reasons.append(f"{slash_skipped} {SKIPPED_REASON}")
         # Said once for the whole listing, not per object.
         get_logger(_COMPONENT).warning(
             "snapshot_objects_skipped",
             link=link,
             skipped_objects=slash_skipped,
-            reason=S3PageSource.SKIPPED_REASON,
-            example=s3.skipped_example if s3 is not None else None,
+            reason=SKIPPED_REASON,
+            example=stats.skipped_example,
         )
     emit(
         _COMPONENT,
@@ -344,10 +352,13 @@ async def _index(
         label_mode=cfg.label_mode,
         classes=len(classes.names) if classes else 0,
         external_sort=cfg.external_sort,
+        list_concurrency=stats.concurrency,
+        partitions=stats.partitions,
+        list_requests=stats.requests or tracker.pages,
+        keys_per_s=int(written.samples / max(scan_ms / 1000, 1e-3)),
         files=cfg.files,
         skipped_objects=tracker.samples.skipped + slash_skipped,
-        skipped_example=tracker.samples.skipped_example
-        or (s3.skipped_example if s3 is not None else None),
+        skipped_example=tracker.samples.skipped_example or stats.skipped_example,
         skipped_reason="; ".join(reasons) or None,
         manifest_hash=written.manifest_hash,
         manifest_bytes=written.manifest_bytes,

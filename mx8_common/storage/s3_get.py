@@ -1,4 +1,4 @@
-"""GetObject for the data plane: botocore decides where and how, aiohttp sends the bytes.
+"""GetObject and ListObjectsV2: botocore decides where and how, aiohttp sends the bytes.
 
 botocore's per-request pipeline costs ~1 ms of CPU per GET (measured against the local
 S3 server: 1.5-1.7 ms of client CPU per 64 KiB GET through aiobotocore, ~0.7 ms this
@@ -18,6 +18,12 @@ bodies become the ``botocore.exceptions.ClientError`` the client would raise, so
 Checksums are validated as botocore does by default: the GET asks for them
 (``x-amz-checksum-mode: ENABLED``) and the first algorithm the answer carries, in
 botocore's priority order, must match the body (``FlexibleChecksumError`` otherwise).
+
+``list_objects_v2`` takes the client's arguments and returns the fields of its answer
+that listing reads (``Contents`` Key/Size, ``CommonPrefixes``, ``IsTruncated``,
+``NextContinuationToken``). botocore spends ~20-60 ms of CPU parsing one 1,000-key page
+(a shape-driven walk and a dateutil parse per key); ElementTree parses it in ~3 ms, which
+is what lets many listing requests run at once without the client becoming the limit.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import html
+import re
 import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 import aiohttp
 import botocore.httpchecksum
@@ -104,7 +112,105 @@ class S3Object:
         return data
 
 
-def _client_error(status: int, body: bytes, headers: Any) -> ClientError:
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_LIST_PARAMS = {
+    "Prefix": "prefix",
+    "Delimiter": "delimiter",
+    "MaxKeys": "max-keys",
+    "StartAfter": "start-after",
+    "ContinuationToken": "continuation-token",
+}
+
+
+_KEY = re.compile(r"<Key>([^<]*)</Key>")
+_SIZE = re.compile(r"<Size>\s*(\d+)\s*</Size>")
+_COMMON = re.compile(r"<CommonPrefixes>\s*<Prefix>([^<]*)</Prefix>")
+_TRUNCATED = re.compile(r"<IsTruncated>\s*true\s*</IsTruncated>")
+_NEXT_TOKEN = re.compile(r"<NextContinuationToken>([^<]*)</NextContinuationToken>")
+
+
+def _list_text(value: str, url: bool) -> str:
+    if "&" in value:
+        value = html.unescape(value)  # XML character references
+    if url and ("%" in value or "+" in value):
+        value = unquote_plus(value)
+    return value
+
+
+def _parse_list_fast(body: bytes) -> dict[str, Any] | None:
+    """``_parse_list`` by regular expressions over S3's fixed layout (~5x faster), or
+    None when the counts do not add up (an unusual layout: ElementTree then parses it)."""
+    text = body.decode("utf-8")
+    if not text.lstrip().startswith("<?xml") and not text.lstrip().startswith("<List"):
+        return None
+    keys = _KEY.findall(text)
+    sizes = _SIZE.findall(text)
+    commons = _COMMON.findall(text)
+    if not (
+        len(keys) == len(sizes) == text.count("<Contents>")
+        and len(commons) == text.count("<CommonPrefixes>")
+        and "<ListBucketResult" in text
+    ):
+        return None
+    url = "<EncodingType>url</EncodingType>" in text
+    resp: dict[str, Any] = {
+        "IsTruncated": _TRUNCATED.search(text) is not None,
+        "KeyCount": len(keys) + len(commons),
+    }
+    if keys:
+        resp["Contents"] = [
+            {"Key": _list_text(key, url), "Size": int(size)}
+            for key, size in zip(keys, sizes, strict=True)
+        ]
+    if commons:
+        resp["CommonPrefixes"] = [{"Prefix": _list_text(p, url)} for p in commons]
+    token = _NEXT_TOKEN.search(text)
+    if token and token.group(1):
+        resp["NextContinuationToken"] = html.unescape(token.group(1))
+    return resp
+
+
+def _parse_list(body: bytes) -> dict[str, Any]:
+    """The ListObjectsV2 fields listing reads, keys URL-decoded (``encoding-type=url``)."""
+    fast = _parse_list_fast(body)
+    if fast is not None:
+        return fast
+    root = ET.fromstring(body)
+    ns = _S3_NS if root.tag.startswith(_S3_NS) else ""
+    url = root.findtext(ns + "EncodingType") == "url"
+
+    def text(value: str | None) -> str:
+        value = value or ""
+        return unquote_plus(value) if url else value
+
+    contents_tag, prefixes_tag = ns + "Contents", ns + "CommonPrefixes"
+    key_tag, size_tag, prefix_tag = ns + "Key", ns + "Size", ns + "Prefix"
+    contents: list[dict[str, Any]] = []
+    prefixes: list[dict[str, str]] = []
+    for el in root:
+        if el.tag == contents_tag:
+            contents.append(
+                {"Key": text(el.findtext(key_tag)), "Size": int(el.findtext(size_tag) or 0)}
+            )
+        elif el.tag == prefixes_tag:
+            prefixes.append({"Prefix": text(el.findtext(prefix_tag))})
+    resp: dict[str, Any] = {
+        "IsTruncated": root.findtext(ns + "IsTruncated") == "true",
+        "KeyCount": len(contents) + len(prefixes),
+    }
+    if contents:
+        resp["Contents"] = contents
+    if prefixes:
+        resp["CommonPrefixes"] = prefixes
+    token = root.findtext(ns + "NextContinuationToken")
+    if token:
+        resp["NextContinuationToken"] = token
+    return resp
+
+
+def _client_error(
+    status: int, body: bytes, headers: Any, operation: str = "GetObject"
+) -> ClientError:
     """The ``ClientError`` botocore would raise for this S3 error answer."""
     code, message = str(status), ""
     with contextlib.suppress(ET.ParseError, ValueError):
@@ -116,7 +222,7 @@ def _client_error(status: int, body: bytes, headers: Any) -> ClientError:
         "Error": {"Code": code, "Message": message},
         "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers)},
     }
-    return ClientError(response, "GetObject")  # type: ignore[arg-type]
+    return ClientError(response, operation)  # type: ignore[arg-type]
 
 
 def _check_checksum(headers: Any, data: bytes) -> None:
@@ -208,6 +314,53 @@ class S3Getter:
                     return
         async with self._get_client(bucket, key, range_header, if_unmodified_since) as obj:
             yield obj
+
+    async def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]:
+        """One ListObjectsV2 page (the client's arguments; see the module docstring)."""
+        bucket = kwargs["Bucket"]
+        route = await self._route(bucket) if self._credentials is not None else None
+        if route is not None:
+            resp = await self._list_lean(route, bucket, kwargs)
+            if resp is not None:
+                return resp
+        return dict(await self.client.list_objects_v2(**kwargs))
+
+    async def _list_lean(
+        self, route: _Route, bucket: str, kwargs: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """None when S3 redirects: the caller then asks the client instead."""
+        params = {"list-type": "2", "encoding-type": "url"}
+        for name, param in _LIST_PARAMS.items():
+            if kwargs.get(name) is not None:
+                params[param] = str(kwargs[name])
+        # The bucket itself: "https://bucket.host/" or path-style "http://host/bucket".
+        base = route.base if urlsplit(route.base).path == "/" else route.base.rstrip("/")
+        # Query already in SigV4's canonical form (sorted, RFC 3986), so it is signed as sent.
+        query = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
+        )
+        url = f"{base}?{query}"
+        credentials = await self._credentials.get_frozen_credentials()
+        request = AWSRequest("GET", url)
+        S3SigV4Auth(credentials, route.service, route.region).add_auth(request)
+        async with self._session().get(
+            URL(url, encoded=True),
+            headers=dict(request.headers.items()),
+            allow_redirects=False,
+            ssl=self._ssl_context() if url.startswith("https:") else True,
+        ) as resp:
+            body = await resp.read()
+            if resp.status >= 300:
+                error = _client_error(resp.status, body, resp.headers, "ListObjectsV2")
+                if 300 <= resp.status < 400 or error.response["Error"]["Code"] in _REDIRECT_CODES:
+                    self._routes[bucket] = None
+                    return None
+                raise error
+            date = resp.headers.get("Date")
+        page = _parse_list(body)
+        # The server's clock, as botocore's answer carries it: the snapshot's listing time.
+        page["ResponseMetadata"] = {"HTTPHeaders": {"date": date} if date else {}}
+        return page
 
     @contextlib.asynccontextmanager
     async def _get_client(

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from support.fake_list_endpoint import fake_list_endpoint
 
 from mx8_common.errors import AccessDeniedError, BucketNotFoundError, NonMonotonicListingError
 from mx8_common.snapshot.page_source import PageSource, ordered_pages
 from mx8_common.snapshot.s3_lister import S3PageSource
 from mx8_common.storage.s3_client import S3Settings, open_s3_client
+from mx8_common.testing.list_endpoint import ListEndpoint
 
 KEYS = {
     "ds/b/2.jpg": 2,
@@ -72,18 +72,57 @@ async def test_s3_page_source_missing_bucket_is_clear(s3_env: Any) -> None:
             await _collect(S3PageSource(client, "mx8-no-such-bucket-x", ""))
 
 
-async def test_s3_page_source_access_denied_is_clear(s3_env: Any) -> None:
-    with fake_list_endpoint() as fake:
-        fake.denied.add("locked-bucket")
-        async with open_s3_client(S3Settings(endpoint_url=fake.url, region="us-east-1")) as client:
-            with pytest.raises(AccessDeniedError, match="access denied"):
-                await _collect(S3PageSource(client, "locked-bucket", "p/"))
+async def test_s3_page_source_access_denied_is_clear(
+    s3_env: Any, list_endpoint: ListEndpoint
+) -> None:
+    list_endpoint.denied.add("locked-bucket")
+    settings = S3Settings(endpoint_url=list_endpoint.url, region="us-east-1")
+    async with open_s3_client(settings) as client:
+        with pytest.raises(AccessDeniedError, match="access denied"):
+            await _collect(S3PageSource(client, "locked-bucket", "p/"))
 
 
-async def test_s3_page_source_serves_unordered_listing_from_fake_endpoint(s3_env: Any) -> None:
-    with fake_list_endpoint() as fake:
-        fake.buckets["unordered"] = [("p/b", 1), ("p/c", 1), ("p/a", 1)]
-        async with open_s3_client(S3Settings(endpoint_url=fake.url, region="us-east-1")) as client:
-            source = S3PageSource(client, "unordered", "p/", page_size=2)
-            with pytest.raises(NonMonotonicListingError, match="'a', which sorts before"):
-                [p async for p in ordered_pages(source.pages(), link="s3://unordered/p/")]
+async def test_s3_page_source_serves_unordered_listing_from_fake_endpoint(
+    s3_env: Any, list_endpoint: ListEndpoint
+) -> None:
+    list_endpoint.buckets["unordered"] = [("p/b", 1), ("p/c", 1), ("p/a", 1)]
+    settings = S3Settings(endpoint_url=list_endpoint.url, region="us-east-1")
+    async with open_s3_client(settings) as client:
+        source = S3PageSource(client, "unordered", "p/", page_size=2)
+        with pytest.raises(NonMonotonicListingError, match="'a', which sorts before"):
+            [p async for p in ordered_pages(source.pages(), link="s3://unordered/p/")]
+
+
+async def test_s3_page_source_concurrent_pages_equal_sequential_on_the_s3_server(
+    s3_bucket: str, s3_sync_client: Any
+) -> None:
+    keys = [f"ds/c{i % 4}/{i:03d}.jpg" for i in range(60)]  # folders
+    keys += [f"ds/flat-{i:03d}.bin" for i in range(40)]  # loose keys between them
+    keys += [f"ds/big/deep/{i:03d}" for i in range(50)]  # one big, deeper folder
+    keys += ["ds/a b/+%.bin", "ds/é/ü.bin", "ds/日本/x", "ds/empty/", "ds-x/1", "other/z"]
+    for key in keys:
+        s3_sync_client.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * (len(key) % 5))
+    async with open_s3_client() as client:
+        for recursive in (True, False):
+            got = {
+                concurrency: [
+                    item
+                    async for page in S3PageSource(
+                        client,
+                        s3_bucket,
+                        "ds/",
+                        recursive=recursive,
+                        page_size=7,
+                        concurrency=concurrency,
+                    ).pages()
+                    for item in page
+                ]
+                for concurrency in (1, 8)
+            }
+            want = sorted(
+                (k[3:], len(k) % 5)
+                for k in keys
+                if k.startswith("ds/") and not k.endswith("/") and (recursive or k.count("/") == 1)
+            )
+            assert got[1] == want
+            assert got[8] == want

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from mx8_common.snapshot.cli import main
+from mx8_common.errors import ConfigError
+from mx8_common.snapshot.cli import build_parser, main
+from mx8_common.snapshot.resolver import SnapshotResolverConfig
 
 
 def _cli() -> list[str]:
@@ -122,3 +124,21 @@ def test_snapshot_cli_eight_concurrent_processes_one_indexer(tmp_path: Path) -> 
     assert len(hashes) == 1
     assert events.count("snapshot_indexer_elected") == 1
     assert events.count("snapshot_index_summary") == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_snapshot_cli_list_concurrency_must_be_a_positive_number(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["s3://b/p/", "--list-concurrency", value])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--list-concurrency" in err and value in err
+
+
+def test_resolver_config_list_concurrency_from_env_and_validated() -> None:
+    cfg = SnapshotResolverConfig.from_env({"MX8_SNAPSHOT_LIST_CONCURRENCY": "4"})
+    assert cfg.list_concurrency == 4
+    assert SnapshotResolverConfig.from_env({}).list_concurrency == 32
+    with pytest.raises(ConfigError, match="list_concurrency must be >= 1"):
+        SnapshotResolverConfig(list_concurrency=0)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fake_list_endpoint import fake_list_endpoint
 from support.logs import Events
 from support.snapshot import cfg, resolve_in_threads, rows
 
@@ -21,6 +20,7 @@ from mx8_common.errors import (
 )
 from mx8_common.snapshot.resolver import resolve_snapshot
 from mx8_common.store import open_manifest_store
+from mx8_common.testing.list_endpoint import ListEndpoint
 
 OBJECTS = {
     "train/cat/001.jpg": 11,
@@ -110,8 +110,36 @@ async def test_resolve_s3_into_s3_store_without_materializing(
         assert await store.read_range(lean.manifest_hash, 0, 17) == b"schema_version=0\n"
 
 
+async def test_resolve_s3_concurrent_listing_gives_the_sequential_hash_and_summary(
+    s3_bucket: str, s3_sync_client: Any, store_root: str, logs: Events
+) -> None:
+    objects = dict(OBJECTS)
+    objects.update({f"train/dog/{i:03d}.jpg": i for i in range(30)})
+    objects.update({f"train/ünï cödé/{i}.jpg": i for i in range(5)})
+    upload(s3_sync_client, s3_bucket, objects)
+    link = f"s3://{s3_bucket}/train/@refresh"
+    n = sum(key.startswith("train/") for key in objects)
+    for label_mode in ("auto", "none"):
+        sequential = await resolve_snapshot(
+            link, cfg(store_root, label_mode=label_mode, list_concurrency=1)
+        )
+        logs.clear()
+        concurrent = await resolve_snapshot(
+            link, cfg(store_root, label_mode=label_mode, list_concurrency=16)
+        )
+        assert concurrent.manifest_hash == sequential.manifest_hash
+        assert concurrent.manifest_data == sequential.manifest_data
+        assert concurrent.class_names == sequential.class_names
+        (summary,) = logs.named("snapshot_index_summary")
+        assert summary["list_concurrency"] == 16
+        assert summary["partitions"] > 1  # the root's folders became ranges
+        assert summary["objects_indexed"] == n and summary["keys_per_s"] > 0
+    assert sequential.class_names is None
+    assert concurrent.samples == n
+
+
 async def test_resolve_s3_errors_are_distinct(
-    s3_bucket: str, s3_sync_client: Any, store_root: str
+    s3_bucket: str, s3_sync_client: Any, store_root: str, list_endpoint: ListEndpoint
 ) -> None:
     upload(s3_sync_client, s3_bucket, OBJECTS)
     with pytest.raises(EmptyDatasetError, match="holds no objects"):
@@ -121,37 +149,42 @@ async def test_resolve_s3_errors_are_distinct(
     s3_sync_client.put_object(Bucket=s3_bucket, Key="bad/a\tb.jpg", Body=b"1")
     with pytest.raises(UnsupportedKeyError, match="TAB"):
         await resolve_snapshot(f"s3://{s3_bucket}/bad/", cfg(store_root, label_mode="none"))
-    with fake_list_endpoint() as fake:
-        fake.denied.add("locked")
-        with pytest.raises(AccessDeniedError, match="access denied"):
-            await resolve_snapshot("s3://locked/p/", cfg(store_root, s3_endpoint_url=fake.url))
+    list_endpoint.denied.add("locked")
+    with pytest.raises(AccessDeniedError, match="access denied"):
+        await resolve_snapshot("s3://locked/p/", cfg(store_root, s3_endpoint_url=list_endpoint.url))
 
 
 async def test_resolve_s3_non_monotonic_listing_fails_fast_and_external_sort_matches(
-    s3_bucket: str, s3_sync_client: Any, store_root: str
+    s3_bucket: str, s3_sync_client: Any, store_root: str, list_endpoint: ListEndpoint
 ) -> None:
     objects = {f"data/{i:04d}/{c}.bin": 1 + i % 13 for i in range(60) for c in "ab"}
     upload(s3_sync_client, s3_bucket, objects)
     in_order = await resolve_snapshot(f"s3://{s3_bucket}/data/", cfg(store_root, label_mode="none"))
     shuffled = list(objects.items())
     random.Random(3).shuffle(shuffled)
-    with fake_list_endpoint() as fake:
-        fake.buckets[s3_bucket] = shuffled  # same bucket name and keys, listed out of order
+    fake = list_endpoint
+    fake.buckets[s3_bucket] = shuffled  # same bucket name and keys, listed out of order
+    for concurrency in (1, 32):
         with pytest.raises(NonMonotonicListingError, match="MX8_SNAPSHOT_S3_EXTERNAL_SORT"):
             await resolve_snapshot(
                 f"s3://{s3_bucket}/data/@refresh",
-                cfg(str(Path(store_root) / "x"), label_mode="none", s3_endpoint_url=fake.url),
+                cfg(
+                    str(Path(store_root) / "x"),
+                    label_mode="none",
+                    s3_endpoint_url=fake.url,
+                    list_concurrency=concurrency,
+                ),
             )
-        sorted_run = await resolve_snapshot(
-            f"s3://{s3_bucket}/data/@refresh",
-            cfg(
-                str(Path(store_root) / "y"),
-                label_mode="none",
-                s3_endpoint_url=fake.url,
-                external_sort=True,
-                spill_keys_per_run=7,
-            ),
-        )
+    sorted_run = await resolve_snapshot(
+        f"s3://{s3_bucket}/data/@refresh",
+        cfg(
+            str(Path(store_root) / "y"),
+            label_mode="none",
+            s3_endpoint_url=fake.url,
+            external_sort=True,
+            spill_keys_per_run=7,
+        ),
+    )
     assert sorted_run.manifest_hash == in_order.manifest_hash
     assert sorted_run.samples == 120
 

@@ -22,7 +22,7 @@ from mx8_common.errors import (
 )
 from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
-from mx8_common.storage.s3_get import S3Getter, _check_checksum
+from mx8_common.storage.s3_get import S3Getter, _check_checksum, _parse_list
 from mx8_common.testing.local_s3 import LocalS3
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
@@ -147,3 +147,66 @@ async def test_s3_getter_borrowed_client_is_used_and_left_open(
             assert borrower._routes == {}  # a borrowed client: no lean path
         # Still usable after the borrower closed.
         assert (await _get(owner, objects, KEYS[0]))[2] == PAYLOAD
+
+
+async def _list_all(getter: S3Getter, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every page of a listing, paged by continuation token, with the fields listing reads."""
+    pages, token = [], None
+    while True:
+        extra = {"ContinuationToken": token} if token else {}
+        resp = await getter.list_objects_v2(MaxKeys=2, **kwargs, **extra)
+        pages.append(
+            {
+                "keys": [(o["Key"], o["Size"]) for o in resp.get("Contents", ())],
+                "prefixes": [p["Prefix"] for p in resp.get("CommonPrefixes", ())],
+                "truncated": resp["IsTruncated"],
+            }
+        )
+        token = resp.get("NextContinuationToken")
+        if not resp["IsTruncated"]:
+            return pages
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"Delimiter": "/"}, {"Prefix": "a b/"}, {"StartAfter": "a b/c"}, {"Prefix": "ü"}],
+)
+async def test_s3_getter_list_lean_path_matches_client_path(
+    objects: str, kwargs: dict[str, str]
+) -> None:
+    async with S3Getter() as lean, S3Getter(lean=False) as plain:
+        got = await _list_all(lean, Bucket=objects, **kwargs)
+        assert got == await _list_all(plain, Bucket=objects, **kwargs)
+        assert lean._routes[objects] is not None
+    listed = [key for page in got for key, _ in page["keys"]]
+    assert listed == sorted(listed) and listed, got
+
+
+@pytest.mark.parametrize("lean", [True, False])
+async def test_s3_getter_list_missing_bucket_raises_the_client_error(
+    s3_env: LocalS3, lean: bool
+) -> None:
+    async with S3Getter(lean=lean) as getter:
+        with pytest.raises(ClientError) as info:
+            await getter.list_objects_v2(Bucket="mx8-no-such-bucket-l", Prefix="")
+    assert isinstance(translate_s3_error(info.value, "s3://x/"), BucketNotFoundError)
+
+
+def test_s3_list_parse_falls_back_to_elementtree_for_an_unusual_layout() -> None:
+    ns = "http://s3.amazonaws.com/doc/2006-03-01/"
+    # Namespace-prefixed, pretty-printed, Size before Key: the regexes do not match it.
+    body = f"""<?xml version="1.0"?>
+<s3:ListBucketResult xmlns:s3="{ns}">
+  <s3:IsTruncated>true</s3:IsTruncated>
+  <s3:EncodingType>url</s3:EncodingType>
+  <s3:NextContinuationToken>t&amp;1</s3:NextContinuationToken>
+  <s3:Contents><s3:Size>7</s3:Size><s3:Key>a%20b%2Bc</s3:Key></s3:Contents>
+  <s3:CommonPrefixes><s3:Prefix>d%2F/</s3:Prefix></s3:CommonPrefixes>
+</s3:ListBucketResult>""".encode()
+    assert _parse_list(body) == {
+        "IsTruncated": True,
+        "KeyCount": 2,
+        "Contents": [{"Key": "a b+c", "Size": 7}],
+        "CommonPrefixes": [{"Prefix": "d//"}],
+        "NextContinuationToken": "t&1",
+    }
