@@ -21,7 +21,7 @@ from mx8_coordinator.server import Coordinator
 StartCoordinator = Callable[..., Awaitable[Coordinator]]
 
 # Fields that depend on the moment they are read.
-_CLOCK_FIELDS = {"generated_unix_ms", "samples_per_second"}
+_CLOCK_FIELDS = {"generated_unix_ms", "samples_per_second", "throughput_history"}
 
 
 def _run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -39,7 +39,12 @@ async def run_cli(argv: list[str]) -> tuple[int, str, str]:
 def _stable(status: dict) -> dict:
     out = {k: v for k, v in status.items() if k not in _CLOCK_FIELDS}
     out["nodes"] = [
-        {k: v for k, v in n.items() if k not in ("last_heartbeat_age_ms",)} for n in status["nodes"]
+        {k: v for k, v in n.items() if k not in ("last_heartbeat_age_ms", "samples_per_second")}
+        for n in status["nodes"]
+    ]
+    # ETAs follow the rate, which moves between the two reads.
+    out["progress"] = [
+        {k: v for k, v in p.items() if k != "eta_seconds"} for p in status["progress"]
     ]
     out["live_leases"] = [
         {k: v for k, v in le.items() if k != "expires_in_ms"} for le in status["live_leases"]

@@ -119,7 +119,9 @@ def test_job_status_dict_is_the_api_status_json() -> None:
         "committed_samples": 50,
         "total_samples": 200,
         "fraction": 0.25,
+        "eta_seconds": 12.0,  # 150 left at 12.5/s
     }
+    assert d["progress"][1]["eta_seconds"] == 28.0  # after epoch 0's 150, its own 200
     assert d["counters"] == {
         "leases_issued": 2,
         "leases_expired": 0,
