@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from support.ops import drive_partial_job
 
-from mx8.cli import main
+from mx8.cli import main, print_status
 from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.job_status import JobStatus, NodeStatus
 from mx8_coordinator.server import Coordinator
 
 StartCoordinator = Callable[..., Awaitable[Coordinator]]
@@ -159,3 +160,32 @@ def test_status_cli_requires_a_command() -> None:
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
+
+
+def test_status_cli_table_tells_finished_nodes_from_lost_ones() -> None:
+    nodes = (
+        NodeStatus(node_id="done-node", rank=0, alive=False, finished=True),
+        NodeStatus(node_id="gone-node", rank=1, alive=False),
+    )
+    status = JobStatus(
+        job_id="j",
+        dataset_link="d",
+        total_samples=10,
+        epochs=1,
+        world_size=2,
+        job_ready=True,
+        job_drained=True,
+        samples_per_second=5.0,
+        rate_basis="final",
+        nodes=nodes,
+        committed_by_epoch=(10,),
+    )
+    out = io.StringIO()
+    print_status(status, file=out)
+    text = out.getvalue()
+
+    def row(node_id: str) -> str:
+        return next(line for line in text.splitlines() if node_id in line)
+
+    assert "finished" in row("done-node") and "lost" in row("gone-node")
+    assert "departed" not in text and "whole run, final" in text

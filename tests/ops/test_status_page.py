@@ -143,7 +143,7 @@ def test_status_page_escapes_names() -> None:
     page = render_status_html(status, now_unix_ms=11_500)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "h&amp;h" in page
-    assert "departed" in page and "1.5 s ago" in page
+    assert "lost (silent past the lease TTL)" in page and "1.5 s ago" in page
 
 
 def _metric_values(body: bytes) -> dict[str, float]:
