@@ -58,6 +58,8 @@ class NodeStatus:
     samples_delivered: int = 0
     bytes_fetched: int = 0
     inflight_bytes: int = 0
+    #: Storage reads the node retried, as its last heartbeat reported.
+    fetch_retries: int = 0
     #: Not alive, but it was told the job drained before it went silent: done, not lost.
     finished: bool = False
     #: Committed samples/s of this node over the recent window (0 once the job drained).
@@ -190,6 +192,7 @@ class JobStatus:
                     "samples_delivered": n.samples_delivered,
                     "bytes_fetched": n.bytes_fetched,
                     "inflight_bytes": n.inflight_bytes,
+                    "fetch_retries": n.fetch_retries,
                     "state": n.state,
                     "samples_per_second": n.samples_per_second,
                 }

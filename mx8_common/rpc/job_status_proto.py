@@ -46,6 +46,7 @@ def job_status_to_proto(s: JobStatus) -> pb.JobSnapshot:
                     samples_delivered=n.samples_delivered,
                     bytes_fetched=n.bytes_fetched,
                     inflight_bytes=n.inflight_bytes,
+                    fetch_retries=n.fetch_retries,
                 ),
                 finished=n.finished,
                 samples_per_second=n.samples_per_second,
@@ -109,6 +110,7 @@ def job_status_from_proto(snap: pb.JobSnapshot) -> JobStatus:
                 samples_delivered=n.stats.samples_delivered,
                 bytes_fetched=n.stats.bytes_fetched,
                 inflight_bytes=n.stats.inflight_bytes,
+                fetch_retries=n.stats.fetch_retries,
                 finished=n.finished,
                 samples_per_second=n.samples_per_second,
             )

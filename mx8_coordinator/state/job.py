@@ -405,6 +405,7 @@ class Job:
                 samples_delivered=n.stats.get("samples_delivered", 0),
                 bytes_fetched=n.stats.get("bytes_fetched", 0),
                 inflight_bytes=n.stats.get("inflight_bytes", 0),
+                fetch_retries=n.stats.get("fetch_retries", 0),
                 samples_per_second=(self._rates.rate(now, n.node_id) if basis == "window" else 0.0),
             )
             for n in self.registry.nodes()

@@ -83,6 +83,7 @@ _NODE_COLUMNS = {
     "rate": "committed samples/s over the recent window",
     "fetched": "bytes read from storage by the node",
     "in flight": "bytes fetched but not yet acknowledged by a trainer",
+    "retries": "storage reads the node retried (throttling, resets, short bodies)",
 }
 
 
@@ -98,6 +99,11 @@ def _activity(s: dict[str, Any]) -> list[str]:
             "unfinished lease remainders handed to another node",
         ),
         ("nodes lost", states.get("lost", 0), "nodes silent past the TTL before the job drained"),
+        (
+            "storage reads retried",
+            sum(n.get("fetch_retries", 0) for n in s["nodes"]),
+            "reads the agents retried (throttling, resets, short bodies), per node below",
+        ),
     ]
     points = [(p["unix_ms"], p["samples_per_second"]) for p in s.get("throughput_history", [])]
     out = [
@@ -158,7 +164,8 @@ def _nodes_table(s: dict[str, Any]) -> list[str]:
             f'<td class="num">{n["samples_delivered"]:,}</td>'
             f'<td class="num">{n.get("samples_per_second", 0.0):,.1f}/s</td>'
             f'<td class="num">{human_bytes(n["bytes_fetched"])}</td>'
-            f'<td class="num">{human_bytes(n["inflight_bytes"])}</td></tr>'
+            f'<td class="num">{human_bytes(n["inflight_bytes"])}</td>'
+            f'<td class="num">{n.get("fetch_retries", 0):,}</td></tr>'
         )
     if not s["nodes"]:
         out.append(f'<tr><td colspan="{len(heads)}">no node has registered yet</td></tr>')

@@ -68,6 +68,7 @@ def _running_job() -> JobStatus:
                 bytes_fetched=3 * 2**30,
                 inflight_bytes=1536,
                 samples_per_second=60.0,
+                fetch_retries=7,
             ),
             NodeStatus(node_id="b", rank=1, alive=False, finished=True),
             NodeStatus(node_id="c", rank=2, alive=False),
@@ -93,7 +94,7 @@ def test_status_render_page_explains_states_columns_units_eta_and_errors() -> No
     assert 'id="throughput-chart"' in page and "<polyline" in page
     errors = dict(re.findall(r'data-key="([^"]+)">([^<]*)</td>', page))
     assert errors["leases expired"] == "3" and errors["ranges retried"] == "2"
-    assert errors["nodes lost"] == "1"
+    assert errors["nodes lost"] == "1" and errors["storage reads retried"] == "7"
 
 
 def test_status_render_final_rate_is_labelled_as_the_whole_run() -> None:

@@ -86,14 +86,16 @@ class RegisterNodeResponse(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeStats(_message.Message):
-    __slots__ = ("samples_delivered", "bytes_fetched", "inflight_bytes")
+    __slots__ = ("samples_delivered", "bytes_fetched", "inflight_bytes", "fetch_retries")
     SAMPLES_DELIVERED_FIELD_NUMBER: _ClassVar[int]
     BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FETCH_RETRIES_FIELD_NUMBER: _ClassVar[int]
     samples_delivered: int
     bytes_fetched: int
     inflight_bytes: int
-    def __init__(self, samples_delivered: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., inflight_bytes: _Optional[int] = ...) -> None: ...
+    fetch_retries: int
+    def __init__(self, samples_delivered: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., fetch_retries: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("job_id", "node_id", "stats")

@@ -34,6 +34,7 @@ def statuses(draw: st.DrawFn) -> JobStatus:
                 bytes_fetched=_u64,
                 inflight_bytes=_u64,
                 finished=st.booleans(),
+                fetch_retries=_u64,
                 samples_per_second=st.floats(allow_nan=False),
             ),
             max_size=4,
