@@ -179,6 +179,8 @@ class Job:
         self._drained_announced = self.drained
         if self.drained:
             self._drained_mono = self._clock()
+            # The log says every epoch is done: nodes that do not come back are not lost.
+            self._told_drained.update(state.ranks)
 
     # -- RPC bodies ------------------------------------------------------------------
 

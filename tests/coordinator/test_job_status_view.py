@@ -3,11 +3,15 @@ nodes, a windowed rate that freezes when the job drains. Fake clock, no sockets.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support.clock import FakeClock
 
 from mx8_coordinator.state.job import Job, JobSpec
+from mx8_coordinator.state.lease_log import LeaseLog
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
 JOB = "job-1"
@@ -110,3 +114,25 @@ async def test_job_status_rate_is_recent_while_running_and_frozen_once_drained()
     await job.tick()
     assert job.status().samples_per_second == final.samples_per_second
     assert job.status().epoch_eta_seconds() == [0.0]
+
+
+async def test_job_status_after_a_restart_of_a_drained_job_nodes_that_stay_away_finished(
+    tmp_path: Path,
+) -> None:
+    path, job_spec = tmp_path / "job.lease-log.jsonl", spec()
+    log, _ = await asyncio.to_thread(LeaseLog.open, path, job_spec.log_header())
+    job = Job(job_spec, log=log, clock=FakeClock())
+    await job.register(JOB, "a")
+    await job.register(JOB, "b")
+    await finish(job, "a", "b")
+    await log.close()
+    clock = FakeClock()
+    log, state = await asyncio.to_thread(LeaseLog.open, path, job_spec.log_header())
+    restarted = Job(job_spec, log=log, clock=clock)
+    restarted.restore(state)
+    clock.advance(TTL_MS)
+    await restarted.tick()
+    status = restarted.status()
+    await log.close()
+    assert [n.state for n in status.nodes] == ["finished", "finished"]
+    assert status.rate_basis == "final" and status.samples_per_second == 0
