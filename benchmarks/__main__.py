@@ -24,6 +24,7 @@ CASES = {
     "index_memory": "benchmarks.case_index_memory",
     "index_latency": "benchmarks.case_index_latency",
     "manifest_stream": "benchmarks.case_manifest_stream",
+    "table_file": "benchmarks.case_table_file",
     "data_plane_s3": "benchmarks.case_data_plane_s3",
     "users_default": "benchmarks.case_users_default",
     "latency_proxy": "benchmarks.case_latency_proxy",

@@ -11,6 +11,7 @@ RSS growth of the mx8 side is reported against the manifest size.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -44,15 +45,25 @@ def write_manifest(directory: Path, samples: int) -> Path:
 
 async def _ingest(address: str, manifest_hash: str) -> int:
     from mx8_agent.ingest.adapter import StreamChunk, ingest_chunk_stream
+    from mx8_common.manifest.chunk_codec import ENCODINGS, decode_chunk
     from mx8_common.manifest.table import ManifestTable
     from mx8_common.rpc.coordinator_client import CoordinatorClient
 
     async with CoordinatorClient(address, tls=None, token="") as client:
-        stream = client.get_manifest_stream("default", manifest_hash)
+        stream = client.get_manifest_stream("default", manifest_hash, accept_encodings=ENCODINGS)
 
         async def chunks():  # type: ignore[no-untyped-def]
             async for c in stream:
-                yield StreamChunk(int(c.offset), bytes(c.data), int(c.schema_version))
+                data = bytes(c.data)
+                if c.encoding:  # as the agent does (manifest_ingest._checked_chunks)
+                    data = await asyncio.to_thread(
+                        decode_chunk,
+                        data,
+                        encoding=c.encoding,
+                        raw_length=int(c.raw_length),
+                        offset=int(c.offset),
+                    )
+                yield StreamChunk(int(c.offset), data, int(c.schema_version))
 
         def build(reader) -> ManifestTable:  # type: ignore[no-untyped-def]
             # What the agent's direct ingest does (manifest_ingest._build_table).

@@ -79,6 +79,7 @@ async def _serve(args: argparse.Namespace) -> None:
         lease_ttl_ms=60_000,
         heartbeat_interval_ms=10_000,
         metrics=args.metrics,
+        manifest_stream_compression=args.manifest_stream_compression,
     )
     async with Coordinator(config, source=source) as coordinator:
         info = {
@@ -110,6 +111,7 @@ if __name__ == "__main__":
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--log-file", default=None)
     parser.add_argument("--metrics", default=None, help="HOST:PORT of /metrics")
+    parser.add_argument("--manifest-stream-compression", default="zlib")
     parsed = parser.parse_args()
     if parsed.log_file:
         _log = os.open(parsed.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import tempfile
 import time
 from collections.abc import Coroutine, Iterable
 from http.server import BaseHTTPRequestHandler
@@ -235,6 +236,10 @@ class Agent(Daemon):
 
     async def _serve_job(self, reg: cpb.RegisterNodeResponse) -> None:
         cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else None
+        table_dir = None
+        if reg.total_samples >= self.config.table_file_min_rows:
+            # A big manifest lives in memory-mapped files, not in this process's RAM.
+            table_dir = (cache_dir or Path(tempfile.gettempdir()) / "mx8-agent-cache") / "tables"
         settings = IngestSettings(
             job_id=self.config.job_id,
             manifest_hash=reg.manifest_hash,
@@ -243,6 +248,7 @@ class Agent(Daemon):
             mode=self.config.manifest_ingest,
             max_line_bytes=self.config.max_line_bytes,
             cache_dir=cache_dir,
+            table_dir=table_dir,
             attempts=self.config.ingest_attempts,
         )
         try:

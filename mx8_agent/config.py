@@ -81,7 +81,14 @@ class AgentConfig:
     cache_dir: str = setting(
         "",
         env="MX8_AGENT_CACHE_DIR",
-        help="directory of the cached-ingest manifest copy (empty: a temp dir)",
+        help="directory of the cached-ingest manifest copy and of file-backed tables "
+        "(empty: a temp dir)",
+    )
+    table_file_min_rows: int = setting(
+        10_000_000,
+        env="MX8_AGENT_TABLE_FILE_MIN_ROWS",
+        help="manifests of at least this many rows are held in memory-mapped files under "
+        "<cache-dir>/tables instead of RAM (smaller ones stay in memory)",
     )
     metrics: str = setting(
         "", env="MX8_AGENT_METRICS", help="Prometheus HOST:PORT, e.g. 127.0.0.1:9401 (empty: off)"
@@ -164,6 +171,7 @@ class AgentConfig:
             "--leases-ahead": self.leases_ahead,
             "--connect-timeout-s": self.connect_timeout_s,
             "--ingest-attempts": self.ingest_attempts,
+            "--table-file-min-rows": self.table_file_min_rows,
         }
         for flag, value in positive.items():
             if value <= 0:

@@ -11,7 +11,16 @@ from mx8_common.rpc.client_config import DEFAULT_MAX_MESSAGE_BYTES, CoordinatorC
 from mx8_common.rpc.security import TlsConfig
 from mx8_common.snapshot.config import SnapshotResolverConfig
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CoordinatorConfig", "load_coordinator_config"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "STREAM_COMPRESSIONS",
+    "CoordinatorConfig",
+    "load_coordinator_config",
+]
+
+#: How ``GetManifestStream`` chunks may be encoded (``mx8_common.manifest.chunk_codec``;
+#: negotiated per request, so an agent that asks for none still gets raw chunks).
+STREAM_COMPRESSIONS = ("zlib", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +55,12 @@ class CoordinatorConfig:
         None,
         env="MX8_COORDINATOR_STATE_DIR",
         help="directory of the lease log (unset: no lease log, a restart starts over)",
+    )
+    manifest_stream_compression: str = setting(
+        "zlib",
+        env="MX8_COORDINATOR_MANIFEST_STREAM_COMPRESSION",
+        help="zlib or none: how GetManifestStream chunks are encoded for agents that accept "
+        "it (zlib sends ~1/8 of the bytes; older agents get raw chunks)",
     )
     metrics: str | None = setting(
         None, env="MX8_COORDINATOR_METRICS", help="Prometheus HOST:PORT (unset: no metrics server)"
@@ -92,6 +107,11 @@ class CoordinatorConfig:
         split_host_port(self.listen, "--listen")
         if self.metrics is not None:
             split_host_port(self.metrics, "--metrics")
+        if self.manifest_stream_compression not in STREAM_COMPRESSIONS:
+            raise ConfigError(
+                f"--manifest-stream-compression {self.manifest_stream_compression!r} is not "
+                f"one of {', '.join(STREAM_COMPRESSIONS)}"
+            )
         positive: dict[str, Any] = {
             "--world-size": self.world_size,
             "--block-size": self.block_size,

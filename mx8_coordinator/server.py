@@ -82,7 +82,9 @@ class Coordinator(Daemon):
         self._clock = clock
         self.metrics = CoordinatorMetrics(self._status_from_thread)
         self._servicer = CoordinatorServicer(
-            metrics=self.metrics, max_message_bytes=config.max_message_bytes
+            metrics=self.metrics,
+            max_message_bytes=config.max_message_bytes,
+            stream_compression=config.manifest_stream_compression,
         )
         self._log: LeaseLog | None = None
         self._resources = contextlib.AsyncExitStack()

@@ -2,14 +2,22 @@
 
 Two paths give identical tables:
 
-* **direct** (default): ``GetManifestStream`` chunks go through the bounded-carry adapter
-  (``ingest_chunk_stream``: schema version of every chunk, contiguous offsets, the
-  announced length) into the table builder (schema header, sequential ids, rows, line
-  bound, hash), which takes whole lines a block at a time (``read_block``) and parses
-  each block vectorized into the compact table's columns; no file is written.
+* **direct** (default): ``GetManifestStream`` chunks (zlib-encoded on the wire when the
+  coordinator offers it, decoded with a bounded, exact-length check) go through the
+  bounded-carry adapter (``ingest_chunk_stream``: schema version of every chunk,
+  contiguous offsets, the announced length) into the table builder (schema header,
+  sequential ids, rows, line bound, hash), which takes whole lines a block at a time
+  (``read_block``) and parses each block vectorized into the compact table's columns;
+  no manifest file is written.
 * **cached**: the same checked stream is copied to ``<cache_dir>/<hash>.tsv`` (temp file +
   rename, hash verified before the rename), then parsed by path. A copy already in the
   cache is reused when it still parses to the hash.
+
+Either path builds the table in memory, or, when ``table_dir`` is set (the agent sets it
+for manifests of at least ``--table-file-min-rows`` rows), appends its columns to files
+under ``table_dir/<hash>/`` and memory-maps them (``mx8_common.manifest.table_file``), so
+the agent's RSS does not grow with the manifest. Those files are sealed only after the
+hash check passed; a failed ingest removes them.
 
 Any manifest problem raises its ``ManifestError`` after emitting its event
 (``manifest_stream_truncated``, ``manifest_schema_mismatch``, ``manifest_line_too_long``,
@@ -42,9 +50,12 @@ from mx8_common.errors import (
     ManifestSchemaMismatch,
     ManifestTruncated,
 )
+from mx8_common.manifest.chunk_codec import ENCODINGS, decode_chunk
+from mx8_common.manifest.fast_parse import BlockReader, FileBlockReader
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.manifest.hashing import copy_hashed
 from mx8_common.manifest.table import ManifestTable
+from mx8_common.manifest.table_file import build_file_table, table_dir_name
 from mx8_common.obs.events import Throttled, emit
 from mx8_common.retry import Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -68,6 +79,8 @@ class IngestSettings:
     mode: str = "direct"
     max_line_bytes: int = 8 * 1024 * 1024
     cache_dir: Path | None = None
+    #: Where a file-backed table is built (None: the table is held in memory).
+    table_dir: Path | None = None
     attempts: int = 5
     backoff_base_s: float = 0.2
     backoff_max_s: float = 5.0
@@ -104,7 +117,9 @@ async def _checked_chunks(
     client: CoordinatorClient, settings: IngestSettings
 ) -> tuple[AsyncIterator[StreamChunk], int | None, Any]:
     """Open the stream, check its first chunk's announcement, re-yield it as ``StreamChunk``s."""
-    stream = client.get_manifest_stream(settings.job_id, settings.manifest_hash)
+    stream = client.get_manifest_stream(
+        settings.job_id, settings.manifest_hash, accept_encodings=ENCODINGS
+    )
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -125,20 +140,47 @@ async def _checked_chunks(
         )
     total = int(first.total_bytes) or None
 
+    async def decoded(chunk: Any) -> StreamChunk:
+        data = bytes(chunk.data)
+        if chunk.encoding:
+            # zlib releases the GIL: decoding overlaps the parser thread.
+            data = await asyncio.to_thread(
+                decode_chunk,
+                data,
+                encoding=chunk.encoding,
+                raw_length=int(chunk.raw_length),
+                offset=int(chunk.offset),
+            )
+        return StreamChunk(int(chunk.offset), data, int(chunk.schema_version))
+
     async def chunks() -> AsyncIterator[StreamChunk]:
-        yield StreamChunk(int(first.offset), bytes(first.data), int(first.schema_version))
+        yield await decoded(first)
         async for chunk in stream:
-            yield StreamChunk(int(chunk.offset), bytes(chunk.data), int(chunk.schema_version))
+            yield await decoded(chunk)
 
     return chunks(), total, stream
 
 
-def _build_table(reader: BoundedCarryReader, settings: IngestSettings) -> ManifestTable:
+def _build_table(reader: BlockReader, settings: IngestSettings) -> ManifestTable:
     # Blocks of whole lines straight into the table's columns (vectorized); same checks
-    # and errors as the row-by-row reference parser.
+    # and errors as the row-by-row reference parser. A file-backed table appends the
+    # columns to files under ``table_dir`` and maps them once the hash matched.
+    if settings.table_dir is not None:
+        return build_file_table(
+            reader,
+            root=settings.table_dir,
+            expected_hash=settings.manifest_hash,
+            max_line_bytes=settings.max_line_bytes,
+        )
     return ManifestTable.from_block_reader(
         reader, max_line_bytes=settings.max_line_bytes, expected_hash=settings.manifest_hash
     )
+
+
+def _table_from_path(path: Path, settings: IngestSettings) -> ManifestTable:
+    with open(path, "rb", buffering=1 << 20) as f:
+        reader = FileBlockReader(f, max_line_bytes=settings.max_line_bytes)
+        return _build_table(reader, settings)
 
 
 async def _consume_stream(
@@ -201,12 +243,7 @@ async def _ingest_cached(
     final = directory / f"{settings.manifest_hash}.tsv"
     if final.exists():
         try:
-            table = await asyncio.to_thread(
-                ManifestTable.from_path,
-                final,
-                expected_hash=settings.manifest_hash,
-                max_line_bytes=settings.max_line_bytes,
-            )
+            table = await asyncio.to_thread(_table_from_path, final, settings)
             emit(_COMPONENT, "manifest_cache_hit", path=str(final))
             return table, final
         except ManifestError as exc:
@@ -220,12 +257,7 @@ async def _ingest_cached(
         lambda reader: _copy_to_file(reader, directory, settings.manifest_hash),
     )
     try:
-        table = await asyncio.to_thread(
-            ManifestTable.from_path,
-            path,
-            expected_hash=settings.manifest_hash,
-            max_line_bytes=settings.max_line_bytes,
-        )
+        table = await asyncio.to_thread(_table_from_path, path, settings)
     except ManifestError:
         # Its hash matched but its content is invalid: never keep it for a later start.
         path.unlink(missing_ok=True)
@@ -241,6 +273,9 @@ async def _ingest_once(
             f"the coordinator serves manifest schema version {settings.schema_version}; this "
             f"agent reads version {SCHEMA_VERSION} only: run the same mx8 version on both"
         )
+    if settings.table_dir is not None:
+        # The hash names the table's files: refuse anything but 64 hex digits up front.
+        table_dir_name(settings.manifest_hash)
     stats = IngestStats()
     if settings.mode == "cached":
         table, path = await _ingest_cached(client, settings, stats)
@@ -305,6 +340,7 @@ async def ingest_manifest(
         samples=len(table),
         manifest_bytes=stats.bytes,
         table_nbytes=table.nbytes,
+        table_file=str(table.source) if table.source is not None else "",
         peak_carry_bytes=stats.peak_carry_bytes,
         seconds=round(seconds, 3),
     )

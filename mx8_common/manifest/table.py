@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import array
 import io
+import mmap
 import os
-from collections.abc import Iterable
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -47,6 +48,7 @@ from mx8_common.manifest.fast_parse import (
     parse_block,
 )
 from mx8_common.manifest.format import ManifestRecord
+from mx8_common.manifest.int_column import IntColumn, is_mapped
 from mx8_common.manifest.labels import imagefolder_hint, parse_label_id
 from mx8_common.manifest.reader import (
     DEFAULT_MAX_LINE_BYTES,
@@ -57,7 +59,14 @@ from mx8_common.manifest.reader import (
 )
 
 # parse_label_id is re-exported from mx8_common.manifest.labels, where the hint format lives.
-__all__ = ["MAX_INTERNED", "ManifestTable", "parse_label_id"]
+__all__ = [
+    "MAX_INTERNED",
+    "ManifestTable",
+    "MemoryStorage",
+    "TableStorage",
+    "build_table",
+    "parse_label_id",
+]
 
 #: Most distinct directories (and, separately, decode hints) a table interns.
 MAX_INTERNED = 1 << 16
@@ -69,74 +78,6 @@ def _label_of(hint: str) -> int:
     """The int32 label id of an imagefolder hint, or -1 (none, or too big for the column)."""
     label = parse_label_id(hint)
     return label if label is not None and label <= _INT32_MAX else -1
-
-
-_DTYPES: dict[str, type[np.generic]] = {"h": np.int16, "i": np.int32, "q": np.int64}
-#: The next wider array type once a value does not fit (int16 -> int32 -> int64).
-_WIDER = {"h": "i", "i": "q"}
-
-
-class _IntColumn:
-    """A growable signed int column, as narrow as its values allow.
-
-    It allocates nothing while every row holds ``fill`` (an all -1 column then costs no
-    memory) and widens int16 -> int32 -> int64 the first time a value does not fit, so
-    the dtype depends only on the values, whichever builder path appended them. Offsets
-    and lengths of a 1M-row manifest fit int32: half the bytes of int64 columns.
-    """
-
-    __slots__ = ("buf", "code", "fill", "n")
-
-    def __init__(self, code: str, fill: int) -> None:
-        self.code = code
-        self.fill = fill
-        self.buf: array.array[int] | None = None
-        self.n = 0
-
-    def _fit(self, lo: int, hi: int) -> None:
-        """Widen (and allocate) so ``lo..hi`` fits; the rows so far keep their values."""
-        if self.buf is None and lo == hi == self.fill:
-            return
-        code = self.code
-        bits = 8 * np.dtype(_DTYPES[code]).itemsize - 1
-        while lo < -(1 << bits) or hi >= 1 << bits:
-            code = _WIDER[code]
-            bits = 8 * np.dtype(_DTYPES[code]).itemsize - 1
-        if self.buf is None:
-            self.buf = array.array(code, bytes(self.n * np.dtype(_DTYPES[code]).itemsize))
-            if self.n and self.fill:
-                np.frombuffer(self.buf, dtype=_DTYPES[code])[:] = self.fill
-        elif code != self.code:
-            wide = array.array(code, bytes(self.n * np.dtype(_DTYPES[code]).itemsize))
-            np.frombuffer(wide, dtype=_DTYPES[code])[:] = np.frombuffer(
-                self.buf, _DTYPES[self.code]
-            )
-            self.buf = wide
-        self.code = code
-
-    def append(self, value: int) -> None:
-        """Append one value (the row-by-row builder)."""
-        self._fit(value, value)
-        if self.buf is not None:
-            self.buf.append(value)
-        self.n += 1
-
-    def extend(self, values: np.ndarray, lo: int, hi: int) -> None:
-        """Append int ``values`` whose smallest and largest are ``lo`` and ``hi``."""
-        self._fit(lo, hi)
-        if self.buf is not None:
-            # A byte view of numpy's memory: one copy into the array, no bytes object.
-            raw = np.ascontiguousarray(values, dtype=_DTYPES[self.code]).view(np.uint8)
-            self.buf.frombytes(raw)
-        self.n += len(values)
-
-    def column(self) -> np.ndarray:
-        """A read-only numpy view of the values without copying (zero-stride when all fill)."""
-        if self.buf is None:
-            return np.broadcast_to(np.array(self.fill, dtype=_DTYPES[self.code]), (self.n,))
-        col = np.frombuffer(self.buf, dtype=_DTYPES[self.code])
-        col.flags.writeable = False
-        return col
 
 
 def _as_column(buf: array.array[int]) -> np.ndarray:
@@ -154,7 +95,7 @@ def _narrowest(values: np.ndarray) -> np.ndarray:
 
 
 def _expand_runs(
-    heads: np.ndarray, ids: dict[bytes, int], values: list[bytes], rows: int, column: _IntColumn
+    heads: np.ndarray, ids: dict[bytes, int], values: list[bytes], rows: int, column: IntColumn
 ) -> None:
     """Append one id per row to ``column``, from runs starting at ``heads`` (``b""`` = -1)."""
     run_ids = np.fromiter((ids.get(v, -1) for v in values), dtype=np.int32, count=len(values))
@@ -165,23 +106,67 @@ def _expand_runs(
     column.extend(np.repeat(run_ids, np.diff(heads, append=rows)), lo, hi)
 
 
+class TableStorage(Protocol):
+    """Where a table builder keeps its columns while it parses, and how it seals them."""
+
+    def int_column(self, name: str, code: str, fill: int) -> Any: ...
+    def blob(self, name: str) -> Any: ...
+    def map_column(
+        self, name: str, ids: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], dtype: Any
+    ) -> np.ndarray: ...
+    def seal(self, **fields: Any) -> ManifestTable: ...
+    def abort(self) -> None: ...
+
+
+class MemoryStorage:
+    """Where a builder keeps its columns: growable in-memory buffers (the default).
+
+    ``mx8_common.manifest.table_file.FileStorage`` is the other one: the same columns
+    appended to files and memory-mapped, for manifests too big to hold in RAM.
+    """
+
+    def int_column(self, name: str, code: str, fill: int) -> Any:
+        """A growable int column named ``name`` (``code``: its narrowest array type)."""
+        return IntColumn(code, fill)
+
+    def blob(self, name: str) -> Any:
+        """A growable bytes blob (``+=`` and ``len``)."""
+        return bytearray()
+
+    def map_column(
+        self, name: str, ids: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], dtype: Any
+    ) -> np.ndarray:
+        """``fn(ids)`` as a read-only column (the file storage maps ``ids`` in chunks)."""
+        col = np.asarray(fn(ids), dtype=dtype)
+        col.flags.writeable = False
+        return col
+
+    def seal(self, **fields: Any) -> ManifestTable:
+        """The finished table of ``fields`` (``ManifestTable``'s keyword arguments)."""
+        return ManifestTable(**fields)
+
+    def abort(self) -> None:
+        """Drop a build that failed (nothing to release in memory)."""
+
+
 class _Builder:
     """Growable buffers behind ``ManifestTable.from_records``."""
 
-    def __init__(self) -> None:
-        self.tails = bytearray()
-        self.tail_offsets = _IntColumn("i", fill=0)
+    def __init__(self, storage: TableStorage | None = None) -> None:
+        self.storage = storage if storage is not None else MemoryStorage()
+        self.tails = self.storage.blob("tails")
+        self.tail_offsets = self.storage.int_column("tail_offsets", "i", fill=0)
         self.tail_offsets.append(0)
-        self.dir_ids = _IntColumn("h", fill=-1)
+        self.dir_ids = self.storage.int_column("dir_id", "h", fill=-1)
         self.dirs: dict[bytes, int] = {}
         # Most manifests have one hint ("" or none at all): no column until a second shows.
-        self.hint_ids = _IntColumn("h", fill=0)
+        self.hint_ids = self.storage.int_column("hint_id", "h", fill=0)
         self.hints: dict[bytes, int] = {b"": 0}
         # Hints past the intern cap live here, addressed by hint_id = MAX_INTERNED + k.
         self.spill_hints = bytearray()
         self.spill_offsets = array.array("q", [0])
-        self.byte_offset = _IntColumn("i", fill=-1)
-        self.byte_length = _IntColumn("i", fill=-1)
+        self.byte_offset = self.storage.int_column("byte_offset", "i", fill=-1)
+        self.byte_length = self.storage.int_column("byte_length", "i", fill=-1)
         self.n = 0
 
     def add(self, rec: ManifestRecord) -> None:
@@ -271,13 +256,15 @@ class _Builder:
             # One label per hint; the narrowest dtype that holds them (int16 for < 32768
             # classes). Spilled hint ids are MAX_INTERNED + k, so index past the interned.
             label_of_hint = _narrowest(label_of_hint)
-            if spilled:
-                ids = hint_ids.astype(np.int64)
-                ids[ids >= MAX_INTERNED] -= MAX_INTERNED - len(self.hints)
-                label_id = label_of_hint[ids]
-            else:
-                label_id = label_of_hint[hint_ids]
-            label_id.flags.writeable = False
+            shift = MAX_INTERNED - len(self.hints)
+
+            def labels(ids: np.ndarray) -> np.ndarray:
+                if spilled:
+                    ids = ids.astype(np.int64)
+                    ids[ids >= MAX_INTERNED] -= shift
+                return label_of_hint[ids]
+
+            label_id = self.storage.map_column("label_id", hint_ids, labels, label_of_hint.dtype)
         else:
             label_id = np.broadcast_to(np.array(-1, dtype=np.int16), (n,))
         if not spilled and all(
@@ -286,7 +273,7 @@ class _Builder:
             # Every hint is "" or the label hint of its label_id: the hint column is
             # redundant, so decode_hint(i) is rebuilt from label_id instead.
             hint_ids = None
-        return ManifestTable(
+        return self.storage.seal(
             manifest_hash=manifest_hash,
             tails=self.tails,
             tail_offsets=self.tail_offsets.column(),
@@ -315,6 +302,7 @@ class ManifestTable:
         "_dirs",
         "_hint_id",
         "_hints",
+        "_reopen",
         "_spill_hints",
         "_spill_offsets",
         "_tail_offsets",
@@ -323,13 +311,14 @@ class ManifestTable:
         "byte_offset",
         "label_id",
         "manifest_hash",
+        "source",
     )
 
     def __init__(
         self,
         *,
         manifest_hash: str,
-        tails: bytes | bytearray,
+        tails: bytes | bytearray | mmap.mmap,
         tail_offsets: np.ndarray,
         dir_id: np.ndarray,
         dirs: tuple[str, ...],
@@ -340,8 +329,14 @@ class ManifestTable:
         hints: tuple[str, ...],
         spill_hints: bytes = b"",
         spill_offsets: np.ndarray | None = None,
+        source: os.PathLike[str] | None = None,
+        reopen: Callable[[], ManifestTable] | None = None,
     ) -> None:
         self.manifest_hash = manifest_hash
+        #: The sealed table directory a file-backed table maps (None: in memory).
+        self.source = source
+        # How a file-backed table is mapped again after pickling (a picklable partial).
+        self._reopen = reopen
         self._tails = tails
         self._tail_offsets = tail_offsets
         self._dir_id = dir_id
@@ -419,27 +414,12 @@ class ManifestTable:
         parser declines is re-parsed row by row. Without ``expected_hash`` the table's hash
         is that of the bytes read.
         """
-        with BlockHasher(read_schema_header(reader)) as sha:
-            builder = _Builder()
-            line_no = 1  # lines consumed so far
-            while block := reader.read_block(block_bytes):
-                if block[-1] != 0x0A:
-                    raise_unterminated_line(block, line_no + 1, max_line_bytes)
-                sha.update(block)
-                parsed = parse_block(block, first_id=builder.n, max_line_bytes=max_line_bytes)
-                if parsed is None or not builder.add_block(parsed):
-                    # The exact error of the bad row, or (huge numbers, intern cap) the rows.
-                    for rec in parse_canonical_lines(
-                        block,
-                        line_no=line_no + 1,
-                        first_id=builder.n,
-                        max_line_bytes=max_line_bytes,
-                    ):
-                        builder.add(rec)
-                line_no += parsed.rows if parsed is not None else block.count(b"\n")
-            digest = sha.hexdigest()
-        check_hash(digest, expected_hash)
-        return builder.finish(digest)
+        return build_table(
+            reader,
+            expected_hash=expected_hash,
+            max_line_bytes=max_line_bytes,
+            block_bytes=block_bytes,
+        )
 
     # -- rows ---------------------------------------------------------------------------
 
@@ -497,13 +477,20 @@ class ManifestTable:
             self._hint_id,
             self._spill_offsets,
         )
-        # A zero-stride (broadcast) column owns no memory.
-        total = sum(a.nbytes for a in arrays if a is not None and a.strides != (0,))
-        total += len(self._tails) + len(self._spill_hints)
+        # A zero-stride (broadcast) column owns no memory, nor does a memory-mapped one.
+        total = sum(
+            a.nbytes for a in arrays if a is not None and a.strides != (0,) and not is_mapped(a)
+        )
+        if not isinstance(self._tails, mmap.mmap):
+            total += len(self._tails)
+        total += len(self._spill_hints)
         total += sum(len(s) + 64 for s in self._dirs) + sum(len(s) + 64 for s in self._hints)
         return total
 
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        if self._reopen is not None:
+            # A file-backed table travels as its sealed directory and is mapped again.
+            return self._reopen, ()
         # Loaders pickle the table into worker processes: keep all -1 columns zero-cost
         # and every column read-only on the other side.
         state = {
@@ -525,8 +512,48 @@ class ManifestTable:
     def __repr__(self) -> str:
         return (
             f"ManifestTable(samples={len(self)}, manifest_hash={self.manifest_hash[:12]}..., "
-            f"nbytes={self.nbytes})"
+            f"nbytes={self.nbytes}{', file-backed' if self.source is not None else ''})"
         )
+
+
+def build_table(
+    reader: BlockReader,
+    *,
+    storage: TableStorage | None = None,
+    expected_hash: str | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    block_bytes: int = BLOCK_BYTES,
+) -> ManifestTable:
+    """``ManifestTable.from_block_reader`` into ``storage`` (default: memory).
+
+    The table is sealed only once the hash matched; any error aborts the storage first
+    (a file-backed build then leaves nothing usable behind).
+    """
+    builder = _Builder(storage)
+    try:
+        with BlockHasher(read_schema_header(reader)) as sha:
+            line_no = 1  # lines consumed so far
+            while block := reader.read_block(block_bytes):
+                if block[-1] != 0x0A:
+                    raise_unterminated_line(block, line_no + 1, max_line_bytes)
+                sha.update(block)
+                parsed = parse_block(block, first_id=builder.n, max_line_bytes=max_line_bytes)
+                if parsed is None or not builder.add_block(parsed):
+                    # The exact error of the bad row, or (huge numbers, intern cap) the rows.
+                    for rec in parse_canonical_lines(
+                        block,
+                        line_no=line_no + 1,
+                        first_id=builder.n,
+                        max_line_bytes=max_line_bytes,
+                    ):
+                        builder.add(rec)
+                line_no += parsed.rows if parsed is not None else block.count(b"\n")
+            digest = sha.hexdigest()
+        check_hash(digest, expected_hash)
+        return builder.finish(digest)
+    except BaseException:
+        builder.storage.abort()
+        raise
 
 
 def _pack(col: np.ndarray) -> tuple[str, Any, int, int] | np.ndarray:

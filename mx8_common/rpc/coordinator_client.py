@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -181,13 +181,17 @@ class CoordinatorClient:
         return await self._call("GetManifest", request)
 
     async def get_manifest_stream(
-        self, job_id: str, manifest_hash: str
+        self, job_id: str, manifest_hash: str, *, accept_encodings: Sequence[str] = ()
     ) -> AsyncIterator[pb.ManifestChunk]:
         """The manifest's chunks in order, as the coordinator streams them.
 
+        With ``accept_encodings`` (e.g. ``("zlib",)``) chunks may come encoded (their
+        ``encoding`` field; ``mx8_common.manifest.chunk_codec.decode_chunk`` decodes them).
         No overall deadline: a large manifest may take longer than ``timeout_s``.
         """
-        request = pb.GetManifestStreamRequest(job_id=job_id, manifest_hash=manifest_hash)
+        request = pb.GetManifestStreamRequest(
+            job_id=job_id, manifest_hash=manifest_hash, accept_encodings=list(accept_encodings)
+        )
         call = self._stub.GetManifestStream(request)
         try:
             with _rpc_errors(self.address, "GetManifestStream"):

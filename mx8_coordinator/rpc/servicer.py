@@ -7,6 +7,7 @@ a client sees are decided in one table.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from mx8_common.errors import RequestError, SnapshotNotFoundError
+from mx8_common.manifest.chunk_codec import encode_chunk
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.rpc.job_status_proto import job_status_to_proto, lease_to_proto
 from mx8_common.rpc.proto import coordinator_pb2 as pb
@@ -65,9 +67,16 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     get UNAVAILABLE, which clients retry.
     """
 
-    def __init__(self, *, metrics: CoordinatorMetrics, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        metrics: CoordinatorMetrics,
+        max_message_bytes: int,
+        stream_compression: str = "zlib",
+    ) -> None:
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
+        self.stream_encoding = "" if stream_compression == "none" else stream_compression
         self.job: Job | None = None
         self.source: ManifestSource | None = None
 
@@ -174,10 +183,19 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
                 return
             source = self._check_manifest(job, request.job_id, request.manifest_hash)
+            # The bulk of what the coordinator sends: zlib cuts it ~8x, for agents that ask.
+            encoding = self.stream_encoding
+            if encoding not in request.accept_encodings:
+                encoding = ""
             async for piece in iter_manifest_chunks(source):
-                chunk = pb.ManifestChunk(
-                    data=piece.data, offset=piece.offset, schema_version=SCHEMA_VERSION
-                )
+                chunk = pb.ManifestChunk(offset=piece.offset, schema_version=SCHEMA_VERSION)
+                if encoding:
+                    # zlib releases the GIL: off the loop, leases keep being served.
+                    chunk.data = await asyncio.to_thread(encode_chunk, piece.data, encoding)
+                    chunk.encoding = encoding
+                    chunk.raw_length = len(piece.data)
+                else:
+                    chunk.data = piece.data
                 if piece.offset == 0:
                     chunk.total_bytes = piece.total_bytes
                     chunk.manifest_hash = source.manifest_hash

@@ -268,3 +268,20 @@ async def test_manifest_stream_backpressure_bounded(tmp_path: Path) -> None:
     # Never the whole manifest at once: the table plus a few chunks and builder slack.
     assert peak < result.table.nbytes * 2 + 8 * chunk
     assert peak < len(data)
+
+
+@pytest.mark.parametrize(("min_rows", "file_backed"), [(200, True), (201, False)])
+async def test_agent_table_is_file_backed_from_table_file_min_rows(
+    tmp_path: Path, start_agent: Any, logs: Events, min_rows: int, file_backed: bool
+) -> None:
+    data = write_local_dataset(tmp_path, 200).read_bytes()
+    fake = FakeCoordinator(data, total_samples=200)
+    error, trainer = await run_agent_against(
+        fake, start_agent, logs, cache_dir=str(tmp_path / "cache"), table_file_min_rows=min_rows
+    )
+    assert error is None and trainer.error is None
+    assert sorted(trainer.ids) == list(range(200))  # served through the same lookups
+    (ingested,) = logs.named("manifest_ingested")
+    table_dir = tmp_path / "cache" / "tables" / manifest_hash(data)
+    assert ingested["table_file"] == (str(table_dir) if file_backed else "")
+    assert (table_dir / "meta.json").exists() == file_backed

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from mx8_common.errors import NodeNotRegisteredError
+from mx8_common.manifest.chunk_codec import encode_chunk
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.rpc.errors import ErrorBoundary
 from mx8_common.rpc.proto import coordinator_pb2 as pb
@@ -35,6 +36,11 @@ FAULTS = (
     "hash",  # one byte of a location changed (valid rows, wrong hash)
     "bad_row",  # a row with a non-numeric byte_length
     "drop_once",  # UNAVAILABLE mid-stream on the first call, then the exact manifest
+    # With encoding="zlib", a later encoded chunk is:
+    "zlib_cut",  # cut in half (not a whole zlib stream)
+    "zlib_corrupt",  # corrupted in its compressed body
+    "zlib_long",  # decoding to one byte more than its raw_length announces
+    "zlib_unknown",  # labelled with an encoding the agent did not ask for
 )
 
 
@@ -49,6 +55,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         fault: str = "none",
         chunk_bytes: int = 4096,
         announced_hash: str | None = None,
+        encoding: str = "",
     ) -> None:
         assert fault in FAULTS, fault
         self.manifest = manifest
@@ -59,6 +66,8 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         hashed = self._broken_bytes() if fault == "bad_row" else manifest
         self.manifest_hash = announced_hash or hashlib.sha256(hashed).hexdigest()
         self.chunk_bytes = chunk_bytes
+        # "zlib": chunks are encoded for an agent that accepts it (as the coordinator does).
+        self.encoding = encoding
         self.release = asyncio.Event()
         self.release.set()
         self.stream_calls = 0
@@ -163,11 +172,20 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         for offset in range(0, len(data), self.chunk_bytes):
             if drop_now and offset >= total // 2:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "connection dropped (test)")
-            chunk = pb.ManifestChunk(
-                data=data[offset : offset + self.chunk_bytes],
-                offset=offset,
-                schema_version=SCHEMA_VERSION,
-            )
+            piece = data[offset : offset + self.chunk_bytes]
+            chunk = pb.ManifestChunk(data=piece, offset=offset, schema_version=SCHEMA_VERSION)
+            if self.encoding and self.encoding in request.accept_encodings:
+                chunk.data = encode_chunk(piece, self.encoding)
+                chunk.encoding = self.encoding
+                chunk.raw_length = len(piece)
+                if self.fault == "zlib_cut" and offset > 0:
+                    chunk.data = chunk.data[: len(chunk.data) // 2]
+                elif self.fault == "zlib_corrupt" and offset > 0:
+                    chunk.data = chunk.data[:8] + bytes([chunk.data[8] ^ 0xFF]) + chunk.data[9:]
+                elif self.fault == "zlib_long" and offset > 0:
+                    chunk.raw_length = len(piece) - 1
+                elif self.fault == "zlib_unknown" and offset > 0:
+                    chunk.encoding = "br"
             if self.fault == "chunk_schema" and offset > 0:
                 chunk.schema_version = SCHEMA_VERSION + 1
             if offset == 0:

@@ -13,6 +13,8 @@ class TcpProxy:
 
     ``cut()`` closes every connection open now; new ones are accepted as before, to
     ``target`` (which a test may change to put another server behind the same address).
+    ``bytes_down`` counts what the target sent back (bytes on the wire, TLS/gRPC framing
+    and compression included).
     """
 
     def __init__(self, target: str) -> None:
@@ -22,6 +24,7 @@ class TcpProxy:
         self._pumps: set[asyncio.Task[None]] = set()
         self.address = ""
         self.cuts = 0
+        self.bytes_down = 0
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -42,14 +45,16 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst))
+        for src, dst, down in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pump(src, dst, down))
             self._pumps.add(task)
             task.add_done_callback(self._pumps.discard)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, down: bool) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(1 << 16):
+                if down:
+                    self.bytes_down += len(data)
                 dst.write(data)
                 await dst.drain()
         dst.close()

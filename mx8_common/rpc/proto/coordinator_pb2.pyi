@@ -178,26 +178,32 @@ class GetManifestResponse(_message.Message):
     def __init__(self, manifest_bytes: _Optional[bytes] = ..., schema_version: _Optional[int] = ..., manifest_hash: _Optional[str] = ...) -> None: ...
 
 class GetManifestStreamRequest(_message.Message):
-    __slots__ = ("job_id", "manifest_hash")
+    __slots__ = ("job_id", "manifest_hash", "accept_encodings")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     manifest_hash: str
-    def __init__(self, job_id: _Optional[str] = ..., manifest_hash: _Optional[str] = ...) -> None: ...
+    accept_encodings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., accept_encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ManifestChunk(_message.Message):
-    __slots__ = ("data", "offset", "schema_version", "total_bytes", "manifest_hash")
+    __slots__ = ("data", "offset", "schema_version", "total_bytes", "manifest_hash", "encoding", "raw_length")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    RAW_LENGTH_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     offset: int
     schema_version: int
     total_bytes: int
     manifest_hash: str
-    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., schema_version: _Optional[int] = ..., total_bytes: _Optional[int] = ..., manifest_hash: _Optional[str] = ...) -> None: ...
+    encoding: str
+    raw_length: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., schema_version: _Optional[int] = ..., total_bytes: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., encoding: _Optional[str] = ..., raw_length: _Optional[int] = ...) -> None: ...
 
 class GetJobSnapshotRequest(_message.Message):
     __slots__ = ("job_id",)
