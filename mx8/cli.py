@@ -59,6 +59,20 @@ async def _fetch_status(address: str, job_id: str, timeout_s: float) -> JobStatu
         return job_status_from_proto(await client.get_job_snapshot(job_id))
 
 
+#: A node that left after the job drained finished; only a silent one during the job is lost.
+_NODE_STATE_MARKUP = {
+    "alive": "[green]alive[/]",
+    "finished": "[dim]finished[/]",
+    "lost": "[red]lost[/]",
+}
+
+
+def _rate_basis(status: dict[str, Any]) -> str:
+    if status["rate_basis"] == "window":
+        return f"last {status['rate_window_ms'] / 1000:.0f} s"
+    return "whole run, final" if status["rate_basis"] == "final" else "since start"
+
+
 def print_status(job: JobStatus, *, file: Any = None) -> None:
     """Draw a job's status as rich tables."""
     from rich.console import Console
@@ -77,7 +91,7 @@ def print_status(job: JobStatus, *, file: Any = None) -> None:
         ("snapshot hash", status["manifest_hash"]),
         ("samples", f"{status['total_samples']:,}"),
         ("world size", str(status["world_size"])),
-        ("throughput", f"{status['samples_per_second']:,.1f} samples/s (since start)"),
+        ("throughput", f"{status['samples_per_second']:,.1f} samples/s ({_rate_basis(status)})"),
         *((k.replace("_", " "), f"{v:,}") for k, v in status["counters"].items()),
     ):
         summary.add_row(key, value)
@@ -105,7 +119,7 @@ def print_status(job: JobStatus, *, file: Any = None) -> None:
             "-" if n["rank"] is None else str(n["rank"]),
             n["node_id"],
             n["hostname"],
-            "[green]alive[/]" if n["alive"] else "[red]departed[/]",
+            _NODE_STATE_MARKUP[n["state"]],
             f"{n['last_heartbeat_age_ms'] / 1000:.1f} s ago",
             f"{n['samples_committed']:,}",
             f"{n['samples_delivered']:,}",

@@ -470,6 +470,7 @@ class Agent(Daemon):
                     samples_delivered=int(s["samples_acked"]),
                     bytes_fetched=int(s["bytes_fetched"]),
                     inflight_bytes=int(s["inflight_bytes"]),
+                    fetch_retries=int(s["fetch_retries"]),
                 )
             except Mx8Error as exc:
                 # A missed heartbeat is not fatal: the lease TTL is several intervals long.

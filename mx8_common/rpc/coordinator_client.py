@@ -148,11 +148,13 @@ class CoordinatorClient:
         samples_delivered: int = 0,
         bytes_fetched: int = 0,
         inflight_bytes: int = 0,
+        fetch_retries: int = 0,
     ) -> pb.HeartbeatResponse:
         stats = pb.NodeStats(
             samples_delivered=samples_delivered,
             bytes_fetched=bytes_fetched,
             inflight_bytes=inflight_bytes,
+            fetch_retries=fetch_retries,
         )
         request = pb.HeartbeatRequest(job_id=job_id, node_id=node_id, stats=stats)
         return await self._call("Heartbeat", request)

@@ -58,6 +58,19 @@ class NodeStatus:
     samples_delivered: int = 0
     bytes_fetched: int = 0
     inflight_bytes: int = 0
+    #: Storage reads the node retried, as its last heartbeat reported.
+    fetch_retries: int = 0
+    #: Not alive, but it was told the job drained before it went silent: done, not lost.
+    finished: bool = False
+    #: Committed samples/s of this node over the recent window (0 once the job drained).
+    samples_per_second: float = 0.0
+
+    @property
+    def state(self) -> str:
+        """``alive``, ``finished`` (left after the job drained) or ``lost`` (went silent)."""
+        if self.alive:
+            return "alive"
+        return "finished" if self.finished else "lost"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +117,13 @@ class JobStatus:
     resolving: bool = False
     started_unix_ms: int = 0
     samples_per_second: float = 0.0
+    #: What ``samples_per_second`` is: ``window`` (recent, while running), ``final`` (the
+    #: whole run's average, frozen when the job drained) or ``since_start``.
+    rate_basis: str = "since_start"
+    #: The averaging window of a ``window`` rate.
+    rate_window_ms: int = 0
+    #: (unix ms, samples/s) of recent moments, oldest first (a bounded ring buffer).
+    throughput_history: tuple[tuple[int, float], ...] = ()
     nodes: tuple[NodeStatus, ...] = ()
     live_leases: tuple[LeaseStatus, ...] = ()
     #: Committed samples of epoch 0, 1, ...
@@ -135,6 +155,25 @@ class JobStatus:
     def nodes_live(self) -> int:
         return sum(1 for n in self.nodes if n.alive)
 
+    def nodes_in(self, state: str) -> int:
+        """Nodes whose ``NodeStatus.state`` is ``state``."""
+        return sum(1 for n in self.nodes if n.state == state)
+
+    def epoch_eta_seconds(self) -> list[float | None]:
+        """Seconds until each epoch is complete at the current rate (epochs run in order,
+        so an epoch waits for the ones before it); 0 when done, None when unknown."""
+        out: list[float | None] = []
+        remaining = 0
+        for done in self.committed_by_epoch:
+            remaining += max(0, self.total_samples - done)
+            if done >= self.total_samples:
+                out.append(0.0)
+            elif self.state == "running" and self.samples_per_second > 0:
+                out.append(remaining / self.samples_per_second)
+            else:
+                out.append(None)
+        return out
+
     def to_dict(self, *, now_unix_ms: int | None = None) -> dict[str, Any]:
         """The ``/api/status`` JSON (also ``mx8 status --json``), ages as of ``now_unix_ms``."""
         now = int(time.time() * 1000) if now_unix_ms is None else now_unix_ms
@@ -152,6 +191,12 @@ class JobStatus:
             "generated_unix_ms": now,
             "started_unix_ms": self.started_unix_ms,
             "samples_per_second": self.samples_per_second,
+            "rate_basis": self.rate_basis,
+            "rate_window_ms": self.rate_window_ms,
+            "throughput_history": [
+                {"unix_ms": at, "samples_per_second": rate} for at, rate in self.throughput_history
+            ],
+            "nodes_by_state": {s: self.nodes_in(s) for s in ("alive", "finished", "lost")},
             "nodes": [
                 {
                     "node_id": n.node_id,
@@ -164,6 +209,9 @@ class JobStatus:
                     "samples_delivered": n.samples_delivered,
                     "bytes_fetched": n.bytes_fetched,
                     "inflight_bytes": n.inflight_bytes,
+                    "fetch_retries": n.fetch_retries,
+                    "state": n.state,
+                    "samples_per_second": n.samples_per_second,
                 }
                 for n in self.nodes
             ],
@@ -185,8 +233,11 @@ class JobStatus:
                     "committed_samples": done,
                     "total_samples": total,
                     "fraction": (done / total) if total else 1.0,
+                    "eta_seconds": eta,
                 }
-                for epoch, done in enumerate(self.committed_by_epoch)
+                for epoch, (done, eta) in enumerate(
+                    zip(self.committed_by_epoch, self.epoch_eta_seconds(), strict=True)
+                )
             ],
             "counters": asdict(self.counters),
             "mode": self.mode,

@@ -52,7 +52,10 @@ def job_status_to_proto(s: JobStatus) -> pb.JobSnapshot:
                     samples_delivered=n.samples_delivered,
                     bytes_fetched=n.bytes_fetched,
                     inflight_bytes=n.inflight_bytes,
+                    fetch_retries=n.fetch_retries,
                 ),
+                finished=n.finished,
+                samples_per_second=n.samples_per_second,
             )
             for n in s.nodes
         ],
@@ -82,6 +85,12 @@ def job_status_to_proto(s: JobStatus) -> pb.JobSnapshot:
             )
             for r in s.ranks
         ],
+        rate_basis=s.rate_basis,
+        rate_window_ms=s.rate_window_ms,
+        throughput_history=[
+            pb.ThroughputPoint(unix_ms=at, samples_per_second=rate)
+            for at, rate in s.throughput_history
+        ],
     )
 
 
@@ -103,6 +112,11 @@ def job_status_from_proto(snap: pb.JobSnapshot) -> JobStatus:
         job_drained=snap.job_drained,
         started_unix_ms=snap.started_unix_ms,
         samples_per_second=snap.samples_per_second,
+        rate_basis=snap.rate_basis or "since_start",
+        rate_window_ms=snap.rate_window_ms,
+        throughput_history=tuple(
+            (p.unix_ms, p.samples_per_second) for p in snap.throughput_history
+        ),
         nodes=tuple(
             NodeStatus(
                 node_id=n.node_id,
@@ -114,6 +128,9 @@ def job_status_from_proto(snap: pb.JobSnapshot) -> JobStatus:
                 samples_delivered=n.stats.samples_delivered,
                 bytes_fetched=n.stats.bytes_fetched,
                 inflight_bytes=n.stats.inflight_bytes,
+                fetch_retries=n.stats.fetch_retries,
+                finished=n.finished,
+                samples_per_second=n.samples_per_second,
             )
             for n in snap.nodes
         ),

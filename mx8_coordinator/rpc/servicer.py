@@ -163,6 +163,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             "samples_delivered": st.samples_delivered,
             "bytes_fetched": st.bytes_fetched,
             "inflight_bytes": st.inflight_bytes,
+            "fetch_retries": st.fetch_retries,
         }
         hb = await job.heartbeat(request.job_id, request.node_id, stats)
         return pb.HeartbeatResponse(

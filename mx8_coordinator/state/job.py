@@ -34,6 +34,7 @@ from mx8_coordinator.state.lease_records import (
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.state.node_registry import NodeRegistry, Registration, monotonic_ms
 from mx8_coordinator.state.ranks import WorldRegistry
+from mx8_coordinator.state.throughput import RateSample, ThroughputTracker
 
 __all__ = ["HeartbeatResult", "Job", "JobSpec", "lease_seq"]
 
@@ -115,6 +116,14 @@ class Job:
         self._started_mono = clock()
         self._started_unix_ms = int(time.time() * 1000)
         self._committed_here = 0
+        #: Samples committed per node by this incarnation (the rate's numerator).
+        self._committed_here_by_node: dict[str, int] = {}
+        self._rates = ThroughputTracker()
+        self._rates.record(self._started_mono, 0, {})  # the rate's base until a window fills
+        #: Nodes that were answered "drained": when they go silent they finished.
+        self._told_drained: set[str] = set()
+        #: When the job drained here (its clock), to freeze the final average.
+        self._drained_mono: int | None = None
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -187,6 +196,10 @@ class Job:
             drained=self.drained,
         )
         self._drained_announced = self.drained
+        if self.drained:
+            self._drained_mono = self._clock()
+            # The log says every epoch is done: nodes that do not come back are not lost.
+            self._told_drained.update(state.ranks)
 
     # -- RPC bodies ------------------------------------------------------------------
 
@@ -212,6 +225,7 @@ class Job:
     ) -> HeartbeatResult:
         self._check_ids(job_id, node_id)
         self.registry.heartbeat(node_id, stats)
+        self._note_drained_seen(node_id)
         return HeartbeatResult(self.registry.ready, self.drained, self.registry.world_size)
 
     async def request_lease(self, job_id: str, node_id: str, want: int) -> Grant:
@@ -267,6 +281,7 @@ class Job:
             )
         self.counters.leases_issued += len(grant.leases)
         self._announce_drained()
+        self._note_drained_seen(node_id)
         return grant
 
     async def report_progress(
@@ -285,6 +300,8 @@ class Job:
             self._samples_by_node[node_id] = self._samples_by_node.get(node_id, 0) + advanced
             self.counters.samples_committed += advanced
             self._committed_here += advanced
+            by_node = self._committed_here_by_node
+            by_node[node_id] = by_node.get(node_id, 0) + advanced
         le = progress.lease
         if progress.completed and advanced:
             self.counters.leases_completed += 1
@@ -305,18 +322,38 @@ class Job:
                 total_samples=self.spec.total_samples,
             )
         self._announce_drained()
+        self._note_drained_seen(node_id)
         return progress
 
     # -- time ------------------------------------------------------------------------
 
     async def tick(self) -> None:
         """Depart silent nodes and expire overdue leases (the server calls this often)."""
+        self._sample_rates()
         await self._append(self._collect_expiries())
+
+    def _rate_sample(self) -> RateSample:
+        return RateSample(self._clock(), self._committed_here, self._committed_here_by_node)
+
+    def _sample_rates(self) -> None:
+        now = self._rate_sample()
+        self._rates.record(now.at_ms, now.total, now.by_node)
+
+    def _note_drained_seen(self, node_id: str) -> None:
+        if self.drained:
+            self._told_drained.add(node_id)
 
     def _collect_expiries(self) -> list[LeaseRecord]:
         expiries: list[Expiry] = []
         for node in self.registry.expire_silent():
-            emit(_COMPONENT, "node_departed", node_id=node.node_id, rank=node.rank)
+            finished = node.node_id in self._told_drained
+            emit(
+                _COMPONENT,
+                "node_departed",
+                node_id=node.node_id,
+                rank=node.rank,
+                reason="finished" if finished else "lost",
+            )
             expiries += self.scheduler.expire_node(node.node_id)
         expiries += self.scheduler.expire_due()
         records: list[LeaseRecord] = []
@@ -349,6 +386,7 @@ class Job:
     def _announce_drained(self) -> None:
         if self.drained and not self._drained_announced:
             self._drained_announced = True
+            self._drained_mono = self._clock()
             emit(
                 _COMPONENT,
                 "job_drained",
@@ -372,21 +410,33 @@ class Job:
             seed=self.spec.seed,
         )
 
+    def _rates_now(self) -> tuple[float, str, RateSample]:
+        """The job's rate and its basis: recent window while running, frozen once drained."""
+        now = self._rate_sample()
+        if self._drained_mono is not None:
+            elapsed_s = max(1e-3, (self._drained_mono - self._started_mono) / 1000)
+            return self._committed_here / elapsed_s, "final", now
+        self._rates.record(now.at_ms, now.total, now.by_node)
+        return self._rates.rate(now), "window", now
+
     def status(self) -> JobStatus:
         """A consistent copy of the job's state: ``GetJobSnapshot``, the status page, metrics."""
         spec = self.spec
-        elapsed_s = max(1e-3, (self._clock() - self._started_mono) / 1000)
+        rate, basis, now = self._rates_now()
         nodes = tuple(
             NodeStatus(
                 node_id=n.node_id,
                 hostname=n.hostname,
                 rank=n.rank,
-                alive=n.alive,
+                alive=self.registry.is_live(n, now.at_ms),
+                finished=n.node_id in self._told_drained,
                 last_heartbeat_unix_ms=self.unix_ms(n.last_seen_ms),
                 samples_committed=self._samples_by_node.get(n.node_id, 0),
                 samples_delivered=n.stats.get("samples_delivered", 0),
                 bytes_fetched=n.stats.get("bytes_fetched", 0),
                 inflight_bytes=n.stats.get("inflight_bytes", 0),
+                fetch_retries=n.stats.get("fetch_retries", 0),
+                samples_per_second=(self._rates.rate(now, n.node_id) if basis == "window" else 0.0),
             )
             for n in self.registry.nodes()
         )
@@ -400,7 +450,10 @@ class Job:
             job_ready=self.registry.ready,
             job_drained=self.drained,
             started_unix_ms=self._started_unix_ms,
-            samples_per_second=self._committed_here / elapsed_s,
+            samples_per_second=rate,
+            rate_basis=basis,
+            rate_window_ms=self._rates.window_ms,
+            throughput_history=tuple((self.unix_ms(at), r) for at, r in self._rates.history()),
             nodes=nodes,
             live_leases=tuple(self.lease_status(le) for le in self.scheduler.live_leases()),
             committed_by_epoch=tuple(self.scheduler.committed(e) for e in range(spec.epochs)),

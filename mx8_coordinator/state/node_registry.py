@@ -161,12 +161,21 @@ class NodeRegistry:
             )
         return node.rank
 
+    def is_live(self, node: NodeState, now_ms: int | None = None) -> bool:
+        """The one liveness rule: not departed and heard from within the TTL.
+
+        Read at the moment a status is taken, so the page, ``/api/status`` and the
+        ``nodes_live`` gauge agree even before the next tick marks a silent node departed.
+        """
+        now = self._clock() if now_ms is None else now_ms
+        return node.alive and now - node.last_seen_ms < self._ttl
+
     def expire_silent(self) -> list[NodeState]:
         """Mark nodes silent for the TTL departed; forget unranked ones. Returns the newly gone."""
         now = self._clock()
         gone: list[NodeState] = []
         for node in list(self._nodes.values()):
-            if node.alive and now - node.last_seen_ms >= self._ttl:
+            if node.alive and not self.is_live(node, now):
                 node.alive = False
                 gone.append(node)
                 if node.rank is None:
@@ -179,4 +188,5 @@ class NodeRegistry:
         return sorted(n.rank for n in self._nodes.values() if not n.alive and n.rank is not None)
 
     def live_count(self) -> int:
-        return sum(1 for n in self._nodes.values() if n.alive)
+        now = self._clock()
+        return sum(1 for n in self._nodes.values() if self.is_live(n, now))

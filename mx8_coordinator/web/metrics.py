@@ -57,6 +57,21 @@ class _JobStatusCollector(Collector):
             yield CounterMetricFamily(f"mx8_coordinator_{name}", doc, value=counters[name])
         live = status.nodes_live if status is not None else 0
         yield GaugeMetricFamily("mx8_coordinator_nodes_live", "nodes alive", value=live)
+        # Finished (left after the drain) apart from lost (went silent): only lost pages anyone.
+        nodes = GaugeMetricFamily(
+            "mx8_coordinator_nodes",
+            "known nodes by state (alive, finished, lost)",
+            labels=["state"],
+        )
+        for state in ("alive", "finished", "lost"):
+            nodes.add_metric([state], status.nodes_in(state) if status is not None else 0)
+        yield nodes
+        rate = status.samples_per_second if status is not None else 0.0
+        yield GaugeMetricFamily(
+            "mx8_coordinator_samples_per_second",
+            "committed samples/s: recent window while running, the final average once drained",
+            value=rate,
+        )
 
 
 class CoordinatorMetrics:

@@ -9,6 +9,7 @@ import html
 from typing import Any
 
 from mx8_common.rpc.job_status import JobStatus
+from mx8_coordinator.web.status_format import human_bytes, human_duration, throughput_svg
 
 __all__ = ["MAX_LEASE_ROWS", "REFRESH_SECONDS", "render_status_html"]
 
@@ -22,7 +23,9 @@ body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.4em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}
-.dead{color:#b00}.alive{color:#070}code{font-size:12px}
+.dead,.lost{color:#b00}.alive{color:#070}.finished{color:#555}code{font-size:12px}
+.legend{color:#555;max-width:60em}.legend dt{font-weight:600;float:left;clear:left;width:9em}
+.legend dd{margin:0 0 .2em 9.5em}
 progress{width:18em}
 """
 
@@ -45,7 +48,7 @@ def _summary(s: dict[str, Any], state_text: str) -> list[str]:
         ("samples", f"{s['total_samples']:,}"),
         ("world size", s["world_size"]),
         ("epochs", s["epochs"]),
-        ("throughput", f"{s['samples_per_second']:,.1f} samples/s (since start)"),
+        ("throughput", _throughput_text(s)),
     ]
     rows += [(k.replace("_", " "), f"{v:,}") for k, v in s["counters"].items()]
     out = ['<table id="summary">']
@@ -55,10 +58,75 @@ def _summary(s: dict[str, Any], state_text: str) -> list[str]:
     return out
 
 
+def _throughput_text(s: dict[str, Any]) -> str:
+    rate = f"{s['samples_per_second']:,.1f} samples/s"
+    basis = s.get("rate_basis", "since_start")
+    if basis == "window":
+        return f"{rate} (last {s['rate_window_ms'] / 1000:.0f} s)"
+    if basis == "final":
+        return f"{rate} (average of the whole run, final)"
+    return f"{rate} (since start)"
+
+
+_NODE_STATE_TEXT = {
+    "alive": "alive",
+    "finished": "finished (left after the job drained)",
+    "lost": "lost (silent past the lease TTL)",
+}
+
+#: Column -> what it counts, shown as a legend under the nodes table and as tooltips.
+_NODE_COLUMNS = {
+    "committed": "sample positions the coordinator recorded as done for this node: "
+    "the job's progress, what a restart resumes from",
+    "delivered": "samples the node's trainers acknowledged, as last reported by its "
+    "heartbeat; it trails committed by up to a heartbeat, and counts only since "
+    "the agent started",
+    "rate": "committed samples/s over the recent window",
+    "fetched": "bytes read from storage by the node",
+    "in flight": "bytes fetched but not yet acknowledged by a trainer",
+    "retries": "storage reads the node retried (throttling, resets, short bodies)",
+}
+
+
+def _activity(s: dict[str, Any]) -> list[str]:
+    """The throughput chart and the retry/error counts operators look at first."""
+    c = s["counters"]
+    states = s.get("nodes_by_state", {})
+    rows = [
+        ("leases expired", c["leases_expired"], "leases whose node went silent past the TTL"),
+        (
+            "ranges retried",
+            c["leases_requeued"],
+            "unfinished lease remainders handed to another node",
+        ),
+        ("nodes lost", states.get("lost", 0), "nodes silent past the TTL before the job drained"),
+        (
+            "storage reads retried",
+            sum(n.get("fetch_retries", 0) for n in s["nodes"]),
+            "reads the agents retried (throttling, resets, short bodies), per node below",
+        ),
+    ]
+    points = [(p["unix_ms"], p["samples_per_second"]) for p in s.get("throughput_history", [])]
+    out = [
+        "<h2>Throughput</h2>",
+        throughput_svg(points),
+        '<h2>Retries and errors</h2><table id="errors">',
+    ]
+    for name, value, doc in rows:
+        cls = "num lost" if value else "num"
+        out.append(
+            f'<tr><th title="{_e(doc)}">{_e(name)}</th>'
+            f'<td class="{cls}" data-key="{_e(name)}">{value:,}</td></tr>'
+        )
+    out.append("</table>")
+    return out
+
+
 def _progress_table(s: dict[str, Any]) -> list[str]:
     out = [
         '<h2>Progress</h2><table id="progress">',
-        "<tr><th>epoch</th><th>committed</th><th></th><th>done</th></tr>",
+        "<tr><th>epoch</th><th>committed</th><th></th><th>done</th>"
+        '<th title="at the current rate, after the epochs before it">ETA</th></tr>',
     ]
     for p in s["progress"]:
         pct = 100.0 * p["fraction"]
@@ -67,34 +135,46 @@ def _progress_table(s: dict[str, Any]) -> list[str]:
             f'<td class="num">{p["committed_samples"]:,} / {p["total_samples"]:,}</td>'
             f'<td><progress max="{max(1, p["total_samples"])}" '
             f'value="{p["committed_samples"]}"></progress></td>'
-            f'<td class="num">{pct:.1f}%</td></tr>'
+            f'<td class="num">{pct:.1f}%</td>'
+            f'<td class="num eta">{human_duration(p.get("eta_seconds"))}</td></tr>'
         )
     out.append("</table>")
     return out
 
 
+def _th(name: str) -> str:
+    doc = _NODE_COLUMNS.get(name)
+    return f'<th title="{_e(doc)}">{_e(name)}</th>' if doc else f"<th>{_e(name)}</th>"
+
+
 def _nodes_table(s: dict[str, Any]) -> list[str]:
+    heads = ("rank", "node", "host", "state", "last heartbeat", *_NODE_COLUMNS)
     out = [
         '<h2>Nodes</h2><table id="nodes">',
-        "<tr><th>rank</th><th>node</th><th>host</th><th>state</th><th>last heartbeat</th>"
-        "<th>committed</th><th>delivered</th><th>bytes fetched</th><th>in flight</th></tr>",
+        "<tr>" + "".join(_th(h) for h in heads) + "</tr>",
     ]
     for n in s["nodes"]:
-        alive = "alive" if n["alive"] else "dead"
+        state = n.get("state") or ("alive" if n["alive"] else "lost")
         rank = "-" if n["rank"] is None else n["rank"]
         out.append(
             f'<tr class="node" data-node-id="{_e(n["node_id"])}"><td class="num">{rank}</td>'
             f"<td>{_e(n['node_id'])}</td><td>{_e(n['hostname'])}</td>"
-            f'<td class="{alive}">{"alive" if n["alive"] else "departed"}</td>'
+            f'<td class="{state}" data-state="{state}">{_e(_NODE_STATE_TEXT[state])}</td>'
             f"<td>{_age(n['last_heartbeat_age_ms'])}</td>"
             f'<td class="num">{n["samples_committed"]:,}</td>'
             f'<td class="num">{n["samples_delivered"]:,}</td>'
-            f'<td class="num">{n["bytes_fetched"]:,}</td>'
-            f'<td class="num">{n["inflight_bytes"]:,}</td></tr>'
+            f'<td class="num">{n.get("samples_per_second", 0.0):,.1f}/s</td>'
+            f'<td class="num">{human_bytes(n["bytes_fetched"])}</td>'
+            f'<td class="num">{human_bytes(n["inflight_bytes"])}</td>'
+            f'<td class="num">{n.get("fetch_retries", 0):,}</td></tr>'
         )
     if not s["nodes"]:
-        out.append('<tr><td colspan="9">no node has registered yet</td></tr>')
+        out.append(f'<tr><td colspan="{len(heads)}">no node has registered yet</td></tr>')
     out.append("</table>")
+    out.append('<dl class="legend" id="legend">')
+    for name, doc in _NODE_COLUMNS.items():
+        out.append(f"<dt>{_e(name)}</dt><dd>{_e(doc)}</dd>")
+    out.append("</dl>")
     return out
 
 
@@ -152,6 +232,7 @@ def render_status_html(job: JobStatus, *, now_unix_ms: int | None = None) -> str
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         *_summary(status, job.state_text),
+        *_activity(status),
         *_progress_table(status),
         *_nodes_table(status),
         *_ranks_table(status),

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from support.agent import DaemonProcess, TrainerRun, run_trainer
-from support.eventually import assert_eventually_blocking
+from support.eventually import assert_eventually, assert_eventually_blocking
 from support.fake_coordinator import FakeCoordinator
 from support.manifests import write_local_dataset
 
@@ -224,6 +224,13 @@ async def test_agent_processes_sigkill_mid_epoch_survivor_finishes_committed_onc
     assert sorted(covered) == list(range(n))
     assert len(by_b) >= 100
     assert by_b <= set(run_b.ids)
+
+    # What the status page shows: b was killed mid-job (lost), a exited after the drain.
+    def departures() -> dict[str, str] | None:
+        got = {e["node_id"]: e["reason"] for e in coordinator.events("node_departed")}
+        return got if len(got) == 2 else None
+
+    assert await assert_eventually(departures, timeout_s=20) == {"a": "finished", "b": "lost"}
 
 
 async def test_agent_processes_cli_fail_closed_exits_2_with_one_line(

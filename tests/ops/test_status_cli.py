@@ -14,14 +14,15 @@ from collections.abc import Awaitable, Callable
 import pytest
 from support.ops import drive_partial_job
 
-from mx8.cli import main
+from mx8.cli import main, print_status
 from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.job_status import JobStatus, NodeStatus
 from mx8_coordinator.server import Coordinator
 
 StartCoordinator = Callable[..., Awaitable[Coordinator]]
 
 # Fields that depend on the moment they are read.
-_CLOCK_FIELDS = {"generated_unix_ms", "samples_per_second"}
+_CLOCK_FIELDS = {"generated_unix_ms", "samples_per_second", "throughput_history"}
 
 
 def _run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -39,7 +40,12 @@ async def run_cli(argv: list[str]) -> tuple[int, str, str]:
 def _stable(status: dict) -> dict:
     out = {k: v for k, v in status.items() if k not in _CLOCK_FIELDS}
     out["nodes"] = [
-        {k: v for k, v in n.items() if k not in ("last_heartbeat_age_ms",)} for n in status["nodes"]
+        {k: v for k, v in n.items() if k not in ("last_heartbeat_age_ms", "samples_per_second")}
+        for n in status["nodes"]
+    ]
+    # ETAs follow the rate, which moves between the two reads.
+    out["progress"] = [
+        {k: v for k, v in p.items() if k != "eta_seconds"} for p in status["progress"]
     ]
     out["live_leases"] = [
         {k: v for k, v in le.items() if k != "expires_in_ms"} for le in status["live_leases"]
@@ -159,3 +165,32 @@ def test_status_cli_requires_a_command() -> None:
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
+
+
+def test_status_cli_table_tells_finished_nodes_from_lost_ones() -> None:
+    nodes = (
+        NodeStatus(node_id="done-node", rank=0, alive=False, finished=True),
+        NodeStatus(node_id="gone-node", rank=1, alive=False),
+    )
+    status = JobStatus(
+        job_id="j",
+        dataset_link="d",
+        total_samples=10,
+        epochs=1,
+        world_size=2,
+        job_ready=True,
+        job_drained=True,
+        samples_per_second=5.0,
+        rate_basis="final",
+        nodes=nodes,
+        committed_by_epoch=(10,),
+    )
+    out = io.StringIO()
+    print_status(status, file=out)
+    text = out.getvalue()
+
+    def row(node_id: str) -> str:
+        return next(line for line in text.splitlines() if node_id in line)
+
+    assert "finished" in row("done-node") and "lost" in row("gone-node")
+    assert "departed" not in text and "whole run, final" in text

@@ -143,7 +143,7 @@ def test_status_page_escapes_names() -> None:
     page = render_status_html(status, now_unix_ms=11_500)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "h&amp;h" in page
-    assert "departed" in page and "1.5 s ago" in page
+    assert "lost (silent past the lease TTL)" in page and "1.5 s ago" in page
 
 
 def _metric_values(body: bytes) -> dict[str, float]:
@@ -196,3 +196,16 @@ async def test_status_page_answers_503_while_the_status_is_unavailable() -> None
             assert code == 503 and b"status unavailable" in body, path
     finally:
         await asyncio.to_thread(exporter.stop)
+
+
+async def test_status_page_shows_the_storage_retries_agents_report(
+    start_coordinator: StartCoordinator,
+) -> None:
+    coord = await _running(start_coordinator)
+    async with CoordinatorClient(coord.address, token="") as client:
+        await client.heartbeat("default", "node-b", bytes_fetched=2**30, fetch_retries=4)
+    _, _, body = await get(f"http://127.0.0.1:{coord.metrics_port}/api/status")
+    nodes = {n["node_id"]: n for n in json.loads(body)["nodes"]}
+    assert nodes["node-b"]["fetch_retries"] == 4 and nodes["node-a"]["fetch_retries"] == 0
+    _, _, page = await get(f"http://127.0.0.1:{coord.metrics_port}/")
+    assert b'data-key="storage reads retried">4<' in page and b"1.0 GiB" in page

@@ -168,14 +168,16 @@ class ReportRanksResponse(_message.Message):
     def __init__(self, job_drained: _Optional[bool] = ...) -> None: ...
 
 class NodeStats(_message.Message):
-    __slots__ = ("samples_delivered", "bytes_fetched", "inflight_bytes")
+    __slots__ = ("samples_delivered", "bytes_fetched", "inflight_bytes", "fetch_retries")
     SAMPLES_DELIVERED_FIELD_NUMBER: _ClassVar[int]
     BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FETCH_RETRIES_FIELD_NUMBER: _ClassVar[int]
     samples_delivered: int
     bytes_fetched: int
     inflight_bytes: int
-    def __init__(self, samples_delivered: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., inflight_bytes: _Optional[int] = ...) -> None: ...
+    fetch_retries: int
+    def __init__(self, samples_delivered: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., fetch_retries: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("job_id", "node_id", "stats")
@@ -292,7 +294,7 @@ class GetJobSnapshotRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "rank", "alive", "last_heartbeat_unix_ms", "samples_committed", "hostname", "stats")
+    __slots__ = ("node_id", "rank", "alive", "last_heartbeat_unix_ms", "samples_committed", "hostname", "stats", "finished", "samples_per_second")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +302,8 @@ class NodeInfo(_message.Message):
     SAMPLES_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     rank: int
     alive: bool
@@ -307,7 +311,17 @@ class NodeInfo(_message.Message):
     samples_committed: int
     hostname: str
     stats: NodeStats
-    def __init__(self, node_id: _Optional[str] = ..., rank: _Optional[int] = ..., alive: _Optional[bool] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., samples_committed: _Optional[int] = ..., hostname: _Optional[str] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ...) -> None: ...
+    finished: bool
+    samples_per_second: float
+    def __init__(self, node_id: _Optional[str] = ..., rank: _Optional[int] = ..., alive: _Optional[bool] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., samples_committed: _Optional[int] = ..., hostname: _Optional[str] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ..., finished: _Optional[bool] = ..., samples_per_second: _Optional[float] = ...) -> None: ...
+
+class ThroughputPoint(_message.Message):
+    __slots__ = ("unix_ms", "samples_per_second")
+    UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    unix_ms: int
+    samples_per_second: float
+    def __init__(self, unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ...) -> None: ...
 
 class EpochProgress(_message.Message):
     __slots__ = ("epoch", "committed_samples", "total_samples")
@@ -334,7 +348,7 @@ class Counters(_message.Message):
     def __init__(self, leases_issued: _Optional[int] = ..., leases_expired: _Optional[int] = ..., leases_requeued: _Optional[int] = ..., leases_completed: _Optional[int] = ..., samples_committed: _Optional[int] = ...) -> None: ...
 
 class JobSnapshot(_message.Message):
-    __slots__ = ("job_id", "dataset_link", "manifest_hash", "total_samples", "world_size", "epochs", "job_ready", "job_drained", "nodes", "live_leases", "progress", "counters", "started_unix_ms", "samples_per_second", "mode", "ranks")
+    __slots__ = ("job_id", "dataset_link", "manifest_hash", "total_samples", "world_size", "epochs", "job_ready", "job_drained", "nodes", "live_leases", "progress", "counters", "started_unix_ms", "samples_per_second", "mode", "ranks", "rate_basis", "rate_window_ms", "throughput_history")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_LINK_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +365,9 @@ class JobSnapshot(_message.Message):
     SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
+    RATE_BASIS_FIELD_NUMBER: _ClassVar[int]
+    RATE_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_HISTORY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset_link: str
     manifest_hash: str
@@ -367,4 +384,7 @@ class JobSnapshot(_message.Message):
     samples_per_second: float
     mode: str
     ranks: _containers.RepeatedCompositeFieldContainer[RankProgress]
-    def __init__(self, job_id: _Optional[str] = ..., dataset_link: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., live_leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ...) -> None: ...
+    rate_basis: str
+    rate_window_ms: int
+    throughput_history: _containers.RepeatedCompositeFieldContainer[ThroughputPoint]
+    def __init__(self, job_id: _Optional[str] = ..., dataset_link: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., live_leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., rate_basis: _Optional[str] = ..., rate_window_ms: _Optional[int] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ...) -> None: ...

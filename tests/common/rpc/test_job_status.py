@@ -33,6 +33,9 @@ def statuses(draw: st.DrawFn) -> JobStatus:
                 samples_delivered=_u64,
                 bytes_fetched=_u64,
                 inflight_bytes=_u64,
+                finished=st.booleans(),
+                fetch_retries=_u64,
+                samples_per_second=st.floats(allow_nan=False),
             ),
             max_size=4,
         )
@@ -67,6 +70,11 @@ def statuses(draw: st.DrawFn) -> JobStatus:
         job_drained=draw(st.booleans()),
         started_unix_ms=draw(_i64),
         samples_per_second=draw(st.floats(allow_nan=False)),
+        rate_basis=draw(st.sampled_from(["window", "final", "since_start"])),
+        rate_window_ms=draw(_i64),
+        throughput_history=tuple(
+            draw(st.lists(st.tuples(_i64, st.floats(allow_nan=False)), max_size=4))
+        ),
         nodes=tuple(nodes),
         live_leases=tuple(draw(st.lists(leases, max_size=4))),
         committed_by_epoch=tuple(draw(st.lists(_u64, max_size=4))),
@@ -119,7 +127,9 @@ def test_job_status_dict_is_the_api_status_json() -> None:
         "committed_samples": 50,
         "total_samples": 200,
         "fraction": 0.25,
+        "eta_seconds": 12.0,  # 150 left at 12.5/s
     }
+    assert d["progress"][1]["eta_seconds"] == 28.0  # after epoch 0's 150, its own 200
     assert d["counters"] == {
         "leases_issued": 2,
         "leases_expired": 0,
