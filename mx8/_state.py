@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mx8_common.errors import ConfigError
+from mx8_common.errors import ResumeError
 from mx8_common.sample_order import JobOrder, Shard, consumed_positions
 
 __all__ = ["STATE_VERSION", "EpochCursor", "LoaderShape", "build_state", "resume_cursor"]
@@ -106,16 +106,45 @@ def build_state(shape: LoaderShape, cursor: EpochCursor) -> dict[str, Any]:
     }
 
 
+#: What each entry of a ``state_dict()`` must be (bool is checked before int: it is one).
+_STATE_TYPES: dict[str, type] = {
+    "manifest_hash": str,
+    "epoch": int,
+    "seed": int,
+    "shuffle": bool,
+    "drop_last": bool,
+    "position": int,
+    "step": int,
+    "consumed": int,
+    "offset": int,
+    "base_step": int,
+    "rank": int,
+    "world_size": int,
+    "batch_size": int,
+    "block_size": int,
+}
+
+
+def _check_types(state: dict[str, Any]) -> None:
+    """A ``ResumeError`` naming the first entry of the wrong type: a garbage state never
+    reaches the order arithmetic."""
+    for key, kind in _STATE_TYPES.items():
+        if key not in state:
+            continue
+        value = state[key]
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok or (kind is int and value < 0):
+            raise ResumeError(
+                f"loader state {key}={value!r} is not a{' non-negative' if kind is int else ''} "
+                f"{kind.__name__}; pass a state_dict() of this loader, unchanged",
+                key=key,
+            )
+
+
 def _int(state: dict[str, Any], key: str) -> int:
-    try:
-        value = int(state[key])
-    except KeyError:
-        raise ConfigError(f"loader state has no {key!r}; pass a dict from state_dict()") from None
-    except (TypeError, ValueError):
-        raise ConfigError(f"loader state {key}={state[key]!r} is not an integer") from None
-    if value < 0:
-        raise ConfigError(f"loader state {key}={value} is negative")
-    return value
+    if key not in state:
+        raise ResumeError(f"loader state has no {key!r}; pass a dict from state_dict()", key=key)
+    return int(state[key])
 
 
 def resume_cursor(
@@ -129,18 +158,24 @@ def resume_cursor(
     ``consumed``. Without ``fixed_seed`` the state's seed is taken.
     """
     if not isinstance(state, dict):
-        raise ConfigError(
+        raise ResumeError(
             f"loader state is a {type(state).__name__}; pass a dict from state_dict()"
         )
     version = state.get("version")
     if version not in (1, STATE_VERSION):
-        raise ConfigError(f"unknown loader state version {version!r}")
+        raise ResumeError(
+            f"unknown loader state version {version!r}; pass a state_dict() of this mx8 "
+            f"version ({STATE_VERSION}) or of version 1",
+            key="version",
+        )
+    _check_types(state)
     job = shape.job
     if state.get("manifest_hash") != job.manifest_hash:
-        raise ConfigError(
+        raise ResumeError(
             f"this state belongs to snapshot {state.get('manifest_hash')}, but the loader reads "
             f"{job.manifest_hash}; pin the snapshot with '{shape.link}@sha256:"
-            f"{state.get('manifest_hash')}' to resume it"
+            f"{state.get('manifest_hash')}' to resume it",
+            key="manifest_hash",
         )
     ours: dict[str, Any] = {"shuffle": job.shuffle, "block_size": job.block_size}
     if fixed_seed:
@@ -149,15 +184,19 @@ def resume_cursor(
         ours["drop_last"] = shape.drop_last
     for key, value in ours.items():
         if key in state and state[key] != value:
-            raise ConfigError(
+            raise ResumeError(
                 f"state was taken with {key}={state[key]!r} but this loader has "
-                f"{key}={value!r}; build the loader with the same value"
+                f"{key}={value!r}; build the loader with the same value",
+                key=key,
             )
     epoch = _int(state, "epoch")
     position = _int(state, "position")
     world, batch = _int(state, "world_size"), _int(state, "batch_size")
     if world < 1 or batch < 1:
-        raise ConfigError(f"loader state world_size={world} / batch_size={batch} is no shape")
+        raise ResumeError(
+            f"loader state world_size={world} / batch_size={batch} is no shape",
+            key="world_size" if world < 1 else "batch_size",
+        )
     # Version 1 had no segments: its position counted from the epoch's start.
     offset = _int(state, "offset") if version == STATE_VERSION else 0
     base_step = _int(state, "base_step") if version == STATE_VERSION else 0
@@ -170,14 +209,22 @@ def resume_cursor(
         )
     for key, value in (("offset", offset), ("consumed", consumed)):
         if value > job.total_samples:
-            raise ConfigError(
+            raise ResumeError(
                 f"loader state {key}={value} is more than the snapshot's "
-                f"{job.total_samples} samples"
+                f"{job.total_samples} samples",
+                key=key,
             )
     if (world, batch) == (shape.world_size, shape.batch_size):
         cursor = EpochCursor(
             epoch=epoch, offset=offset, base_step=base_step, position=position, loaded=True
         )
+        samples = shape.shard(cursor).samples
+        if position > samples:
+            raise ResumeError(
+                f"state position {position} is outside this rank's epoch [0, {samples}]; the "
+                "state is corrupt or from another dataset: pass a state_dict() of this loader",
+                key="position",
+            )
     else:
         cursor = EpochCursor(epoch=epoch, offset=consumed, base_step=step, loaded=True)
     return cursor, _int(state, "seed") if "seed" in state else job.seed

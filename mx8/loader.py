@@ -26,7 +26,7 @@ from mx8._stats import LoaderStats
 from mx8.batch import Batch
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.sample_order import JobOrder, Shard
+from mx8_common.sample_order import MAX_BLOCK_SIZE, JobOrder, Shard
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
 from mx8_common.storage.fetch_pipeline import FetchConfig
 from mx8_common.storage.object_reader import ObjectReaderConfig
@@ -65,6 +65,13 @@ class Loader:
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
+        if not 1 <= block_size <= MAX_BLOCK_SIZE:
+            raise ConfigError(
+                f"block_size is {block_size}; it must be in [1, {MAX_BLOCK_SIZE}] (samples per "
+                "shuffle block)"
+            )
+        if prefetch_batches < 1:
+            raise ConfigError(f"prefetch_batches is {prefetch_batches}; it must be at least 1")
         rank, world_size = resolve_rank(rank, world_size)
         self.link = link
         self.batch_size = batch_size

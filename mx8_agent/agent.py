@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import secrets
 import tempfile
 import time
 from collections.abc import Coroutine, Iterable
@@ -47,8 +48,10 @@ from mx8_agent.work.lease_runner import LeaseRunner
 from mx8_agent.work.rank_server import RankServer
 from mx8_common.errors import (
     CoordinatorError,
+    CoordinatorReplyError,
     ManifestChangedError,
     Mx8Error,
+    NodeIdInUseError,
     NodeNotRegisteredError,
     RequestError,
 )
@@ -57,8 +60,10 @@ from mx8_common.obs.events import Throttled, emit
 from mx8_common.retry import EQUAL_JITTER, Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
+from mx8_common.rpc.errors import error_fields
 from mx8_common.rpc.proto import agent_pb2
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
+from mx8_common.rpc.reply_checks import check_registration
 from mx8_common.sample_order import DYNAMIC, RANK_EXACT, JobOrder
 from mx8_common.storage.object_reader import ObjectReader
 from mx8_common.storage.s3_client import S3Settings
@@ -132,6 +137,8 @@ class Agent(Daemon):
         # Set when the coordinator switched snapshot: nothing may be reported to it.
         self._fenced = False
         self._rng = random.Random()
+        #: This process among agents with the same node id (see NodeCaps.incarnation).
+        self._incarnation = secrets.token_hex(8)
         self._retry_log = Throttled()  # retry lines: one per event every few seconds
 
     # -- views --------------------------------------------------------------------------
@@ -294,6 +301,7 @@ class Agent(Daemon):
             cache_dir=cache_dir,
             table_dir=table_dir,
             attempts=self.config.ingest_attempts,
+            chunk_timeout_s=self.config.manifest_chunk_timeout_s,
         )
         try:
             result = await ingest_manifest(self._client, settings, rng=self._rng)
@@ -338,7 +346,8 @@ class Agent(Daemon):
         try:
             await self.runner.run()
         except Mx8Error as exc:
-            emit(_COMPONENT, exc.event, level="error", error=str(exc), node_id=self.config.node_id)
+            fields = error_fields(exc) | {"error": str(exc), "node_id": self.config.node_id}
+            emit(_COMPONENT, exc.event, level="error", **fields)
             # Tell the trainers why before going away.
             self._fail_trainers(exc)
             await self._wait_trainers_gone()
@@ -403,6 +412,11 @@ class Agent(Daemon):
         def unreachable(exc: Exception) -> bool:
             return isinstance(exc, CoordinatorError) and exc.code in _UNREACHABLE
 
+        def retryable(exc: Exception) -> bool:
+            # A node id held by a live agent is free once that agent has been silent for
+            # the lease TTL (this agent's own restart); a duplicate gives up at the deadline.
+            return unreachable(exc) or isinstance(exc, NodeIdInUseError)
+
         def retrying(retry: Retry) -> None:
             self._retry_log.emit(
                 _COMPONENT,
@@ -414,11 +428,14 @@ class Agent(Daemon):
         try:
             reg = await _REGISTER_BACKOFF.run(
                 self._register_once,
-                retry_if=unreachable,
+                retry_if=retryable,
                 on_retry=retrying,
                 rng=self._rng,
                 deadline=time.monotonic() + cfg.connect_timeout_s,
             )
+        except NodeIdInUseError as exc:
+            emit(_COMPONENT, exc.event, node_id=cfg.node_id, holder=exc.hostname, error=str(exc))
+            raise
         except CoordinatorError as exc:
             if not unreachable(exc):
                 raise
@@ -469,13 +486,20 @@ class Agent(Daemon):
     async def _register_once(self) -> cpb.RegisterNodeResponse:
         """RegisterNode with this host's caps (first registration and re-registration alike)."""
         cfg = self.config
-        return await self._client.register_node(
+        reply = await self._client.register_node(
             cfg.job_id,
             cfg.node_id,
             hostname=os.uname().nodename,
             max_inflight_bytes=cfg.max_inflight_bytes,
             fetch_concurrency=cfg.fetch_concurrency,
+            incarnation=self._incarnation,
         )
+        try:
+            # Nothing of the reply is used (a hash becomes a file name) before it is checked.
+            return check_registration(reply)
+        except CoordinatorReplyError as exc:
+            emit(_COMPONENT, exc.event, field=exc.field, error=str(exc), node_id=cfg.node_id)
+            raise
 
     def _check_same_snapshot(self, reg: cpb.RegisterNodeResponse) -> None:
         """Fail closed when a re-registration names another manifest than the first one."""

@@ -6,7 +6,14 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mx8_common.config_fields import load_config, parse_size, setting, shared, split_host_port
+from mx8_common.config_fields import (
+    http_host_port,
+    load_config,
+    parse_size,
+    setting,
+    shared,
+    split_host_port,
+)
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.reader import DEFAULT_MAX_LINE_BYTES
 from mx8_common.rpc.client_config import CoordinatorClientConfig
@@ -91,7 +98,9 @@ class AgentConfig:
         "<cache-dir>/tables instead of RAM (smaller ones stay in memory)",
     )
     metrics: str = setting(
-        "", env="MX8_AGENT_METRICS", help="Prometheus HOST:PORT, e.g. 127.0.0.1:9401 (empty: off)"
+        "",
+        env="MX8_AGENT_METRICS",
+        help="Prometheus PORT (loopback only) or HOST:PORT, e.g. 9401 (empty: off)",
     )
     manifest_ingest: str = setting(
         "direct",
@@ -121,6 +130,12 @@ class AgentConfig:
         5,
         env="MX8_AGENT_INGEST_ATTEMPTS",
         help="manifest ingest tries when the cause is transient (a dropped connection)",
+    )
+    manifest_chunk_timeout_s: float = setting(
+        30.0,
+        env="MX8_AGENT_MANIFEST_CHUNK_TIMEOUT_S",
+        help="longest wait for the next manifest stream chunk; a stalled stream ends as "
+        "manifest_stream_truncated and is retried (--ingest-attempts)",
     )
     tls_cert: str | None = setting(
         None,
@@ -154,7 +169,7 @@ class AgentConfig:
         split_host_port(self.coordinator, "--coordinator")
         listen_target(self.listen)
         if self.metrics:
-            split_host_port(self.metrics, "--metrics", "127.0.0.1:9401")
+            http_host_port(self.metrics, "--metrics")
         if not self.job_id:
             raise ConfigError("--job-id must not be empty; use the job id the coordinator serves")
         if self.manifest_ingest not in INGEST_MODES:
@@ -171,6 +186,7 @@ class AgentConfig:
             "--leases-ahead": self.leases_ahead,
             "--connect-timeout-s": self.connect_timeout_s,
             "--ingest-attempts": self.ingest_attempts,
+            "--manifest-chunk-timeout-s": self.manifest_chunk_timeout_s,
             "--table-file-min-rows": self.table_file_min_rows,
         }
         for flag, value in positive.items():
@@ -230,7 +246,7 @@ class AgentConfig:
     def metrics_host_port(self) -> tuple[str, int] | None:
         if not self.metrics:
             return None
-        return split_host_port(self.metrics, "--metrics", "127.0.0.1:9401")
+        return http_host_port(self.metrics, "--metrics")
 
 
 def load_agent_config(

@@ -30,6 +30,7 @@ __all__ = [
     "config_reference_markdown",
     "env_names",
     "flag_name",
+    "http_host_port",
     "load_config",
     "load_env",
     "parse_bool",
@@ -116,6 +117,16 @@ def split_host_port(value: str, flag: str, example: str = "127.0.0.1:50051") -> 
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{flag} {value!r} is not HOST:PORT; write e.g. {example}")
     return host.strip("[]"), int(port)
+
+
+def http_host_port(value: str, flag: str) -> tuple[str, int]:
+    """An HTTP listen address: ``HOST:PORT``, or a bare ``PORT`` meaning loopback only
+    (``127.0.0.1:PORT``): the status page is not published unless a host is named."""
+    if value.isdigit():
+        if int(value) > 65535:
+            raise ConfigError(f"{flag} {value!r} is not a port; write e.g. 9400")
+        return "127.0.0.1", int(value)
+    return split_host_port(value, flag, "9400 (loopback) or 0.0.0.0:9400")
 
 
 @functools.cache

@@ -8,7 +8,8 @@ internals (the original stays reachable as ``__context__``).
 
     Mx8Error
     ├── ConfigError                  bad flag, env var or argument
-    │   └── ContractError              a trainer disagrees with the job or another rank (.field)
+    │   ├── ContractError              a trainer disagrees with the job or another rank (.field)
+    │   └── ResumeError                a load_state_dict state that does not fit (.key)
     ├── LinkError                    dataset link that cannot be parsed (.link)
     ├── ManifestError                canonical manifest TSV rejected (.line_no)
     │   ├── ManifestSchemaMismatch     missing/unknown schema header, mixed chunk schemas
@@ -40,10 +41,13 @@ internals (the original stays reachable as ``__context__``).
     ├── LeaseLogError                lease log unreadable or from another job (.path)
     ├── JobStateError                call not allowed in the job's current state (.node_id)
     │   ├── NodeNotRegisteredError     node must RegisterNode first
+    │   ├── NodeIdInUseError           a live agent of another incarnation holds the id
+    │   ├── NodeIdentityError          node id is not a name of the client certificate
     │   └── JobNotReadyError           world not formed yet (nodes or trainer ranks missing)
     ├── RequestError                 malformed request: empty id, want=0 (.field)
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
     ├── CoordinatorError             coordinator unreachable or refused (.address, .code)
+    ├── CoordinatorReplyError        a coordinator's reply field is unusable (.field)
     ├── AgentError                   local agent unreachable or refused (.address)
     ├── DecodeError                  a sample's bytes are not a decodable image (.location)
     ├── TrainerResumeError           agent cannot resume a trainer's stream (.trainer_id)
@@ -59,6 +63,7 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "CoordinatorError",
+    "CoordinatorReplyError",
     "DecodeError",
     "EmptyDatasetError",
     "IntegrityError",
@@ -83,11 +88,14 @@ __all__ = [
     "ManifestTruncated",
     "ManifestUnwritable",
     "Mx8Error",
+    "NodeIdInUseError",
+    "NodeIdentityError",
     "NodeNotRegisteredError",
     "NonMonotonicListingError",
     "ObjectChangedError",
     "ObjectNotFoundError",
     "RequestError",
+    "ResumeError",
     "SnapshotError",
     "SnapshotNotFoundError",
     "StorageError",
@@ -121,6 +129,18 @@ class ContractError(ConfigError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class ResumeError(ConfigError):
+    """A ``load_state_dict`` state that does not fit this loader (another snapshot or
+    shard, a missing or malformed entry, a position outside the epoch); ``key`` names the
+    state entry."""
+
+    event = "resume_state_invalid"
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class LinkError(Mx8Error):
@@ -313,6 +333,26 @@ class JobNotReadyError(JobStateError):
     event = "job_not_ready"
 
 
+class NodeIdentityError(JobStateError):
+    """With ``--tls-bind-node-id``, a request's node id is not a name of the client's
+    certificate (its CN or a DNS SAN): one agent cannot act as another."""
+
+    event = "node_identity_mismatch"
+
+
+class NodeIdInUseError(JobStateError):
+    """Another live agent (on ``hostname``) holds this node id: two agents with one
+    ``--node-id`` would take each other's leases."""
+
+    event = "node_id_in_use"
+
+    def __init__(
+        self, message: str, *, node_id: str | None = None, hostname: str | None = None
+    ) -> None:
+        super().__init__(message, node_id=node_id)
+        self.hostname = hostname
+
+
 class RequestError(Mx8Error):
     """A request is malformed (empty id, zero count): the caller has a bug."""
 
@@ -344,6 +384,18 @@ class CoordinatorError(Mx8Error):
         super().__init__(message)
         self.address = address
         self.code = code
+
+
+class CoordinatorReplyError(Mx8Error):
+    """A coordinator answered with a value this node cannot use (a bad hash, a lease past
+    the manifest's end, a zero block size): the node fails closed instead of acting on it.
+    ``field`` names the reply field."""
+
+    event = "coordinator_reply_invalid"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class AgentError(Mx8Error):

@@ -155,6 +155,13 @@ def parse_dataset_link(link: str) -> DatasetLink:
         raise LinkError(
             f"dataset link {link!r} has leading or trailing whitespace; remove it", link=link
         )
+    bad = next((i for i, c in enumerate(link) if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise LinkError(
+            f"dataset link {link!r} holds a control character ({link[bad]!r} at index {bad}); "
+            "no object key or path mx8 can read has one: remove it",
+            link=link,
+        )
     base, mode, pinned = _split_suffix(link)
     if not base.startswith(("s3://", "file://", "/")) and (guess := _did_you_mean(link, base)):
         raise LinkError(f"dataset link {link!r} is misspelt; did you mean {guess!r}?", link=link)

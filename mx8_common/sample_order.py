@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "DYNAMIC",
+    "MAX_BLOCK_SIZE",
     "MODES",
     "RANK_EXACT",
     "EpochOrder",
@@ -45,6 +46,10 @@ __all__ = [
 RANK_EXACT = "rank-exact"
 DYNAMIC = "dynamic"
 MODES = (RANK_EXACT, DYNAMIC)
+
+#: No sane job cuts shuffle blocks of more samples than this (flags, API and the agents'
+#: check of a coordinator's registration reply share the bound).
+MAX_BLOCK_SIZE = 1 << 32
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1

@@ -5,20 +5,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mx8_common.config_fields import load_config, setting, shared, split_host_port
+from mx8_common.config_fields import (
+    http_host_port,
+    load_config,
+    setting,
+    shared,
+    split_host_port,
+)
 from mx8_common.errors import ConfigError
 from mx8_common.rpc.client_config import DEFAULT_MAX_MESSAGE_BYTES, CoordinatorClientConfig
 from mx8_common.rpc.security import TlsConfig
-from mx8_common.sample_order import MODES, RANK_EXACT
+from mx8_common.sample_order import MAX_BLOCK_SIZE, MODES, RANK_EXACT
 from mx8_common.snapshot.config import SnapshotResolverConfig
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_BLOCK_SIZE",
+    "MAX_EPOCHS",
+    "MAX_LEASE_TTL_MS",
+    "MAX_WORLD_SIZE",
     "STREAM_COMPRESSIONS",
     "CoordinatorConfig",
     "load_coordinator_config",
 ]
 
+#: Upper bounds of the job's shape (the agents refuse a registration past them too).
+MAX_WORLD_SIZE = 1 << 16
+MAX_EPOCHS = 1 << 20
+#: One day: a longer lease/heartbeat is a typo (and 2**32 ms overflows the wire's uint32).
+MAX_LEASE_TTL_MS = 86_400_000
 #: How ``GetManifestStream`` chunks may be encoded (``mx8_common.manifest.chunk_codec``;
 #: negotiated per request, so an agent that asks for none still gets raw chunks).
 STREAM_COMPRESSIONS = ("zlib", "none")
@@ -70,7 +85,10 @@ class CoordinatorConfig:
         "it (zlib sends ~1/8 of the bytes; older agents get raw chunks)",
     )
     metrics: str | None = setting(
-        None, env="MX8_COORDINATOR_METRICS", help="Prometheus HOST:PORT (unset: no metrics server)"
+        None,
+        env="MX8_COORDINATOR_METRICS",
+        help="status page and Prometheus: PORT (loopback only) or HOST:PORT (unset: off); "
+        "with MX8_AUTH_TOKEN set, / and /api/status need it as a bearer token",
     )
     # How the dataset is indexed: SnapshotResolverConfig's settings, as flags.
     recursive: bool = shared(SnapshotResolverConfig, "recursive")
@@ -96,6 +114,12 @@ class CoordinatorConfig:
         env="MX8_TLS_CA",
         help="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)",
     )
+    tls_bind_node_id: bool = setting(
+        False,
+        env="MX8_TLS_BIND_NODE_ID",
+        help="with --tls-ca: every request's node id must be the client certificate's CN or "
+        "a DNS SAN, so one agent cannot register or report as another",
+    )
     auth_token: str | None = setting(
         None,
         env="MX8_AUTH_TOKEN",
@@ -115,7 +139,7 @@ class CoordinatorConfig:
             raise ConfigError(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
         split_host_port(self.listen, "--listen")
         if self.metrics is not None:
-            split_host_port(self.metrics, "--metrics")
+            http_host_port(self.metrics, "--metrics")
         if self.manifest_stream_compression not in STREAM_COMPRESSIONS:
             raise ConfigError(
                 f"--manifest-stream-compression {self.manifest_stream_compression!r} is not "
@@ -132,6 +156,17 @@ class CoordinatorConfig:
         for flag, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {value}")
+        # Every value travels to the agents in a proto field; one past its width (or past
+        # any sane job) would start a coordinator every agent then fails against.
+        for flag, (value, most) in {
+            "--world-size": (self.world_size, MAX_WORLD_SIZE),
+            "--block-size": (self.block_size, MAX_BLOCK_SIZE),
+            "--epochs": (self.epochs, MAX_EPOCHS),
+            "--lease-ttl-ms": (self.lease_ttl_ms, MAX_LEASE_TTL_MS),
+            "--heartbeat-interval-ms": (self.heartbeat_interval_ms, MAX_LEASE_TTL_MS),
+        }.items():
+            if value > most:
+                raise ConfigError(f"{flag} {value} is out of range: it must be in [1, {most}]")
         if self.min_world_size is not None and not 1 <= self.min_world_size <= self.world_size:
             raise ConfigError(
                 f"--min-world-size {self.min_world_size} must be in [1, --world-size "
@@ -153,6 +188,11 @@ class CoordinatorConfig:
             )
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("MX8_AUTH_TOKEN is blank; set a real token or unset it")
+        if self.tls_bind_node_id and tls.ca is None:
+            raise ConfigError(
+                "--tls-bind-node-id needs mutual TLS (--tls-ca): node ids are bound to client "
+                "certificates"
+            )
 
     def resolver_config(self) -> SnapshotResolverConfig:
         """How the dataset is indexed; the manifest is served from the stored file only."""
@@ -186,7 +226,7 @@ class CoordinatorConfig:
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
-        return None if self.metrics is None else split_host_port(self.metrics, "--metrics")
+        return None if self.metrics is None else http_host_port(self.metrics, "--metrics")
 
 
 def load_coordinator_config(

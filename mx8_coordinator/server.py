@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from mx8_common.obs.events import emit
+from mx8_common.owner_lock import OwnerLock
 from mx8_common.rpc.daemon import SERVING, Daemon, ServerSettings
 from mx8_common.rpc.job_status import JobStatus
 from mx8_common.rpc.proto import coordinator_pb2 as pb
@@ -34,6 +35,7 @@ from mx8_coordinator.rpc.servicer import CoordinatorServicer
 from mx8_coordinator.state.job import Job, JobSpec
 from mx8_coordinator.state.lease_log import LeaseLog, lease_log_path, read_log_manifest_hash
 from mx8_coordinator.state.node_registry import monotonic_ms
+from mx8_coordinator.state.state_dir import claim_state_dir
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
 __all__ = ["SERVICE_NAME", "Coordinator"]
@@ -84,20 +86,26 @@ class Coordinator(Daemon):
         self._servicer = CoordinatorServicer(
             metrics=self.metrics,
             max_message_bytes=config.max_message_bytes,
+            bind_node_ids=config.tls_bind_node_id,
             stream_compression=config.manifest_stream_compression,
         )
         self._log: LeaseLog | None = None
+        self._state_lock: OwnerLock | None = None
         self._resources = contextlib.AsyncExitStack()
         self.job: Job | None = None
         self.source: ManifestSource | None = None
 
     # -- start -----------------------------------------------------------------------
 
+    async def _claim(self) -> None:
+        if self.config.state_dir is not None:
+            self._state_lock = await asyncio.to_thread(claim_state_dir, self.config.state_dir)
+
     def _add_services(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_CoordinatorServicer_to_server(self._servicer, server)
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
-        return self.metrics.http_handler()
+        return self.metrics.http_handler(auth_token=self.config.auth_token)
 
     async def _open(self) -> None:
         """Resolve, replay, serve: health turns SERVING and the ticker starts."""
@@ -236,6 +244,8 @@ class Coordinator(Daemon):
         if self._log is not None:
             await self._log.close()
         await self._resources.aclose()
+        if self._state_lock is not None:
+            self._state_lock.release()
 
     def _stopped_fields(self) -> dict[str, Any]:
         return {"job_id": self.config.job_id}

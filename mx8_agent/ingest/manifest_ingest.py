@@ -22,7 +22,10 @@ hash check passed; a failed ingest removes them.
 Any manifest problem raises its ``ManifestError`` after emitting its event
 (``manifest_stream_truncated``, ``manifest_schema_mismatch``, ``manifest_line_too_long``,
 ``manifest_hash_mismatch``, ``manifest_bad_row``...): the caller must not lease. A
-dropped connection (UNAVAILABLE) is retried with jittered backoff instead.
+dropped connection (UNAVAILABLE), or a stream that stalls (no chunk for
+``chunk_timeout_s``: ``manifest_stream_truncated`` caused by DEADLINE_EXCEEDED), is
+retried with jittered backoff instead. The cache file name is the announced hash, checked
+first (``cache_path``): nothing outside ``cache_dir`` is ever written or removed.
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ from mx8_agent.ingest.adapter import (
 )
 from mx8_common.errors import (
     CoordinatorError,
+    CoordinatorReplyError,
     ManifestError,
     ManifestHashMismatch,
     ManifestSchemaMismatch,
     ManifestTruncated,
+    StoreError,
 )
 from mx8_common.manifest.chunk_codec import ENCODINGS, decode_chunk
 from mx8_common.manifest.fast_parse import BlockReader, FileBlockReader
@@ -59,10 +64,11 @@ from mx8_common.manifest.table_file import build_file_table, table_dir_name
 from mx8_common.obs.events import Throttled, emit
 from mx8_common.retry import Backoff, Retry
 from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.store.base import check_hash
 
 T = TypeVar("T")
 
-__all__ = ["IngestResult", "IngestSettings", "ingest_manifest", "is_transient"]
+__all__ = ["IngestResult", "IngestSettings", "cache_path", "ingest_manifest", "is_transient"]
 
 _COMPONENT = "agent"
 _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -82,6 +88,8 @@ class IngestSettings:
     #: Where a file-backed table is built (None: the table is held in memory).
     table_dir: Path | None = None
     attempts: int = 5
+    #: Longest wait for the next chunk: a stream that stalls is cut (and retried).
+    chunk_timeout_s: float = 30.0
     backoff_base_s: float = 0.2
     backoff_max_s: float = 5.0
 
@@ -120,8 +128,26 @@ async def _checked_chunks(
     stream = client.get_manifest_stream(
         settings.job_id, settings.manifest_hash, accept_encodings=ENCODINGS
     )
+    received = 0
+
+    async def next_chunk() -> Any:
+        # A coordinator that goes silent with the connection open must not hold the agent
+        # forever: the stall is a cut stream, retried like a dropped connection.
+        try:
+            async with asyncio.timeout(settings.chunk_timeout_s):
+                return await anext(stream)
+        except TimeoutError:
+            stalled = CoordinatorError(
+                f"no manifest chunk for {settings.chunk_timeout_s}s", code="DEADLINE_EXCEEDED"
+            )
+            raise ManifestTruncated(
+                f"the manifest stream stalled after {received} bytes (no chunk for "
+                f"{settings.chunk_timeout_s}s, --manifest-chunk-timeout-s); the coordinator "
+                "is overloaded or its link is stuck"
+            ) from stalled
+
     try:
-        first = await anext(stream)
+        first = await next_chunk()
     except StopAsyncIteration:
         await stream.aclose()
         raise ManifestTruncated(
@@ -154,8 +180,15 @@ async def _checked_chunks(
         return StreamChunk(int(chunk.offset), data, int(chunk.schema_version))
 
     async def chunks() -> AsyncIterator[StreamChunk]:
+        nonlocal received
+        received = len(first.data)
         yield await decoded(first)
-        async for chunk in stream:
+        while True:
+            try:
+                chunk = await next_chunk()
+            except StopAsyncIteration:
+                return
+            received += len(chunk.data)
             yield await decoded(chunk)
 
     return chunks(), total, stream
@@ -213,8 +246,31 @@ async def _ingest_direct(
     return table, None
 
 
+def cache_path(directory: Path, manifest_hash: str) -> Path:
+    """``<directory>/<hash>.tsv``; the hash came from a peer, so it is checked first and
+    the path must resolve inside ``directory`` (no ``..``, no separator, no symlink out)."""
+    try:
+        check_hash(manifest_hash)
+    except StoreError:
+        raise CoordinatorReplyError(
+            f"the coordinator named manifest {manifest_hash!r}, not 64 lowercase hex digits; "
+            "refusing to use it as a cache file name: fix or restart the coordinator",
+            field="manifest_hash",
+        ) from None
+    root = directory.resolve()
+    path = (root / f"{manifest_hash}.tsv").resolve()
+    if path.parent != root:
+        raise CoordinatorReplyError(
+            f"the cache file of manifest {manifest_hash} resolves to {path}, outside the "
+            f"cache dir {root}; remove the symlink there",
+            field="manifest_hash",
+        )
+    return path
+
+
 def _copy_to_file(reader: BoundedCarryReader, directory: Path, manifest_hash: str) -> Path:
     """Copy the checked stream to a temp file, verify its hash, rename it into place."""
+    final = cache_path(directory, manifest_hash)
     directory.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
     tmp = Path(name)
@@ -228,7 +284,6 @@ def _copy_to_file(reader: BoundedCarryReader, directory: Path, manifest_hash: st
                 f"downloaded manifest bytes hash to {digest}, not the announced "
                 f"{manifest_hash}; the coordinator's copy is corrupt or was replaced"
             )
-        final = directory / f"{manifest_hash}.tsv"
         os.replace(tmp, final)
         return final
     except BaseException:
@@ -240,7 +295,8 @@ async def _ingest_cached(
     client: CoordinatorClient, settings: IngestSettings, stats: IngestStats
 ) -> tuple[ManifestTable, Path]:
     directory = settings.cache_dir or Path(tempfile.gettempdir()) / "mx8-agent-cache"
-    final = directory / f"{settings.manifest_hash}.tsv"
+    directory.mkdir(parents=True, exist_ok=True)
+    final = cache_path(directory, settings.manifest_hash)
     if final.exists():
         try:
             table = await asyncio.to_thread(_table_from_path, final, settings)
@@ -320,7 +376,7 @@ async def ingest_manifest(
             on_retry=retrying,
             rng=rng,
         )
-    except (ManifestError, CoordinatorError) as exc:
+    except (ManifestError, CoordinatorError, CoordinatorReplyError) as exc:
         emit(
             _COMPONENT,
             exc.event,

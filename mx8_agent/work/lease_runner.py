@@ -45,6 +45,7 @@ from mx8_common.errors import (
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import Throttled, emit
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
+from mx8_common.rpc.reply_checks import check_lease
 from mx8_common.sample_order import EpochOrder, JobOrder
 from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
 from mx8_common.storage.sample_reader import SampleReader
@@ -205,6 +206,8 @@ class LeaseRunner:
         self._queue.put_nowait(None)
 
     def _start_lease(self, le: Any) -> None:
+        # A range past the manifest would index outside the table: fail closed, never crash.
+        check_lease(le, total_samples=self._job_order.total_samples)
         ref = LeaseRef(
             lease_id=le.lease_id,
             epoch=int(le.range.epoch),

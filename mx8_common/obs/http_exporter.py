@@ -6,10 +6,26 @@ Both daemons serve their Prometheus registry (the coordinator also its status pa
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 __all__ = ["HttpExporter"]
+
+
+class _Ipv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # "::" serves IPv4 clients too (dual stack) where the host allows it.
+        if self.server_address[0] == "::":
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _server_class(host: str) -> type[ThreadingHTTPServer]:
+    """An IPv6 server for IPv6 hosts (``::``, ``::1``), the IPv4 one otherwise."""
+    return _Ipv6Server if ":" in host else ThreadingHTTPServer
 
 
 class HttpExporter:
@@ -24,7 +40,7 @@ class HttpExporter:
         """Bind (port 0 picks a free one) and serve; returns the bound port."""
         if self._server is not None:
             raise RuntimeError(f"{self._name} already serves on port {self._server.server_port}")
-        server = ThreadingHTTPServer((host, port), handler)
+        server = _server_class(host)((host, port), handler)
         server.daemon_threads = True  # a slow scraper never holds shutdown up
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name=self._name, daemon=True)

@@ -129,11 +129,13 @@ class CoordinatorClient:
         hostname: str = "",
         max_inflight_bytes: int = 0,
         fetch_concurrency: int = 0,
+        incarnation: str = "",
     ) -> pb.RegisterNodeResponse:
         caps = pb.NodeCaps(
             hostname=hostname,
             max_inflight_bytes=max_inflight_bytes,
             fetch_concurrency=fetch_concurrency,
+            incarnation=incarnation,
         )
         request = pb.RegisterNodeRequest(job_id=job_id, node_id=node_id, caps=caps)
         return await self._call("RegisterNode", request)

@@ -5,6 +5,9 @@ interceptors, the message cap), adds the daemon's services, ``grpc.health.v1`` (
 until the daemon says otherwise) and reflection, binds ``HOST:PORT`` (port 0 picks a
 free one) or a ``unix:`` socket, starts it, starts the HTTP exporter when asked, then
 calls the daemon's ``_open()``. A failing start shuts down what it started and raises.
+A ``unix:`` socket is owned through a lock file beside it (``<path>.lock``, held until
+shutdown): a second daemon on a live socket is refused with a ``ConfigError`` naming the
+owner's host and pid; a stale socket (its daemon was killed) is replaced.
 
 ``run()`` starts, adds the daemon's ``_work()`` tasks, and waits on every task it owns
 with ``asyncio.wait(FIRST_EXCEPTION)``: it returns when they all finish (an agent whose
@@ -25,6 +28,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import socket
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -36,14 +40,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mx8_common.errors import ConfigError
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import emit, get_logger
 from mx8_common.obs.http_exporter import HttpExporter
+from mx8_common.owner_lock import OwnerLock, OwnerLockHeld
 from mx8_common.rpc.channels import channel_options, grpc_target, unix_socket_path
 from mx8_common.rpc.errors import ErrorBoundary
 from mx8_common.rpc.security import (
     AUTH_TOKEN_ENV,
     BearerTokenInterceptor,
     TlsConfig,
+    is_loopback,
     server_credentials,
     warn_if_exposed,
 )
@@ -72,6 +78,21 @@ class ServerSettings:
     http: tuple[str, int] | None = None
 
 
+def _socket_is_live(path: Path) -> bool:
+    """True when something accepts connections on the unix socket ``path``."""
+    if not path.is_socket():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False  # refused: its daemon is gone
+    finally:
+        probe.close()
+    return True
+
+
 class Daemon(abc.ABC):
     """Base of ``Coordinator`` and ``Agent`` (see the module docstring).
 
@@ -91,6 +112,7 @@ class Daemon(abc.ABC):
         self._server: grpc.aio.Server | None = None
         self._http = HttpExporter(f"mx8-{self.component}-http")
         self._socket_path: Path | None = None
+        self._socket_lock: OwnerLock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._shutdown_requested = asyncio.Event()
@@ -113,6 +135,10 @@ class Daemon(abc.ABC):
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler] | None:
         """The HTTP exporter's handler; None serves no HTTP even if asked to."""
+        return None
+
+    async def _claim(self) -> None:
+        """Take what only one daemon may own (a state dir) before binding anything."""
         return None
 
     async def _open(self) -> None:
@@ -161,6 +187,7 @@ class Daemon(abc.ABC):
         self._started = True
         self._loop = asyncio.get_running_loop()
         try:
+            await self._claim()
             await self._bind()
             self._start_http()
             await self._open()
@@ -193,11 +220,7 @@ class Daemon(abc.ABC):
         target = grpc_target(s.listen)
         path = unix_socket_path(target)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # A socket file left by a killed daemon would make the bind fail.
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_socket():
-                    path.unlink()
+            self._claim_socket(path)
         try:
             if credentials is None:
                 port = server.add_insecure_port(target)
@@ -218,12 +241,54 @@ class Daemon(abc.ABC):
             self.port = port
             self.address = f"{target.rpartition(':')[0]}:{port}"
 
+    def _claim_socket(self, path: Path) -> None:
+        """Own ``path`` before binding it: a live daemon there is refused, a stale socket
+        (its daemon was killed) replaced. The lock beside it is held until shutdown."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the socket folder {path.parent}: {exc.strerror}; pick another "
+                "--listen unix: path"
+            ) from None
+        lock = OwnerLock(path.with_name(path.name + ".lock"))
+        try:
+            lock.acquire()
+        except OwnerLockHeld as held:
+            raise ConfigError(
+                f"another {self.component} ({held.owner}) is serving on {path}; stop it or "
+                "pick another --listen unix: path"
+            ) from None
+        self._socket_lock = lock
+        if _socket_is_live(path):
+            # A daemon of an older version (no lock file) still answers there.
+            lock.release()
+            self._socket_lock = None
+            raise ConfigError(
+                f"another process is serving on {path}; stop it or pick another --listen unix: path"
+            )
+        # A socket file left by a killed daemon would make the bind fail.
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_socket():
+                path.unlink()
+
     def _start_http(self) -> None:
         s = self.server_settings
         handler = self._http_handler()
         if s.http is None or handler is None:
             return
         host, port = s.http
+        if not s.auth_token and not is_loopback(f"[{host}]:{port}"):
+            get_logger(self.component).warning(
+                "http_exposed_without_auth",
+                listen=f"{host}:{port}",
+                message=(
+                    f"WARNING: the status/metrics port {host}:{port} is reachable from other "
+                    f"hosts and no {s.token_env} is set: anyone there can read the job's "
+                    f"status (dataset link, manifest hash). Set {s.token_env} or serve "
+                    "--metrics on a bare PORT (loopback only)"
+                ),
+            )
         try:
             self.metrics_port = self._http.start(host, port, handler)
         except OSError as exc:
@@ -291,6 +356,8 @@ class Daemon(abc.ABC):
             if self._socket_path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     self._socket_path.unlink()
+            if self._socket_lock is not None:
+                self._socket_lock.release()
             emit(self.component, f"{self.component}_stopped", **self._stopped_fields())
         finally:
             self._done.set()

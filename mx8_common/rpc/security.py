@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from mx8_common.errors import ConfigError
+from mx8_common.errors import ConfigError, NodeIdentityError
 from mx8_common.obs.events import get_logger
 
 __all__ = [
@@ -38,7 +38,9 @@ __all__ = [
     "TlsConfig",
     "bearer_token_client_interceptors",
     "bearer_token_sync_interceptor",
+    "certificate_names",
     "channel_credentials",
+    "check_node_identity",
     "is_loopback",
     "server_credentials",
     "token_metadata",
@@ -382,3 +384,27 @@ def warn_if_exposed(
         )
         return True
     return False
+
+
+def certificate_names(context: Any) -> set[str]:
+    """The peer certificate's common name and subject alternative names (empty without a
+    client certificate), from a ``grpc.aio`` servicer context."""
+    auth = context.auth_context() or {}
+    names: set[str] = set()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        names.update(v.decode(errors="replace") for v in auth.get(key, ()))
+    return names
+
+
+def check_node_identity(node_id: str, context: Any) -> None:
+    """``NodeIdentityError`` unless ``node_id`` is a name of the peer's certificate: with
+    mutual TLS a node may only speak for the node its certificate names."""
+    names = certificate_names(context)
+    if node_id not in names:
+        shown = ", ".join(sorted(names)) or "no client certificate"
+        raise NodeIdentityError(
+            f"node id {node_id!r} is not a name of this client's certificate ({shown}); "
+            "issue the agent a certificate whose CN or a DNS SAN is its --node-id, or start "
+            "it with --node-id set to one of those names",
+            node_id=node_id,
+        )

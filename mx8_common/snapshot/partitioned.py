@@ -49,7 +49,7 @@ from mx8_common.snapshot.key_ranges import (
     thin,
 )
 
-__all__ = ["ListPage", "ListPageFn", "ListingStats", "PartitionedListing"]
+__all__ = ["SKIPPED_REASON", "ListPage", "ListPageFn", "ListingStats", "PartitionedListing"]
 
 _LEN = struct.Struct("<I")
 
@@ -68,6 +68,10 @@ class ListPage:
 ListPageFn = Callable[..., Awaitable[ListPage]]
 
 
+#: Why ``ListingStats.skipped_objects`` were left out of the snapshot.
+SKIPPED_REASON = "key ends in '/' but the object has a body"
+
+
 @dataclass(slots=True)
 class ListingStats:
     """What a partitioned listing did (for ``snapshot_index_summary``)."""
@@ -78,6 +82,18 @@ class ListingStats:
     probes: int = 0
     spilled_keys: int = 0
     max_live_ranges: int = 1
+    #: Objects whose key ends in "/" but that have a body: left out, counted (first one kept).
+    skipped_objects: int = 0
+    skipped_example: str | None = None
+
+    def note_slash_key(self, key: str, size: int) -> bool:
+        """False for a key ending in "/" (never a sample); counts those with a body."""
+        if not key.endswith("/"):
+            return True
+        if size > 0:
+            self.skipped_objects += 1
+            self.skipped_example = self.skipped_example or key
+        return False
 
 
 class _Spill:
@@ -317,7 +333,8 @@ class PartitionedListing:
             # ~64 keys, last included: enough to see which characters vary (fan-out).
             r.sample = [*keys[: end - 1 : max(1, end // 64)], keys[end - 1]]
         cut = len(self.prefix)
-        self._put(r, [(key[cut:], size) for key, size in page.keys[:end] if not key.endswith("/")])
+        note = self.stats.note_slash_key
+        self._put(r, [(key[cut:], size) for key, size in page.keys[:end] if note(key, size)])
         r.token = token
         past_upto = bool(page.prefixes) and r.upto is not None and page.prefixes[-1] > r.upto
         if end < len(keys) or past_upto or page.next_token is None:

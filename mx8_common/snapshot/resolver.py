@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,22 +41,24 @@ from mx8_common.manifest.labels import (
     ClassIndex,
     FolderSummary,
     choose_classes,
+    encode_labels_tsv,
     validate_label_mode,
 )
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import emit, get_logger
 from mx8_common.snapshot.config import SnapshotResolverConfig
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
 from mx8_common.snapshot.lock import LockHolder, run_single_writer
 from mx8_common.snapshot.notice import announce_reuse
 from mx8_common.snapshot.page_source import Page, PageSource, ordered_pages
-from mx8_common.snapshot.partitioned import ListingStats
+from mx8_common.snapshot.partitioned import SKIPPED_REASON, ListingStats
 from mx8_common.snapshot.progress import IndexProgress
 from mx8_common.snapshot.s3_lister import S3PageSource
 from mx8_common.snapshot.sample_filter import Files, SampleCounter, validate_files
 from mx8_common.storage.s3_client import S3Settings
 from mx8_common.storage.s3_get import S3Getter
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
+from mx8_common.store.base import store_os_error
 
 __all__ = [
     "ResolvedSnapshot",
@@ -238,6 +240,15 @@ def _show_progress(cfg: SnapshotResolverConfig) -> bool:
     return cfg.show_progress if cfg.show_progress is not None else sys.stderr.isatty()
 
 
+@contextlib.contextmanager
+def _scratch_disk(store: ManifestStore, scratch: Path) -> Iterator[None]:
+    """Disk errors writing the manifest (a full disk) as a ``StoreError`` naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise store_os_error(exc, str(store.root), scratch) from exc
+
+
 async def _index(
     parsed: DatasetLink,
     cfg: SnapshotResolverConfig,
@@ -280,11 +291,14 @@ async def _index(
         pages = _read_ahead(ordered_pages(listed, link=link))
         progress = IndexProgress(_show_progress(cfg), link)
         stack.callback(progress.close)
-        writer = stack.enter_context(ManifestWriter(store.scratch_dir()))
+        scratch = store.scratch_dir()
+        with _scratch_disk(store, scratch):
+            writer = stack.enter_context(ManifestWriter(scratch))
         # Closed from both ends: a failed write stops the listing now, not at garbage collection.
         async with contextlib.aclosing(listed), contextlib.aclosing(pages):
             async for page in pages:
-                await asyncio.to_thread(_write_page, writer, source, page, classes, link)
+                with _scratch_disk(store, scratch):
+                    await asyncio.to_thread(_write_page, writer, source, page, classes, link)
                 progress.advance(len(page), writer.samples)
                 tracker.written = writer.samples
         tracker.phase = "storing"
@@ -298,7 +312,8 @@ async def _index(
                 + tracker.samples.skipped_note(),
                 link=link,
             )
-        written = await asyncio.to_thread(writer.finish)
+        with _scratch_disk(store, scratch):
+            written = await asyncio.to_thread(writer.finish)
         # S3's own clock when it answers with one (the server compares object times to it);
         # this host's for folders, where the files' mtimes come from the same clock.
         listed_at = source.listed_at if isinstance(source, S3PageSource) else started_at
@@ -310,6 +325,22 @@ async def _index(
         await store.write_intent(key, written.manifest_hash)
     scan_ms = int((time.monotonic() - t0) * 1000)
     stats = source.stats if isinstance(source, S3PageSource) else ListingStats()
+    # Two reasons to leave an object out: the files filter (not an image in a class folder)
+    # and, in S3 only, a key ending in "/" that has a body (no file name can hold it).
+    slash_skipped = stats.skipped_objects
+    reasons = []
+    if tracker.samples.skipped:
+        reasons.append(f"{tracker.samples.skipped} not images inside class folders")
+    if slash_skipped:
+        reasons.append(f"{slash_skipped} {SKIPPED_REASON}")
+        # Said once for the whole listing, not per object.
+        get_logger(_COMPONENT).warning(
+            "snapshot_objects_skipped",
+            link=link,
+            skipped_objects=slash_skipped,
+            reason=SKIPPED_REASON,
+            example=stats.skipped_example,
+        )
     emit(
         _COMPONENT,
         "snapshot_index_summary",
@@ -326,8 +357,9 @@ async def _index(
         list_requests=stats.requests or tracker.pages,
         keys_per_s=int(written.samples / max(scan_ms / 1000, 1e-3)),
         files=cfg.files,
-        skipped_objects=tracker.samples.skipped,
-        skipped_example=tracker.samples.skipped_example,
+        skipped_objects=tracker.samples.skipped + slash_skipped,
+        skipped_example=tracker.samples.skipped_example or stats.skipped_example,
+        skipped_reason="; ".join(reasons) or None,
         manifest_hash=written.manifest_hash,
         manifest_bytes=written.manifest_bytes,
     )
@@ -396,9 +428,14 @@ async def _store_written(
     if cfg.materialize_manifest_bytes:
         data = await asyncio.to_thread(_read_verified, written.path, written.manifest_hash)
     await store.put_manifest_file(written.path, written.manifest_hash)
+    labels_sha256 = (
+        hashlib.sha256(encode_labels_tsv(classes.names)).hexdigest() if classes else None
+    )
     await store.put_meta(
         written.manifest_hash,
-        ManifestMeta(written.samples, written.manifest_bytes, listed_at),
+        ManifestMeta(
+            written.samples, written.manifest_bytes, listed_at, labels_sha256=labels_sha256
+        ),
     )
     if classes is not None:
         await store.put_labels(written.manifest_hash, classes.names)

@@ -59,8 +59,10 @@ class S3PageSource:
     ``storage.s3_get.S3Getter``, whose lean path parses pages ~10x cheaper).
     ``recursive=False`` lists with ``Delimiter="/"``: only keys directly under the
     prefix. Keys ending in ``/`` are folder markers made by consoles, not samples, and
-    are skipped. ``concurrency`` > 1 lists key ranges concurrently (at most that many
-    requests at once; pages that arrive early wait in ``spill_dir``), same pages out.
+    are skipped; those that have a body are counted (``stats.skipped_objects``, reported
+    in ``snapshot_index_summary``). ``concurrency`` > 1 lists key ranges concurrently (at
+    most that many requests at once; pages that arrive early wait in ``spill_dir``), same
+    pages out.
     """
 
     def __init__(
@@ -173,10 +175,11 @@ class S3PageSource:
         cut = len(self.prefix)
         async for resp in self._raw_pages(not self.recursive):
             self.stats.requests += 1
+            note = self.stats.note_slash_key
             page = [
                 (obj["Key"][cut:], int(obj.get("Size", 0)))
                 for obj in resp.get("Contents", ())
-                if not obj["Key"].endswith("/")
+                if note(obj["Key"], int(obj.get("Size", 0)))
             ]
             yield page
 

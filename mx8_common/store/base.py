@@ -1,7 +1,8 @@
 """The manifest store: immutable manifests by hash, intent pointers and indexer locks.
 
     <root>/by-hash/<hash>              canonical manifest TSV (immutable, conditional create)
-    <root>/by-hash/<hash>.meta.json    {"samples": N, "manifest_bytes": B, "listed_at": T}
+    <root>/by-hash/<hash>.meta.json    {"samples": N, "manifest_bytes": B, "listed_at": T,
+                                        "labels_sha256": D}
     <root>/by-hash/<hash>.labels.tsv   class names of imagefolder snapshots
     <root>/intent/<key>/current        the hash last resolved for a link + options (JSON)
     <root>/locks/<key>.lock            the single-writer indexer lock (see snapshot_lock)
@@ -22,6 +23,8 @@ store per event loop, and ``aclose()`` it (or ``async with``).
 from __future__ import annotations
 
 import abc
+import errno
+import hashlib
 import json
 import os
 import secrets
@@ -40,6 +43,7 @@ __all__ = [
     "ManifestMeta",
     "ManifestStore",
     "check_hash",
+    "store_os_error",
 ]
 
 DEFAULT_STORE_ROOT = "~/.mx8/manifests"
@@ -56,33 +60,57 @@ def check_hash(manifest_hash: str) -> str:
     return manifest_hash
 
 
+def store_os_error(exc: OSError, root: str, where: object = None) -> StoreError:
+    """A ``StoreError`` naming the path and the fix of a disk error under store ``root``
+    (``where``: the path written when the error does not name one)."""
+    where = exc.filename or where or root
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        fix = "free space on that disk, or point --store / MX8_MANIFEST_STORE_ROOT elsewhere"
+    elif exc.errno == errno.EISDIR:
+        fix = "a directory sits where the store keeps a file: remove it"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make it writable, or point --store / MX8_MANIFEST_STORE_ROOT elsewhere"
+    elif exc.errno == errno.ENOTDIR:
+        fix = "a regular file sits where the store needs a folder: remove it or pick another root"
+    else:
+        fix = "check that disk, or point --store / MX8_MANIFEST_STORE_ROOT elsewhere"
+    return StoreError(f"manifest store {root}: {exc.strerror or exc} at {where}; {fix}")
+
+
 @dataclass(frozen=True)
 class ManifestMeta:
-    """Counts stored beside a manifest so a reuse needs no parse, and its listing time."""
+    """Counts stored beside a manifest so a reuse needs no parse, its listing time, and
+    the digest of its ``labels.tsv`` (the manifest's hash does not cover class names)."""
 
     samples: int
     manifest_bytes: int
     #: When the listing that produced this manifest began (Unix seconds, on the storage's
     #: clock: S3's Date header, or this host's for a folder); None for older snapshots.
     listed_at: float | None = None
+    #: sha256 of the ``labels.tsv`` written at indexing; None: no labels, or an older meta.
+    labels_sha256: str | None = None
 
     def to_bytes(self) -> bytes:
-        obj: dict[str, float | int] = {
+        obj: dict[str, float | int | str] = {
             "samples": self.samples,
             "manifest_bytes": self.manifest_bytes,
         }
         if self.listed_at is not None:
             obj["listed_at"] = self.listed_at
+        if self.labels_sha256 is not None:
+            obj["labels_sha256"] = self.labels_sha256
         return json.dumps(obj).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ManifestMeta:
         obj = json.loads(data)
         listed_at = obj.get("listed_at")
+        digest = obj.get("labels_sha256")
         return cls(
             int(obj["samples"]),
             int(obj["manifest_bytes"]),
             None if listed_at is None else float(listed_at),
+            digest if isinstance(digest, str) else None,
         )
 
 
@@ -203,8 +231,31 @@ class ManifestStore(abc.ABC):
                 )
 
     async def get_labels(self, manifest_hash: str) -> list[str] | None:
-        """Class names in label-id order, or None when the snapshot has no labels."""
+        """Class names in label-id order, or None when the snapshot has no labels.
+
+        Verified against the digest its meta recorded at indexing: swapped or edited class
+        names are an ``IntegrityError``, never labels silently attached to other samples.
+        (A meta written before digests existed has none; those labels are taken as is.)
+        """
         data = await self._get_small(f"by-hash/{check_hash(manifest_hash)}.labels.tsv")
+        meta = await self.get_meta(manifest_hash)
+        expected = meta.labels_sha256 if meta is not None else None
+        if expected is not None:
+            where = f"{self.manifest_location(manifest_hash)}.labels.tsv"
+            if data is None:
+                raise IntegrityError(
+                    f"{where} is missing but snapshot {manifest_hash} has class names; index "
+                    "again with the link's @refresh suffix to restore it",
+                    manifest_hash=manifest_hash,
+                )
+            got = hashlib.sha256(data).hexdigest()
+            if got != expected:
+                raise IntegrityError(
+                    f"{where} hashes to {got}, not the {expected} recorded when snapshot "
+                    f"{manifest_hash} was indexed: its class names were changed. Delete it "
+                    "and index again with the link's @refresh suffix",
+                    manifest_hash=manifest_hash,
+                )
         return None if data is None else decode_labels_tsv(data)
 
     async def put_meta(self, manifest_hash: str, meta: ManifestMeta) -> None:

@@ -19,7 +19,13 @@ from typing import TypeVar
 
 from mx8_common.errors import IntegrityError, StoreError
 from mx8_common.manifest.hashing import HashingSink, copy_hashed, sha256_hex
-from mx8_common.store.base import STREAM_CHUNK, LockState, ManifestStore, check_hash
+from mx8_common.store.base import (
+    STREAM_CHUNK,
+    LockState,
+    ManifestStore,
+    check_hash,
+    store_os_error,
+)
 
 __all__ = ["FsManifestStore"]
 
@@ -63,7 +69,12 @@ class FsManifestStore(ManifestStore):
         self._verified: set[str] = set()
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.to_thread(fn, *args)
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except OSError as exc:
+            # The one boundary of disk errors: a full disk, a directory where a lock file
+            # belongs, a read-only root become one StoreError naming the path and the fix.
+            raise store_os_error(exc, self.root) from exc
 
     def _path(self, rel: str) -> Path:
         return self._root / rel

@@ -21,6 +21,7 @@ from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.rpc.job_status_proto import job_status_to_proto, lease_to_proto
 from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_common.rpc.proto import coordinator_pb2_grpc as pb_grpc
+from mx8_common.rpc.security import check_node_identity
 from mx8_coordinator.rpc.manifest_serving import (
     ManifestSource,
     iter_manifest_chunks,
@@ -54,6 +55,10 @@ def _unary(
             job = self.job
             if job is None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, _NOT_READY)
+            node_id = getattr(request, "node_id", "")
+            if self.bind_node_ids and node_id:
+                # A node speaks only for the node its client certificate names.
+                check_node_identity(node_id, context)
             return await fn(self, request, job, context)
         finally:
             self.metrics.rpc_latency.labels(name).observe(time.perf_counter() - started)
@@ -74,10 +79,14 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         metrics: CoordinatorMetrics,
         max_message_bytes: int,
         stream_compression: str = "zlib",
+        bind_node_ids: bool = False,
     ) -> None:
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
         self.stream_encoding = "" if stream_compression == "none" else stream_compression
+        #: Mutual TLS with ``--tls-bind-node-id``: each request's node id must be a name of
+        #: the client's certificate.
+        self.bind_node_ids = bind_node_ids
         self.job: Job | None = None
         self.source: ManifestSource | None = None
 
@@ -88,7 +97,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def RegisterNode(
         self, request: pb.RegisterNodeRequest, job: Job, context: Any
     ) -> pb.RegisterNodeResponse:
-        reg = await job.register(request.job_id, request.node_id, request.caps.hostname)
+        caps = request.caps
+        reg = await job.register(
+            request.job_id, request.node_id, caps.hostname, incarnation=caps.incarnation
+        )
         s = job.spec
         return pb.RegisterNodeResponse(
             rank=reg.rank or 0,

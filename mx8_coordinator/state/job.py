@@ -190,9 +190,11 @@ class Job:
 
     # -- RPC bodies ------------------------------------------------------------------
 
-    async def register(self, job_id: str, node_id: str, hostname: str = "") -> Registration:
+    async def register(
+        self, job_id: str, node_id: str, hostname: str = "", *, incarnation: str = ""
+    ) -> Registration:
         self._check_ids(job_id, node_id)
-        reg = self.registry.register(node_id, hostname)
+        reg = self.registry.register(node_id, hostname, incarnation=incarnation)
         await self._append([RankRecord(node_id=n, rank=r) for n, r in reg.assigned])
         emit(
             _COMPONENT,

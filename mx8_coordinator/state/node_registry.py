@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from mx8_common.errors import JobNotReadyError, NodeNotRegisteredError
+from mx8_common.errors import JobNotReadyError, NodeIdInUseError, NodeNotRegisteredError
 
 __all__ = ["NodeRegistry", "NodeState", "Registration", "monotonic_ms"]
 
@@ -30,6 +30,8 @@ class NodeState:
 
     node_id: str
     hostname: str = ""
+    #: The agent process that registered it (empty: unknown, e.g. restored from a log).
+    incarnation: str = ""
     rank: int | None = None
     alive: bool = True
     last_seen_ms: int = 0
@@ -79,14 +81,35 @@ class NodeRegistry:
             key=lambda n: (n.rank is None, n.rank if n.rank is not None else 0, n.node_id),
         )
 
-    def register(self, node_id: str, hostname: str = "") -> Registration:
-        """Register (or re-register) ``node_id``; may freeze the world."""
+    def register(self, node_id: str, hostname: str = "", *, incarnation: str = "") -> Registration:
+        """Register (or re-register) ``node_id``; may freeze the world.
+
+        A node id that a live agent of another ``incarnation`` holds (it heartbeated
+        within the TTL) is refused with ``NodeIdInUseError``: a second agent with the
+        same ``--node-id``. A restarted agent gets its id once the old one went silent.
+        """
         now = self._clock()
         node = self._nodes.get(node_id)
         if node is None:
             node = self._nodes[node_id] = NodeState(node_id, hostname, last_seen_ms=now)
+        elif (
+            incarnation
+            and node.incarnation
+            and incarnation != node.incarnation
+            and node.alive
+            and now - node.last_seen_ms < self._ttl
+        ):
+            host = node.hostname or "an unknown host"
+            raise NodeIdInUseError(
+                f"node id {node_id!r} is held by a live agent on {host} (it heartbeated "
+                f"{now - node.last_seen_ms} ms ago); give this agent its own --node-id, or "
+                "stop the other one (its id is free once it has been silent for the lease TTL)",
+                node_id=node_id,
+                hostname=node.hostname,
+            )
         node.alive, node.last_seen_ms = True, now
         node.hostname = hostname or node.hostname
+        node.incarnation = incarnation or node.incarnation
         assigned: list[tuple[str, int]] = []
         if not self._frozen:
             if len(self._nodes) >= self._freeze_size:

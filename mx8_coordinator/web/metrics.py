@@ -8,10 +8,15 @@ The metrics port also serves the status page: ``/metrics`` (Prometheus text), ``
 and ``/api/status`` (JSON), from ``http_handler``. The daemon base runs the HTTP server in
 its own threads so a scrape never waits on the event loop; the status itself comes from
 a provider callable that the coordinator makes thread-safe.
+
+With an auth token (the coordinator's ``MX8_AUTH_TOKEN``), ``/`` and ``/api/status`` (the
+dataset link, the manifest hash, who holds what) answer 401 unless the request carries
+``Authorization: Bearer <token>``; ``/metrics`` (counts only) stays open for scrapers.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -69,15 +74,18 @@ class CoordinatorMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
 
-    def http_handler(self) -> type[BaseHTTPRequestHandler]:
+    def http_handler(self, *, auth_token: str | None = None) -> type[BaseHTTPRequestHandler]:
         """The handler of ``/metrics`` (and, with a status provider, ``/`` and
-        ``/api/status``); the daemon base serves it from its HTTP exporter."""
-        return _handler_class(self.registry, self._status)
+        ``/api/status``, behind ``auth_token`` when one is given); the daemon base serves
+        it from its HTTP exporter."""
+        return _handler_class(self.registry, self._status, auth_token)
 
 
 def _handler_class(
-    registry: CollectorRegistry, status: StatusProvider | None
+    registry: CollectorRegistry, status: StatusProvider | None, auth_token: str | None = None
 ) -> type[BaseHTTPRequestHandler]:
+    expected = f"Bearer {auth_token}".encode() if auth_token else None
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "mx8-coordinator"
 
@@ -91,6 +99,15 @@ def _handler_class(
                     return
                 self._send(200, CONTENT_TYPE_LATEST, body)
             elif path in ("/", "/index.html", "/api/status") and status is not None:
+                if not self._authorized():
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="mx8"')
+                    body = b"the status needs Authorization: Bearer <MX8_AUTH_TOKEN>\n"
+                    self.send_header("Content-Type", "text/plain; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 try:
                     current = status()
                 except Exception as exc:  # the loop is busy or shutting down
@@ -105,6 +122,12 @@ def _handler_class(
             else:
                 known = "/metrics, / and /api/status" if status is not None else "/metrics"
                 self._send(404, "text/plain; charset=utf-8", f"not found; try {known}\n".encode())
+
+        def _authorized(self) -> bool:
+            if expected is None:
+                return True
+            given = (self.headers.get("Authorization") or "").encode()
+            return hmac.compare_digest(given, expected)
 
         def _unavailable(self, exc: Exception) -> None:
             body = f"status unavailable: {exc!r}; retry in a moment\n"

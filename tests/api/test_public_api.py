@@ -24,6 +24,7 @@ PUBLIC = [
     "Mx8Loader",
     "ObjectChangedError",
     "ObjectNotFoundError",
+    "ResumeError",
     "SnapshotError",
     "StorageError",
     "StoreError",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mx8_common.errors import ConfigError
@@ -51,3 +54,44 @@ def test_coordinator_config_every_issue_flag_exists() -> None:
 def test_coordinator_config_rejects_bad_values(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         CoordinatorConfig(**{"dataset": "/d", **values})
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--block-size", "18446744073709551616"], "--block-size 18446744073709551616"),
+        (
+            ["--lease-ttl-ms", "1099511627776", "--heartbeat-interval-ms", "1000"],
+            "--lease-ttl-ms 1099511627776",
+        ),
+        (
+            ["--heartbeat-interval-ms", "8589934592", "--lease-ttl-ms", "86400000"],
+            "--heartbeat-interval-ms 8589934592",
+        ),
+        (["--world-size", "4294967296"], "--world-size 4294967296"),
+        (["--epochs", "4294967296"], "--epochs 4294967296"),
+    ],
+)
+def test_coordinator_config_refuses_values_past_their_wire_width(
+    argv: list[str], flag: str
+) -> None:
+    with pytest.raises(ConfigError, match="out of range") as caught:
+        load_coordinator_config(["--dataset", "/data", *argv], {})
+    assert flag in str(caught.value)
+
+
+BIG = "18446744073709551616"
+
+
+def test_coordinator_process_with_an_out_of_range_block_size_prints_one_line_exit_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mx8_coordinator", "--dataset", "/data", "--block-size", BIG],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("mx8-coordinator:")]
+    assert len(lines) == 1 and "--block-size 18446744073709551616 is out of range" in lines[0]
+    assert "Traceback" not in done.stderr

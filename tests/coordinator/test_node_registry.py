@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from support.clock import FakeClock
 
-from mx8_common.errors import JobNotReadyError, NodeNotRegisteredError
+from mx8_common.errors import JobNotReadyError, NodeIdInUseError, NodeNotRegisteredError
 from mx8_coordinator.state.node_registry import NodeRegistry
 
 
@@ -62,3 +62,26 @@ def test_node_registry_restore_is_frozen_with_logged_ranks() -> None:
     assert reg.ready and reg.world_size == 2
     assert reg.register("x").rank == 1
     assert reg.register("new").rank == 2
+
+
+def test_node_registry_refuses_a_live_node_id_from_another_incarnation_naming_its_host() -> None:
+    clock = FakeClock()
+    reg = NodeRegistry(freeze_size=1, node_ttl_ms=100, clock=clock)
+    reg.register("n0", "host-a", incarnation="first")
+    clock.now = 50
+    reg.heartbeat("n0")
+    clock.now = 120  # 70 ms after the heartbeat: still live
+    with pytest.raises(NodeIdInUseError, match="held by a live agent on host-a") as caught:
+        reg.register("n0", "host-b", incarnation="second")
+    assert (caught.value.node_id, caught.value.hostname) == ("n0", "host-a")
+    # The same incarnation re-registering (a coordinator that forgot it) is welcome.
+    assert reg.register("n0", "host-a", incarnation="first").rank == 0
+
+
+def test_node_registry_gives_a_silent_node_id_to_its_restarted_agent() -> None:
+    clock = FakeClock()
+    reg = NodeRegistry(freeze_size=1, node_ttl_ms=100, clock=clock)
+    reg.register("n0", "host-a", incarnation="before-restart")
+    clock.now = 100  # silent for the TTL: the old process is gone
+    again = reg.register("n0", "host-a", incarnation="after-restart")
+    assert again.rank == 0 and reg.get("n0").incarnation == "after-restart"

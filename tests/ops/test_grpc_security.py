@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.logs import Events
 from support.ops import Pki
 
-from mx8_common.errors import ConfigError, CoordinatorError
+from mx8_common.errors import ConfigError, CoordinatorError, NodeIdentityError
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.security import (
     BearerTokenInterceptor,
@@ -74,6 +74,30 @@ async def test_grpc_security_mutual_tls_requires_a_client_cert_from_the_ca(
                 await _register(c, "intruder")
             assert err.value.code == "UNAVAILABLE"
     assert [n.node_id for n in coord.job.registry.nodes()] == ["n0"]
+
+
+async def test_grpc_security_bound_node_ids_refuse_a_node_the_certificate_does_not_name(
+    start_coordinator: StartCoordinator, pki: Pki
+) -> None:
+    coord = await start_coordinator(
+        tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_bind_node_id=True
+    )
+    certified = TlsConfig(ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
+    async with CoordinatorClient(coord.address, tls=certified, token="") as c:
+        assert await _register(c, "mx8d-agent") == 600  # the certificate's CN
+        for call in (
+            lambda: _register(c, "n0"),
+            lambda: c.heartbeat("default", "n0"),
+            lambda: c.request_lease("default", "n0", 1),
+        ):
+            with pytest.raises(NodeIdentityError, match="'n0' is not a name of this client's"):
+                await call()
+    assert [n.node_id for n in coord.job.registry.nodes()] == ["mx8d-agent"]
+
+
+def test_grpc_security_bound_node_ids_need_mutual_tls() -> None:
+    with pytest.raises(ConfigError, match="--tls-bind-node-id needs mutual TLS"):
+        load_coordinator_config(["--dataset", "/d", "--tls-bind-node-id"], {})
 
 
 async def test_grpc_security_token_missing_or_wrong_is_unauthenticated(

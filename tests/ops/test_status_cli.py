@@ -116,8 +116,13 @@ async def test_status_cli_health_probes(start_coordinator: StartCoordinator) -> 
     coord = await start_coordinator(metrics="127.0.0.1:0", auth_token="tok")
     code, out, _ = await run_cli(["health", coord.address])
     assert code == 0 and "SERVING" in out
-    code, out, _ = await run_cli(["health", "--http", f"http://127.0.0.1:{coord.metrics_port}/"])
+    # With a token the page is private; /metrics (what probes and scrapers use) is not.
+    code, out, _ = await run_cli(
+        ["health", "--http", f"http://127.0.0.1:{coord.metrics_port}/metrics"]
+    )
     assert code == 0
+    code, _, err = await run_cli(["health", "--http", f"http://127.0.0.1:{coord.metrics_port}/"])
+    assert code == 1 and "401" in err
     code, _, err = await run_cli(["health", coord.address, "--service", "no.such.Service"])
     assert code == 1 and "NOT_FOUND" in err
     port = coord.metrics_port

@@ -55,6 +55,9 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         fault: str = "none",
         chunk_bytes: int = 4096,
         announced_hash: str | None = None,
+        register_overrides: dict[str, Any] | None = None,
+        lease_range: tuple[int, int] | None = None,
+        stall_after_first_chunk: bool = False,
         encoding: str = "",
     ) -> None:
         assert fault in FAULTS, fault
@@ -66,6 +69,11 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         hashed = self._broken_bytes() if fault == "bad_row" else manifest
         self.manifest_hash = announced_hash or hashlib.sha256(hashed).hexdigest()
         self.chunk_bytes = chunk_bytes
+        # Hostile-peer knobs: fields of RegisterNodeResponse to replace, the one lease's
+        # [start, end), and a stream that goes silent after its first chunk.
+        self.register_overrides = register_overrides or {}
+        self.lease_range = lease_range
+        self.stall_after_first_chunk = stall_after_first_chunk
         # "zlib": chunks are encoded for an agent that accepts it (as the coordinator does).
         self.encoding = encoding
         self.release = asyncio.Event()
@@ -100,19 +108,20 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
     async def RegisterNode(self, request: Any, context: Any) -> pb.RegisterNodeResponse:
         self.register_calls += 1
         self._forgotten = False
-        return pb.RegisterNodeResponse(
-            rank=0,
-            world_size=1,
-            manifest_hash=self.manifest_hash,
-            schema_version=SCHEMA_VERSION,
-            total_samples=self.total_samples,
-            heartbeat_interval_ms=100,
-            lease_ttl_ms=5000,
-            job_ready=True,
-            job_id=request.job_id,
-            epochs=1,
-            block_size=65536,
-        )
+        fields: dict[str, Any] = {
+            "rank": 0,
+            "world_size": 1,
+            "manifest_hash": self.manifest_hash,
+            "schema_version": SCHEMA_VERSION,
+            "total_samples": self.total_samples,
+            "heartbeat_interval_ms": 100,
+            "lease_ttl_ms": 5000,
+            "job_ready": True,
+            "job_id": request.job_id,
+            "epochs": 1,
+            "block_size": 65536,
+        }
+        return pb.RegisterNodeResponse(**(fields | self.register_overrides))
 
     async def Heartbeat(self, request: Any, context: Any) -> pb.HeartbeatResponse:
         if self._forgotten:
@@ -125,11 +134,12 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self.request_lease_calls += 1
         if not self._leased:
             self._leased = True
+            start, end = self.lease_range or (0, self.total_samples)
             lease = pb.Lease(
                 lease_id="L1",
                 node_id=request.node_id,
-                range=pb.WorkRange(start_id=0, end_id=self.total_samples, epoch=0),
-                cursor=0,
+                range=pb.WorkRange(start_id=start, end_id=end, epoch=0),
+                cursor=start,
             )
             return pb.RequestLeaseResponse(leases=[lease])
         done = any(c == self.total_samples for _, c in self.reports)
@@ -193,3 +203,5 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
                 if self.fault != "cut_unannounced":
                     chunk.total_bytes = total
             yield chunk
+            if self.stall_after_first_chunk:
+                await asyncio.Event().wait()  # silent, connection open, until cancelled

@@ -34,14 +34,16 @@ class Lease(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., node_id: _Optional[str] = ..., range: _Optional[_Union[WorkRange, _Mapping]] = ..., cursor: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ...) -> None: ...
 
 class NodeCaps(_message.Message):
-    __slots__ = ("hostname", "max_inflight_bytes", "fetch_concurrency")
+    __slots__ = ("hostname", "max_inflight_bytes", "fetch_concurrency", "incarnation")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     FETCH_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     max_inflight_bytes: int
     fetch_concurrency: int
-    def __init__(self, hostname: _Optional[str] = ..., max_inflight_bytes: _Optional[int] = ..., fetch_concurrency: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, hostname: _Optional[str] = ..., max_inflight_bytes: _Optional[int] = ..., fetch_concurrency: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
     __slots__ = ("job_id", "node_id", "caps")

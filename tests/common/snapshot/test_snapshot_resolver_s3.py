@@ -201,6 +201,22 @@ def test_resolve_s3_eight_concurrent_threads_one_indexer_s3_store(
     assert len(logs.named("snapshot_indexer_elected")) == 1
 
 
+async def test_resolve_s3_counts_objects_whose_key_ends_in_slash_with_a_body_said_once(
+    s3_bucket: str, s3_sync_client: Any, store_root: str, logs: Events
+) -> None:
+    upload(s3_sync_client, s3_bucket, {"t/a.bin": 3, "t/b.bin": 4})
+    s3_sync_client.put_object(Bucket=s3_bucket, Key="t/marker/", Body=b"")
+    for key in ("t/odd/", "t/sub/odd2/"):
+        s3_sync_client.put_object(Bucket=s3_bucket, Key=key, Body=b"hidden")
+    snap = await resolve_snapshot(f"s3://{s3_bucket}/t/", cfg(store_root, label_mode="none"))
+    assert snap.samples == 2
+    (summary,) = logs.named("snapshot_index_summary")
+    assert summary["skipped_objects"] == 2  # the empty folder marker is not counted
+    assert "ends in '/'" in summary["skipped_reason"]
+    warnings = logs.named("snapshot_objects_skipped")
+    assert len(warnings) == 1 and warnings[0]["example"] == "t/odd/"
+
+
 async def test_resolve_s3_records_the_servers_listing_time_beside_the_manifest(
     s3_bucket: str, s3_sync_client: Any, store_root: str
 ) -> None:

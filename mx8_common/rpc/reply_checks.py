@@ -1,0 +1,58 @@
+"""Checks of what a coordinator answers, at the node's side of the wire.
+
+A node trusts no field of a reply before it is checked: a manifest hash becomes a file
+name (cached ingest), a block size a divisor, a lease range a loop bound. A reply that
+fails a check raises ``CoordinatorReplyError`` naming the field, so the agent fails
+closed with one line (``coordinator_reply_invalid``) instead of a traceback or a write
+outside its directories.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mx8_common.errors import CoordinatorReplyError, StoreError
+from mx8_common.sample_order import MAX_BLOCK_SIZE
+from mx8_common.store.base import check_hash
+
+__all__ = ["check_lease", "check_registration"]
+
+
+def _bad(field: str, value: object, why: str) -> CoordinatorReplyError:
+    return CoordinatorReplyError(
+        f"the coordinator answered {field}={value!r}: {why}; it is broken or not an mx8 "
+        "coordinator of this version: fix or restart it",
+        field=field,
+    )
+
+
+def check_registration(reply: Any) -> Any:
+    """``reply`` (a ``RegisterNodeResponse``) if every field is usable, else raise."""
+    try:
+        check_hash(reply.manifest_hash)
+    except StoreError:
+        raise _bad("manifest_hash", reply.manifest_hash, "not 64 lowercase hex digits") from None
+    if reply.block_size <= 0 or reply.block_size > MAX_BLOCK_SIZE:
+        raise _bad("block_size", reply.block_size, f"not in [1, {MAX_BLOCK_SIZE}]")
+    if reply.heartbeat_interval_ms <= 0:
+        raise _bad("heartbeat_interval_ms", reply.heartbeat_interval_ms, "not positive")
+    if reply.lease_ttl_ms <= 0:
+        raise _bad("lease_ttl_ms", reply.lease_ttl_ms, "not positive")
+    if reply.world_size and reply.rank >= reply.world_size:
+        raise _bad("rank", reply.rank, f"not below world_size {reply.world_size}")
+    if reply.epochs <= 0:
+        raise _bad("epochs", reply.epochs, "not positive")
+    return reply
+
+
+def check_lease(lease: Any, *, total_samples: int) -> None:
+    """Raise unless ``lease`` (a ``Lease``) lies inside the manifest."""
+    if not lease.lease_id:
+        raise _bad("lease_id", lease.lease_id, "empty")
+    r = lease.range
+    if r.start_id > r.end_id:
+        raise _bad("range", (r.start_id, r.end_id), "start after end")
+    if r.end_id > total_samples:
+        raise _bad("range", (r.start_id, r.end_id), f"past the manifest's {total_samples} samples")
+    if not r.start_id <= lease.cursor <= r.end_id:
+        raise _bad("cursor", lease.cursor, f"outside the lease [{r.start_id}, {r.end_id}]")
