@@ -31,6 +31,7 @@ CASES = {
     "images": "benchmarks.case_images",
     "first_batch": "benchmarks.case_first_batch",
     "coordinator": "benchmarks.case_coordinator",
+    "distributed": "benchmarks.case_distributed",
 }
 
 
