@@ -55,8 +55,8 @@ import numpy as np
 
 from mx8._config import AGENT_AUTH_TOKEN_ENV, TrainerConfig
 from mx8.batch import Batch
-from mx8_common.errors import AgentError, ContractError, JobNotReadyError, Mx8Error
-from mx8_common.rpc.channels import sync_channel
+from mx8_common.errors import AgentError, ConfigError, ContractError, JobNotReadyError, Mx8Error
+from mx8_common.rpc.channels import sync_channel, unix_socket_path
 from mx8_common.rpc.errors import error_from_rpc
 from mx8_common.rpc.proto import agent_pb2 as pb
 from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
@@ -66,6 +66,53 @@ __all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "RankOpen", "agent_tls_f
 
 #: How often an unchanged "waiting for ranks" line is printed again.
 _WAIT_PRINT_S = 10.0
+
+
+def check_agent_address(url: str, *, probe_timeout_s: float = 2.0) -> None:
+    """Fail at once where no agent can answer: an address of a scheme gRPC does not speak
+    (``http://...``), a unix socket file that does not exist, a port that refuses.
+
+    Only the trainer's first contact checks this: later reconnects wait for an agent that
+    is restarting, whose socket is briefly gone.
+    """
+    if "://" in url and not url.startswith("unix:"):
+        raise ConfigError(
+            f"agent address {url!r} is not one mx8d-agent listens on; use unix:/path/agent.sock "
+            "or HOST:PORT, the agent's --listen (e.g. MX8_AGENT_URL=unix:/run/mx8/agent.sock)"
+        )
+    path = unix_socket_path(url)
+    if path is not None:
+        if not path.exists():
+            raise AgentError(
+                f"no mx8d-agent socket at {path} ({url}); start mx8d-agent on this host, or "
+                "point MX8_AGENT_URL (agent=) at the socket its --listen names",
+                address=url,
+            )
+        family, target = socket.AF_UNIX, str(path)
+    else:
+        host, _, port = url.rpartition(":")
+        try:
+            family, target = (
+                socket.AF_INET6 if ":" in host else socket.AF_INET,
+                (
+                    host.strip("[]") or "127.0.0.1",
+                    int(port),
+                ),
+            )
+        except ValueError:
+            return  # gRPC's own parsing names what is wrong with it
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(probe_timeout_s)
+        try:
+            probe.connect(target)
+        except ConnectionRefusedError:
+            raise AgentError(
+                f"mx8d-agent at {url} refused the connection: nothing listens there; start "
+                "mx8d-agent on this host, or point MX8_AGENT_URL (agent=) at its --listen address",
+                address=url,
+            ) from None
+        except OSError:
+            return  # slow or filtered: the channel's own wait says what it waits for
 
 
 @dataclass(frozen=True, kw_only=True)

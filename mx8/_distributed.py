@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from mx8._agent_client import AgentStreamClient, RankOpen
+from mx8._agent_client import AgentStreamClient, RankOpen, check_agent_address
 from mx8._config import TrainerConfig, resolve_rank
 from mx8._dynamic import DynamicLoader
 from mx8._state import EpochCursor, LoaderShape, build_state, resume_cursor
@@ -40,6 +40,7 @@ _RECONNECT_S = 120.0
 
 def _describe(agent: str, job: str, timeout_s: float) -> dict[str, Any]:
     """The job as the agent knows it, once the agent has registered (polls until then)."""
+    check_agent_address(agent)
     deadline = time.monotonic() + timeout_s
     told = False
     with AgentStreamClient(agent, job_id=job, local_rank=0, batch_size=1, timeout_s=timeout_s) as c:
