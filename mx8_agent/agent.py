@@ -14,7 +14,10 @@ message and returns. A coordinator that restarted and
 forgot this node is registered with again, from the heartbeat; if it now serves another
 manifest hash, the agent fails closed (``coordinator_manifest_changed``, trainers told,
 ``run()`` raises ``ManifestChangedError``, the CLI exits 2) instead of switching snapshot
-under running trainers. ``shutdown()`` stops leasing,
+under running trainers. In dynamic mode a coordinator whose job incarnation changed
+(restarted without its ``--state-dir``: leases it hands out again were delivered
+already) fails the agent closed the same way (``coordinator_state_lost``, exit 2)
+instead of delivering the job twice. ``shutdown()`` stops leasing,
 reports what trainers acknowledged, stops the server and closes every client; it is safe
 to call twice, and ``async with`` wraps ``start``/``shutdown`` (the shared part lives in
 ``mx8_common.rpc.daemon``).
@@ -49,6 +52,7 @@ from mx8_agent.work.rank_server import RankServer
 from mx8_common.errors import (
     CoordinatorError,
     CoordinatorReplyError,
+    CoordinatorStateLostError,
     ManifestChangedError,
     Mx8Error,
     NodeIdInUseError,
@@ -464,7 +468,7 @@ class Agent(Daemon):
             await asyncio.sleep(interval_s)
             s = self.stats()
             try:
-                await self._client.heartbeat(
+                beat = await self._client.heartbeat(
                     cfg.job_id,
                     cfg.node_id,
                     samples_delivered=int(s["samples_acked"]),
@@ -482,7 +486,45 @@ class Agent(Daemon):
                         reg = await self._register_once()
                     except Mx8Error:
                         continue
+                    self._check_same_job(reg.job_incarnation)
                     self._check_same_snapshot(reg)
+                continue
+            self._check_same_job(beat.job_incarnation)
+
+    def _check_same_job(self, got: str) -> None:
+        """Dynamic mode: fail closed when the coordinator's job incarnation changed.
+
+        A coordinator restarted without its lease log starts the job over and would hand
+        out ranges the trainers already had. Rank-exact mode re-learns positions from
+        the agents instead, so it is left alone; an empty id (older peer) is unknown.
+        """
+        assert self._registration is not None
+        expected = self._registration.job_incarnation
+        if self._mode(self._registration) != DYNAMIC or not expected or not got:
+            return
+        if got == expected:
+            return
+        self._fenced = True
+        cfg = self.config
+        error = CoordinatorStateLostError(
+            f"mx8-coordinator at {cfg.coordinator} restarted without its --state-dir: job "
+            f"{cfg.job_id}'s progress is gone; restart the job, and run the coordinator with "
+            "--state-dir so a restart resumes",
+            expected=expected,
+            got=got,
+        )
+        emit(
+            _COMPONENT,
+            error.event,
+            level="error",
+            node_id=cfg.node_id,
+            expected=expected,
+            got=got,
+            error=str(error),
+        )
+        # Now, before a lease of the new incarnation can reach a trainer.
+        self._fail_trainers(error)
+        raise error
 
     async def _register_once(self) -> cpb.RegisterNodeResponse:
         """RegisterNode with this host's caps (first registration and re-registration alike)."""

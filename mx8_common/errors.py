@@ -51,7 +51,8 @@ internals (the original stays reachable as ``__context__``).
     ├── AgentError                   local agent unreachable or refused (.address)
     ├── DecodeError                  a sample's bytes are not a decodable image (.location)
     ├── TrainerResumeError           agent cannot resume a trainer's stream (.trainer_id)
-    └── ManifestChangedError         coordinator now serves another snapshot (.expected, .got)
+    ├── ManifestChangedError         coordinator now serves another snapshot (.expected, .got)
+    └── CoordinatorStateLostError    coordinator restarted without its lease log (.expected, .got)
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ __all__ = [
     "LockTimeoutError",
     "ManifestBadRow",
     "ManifestChangedError",
+    "CoordinatorStateLostError",
     "ManifestError",
     "ManifestHashMismatch",
     "ManifestLineTooLong",
@@ -440,6 +442,19 @@ class ManifestChangedError(Mx8Error):
     this node's trainers are reading (``expected``); ``got`` is the new one."""
 
     event = "coordinator_manifest_changed"
+
+    def __init__(self, message: str, *, expected: str, got: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+
+
+class CoordinatorStateLostError(Mx8Error):
+    """Dynamic mode: a re-registration found another job incarnation (``got``) than the one
+    this node registered with (``expected``): the coordinator restarted without its lease
+    log, so the job's progress is gone and its leases would be delivered again."""
+
+    event = "coordinator_state_lost"
 
     def __init__(self, message: str, *, expected: str, got: str) -> None:
         super().__init__(message)

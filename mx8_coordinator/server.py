@@ -217,11 +217,17 @@ class Coordinator(Daemon):
             mode=cfg.mode,
         )
         if cfg.state_dir is None:
-            emit(_COMPONENT, "lease_log_disabled", reason="no --state-dir")
-            return Job(spec, clock=self._clock)
+            job = Job(spec, clock=self._clock)
+            emit(
+                _COMPONENT,
+                "lease_log_disabled",
+                reason="no --state-dir",
+                job_incarnation=job.incarnation,
+            )
+            return job
         path = lease_log_path(cfg.state_dir, cfg.job_id)
         self._log, state = await asyncio.to_thread(LeaseLog.open, path, spec.log_header())
-        job = Job(spec, log=self._log, clock=self._clock)
+        job = Job(spec, log=self._log, incarnation=state.incarnation, clock=self._clock)
         if not state.empty:
             job.restore(state)
         return job

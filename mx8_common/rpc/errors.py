@@ -30,6 +30,7 @@ from grpc_status import rpc_status
 from mx8_common import errors
 from mx8_common.errors import (
     ContractError,
+    CoordinatorStateLostError,
     JobStateError,
     LeaseNotFoundError,
     LeaseRangeError,
@@ -73,6 +74,7 @@ STATUS_CODES: tuple[tuple[type[Mx8Error], grpc.StatusCode], ...] = (
     (TrainerResumeError, grpc.StatusCode.FAILED_PRECONDITION),
     (ContractError, grpc.StatusCode.FAILED_PRECONDITION),
     (ManifestChangedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (CoordinatorStateLostError, grpc.StatusCode.FAILED_PRECONDITION),
     (ManifestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 

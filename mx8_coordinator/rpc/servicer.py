@@ -117,6 +117,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             seed=s.seed,
             block_size=s.block_size,
             class_names=list(s.class_names),
+            job_incarnation=job.incarnation,
             mode=s.mode,
         )
 
@@ -167,7 +168,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         }
         hb = await job.heartbeat(request.job_id, request.node_id, stats)
         return pb.HeartbeatResponse(
-            job_ready=hb.job_ready, job_drained=hb.job_drained, world_size=hb.world_size
+            job_ready=hb.job_ready,
+            job_drained=hb.job_drained,
+            world_size=hb.world_size,
+            job_incarnation=job.incarnation,
         )
 
     @_unary

@@ -22,7 +22,12 @@ from mx8_common.rpc.job_status import (
     RankStatus,
 )
 from mx8_common.sample_order import RANK_EXACT, JobOrder
-from mx8_coordinator.state.lease_log import LeaseLog, LeaseLogHeader, LeaseLogState
+from mx8_coordinator.state.lease_log import (
+    LeaseLog,
+    LeaseLogHeader,
+    LeaseLogState,
+    new_incarnation,
+)
 from mx8_coordinator.state.lease_records import (
     DealRecord,
     ExpireRecord,
@@ -86,10 +91,14 @@ class Job:
         spec: JobSpec,
         *,
         log: LeaseLog | None = None,
+        incarnation: str = "",
         clock: Callable[[], int] = monotonic_ms,
     ) -> None:
         self.spec = spec
         self._log = log
+        #: This job's incarnation (the lease log's, or new with no log): agents in
+        #: dynamic mode fail closed when it changes under them (progress was lost).
+        self.incarnation = incarnation or new_incarnation()
         self._clock = clock
         self.registry = NodeRegistry(
             freeze_size=spec.freeze_size, node_ttl_ms=spec.lease_ttl_ms, clock=clock

@@ -3,6 +3,12 @@
     {"mx8_lease_log": 1, "manifest_hash": ..., "total": ..., "block_size": ..., ...}  header
     then one typed record per line (``lease_records``: rank, deal, issue, progress, expire)
 
+The header also holds the job's incarnation: a random id made when the log is created
+and kept by every reopen (``LeaseLogState.incarnation``). Agents compare it across
+re-registrations: a coordinator restarted without its log has a new one, so they know
+the job's progress is gone instead of taking its leases again (logs written before it
+existed get one derived from their header line, stable across reopens).
+
 The header names the manifest hash and every setting that positions depend on, so a log
 is never replayed against another snapshot or order. A write is acknowledged only after
 ``fdatasync`` (enough for appends: it also flushes the file size); concurrent appends
@@ -19,9 +25,11 @@ continue on the copy. A crash mid-compaction leaves the original log in place.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import secrets
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,11 +55,19 @@ __all__ = [
     "LeaseLogState",
     "compact_records",
     "lease_log_path",
+    "new_incarnation",
     "read_log_manifest_hash",
     "replay_records",
 ]
 
 _FORMAT = 1
+#: The header key of the job incarnation (not a setting: never compared on open).
+_INCARNATION_KEY = "incarnation"
+
+
+def new_incarnation() -> str:
+    """A fresh job incarnation id (8 hex digits: short enough to prefix lease ids)."""
+    return secrets.token_hex(4)
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,11 @@ class LeaseLogHeader:
     def to_json(self) -> dict[str, Any]:
         return {"mx8_lease_log": _FORMAT, **asdict(self)}
 
+    def line(self, incarnation: str) -> bytes:
+        """The header line of a log of this job incarnation."""
+        obj = {**self.to_json(), _INCARNATION_KEY: incarnation}
+        return json.dumps(obj, sort_keys=True).encode() + b"\n"
+
 
 @dataclass
 class LeaseLogState:
@@ -79,6 +100,8 @@ class LeaseLogState:
     leases: list[RestoredLease] = field(default_factory=list)
     next_seq: int = 0
     records: int = 0
+    #: The job incarnation the log's header holds ("" before a log is opened).
+    incarnation: str = field(default="", compare=False)
 
     @property
     def empty(self) -> bool:
@@ -210,16 +233,18 @@ class LeaseLog:
         state = LeaseLogState()
         compacted_from = 0
         if path.exists() and path.stat().st_size > 0:
-            records = cls._read_existing(path, header)
+            records, incarnation = cls._read_existing(path, header)
             state = replay_records(iter(records), str(path))
             kept = compact_records(records)
             if len(kept) < len(records):
-                cls._rewrite(path, header, kept)
+                cls._rewrite(path, header, incarnation, kept)
                 compacted_from = len(records)
+            state.incarnation = incarnation
         else:
+            state.incarnation = new_incarnation()
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "wb") as f:
-                f.write(json.dumps(header.to_json(), sort_keys=True).encode() + b"\n")
+                f.write(header.line(state.incarnation))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -227,12 +252,14 @@ class LeaseLog:
         return cls(path, open(path, "ab"), compacted_from=compacted_from), state
 
     @staticmethod
-    def _rewrite(path: Path, header: LeaseLogHeader, records: Sequence[LeaseRecord]) -> None:
+    def _rewrite(
+        path: Path, header: LeaseLogHeader, incarnation: str, records: Sequence[LeaseRecord]
+    ) -> None:
         # The copy is complete and synced before it replaces the log, so a crash at any
         # point leaves either the old log or the whole new one.
         tmp = path.with_name(path.name + ".compact.tmp")
         with open(tmp, "wb") as f:
-            f.write(json.dumps(header.to_json(), sort_keys=True).encode() + b"\n")
+            f.write(header.line(incarnation))
             f.writelines(_encode(r) for r in records)
             f.flush()
             os.fsync(f.fileno())
@@ -240,7 +267,7 @@ class LeaseLog:
         _fsync_dir(path.parent)
 
     @staticmethod
-    def _read_existing(path: Path, header: LeaseLogHeader) -> list[LeaseRecord]:
+    def _read_existing(path: Path, header: LeaseLogHeader) -> tuple[list[LeaseRecord], str]:
         with open(path, "rb") as f:
             first = f.readline()
             try:
@@ -251,16 +278,21 @@ class LeaseLog:
                     "or is damaged: move it away to start the job over",
                     path=str(path),
                 ) from exc
-            if found != header.to_json():
-                diff = {
-                    k: (found.get(k), v) for k, v in header.to_json().items() if found.get(k) != v
-                }
+            found_incarnation = (
+                found.pop(_INCARNATION_KEY, None) if isinstance(found, dict) else None
+            )
+            if not isinstance(found, dict) or found != header.to_json():
+                got = found if isinstance(found, dict) else {}
+                diff = {k: (got.get(k), v) for k, v in header.to_json().items() if got.get(k) != v}
                 raise LeaseLogError(
                     f"lease log {path} belongs to another job setup (logged vs now: {diff}); "
                     "start with the same dataset snapshot and settings, or use another "
                     "--state-dir / --job-id to start over",
                     path=str(path),
                 )
+            if not isinstance(found_incarnation, str) or not found_incarnation:
+                # A log from before incarnations: the same id on every reopen.
+                found_incarnation = hashlib.sha256(first.strip()).hexdigest()[:8]
             good_end = f.tell()
             records: list[LeaseRecord] = []
             for n, line in enumerate(f, start=2):
@@ -287,7 +319,7 @@ class LeaseLog:
             with open(path, "r+b") as f:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
-        return records
+        return records, found_incarnation
 
     def _write(self, data: bytes) -> None:
         fd = self._file.fileno()

@@ -1,5 +1,6 @@
-"""Re-registration after a coordinator restart: same snapshot continues, another one fails
-closed (event, trainers told, ``run()`` raises, the CLI exits non-zero)."""
+"""Re-registration after a coordinator restart: same snapshot and job incarnation continues;
+another snapshot, or (dynamic mode) another job incarnation, fails closed (event, trainers
+told, ``run()`` raises, the CLI exits non-zero)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from support.fake_coordinator import FakeCoordinator
 from support.logs import Events
 from support.manifests import write_local_dataset
 
-from mx8_common.errors import ManifestChangedError
+from mx8_common.errors import CoordinatorStateLostError, ManifestChangedError
 
 OTHER_HASH = "f" * 64
 
@@ -55,6 +56,35 @@ async def test_agent_reregister_same_manifest_hash_continues(
     assert run.error is None and sorted(run.ids) == list(range(200))
     assert logs.named("node_reregistered")
     assert not logs.named("coordinator_manifest_changed")
+    assert not logs.named("coordinator_state_lost")
+
+
+async def test_agent_reregister_other_job_incarnation_fails_closed_without_redelivery(
+    tmp_path: Path, start_agent: Any, logs: Events
+) -> None:
+    fake = await started_fake(tmp_path)
+    try:
+        gate = threading.Event()
+        agent = await start_agent(fake.address)
+        logs.clear()
+        trainer = await trainer_holding_a_batch(agent, gate)
+        first = fake.job_incarnation
+        fake.job_incarnation = "1ea40002"  # "restarted without its --state-dir"
+        fake.forget_nodes()
+        with pytest.raises(CoordinatorStateLostError) as info:
+            await agent.result()
+        gate.set()
+        run = await trainer
+    finally:
+        await fake.stop()
+    assert (info.value.expected, info.value.got) == (first, "1ea40002")
+    assert "restarted without its --state-dir" in str(info.value)
+    assert "run the coordinator with --state-dir" in str(info.value)
+    [lost] = logs.named("coordinator_state_lost")
+    assert lost["log_level"] == "error" and lost["got"] == "1ea40002"
+    # The trainer is told with the same typed error, and got nothing twice.
+    assert isinstance(run.error, CoordinatorStateLostError)
+    assert len(run.ids) == len(set(run.ids)) < 200
 
 
 async def test_agent_reregister_other_manifest_hash_fails_closed(

@@ -228,7 +228,14 @@ async def test_lease_log_replays_a_log_written_before_records_were_typed(
     log, _ = await asyncio.to_thread(LeaseLog.open, fresh, HEADER)
     await log.append([decode_record(json.loads(x)) for x in _OLD_LOG.splitlines()[1:]])
     await log.close()
-    assert fresh.read_bytes() == _OLD_LOG
+    header, records = fresh.read_bytes().split(b"\n", 1)
+    old_header, old_records = _OLD_LOG.split(b"\n", 1)
+    assert records == old_records
+    # The header only gained the job incarnation.
+    assert len(json.loads(header)["incarnation"]) == 8
+    assert {k: v for k, v in json.loads(header).items() if k != "incarnation"} == json.loads(
+        old_header
+    )
 
 
 @pytest.mark.parametrize(
@@ -318,3 +325,36 @@ def test_lease_log_file_round_trip_replays_the_appended_history(
     assert first == expected
     # The second open reads the compacted copy: fewer lines, the same state.
     assert replace(second, records=0) == replace(expected, records=0)
+
+
+async def test_lease_log_keeps_its_job_incarnation_across_reopen_and_compaction(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.jsonl"
+    log, first = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.append([_issue("L1", 0, 10)])
+    await log.append([ProgressRecord(lease_id="L1", cursor=c) for c in (3, 6)])
+    await log.close()
+    assert len(first.incarnation) == 8
+    # The header holds it, and a reopen (which compacts the progress lines here) keeps it.
+    assert json.loads(path.read_text().splitlines()[0])["incarnation"] == first.incarnation
+    log, again = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.close()
+    assert log.compacted_from == 3 and again.incarnation == first.incarnation
+    log, third = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.close()
+    assert third.incarnation == first.incarnation
+    # Another log (a coordinator started without this one) is another incarnation.
+    log, other = await asyncio.to_thread(LeaseLog.open, tmp_path / "other.jsonl", HEADER)
+    await log.close()
+    assert other.incarnation != first.incarnation
+
+
+async def test_lease_log_written_before_incarnations_gets_a_stable_one(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps(HEADER.to_json(), sort_keys=True) + "\n")
+    log, state = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.close()
+    log, again = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.close()
+    assert state.incarnation and again.incarnation == state.incarnation

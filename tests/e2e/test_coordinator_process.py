@@ -108,6 +108,7 @@ async def test_coordinator_process_kill9_restart_resumes_without_reindex(
         assert reg.job_ready and reg.total_samples == 120 and list(reg.class_names) == [
             "cat", "dog", "eel"
         ]  # fmt: skip
+        incarnation = reg.job_incarnation
         await run_node(client, JOB, "a", ledger, want=2, step=4, stop_after=9)
         await run_node(client, JOB, "b", ledger, want=1, step=3, stop_after=2)
         before = await client.get_job_snapshot(JOB)
@@ -126,6 +127,8 @@ async def test_coordinator_process_kill9_restart_resumes_without_reindex(
     assert replayed is not None and replayed["samples_committed"] == committed == 30 + 6
 
     async with CoordinatorClient(address) as client:
+        # Restarted with its --state-dir: the same job incarnation, so agents carry on.
+        assert (await client.register_node(JOB, "a")).job_incarnation == incarnation != ""
         after = await client.get_job_snapshot(JOB)
         assert after.counters.samples_committed == before.counters.samples_committed
         assert [(le.lease_id, le.cursor) for le in after.live_leases] == [

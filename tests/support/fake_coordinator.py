@@ -83,6 +83,8 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self.reports: list[tuple[str, int]] = []
         self._leased = False
         self.register_calls = 0
+        #: The job incarnation it announces; a test changes it to "restart without state".
+        self.job_incarnation = "0fa4e001"
         self._forgotten = False
         self._server: grpc.aio.Server | None = None
         self.address = ""
@@ -120,6 +122,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
             "job_id": request.job_id,
             "epochs": 1,
             "block_size": 65536,
+            "job_incarnation": self.job_incarnation,
         }
         return pb.RegisterNodeResponse(**(fields | self.register_overrides))
 
@@ -128,7 +131,9 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
             raise NodeNotRegisteredError(
                 f"node {request.node_id} not registered", node_id=request.node_id
             )
-        return pb.HeartbeatResponse(job_ready=True, world_size=1)
+        return pb.HeartbeatResponse(
+            job_ready=True, world_size=1, job_incarnation=self.job_incarnation
+        )
 
     async def RequestLease(self, request: Any, context: Any) -> pb.RequestLeaseResponse:
         self.request_lease_calls += 1
