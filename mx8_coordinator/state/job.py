@@ -47,8 +47,9 @@ _COMPONENT = "coordinator"
 
 
 def lease_seq(lease_id: str) -> int:
-    """The sequence number inside a scheduler lease id (``"L<seq>"``)."""
-    return int(lease_id[1:])
+    """The sequence number inside a scheduler lease id (``"<incarnation>-L<seq>"``, or
+    ``"L<seq>"`` in logs written before incarnations)."""
+    return int(lease_id.rpartition("L")[2])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +98,8 @@ class Job:
         self.spec = spec
         self._log = log
         #: This job's incarnation (the lease log's, or new with no log): agents in
-        #: dynamic mode fail closed when it changes under them (progress was lost).
+        #: dynamic mode fail closed when it changes under them (progress was lost), and
+        #: lease ids carry it so none repeats across incarnations.
         self.incarnation = incarnation or new_incarnation()
         self._clock = clock
         self.registry = NodeRegistry(
@@ -110,6 +112,7 @@ class Job:
             blocks_for_epoch=lambda e: spec.order(e).block_ranges(),
             clock=clock,
             max_wait_ms=spec.heartbeat_interval_ms,
+            id_prefix=f"{self.incarnation}-",
         )
         self.ranks = WorldRegistry(
             job_id=spec.job_id,
@@ -183,7 +186,10 @@ class Job:
     # -- restart ---------------------------------------------------------------------
 
     def restore(self, state: LeaseLogState) -> None:
-        """Take over the state a lease log replay produced."""
+        """Take over the state a lease log replay produced (and the log's incarnation)."""
+        if state.incarnation:
+            self.incarnation = state.incarnation
+            self.scheduler.id_prefix = f"{state.incarnation}-"
         self.registry.restore(state.ranks)
         self.scheduler.restore(dealt=state.dealt, leases=state.leases, next_seq=state.next_seq)
         for le in state.leases:

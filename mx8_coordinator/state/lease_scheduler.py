@@ -143,8 +143,12 @@ class LeaseScheduler:
         blocks_for_epoch: Callable[[int], Sequence[tuple[int, int]]],
         clock: Callable[[], int] = monotonic_ms,
         max_wait_ms: int = 1000,
+        id_prefix: str = "",
     ) -> None:
         self.total = total
+        #: Before "L<seq>" in every lease id: the job incarnation's tag, so a coordinator
+        #: that started the job over never reuses an id an agent already saw.
+        self.id_prefix = id_prefix
         self.epochs = epochs
         self._ttl = lease_ttl_ms
         self._blocks_for_epoch = blocks_for_epoch
@@ -235,7 +239,7 @@ class LeaseScheduler:
     def _issue(self, node_id: str, span: Span) -> Lease:
         self._seq += 1
         lease = Lease(
-            lease_id=f"L{self._seq}",
+            lease_id=f"{self.id_prefix}L{self._seq}",
             node_id=node_id,
             epoch=span.epoch,
             start=span.start,

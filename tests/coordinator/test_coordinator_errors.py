@@ -69,9 +69,9 @@ async def test_coordinator_errors_invalid_argument(manifest_path: Path, start_co
         await expect(
             LeaseRangeError,
             "INVALID_ARGUMENT",
-            r"cursor 101 is outside lease L1's range \[0, 100\]",
+            rf"cursor 101 is outside lease {lease.lease_id}'s range \[0, 100\]",
             c.report_progress(JOB, "a", lease.lease_id, 101),
-            lease_id="L1",
+            lease_id=lease.lease_id,
         )
         await expect(
             RequestError,

@@ -97,6 +97,9 @@ async def test_coordinator_requeues_remainder_of_silent_node(
     )
     ledger = ledger_for(coord)
     logs.clear()
+    # Lease ids carry the job incarnation's tag (none repeats after a restart without state).
+    assert coord.job is not None
+    first = f"{coord.job.incarnation}-L1"
     async with CoordinatorClient(coord.address) as client:
         await register_all(client, "dead", "live")
         # "dead" takes two leases, commits 3 reports of 7, then goes silent.
@@ -116,11 +119,11 @@ async def test_coordinator_requeues_remainder_of_silent_node(
         await beating
         snap = await client.get_job_snapshot(JOB)
         try:
-            await client.report_progress(JOB, "dead", "L1", 30)
+            await client.report_progress(JOB, "dead", first, 30)
         except LeaseNotFoundError as exc:
             late = exc
     ledger.assert_exactly_once(1)
-    assert late.lease_id == "L1" and "expired at cursor 21" in str(late)
+    assert late.lease_id == first and "expired at cursor 21" in str(late)
     # The remainder [21, 100) of dead's first lease went to "live" as its own lease.
     assert (0, 21, 100) in ledger.by_node["live"] and taken == (0, 0, 100)
     assert snap.counters.leases_expired == 2 and snap.counters.leases_requeued == 2

@@ -221,3 +221,32 @@ async def test_job_in_rank_exact_mode_refuses_leases_and_drains_from_rank_report
     status = job.status()
     assert job.drained and status.job_drained and status.mode == "rank-exact"
     assert [(r.rank, r.step, r.finished) for r in status.ranks] == [(0, 3, True)]
+
+
+async def test_job_restarted_with_its_lease_log_keeps_its_incarnation_and_lease_ids(
+    tmp_path: Path,
+) -> None:
+    path, job_spec = tmp_path / "job.lease-log.jsonl", spec()
+    log, state = await asyncio.to_thread(LeaseLog.open, path, job_spec.log_header())
+    job = Job(job_spec, log=log, incarnation=state.incarnation, clock=FakeClock())
+    await job.register(JOB, "a")
+    (first,) = (await job.request_lease(JOB, "a", 1)).leases
+    await log.close()
+    assert job.incarnation == state.incarnation and first.lease_id == f"{job.incarnation}-L1"
+
+    log, state = await asyncio.to_thread(LeaseLog.open, path, job_spec.log_header())
+    resumed = Job(job_spec, log=log, clock=FakeClock())
+    resumed.restore(state)
+    await resumed.register(JOB, "a")
+    (second,) = (await resumed.request_lease(JOB, "a", 1)).leases
+    await log.close()
+    # With its log: the same incarnation (agents carry on), ids keep counting.
+    assert resumed.incarnation == job.incarnation
+    assert second.lease_id == f"{job.incarnation}-L2"
+
+    # Without it (no --state-dir): another incarnation, and no lease id repeats.
+    fresh = Job(job_spec, clock=FakeClock())
+    await fresh.register(JOB, "a")
+    (again,) = (await fresh.request_lease(JOB, "a", 1)).leases
+    assert fresh.incarnation != job.incarnation
+    assert again.lease_id == f"{fresh.incarnation}-L1" != first.lease_id
