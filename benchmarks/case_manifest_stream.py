@@ -88,6 +88,10 @@ def _child(address: str, manifest_hash: str, path: Path, samples: int) -> dict[s
     import uvloop
 
     # Import everything the ingest uses before sampling RSS: code is not manifest data.
+    import mx8_agent.ingest.adapter  # noqa: F401
+    import mx8_common.manifest.chunk_codec
+    import mx8_common.manifest.table
+    import mx8_common.rpc.coordinator_client  # noqa: F401
 
     size = path.stat().st_size
     with RssSampler() as rss:
