@@ -54,6 +54,7 @@ from mx8_common.obs.events import Throttled
 from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.native_store import (
     NativeStore,
+    cached_native_store,
     native_error_code,
     native_runtime_forked,
     native_store,
@@ -325,6 +326,7 @@ class ObjectReader:
         self.config = config or ObjectReaderConfig()
         self.listed_at = listed_at
         self._retry_log = Throttled()
+        self._backoff = self.config.backoff
         # HTTP dates have whole seconds: an object written later within the listing's
         # second passes (S3 compares at that resolution too).
         self._unmodified_since = (
@@ -450,6 +452,18 @@ class ObjectReader:
         byte_length: int | None,
         stats: ReadStats | None,
     ) -> bytes:
+        try:
+            # The first try outside the retry loop: a read that works (nearly all of them)
+            # costs no closures or policy objects.
+            return await self._read_s3_once(location, byte_offset, byte_length)
+        except TransientStorageError as exc:
+            first: list[TransientStorageError] = [exc]
+
+        async def attempt() -> bytes:
+            if first:
+                raise first.pop()  # the failed first try, as the policy's try 1
+            return await self._read_s3_once(location, byte_offset, byte_length)
+
         def retrying(retry: Retry) -> None:
             self.stats.retries += 1
             if stats is not None:
@@ -466,8 +480,8 @@ class ObjectReader:
             )
 
         try:
-            return await self.config.backoff.run(
-                lambda: self._read_s3_once(location, byte_offset, byte_length),
+            return await self._backoff.run(
+                attempt,
                 retry_if=lambda exc: isinstance(exc, TransientStorageError),
                 on_retry=retrying,
                 rng=self._rng,
@@ -491,10 +505,12 @@ class ObjectReader:
         if store is None:
             if self._closed:
                 raise StorageError("this ObjectReader is closed; open a new one")
-            # Built once per bucket and process; resolving credentials may block.
-            store = await asyncio.to_thread(
-                native_store, "s3", bucket, s3_settings=self._s3_settings, location=location
-            )
+            store = cached_native_store("s3", bucket, s3_settings=self._s3_settings)
+            if store is None:
+                # Built once per bucket and process; resolving credentials may block.
+                store = await asyncio.to_thread(
+                    native_store, "s3", bucket, s3_settings=self._s3_settings, location=location
+                )
             self._stores[bucket] = store
         return store
 
