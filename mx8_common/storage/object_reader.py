@@ -62,7 +62,7 @@ from mx8_common.storage.native_store import (
 )
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
-from mx8_common.storage.sample_reader import LocalRead, ReadObserver, ReadStats
+from mx8_common.storage.sample_reader import LocalRead, Payload, ReadObserver, ReadStats
 
 __all__ = ["ObjectReader", "ObjectReaderConfig", "is_local", "split_s3_location"]
 
@@ -388,11 +388,12 @@ class ObjectReader:
         byte_length: int | None = None,
         *,
         stats: ReadStats | None = None,
-    ) -> bytes:
+    ) -> Payload:
         """The bytes of one sample: the range ``[byte_offset, +byte_length)`` or the object.
 
         ``byte_offset``/``byte_length`` of ``None`` or -1 mean "none". A whole object whose
-        size is not ``byte_length`` raises ``ObjectChangedError``.
+        size is not ``byte_length`` raises ``ObjectChangedError``. S3 reads through the
+        native client return its buffer as it arrived (``Payload``), not a copy.
         """
         byte_offset, byte_length = _normalize(location, byte_offset, byte_length)
         started = time.perf_counter()
@@ -451,7 +452,7 @@ class ObjectReader:
         byte_offset: int | None,
         byte_length: int | None,
         stats: ReadStats | None,
-    ) -> bytes:
+    ) -> Payload:
         try:
             # The first try outside the retry loop: a read that works (nearly all of them)
             # costs no closures or policy objects.
@@ -459,7 +460,7 @@ class ObjectReader:
         except TransientStorageError as exc:
             first: list[TransientStorageError] = [exc]
 
-        async def attempt() -> bytes:
+        async def attempt() -> Payload:
             if first:
                 raise first.pop()  # the failed first try, as the policy's try 1
             return await self._read_s3_once(location, byte_offset, byte_length)
@@ -516,7 +517,7 @@ class ObjectReader:
 
     async def _read_s3_once(
         self, location: str, byte_offset: int | None, byte_length: int | None
-    ) -> bytes:
+    ) -> Payload:
         bucket, key = split_s3_location(location)
         if self._use_native():
             return await self._read_native_once(location, bucket, key, byte_offset, byte_length)
@@ -564,7 +565,7 @@ class ObjectReader:
         key: str,
         byte_offset: int | None,
         byte_length: int | None,
-    ) -> bytes:
+    ) -> Payload:
         store = await self._store(bucket, location)
         options: dict[str, Any] = {}
         if self._unmodified_since_dt is not None:
@@ -589,7 +590,8 @@ class ObjectReader:
                         f"bytes {first}..{end - 1} of a {size}-byte object",
                     )
                 want = length
-            data = bytes(await result.bytes_async())
+            # Kept as obstore's buffer: the batch join is the one copy.
+            data = await result.bytes_async()
         except StorageError:
             raise
         except Exception as exc:
