@@ -397,7 +397,8 @@ class Agent(Daemon):
         try:
             await self.ranks.run()
         except Mx8Error as exc:
-            emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
+            fields = error_fields(exc) | {"error": str(exc), "node_id": self.config.node_id}
+            emit(_COMPONENT, exc.event, level="error", **fields)
             self._fail_trainers(exc)
             await self._wait_trainers_gone()
             raise
