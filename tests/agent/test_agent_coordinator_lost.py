@@ -39,7 +39,9 @@ class Trainers:
         self.go = threading.Event()
         self.ids: dict[int, list[list[list[int]]]] = {r: [[], []] for r in range(WORLD)}
         self.errors: dict[int, BaseException] = {}
-        self.tasks = [asyncio.create_task(asyncio.to_thread(self._run, url, r)) for r in range(2)]
+        self.tasks = [
+            asyncio.create_task(asyncio.to_thread(self._run, url, r)) for r in range(WORLD)
+        ]
 
     def _run(self, url: str, rank: int) -> None:
         loader = mx8.load("ignored", agent=url, rank=rank, world_size=WORLD, batch_size=BATCH)
@@ -103,6 +105,27 @@ async def test_agent_coordinator_restarted_without_state_rebuilds_and_trainers_f
     assert back["lost_s"] >= 0
     assert "registers again with its 2 ranks" in logs.named("coordinator_lost")[0]["waiting_for"]
     assert [e["world_id"] for e in logs.named("world_rebuilt")] == [world_id]
+
+
+async def test_agent_coordinator_restarted_with_its_state_dir_knows_the_world_at_once(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, logs: Events
+) -> None:
+    manifest = write_local_dataset(tmp_path, SAMPLES)
+    state = tmp_path / "state"
+    first = await start_coordinator(manifest, state_dir=str(state), **JOB)
+    running = await start_agent(first.address)
+    trainers = Trainers(running.url)
+    await assert_eventually(lambda: all(trainers.ids[r][0] for r in range(WORLD)), timeout_s=20)
+    (world,) = first.job.ranks.worlds.to_json()
+    address = first.address
+    await first.shutdown()
+    second = await start_coordinator(manifest, listen=address, state_dir=str(state), **JOB)
+    assert second.job.ranks.worlds.to_json() == [world]  # before any agent reported
+    assert logs.named("worlds_restored")[0]["worlds"] == 1
+    await trainers.wait()
+    await running.result(timeout_s=30)
+    assert trainers.errors == {} and second.job.drained
+    assert not logs.named("world_rebuild_started")  # known, not rebuilt
 
 
 async def test_agent_coordinator_refusing_its_ranks_fails_it_closed(
