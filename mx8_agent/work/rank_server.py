@@ -413,6 +413,8 @@ class RankServer:
 
     def _note_progress(self, stream: RankStream) -> None:
         epoch, step = stream.acked
+        if epoch > self._epochs:  # a trainer that set an epoch past the job: it is done
+            epoch, step = self._epochs, 0
         spec = stream.spec
         self._reports[spec.instance_id] = cpb.RankProgress(
             rank=spec.rank,

@@ -15,8 +15,8 @@ Nothing an agent says is taken on trust. A claim is refused (``RankReportError``
 * its contract differs from the one known for that world (another agent said otherwise);
 * its rank is held by another trainer instance, or its instance already holds another
   rank (a rank is claimed twice);
-* its position is outside the job: rank outside the world, epoch past the job's last, or
-  more steps in an epoch than the epoch has batches of its size.
+* its position is outside the job: rank outside the world, epoch past the job's end, or
+  more steps in an epoch than it has samples (a step takes at least one).
 
 A batch of claims (one request) is checked whole before any of it is taken. A world
 learnt from agents is incomplete until every rank was claimed (``world_rebuilt``); until
@@ -199,15 +199,15 @@ class KnownWorlds:
                 "--epochs and --job-id of both coordinators)",
                 field="epoch",
             )
-        if self._total is not None and c.batch_size > 0:
-            # No rank takes more steps in an epoch than the epoch has batches of its size
-            # (plus one for a resumed world's rounding).
-            most = -(-self._total // c.batch_size) + 1
+        if self._total is not None:
+            # A step takes at least one sample of the epoch, also after resumes that kept
+            # a checkpoint's step count at another batch size (doubled: their rounding).
+            most = 2 * self._total + 2
             if c.step > most:
                 raise RankReportError(
                     f"rank {c.rank} of world {c.world_id} is reported at step {c.step} of "
                     f"epoch {c.epoch}, but an epoch of {self._total} samples has at most "
-                    f"{most} batches of {c.batch_size}; the agent serves another snapshot",
+                    f"{most} steps; the agent serves another snapshot",
                     field="step",
                 )
 

@@ -89,14 +89,16 @@ def test_rebuild_position_outside_the_job_is_refused() -> None:
     reg = registry()
     with pytest.raises(RankReportError, match="epoch 3, past this job's 2 epochs"):
         reg.report([rep(0, epoch=3)])
-    with pytest.raises(RankReportError, match="at most 26 batches of 8") as err:
-        reg.report([rep(0, step=27)])
+    reg.report([rep(0, step=300)])  # a checkpoint's steps at a smaller batch size count on
+    with pytest.raises(RankReportError, match="200 samples has at most 402 steps") as err:
+        reg.report([rep(1, step=403)])
     assert err.value.field == "step"
     with pytest.raises(RankReportError, match="rank 4 of world w is not in a world of 4"):
         reg.report([rep(4)])
     with pytest.raises(RankReportError, match="names no trainer instance"):
         reg.report([rep(0, instance_id="")])
-    assert reg.worlds.incomplete() == []  # nothing learnt from refused reports
+    # Nothing learnt from the refused reports.
+    assert reg.worlds.incomplete()[0].missing == (1, 2, 3)
 
 
 def test_rebuild_world_formed_here_refuses_a_report_of_a_stranger() -> None:
