@@ -106,6 +106,7 @@ class Job:
         #: Rank-exact mode's worlds in the state dir (apart from the lease log).
         self._world_file = world_file
         self._worlds_saved = 0
+        self._worlds_lock = asyncio.Lock()
         #: This job's incarnation (the lease log's, or new with no log): agents in
         #: dynamic mode fail closed when it changes under them (progress was lost), and
         #: lease ids carry it so none repeats across incarnations.
@@ -245,11 +246,26 @@ class Job:
             emit(_COMPONENT, "worlds_restored", worlds=len(worlds), path=str(self._world_file.path))
 
     async def _save_worlds(self) -> None:
-        version = self.ranks.worlds.version
-        if self._world_file is None or version == self._worlds_saved:
+        """Write the worlds if they changed; one write at a time, always the latest."""
+        if self._world_file is None:
             return
-        self._worlds_saved = version
-        await asyncio.to_thread(self._world_file.save, self.ranks.worlds.to_json())
+        async with self._worlds_lock:
+            version = self.ranks.worlds.version
+            if version == self._worlds_saved:
+                return
+            try:
+                await asyncio.to_thread(self._world_file.save, self.ranks.worlds.to_json())
+            except OSError as exc:
+                # Not the job's progress (agents hold that): a restart rebuilds from them.
+                emit(
+                    _COMPONENT,
+                    "world_file_write_failed",
+                    level="warning",
+                    path=str(self._world_file.path),
+                    error=str(exc),
+                )
+                return
+            self._worlds_saved = version
 
     # -- RPC bodies ------------------------------------------------------------------
 

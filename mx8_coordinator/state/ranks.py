@@ -30,6 +30,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from mx8_common.errors import ContractError, RequestError
 from mx8_common.obs.events import emit
@@ -243,11 +244,11 @@ class WorldRegistry:
         while len(self._formed) > _MAX_INSTANCES:
             del self._formed[next(iter(self._formed))]
 
-    def restore_worlds(self, worlds: list[dict[str, object]]) -> None:
+    def restore_worlds(self, worlds: list[dict[str, Any]]) -> None:
         """Worlds read back from the state dir: their trainers rejoin at once."""
-        self.worlds.restore(worlds)  # type: ignore[arg-type]
+        self.worlds.restore(worlds)
         for w in worlds:
-            for instance in dict(w["holders"]).values():  # type: ignore[call-overload]
+            for instance in dict(w["holders"]).values():
                 self._formed.setdefault(str(instance), (str(w["world_id"]), None))
 
     def _check_request(self, j: RankJoin) -> None:

@@ -3,6 +3,7 @@ report (``KnownWorlds`` through ``WorldRegistry`` and ``Job``), driven directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -184,3 +185,13 @@ async def test_rebuild_job_learns_ranks_from_re_registration_and_saves_the_world
     file.path.write_text(json.dumps({**saved, "worlds": [{"world_id": "w"}]}))
     with pytest.raises(LeaseLogError, match="malformed world"):
         Job(spec(), world_file=file).restore_worlds()
+
+
+async def test_rebuild_job_world_file_unwritable_warns_and_the_job_goes_on(
+    tmp_path: Path, logs: Events
+) -> None:
+    job = Job(spec(), world_file=WorldFile(tmp_path / "gone", JOB, "cd" * 32))
+    reports = [rep(r) for r in range(4)]
+    await asyncio.gather(*(job.report_ranks([r]) for r in reports))  # concurrent saves
+    assert job.ranks.worlds.incomplete() == []
+    assert logs.named("world_file_write_failed")[0]["log_level"] == "warning"
