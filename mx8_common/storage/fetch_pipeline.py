@@ -22,6 +22,12 @@ budget) still goes through, one sample at a time, instead of deadlocking. Result
 out in request order; ``reorder_window`` caps how far reads may run ahead of the consumer
 in samples, which bounds the reorder buffer even for tiny samples.
 
+Reads run on at most ``concurrency`` worker coroutines that take admitted requests in
+order, not one task per read: a worker whose read finished records it, admits the next
+request itself (from a plain iterable; an async iterable is pulled by one feeder task) and
+starts it, with no hop through other tasks. Each sample thus costs the loop the wake-ups
+of its own GET plus, when it is the one the consumer waits for, the consumer's.
+
 The first failed read stops new reads; the consumer receives every result before it and
 then the original exception (``ObjectChangedError``, ``ObjectNotFoundError``, ...). Closing
 (``async with``, ``aclose()``, the end of iteration or an error) cancels and awaits every
@@ -188,7 +194,7 @@ class _Slot:
 
     def __init__(self, req: FetchRequest, fut: asyncio.Future[Payload], charge: int) -> None:
         self.req = req
-        self.fut = fut  # a read task (S3) or a future resolved by a local group read
+        self.fut = fut  # resolved by a read worker (S3) or by a local group read
         self.charge = charge
         self.settled = False  # _on_read_done has run: the charge is what arrived
 
@@ -213,6 +219,13 @@ class FetchPipeline:
         self._local_group = self.config.local_group
         self._group: list[_Slot] = []  # local reads admitted, not yet handed to a thread
         self._group_tasks: set[asyncio.Task[None]] = set()
+        self._todo: collections.deque[_Slot] = collections.deque()  # admitted, no worker yet
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._looping = 0  # workers between finishing a read and taking the next
+        self._batch_waiter: asyncio.Future[None] | None = None  # batches() waiting
+        self._it: Iterator[FetchRequest] | None = None  # a plain iterable's requests
+        self._pending: tuple[FetchRequest, int] | None = None  # pulled, awaiting capacity
         self._slots: collections.deque[_Slot] = collections.deque()
         self._running = 0
         self._started_count = 0
@@ -239,10 +252,15 @@ class FetchPipeline:
 
     def start(self) -> None:
         """Begin fetching before the first pull (iteration starts it otherwise)."""
-        if self._feeder is None and not self._closed:
+        if self._closed or self._feeder is not None or self._it is not None:
+            return
+        if isinstance(self._requests, AsyncIterable):
             self._feeder = asyncio.get_running_loop().create_task(
                 self._feed(), name="mx8-fetch-feeder"
             )
+        else:
+            self._it = iter(self._requests)
+            self._pump()
 
     async def aclose(self) -> None:
         """Cancel and await every read and the feeder; safe to call twice."""
@@ -251,10 +269,15 @@ class FetchPipeline:
         self._closed = True
         tasks: list[asyncio.Future[Any]] = [s.fut for s in self._slots]
         tasks += self._group_tasks
+        tasks += self._workers
+        tasks += self._idle
         if self._feeder is not None:
             tasks.append(self._feeder)
         self._slots.clear()
         self._group.clear()
+        self._todo.clear()
+        self._idle.clear()
+        self._pending = None
         for task in tasks:
             task.cancel()
         if tasks:
@@ -278,42 +301,119 @@ class FetchPipeline:
         # would let every queued batch add one more sample over the budget.
         return self._pipeline_bytes == 0 and self._held_bytes == 0
 
-    async def _admit(self, req: FetchRequest) -> bool:
+    def _charge(self, req: FetchRequest) -> int:
         length = req.byte_length
-        charge = length if length is not None and length >= 0 else self._estimate
+        return length if length is not None and length >= 0 else self._estimate
+
+    async def _admit(self, req: FetchRequest) -> bool:
+        # The feeder of an async iterable: wait for capacity, then start the read.
+        charge = self._charge(req)
         while not self._can_start(charge):
-            if self._failed:
+            if self._failed or self._closed:
                 return False
             self._wake.clear()
             await self._wake.wait()
-        if self._failed:
+        if self._failed or self._closed:
             return False
+        self._start(req, charge)
+        return True
+
+    def _pump(self) -> None:
+        # A plain iterable: admit in request order while there is capacity (called
+        # wherever capacity frees up, so no task has to wake for it).
+        it = self._it
+        if it is None or self._feed_done:
+            return
+        while not self._failed and not self._closed:
+            if self._pending is None:
+                try:
+                    req = next(it)
+                except StopIteration:
+                    self._end_feed(None)
+                    return
+                except Exception as exc:
+                    self._end_feed(exc)
+                    return
+                self._pending = (req, self._charge(req))
+            req, charge = self._pending
+            if not self._can_start(charge):
+                return
+            self._pending = None
+            self._start(req, charge)
+        self._end_feed(None)
+
+    def _end_feed(self, error: BaseException | None) -> None:
+        # Delivered to the consumer after the results before it, like a failed read.
+        self._feed_error = error
+        self._feed_done = True
+        self._pending = None
+        self._ready.set()
+
+    def _start(self, req: FetchRequest, charge: int) -> None:
         loop = asyncio.get_running_loop()
-        grouped = self._local_group > 1 and is_local(req.location)
-        fut: asyncio.Future[Payload] = (
-            loop.create_future()
-            if grouped
-            else loop.create_task(
-                self._reader.read(req.location, req.byte_offset, length, stats=self.stats)
-            )
-        )
+        fut: asyncio.Future[Payload] = loop.create_future()
         slot = _Slot(req, fut, charge)
         self._running += 1
         self.stats.running = self._running
         self._started_count += 1
         self._pipeline_bytes += charge
         self._note_inflight()
-        fut.add_done_callback(lambda _: self._on_read_done(slot))
         self._slots.append(slot)
-        if grouped:
+        if self._local_group > 1 and is_local(req.location):
+            # Settled by _read_group, or here when cancelled before its group ran.
+            fut.add_done_callback(lambda _: self._on_read_done(slot))
             self._group.append(slot)
             if len(self._group) >= self._local_group:
                 self._flush_group()
             elif len(self._group) == 1:
-                # Whatever else is admitted before the feeder next yields joins this group.
+                # Whatever else is admitted before the loop next turns joins this group.
                 loop.call_soon(self._flush_group)
+        else:
+            self._todo.append(slot)
+            if len(self._todo) <= self._looping:
+                pass  # a worker that just finished a read takes it
+            elif self._idle:
+                self._idle.popleft().set_result(None)
+            elif len(self._workers) < self._concurrency:
+                task = loop.create_task(self._work(), name="mx8-fetch-read")
+                self._workers.add(task)
+                task.add_done_callback(self._workers.discard)
         self._ready.set()
-        return True
+
+    async def _work(self) -> None:
+        # One of at most ``concurrency`` readers; it takes slots in admission order.
+        loop = asyncio.get_running_loop()
+        todo, read, stats = self._todo, self._reader.read, self.stats
+        while True:
+            while not todo:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+            slot = todo.popleft()
+            req = slot.req
+            fut = slot.fut
+            try:
+                data = await read(req.location, req.byte_offset, req.byte_length, stats=stats)
+            except asyncio.CancelledError:
+                fut.cancel()
+                self._on_read_done(slot)
+                raise
+            except BaseException as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+                self._on_read_done(slot)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            if not fut.done():  # not cancelled by aclose meanwhile
+                fut.set_result(data)
+            # This worker looks at the queue again before it waits: what _on_read_done
+            # admits next is its own to read, with no other worker woken for it.
+            self._looping += 1
+            try:
+                self._on_read_done(slot)
+            finally:
+                self._looping -= 1
 
     def _flush_group(self) -> None:
         if not self._group or self._closed:
@@ -346,21 +446,16 @@ class FetchPipeline:
             self._on_read_done(s)
 
     async def _feed(self) -> None:
+        assert isinstance(self._requests, AsyncIterable)
         try:
-            if isinstance(self._requests, AsyncIterable):
-                async for req in self._requests:
-                    if not await self._admit(req):
-                        break
-            else:
-                for req in self._requests:
-                    if not await self._admit(req):
-                        break
+            async for req in self._requests:
+                if not await self._admit(req):
+                    break
         except Exception as exc:
-            # Delivered to the consumer after the results before it, like a failed read.
-            self._feed_error = exc
+            self._end_feed(exc)
         finally:
-            self._feed_done = True
-            self._ready.set()
+            if not self._feed_done:
+                self._end_feed(None)
 
     def _on_read_done(self, slot: _Slot) -> None:
         # Runs from the future's callback, or earlier from _next_slot: a consumer can find
@@ -375,6 +470,8 @@ class FetchPipeline:
             pass
         elif task.exception() is not None:
             self._failed = True
+            if self._batch_waiter is not None:
+                _wake_waiter(self._batch_waiter)
             self._pipeline_bytes -= slot.charge
             slot.charge = 0
         else:
@@ -385,6 +482,7 @@ class FetchPipeline:
             self._note_inflight()
         self._wake.set()
         self._ready.set()
+        self._pump()
 
     def _note_inflight(self) -> None:
         total = self._pipeline_bytes + self._consumer_bytes + self._held_bytes
@@ -399,6 +497,7 @@ class FetchPipeline:
             self._consumer_bytes = 0
             self.stats.inflight_bytes = self._pipeline_bytes + self._held_bytes
             self._wake.set()
+            self._pump()
 
     def release(self, batch: FetchBatch) -> None:
         """Give back the budget of a batch from ``batches(n, hold=True)`` (loop thread only).
@@ -416,6 +515,7 @@ class FetchPipeline:
         self._held_bytes -= batch.nbytes
         self._note_inflight()
         self._wake.set()
+        self._pump()
 
     async def _next_slot(self) -> _Slot:
         if self._closed:
@@ -444,6 +544,7 @@ class FetchPipeline:
         self._consumer_bytes += slot.charge
         self.stats.samples += 1
         self._wake.set()
+        self._pump()
         return slot
 
     def __aiter__(self) -> FetchPipeline:
@@ -453,6 +554,29 @@ class FetchPipeline:
         self._release_consumer()
         slot = await self._next_slot()
         return FetchResult(slot.req.sample_id, slot.fut.result(), slot.req.tag)
+
+    async def _batch_read(self, n: int) -> None:
+        # One wake-up per batch instead of one per sample: wait for the last of the next
+        # n samples already admitted (reads finish roughly in order). Only a shortcut:
+        # _next_slot still waits for each sample and raises the first error in order.
+        if self._closed:
+            return
+        self.start()
+        if not self._slots:
+            return
+        last = self._slots[min(n, len(self._slots)) - 1].fut
+        if last.done():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        last.add_done_callback(lambda _: _wake_waiter(waiter))
+        self._batch_waiter = waiter  # a failed read wakes it too: errors are not delayed
+        try:
+            await waiter  # its own future: cancelling the consumer does not cancel the read
+        except BaseException:
+            await self.aclose()
+            raise
+        finally:
+            self._batch_waiter = None
 
     async def batches(self, batch_size: int, *, hold: bool = False) -> AsyncIterator[FetchBatch]:
         """Results grouped ``batch_size`` at a time (the last batch may be shorter).
@@ -465,6 +589,7 @@ class FetchPipeline:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
         while True:
             self._release_consumer()
+            await self._batch_read(batch_size)
             slots: list[_Slot] = []
             try:
                 while len(slots) < batch_size:
@@ -478,6 +603,11 @@ class FetchPipeline:
                 self._consumer_bytes -= batch.nbytes
                 self._held_bytes += batch.nbytes
             yield batch
+
+
+def _wake_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _join(slots: Sequence[_Slot]) -> FetchBatch:

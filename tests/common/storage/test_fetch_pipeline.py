@@ -328,6 +328,55 @@ async def test_fetch_pipeline_s3_order_survives_slow_head(
     assert pipe.stats.peak_inflight_bytes <= 20_000
 
 
+async def test_fetch_pipeline_s3_reads_run_on_at_most_concurrency_tasks(
+    s3_sync_client: Any, s3_bucket: str
+) -> None:
+    for i in range(60):
+        s3_sync_client.put_object(Bucket=s3_bucket, Key=f"t{i}", Body=_payload(i, 200))
+    reqs = [FetchRequest(i, f"s3://{s3_bucket}/t{i}", None, 200) for i in range(60)]
+    loop = asyncio.get_running_loop()
+    created: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async with ObjectReader() as reader:
+        await reader.read(reqs[0].location, None, 200)  # the store is built outside the count
+        loop.set_task_factory(factory)
+        try:
+            async with FetchPipeline(reader, reqs, FetchConfig(concurrency=4)) as pipe:
+                got = [i async for b in pipe.batches(7) for i in b.sample_ids.tolist()]
+        finally:
+            loop.set_task_factory(None)
+    assert got == list(range(60))
+    # Workers take the reads in turn: no task (and no wake-up through one) per read.
+    assert 1 <= len(created) <= 4, created
+    assert pipe.stats.reads == 60 and _other_tasks() == set()
+
+
+async def test_fetch_pipeline_batch_error_is_not_held_back_by_a_slow_sample(
+    s3_env: LocalS3, s3_sync_client: Any, s3_bucket: str
+) -> None:
+    for i in range(8):
+        s3_sync_client.put_object(Bucket=s3_bucket, Key=f"b/{i}", Body=_payload(i, 100))
+    reqs = [FetchRequest(i, f"s3://{s3_bucket}/b/{i}", None, 100) for i in range(8)]
+    reqs[1] = reqs[1]._replace(location=f"s3://{s3_bucket}/b/gone")
+    with fault_proxy(s3_env.endpoint_url) as proxy:
+        held = threading.Event()
+        proxy.add_faults("b/7", held)  # the batch's last sample does not arrive
+        reader = ObjectReader(s3_settings=S3Settings(endpoint_url=proxy.url, region="us-east-1"))
+        try:
+            async with reader, FetchPipeline(reader, reqs, FetchConfig(concurrency=8)) as pipe:
+                with pytest.raises(ObjectNotFoundError):
+                    async for _ in pipe.batches(8):
+                        pass
+                assert not held.is_set()
+        finally:
+            held.set()
+    assert _other_tasks() == set()
+
+
 async def test_fetch_pipeline_s3_changed_and_missing_objects(
     s3_env: LocalS3, s3_sync_client: Any, s3_bucket: str
 ) -> None:
