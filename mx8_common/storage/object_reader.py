@@ -406,12 +406,20 @@ class ObjectReader:
         """
         byte_offset, byte_length = _normalize(location, byte_offset, byte_length)
         started = time.perf_counter()
-        if location.startswith("s3://"):
-            data = await self._read_s3_retrying(location, byte_offset, byte_length, stats)
-        else:
+        if not location.startswith("s3://"):
             data = await asyncio.get_running_loop().run_in_executor(
                 self._local_pool(), _read_local, location, byte_offset, byte_length, self.listed_at
             )
+        elif self._use_native():
+            # The common case, two coroutine frames shallower than the retry path: every
+            # frame is resumed on each wake-up of the GET.
+            bucket, key = split_s3_location(location)
+            try:
+                data = await self._read_native_once(location, bucket, key, byte_offset, byte_length)
+            except TransientStorageError as exc:
+                data = await self._read_s3_retrying(location, byte_offset, byte_length, stats, exc)
+        else:
+            data = await self._read_s3_retrying(location, byte_offset, byte_length, stats)
         if self._on_read is not None:
             self._on_read(time.perf_counter() - started, len(data))
         self.stats.reads += 1
@@ -461,13 +469,17 @@ class ObjectReader:
         byte_offset: int | None,
         byte_length: int | None,
         stats: ReadStats | None,
+        failed: TransientStorageError | None = None,
     ) -> Payload:
-        try:
-            # The first try outside the retry loop: a read that works (nearly all of them)
-            # costs no closures or policy objects.
-            return await self._read_s3_once(location, byte_offset, byte_length)
-        except TransientStorageError as exc:
-            first: list[TransientStorageError] = [exc]
+        # ``failed``: the caller's first try already failed with it (it counts as try 1).
+        if failed is None:
+            try:
+                # The first try outside the retry loop: a read that works (nearly all of
+                # them) costs no closures or policy objects.
+                return await self._read_s3_once(location, byte_offset, byte_length)
+            except TransientStorageError as exc:
+                failed = exc
+        first: list[TransientStorageError] = [failed]
 
         async def attempt() -> Payload:
             if first:
@@ -575,7 +587,9 @@ class ObjectReader:
         byte_offset: int | None,
         byte_length: int | None,
     ) -> Payload:
-        store = await self._store(bucket, location)
+        store = self._stores.get(bucket) if self._stores_pid == os.getpid() else None
+        if store is None:
+            store = await self._store(bucket, location)
         options: dict[str, Any] = {}
         if self._unmodified_since_dt is not None:
             options["if_unmodified_since"] = self._unmodified_since_dt
