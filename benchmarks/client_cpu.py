@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["CLIENTS", "crt_skip_reason", "mx8_load_cpu", "raw_gets_cpu"]
+__all__ = ["CLIENTS", "crt_skip_reason", "mx8_load_cpu", "raw_gets_cpu", "settle"]
 
 CLIENTS = ("obstore", "crt", "lean", "aioboto3")
 
@@ -41,7 +41,24 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def settle(*, quiet_ms: float = 1.0, step_s: float = 0.05, max_s: float = 3.0) -> None:
+    """Wait until this process is idle: less than ``quiet_ms`` of CPU in ``step_s``.
+
+    A client's threads keep working after its last GET (the CRT client's event loop
+    closes connections, a runtime parks its workers); without this that work is charged
+    to whichever side is measured next (measured: ~0.03-0.05 ms per sample of the CRT's
+    event-loop thread inside the next side's run).
+    """
+    deadline = time.perf_counter() + max_s
+    while time.perf_counter() < deadline:
+        cpu0 = _cpu_s()
+        time.sleep(step_s)
+        if (_cpu_s() - cpu0) * 1000 < quiet_ms:
+            return
+
+
 def _measure(run: Callable[[], int], expect: int) -> tuple[float, float]:
+    settle()
     cpu0, t0 = _cpu_s(), time.perf_counter()
     n = run()
     seconds, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
