@@ -345,6 +345,9 @@ class Agent(Daemon):
             hub=self.hub,
             leases_ahead=self.config.leases_ahead,
             progress_interval_s=self.config.progress_interval_ms / 1000,
+            lease_ttl_s=reg.lease_ttl_ms / 1000,
+            # A renewal unanswered for a heartbeat: the coordinator may be gone, hold.
+            stall_s=max(0.2, reg.heartbeat_interval_ms / 1000),
             retry_wait_s=max(0.05, reg.heartbeat_interval_ms / 1000),
         )
         try:

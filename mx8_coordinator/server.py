@@ -217,7 +217,7 @@ class Coordinator(Daemon):
             mode=cfg.mode,
         )
         if cfg.state_dir is None:
-            job = Job(spec, clock=self._clock)
+            job = Job(spec, clock=self._clock, stall_ms=self._stall_ms(spec))
             emit(
                 _COMPONENT,
                 "lease_log_disabled",
@@ -227,10 +227,23 @@ class Coordinator(Daemon):
             return job
         path = lease_log_path(cfg.state_dir, cfg.job_id)
         self._log, state = await asyncio.to_thread(LeaseLog.open, path, spec.log_header())
-        job = Job(spec, log=self._log, incarnation=state.incarnation, clock=self._clock)
+        job = Job(
+            spec,
+            log=self._log,
+            incarnation=state.incarnation,
+            clock=self._clock,
+            stall_ms=self._stall_ms(spec),
+        )
         if not state.empty:
             job.restore(state)
         return job
+
+    def _stall_ms(self, spec: JobSpec) -> int | None:
+        """The ticker runs every <= TTL/5: a gap of half the TTL is this process stalling
+        (not watched under an injected clock, which tests jump on purpose)."""
+        if self._clock is not monotonic_ms:
+            return None
+        return max(1, spec.lease_ttl_ms // 2)
 
     async def _tick_forever(self) -> None:
         assert self.job is not None

@@ -16,6 +16,10 @@ continues. A second stream with a live ``trainer_id`` replaces the first (a reco
 agent noticed before the break). Resuming a ``trainer_id`` this hub never served is a
 ``TrainerResumeError``: the agent restarted and cannot tell what the trainer consumed.
 
+A ``deliverable`` predicate (dynamic mode: the lease fence) is asked before each batch
+is handed to a trainer; a batch it refuses stays queued (its lease may be renewed, then
+``redispatch`` hands it out) until ``discard_lease`` drops it.
+
 The hub also accounts bytes: queued + unacknowledged (``held_bytes``). The runner waits
 for ``wait_room`` before it grows a batch, which is the back-pressure from slow trainers
 to the fetcher. The end of the job reaches every trainer as ``None`` from ``next_for``
@@ -101,8 +105,11 @@ class TrainerHub:
         max_bytes: int,
         on_acked: Callable[[ReadyBatch], None],
         resume_grace_s: float = 0.0,
+        deliverable: Callable[[ReadyBatch], bool] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
+        #: Asked before a batch goes to a trainer; None: every batch may go.
+        self.deliverable = deliverable
         self._on_acked = on_acked
         self.resume_grace_s = resume_grace_s
         self.batch_size: int | None = None
@@ -367,6 +374,23 @@ class TrainerHub:
 
     # -- matching -----------------------------------------------------------------------
 
+    def redispatch(self) -> None:
+        """Try again to hand out held batches (a lease became deliverable again)."""
+        self._dispatch()
+
+    def _may_send(self, batch: ReadyBatch) -> bool:
+        return self.deliverable is None or self.deliverable(batch)
+
+    def _take_queued(self) -> ReadyBatch | None:
+        """The first queued batch that may be sent (held ones keep their place)."""
+        if self.deliverable is None:
+            return self._queue.popleft() if self._queue else None
+        for k, batch in enumerate(self._queue):
+            if self._may_send(batch):
+                del self._queue[k]
+                return batch
+        return None
+
     def _dispatch(self) -> None:
         """Hand batches to waiting trainers with room, first come first served; a resumed
         trainer's own batches go to it before anything from the queue."""
@@ -375,14 +399,17 @@ class TrainerHub:
                 if future.done() or not session.has_room:
                     continue
                 if session.resend:
+                    if not self._may_send(session.resend[0][1]):
+                        continue
                     seq, batch = session.resend.popleft()
                     self.reserved_batches -= 1
-                elif self._queue:
-                    batch = self._queue.popleft()
+                else:
+                    queued = self._take_queued()
+                    if queued is None:
+                        continue
+                    batch = queued
                     seq = session.next_seq
                     session.next_seq += 1
-                else:
-                    continue
                 del self._waiters[k]
                 batch.owner, batch.owner_seq = session.trainer_id, seq
                 session.unacked.append((seq, batch))

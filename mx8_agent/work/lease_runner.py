@@ -12,6 +12,12 @@ Only started after a full, valid manifest ingest. Three tasks share one ``AckTra
   (which also keeps the lease alive), drops leases the coordinator took back, and frees
   a slot when a lease completes.
 
+Fencing: the hub asks the ``LeaseFence`` before each batch goes to a trainer, so a batch
+of a lease whose renewal is overdue (its local deadline, strictly before the
+coordinator's expiry, has passed) or while the coordinator link is in doubt stays held,
+and is dropped once the coordinator says the lease is gone: a frozen or cut-off agent
+never delivers positions the coordinator gave to another node (``lease_fence``).
+
 Coordinator refusals arrive as typed errors and are told apart by class, never by text:
 a lease the coordinator took back (``LeaseNotFoundError``: expired or unknown;
 ``LeaseStateError``: completed or held elsewhere) is dropped and the rest go on, while
@@ -34,6 +40,7 @@ import numpy as np
 
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
 from mx8_agent.work.ack_tracker import AckTracker, LeaseRef
+from mx8_agent.work.lease_fence import LeaseFence
 from mx8_common.errors import (
     CoordinatorError,
     JobNotReadyError,
@@ -107,6 +114,8 @@ class LeaseRunner:
         hub: TrainerHub,
         leases_ahead: int,
         progress_interval_s: float,
+        lease_ttl_s: float,
+        stall_s: float,
         retry_wait_s: float = 1.0,
     ) -> None:
         self._client = client
@@ -118,7 +127,12 @@ class LeaseRunner:
         self._fetch_config = fetch_config
         self._hub = hub
         self._leases_ahead = leases_ahead
-        self._interval_s = progress_interval_s
+        # Several renewals per TTL, whatever --progress-interval-ms says.
+        self._interval_s = min(progress_interval_s, lease_ttl_s / 4)
+        self.fence = LeaseFence(ttl_s=lease_ttl_s, stall_s=stall_s)
+        #: Leases held back by the fence (one ``lease_fenced`` event each until renewed).
+        self._fenced: set[str] = set()
+        hub.deliverable = self._deliverable
         self._retry_wait_s = retry_wait_s
         self._retry_log = Throttled()  # retry lines: one per event every few seconds
         self.tracker = AckTracker()
@@ -182,6 +196,7 @@ class LeaseRunner:
                 self._freed.clear()
                 await self._freed.wait()
                 continue
+            sent_at = self.fence.now()
             try:
                 resp = await self._client.request_lease(self._job_id, self._node_id, free)
             except (*_WAIT_ERRORS, CoordinatorError) as exc:
@@ -191,7 +206,7 @@ class LeaseRunner:
                 await asyncio.sleep(self._retry_wait_s)
                 continue
             for le in resp.leases:
-                self._start_lease(le)
+                self._start_lease(le, sent_at)
             if resp.job_drained:
                 emit(_COMPONENT, "job_drained", node_id=self._node_id)
                 break
@@ -205,9 +220,10 @@ class LeaseRunner:
                     pass
         self._queue.put_nowait(None)
 
-    def _start_lease(self, le: Any) -> None:
+    def _start_lease(self, le: Any, sent_at: float) -> None:
         # A range past the manifest would index outside the table: fail closed, never crash.
         check_lease(le, total_samples=self._job_order.total_samples)
+        self.fence.granted(le.lease_id, sent_at)
         ref = LeaseRef(
             lease_id=le.lease_id,
             epoch=int(le.range.epoch),
@@ -287,6 +303,21 @@ class LeaseRunner:
         if now > self.stats.peak_inflight_bytes:
             self.stats.peak_inflight_bytes = now
 
+    def _deliverable(self, batch: ReadyBatch) -> bool:
+        """Hub check before a batch goes to a trainer: is its lease surely still ours?"""
+        if self.fence.valid(batch.lease_id):
+            return True
+        if batch.lease_id not in self._fenced:
+            self._fenced.add(batch.lease_id)
+            emit(
+                _COMPONENT,
+                "lease_fenced",
+                lease_id=batch.lease_id,
+                node_id=self._node_id,
+                reason="coordinator_link" if self.fence.link_in_doubt else "renewal_overdue",
+            )
+        return False
+
     def make_batch(
         self, lease: LeaseRef, first_pos: int, ids: list[int], payloads: list[bytes]
     ) -> ReadyBatch:
@@ -323,6 +354,8 @@ class LeaseRunner:
     async def report_now(self) -> None:
         """Report every held lease's acknowledged cursor (unchanged ones keep it alive)."""
         for lease_id, cursor in self.tracker.cursors().items():
+            sent_at = self.fence.now()
+            self.fence.renewing(sent_at)
             try:
                 resp = await self._client.report_progress(
                     self._job_id, self._node_id, lease_id, cursor
@@ -333,12 +366,20 @@ class LeaseRunner:
             except CoordinatorError as exc:
                 if exc.code not in _TRANSIENT_CODES:
                     raise
+                self.fence.link_failed()
                 self._retry_log.emit(
                     _COMPONENT, "progress_report_failed", lease_id=lease_id, error=exc
                 )
                 return  # try again next interval
+            finally:
+                self.fence.renewing(None)
             self.tracker.mark_reported(lease_id, cursor)
+            self.fence.renewed(lease_id, sent_at)
+            if self._fenced:
+                self._fenced.clear()
+                self._hub.redispatch()  # held batches of renewed leases may go now
             if resp.completed:
+                self.fence.forget(lease_id)
                 self.tracker.remove(lease_id)
                 self.stats.leases_completed += 1
                 emit(_COMPONENT, "lease_done", lease_id=lease_id, cursor=cursor)
@@ -347,6 +388,8 @@ class LeaseRunner:
     def _drop(self, lease_id: str, why: Mx8Error) -> None:
         """The coordinator took the lease back (expired): stop delivering it."""
         self.tracker.remove(lease_id)
+        self.fence.forget(lease_id)
+        self._fenced.discard(lease_id)
         self.stats.dropped.add(lease_id)
         self.stats.leases_dropped += 1
         discarded = self._hub.discard_lease(lease_id)

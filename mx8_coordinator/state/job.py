@@ -94,6 +94,7 @@ class Job:
         log: LeaseLog | None = None,
         incarnation: str = "",
         clock: Callable[[], int] = monotonic_ms,
+        stall_ms: int | None = None,
     ) -> None:
         self.spec = spec
         self._log = log
@@ -136,6 +137,10 @@ class Job:
         self._told_drained: set[str] = set()
         #: When the job drained here (its clock), to freeze the final average.
         self._drained_mono: int | None = None
+        #: Last time any call or tick ran; a gap over ``stall_ms`` (None: not watched)
+        #: means this process was stalled (see ``_wake``).
+        self._awake_ms = clock()
+        self._stall_ms = stall_ms
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -161,6 +166,22 @@ class Job:
             raise RequestError(
                 "node_id is empty; every node needs a stable, unique id", field="node_id"
             )
+
+    def _wake(self) -> None:
+        """Before any expiry decision: a gap since the last call or tick longer than
+        ``stall_ms`` means this coordinator did not run (SIGSTOP, a paused VM, a frozen
+        loop; the server's ticker runs several times per TTL). Nodes could not be heard
+        meanwhile, so the gap is not held against their leases: they are postponed by it
+        instead of all expiring at once and being delivered twice. Agents fence on their
+        own clocks, earlier than any expiry, so a postponed lease is never delivered by
+        two nodes."""
+        now = self._clock()
+        gap = now - self._awake_ms
+        self._awake_ms = now
+        if self._stall_ms is not None and gap > self._stall_ms:
+            self.scheduler.postpone_expiry(gap)
+            self.registry.postpone_silence(gap)
+            emit(_COMPONENT, "coordinator_stalled", level="warning", gap_ms=gap)
 
     def check_job(self, job_id: str) -> None:
         """Read-only calls may omit the job id; a wrong one is still refused."""
@@ -221,6 +242,7 @@ class Job:
     async def register(
         self, job_id: str, node_id: str, hostname: str = "", *, incarnation: str = ""
     ) -> Registration:
+        self._wake()
         self._check_ids(job_id, node_id)
         reg = self.registry.register(node_id, hostname, incarnation=incarnation)
         await self._append([RankRecord(node_id=n, rank=r) for n, r in reg.assigned])
@@ -238,12 +260,14 @@ class Job:
     async def heartbeat(
         self, job_id: str, node_id: str, stats: Mapping[str, int] | None = None
     ) -> HeartbeatResult:
+        self._wake()
         self._check_ids(job_id, node_id)
         self.registry.heartbeat(node_id, stats)
         self._note_drained_seen(node_id)
         return HeartbeatResult(self.registry.ready, self.drained, self.registry.world_size)
 
     async def request_lease(self, job_id: str, node_id: str, want: int) -> Grant:
+        self._wake()
         self._check_ids(job_id, node_id)
         if want <= 0:
             raise RequestError(
@@ -302,6 +326,7 @@ class Job:
     async def report_progress(
         self, job_id: str, node_id: str, lease_id: str, cursor: int
     ) -> Progress:
+        self._wake()
         self._check_ids(job_id, node_id)
         if not lease_id:
             raise RequestError(
@@ -344,6 +369,7 @@ class Job:
 
     async def tick(self) -> None:
         """Depart silent nodes and expire overdue leases (the server calls this often)."""
+        self._wake()
         self._sample_rates()
         await self._append(self._collect_expiries())
 

@@ -326,6 +326,12 @@ class LeaseScheduler:
         due = [le for le in self._live.values() if le.expires_ms <= now]
         return [self._expire(le) for le in sorted(due, key=lambda le: (le.epoch, le.start))]
 
+    def postpone_expiry(self, ms: int) -> None:
+        """Push every live lease's expiry back by ``ms``: time the coordinator itself was
+        stalled (frozen, paused) and could not hear renewals does not count against them."""
+        for lease_id, lease in self._live.items():
+            self._live[lease_id] = dataclasses.replace(lease, expires_ms=lease.expires_ms + ms)
+
     def expire_node(self, node_id: str) -> list[Expiry]:
         """Expire every lease of a departed node now."""
         mine = sorted(self.leases_of(node_id), key=lambda le: (le.epoch, le.start))

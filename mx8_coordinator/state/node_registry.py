@@ -139,6 +139,12 @@ class NodeRegistry:
             node.stats = dict(stats)
         return node
 
+    def postpone_silence(self, ms: int) -> None:
+        """Count ``ms`` of the coordinator's own stall as heard-from time for live nodes."""
+        for node in self._nodes.values():
+            if node.alive:
+                node.last_seen_ms += ms
+
     def get(self, node_id: str) -> NodeState:
         node = self._nodes.get(node_id)
         if node is None:

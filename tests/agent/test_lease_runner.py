@@ -107,6 +107,8 @@ def _runner(
         hub=hub,
         leases_ahead=2,
         progress_interval_s=0.02,
+        lease_ttl_s=10.0,
+        stall_s=5.0,
         retry_wait_s=0.01,
     )
     return runner, hub

@@ -83,6 +83,8 @@ async def make_runner(tmp_path: Path) -> AsyncIterator[Any]:
             hub=hub,
             leases_ahead=2,
             progress_interval_s=0.05,
+            lease_ttl_s=10.0,
+            stall_s=5.0,
             retry_wait_s=0.01,
         )
 

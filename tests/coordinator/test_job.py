@@ -250,3 +250,23 @@ async def test_job_restarted_with_its_lease_log_keeps_its_incarnation_and_lease_
     (again,) = (await fresh.request_lease(JOB, "a", 1)).leases
     assert fresh.incarnation != job.incarnation
     assert again.lease_id == f"{fresh.incarnation}-L1" != first.lease_id
+
+
+async def test_job_own_stall_postpones_leases_instead_of_expiring_them(logs: Events) -> None:
+    clock = FakeClock()
+    job = Job(spec(freeze=1), clock=clock, stall_ms=TTL_MS // 2)
+    await job.register(JOB, "node-a")
+    (lease,) = (await job.request_lease(JOB, "node-a", 1)).leases
+    # The coordinator did not run for 3 TTLs (SIGSTOP): nobody could be heard meanwhile.
+    clock.advance(3 * TTL_MS)
+    await job.tick()
+    assert logs.named("coordinator_stalled")[0]["gap_ms"] == 3 * TTL_MS
+    assert "lease_expired" not in logs.names() and "node_departed" not in logs.names()
+    progress = await job.report_progress(JOB, "node-a", lease.lease_id, lease.end)
+    assert progress.completed
+    # Silence while the coordinator runs still expires leases as before.
+    (other,) = (await job.request_lease(JOB, "node-a", 1)).leases
+    for _ in range(6):
+        clock.advance(TTL_MS // 4)
+        await job.tick()
+    assert [e["lease_id"] for e in logs.named("lease_expired")] == [other.lease_id]
