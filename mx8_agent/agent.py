@@ -349,6 +349,7 @@ class Agent(Daemon):
             # A renewal unanswered for a heartbeat: the coordinator may be gone, hold.
             stall_s=max(0.2, reg.heartbeat_interval_ms / 1000),
             retry_wait_s=max(0.05, reg.heartbeat_interval_ms / 1000),
+            no_trainer_grace_s=self.config.no_trainer_grace_ms / 1000,
         )
         try:
             await self.runner.run()
@@ -493,6 +494,8 @@ class Agent(Daemon):
                     self._check_same_snapshot(reg)
                 continue
             self._check_same_job(beat.job_incarnation)
+            if beat.job_drained and self.runner is not None:
+                self.runner.note_drained()
 
     def _check_same_job(self, got: str) -> None:
         """Dynamic mode: fail closed when the coordinator's job incarnation changed.

@@ -121,6 +121,12 @@ class AgentConfig:
     leases_ahead: int = setting(
         2, env="MX8_AGENT_LEASES_AHEAD", help="most leases held at once (fetching + delivering)"
     )
+    no_trainer_grace_ms: int = setting(
+        5000,
+        env="MX8_AGENT_NO_TRAINER_GRACE_MS",
+        help="dynamic mode: how long an agent whose trainers all left keeps its leases "
+        "before handing them back to other hosts (it takes none until a trainer connects)",
+    )
     connect_timeout_s: float = setting(
         60.0,
         env="MX8_AGENT_CONNECT_TIMEOUT_S",
@@ -184,6 +190,7 @@ class AgentConfig:
             "--max-line-bytes": self.max_line_bytes,
             "--progress-interval-ms": self.progress_interval_ms,
             "--leases-ahead": self.leases_ahead,
+            "--no-trainer-grace-ms": self.no_trainer_grace_ms,
             "--connect-timeout-s": self.connect_timeout_s,
             "--ingest-attempts": self.ingest_attempts,
             "--manifest-chunk-timeout-s": self.manifest_chunk_timeout_s,

@@ -43,6 +43,7 @@ internals (the original stays reachable as ``__context__``).
     │   ├── NodeNotRegisteredError     node must RegisterNode first
     │   ├── NodeIdInUseError           a live agent of another incarnation holds the id
     │   ├── NodeIdentityError          node id is not a name of the client certificate
+    │   ├── RegistrationTokenError     a report without the node registration's token
     │   └── JobNotReadyError           world not formed yet (nodes or trainer ranks missing)
     ├── RequestError                 malformed request: empty id, want=0 (.field)
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
@@ -96,6 +97,7 @@ __all__ = [
     "NonMonotonicListingError",
     "ObjectChangedError",
     "ObjectNotFoundError",
+    "RegistrationTokenError",
     "RequestError",
     "ResumeError",
     "SnapshotError",
@@ -340,6 +342,13 @@ class NodeIdentityError(JobStateError):
     certificate (its CN or a DNS SAN): one agent cannot act as another."""
 
     event = "node_identity_mismatch"
+
+
+class RegistrationTokenError(JobStateError):
+    """A heartbeat, lease request or progress report for a node id without the token its
+    current registration got: only the agent that registered may act as that node."""
+
+    event = "registration_token_mismatch"
 
 
 class NodeIdInUseError(JobStateError):

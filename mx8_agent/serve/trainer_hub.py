@@ -134,6 +134,7 @@ class TrainerHub:
         self._batch_size_set = asyncio.Event()
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
+        self._has_sessions = asyncio.Event()
 
     # -- batch size ---------------------------------------------------------------------
 
@@ -257,6 +258,7 @@ class TrainerHub:
         session.next_seq = self._next_seq_of.pop(trainer_id, 1)
         self._sessions[trainer_id] = session
         self._no_sessions.clear()
+        self._has_sessions.set()
         self._claim(session, resume_after)
         return session
 
@@ -321,6 +323,7 @@ class TrainerHub:
                 self._release(tid)
         if not self._sessions:
             self._no_sessions.set()
+            self._has_sessions.clear()
         self._dispatch()
 
     def _release(self, trainer_id: str) -> None:
@@ -335,6 +338,10 @@ class TrainerHub:
 
     async def wait_no_sessions(self) -> None:
         await self._no_sessions.wait()
+
+    async def wait_sessions(self) -> None:
+        """Wait until at least one trainer is attached."""
+        await self._has_sessions.wait()
 
     async def next_for(self, session: TrainerSession) -> tuple[int, ReadyBatch] | None:
         """The next ``(batch_seq, batch)`` for this trainer, or None at the end of the job.

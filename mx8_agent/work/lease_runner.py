@@ -12,6 +12,11 @@ Only started after a full, valid manifest ingest. Three tasks share one ``AckTra
   (which also keeps the lease alive), drops leases the coordinator took back, and frees
   a slot when a lease completes.
 
+No trainer, no leases: once every trainer of the host has been gone for
+``no_trainer_grace_s``, the runner reports each held lease's cursor with ``release`` (the
+coordinator re-queues the rest for other hosts at once), drops its batches and asks for
+no more until a trainer connects again.
+
 Fencing: the hub asks the ``LeaseFence`` before each batch goes to a trainer, so a batch
 of a lease whose renewal is overdue (its local deadline, strictly before the
 coordinator's expiry, has passed) or while the coordinator link is in doubt stays held,
@@ -48,6 +53,7 @@ from mx8_common.errors import (
     LeaseStateError,
     Mx8Error,
     NodeNotRegisteredError,
+    RegistrationTokenError,
 )
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import Throttled, emit
@@ -66,8 +72,14 @@ _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 #: coordinator does not know this node until the heartbeat registers it again.
 _WAIT_ERRORS = (JobNotReadyError, NodeNotRegisteredError)
 #: ReportProgress refusals meaning the lease is gone (expired, unknown, completed or held
-#: elsewhere, or a coordinator that forgot this node): drop it, keep the others.
-_LOST_LEASE_ERRORS = (LeaseNotFoundError, LeaseStateError, NodeNotRegisteredError)
+#: elsewhere, a coordinator that forgot this node, or another agent registered this node
+#: id after this one went silent): drop it, keep the others.
+_LOST_LEASE_ERRORS = (
+    LeaseNotFoundError,
+    LeaseStateError,
+    NodeNotRegisteredError,
+    RegistrationTokenError,
+)
 _REQUEST_CHUNK = 4096
 
 
@@ -79,7 +91,7 @@ class LeaseClient(Protocol):
     ) -> cpb.RequestLeaseResponse: ...
 
     async def report_progress(
-        self, job_id: str, node_id: str, lease_id: str, cursor: int
+        self, job_id: str, node_id: str, lease_id: str, cursor: int, *, release: bool = False
     ) -> cpb.ReportProgressResponse: ...
 
 
@@ -117,6 +129,7 @@ class LeaseRunner:
         lease_ttl_s: float,
         stall_s: float,
         retry_wait_s: float = 1.0,
+        no_trainer_grace_s: float = 5.0,
     ) -> None:
         self._client = client
         self._job_id = job_id
@@ -133,6 +146,11 @@ class LeaseRunner:
         #: Leases held back by the fence (one ``lease_fenced`` event each until renewed).
         self._fenced: set[str] = set()
         hub.deliverable = self._deliverable
+        self._no_trainer_grace_s = no_trainer_grace_s
+        #: Set while the host has had no trainer for the grace: take no leases.
+        self._idle = False
+        self._busy_again = asyncio.Event()
+        self._job_drained = False
         self._retry_wait_s = retry_wait_s
         self._retry_log = Throttled()  # retry lines: one per event every few seconds
         self.tracker = AckTracker()
@@ -152,6 +170,11 @@ class LeaseRunner:
         pipeline = self.pipeline.stats.inflight_bytes if self.pipeline is not None else 0
         return pipeline + self.stats.partial_bytes + self._hub.held_bytes
 
+    def note_drained(self) -> None:
+        """A heartbeat said the job drained: an idle runner (no trainer) ends too."""
+        self._job_drained = True
+        self._busy_again.set()
+
     def on_acked(self, batch: ReadyBatch) -> None:
         """Hub callback: trainers consumed ``batch``; its positions may now be reported."""
         n = len(batch)
@@ -166,18 +189,19 @@ class LeaseRunner:
         reporter = asyncio.create_task(self._report_loop(), name="mx8-agent-reporter")
         leaser = asyncio.create_task(self._lease_loop(), name="mx8-agent-leaser")
         deliverer = asyncio.create_task(self._deliver(), name="mx8-agent-deliverer")
-        tasks = {reporter, leaser, deliverer}
+        idler = asyncio.create_task(self._idle_loop(), name="mx8-agent-idler")
+        tasks = {reporter, leaser, deliverer, idler}
         try:
             pending = {leaser, deliverer}
             while pending:
                 done, _ = await asyncio.wait(
-                    pending | {reporter}, return_when=asyncio.FIRST_COMPLETED
+                    pending | {reporter, idler}, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in done:
                     if task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
                 pending -= done
-                if reporter in done:
+                if reporter in done or idler in done:
                     raise RuntimeError("the progress reporter stopped unexpectedly")
         finally:
             for task in tasks:
@@ -191,6 +215,9 @@ class LeaseRunner:
         # No trainer, no batch size, no leases: idle hosts leave the work to others.
         await self._hub.wait_batch_size()
         while True:
+            if self._idle and not self._job_drained:
+                await self._busy_again.wait()
+                continue
             free = self._leases_ahead - len(self.tracker)
             if free <= 0:
                 self._freed.clear()
@@ -384,6 +411,65 @@ class LeaseRunner:
                 self.stats.leases_completed += 1
                 emit(_COMPONENT, "lease_done", lease_id=lease_id, cursor=cursor)
                 self._freed.set()
+
+    # -- no trainer ---------------------------------------------------------------------
+
+    async def _idle_loop(self) -> None:
+        """Hand leases back when the host has had no trainer for the grace."""
+        await self._hub.wait_batch_size()  # before the first trainer: no lease is taken
+        while True:
+            await self._hub.wait_no_sessions()
+            try:
+                async with asyncio.timeout(self._no_trainer_grace_s):
+                    await self._hub.wait_sessions()
+                continue
+            except TimeoutError:
+                pass
+            self._idle = True
+            self._busy_again.clear()
+            emit(_COMPONENT, "agent_idle", node_id=self._node_id, leases=len(self.tracker))
+            while len(self.tracker):
+                await self._release_held()
+                if len(self.tracker):
+                    try:
+                        async with asyncio.timeout(self._interval_s):
+                            await self._hub.wait_sessions()
+                        break  # a trainer is back: keep what is left
+                    except TimeoutError:
+                        pass
+            await self._hub.wait_sessions()
+            self._idle = False
+            self._busy_again.set()
+
+    async def _release_held(self) -> None:
+        """Report each held lease's cursor with ``release``; drop those given back."""
+        for lease_id, cursor in self.tracker.cursors().items():
+            try:
+                resp = await self._client.report_progress(
+                    self._job_id, self._node_id, lease_id, cursor, release=True
+                )
+            except _LOST_LEASE_ERRORS as exc:
+                self._drop(lease_id, exc)
+                continue
+            except CoordinatorError as exc:
+                if exc.code not in _TRANSIENT_CODES:
+                    raise
+                self.fence.link_failed()
+                return  # try again shortly
+            self.tracker.remove(lease_id)
+            self.fence.forget(lease_id)
+            self.stats.dropped.add(lease_id)
+            discarded = self._hub.discard_lease(lease_id)
+            emit(
+                _COMPONENT,
+                "lease_released",
+                lease_id=lease_id,
+                node_id=self._node_id,
+                cursor=cursor,
+                completed=resp.completed,
+                discarded=discarded,
+            )
+            self._freed.set()
 
     def _drop(self, lease_id: str, why: Mx8Error) -> None:
         """The coordinator took the lease back (expired): stop delivering it."""

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from mx8_common.errors import JobStateError, RequestError
+from mx8_common.errors import JobStateError, RegistrationTokenError, RequestError
 from mx8_common.obs.events import emit
 from mx8_common.rpc.job_status import (
     JobCounters,
@@ -257,18 +257,34 @@ class Job:
         )
         return reg
 
+    def _check_token(self, node_id: str, token: str, *, rebind: bool = False) -> None:
+        try:
+            self.registry.check_token(node_id, token, rebind=rebind)
+        except RegistrationTokenError as exc:
+            emit(_COMPONENT, exc.event, level="warning", node_id=node_id, error=str(exc))
+            raise
+
     async def heartbeat(
-        self, job_id: str, node_id: str, stats: Mapping[str, int] | None = None
+        self,
+        job_id: str,
+        node_id: str,
+        stats: Mapping[str, int] | None = None,
+        *,
+        token: str = "",
     ) -> HeartbeatResult:
         self._wake()
         self._check_ids(job_id, node_id)
+        self._check_token(node_id, token, rebind=True)
         self.registry.heartbeat(node_id, stats)
         self._note_drained_seen(node_id)
         return HeartbeatResult(self.registry.ready, self.drained, self.registry.world_size)
 
-    async def request_lease(self, job_id: str, node_id: str, want: int) -> Grant:
+    async def request_lease(
+        self, job_id: str, node_id: str, want: int, *, token: str = ""
+    ) -> Grant:
         self._wake()
         self._check_ids(job_id, node_id)
+        self._check_token(node_id, token)
         if want <= 0:
             raise RequestError(
                 "want must be > 0: the number of leases the node wants now", field="want"
@@ -282,6 +298,7 @@ class Job:
             )
         rank = self.registry.require_rank(node_id)
         self.registry.heartbeat(node_id)
+        self.registry.note_request(node_id)
         records = self._collect_expiries()
         if self._draining:
             grant = Grant((), (), self.spec.heartbeat_interval_ms, self.drained)
@@ -290,7 +307,7 @@ class Job:
                 node_id,
                 rank,
                 world_size=self.registry.world_size,
-                departed_ranks=self.registry.departed_ranks(),
+                departed_ranks=self._stealable_ranks(),
                 want=want,
             )
         records += [DealRecord(epoch=d.epoch, world_size=d.world_size) for d in grant.dealt]
@@ -323,11 +340,27 @@ class Job:
         self._note_drained_seen(node_id)
         return grant
 
+    def _stealable_ranks(self) -> list[int]:
+        """Ranks whose queues another node may take: departed nodes', and idle ones' (live,
+        no lease, no request for a few heartbeats: an agent without a trainer)."""
+        idle_ms = max(1000, 3 * self.spec.heartbeat_interval_ms)
+        holding = {le.node_id for le in self.scheduler.live_leases()}
+        idle = self.registry.idle_ranks(idle_ms, holding)
+        return sorted(set(self.registry.departed_ranks()) | set(idle))
+
     async def report_progress(
-        self, job_id: str, node_id: str, lease_id: str, cursor: int
+        self,
+        job_id: str,
+        node_id: str,
+        lease_id: str,
+        cursor: int,
+        *,
+        token: str = "",
+        release: bool = False,
     ) -> Progress:
         self._wake()
         self._check_ids(job_id, node_id)
+        self._check_token(node_id, token)
         if not lease_id:
             raise RequestError(
                 "lease_id is empty; report on a lease RequestLease returned", field="lease_id"
@@ -361,9 +394,32 @@ class Job:
                 epoch=le.epoch,
                 total_samples=self.spec.total_samples,
             )
+        if release and not progress.completed:
+            await self._release(node_id, lease_id)
         self._announce_drained()
         self._note_drained_seen(node_id)
         return progress
+
+    async def _release(self, node_id: str, lease_id: str) -> None:
+        """The node handed the lease back (no trainer): re-queue the rest now."""
+        expiry = self.scheduler.release(node_id, lease_id)
+        if expiry is None:
+            return
+        await self._append([ExpireRecord(lease_id=lease_id)])
+        le = expiry.lease
+        emit(
+            _COMPONENT,
+            "lease_released",
+            lease_id=lease_id,
+            node_id=node_id,
+            epoch=le.epoch,
+            start=le.start,
+            end=le.end,
+            cursor=le.cursor,
+        )
+        self.counters.leases_expired += 1
+        if expiry.requeued is not None:
+            self.counters.leases_requeued += 1
 
     # -- time ------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ class Stamps:
 
 
 async def start_job(
-    daemons: list[DaemonProcess], tmp_path: Path, sock_dir: Path
+    daemons: list[DaemonProcess], tmp_path: Path, sock_dir: Path, *agent_args: str
 ) -> tuple[DaemonProcess, list[tuple[DaemonProcess, str]], Path]:
     manifest = write_local_dataset(tmp_path / "ds", N)
     state = tmp_path / "state"
@@ -99,7 +99,7 @@ async def start_job(
     for node in ("a", "b"):
         url = f"unix://{sock_dir}/{node}.sock"
         args = ["--coordinator", address, "--node-id", node, "--listen", url]
-        args += ["--progress-interval-ms", "100", "--leases-ahead", "3"]
+        args += ["--progress-interval-ms", "100", "--leases-ahead", "3", *agent_args]
         agents.append((DaemonProcess("mx8_agent", args, tmp_path / f"agent-{node}.log"), url))
         daemons.append(agents[-1][0])
     return coordinator, agents, state
@@ -221,3 +221,48 @@ async def test_lease_fencing_coordinator_frozen_past_ttl_agents_hold_then_finish
     for proc, _ in agents:
         assert await proc.wait_exit(30) == 0, proc.text()
     assert "Traceback" not in coordinator.text()
+
+
+async def test_agent_without_trainer_takes_no_leases_and_hands_back_held_ones(
+    tmp_path: Path, sock_dir: Path, daemons: list[DaemonProcess]
+) -> None:
+    """Trainers on host a only (b's one trainer leaves early): a delivers every sample."""
+    coordinator, agents, state = await start_job(
+        daemons, tmp_path, sock_dir, "--no-trainer-grace-ms", "500"
+    )
+    (a, url_a), (b, url_b) = agents
+    await a.wait_event("agent_listening")
+    await b.wait_event("agent_listening")
+    stamps = Stamps()
+    started = time.monotonic()
+    # b's trainer takes 3 batches and leaves; b keeps running with no trainer.
+    run_b = await asyncio.to_thread(
+        run_trainer, url_b, batch_size=BATCH, window=WINDOW, stop_after=3, timeout_s=60
+    )
+    assert run_b.error is None, run_b.error
+    run_a = await asyncio.wait_for(
+        asyncio.to_thread(
+            run_trainer,
+            url_a,
+            batch_size=BATCH,
+            window=WINDOW,
+            timeout_s=60,
+            on_batch=stamps.recorder("a"),
+        ),
+        60,
+    )
+    assert run_a.error is None, run_a.error
+    elapsed = time.monotonic() - started
+    print(f"one host without a trainer: all {N} delivered in {elapsed:.1f}s")
+    assert sorted(run_a.ids + run_b.ids) == list(range(N))
+    released = b.events("lease_released")
+    assert released and b.event("agent_idle") is not None
+    assert {e["lease_id"] for e in coordinator.events("lease_released")} == {
+        e["lease_id"] for e in released
+    }
+    # After its trainer left, b took no lease: every one it started came before that.
+    idle_at = b.event("agent_idle")["timestamp"]
+    assert all(e["timestamp"] < idle_at for e in b.events("lease_started"))
+    assert committed_positions(state) == list(range(N))
+    assert await a.wait_exit(30) == 0, a.text()
+    assert await b.wait_exit(30) == 0, b.text()

@@ -56,7 +56,7 @@ class RegisterNodeRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., caps: _Optional[_Union[NodeCaps, _Mapping]] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
-    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode", "job_incarnation")
+    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode", "job_incarnation", "registration_token")
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class RegisterNodeResponse(_message.Message):
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     JOB_INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     rank: int
     world_size: int
     manifest_hash: str
@@ -89,7 +90,8 @@ class RegisterNodeResponse(_message.Message):
     class_names: _containers.RepeatedScalarFieldContainer[str]
     mode: str
     job_incarnation: str
-    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., job_incarnation: _Optional[str] = ...) -> None: ...
+    registration_token: str
+    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., job_incarnation: _Optional[str] = ..., registration_token: _Optional[str] = ...) -> None: ...
 
 class RegisterRankRequest(_message.Message):
     __slots__ = ("job_id", "node_id", "instance_id", "rank", "world_size", "batch_size", "drop_last", "seed", "shuffle", "epoch", "step", "consumed", "resumed")
@@ -182,14 +184,16 @@ class NodeStats(_message.Message):
     def __init__(self, samples_delivered: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., fetch_retries: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "stats")
+    __slots__ = ("job_id", "node_id", "stats", "registration_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     stats: NodeStats
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ...) -> None: ...
+    registration_token: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ..., registration_token: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("job_ready", "job_drained", "world_size", "job_incarnation")
@@ -204,14 +208,16 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., world_size: _Optional[int] = ..., job_incarnation: _Optional[str] = ...) -> None: ...
 
 class RequestLeaseRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "want")
+    __slots__ = ("job_id", "node_id", "want", "registration_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     WANT_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     want: int
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., want: _Optional[int] = ...) -> None: ...
+    registration_token: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., want: _Optional[int] = ..., registration_token: _Optional[str] = ...) -> None: ...
 
 class RequestLeaseResponse(_message.Message):
     __slots__ = ("leases", "wait_ms", "job_drained")
@@ -224,18 +230,22 @@ class RequestLeaseResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., wait_ms: _Optional[int] = ..., job_drained: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "lease_id", "cursor", "delivered_bytes")
+    __slots__ = ("job_id", "node_id", "lease_id", "cursor", "delivered_bytes", "registration_token", "release")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     lease_id: str
     cursor: int
     delivered_bytes: int
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., cursor: _Optional[int] = ..., delivered_bytes: _Optional[int] = ...) -> None: ...
+    registration_token: str
+    release: bool
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., cursor: _Optional[int] = ..., delivered_bytes: _Optional[int] = ..., registration_token: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ("lease", "completed")
