@@ -254,7 +254,10 @@ async def test_agent_without_trainer_takes_no_leases_and_hands_back_held_ones(
     assert run_a.error is None, run_a.error
     elapsed = time.monotonic() - started
     print(f"one host without a trainer: all {N} delivered in {elapsed:.1f}s")
-    assert sorted(run_a.ids + run_b.ids) == list(range(N))
+    assert set(run_a.ids) | set(run_b.ids) == set(range(N))
+    # Only what b's trainer consumed but left without acknowledging comes again.
+    again = Counter(run_a.ids + run_b.ids) - Counter(range(N))
+    assert set(again) <= set(run_b.ids) and len(again) <= WINDOW * BATCH
     released = b.events("lease_released")
     assert released and b.event("agent_idle") is not None
     assert {e["lease_id"] for e in coordinator.events("lease_released")} == {
