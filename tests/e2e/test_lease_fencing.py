@@ -23,6 +23,7 @@ import pytest
 from support.agent import DaemonProcess, TrainerRun, run_trainer
 from support.eventually import assert_eventually
 from support.manifests import write_local_dataset
+from support.tcp_proxy import TcpProxy
 
 from mx8_common.testing.local_s3 import free_port
 from mx8_coordinator.state.lease_log import lease_log_path
@@ -67,8 +68,13 @@ class Stamps:
 
 
 async def start_job(
-    daemons: list[DaemonProcess], tmp_path: Path, sock_dir: Path, *agent_args: str
+    daemons: list[DaemonProcess],
+    tmp_path: Path,
+    sock_dir: Path,
+    *agent_args: str,
+    proxy_b: TcpProxy | None = None,
 ) -> tuple[DaemonProcess, list[tuple[DaemonProcess, str]], Path]:
+    """Coordinator and agents a, b (b through ``proxy_b`` to the coordinator, if given)."""
     manifest = write_local_dataset(tmp_path / "ds", N)
     state = tmp_path / "state"
     coordinator = DaemonProcess(
@@ -98,7 +104,11 @@ async def start_job(
     agents = []
     for node in ("a", "b"):
         url = f"unix://{sock_dir}/{node}.sock"
-        args = ["--coordinator", address, "--node-id", node, "--listen", url]
+        via = address
+        if proxy_b is not None and node == "b":
+            proxy_b.target = address
+            via = await proxy_b.start()
+        args = ["--coordinator", via, "--node-id", node, "--listen", url]
         args += ["--progress-interval-ms", "100", "--leases-ahead", "3", *agent_args]
         agents.append((DaemonProcess("mx8_agent", args, tmp_path / f"agent-{node}.log"), url))
         daemons.append(agents[-1][0])
@@ -221,6 +231,48 @@ async def test_lease_fencing_coordinator_frozen_past_ttl_agents_hold_then_finish
     for proc, _ in agents:
         assert await proc.wait_exit(30) == 0, proc.text()
     assert "Traceback" not in coordinator.text()
+
+
+async def test_lease_fencing_agent_cut_off_from_live_coordinator_stops_then_rejoins(
+    tmp_path: Path, sock_dir: Path, daemons: list[DaemonProcess]
+) -> None:
+    """b's link to a running coordinator goes black past the TTL; a takes b's work."""
+    proxy = TcpProxy("")
+    try:
+        coordinator, agents, state = await start_job(daemons, tmp_path, sock_dir, proxy_b=proxy)
+        (_a, _), (b, _) = agents
+        stamps = Stamps()
+        gathered, (_name_a, name_b) = await run_trainers(agents, stamps)
+        await assert_eventually(lambda: stamps.count(name_b) >= 10, timeout_s=60)
+        proxy.freeze()
+        t_cut = time.monotonic()
+
+        def b_fenced_and_expired() -> bool:
+            expired = any(e["node_id"] == "b" for e in coordinator.events("lease_expired"))
+            return expired and b.event("lease_fenced") is not None
+
+        try:
+            await assert_eventually(b_fenced_and_expired, timeout_s=30)
+        finally:
+            proxy.thaw()
+        t_back = time.monotonic()
+        # Within a heartbeat or so of losing the coordinator, b hands out nothing.
+        assert not [at for at, w, _ids in stamps.rows if w == name_b and t_cut + 1.0 <= at < t_back]
+        runs = await asyncio.wait_for(gathered, 120)
+    finally:
+        await proxy.stop()
+    for run in runs:
+        assert run.error is None, run.error
+    report("agent cut off from a live coordinator past the TTL", stamps)
+    dups = stamps.duplicates()
+    # Repeats are only what b's trainer got before b noticed the cut and had not committed
+    # (its window, the acknowledgements of a progress interval, a stalled renewal's wait),
+    # delivered again from the re-queued remainder, by a or by b's new leases.
+    assert all(d[0][1] == name_b and d[0][0] < t_cut + 1.0 for d in dups.values())
+    assert len(dups) <= 2 * IN_FLIGHT
+    assert {i for _t, _w, ids in stamps.rows for i in ids} == set(range(N))
+    assert committed_positions(state) == list(range(N))
+    assert b.event("lease_lost") is not None
 
 
 async def test_agent_without_trainer_takes_no_leases_and_hands_back_held_ones(
