@@ -1,0 +1,391 @@
+"""The lease log in a store (``--state-dir s3://bucket/prefix/`` or ``file:///shared/dir``).
+
+    <job>/log/000000000000        header segment: the ``LeaseLogHeader`` and incarnation
+    <job>/log/<seq, 12 digits>    one segment per flush: a meta line, then record lines
+    <job>/snapshots/<seq>         hint: segment <seq> is a snapshot (replay starts there)
+
+A segment is an immutable object created with a conditional create under its sequence
+number alone, so of two coordinators that both try to append segment ``k`` exactly one
+succeeds: the log stays one linear history. Its meta line names the term of the writer
+(``leader``). A writer that loses segment ``k`` to a newer term was deposed
+(``CoordinatorFencedError``); a new leader that loses it while opening reads it and
+tries again one further.
+
+Appends are batched: one writer task takes what is pending, waits up to ``flush_ms``
+(less once ``max_records`` are pending), writes one segment and answers every waiting
+append. Durability rule: ``append`` returns only after the segment holding its records
+exists in the store *and* this coordinator's term was still valid when the write
+returned, so a lease is handed out only after the record saying so is durable and while
+no other coordinator may lead. A failed write is not retried under the same batch: its
+appends fail (the RPCs get UNAVAILABLE and agents retry), and the next write first finds
+out whether the failed one landed.
+
+Each new term starts with a segment of its own: a snapshot (every record so far,
+compacted) when ``compact_after`` segments followed the last one, else an empty one.
+Nothing is ever deleted, so a reader that listed the log earlier can still read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mx8_common.errors import CoordinatorFencedError, LeaseLogError, Mx8Error
+from mx8_common.store import ManifestStore
+from mx8_coordinator.state.leader import LeaderElection, job_prefix
+from mx8_coordinator.state.lease_log import (
+    LeaseLogHeader,
+    LeaseLogState,
+    compact_records,
+    new_incarnation,
+    replay_records,
+)
+from mx8_coordinator.state.lease_records import LeaseRecord, decode_record, encode_record
+
+__all__ = ["Segment", "StoreLeaseLog", "read_store_log_manifest_hash"]
+
+_FORMAT = 1
+_INCARNATION_KEY = "incarnation"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment object: who wrote it, what kind, and its records."""
+
+    seq: int
+    term: int
+    kind: str  # "records", "snapshot" or "term" (a new term's empty first segment)
+    records: tuple[LeaseRecord, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        meta = {"mx8_segment": _FORMAT, "seq": self.seq, "term": self.term, "kind": self.kind}
+        lines = [json.dumps(meta, sort_keys=True)]
+        lines += [json.dumps(encode_record(r), separators=(",", ":")) for r in self.records]
+        return ("\n".join(lines) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> Segment:
+        lines = data.decode(errors="replace").splitlines()
+        try:
+            meta = json.loads(lines[0])
+            seg = cls(int(meta["seq"]), int(meta["term"]), str(meta["kind"]))
+            records = tuple(decode_record(json.loads(line)) for line in lines[1:])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise LeaseLogError(
+                f"lease log segment {where} is unreadable ({exc}); it is not one an mx8 "
+                "coordinator wrote: use another --state-dir or --job-id to start over",
+                path=where,
+            ) from None
+        return cls(seg.seq, seg.term, seg.kind, records)
+
+
+def _seg_name(seq: int) -> str:
+    return f"{seq:012d}"
+
+
+def _parse_header(data: bytes, where: str) -> tuple[dict[str, Any], str]:
+    try:
+        found = json.loads(data)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise LeaseLogError(
+            f"lease log header {where} is unreadable; use another --state-dir or --job-id",
+            path=where,
+        )
+    incarnation = found.pop(_INCARNATION_KEY, "")
+    return found, str(incarnation)
+
+
+async def read_store_log_manifest_hash(store: ManifestStore, job_id: str) -> str | None:
+    """The manifest hash the job's log header in ``store`` names (None: no log yet)."""
+    rel = f"{job_prefix(job_id)}/log/{_seg_name(0)}"
+    data = await store.read_object(rel)
+    if data is None:
+        return None
+    found, _ = _parse_header(data, store.object_location(rel))
+    value = found.get("manifest_hash")
+    return value if isinstance(value, str) else None
+
+
+class StoreLeaseLog:
+    """An open lease log in a store, written by the leader of ``election``'s term."""
+
+    def __init__(
+        self,
+        store: ManifestStore,
+        election: LeaderElection,
+        *,
+        next_seq: int,
+        flush_ms: int,
+        max_records: int,
+        on_segment: Callable[[Segment], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.election = election
+        self._prefix = job_prefix(election.job_id)
+        self.path = store.object_location(f"{self._prefix}/log")
+        self._next_seq = next_seq
+        self._flush_s = flush_ms / 1000
+        self._max_records = max_records
+        self._on_segment = on_segment
+        self._pending: list[tuple[Sequence[LeaseRecord], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        #: Set (with the error) once this coordinator is deposed: it must exit.
+        self.fenced: asyncio.Future[CoordinatorFencedError] | None = None
+        self.segments_written = 0
+        self.compacted_from = 0
+
+    def _rel(self, seq: int) -> str:
+        return f"{self._prefix}/log/{_seg_name(seq)}"
+
+    # -- open ------------------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls,
+        store: ManifestStore,
+        election: LeaderElection,
+        header: LeaseLogHeader,
+        *,
+        flush_ms: int = 20,
+        max_records: int = 1000,
+        compact_after: int = 64,
+        on_segment: Callable[[Segment], None] | None = None,
+    ) -> tuple[StoreLeaseLog, LeaseLogState]:
+        """Replay the job's log and write this term's first segment (``election`` leads).
+
+        A header that differs from ``header`` is refused, as on disk.
+        """
+        log = cls(
+            store,
+            election,
+            next_seq=1,
+            flush_ms=flush_ms,
+            max_records=max_records,
+            on_segment=on_segment,
+        )
+        incarnation = await log._open_header(header)
+        while True:
+            last, records = await log._read_all()
+            state = replay_records(iter(records), log.path)
+            state.incarnation = incarnation
+            snapshot_at = await log._last_snapshot()
+            if last - snapshot_at >= compact_after and records:
+                kept = tuple(compact_records(records))
+                first = Segment(last + 1, election.term, "snapshot", kept)
+            else:
+                first = Segment(last + 1, election.term, "term")
+            if await store.create_object(log._rel(first.seq), first.to_bytes()):
+                break
+            # A deposed leader's last write landed after our listing: read it too, or
+            # find that an even newer term owns the log.
+            await log._check_not_newer(first.seq)
+        if first.kind == "snapshot":
+            log.compacted_from = len(records)
+            await store.create_object(f"{log._prefix}/snapshots/{_seg_name(first.seq)}", b"")
+        log._next_seq = first.seq + 1
+        log._written(first)
+        return log, state
+
+    async def _open_header(self, header: LeaseLogHeader) -> str:
+        rel = self._rel(0)
+        where = self.store.object_location(rel)
+        data = await self.store.read_object(rel)
+        if data is None:
+            obj = {**header.to_json(), _INCARNATION_KEY: new_incarnation()}
+            created = json.dumps(obj, sort_keys=True).encode() + b"\n"
+            if await self.store.create_object(rel, created):
+                return str(obj[_INCARNATION_KEY])
+            data = await self.store.read_object(rel)
+            assert data is not None
+        found, incarnation = _parse_header(data, where)
+        if found != header.to_json():
+            want = header.to_json()
+            diff = {k: (found.get(k), v) for k, v in want.items() if found.get(k) != v}
+            raise LeaseLogError(
+                f"lease log {where} belongs to another job setup (logged vs now: {diff}); "
+                "start with the same dataset snapshot and settings, or use another "
+                "--state-dir / --job-id to start over",
+                path=where,
+            )
+        return incarnation
+
+    async def _last_snapshot(self) -> int:
+        names = await self.store.list_objects(f"{self._prefix}/snapshots")
+        return max((int(n) for n in names if n.isdigit()), default=0)
+
+    async def _read_all(self) -> tuple[int, list[LeaseRecord]]:
+        """The last segment's number and the records to replay (from the last snapshot)."""
+        names = await self.store.list_objects(f"{self._prefix}/log")
+        seqs = sorted(int(n) for n in names if n.isdigit())
+        last = seqs[-1] if seqs else 0
+        if seqs != list(range(last + 1)):
+            missing = sorted(set(range(last + 1)) - set(seqs))[:5]
+            raise LeaseLogError(
+                f"lease log {self.path} lacks segments {missing}: it was edited or "
+                "partly deleted; use another --state-dir or --job-id to start over",
+                path=self.path,
+            )
+        start = max(await self._last_snapshot(), 1)
+        records: list[LeaseRecord] = []
+        term = 0
+        for seq in range(start, last + 1):
+            seg = await self._read(seq)
+            if seg is None or seg.seq != seq or seg.term < term:
+                raise LeaseLogError(
+                    f"lease log segment {self.store.object_location(self._rel(seq))} is out "
+                    "of order (sequence or term); use another --state-dir or --job-id",
+                    path=self.path,
+                )
+            term = seg.term
+            if seg.kind == "snapshot":
+                records = list(seg.records)
+            else:
+                records += seg.records
+        if term > self.election.term:
+            raise self.election.fenced_error(None, "found a newer term's segment")
+        return last, records
+
+    async def _read(self, seq: int) -> Segment | None:
+        data = await self.store.read_object(self._rel(seq))
+        where = self.store.object_location(self._rel(seq))
+        return None if data is None else Segment.from_bytes(data, where)
+
+    async def _check_not_newer(self, seq: int) -> None:
+        seg = await self._read(seq)
+        if seg is not None and seg.term > self.election.term:
+            raise self.election.fenced_error(
+                await self.election.read_term(seg.term), f"lost segment {seq} to it"
+            )
+
+    def _written(self, seg: Segment) -> None:
+        self.segments_written += 1
+        if self._on_segment is not None:
+            self._on_segment(seg)
+
+    # -- append ------------------------------------------------------------------------
+    async def append(self, records: Sequence[LeaseRecord]) -> None:
+        """Append ``records``; returns once they are durable in the store (module doc)."""
+        if not records:
+            return
+        if self.fenced is not None and self.fenced.done():
+            raise self.fenced.result()
+        if self._closed:
+            raise LeaseLogError(f"lease log {self.path} is closed", path=self.path)
+        if not self.election.valid():
+            raise self._not_leading()
+        loop = asyncio.get_running_loop()
+        if self.fenced is None:
+            self.fenced = loop.create_future()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._run_writer(), name="mx8-store-log")
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((records, done))
+        self._wake.set()
+        await done
+
+    def _not_leading(self) -> LeaseLogError:
+        return LeaseLogError(
+            f"job {self.election.job_id!r}: this coordinator could not renew its leader "
+            f"record (term {self.election.term}) in time, so it hands out no lease and "
+            "takes no report until the store answers again; see the "
+            "coordinator_leader_suspended event for the store's error",
+            path=self.path,
+        )
+
+    def _pending_records(self) -> int:
+        return sum(len(r) for r, _ in self._pending)
+
+    async def _run_writer(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            if not self._closed and self._pending_records() < self._max_records:
+                # Gather more appends for one segment, but never hold one longer.
+                try:
+                    async with asyncio.timeout(self._flush_s):
+                        while self._pending_records() < self._max_records and not self._closed:
+                            await self._wake.wait()
+                            self._wake.clear()
+                except TimeoutError:
+                    pass
+            batch, self._pending = self._pending, []
+            error = await self._write_batch([r for recs, _ in batch for r in recs])
+            for _, fut in batch:
+                if fut.done():
+                    continue
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+            if isinstance(error, CoordinatorFencedError):
+                return
+
+    async def _write_batch(self, records: list[LeaseRecord]) -> Mx8Error | None:
+        if self.fenced is not None and self.fenced.done():
+            return self.fenced.result()
+        if not self.election.valid():
+            return self._not_leading()
+        while True:
+            seg = Segment(self._next_seq, self.election.term, "records", tuple(records))
+            found: Segment | None = None
+            try:
+                created = await self.store.create_object(self._rel(seg.seq), seg.to_bytes())
+                if not created:
+                    found = await self._read(seg.seq)
+            except Mx8Error as exc:
+                return LeaseLogError(
+                    f"cannot write lease log segment "
+                    f"{self.store.object_location(self._rel(seg.seq))}: {exc}",
+                    path=self.path,
+                )
+            if created:
+                break
+            if found is not None and found.term == self.election.term:
+                # Our own earlier write whose answer was lost: it holds that batch.
+                self._next_seq += 1
+                continue
+            newer = None if found is None else await self._safe_read_term(found.term)
+            return self._fence(self.election.fenced_error(newer, f"lost segment {seg.seq}"))
+        self._next_seq += 1
+        self._written(seg)
+        if not self.election.valid():
+            # Durable, but the term may be over by now: answer nothing as leader.
+            return self._not_leading()
+        return None
+
+    async def _safe_read_term(self, term: int) -> Any:
+        try:
+            return await self.election.read_term(term)
+        except Mx8Error:
+            return None
+
+    def _fence(self, error: CoordinatorFencedError) -> CoordinatorFencedError:
+        self.election.stop()
+        if self.fenced is not None and not self.fenced.done():
+            self.fenced.set_result(error)
+        return error
+
+    def fence(self, error: CoordinatorFencedError) -> None:
+        """Another part (the renewal) found this coordinator deposed: refuse all appends."""
+        if self.fenced is None:
+            self.fenced = asyncio.get_running_loop().create_future()
+        self._fence(error)
+
+    async def close(self) -> None:
+        """Write what is pending, then stop the writer. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
