@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from mx8_common.errors import JobStateError, RequestError
+from mx8_common.errors import JobStateError, LeaseLogError, RequestError
 from mx8_common.obs.events import emit
 from mx8_common.rpc.job_status import (
     JobCounters,
@@ -39,6 +39,7 @@ from mx8_coordinator.state.lease_records import (
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.state.node_registry import NodeRegistry, Registration, monotonic_ms
 from mx8_coordinator.state.ranks import WorldRegistry
+from mx8_coordinator.state.store_log import StoreLeaseLog
 from mx8_coordinator.state.throughput import RateSample, ThroughputTracker
 
 __all__ = ["HeartbeatResult", "Job", "JobSpec", "lease_seq"]
@@ -91,12 +92,16 @@ class Job:
         self,
         spec: JobSpec,
         *,
-        log: LeaseLog | None = None,
+        log: LeaseLog | StoreLeaseLog | None = None,
         incarnation: str = "",
         clock: Callable[[], int] = monotonic_ms,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self._log = log
+        #: Raises while the log may not be written (a store log whose term lapsed): called
+        #: before anything that logs changes state, so memory never runs ahead of the log.
+        self._gate = gate
         #: This job's incarnation (the lease log's, or new with no log): agents in
         #: dynamic mode fail closed when it changes under them (progress was lost), and
         #: lease ids carry it so none repeats across incarnations.
@@ -167,6 +172,10 @@ class Job:
         if job_id:
             self._check_ids(job_id, None)
 
+    def _check_gate(self) -> None:
+        if self._gate is not None:
+            self._gate()
+
     async def _append(self, records: Sequence[LeaseRecord]) -> None:
         if self._log is not None and records:
             await self._log.append(records)
@@ -222,6 +231,7 @@ class Job:
         self, job_id: str, node_id: str, hostname: str = "", *, incarnation: str = ""
     ) -> Registration:
         self._check_ids(job_id, node_id)
+        self._check_gate()
         reg = self.registry.register(node_id, hostname, incarnation=incarnation)
         await self._append([RankRecord(node_id=n, rank=r) for n, r in reg.assigned])
         emit(
@@ -257,6 +267,7 @@ class Job:
                 node_id=node_id,
             )
         rank = self.registry.require_rank(node_id)
+        self._check_gate()
         self.registry.heartbeat(node_id)
         records = self._collect_expiries()
         if self._draining:
@@ -307,6 +318,7 @@ class Job:
             raise RequestError(
                 "lease_id is empty; report on a lease RequestLease returned", field="lease_id"
             )
+        self._check_gate()
         self.registry.heartbeat(node_id)
         progress = self.scheduler.report(node_id, lease_id, cursor)
         advanced = progress.committed_to - progress.committed_from
@@ -345,6 +357,11 @@ class Job:
     async def tick(self) -> None:
         """Depart silent nodes and expire overdue leases (the server calls this often)."""
         self._sample_rates()
+        if self._gate is not None:
+            try:
+                self._gate()
+            except LeaseLogError:
+                return  # expiries wait until the log can record them
         await self._append(self._collect_expiries())
 
     def _rate_sample(self) -> RateSample:

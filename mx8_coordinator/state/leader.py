@@ -107,6 +107,8 @@ class LeaderElection:
         #: The leader it replaced, if it took over a term from another coordinator.
         self.previous: LeaderRecord | None = None
         self._valid_until_ms = 0
+        #: Why the last renewal failed ("" once one succeeds), for people.
+        self.last_error = ""
 
     # -- layout ------------------------------------------------------------------------
     @property
@@ -237,6 +239,7 @@ class LeaderElection:
         self.record = replace(self.record, renewals=self.record.renewals + 1)
         await self.store.replace_object(self.leader_rel, self.record.to_bytes())
         self._valid_until_ms = max(self._valid_until_ms, started + self.valid_window_ms)
+        self.last_error = ""
 
     def stop(self) -> None:
         """Lease nothing more (shutdown or fencing)."""

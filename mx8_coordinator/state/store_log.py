@@ -16,9 +16,10 @@ Appends are batched: one writer task takes what is pending, waits up to ``flush_
 append. Durability rule: ``append`` returns only after the segment holding its records
 exists in the store *and* this coordinator's term was still valid when the write
 returned, so a lease is handed out only after the record saying so is durable and while
-no other coordinator may lead. A failed write is not retried under the same batch: its
-appends fail (the RPCs get UNAVAILABLE and agents retry), and the next write first finds
-out whether the failed one landed.
+no other coordinator may lead. A failed write is not given up:
+the identical segment is written again until it lands (the appends wait), and
+meanwhile the job's gate (``check_writable``) refuses new changes once the term lapses,
+so memory never runs ahead of the log; the refused RPCs get UNAVAILABLE and agents retry.
 
 Each new term starts with a segment of its own: a snapshot (every record so far,
 compacted) when ``compact_after`` segments followed the last one, else an empty one.
@@ -169,6 +170,7 @@ class StoreLeaseLog:
             max_records=max_records,
             on_segment=on_segment,
         )
+        log.fenced = asyncio.get_running_loop().create_future()
         incarnation = await log._open_header(header)
         while True:
             last, records = await log._read_all()
@@ -273,15 +275,10 @@ class StoreLeaseLog:
         """Append ``records``; returns once they are durable in the store (module doc)."""
         if not records:
             return
-        if self.fenced is not None and self.fenced.done():
-            raise self.fenced.result()
         if self._closed:
             raise LeaseLogError(f"lease log {self.path} is closed", path=self.path)
-        if not self.election.valid():
-            raise self._not_leading()
+        self.check_writable()
         loop = asyncio.get_running_loop()
-        if self.fenced is None:
-            self.fenced = loop.create_future()
         if self._writer is None:
             self._writer = asyncio.create_task(self._run_writer(), name="mx8-store-log")
         done: asyncio.Future[None] = loop.create_future()
@@ -289,12 +286,19 @@ class StoreLeaseLog:
         self._wake.set()
         await done
 
+    def check_writable(self) -> None:
+        """Raise unless this coordinator may change the job now (its term is valid)."""
+        if self.fenced is not None and self.fenced.done():
+            raise self.fenced.result()
+        if not self.election.valid():
+            raise self._not_leading()
+
     def _not_leading(self) -> LeaseLogError:
+        why = self.election.last_error or "the store did not answer in time"
         return LeaseLogError(
             f"job {self.election.job_id!r}: this coordinator could not renew its leader "
-            f"record (term {self.election.term}) in time, so it hands out no lease and "
-            "takes no report until the store answers again; see the "
-            "coordinator_leader_suspended event for the store's error",
+            f"record (term {self.election.term}) in time ({why}), so it hands out no lease "
+            "and takes no report until the store answers again",
             path=self.path,
         )
 
@@ -331,30 +335,42 @@ class StoreLeaseLog:
                 return
 
     async def _write_batch(self, records: list[LeaseRecord]) -> Mx8Error | None:
+        """Store ``records`` as the next segment; the error to answer with, or None.
+
+        A failed write is retried with the identical segment until it lands (or is found
+        to have landed), so memory, which already holds these changes, never runs ahead
+        of the log; the job's gate refuses new changes meanwhile once the term lapses.
+        """
         if self.fenced is not None and self.fenced.done():
             return self.fenced.result()
-        if not self.election.valid():
-            return self._not_leading()
+        seg = Segment(self._next_seq, self.election.term, "records", tuple(records))
+        data = seg.to_bytes()
+        rel = self._rel(seg.seq)
+        delay = 0.05
         while True:
-            seg = Segment(self._next_seq, self.election.term, "records", tuple(records))
             found: Segment | None = None
             try:
-                created = await self.store.create_object(self._rel(seg.seq), seg.to_bytes())
+                created = await self.store.create_object(rel, data)
                 if not created:
-                    found = await self._read(seg.seq)
+                    raw = await self.store.read_object(rel)
+                    if raw == data:
+                        created = True  # our own write, whose answer was lost
+                    elif raw is not None:
+                        found = Segment.from_bytes(raw, self.store.object_location(rel))
             except Mx8Error as exc:
-                return LeaseLogError(
-                    f"cannot write lease log segment "
-                    f"{self.store.object_location(self._rel(seg.seq))}: {exc}",
-                    path=self.path,
+                self.election.last_error = (
+                    f"cannot write lease log segment {self.store.object_location(rel)}: {exc}"
                 )
-            if created:
-                break
-            if found is not None and found.term == self.election.term:
-                # Our own earlier write whose answer was lost: it holds that batch.
-                self._next_seq += 1
+                if self._closed and not self.election.valid():
+                    return self._not_leading()  # shutting down with the store away
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
                 continue
-            newer = None if found is None else await self._safe_read_term(found.term)
+            break
+        if not created:
+            newer = None
+            if found is not None and found.term > self.election.term:
+                newer = await self._safe_read_term(found.term)
             return self._fence(self.election.fenced_error(newer, f"lost segment {seg.seq}"))
         self._next_seq += 1
         self._written(seg)
