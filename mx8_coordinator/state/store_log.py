@@ -17,9 +17,10 @@ append. Durability rule: ``append`` returns only after the segment holding its r
 exists in the store *and* this coordinator's term was still valid when the write
 returned, so a lease is handed out only after the record saying so is durable and while
 no other coordinator may lead. A failed write is not given up:
-the identical segment is written again until it lands (the appends wait), and
-meanwhile the job's gate (``check_writable``) refuses new changes once the term lapses,
-so memory never runs ahead of the log; the refused RPCs get UNAVAILABLE and agents retry.
+the segment keeps its number and is written again, before any later one, until it
+lands; its appends wait while the term is valid and are answered with the reason once it
+lapses, and the job's gate (``check_writable``) then refuses new changes, so memory
+never runs ahead of the log; refused RPCs get UNAVAILABLE and agents retry.
 
 Each new term starts with a segment of its own: a snapshot (every record so far,
 compacted) when ``compact_after`` segments followed the last one, else an empty one.
@@ -141,6 +142,8 @@ class StoreLeaseLog:
         self.fenced: asyncio.Future[CoordinatorFencedError] | None = None
         self.segments_written = 0
         self.compacted_from = 0
+        #: Segments made but not yet stored (a failed write), landed in order first.
+        self._unlanded: list[Segment] = []
 
     def _rel(self, seq: int) -> str:
         return f"{self._prefix}/log/{_seg_name(seq)}"
@@ -337,47 +340,52 @@ class StoreLeaseLog:
     async def _write_batch(self, records: list[LeaseRecord]) -> Mx8Error | None:
         """Store ``records`` as the next segment; the error to answer with, or None.
 
-        A failed write is retried with the identical segment until it lands (or is found
-        to have landed), so memory, which already holds these changes, never runs ahead
-        of the log; the job's gate refuses new changes meanwhile once the term lapses.
+        Memory already holds these changes, so a segment is never given up: one that
+        cannot be written stays queued (with its number) and lands, in order, before any
+        later one. While the term is valid the write is retried; once it lapses the
+        appends are answered with the reason, and the job's gate refuses new changes.
         """
         if self.fenced is not None and self.fenced.done():
             return self.fenced.result()
         seg = Segment(self._next_seq, self.election.term, "records", tuple(records))
-        data = seg.to_bytes()
-        rel = self._rel(seg.seq)
+        self._next_seq += 1
+        self._unlanded.append(seg)
         delay = 0.05
-        while True:
-            found: Segment | None = None
+        while self._unlanded:
+            head = self._unlanded[0]
             try:
-                created = await self.store.create_object(rel, data)
-                if not created:
-                    raw = await self.store.read_object(rel)
-                    if raw == data:
-                        created = True  # our own write, whose answer was lost
-                    elif raw is not None:
-                        found = Segment.from_bytes(raw, self.store.object_location(rel))
+                landed = await self._land(head)
             except Mx8Error as exc:
-                self.election.last_error = (
-                    f"cannot write lease log segment {self.store.object_location(rel)}: {exc}"
-                )
-                if self._closed and not self.election.valid():
-                    return self._not_leading()  # shutting down with the store away
+                where = self.store.object_location(self._rel(head.seq))
+                self.election.last_error = f"cannot write lease log segment {where}: {exc}"
+                if not self.election.valid():
+                    return self._not_leading()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            break
-        if not created:
-            newer = None
-            if found is not None and found.term > self.election.term:
-                newer = await self._safe_read_term(found.term)
-            return self._fence(self.election.fenced_error(newer, f"lost segment {seg.seq}"))
-        self._next_seq += 1
-        self._written(seg)
+            if landed is not None:
+                return self._fence(landed)
+            self._unlanded.pop(0)
+            self._written(head)
         if not self.election.valid():
             # Durable, but the term may be over by now: answer nothing as leader.
             return self._not_leading()
         return None
+
+    async def _land(self, seg: Segment) -> CoordinatorFencedError | None:
+        """Create ``seg``; None once it exists with our bytes, else the fencing error."""
+        rel = self._rel(seg.seq)
+        data = seg.to_bytes()
+        if await self.store.create_object(rel, data):
+            return None
+        raw = await self.store.read_object(rel)
+        if raw == data:
+            return None  # our own earlier write, whose answer was lost
+        found = None if raw is None else Segment.from_bytes(raw, self.store.object_location(rel))
+        newer = None
+        if found is not None and found.term > self.election.term:
+            newer = await self._safe_read_term(found.term)
+        return self.election.fenced_error(newer, f"lost segment {seg.seq}")
 
     async def _safe_read_term(self, term: int) -> Any:
         try:
