@@ -352,6 +352,20 @@ class Coordinator(Daemon):
         )
         return job
 
+    async def _release(self) -> None:
+        election, log = self._election, self._store_log
+        assert election is not None
+        if log is None or (log.fenced is not None and log.fenced.done()):
+            election.stop()  # never led, or deposed: the record is not ours to touch
+            return
+        try:
+            await election.release()
+        except Mx8Error as exc:
+            election.stop()  # standbys take over after the TTL instead
+            emit(_COMPONENT, "coordinator_release_failed", level="warning", error=str(exc))
+            return
+        emit(_COMPONENT, "coordinator_released", job_id=self.config.job_id, term=election.term)
+
     def _segment_written(self, _segment: Segment) -> None:
         self.metrics.segments_written.inc()
 
@@ -420,7 +434,7 @@ class Coordinator(Daemon):
         if self._store_log is not None:
             await self._store_log.close()
         if self._election is not None:
-            self._election.stop()
+            await self._release()
         await self._resources.aclose()
         if self._state_lock is not None:
             self._state_lock.release()

@@ -9,7 +9,8 @@ A coordinator becomes leader by creating the next term object. It may only try w
 term exists yet (a new job), or after the leader record and the newest term stayed the
 same for ``ttl_ms`` on its own monotonic clock (the leader stopped renewing). A standby
 waits like that for as long as it takes; a coordinator started without ``--standby``
-that sees the record change while it waits refuses to start (another one is alive).
+that sees the record change while it waits refuses to start (another one is alive). A
+leader that shuts down cleanly marks its record released, and then nobody waits.
 
 Renewal checks that no newer term exists, then rewrites the record. The leader only
 counts as valid until ``renew_start + ttl/2``: a standby that saw a renewal start its TTL
@@ -50,6 +51,8 @@ class LeaderRecord:
     address: str
     since_unix_ms: int
     renewals: int = 0
+    #: Written by a leader that shut down cleanly: a standby may take over at once.
+    released: bool = False
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -64,6 +67,7 @@ class LeaderRecord:
                 address=str(obj["address"]),
                 since_unix_ms=int(obj["since_unix_ms"]),
                 renewals=int(obj.get("renewals", 0)),
+                released=bool(obj.get("released", False)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise LeaseLogError(
@@ -179,6 +183,15 @@ class LeaderElection:
                     return self.term
                 observed = None
                 continue
+            where = self.store.object_location(self.leader_rel)
+            record = None if body is None else LeaderRecord.from_bytes(body, where)
+            if record is not None and record.released and record.term == latest:
+                # The leader shut down cleanly: no need to wait out its TTL.
+                self.previous = record
+                if await self._take(latest + 1):
+                    return self.term
+                observed = None
+                continue
             if (latest, body) != observed:
                 if observed is not None and not standby:
                     current = await self.read_record() or await self.read_term(latest)
@@ -240,6 +253,15 @@ class LeaderElection:
         await self.store.replace_object(self.leader_rel, self.record.to_bytes())
         self._valid_until_ms = max(self._valid_until_ms, started + self.valid_window_ms)
         self.last_error = ""
+
+    async def release(self) -> None:
+        """Stop leasing and mark the record released, so a standby takes over at once
+        (a clean shutdown, after the log is closed). Nothing if the term was lost."""
+        self.stop()
+        if self.record is None or await self.read_term(self.term + 1) is not None:
+            return
+        self.record = replace(self.record, released=True)
+        await self.store.replace_object(self.leader_rel, self.record.to_bytes())
 
     def stop(self) -> None:
         """Lease nothing more (shutdown or fencing)."""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from support.clock import FakeClock
 
-from mx8_common.errors import CoordinatorFencedError, LeaseLogError
+from mx8_common.errors import CoordinatorFencedError, LeaseLogError, StoreError
 from mx8_common.store import ManifestStore
 from mx8_common.store.fs import FsManifestStore
 from mx8_common.store.s3 import S3ManifestStore
@@ -241,3 +241,52 @@ async def test_store_log_refuses_another_job_setup(store: ManifestStore) -> None
     other = LeaseLogHeader(**{**HEADER.__dict__, "total": 99})
     with pytest.raises(LeaseLogError, match="another job setup"):
         await StoreLeaseLog.open(store, a, other)
+
+
+async def test_leader_released_record_lets_a_standby_take_over_without_waiting(
+    store: ManifestStore,
+) -> None:
+    clock = FakeClock()
+    a = election(store, "a", clock)
+    await a.claim(standby=False)
+    await a.release()
+    assert not a.valid()
+    b = election(store, "b", clock)  # the clock never moves: no TTL is waited out
+    assert await asyncio.wait_for(b.claim(standby=True), 10) == 2
+    assert b.previous is not None and b.previous.released
+
+
+async def test_store_log_failed_segment_lands_before_any_later_one(
+    store: ManifestStore, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    a = election(store, "a", clock)
+    await a.claim(standby=False)
+    log, _ = await StoreLeaseLog.open(store, a, HEADER, flush_ms=0)
+    real_create = store.create_object
+    failures = 2
+    lapse = False
+
+    async def flaky_create(rel: str, data: bytes) -> bool:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            if lapse:
+                clock.advance(a.valid_window_ms)  # the term lapses while the write fails
+            raise StoreError("store away")
+        return await real_create(rel, data)
+
+    store.create_object = flaky_create  # type: ignore[method-assign]
+    await log.append([issue(1, 0, 10)])  # retried while the term is valid
+    assert failures == 0
+    failures, lapse = 1, True
+    with pytest.raises(LeaseLogError, match=r"store away"):
+        await log.append([issue(2, 10, 20)])
+    with pytest.raises(LeaseLogError, match="hands out no lease"):
+        await log.append([issue(3, 20, 30)])  # refused up front, nothing made
+    await a.renew()
+    await log.append([issue(4, 30, 40)])  # lands the kept segment first, then this one
+    await log.close()
+    b = await take_over(store, "b", clock)
+    _, state = await StoreLeaseLog.open(store, b, HEADER)
+    assert [le.lease_id for le in state.leases] == ["x-L1", "x-L2", "x-L4"]
