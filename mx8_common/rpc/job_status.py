@@ -245,4 +245,6 @@ class JobStatus:
             "counters": asdict(self.counters),
             "mode": self.mode,
             "ranks": [asdict(r) for r in self.ranks],
+            "leader": self.leader,
+            "leader_term": self.leader_term,
         }
