@@ -327,6 +327,8 @@ class Coordinator(Daemon):
             on_segment=self._segment_written,
         )
         self._store_log = log
+        # Replay took part of the term's first validity window: renew before serving.
+        await election.renew()
         job = Job(
             spec,
             log=log,
@@ -377,8 +379,12 @@ class Coordinator(Daemon):
         election, log = self._election, self._store_log
         assert election is not None and log is not None
         suspended = False
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
-            await asyncio.sleep(election.renew_interval_ms / 1000)
+            # Start to start, so a slow renewal does not push the next one later.
+            next_at = max(next_at + election.renew_interval_ms / 1000, loop.time())
+            await asyncio.sleep(next_at - loop.time())
             try:
                 async with asyncio.timeout(election.valid_window_ms / 1000):
                     await election.renew()

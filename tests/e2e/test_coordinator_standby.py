@@ -263,3 +263,27 @@ async def test_leader_with_store_unreachable_stops_leasing_within_one_ttl_and_sa
     suspended = await leader.wait_event("coordinator_leader_suspended")
     assert suspended["level"] == "error" and "S3 endpoint" in suspended["reason"]
     assert leader.proc.poll() is None  # it waits for the store, it does not die
+
+
+async def test_second_coordinator_without_standby_exits_2_naming_the_live_owner(
+    tmp_path: Path, daemons: list[DaemonProcess], s3_env: LocalS3, s3_bucket: str
+) -> None:
+    manifest = write_local_dataset(tmp_path / "ds", 100)
+    first = DaemonProcess(
+        "mx8_coordinator",
+        coordinator_args(manifest, s3_bucket, f"127.0.0.1:{free_port()}"),
+        tmp_path / "a.log",
+    )
+    daemons.append(first)
+    await first.wait_event("coordinator_serving")
+    second = DaemonProcess(
+        "mx8_coordinator",
+        coordinator_args(manifest, s3_bucket, f"127.0.0.1:{free_port()}"),
+        tmp_path / "b.log",
+    )
+    daemons.append(second)
+    assert await second.wait_exit(20) == 2
+    last = second.text().strip().splitlines()[-1]
+    assert last.startswith("mx8-coordinator: another coordinator owns job 'default' since ")
+    assert "--standby" in last and "Traceback" not in second.text()
+    assert second.event("coordinator_serving") is None and first.proc.poll() is None
