@@ -18,8 +18,8 @@ from mx8_agent.work.lease_runner import LeaseRunner
 from mx8_common.errors import (
     CoordinatorError,
     JobNotReadyError,
-    LeaseLogError,
     JobStateError,
+    LeaseLogError,
     LeaseNotFoundError,
     LeaseRangeError,
     LeaseStateError,
