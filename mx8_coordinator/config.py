@@ -95,10 +95,12 @@ class CoordinatorConfig:
         "leasing after half of it",
     )
     state_flush_ms: int = setting(
-        20,
+        0,
         env="MX8_COORDINATOR_STATE_FLUSH_MS",
-        help="with --state-dir in a store: longest wait gathering log records into one segment "
-        "(one PUT); an RPC that writes the log is answered once its segment is stored",
+        help="with --state-dir in a store: extra wait gathering log records into one segment "
+        "(one PUT). 0: write as soon as the previous segment is stored; records that arrive "
+        "meanwhile share the next one, so PUTs never outpace the store's write latency. An RPC "
+        "that writes the log is answered once its segment is stored",
     )
     manifest_stream_compression: str = setting(
         "zlib",

@@ -11,9 +11,12 @@ succeeds: the log stays one linear history. Its meta line names the term of the 
 (``CoordinatorFencedError``); a new leader that loses it while opening reads it and
 tries again one further.
 
-Appends are batched: one writer task takes what is pending, waits up to ``flush_ms``
-(less once ``max_records`` are pending), writes one segment and answers every waiting
-append. Durability rule: ``append`` returns only after the segment holding its records
+Appends are batched (group commit): one writer task takes what is pending, waits up to
+``flush_ms`` more (0 by default; less once ``max_records`` are pending), writes one
+segment and answers every waiting append; appends made during a write share the next
+segment, so there is at most one PUT in flight and never one PUT per RPC under load.
+
+Durability rule: ``append`` returns only after the segment holding its records
 exists in the store *and* this coordinator's term was still valid when the write
 returned, so a lease is handed out only after the record saying so is durable and while
 no other coordinator may lead. A failed write is not given up:
@@ -156,7 +159,7 @@ class StoreLeaseLog:
         election: LeaderElection,
         header: LeaseLogHeader,
         *,
-        flush_ms: int = 20,
+        flush_ms: int = 0,
         max_records: int = 1000,
         compact_after: int = 64,
         on_segment: Callable[[Segment], None] | None = None,
@@ -316,7 +319,11 @@ class StoreLeaseLog:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            if not self._closed and self._pending_records() < self._max_records:
+            if (
+                self._flush_s > 0
+                and not self._closed
+                and self._pending_records() < self._max_records
+            ):
                 # Gather more appends for one segment, but never hold one longer.
                 try:
                     async with asyncio.timeout(self._flush_s):

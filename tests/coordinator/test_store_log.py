@@ -290,3 +290,22 @@ async def test_store_log_failed_segment_lands_before_any_later_one(
     b = await take_over(store, "b", clock)
     _, state = await StoreLeaseLog.open(store, b, HEADER)
     assert [le.lease_id for le in state.leases] == ["x-L1", "x-L2", "x-L4"]
+
+
+async def test_store_log_group_commit_appends_during_a_write_share_the_next_segment(
+    store: ManifestStore,
+) -> None:
+    clock = FakeClock()
+    a = election(store, "a", clock)
+    await a.claim(standby=False)
+    log, _ = await StoreLeaseLog.open(store, a, HEADER)  # no gather window
+    before = log.segments_written
+    first = asyncio.create_task(log.append([issue(1, 0, 10)]))
+    await asyncio.sleep(0)
+    while log._pending:  # the writer took it: its segment write is in flight
+        await asyncio.sleep(0)
+    assert not first.done()
+    await asyncio.gather(*(log.append([issue(i, 10 * i, 10 * i + 10)]) for i in range(2, 8)))
+    await first
+    assert log.segments_written - before == 2  # 7 appends, 2 PUTs
+    await log.close()
