@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.eventually import assert_eventually
 
+from mx8.cli import print_status
 from mx8_common.errors import ConfigError
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_coordinator.config import CoordinatorConfig
@@ -86,6 +88,9 @@ async def test_standby_is_not_serving_names_the_leader_and_takes_over_on_clean_s
         assert "mx8_coordinator_log_segments_written_total" in text
         html = await http_get(f"{base}/")
         assert b"leader term" in html
+        printed = io.StringIO()
+        print_status(leader.status(), file=printed)  # what `mx8 status` draws
+        assert "leader term" in printed.getvalue() and leader.address in printed.getvalue()
 
         await leader.shutdown()  # releases its record: no TTL to wait out
         await asyncio.wait_for(starting, 5)
