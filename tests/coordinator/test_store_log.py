@@ -309,3 +309,20 @@ async def test_store_log_group_commit_appends_during_a_write_share_the_next_segm
     await first
     assert log.segments_written - before == 2  # 7 appends, 2 PUTs
     await log.close()
+
+
+async def test_leader_restart_without_standby_takes_over_a_stale_record_after_the_ttl(
+    store: ManifestStore,
+) -> None:
+    clock = FakeClock()
+    a = election(store, "a", clock)
+    await a.claim(standby=False)  # then killed: its record is never renewed again
+    b = election(store, "b", clock)
+    claim = asyncio.create_task(b.claim(standby=False))
+    waited = 0
+    async with asyncio.timeout(10):
+        while not claim.done():
+            await asyncio.sleep(0.005)
+            clock.advance(50)
+            waited += 50
+    assert await claim == 2 and waited >= b.ttl_ms
