@@ -26,13 +26,16 @@ lapses, and the job's gate (``check_writable``) then refuses new changes, so mem
 never runs ahead of the log; refused RPCs get UNAVAILABLE and agents retry.
 
 Each new term starts with a segment of its own: a snapshot (every record so far,
-compacted) when ``compact_after`` segments followed the last one, else an empty one.
+compacted) when ``compact_after`` segments followed the last one, else an empty one; a
+long term writes a snapshot in place of every ``compact_after``-th segment, so a replay
+never reads more than that many segments after the last snapshot (read concurrently).
 Nothing is ever deleted, so a reader that listed the log earlier can still read it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +56,8 @@ from mx8_coordinator.state.lease_records import LeaseRecord, decode_record, enco
 __all__ = ["Segment", "StoreLeaseLog", "read_store_log_manifest_hash"]
 
 _FORMAT = 1
+#: Segments read at once while replaying.
+_READ_CONCURRENCY = 16
 _INCARNATION_KEY = "incarnation"
 
 
@@ -147,6 +152,10 @@ class StoreLeaseLog:
         self.compacted_from = 0
         #: Segments made but not yet stored (a failed write), landed in order first.
         self._unlanded: list[Segment] = []
+        #: Every record so far (compacted at each snapshot): the next snapshot's content.
+        self._records: list[LeaseRecord] = []
+        self._since_snapshot = 0
+        self._compact_after = 64
 
     def _rel(self, seq: int) -> str:
         return f"{self._prefix}/log/{_seg_name(seq)}"
@@ -195,9 +204,12 @@ class StoreLeaseLog:
             await log._check_not_newer(first.seq)
         if first.kind == "snapshot":
             log.compacted_from = len(records)
-            await store.create_object(f"{log._prefix}/snapshots/{_seg_name(first.seq)}", b"")
+            await log._hint_snapshot(first.seq)
         log._next_seq = first.seq + 1
         log._written(first)
+        log._compact_after = compact_after
+        log._records = list(compact_records(records))
+        log._since_snapshot = 0 if first.kind == "snapshot" else last + 1 - snapshot_at
         return log, state
 
     async def _open_header(self, header: LeaseLogHeader) -> str:
@@ -242,8 +254,15 @@ class StoreLeaseLog:
         start = max(await self._last_snapshot(), 1)
         records: list[LeaseRecord] = []
         term = 0
-        for seq in range(start, last + 1):
-            seg = await self._read(seq)
+        gate = asyncio.Semaphore(_READ_CONCURRENCY)
+
+        async def read(seq: int) -> Segment | None:
+            async with gate:
+                return await self._read(seq)
+
+        # Read concurrently (a takeover waits on this), fold in order.
+        segments = await asyncio.gather(*(read(seq) for seq in range(start, last + 1)))
+        for seq, seg in zip(range(start, last + 1), segments, strict=True):
             if seg is None or seg.seq != seq or seg.term < term:
                 raise LeaseLogError(
                     f"lease log segment {self.store.object_location(self._rel(seq))} is out "
@@ -354,7 +373,17 @@ class StoreLeaseLog:
         """
         if self.fenced is not None and self.fenced.done():
             return self.fenced.result()
-        seg = Segment(self._next_seq, self.election.term, "records", tuple(records))
+        self._records += records
+        self._since_snapshot += 1
+        if self._since_snapshot >= self._compact_after:
+            # A long term compacts too, so a takeover never replays more than
+            # ``compact_after`` segments (made in sequence order, so it holds everything
+            # before it, including segments still waiting to land).
+            self._records = compact_records(self._records)
+            seg = Segment(self._next_seq, self.election.term, "snapshot", tuple(self._records))
+            self._since_snapshot = 0
+        else:
+            seg = Segment(self._next_seq, self.election.term, "records", tuple(records))
         self._next_seq += 1
         self._unlanded.append(seg)
         delay = 0.05
@@ -374,10 +403,17 @@ class StoreLeaseLog:
                 return self._fence(landed)
             self._unlanded.pop(0)
             self._written(head)
+            if head.kind == "snapshot":
+                await self._hint_snapshot(head.seq)
         if not self.election.valid():
             # Durable, but the term may be over by now: answer nothing as leader.
             return self._not_leading()
         return None
+
+    async def _hint_snapshot(self, seq: int) -> None:
+        # Only a hint (replay finds the log without it, just reads more): best effort.
+        with contextlib.suppress(Mx8Error):
+            await self.store.create_object(f"{self._prefix}/snapshots/{_seg_name(seq)}", b"")
 
     async def _land(self, seg: Segment) -> CoordinatorFencedError | None:
         """Create ``seg``; None once it exists with our bytes, else the fencing error."""

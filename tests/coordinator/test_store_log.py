@@ -326,3 +326,24 @@ async def test_leader_restart_without_standby_takes_over_a_stale_record_after_th
             clock.advance(50)
             waited += 50
     assert await claim == 2 and waited >= b.ttl_ms
+
+
+async def test_store_log_long_term_writes_snapshots_so_replay_reads_few_segments(
+    store: ManifestStore,
+) -> None:
+    clock = FakeClock()
+    a = election(store, "a", clock)
+    await a.claim(standby=False)
+    log, _ = await StoreLeaseLog.open(store, a, HEADER, compact_after=5)
+    await log.append([issue(1, 0, 50)])
+    for cursor in range(1, 13):
+        await log.append([ProgressRecord(lease_id="x-L1", cursor=cursor)])
+    await log.close()
+    hints = await store.list_objects("j/snapshots")
+    assert len(hints) == 2  # every 5th segment of the term is a snapshot
+    last_snapshot = await store.read_object(f"j/log/{hints[-1]}")
+    assert last_snapshot is not None
+    assert Segment.from_bytes(last_snapshot, "s").kind == "snapshot"
+    b = await take_over(store, "b", clock)
+    _, state = await StoreLeaseLog.open(store, b, HEADER, compact_after=5)
+    assert [(le.lease_id, le.cursor) for le in state.leases] == [("x-L1", 12)]
