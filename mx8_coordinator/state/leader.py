@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from mx8_common.errors import CoordinatorFencedError, LeaseLogError
+from mx8_common.errors import CoordinatorFencedError, LeaseLogError, TransientStorageError
 from mx8_common.store import ManifestStore
 from mx8_coordinator.state.node_registry import monotonic_ms
 
@@ -175,8 +175,16 @@ class LeaderElection:
         since = self._clock()
         waiting_told = False
         while True:
-            latest = await self.latest_term()
-            body = await self.store.read_object(self.leader_rel)
+            try:
+                latest = await self.latest_term()
+                body = await self.store.read_object(self.leader_rel)
+            except TransientStorageError as exc:
+                # The store is away: not seeing the leader says nothing about it, so the
+                # wait starts over once the store answers (a standby survives the blip).
+                self.last_error = str(exc)
+                since = self._clock()
+                await asyncio.sleep(self.poll_interval_ms / 1000)
+                continue
             now = self._clock()
             if latest == 0:
                 if await self._take(1):

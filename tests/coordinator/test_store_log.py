@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from support.clock import FakeClock
 
-from mx8_common.errors import CoordinatorFencedError, LeaseLogError, StoreError
+from mx8_common.errors import (
+    CoordinatorFencedError,
+    LeaseLogError,
+    StoreError,
+    TransientStorageError,
+)
 from mx8_common.store import ManifestStore
 from mx8_common.store.fs import FsManifestStore
 from mx8_common.store.s3 import S3ManifestStore
@@ -347,3 +352,34 @@ async def test_store_log_long_term_writes_snapshots_so_replay_reads_few_segments
     b = await take_over(store, "b", clock)
     _, state = await StoreLeaseLog.open(store, b, HEADER, compact_after=5)
     assert [(le.lease_id, le.cursor) for le in state.leases] == [("x-L1", 12)]
+
+
+async def test_leader_standby_survives_a_store_blip_and_restarts_its_wait(
+    store: ManifestStore,
+) -> None:
+    clock = FakeClock()
+    a = election(store, "a", clock)
+    await a.claim(standby=False)
+    b = election(store, "b", clock)
+    real_list = store.list_objects
+    blips = 3
+
+    async def flaky_list(folder: str) -> list[str]:
+        nonlocal blips
+        if blips:
+            blips -= 1
+            raise TransientStorageError("cannot connect to the S3 endpoint")
+        return await real_list(folder)
+
+    store.list_objects = flaky_list  # type: ignore[method-assign]
+    claim = asyncio.create_task(b.claim(standby=True))
+    async with asyncio.timeout(10):
+        while blips:
+            await asyncio.sleep(0.005)
+            clock.advance(b.ttl_ms)  # unseen time never counts toward the TTL
+        assert not claim.done()
+        assert "cannot connect" in b.last_error
+        while not claim.done():
+            await asyncio.sleep(0.005)
+            clock.advance(100)
+    assert await claim == 2
