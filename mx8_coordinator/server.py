@@ -371,7 +371,7 @@ class Coordinator(Daemon):
     async def _release(self) -> None:
         election, log = self._election, self._store_log
         assert election is not None
-        if log is None or (log.fenced is not None and log.fenced.done()):
+        if log is None or log.fenced is not None:
             election.stop()  # never led, or deposed: the record is not ours to touch
             return
         try:
@@ -431,8 +431,11 @@ class Coordinator(Daemon):
 
     async def _watch_fenced(self) -> None:
         """End ``run()`` with the fencing error once the log finds a newer term."""
-        assert self._store_log is not None and self._store_log.fenced is not None
-        raise await self._store_log.fenced
+        log = self._store_log
+        assert log is not None
+        await log.deposed.wait()
+        assert log.fenced is not None
+        raise log.fenced
 
     async def _tick_forever(self) -> None:
         assert self.job is not None

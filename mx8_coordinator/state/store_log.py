@@ -146,8 +146,10 @@ class StoreLeaseLog:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
-        #: Set (with the error) once this coordinator is deposed: it must exit.
-        self.fenced: asyncio.Future[CoordinatorFencedError] | None = None
+        #: The error once this coordinator is deposed (it must exit); ``deposed`` is set
+        #: with it (an event, so a cancelled waiter cannot cancel it).
+        self.fenced: CoordinatorFencedError | None = None
+        self.deposed = asyncio.Event()
         self.segments_written = 0
         self.compacted_from = 0
         #: Segments made but not yet stored (a failed write), landed in order first.
@@ -185,7 +187,6 @@ class StoreLeaseLog:
             max_records=max_records,
             on_segment=on_segment,
         )
-        log.fenced = asyncio.get_running_loop().create_future()
         incarnation = await log._open_header(header)
         while True:
             last, records = await log._read_all()
@@ -313,8 +314,8 @@ class StoreLeaseLog:
 
     def check_writable(self) -> None:
         """Raise unless this coordinator may change the job now (its term is valid)."""
-        if self.fenced is not None and self.fenced.done():
-            raise self.fenced.result()
+        if self.fenced is not None:
+            raise self.fenced
         if not self.election.valid():
             raise self._not_leading()
 
@@ -371,8 +372,8 @@ class StoreLeaseLog:
         later one. While the term is valid the write is retried; once it lapses the
         appends are answered with the reason, and the job's gate refuses new changes.
         """
-        if self.fenced is not None and self.fenced.done():
-            return self.fenced.result()
+        if self.fenced is not None:
+            return self.fenced
         self._records += records
         self._since_snapshot += 1
         if self._since_snapshot >= self._compact_after:
@@ -438,14 +439,13 @@ class StoreLeaseLog:
 
     def _fence(self, error: CoordinatorFencedError) -> CoordinatorFencedError:
         self.election.stop()
-        if self.fenced is not None and not self.fenced.done():
-            self.fenced.set_result(error)
+        if self.fenced is None:
+            self.fenced = error
+            self.deposed.set()
         return error
 
     def fence(self, error: CoordinatorFencedError) -> None:
         """Another part (the renewal) found this coordinator deposed: refuse all appends."""
-        if self.fenced is None:
-            self.fenced = asyncio.get_running_loop().create_future()
         self._fence(error)
 
     async def close(self) -> None:

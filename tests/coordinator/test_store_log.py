@@ -181,7 +181,7 @@ async def test_store_log_deposed_leader_write_conflicts_and_is_fenced(
     a._valid_until_ms = clock.now + 1000  # the race, made certain
     with pytest.raises(CoordinatorFencedError, match=r"term 1.*deposed"):
         await log_a.append([issue(2, 10, 20)])
-    assert log_a.fenced is not None and log_a.fenced.done()
+    assert log_a.fenced is not None and log_a.deposed.is_set()
     with pytest.raises(CoordinatorFencedError):
         await log_a.append([issue(3, 20, 30)])  # and every later one, without a write
     await log_b.append([issue(2, 10, 20)])

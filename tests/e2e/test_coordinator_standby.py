@@ -287,3 +287,22 @@ async def test_second_coordinator_without_standby_exits_2_naming_the_live_owner(
     assert last.startswith("mx8-coordinator: another coordinator owns job 'default' since ")
     assert "--standby" in last and "Traceback" not in second.text()
     assert second.event("coordinator_serving") is None and first.proc.poll() is None
+
+
+async def test_sigterm_leader_releases_and_the_standby_takes_over_without_the_ttl(
+    tmp_path: Path,
+    daemons: list[DaemonProcess],
+    s3_env: LocalS3,
+    s3_bucket: str,
+    proxy: TcpProxy,
+) -> None:
+    leader, standby, _, _ = await start_pair(tmp_path, s3_bucket, daemons, proxy)
+    leader.proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert await leader.wait_exit(20) == 0
+    assert leader.event("coordinator_released") is not None
+    took_over = await standby.wait_event("coordinator_leader", timeout_s=30)
+    await standby.wait_event("coordinator_serving")
+    assert took_over["term"] == 2
+    # A rolling update's pause: far below the leader TTL a crash would cost.
+    assert time.monotonic() - stopped < TTL_MS / 1000
