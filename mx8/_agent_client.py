@@ -60,7 +60,7 @@ import grpc
 import numpy as np
 
 from mx8._config import AGENT_AUTH_TOKEN_ENV, TrainerConfig
-from mx8._shm import SharedSegments
+from mx8._shm import SharedMemoryUnreadable, SharedSegments
 from mx8.batch import Batch
 from mx8_common import shm
 from mx8_common.errors import AgentError, ConfigError, ContractError, JobNotReadyError, Mx8Error
@@ -179,7 +179,7 @@ class AgentStreamClient:
         rank: RankOpen | None = None,
         world_wait_timeout_s: float = 600.0,
         shared_memory: bool = True,
-        shm_dir: Path = shm.SHM_DIR,
+        shm_dir: Path | None = None,
     ) -> None:
         if batch_size <= 0:
             raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
@@ -195,6 +195,10 @@ class AgentStreamClient:
         self.reconnect_timeout_s = reconnect_timeout_s
         self.rank = rank
         self.world_wait_timeout_s = world_wait_timeout_s
+        if shm_dir is None:
+            configured = TrainerConfig.from_env().shm_dir
+            shared_memory = shared_memory and bool(configured)
+            shm_dir = Path(configured or shm.SHM_DIR)
         self.shared_memory = shared_memory and rank is not None
         self._shm_dir = shm_dir
         #: The agent's segments (batches it sent through shared memory are counted there).
@@ -394,6 +398,9 @@ class AgentStreamClient:
                 if message.HasField("waiting"):
                     self._on_waiting(message.waiting)
                     continue
+                payload = self._payload(message)
+                if payload is None:
+                    continue  # reopened without shared memory: the batch comes again
                 break
             except StopIteration:
                 self._finish()
@@ -431,11 +438,6 @@ class AgentStreamClient:
             raise StopIteration
         self._waiting_since = None
         b = message.batch
-        if b.HasField("shared"):
-            # Copied out before the ack below frees the agent's space.
-            payload = self.segments.read(b.shared.segment, b.shared.offset, b.shared.length)
-        else:
-            payload = b.payload
         self._pending_ack = b.batch_seq
         self.last_epoch, self.last_step = b.epoch, b.step
         return Batch(
@@ -446,6 +448,23 @@ class AgentStreamClient:
             epoch=b.epoch,
             locations=tuple(b.locations) if self.want_locations else None,
         )
+
+    def _payload(self, message: pb.AgentMessage) -> bytes | None:
+        """The batch's bytes (copied out of shared memory before they are acknowledged);
+        None when this trainer cannot read the agent's segment and reopened without."""
+        if not message.HasField("batch") or not message.batch.HasField("shared"):
+            return message.batch.payload if message.HasField("batch") else b""
+        where = message.batch.shared
+        try:
+            return self.segments.read(where.segment, where.offset, where.length)
+        except SharedMemoryUnreadable as exc:
+            _say(f"{exc}; taking batches through the stream instead")
+            self.shared_memory = False
+            self._requests.put(None)
+            self._responses.cancel()
+            self._pending_ack = None
+            self._open(self._consumed_seq)
+            return None
 
     def _on_waiting(self, w: pb.WorldWaiting) -> None:
         """The rank's world is incomplete: say what for, give up after the timeout."""

@@ -18,7 +18,12 @@ from pathlib import Path
 from mx8_common import shm
 from mx8_common.errors import AgentError
 
-__all__ = ["SharedSegments"]
+__all__ = ["SharedMemoryUnreadable", "SharedSegments"]
+
+
+class SharedMemoryUnreadable(AgentError):
+    """This trainer may not open the agent's segment (another user, another directory):
+    the stream is reopened without shared memory."""
 
 
 class SharedSegments:
@@ -40,7 +45,7 @@ class SharedSegments:
         try:
             fd = os.open(self.directory / segment, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
-            raise AgentError(
+            raise SharedMemoryUnreadable(
                 f"cannot open mx8d-agent's shared-memory segment {self.directory / segment} "
                 f"({exc.strerror}); the agent at {self.url} must run on this host with the "
                 "same /dev/shm",

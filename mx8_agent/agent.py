@@ -134,6 +134,7 @@ class Agent(Daemon):
             job_info=self.job_info,
             locate=self._locations,
             ranks=self._rank_server,
+            shared_memory=Path(config.shm_dir) if config.shm_dir else None,
             shared_max_bytes=self.fetch_config.max_inflight_bytes,
         )
         self._registration: cpb.RegisterNodeResponse | None = None
@@ -257,7 +258,7 @@ class Agent(Daemon):
     async def _open(self) -> None:
         cfg = self.config
         # Segments a killed agent left in /dev/shm (their lock died with it) go now.
-        swept = shm.sweep()
+        swept = shm.sweep(Path(cfg.shm_dir)) if cfg.shm_dir else 0
         if swept:
             emit(_COMPONENT, "shared_memory_swept", files=swept)
         emit(

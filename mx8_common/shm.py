@@ -22,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import mmap
 import os
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
@@ -46,6 +46,7 @@ PROBE_PREFIX = "mx8-probe-"
 SEGMENT_PREFIX = "mx8-seg-"
 _NAME = re.compile(r"mx8-(probe|seg)-[0-9a-f]{8,64}")
 _TOKEN_BYTES = 16
+_IOV_MAX = 1024
 #: A probe older than this was left by a trainer that died before the agent read it.
 _PROBE_STALE_S = 300.0
 
@@ -60,7 +61,9 @@ def write_probe(directory: Path = SHM_DIR) -> tuple[str, bytes] | None:
     name = PROBE_PREFIX + secrets.token_hex(8)
     token = secrets.token_bytes(_TOKEN_BYTES)
     try:
-        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # World-readable: it holds only a random token, and an agent running as another
+        # user (the systemd unit's mx8) must read it.
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError:
         return None
     try:
@@ -100,15 +103,28 @@ def remove(name: str, directory: Path = SHM_DIR) -> None:
 
 
 class Segment:
-    """One segment file, mapped read-write by the agent that created it."""
+    """One segment file of the agent that created it (written with ``pwritev``: one
+    system call per batch, which copies without holding the GIL)."""
 
     def __init__(self, name: str, directory: Path, fd: int, size: int) -> None:
         self.name = name
         self.directory = directory
         self.size = size
         self._fd = fd
-        self.map = mmap.mmap(fd, size)
         self.linked = True
+
+    def write(self, offset: int, parts: Sequence[bytes]) -> None:
+        """Write ``parts`` back to back from ``offset`` (they fit: the caller checked)."""
+        at = offset
+        for start in range(0, len(parts), _IOV_MAX):
+            chunk = parts[start : start + _IOV_MAX]
+            want = sum(map(len, chunk))
+            done = os.pwritev(self._fd, chunk, at)
+            if done != want:  # tmpfs writes whole or fails; finish a short one anyway
+                view = b"".join(chunk)
+                while done < want:
+                    done += os.pwrite(self._fd, view[done:], at + done)
+            at += want
 
     def unlink(self) -> None:
         """Remove the name (mappings stay valid): once every reader has it open."""
@@ -120,7 +136,6 @@ class Segment:
         """Unlink, unmap and release the lock; safe to call twice."""
         self.unlink()
         if self._fd >= 0:
-            self.map.close()
             os.close(self._fd)
             self._fd = -1
 
@@ -130,7 +145,8 @@ def create_segment(size: int, directory: Path = SHM_DIR) -> Segment | None:
     name = SEGMENT_PREFIX + secrets.token_hex(8)
     path = directory / name
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # Group-readable: trainers share the agent's group (they open its socket too).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     except OSError:
         return None
     try:

@@ -6,8 +6,9 @@ too short) and ``release_through(seq)`` frees from the head. The ring is one seg
 sized for the stream's window (``window + 1`` batches of the largest seen); a batch that
 does not fit (bigger batches arrived, or the window is full of them) moves the ring to a
 new, larger segment, and the old one is closed once its last batch is acknowledged. A
-batch bigger than ``max_bytes`` or a segment that cannot be made (``/dev/shm`` full)
-gets None: the caller sends that batch's bytes in the message instead.
+batch bigger than ``max_bytes``, one that would take the ring's segments past twice
+``max_bytes``, or a segment that cannot be made (``/dev/shm`` full) gets None: the
+caller sends that batch's bytes in the message instead.
 
 A segment's name is unlinked as soon as the trainer acknowledges one of its batches (the
 trainer has it open by then), so a segment outlives its name only while both sides map
@@ -78,6 +79,13 @@ class ShmRing:
         """Bytes of the segments this ring holds now (current and draining)."""
         return sum(s.size for s in self._old) + (self._seg.size if self._seg else 0)
 
+    def mapped_bytes_draining(self) -> int:
+        """Bytes of segments that would stay after a move to a new one (they hold live
+        batches)."""
+        seg = self._seg
+        held = seg is not None and any(x.seg is seg for x in self._live)
+        return sum(s.size for s in self._old) + (seg.size if held and seg else 0)
+
     def _fit(self, length: int) -> int | None:
         """Offset for ``length`` bytes in the current segment, or None."""
         seg = self._seg
@@ -100,7 +108,8 @@ class ShmRing:
     def _grow(self, length: int) -> bool:
         size = _round_up(max(_MIN_SEGMENT, (self.window + 1) * max(self._largest, length)))
         size = min(size, _round_up(self.max_bytes))
-        if length > size:
+        # Bounded: the segments draining plus the new one stay within twice the budget.
+        if length > size or self.mapped_bytes_draining() + size > 2 * _round_up(self.max_bytes):
             return False
         seg = shm.create_segment(size, self.directory)
         if seg is None:
@@ -127,12 +136,7 @@ class ShmRing:
             offset = 0
         seg = self._seg
         assert seg is not None
-        view = seg.map
-        pos = offset
-        for part in parts:
-            end = pos + len(part)
-            view[pos:end] = part
-            pos = end
+        seg.write(offset, parts)
         slot = ShmSlot(seq, seg.name, offset, length)
         if not any(x.seg is seg for x in self._live):
             self._head = offset

@@ -1,0 +1,163 @@
+"""The same-host hand-over's plain parts: ``ShmRing`` (allocation, free on ack, growth,
+bounds, clean-up), the probe, the sweep of a dead agent's segments and the trainer's
+``SharedSegments``, on a private directory standing in for ``/dev/shm``."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mx8._shm import SharedSegments
+from mx8_agent.serve.shm_ring import ShmRing, ShmSlot
+from mx8_common import shm
+from mx8_common.errors import AgentError
+
+
+def _parts(seed: int, sizes: list[int]) -> list[bytes]:
+    return [bytes([(seed + i) % 251]) * n for i, n in enumerate(sizes)]
+
+
+_OPEN: dict[str, int] = {}
+
+
+def _read(directory: Path, slot: ShmSlot) -> bytes:
+    """Like a trainer: open a segment when first named (before any ack unlinks it)."""
+    fd = _OPEN.get(str(directory / slot.segment))
+    if fd is None:
+        fd = _OPEN[str(directory / slot.segment)] = os.open(directory / slot.segment, os.O_RDONLY)
+    return os.pread(fd, slot.length, slot.offset)
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def test_shm_ring_batches_are_byte_identical_and_never_overlap_while_live(tmp_path: Path) -> None:
+    ring = ShmRing(window=3, max_bytes=64 << 20, directory=tmp_path)
+    live: list[tuple[ShmSlot, bytes]] = []
+    for seq in range(1, 40):
+        parts = _parts(seq, [1000 + 37 * seq, 500, 3])
+        slot = ring.put(seq, parts, sum(map(len, parts)))
+        assert slot is not None and slot.seq == seq
+        live.append((slot, b"".join(parts)))
+        for other, _ in live[:-1]:  # no live batch shares a byte with another
+            if other.segment == slot.segment:
+                assert (
+                    other.offset + other.length <= slot.offset
+                    or slot.offset + slot.length <= other.offset
+                )
+        for s, data in live:
+            assert _read(tmp_path, s) == data
+        if len(live) == 3:  # the window is full: the trainer acknowledges the oldest
+            assert ring.release_through(live[0][0].seq) == 1
+            live.pop(0)
+    assert ring.segments == 1  # the first segment was sized for the window: it wrapped
+    ring.close()
+    assert _files(tmp_path) == []
+
+
+def test_shm_ring_ack_unlinks_the_segment_name_and_frees_in_order(tmp_path: Path) -> None:
+    ring = ShmRing(window=2, max_bytes=1 << 30, directory=tmp_path)
+    a = ring.put(1, [b"a" * 100], 100)
+    b = ring.put(2, [b"b" * 100], 100)
+    assert a is not None and b is not None
+    assert _files(tmp_path) == [a.segment]  # named until the trainer has read from it
+    assert ring.release_through(0) == 0 and ring.live == 2
+    assert ring.release_through(1) == 1 and ring.live == 1
+    assert _files(tmp_path) == []  # acknowledged: the trainer has it open, the name goes
+    assert ring.release_through(5) == 1 and ring.live == 0
+    ring.close()
+
+
+def test_shm_ring_grows_to_a_new_segment_and_closes_the_old_after_its_last_ack(
+    tmp_path: Path,
+) -> None:
+    ring = ShmRing(window=1, max_bytes=1 << 30, directory=tmp_path)
+    small = ring.put(1, [b"s" * 1000], 1000)
+    assert small is not None
+    first = ring.mapped_bytes
+    big = ring.put(2, [b"B" * (3 << 20)], 3 << 20)  # does not fit beside the live batch
+    assert big is not None and big.segment != small.segment and ring.segments == 2
+    assert ring.mapped_bytes > first  # the old segment still holds batch 1
+    ring.release_through(1)
+    assert ring.mapped_bytes == os.path.getsize(tmp_path / big.segment)
+    assert _read(tmp_path, big) == b"B" * (3 << 20)
+    ring.close()
+    assert _files(tmp_path) == []
+
+
+def test_shm_ring_is_bounded_by_max_bytes_and_falls_back_inline(tmp_path: Path) -> None:
+    ring = ShmRing(window=4, max_bytes=2 << 20, directory=tmp_path)
+    assert ring.put(1, [b"x" * (3 << 20)], 3 << 20) is None  # bigger than the budget
+    for seq in range(2, 30):
+        ring.put(seq, [b"y" * (700 << 10)], 700 << 10)  # never acknowledged
+        assert ring.mapped_bytes <= 2 * (2 << 20)  # never past twice the budget
+    ring.close()
+    assert ring.put(99, [b"z"], 1) is None  # closed: inline
+
+
+def test_shm_ring_without_room_in_the_directory_sends_inline(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    ring = ShmRing(window=2, max_bytes=1 << 20, directory=missing)
+    assert ring.put(1, [b"x" * 10], 10) is None
+
+
+def test_shm_probe_accepts_only_the_same_token_under_the_same_name(tmp_path: Path) -> None:
+    probe = shm.write_probe(tmp_path)
+    assert probe is not None
+    name, token = probe
+    assert not shm.check_probe(name, b"0" * 16, tmp_path)
+    assert not shm.check_probe("../" + name, token, tmp_path)
+    assert not shm.check_probe(name, token, tmp_path / "elsewhere")
+    assert shm.check_probe(name, token, tmp_path)
+    assert _files(tmp_path) == []  # an accepted probe is removed
+    assert shm.write_probe(tmp_path / "missing") is None
+
+
+def test_shm_sweep_removes_dead_agents_segments_and_stale_probes_only(tmp_path: Path) -> None:
+    held = shm.create_segment(1 << 16, tmp_path)  # a live agent holds its lock
+    assert held is not None
+    dead = tmp_path / (shm.SEGMENT_PREFIX + "00112233aabbccdd")
+    dead.write_bytes(b"left by a killed agent")
+    fresh = shm.write_probe(tmp_path)
+    assert fresh is not None
+    stale = shm.write_probe(tmp_path)
+    assert stale is not None
+    old = time.time() - 3600
+    os.utime(tmp_path / stale[0], (old, old))
+    (tmp_path / "not-ours").write_bytes(b"")
+    assert shm.sweep(tmp_path) == 2
+    assert _files(tmp_path) == sorted([held.name, fresh[0], "not-ours"])
+    # The sweep did not take the live agent's lock away.
+    fd = os.open(tmp_path / held.name, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    held.close()
+
+
+def test_shared_segments_copy_out_and_keep_only_the_newest_mapping(tmp_path: Path) -> None:
+    ring = ShmRing(window=1, max_bytes=1 << 30, directory=tmp_path)
+    reader = SharedSegments("unix:/agent.sock", tmp_path)
+    a = ring.put(1, [b"one", b"two"], 6)
+    assert a is not None
+    got = reader.read(a.segment, a.offset, a.length)
+    assert got == b"onetwo" and isinstance(got, bytes)
+    ring.release_through(1)
+    b = ring.put(2, [b"N" * (2 << 20)], 2 << 20)
+    assert b is not None
+    assert reader.read(b.segment, b.offset, b.length) == b"N" * (2 << 20)
+    assert got == b"onetwo"  # a batch's bytes are its own, whatever the ring does next
+    with pytest.raises(AgentError, match="not one of its files"):
+        reader.read("../etc/passwd", 0, 1)
+    with pytest.raises(AgentError, match="which has"):
+        reader.read(b.segment, b.offset, 1 << 30)
+    reader.close()
+    reader.close()
+    ring.close()
