@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import re
 import secrets
@@ -46,7 +47,7 @@ PROBE_PREFIX = "mx8-probe-"
 SEGMENT_PREFIX = "mx8-seg-"
 _NAME = re.compile(r"mx8-(probe|seg)-[0-9a-f]{8,64}")
 _TOKEN_BYTES = 16
-_IOV_MAX = 1024
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 #: A probe older than this was left by a trainer that died before the agent read it.
 _PROBE_STALE_S = 300.0
 
@@ -103,28 +104,23 @@ def remove(name: str, directory: Path = SHM_DIR) -> None:
 
 
 class Segment:
-    """One segment file of the agent that created it (written with ``pwritev``: one
-    system call per batch, which copies without holding the GIL)."""
+    """One segment file, mapped (pages populated up front) by the agent that created it."""
 
     def __init__(self, name: str, directory: Path, fd: int, size: int) -> None:
         self.name = name
         self.directory = directory
         self.size = size
         self._fd = fd
+        self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
         self.linked = True
 
     def write(self, offset: int, parts: Sequence[bytes]) -> None:
         """Write ``parts`` back to back from ``offset`` (they fit: the caller checked)."""
-        at = offset
-        for start in range(0, len(parts), _IOV_MAX):
-            chunk = parts[start : start + _IOV_MAX]
-            want = sum(map(len, chunk))
-            done = os.pwritev(self._fd, chunk, at)
-            if done != want:  # tmpfs writes whole or fails; finish a short one anyway
-                view = b"".join(chunk)
-                while done < want:
-                    done += os.pwrite(self._fd, view[done:], at + done)
-            at += want
+        view, at = self.map, offset
+        for part in parts:
+            end = at + len(part)
+            view[at:end] = part
+            at = end
 
     def unlink(self) -> None:
         """Remove the name (mappings stay valid): once every reader has it open."""
@@ -136,6 +132,7 @@ class Segment:
         """Unlink, unmap and release the lock; safe to call twice."""
         self.unlink()
         if self._fd >= 0:
+            self.map.close()
             os.close(self._fd)
             self._fd = -1
 
