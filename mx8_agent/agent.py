@@ -401,7 +401,8 @@ class Agent(Daemon):
         try:
             await self.ranks.run()
         except Mx8Error as exc:
-            emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
+            fields = error_fields(exc) | {"error": str(exc), "node_id": self.config.node_id}
+            emit(_COMPONENT, exc.event, level="error", **fields)
             self._fail_trainers(exc)
             await self._wait_trainers_gone()
             raise
@@ -462,6 +463,9 @@ class Agent(Daemon):
                 code=exc.code,
             ) from exc
         self._registration = reg
+        # Before the first read: objects modified after the snapshot's listing are refused,
+        # as embedded mode refuses them; 0 (unknown) leaves the size checks alone.
+        self._reader.listed_at = reg.listed_at_unix_s or None
         emit(
             _COMPONENT,
             "node_registered",
@@ -471,6 +475,8 @@ class Agent(Daemon):
             job_ready=reg.job_ready,
             manifest_hash=reg.manifest_hash,
             total_samples=reg.total_samples,
+            listed_at=reg.listed_at_unix_s or None,
+            changed_objects="size-or-modified" if reg.listed_at_unix_s else "size-only",
         )
         return reg
 

@@ -191,12 +191,14 @@ class Coordinator(Daemon):
             manifest_hash=resolved.manifest_hash,
             samples=resolved.samples,
             indexed=resolved.indexed,
+            listed_at=resolved.listed_at,
         )
         return StoreManifestSource(
             store,
             manifest_hash=resolved.manifest_hash,
             total_samples=resolved.samples,
             class_names=tuple(resolved.class_names or ()),
+            listed_at=resolved.listed_at,
         )
 
     async def _open_job(self, source: ManifestSource) -> Job:
@@ -207,6 +209,7 @@ class Coordinator(Daemon):
             manifest_hash=source.manifest_hash,
             total_samples=source.total_samples,
             class_names=tuple(source.class_names),
+            listed_at=source.listed_at,
             block_size=cfg.block_size,
             shuffle=cfg.shuffle,
             seed=cfg.seed,

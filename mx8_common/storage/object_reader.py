@@ -288,7 +288,8 @@ class ObjectReader:
     then all go through it). ``on_read(seconds, nbytes)`` is told of every sample read:
     a ``read`` is timed whole (retries included), a ``read_local_many`` per file.
     ``listed_at`` (Unix seconds: the snapshot's listing time) makes every read refuse an
-    object modified after it.
+    object modified after it; an agent sets it once the coordinator named it, before its
+    first read.
     """
 
     def __init__(
@@ -304,11 +305,6 @@ class ObjectReader:
         self.config = config or ObjectReaderConfig()
         self.listed_at = listed_at
         self._retry_log = Throttled()
-        # HTTP dates have whole seconds: an object written later within the listing's
-        # second passes (S3 compares at that resolution too).
-        self._unmodified_since = (
-            None if listed_at is None else email.utils.formatdate(listed_at, usegmt=True)
-        )
         self.stats = ReadStats()
         self._on_read = on_read
         self._s3_settings = s3_settings
@@ -319,6 +315,20 @@ class ObjectReader:
         self._pool: ThreadPoolExecutor | None = None
         self._rng = rng or random.Random()
         self._closed = False
+
+    @property
+    def listed_at(self) -> float | None:
+        """The snapshot's listing time (Unix seconds) reads check against, or None."""
+        return self._listed_at
+
+    @listed_at.setter
+    def listed_at(self, value: float | None) -> None:
+        self._listed_at = value
+        # HTTP dates have whole seconds: an object written later within the listing's
+        # second passes (S3 compares at that resolution too).
+        self._unmodified_since = (
+            None if value is None else email.utils.formatdate(value, usegmt=True)
+        )
 
     async def __aenter__(self) -> ObjectReader:
         return self

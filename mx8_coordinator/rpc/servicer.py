@@ -119,6 +119,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             class_names=list(s.class_names),
             job_incarnation=job.incarnation,
             mode=s.mode,
+            listed_at_unix_s=s.listed_at or 0.0,
         )
 
     @_unary

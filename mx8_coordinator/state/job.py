@@ -59,6 +59,9 @@ class JobSpec(JobOrder):
     job_id: str
     dataset_link: str
     class_names: tuple[str, ...] = ()
+    #: When the snapshot's dataset was listed (Unix seconds; None: unknown). Agents refuse
+    #: objects modified after it; without it they check sizes only.
+    listed_at: float | None = None
     epochs: int = 1
     lease_ttl_ms: int = 10000
     heartbeat_interval_ms: int = 1000

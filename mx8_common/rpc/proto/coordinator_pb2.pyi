@@ -56,7 +56,7 @@ class RegisterNodeRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., caps: _Optional[_Union[NodeCaps, _Mapping]] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
-    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode", "job_incarnation")
+    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode", "job_incarnation", "listed_at_unix_s")
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class RegisterNodeResponse(_message.Message):
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     JOB_INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    LISTED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     rank: int
     world_size: int
     manifest_hash: str
@@ -89,7 +90,8 @@ class RegisterNodeResponse(_message.Message):
     class_names: _containers.RepeatedScalarFieldContainer[str]
     mode: str
     job_incarnation: str
-    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., job_incarnation: _Optional[str] = ...) -> None: ...
+    listed_at_unix_s: float
+    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., job_incarnation: _Optional[str] = ..., listed_at_unix_s: _Optional[float] = ...) -> None: ...
 
 class RegisterRankRequest(_message.Message):
     __slots__ = ("job_id", "node_id", "instance_id", "rank", "world_size", "batch_size", "drop_last", "seed", "shuffle", "epoch", "step", "consumed", "resumed")
