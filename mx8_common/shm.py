@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
@@ -114,14 +113,6 @@ class Segment:
         self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
         self.linked = True
 
-    def write(self, offset: int, parts: Sequence[bytes]) -> None:
-        """Write ``parts`` back to back from ``offset`` (they fit: the caller checked)."""
-        view, at = self.map, offset
-        for part in parts:
-            end = at + len(part)
-            view[at:end] = part
-            at = end
-
     def unlink(self) -> None:
         """Remove the name (mappings stay valid): once every reader has it open."""
         if self.linked:
@@ -132,7 +123,9 @@ class Segment:
         """Unlink, unmap and release the lock; safe to call twice."""
         self.unlink()
         if self._fd >= 0:
-            self.map.close()
+            with contextlib.suppress(BufferError):
+                # A read still filling it holds a view: the mapping goes with its last user.
+                self.map.close()
             os.close(self._fd)
             self._fd = -1
 

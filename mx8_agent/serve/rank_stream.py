@@ -81,7 +81,7 @@ class RankBackend(Protocol):
 
     def join(self, spec: RankSpec) -> AsyncIterator[WorldWait | WorldReady]: ...
 
-    def open(self, spec: RankSpec, world_id: str) -> Any: ...
+    def open(self, spec: RankSpec, world_id: str, ring: ShmRing | None = None) -> Any: ...
 
     def close(self, stream: Any) -> None: ...
 
@@ -154,7 +154,7 @@ async def serve_rank_stream(
         if key != last or now - told >= _WAIT_REPEAT_S:
             last, told = key, now
             yield _waiting(job_id, state)
-    stream = server.open(spec, world_id)
+    stream = server.open(spec, world_id, ring)
     emit(
         _COMPONENT,
         "trainer_connected",
@@ -178,7 +178,11 @@ async def serve_rank_stream(
                 return
             seq, batch = item
             where = locate(batch.sample_ids) if locate is not None else None
-            shared = ring.put(seq, batch.parts, batch.nbytes) if ring is not None else None
+            shared = batch.shared
+            if shared is not None and ring is not None:
+                ring.sent(shared, seq)  # read straight into the ring
+            elif ring is not None:
+                shared = ring.put(seq, batch.parts, batch.nbytes)
             yield encode_batch(seq, batch, where, shared)
     finally:
         acks.cancel()

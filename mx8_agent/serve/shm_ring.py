@@ -18,8 +18,9 @@ it, and the kernel frees it when both have let go.
 from __future__ import annotations
 
 import collections
+import mmap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mx8_common import shm
@@ -30,14 +31,17 @@ _ALIGN = 4096
 _MIN_SEGMENT = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ShmSlot:
-    """Where one batch's bytes are: ``segment`` name, ``offset``, ``length``."""
+    """Where one batch's bytes are: ``segment`` name, ``offset``, ``length``; ``seq`` is
+    its ``batch_seq`` once sent (0 before: a reserved slot is never released)."""
 
     seq: int
     segment: str
     offset: int
     length: int
+    #: The segment's mapping, for whoever fills a reserved slot.
+    target: mmap.mmap | None = field(default=None, repr=False)
 
 
 def _round_up(n: int) -> int:
@@ -124,8 +128,9 @@ class ShmRing:
         self.segments += 1
         return True
 
-    def put(self, seq: int, parts: Sequence[bytes], length: int) -> ShmSlot | None:
-        """Copy batch ``seq`` (``parts``, ``length`` bytes in all) in; None: send it inline."""
+    def reserve(self, length: int) -> ShmSlot | None:
+        """Room for the next batch, ``length`` bytes, to be filled by the caller and sent
+        (``sent``) in the order reserved; None: no room, send it inline."""
         if self.closed or length > self.max_bytes:
             return None
         self._largest = max(self._largest, length)
@@ -136,19 +141,36 @@ class ShmRing:
             offset = 0
         seg = self._seg
         assert seg is not None
-        seg.write(offset, parts)
-        slot = ShmSlot(seq, seg.name, offset, length)
+        slot = ShmSlot(0, seg.name, offset, length, seg.map)
         if not any(x.seg is seg for x in self._live):
             self._head = offset
         self._live.append(_Live(seg, slot))
         self._tail = offset + length
+        return slot
+
+    def sent(self, slot: ShmSlot, seq: int) -> None:
+        """``slot`` went to the trainer as ``batch_seq`` ``seq``."""
+        slot.seq = seq
         self.batches += 1
+
+    def put(self, seq: int, parts: Sequence[bytes], length: int) -> ShmSlot | None:
+        """Copy batch ``seq`` (``parts``, ``length`` bytes in all) in; None: send it inline."""
+        slot = self.reserve(length)
+        if slot is None:
+            return None
+        assert slot.target is not None
+        view, at = slot.target, slot.offset
+        for part in parts:
+            end = at + len(part)
+            view[at:end] = part
+            at = end
+        self.sent(slot, seq)
         return slot
 
     def release_through(self, seq: int) -> int:
         """Free every batch up to ``seq`` (the trainer acknowledged it); how many."""
         n = 0
-        while self._live and self._live[0].slot.seq <= seq:
+        while self._live and 0 < self._live[0].slot.seq <= seq:
             done = self._live.popleft()
             # The trainer read from this segment: it has it open, the name can go.
             done.seg.unlink()
