@@ -179,6 +179,7 @@ class RankServer:
         self.first_batch_at: float | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._direct_jobs: set[asyncio.Future[float]] = set()
+        self._direct_error: BaseException | None = None
 
     # -- views --------------------------------------------------------------------------
 
@@ -391,6 +392,8 @@ class RankServer:
     async def _requests(self) -> AsyncIterator[FetchRequest]:
         table = self._table
         while True:
+            if self._direct_error is not None:
+                raise self._direct_error
             picked = self._pick()
             if picked is None:
                 self._feed.clear()
@@ -465,7 +468,11 @@ class RankServer:
         if stream.closed:
             return  # its ring is gone; the trainer reopens where it is
         if error is not None:
+            # Every stream hears it now; the request feed raises it, which ends ``run``
+            # like a failed pipeline read (the agent stops on it).
+            self._direct_error = error
             self.fail(error)
+            self._feed.set()
             return
         assert slot.shared is not None
         stats = getattr(self._reader, "stats", None)

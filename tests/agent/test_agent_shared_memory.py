@@ -116,3 +116,26 @@ async def test_shared_memory_a_trainer_cannot_open_falls_back_to_the_stream_in_o
     assert "taking batches through the stream instead" in capfd.readouterr().err
     await agent.result(timeout_s=30)
     assert os.listdir(shm_dir) == []
+
+
+async def test_shared_memory_local_file_gone_is_the_typed_error_for_trainer_and_agent(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    import pytest
+
+    from mx8_common.errors import ObjectNotFoundError
+
+    shm_dir = tmp_path / "shm"
+    shm_dir.mkdir()
+    agent = await _job(tmp_path / "a", start_coordinator, start_agent, str(shm_dir))
+    for path in (tmp_path / "a").rglob("*.bin"):
+        path.unlink()  # deleted after the snapshot: read straight into the ring, refused
+    with pytest.raises(ObjectNotFoundError):
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(_take, agent.url, r, shm_dir=shm_dir, shared=True)
+                for r in range(2)
+            )
+        )
+    with pytest.raises(ObjectNotFoundError):
+        await agent.result(timeout_s=30)

@@ -161,3 +161,17 @@ def test_shared_segments_copy_out_and_keep_only_the_newest_mapping(tmp_path: Pat
     reader.close()
     reader.close()
     ring.close()
+
+
+def test_shm_ring_reserved_slot_is_kept_until_sent_and_acknowledged(tmp_path: Path) -> None:
+    ring = ShmRing(window=2, max_bytes=1 << 30, directory=tmp_path)
+    sent = ring.put(1, [b"p" * 10], 10)
+    assert sent is not None and _read(tmp_path, sent) == b"p" * 10  # the trainer opens it
+    reserved = ring.reserve(20)  # being filled by a read thread
+    assert sent is not None and reserved is not None and reserved.target is not None
+    reserved.target[reserved.offset : reserved.offset + 20] = b"r" * 20
+    assert ring.release_through(99) == 1 and ring.live == 1  # unsent: not released
+    ring.sent(reserved, 2)
+    assert _read(tmp_path, reserved) == b"r" * 20 and ring.batches == 2
+    assert ring.release_through(2) == 1 and ring.live == 0
+    ring.close()
