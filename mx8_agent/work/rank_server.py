@@ -54,7 +54,9 @@ from mx8_common.storage.object_reader import is_local
 __all__ = ["RankServer", "RankStream"]
 
 _COMPONENT = "agent"
-#: How often a rank whose world is incomplete asks the coordinator again.
+#: How often a rank whose world is incomplete asks the coordinator again: soon at first
+#: (ranks started together join within milliseconds), then every quarter second.
+_JOIN_POLL_FIRST_S = 0.01
 _JOIN_POLL_S = 0.25
 _MAX_REPORTS = 4096
 #: Threads reading batches straight into shared memory (each a whole batch at a time).
@@ -232,6 +234,7 @@ class RankServer:
             request.seed = spec.seed
         if spec.shuffle is not None:
             request.shuffle = spec.shuffle
+        poll = _JOIN_POLL_FIRST_S
         while True:
             if self._error is not None:
                 raise self._error
@@ -251,7 +254,8 @@ class RankServer:
                     tuple(answer.registered_ranks),
                     tuple(answer.missing_ranks),
                 )
-            await asyncio.sleep(_JOIN_POLL_S)
+            await asyncio.sleep(poll)
+            poll = min(_JOIN_POLL_S, poll * 1.5)
 
     # -- streams ------------------------------------------------------------------------
 
