@@ -1,20 +1,12 @@
-"""The same-host hand-over's plain parts: ``ShmRing`` (allocation, free on ack, growth,
-bounds, clean-up), the probe, the sweep of a dead agent's segments and the trainer's
-``SharedSegments``, on a private directory standing in for ``/dev/shm``."""
+"""``ShmRing``, one trainer stream's shared memory: allocation, free on ack, growth,
+bounds and clean-up, on a private directory standing in for ``/dev/shm``."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import time
 from pathlib import Path
 
-import pytest
-
-from mx8._shm import SharedSegments
 from mx8_agent.serve.shm_ring import ShmRing, ShmSlot
-from mx8_common import shm
-from mx8_common.errors import AgentError
 
 
 def _parts(seed: int, sizes: list[int]) -> list[bytes]:
@@ -104,63 +96,6 @@ def test_shm_ring_without_room_in_the_directory_sends_inline(tmp_path: Path) -> 
     missing = tmp_path / "no-such-dir"
     ring = ShmRing(window=2, max_bytes=1 << 20, directory=missing)
     assert ring.put(1, [b"x" * 10], 10) is None
-
-
-def test_shm_probe_accepts_only_the_same_token_under_the_same_name(tmp_path: Path) -> None:
-    probe = shm.write_probe(tmp_path)
-    assert probe is not None
-    name, token = probe
-    assert not shm.check_probe(name, b"0" * 16, tmp_path)
-    assert not shm.check_probe("../" + name, token, tmp_path)
-    assert not shm.check_probe(name, token, tmp_path / "elsewhere")
-    assert shm.check_probe(name, token, tmp_path)
-    assert _files(tmp_path) == []  # an accepted probe is removed
-    assert shm.write_probe(tmp_path / "missing") is None
-
-
-def test_shm_sweep_removes_dead_agents_segments_and_stale_probes_only(tmp_path: Path) -> None:
-    held = shm.create_segment(1 << 16, tmp_path)  # a live agent holds its lock
-    assert held is not None
-    dead = tmp_path / (shm.SEGMENT_PREFIX + "00112233aabbccdd")
-    dead.write_bytes(b"left by a killed agent")
-    fresh = shm.write_probe(tmp_path)
-    assert fresh is not None
-    stale = shm.write_probe(tmp_path)
-    assert stale is not None
-    old = time.time() - 3600
-    os.utime(tmp_path / stale[0], (old, old))
-    (tmp_path / "not-ours").write_bytes(b"")
-    assert shm.sweep(tmp_path) == 2
-    assert _files(tmp_path) == sorted([held.name, fresh[0], "not-ours"])
-    # The sweep did not take the live agent's lock away.
-    fd = os.open(tmp_path / held.name, os.O_RDONLY)
-    try:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
-    held.close()
-
-
-def test_shared_segments_copy_out_and_keep_only_the_newest_mapping(tmp_path: Path) -> None:
-    ring = ShmRing(window=1, max_bytes=1 << 30, directory=tmp_path)
-    reader = SharedSegments("unix:/agent.sock", tmp_path)
-    a = ring.put(1, [b"one", b"two"], 6)
-    assert a is not None
-    got = reader.read(a.segment, a.offset, a.length)
-    assert got == b"onetwo" and isinstance(got, bytes)
-    ring.release_through(1)
-    b = ring.put(2, [b"N" * (2 << 20)], 2 << 20)
-    assert b is not None
-    assert reader.read(b.segment, b.offset, b.length) == b"N" * (2 << 20)
-    assert got == b"onetwo"  # a batch's bytes are its own, whatever the ring does next
-    with pytest.raises(AgentError, match="not one of its files"):
-        reader.read("../etc/passwd", 0, 1)
-    with pytest.raises(AgentError, match="which has"):
-        reader.read(b.segment, b.offset, 1 << 30)
-    reader.close()
-    reader.close()
-    ring.close()
 
 
 def test_shm_ring_reserved_slot_is_kept_until_sent_and_acknowledged(tmp_path: Path) -> None:
