@@ -49,6 +49,7 @@ import os
 import queue
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -69,6 +70,9 @@ from mx8_common.rpc.errors import error_from_rpc
 from mx8_common.rpc.proto import agent_pb2 as pb
 from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
 from mx8_common.rpc.security import TlsConfig
+
+# How long close() waits for queued acks to be written before cancelling the stream.
+_ACK_FLUSH_S = 2.0
 
 __all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "RankOpen", "agent_tls_from_env"]
 
@@ -234,6 +238,7 @@ class AgentStreamClient:
             ) from exc
         self._stub = pb_grpc.AgentStub(self._channel)
         self._requests: queue.Queue[pb.TrainerMessage | None] = queue.Queue()
+        self._sent_all = threading.Event()
         self._responses: Any = None
         self._pending_ack: int | None = None
         # The last batch_seq the trainer consumed: where a resumed stream continues.
@@ -347,17 +352,26 @@ class AgentStreamClient:
         )
 
     def _request_stream(
-        self, requests: queue.Queue[pb.TrainerMessage | None], resume_after: int
+        self,
+        requests: queue.Queue[pb.TrainerMessage | None],
+        resume_after: int,
+        sent_all: threading.Event,
     ) -> Iterator[pb.TrainerMessage]:
+        # gRPC pulls the next message only once the previous one is written, so reaching
+        # the None means every ack queued before it is on the wire.
         yield self._open_message(resume_after)
         while (message := requests.get()) is not None:
             yield message
+        sent_all.set()
 
     def _open(self, resume_after: int) -> None:
         # Each stream has its own request queue: a None ends the old one's sender thread.
         self._requests = queue.Queue()
+        self._sent_all = threading.Event()
         self.segments.close()  # a new stream names new segments
-        self._responses = self._stub.Stream(self._request_stream(self._requests, resume_after))
+        self._responses = self._stub.Stream(
+            self._request_stream(self._requests, resume_after, self._sent_all)
+        )
 
     def _reopen(self, deadline: float) -> bool:
         """After a broken stream: wait (until ``deadline``) for the agent, then resume.
@@ -516,6 +530,9 @@ class AgentStreamClient:
         self._closed = True
         self._requests.put(None)
         if self._responses is not None and not self._finished:
+            # The last ack (queued by the trainer's last next()) must reach the agent
+            # before the cancel, or the agent re-queues a batch the trainer consumed.
+            self._sent_all.wait(_ACK_FLUSH_S)
             self._responses.cancel()
         self._channel.close()
         self._drop_probe()
