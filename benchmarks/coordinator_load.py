@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import time
@@ -82,6 +83,10 @@ async def drive_agents(
         await asyncio.gather(
             *(c.register_node("default", n) for c, n in zip(clients, nodes, strict=True))
         )
+        # Our start-up heap (grpc, protobuf) would be walked by every full collection in
+        # the timed window: a client's pause is not the coordinator's latency.
+        gc.collect()
+        gc.freeze()
         print(json.dumps({"ready": True}), flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # the start signal (off the loop)
         lat_us: list[int] = []
