@@ -84,6 +84,7 @@ class AgentConfig:
     fetch_backoff_base_s: float = shared(ObjectReaderConfig, "backoff_base_s")
     fetch_backoff_max_s: float = shared(ObjectReaderConfig, "backoff_max_s")
     fetch_local_threads: int = shared(ObjectReaderConfig, "local_read_threads")
+    fetch_native_s3_get: bool = shared(ObjectReaderConfig, "native_s3_get")
     fetch_lean_s3_get: bool = shared(ObjectReaderConfig, "lean_s3_get")
     cache_dir: str = setting(
         "",
@@ -125,6 +126,13 @@ class AgentConfig:
         60.0,
         env="MX8_AGENT_CONNECT_TIMEOUT_S",
         help="how long to keep retrying an unreachable coordinator before giving up",
+    )
+    coordinator_lost_timeout_s: float = setting(
+        600.0,
+        env="MX8_AGENT_COORDINATOR_LOST_TIMEOUT_S",
+        help="how long a running agent waits for a coordinator it lost (unreachable, or "
+        "restarted and not yet answering) before it tells its trainers and exits 2; "
+        "rank-exact trainers keep being served meanwhile",
     )
     ingest_attempts: int = setting(
         5,
@@ -185,6 +193,7 @@ class AgentConfig:
             "--progress-interval-ms": self.progress_interval_ms,
             "--leases-ahead": self.leases_ahead,
             "--connect-timeout-s": self.connect_timeout_s,
+            "--coordinator-lost-timeout-s": self.coordinator_lost_timeout_s,
             "--ingest-attempts": self.ingest_attempts,
             "--manifest-chunk-timeout-s": self.manifest_chunk_timeout_s,
             "--table-file-min-rows": self.table_file_min_rows,
@@ -229,6 +238,7 @@ class AgentConfig:
             backoff_base_s=self.fetch_backoff_base_s,
             backoff_max_s=self.fetch_backoff_max_s,
             local_read_threads=self.fetch_local_threads,
+            native_s3_get=self.fetch_native_s3_get,
             lean_s3_get=self.fetch_lean_s3_get,
         )
 

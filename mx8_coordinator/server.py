@@ -37,6 +37,7 @@ from mx8_coordinator.state.job import Job, JobSpec
 from mx8_coordinator.state.lease_log import LeaseLog, lease_log_path, read_log_manifest_hash
 from mx8_coordinator.state.node_registry import monotonic_ms
 from mx8_coordinator.state.state_dir import claim_state_dir
+from mx8_coordinator.state.world_file import WorldFile
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
 __all__ = ["SERVICE_NAME", "Coordinator", "freeze_startup_heap"]
@@ -252,9 +253,19 @@ class Coordinator(Daemon):
             return job
         path = lease_log_path(cfg.state_dir, cfg.job_id)
         self._log, state = await asyncio.to_thread(LeaseLog.open, path, spec.log_header())
-        job = Job(spec, log=self._log, incarnation=state.incarnation, clock=self._clock)
+        # A state dir in a store (s3://...) keeps the lease log only: agents rebuild worlds.
+        local = "://" not in str(cfg.state_dir)
+        worlds = WorldFile(cfg.state_dir, cfg.job_id, spec.manifest_hash) if local else None
+        job = Job(
+            spec,
+            log=self._log,
+            world_file=worlds,
+            incarnation=state.incarnation,
+            clock=self._clock,
+        )
         if not state.empty:
             job.restore(state)
+        await asyncio.to_thread(job.restore_worlds)
         return job
 
     async def _tick_forever(self) -> None:
