@@ -134,6 +134,8 @@ def measure(
         "p99_ms": float(np.percentile(ms, 99)),
         "calls_per_s": calls / max(r["elapsed_s"] for r in results),
         "calls": float(calls),
+        "clients_cpu_us_per_call": sum(r["cpu_s"] for r in results) / max(calls, 1) * 1e6,
+        "clients_switches_per_call": sum(r["switches"] for r in results) / max(calls, 1),
     }
 
 
@@ -280,6 +282,10 @@ def run(env: BenchEnv) -> list[Row]:
             + f"{each('fdatasync_p99_ms', '.2f')}; lease-log fsyncs per call: "
             + each("fsyncs_per_call", ".2f")
             + f"; coordinator context switches per call: {each('ctx_switches_per_call', '.1f')}"
+            + "; load clients' CPU us / context switches per call: "
+            + each("clients_cpu_us_per_call", ".0f")
+            + " / "
+            + each("clients_switches_per_call", ".1f")
             + f"; gen-2 GC passes (max CPU ms): {each('gc_gen2_passes', '.0f')} "
             + f"({each('gc_gen2_max_cpu_ms', '.1f')})"
         )
