@@ -31,6 +31,11 @@ changes) and gives up after ``world_wait_timeout_s`` with ``JobNotReadyError``. 
 stream is reopened at the position after the last batch returned, also on an agent that
 restarted (the trainer knows what it consumed), for ``reconnect_timeout_s``, saying so.
 
+Same host: a rank-exact stream offers the agent a probe file in ``/dev/shm``
+(``shared_memory=True``, the default); an agent that reads it back sends batches as
+shared-memory references, which ``mx8._shm.SharedSegments`` copies out on arrival. An
+agent elsewhere (or without that ``/dev/shm``) just sends the bytes in its messages.
+
 An agent started with ``--tls-cert`` (and ``--tls-ca``) or ``MX8_AGENT_AUTH_TOKEN`` needs
 the same on this side: TLS files and the token default to ``MX8_AGENT_TLS_CA`` /
 ``MX8_AGENT_TLS_CERT`` / ``MX8_AGENT_TLS_KEY`` and ``MX8_AGENT_AUTH_TOKEN`` (not the
@@ -48,13 +53,16 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
 from mx8._config import AGENT_AUTH_TOKEN_ENV, TrainerConfig
+from mx8._shm import SharedMemoryUnreadable, SharedSegments
 from mx8.batch import Batch
+from mx8_common import shm
 from mx8_common.errors import AgentError, ConfigError, ContractError, JobNotReadyError, Mx8Error
 from mx8_common.rpc.channels import sync_channel, unix_socket_path
 from mx8_common.rpc.errors import error_from_rpc
@@ -170,6 +178,8 @@ class AgentStreamClient:
         reconnect_timeout_s: float = 5.0,
         rank: RankOpen | None = None,
         world_wait_timeout_s: float = 600.0,
+        shared_memory: bool = True,
+        shm_dir: Path | None = None,
     ) -> None:
         if batch_size <= 0:
             raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
@@ -185,6 +195,15 @@ class AgentStreamClient:
         self.reconnect_timeout_s = reconnect_timeout_s
         self.rank = rank
         self.world_wait_timeout_s = world_wait_timeout_s
+        if shm_dir is None:
+            configured = TrainerConfig.from_env().shm_dir
+            shared_memory = shared_memory and bool(configured)
+            shm_dir = Path(configured or shm.SHM_DIR)
+        self.shared_memory = shared_memory and rank is not None
+        self._shm_dir = shm_dir
+        #: The agent's segments (batches it sent through shared memory are counted there).
+        self.segments = SharedSegments(url, shm_dir)
+        self._probe: str | None = None
         #: Rank-exact mode: the epoch and step of the batch last returned.
         self.last_epoch: int | None = None
         self.last_step: int | None = None
@@ -294,7 +313,19 @@ class AgentStreamClient:
             if r.shuffle is not None:
                 op.contract.shuffle = r.shuffle
             op.start.CopyFrom(self._start())
+        if self.shared_memory:
+            self._drop_probe()
+            probe = shm.write_probe(self._shm_dir)
+            if probe is not None:
+                self._probe = probe[0]
+                op.shm_probe.name, op.shm_probe.token = probe
         return pb.TrainerMessage(open=op)
+
+    def _drop_probe(self) -> None:
+        # The agent removes a probe it accepted; this one was refused or is stale.
+        if self._probe is not None:
+            shm.remove(self._probe, self._shm_dir)
+            self._probe = None
 
     def _start(self) -> pb.StreamStart:
         """Where a rank-exact stream (re)opens: after the last batch returned."""
@@ -325,6 +356,7 @@ class AgentStreamClient:
     def _open(self, resume_after: int) -> None:
         # Each stream has its own request queue: a None ends the old one's sender thread.
         self._requests = queue.Queue()
+        self.segments.close()  # a new stream names new segments
         self._responses = self._stub.Stream(self._request_stream(self._requests, resume_after))
 
     def _reopen(self, deadline: float) -> bool:
@@ -362,9 +394,13 @@ class AgentStreamClient:
         while True:
             try:
                 message = next(self._responses)
+                self._drop_probe()
                 if message.HasField("waiting"):
                     self._on_waiting(message.waiting)
                     continue
+                payload = self._payload(message)
+                if payload is None:
+                    continue  # reopened without shared memory: the batch comes again
                 break
             except StopIteration:
                 self._finish()
@@ -406,12 +442,29 @@ class AgentStreamClient:
         self.last_epoch, self.last_step = b.epoch, b.step
         return Batch(
             sample_ids=np.array(b.sample_ids, dtype=np.uint64),
-            payload=b.payload,
+            payload=payload,
             offsets=np.array(b.offsets, dtype=np.int64),
             labels=np.array(b.labels, dtype=np.int64) if len(b.labels) else None,
             epoch=b.epoch,
             locations=tuple(b.locations) if self.want_locations else None,
         )
+
+    def _payload(self, message: pb.AgentMessage) -> bytes | None:
+        """The batch's bytes (copied out of shared memory before they are acknowledged);
+        None when this trainer cannot read the agent's segment and reopened without."""
+        if not message.HasField("batch") or not message.batch.HasField("shared"):
+            return message.batch.payload if message.HasField("batch") else b""
+        where = message.batch.shared
+        try:
+            return self.segments.read(where.segment, where.offset, where.length)
+        except SharedMemoryUnreadable as exc:
+            _say(f"{exc}; taking batches through the stream instead")
+            self.shared_memory = False
+            self._requests.put(None)
+            self._responses.cancel()
+            self._pending_ack = None
+            self._open(self._consumed_seq)
+            return None
 
     def _on_waiting(self, w: pb.WorldWaiting) -> None:
         """The rank's world is incomplete: say what for, give up after the timeout."""
@@ -465,6 +518,8 @@ class AgentStreamClient:
         if self._responses is not None and not self._finished:
             self._responses.cancel()
         self._channel.close()
+        self._drop_probe()
+        self.segments.close()
 
     def __enter__(self) -> AgentStreamClient:
         return self
