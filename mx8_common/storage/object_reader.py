@@ -1,10 +1,12 @@
-"""Read the bytes of one sample from S3 or a local file, with retries and loud size checks.
+"""Read the bytes of one sample from S3, GCS, Azure or a local file, with retries and loud
+size checks.
 
 ``ObjectReader.read(location, byte_offset, byte_length)`` is the one call the data plane
 makes per sample. ``s3://bucket/key`` goes through one ``s3_get.S3Getter`` (botocore
 resolves and signs, one aiohttp pool sends; a ranged GET ``bytes=a-b`` when the manifest
-row has an offset); a plain path or ``file://`` URL is read with ``os.pread`` in a thread
-pool, never on the event loop.
+row has an offset); ``gs://`` and ``az://`` through ``cloud_reader.CloudReader`` with the
+same checks and retries; a plain path or ``file://`` URL is read with ``os.pread`` in a
+thread pool, never on the event loop.
 
 The manifest promised a size, so every read is checked against it: a whole object whose
 size differs, or a range that runs past the object's end, is ``ObjectChangedError``
@@ -29,7 +31,7 @@ import errno
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +47,7 @@ from mx8_common.errors import (
 )
 from mx8_common.obs.events import Throttled
 from mx8_common.retry import Backoff, Retry
+from mx8_common.storage.cloud_reader import CLOUD_SCHEMES, CloudReader
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
 from mx8_common.storage.sample_reader import LocalRead, ReadObserver, ReadStats
@@ -168,7 +171,7 @@ def _parse_content_range(value: str) -> tuple[int, int, int | None] | None:
 
 def is_local(location: str) -> bool:
     """True for a plain path or ``file://`` URL (read from the local filesystem)."""
-    return not location.startswith("s3://")
+    return not location.startswith(("s3://", *CLOUD_SCHEMES))
 
 
 def _normalize(
@@ -194,7 +197,7 @@ def _local_path(location: str) -> str:
     if "://" in location:
         raise StorageError(
             f"{location} uses a storage scheme mx8 cannot read; use s3://bucket/key, "
-            "file:///path or a plain path",
+            "gs://bucket/key, az://container/key, file:///path or a plain path",
             location=location,
         )
     return location
@@ -314,6 +317,7 @@ class ObjectReader:
         self._s3_settings = s3_settings
         self._client = s3_client
         self._getter: S3Getter | None = None
+        self._cloud = CloudReader()  # gs:// and az://; opens nothing until the first read
         self._client_lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()
         self._pool: ThreadPoolExecutor | None = None
@@ -332,6 +336,7 @@ class ObjectReader:
             return
         self._closed = True
         await self._stack.aclose()
+        await self._cloud.aclose()
         if self._pool is not None:
             # Threads only run short preads; waiting for them keeps nothing running after us.
             await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
@@ -367,6 +372,10 @@ class ObjectReader:
         started = time.perf_counter()
         if location.startswith("s3://"):
             data = await self._read_s3_retrying(location, byte_offset, byte_length, stats)
+        elif location.startswith(CLOUD_SCHEMES):
+            data = await self._read_s3_retrying(
+                location, byte_offset, byte_length, stats, once=self._read_cloud_once
+            )
         else:
             data = await asyncio.get_running_loop().run_in_executor(
                 self._local_pool(), _read_local, location, byte_offset, byte_length, self.listed_at
@@ -420,7 +429,12 @@ class ObjectReader:
         byte_offset: int | None,
         byte_length: int | None,
         stats: ReadStats | None,
+        *,
+        once: Callable[[str, int | None, int | None], Awaitable[bytes]] | None = None,
     ) -> bytes:
+        """One read under the retry policy; ``once`` is one attempt (an S3 GET by default)."""
+        attempt = once or self._read_s3_once
+
         def retrying(retry: Retry) -> None:
             self.stats.retries += 1
             if stats is not None:
@@ -438,7 +452,7 @@ class ObjectReader:
 
         try:
             return await self.config.backoff.run(
-                lambda: self._read_s3_once(location, byte_offset, byte_length),
+                lambda: attempt(location, byte_offset, byte_length),
                 retry_if=lambda exc: isinstance(exc, TransientStorageError),
                 on_retry=retrying,
                 rng=self._rng,
@@ -486,6 +500,31 @@ class ObjectReader:
         if 0 <= size != len(data):
             raise TransientStorageError(
                 f"short body reading {location}: got {len(data)} of {size} bytes",
+                location=location,
+            )
+        if byte_length is not None and len(data) != byte_length:
+            raise _changed(location, f"{byte_length} bytes", f"{len(data)} bytes")
+        return data
+
+    async def _read_cloud_once(
+        self, location: str, byte_offset: int | None, byte_length: int | None
+    ) -> bytes:
+        """One GET of a gs:// or az:// object with the same checks as an S3 read."""
+        got = await self._cloud.get(location, byte_offset, byte_length)
+        data = got.data
+        if byte_offset is None:
+            if byte_length is not None and got.object_size >= 0 and got.object_size != byte_length:
+                raise _changed(location, f"{byte_length} bytes", f"{got.object_size} bytes")
+        elif got.start != byte_offset:
+            want = f"bytes {byte_offset}..{byte_offset + (byte_length or 0) - 1}"
+            raise _changed(location, want, f"a whole object of {got.object_size} bytes")
+        # Whole seconds, as the HTTP date the server keeps (S3 compares the same way).
+        modified = got.last_modified
+        if self.listed_at is not None and modified is not None and int(modified) > self.listed_at:
+            raise _modified_after(location, self.listed_at, f"at {_utc(got.last_modified)}")
+        if byte_offset is None and 0 <= got.object_size != len(data):
+            raise TransientStorageError(
+                f"short body reading {location}: got {len(data)} of {got.object_size} bytes",
                 location=location,
             )
         if byte_length is not None and len(data) != byte_length:

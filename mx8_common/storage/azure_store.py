@@ -1,0 +1,173 @@
+"""Azure Blob Storage through obstore's ``AzureStore``: settings from the environment and
+the one place obstore's Azure errors become mx8 errors.
+
+An ``az://container/prefix/`` link names a container; the storage account and its
+credentials come from the environment (``AzureSettings.from_env``):
+
+- ``AZURE_STORAGE_CONNECTION_STRING`` (``AccountName=..;AccountKey=..;BlobEndpoint=..`` as
+  the portal and Azurite print it), or
+- ``AZURE_STORAGE_ACCOUNT_NAME`` plus one credential obstore reads itself:
+  ``AZURE_STORAGE_ACCOUNT_KEY``, ``AZURE_STORAGE_SAS_TOKEN``, a service principal
+  (``AZURE_CLIENT_ID``/``AZURE_CLIENT_SECRET``/``AZURE_TENANT_ID``), workload identity, or
+  the VM's managed identity;
+- ``AZURE_STORAGE_ENDPOINT`` overrides ``https://<account>.blob.core.windows.net`` (Azurite:
+  ``http://127.0.0.1:10000/devstoreaccount1``); plain http is allowed only for such an
+  explicit endpoint.
+
+obstore's own retries are off: mx8's bounded backoff (``ObjectReaderConfig``, the lister's)
+stays the one retry policy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mx8_common.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+
+__all__ = ["AzureSettings", "open_azure_store", "split_az_location", "translate_azure_error"]
+
+_CREDENTIALS_HINT = (
+    "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN), "
+    "or AZURE_STORAGE_CONNECTION_STRING"
+)
+
+
+def split_az_location(location: str) -> tuple[str, str]:
+    """``az://container/key`` -> ``(container, key)``; anything else is a ``StorageError``."""
+    container, sep, key = location[5:].partition("/")
+    if not location.startswith("az://") or not container or not sep or not key:
+        raise StorageError(
+            f"{location!r} is not an Azure blob location; write it as az://container/key",
+            location=location,
+        )
+    return container, key
+
+
+def _connection_string(value: str) -> dict[str, str]:
+    parts: dict[str, str] = {}
+    for item in value.split(";"):
+        name, sep, val = item.partition("=")
+        if sep:
+            parts[name.strip().lower()] = val.strip()
+    return parts
+
+
+@dataclass(frozen=True, kw_only=True)
+class AzureSettings:
+    """The storage account and what obstore needs beyond what it reads from the env."""
+
+    #: Storage account name; None when the environment names none.
+    account: str | None
+    #: obstore ``AzureConfig`` entries taken from a connection string (key, SAS, endpoint).
+    config: tuple[tuple[str, str], ...] = ()
+    #: Blob endpoint override (Azurite, sovereign clouds); None for the public one.
+    endpoint: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AzureSettings:
+        env = os.environ if environ is None else environ
+        config: dict[str, str] = {}
+        account = env.get("AZURE_STORAGE_ACCOUNT_NAME") or None
+        endpoint = env.get("AZURE_STORAGE_ENDPOINT") or env.get("AZURE_ENDPOINT") or None
+        conn = env.get("AZURE_STORAGE_CONNECTION_STRING")
+        if conn:
+            parts = _connection_string(conn)
+            account = parts.get("accountname") or account
+            if parts.get("accountkey"):
+                config["account_key"] = parts["accountkey"]
+            if parts.get("sharedaccesssignature"):
+                config["sas_key"] = parts["sharedaccesssignature"]
+            endpoint = parts.get("blobendpoint") or endpoint
+        return cls(account=account, config=tuple(sorted(config.items())), endpoint=endpoint)
+
+
+def open_azure_store(container: str, link: str, settings: AzureSettings | None = None) -> Any:
+    """An obstore ``AzureStore`` for ``container``; ``AccessDeniedError`` naming ``link`` and
+    what to set when the environment names no storage account."""
+    from obstore.store import AzureStore
+
+    settings = settings or AzureSettings.from_env()
+    if not settings.account:
+        raise AccessDeniedError(
+            f"{link}: no Azure storage account is configured; {_CREDENTIALS_HINT}",
+            location=link,
+        )
+    config: dict[str, Any] = dict(settings.config)
+    config["account_name"] = settings.account
+    client: dict[str, Any] = {}
+    if settings.endpoint:
+        config["endpoint"] = settings.endpoint.rstrip("/")
+        client["allow_http"] = settings.endpoint.startswith("http://")
+    try:
+        return AzureStore(
+            container,
+            config=config,  # type: ignore[arg-type]
+            client_options=client,  # type: ignore[arg-type]
+            retry_config={"max_retries": 0},
+        )
+    except Exception as exc:
+        raise StorageError(
+            f"{link}: the Azure settings are unusable ({_first_line(exc)}); {_CREDENTIALS_HINT}",
+            location=link,
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def translate_azure_error(exc: BaseException, location: str) -> StorageError:
+    """The most specific mx8 error for an obstore failure talking to Azure at ``location``."""
+    if isinstance(exc, StorageError):
+        return exc
+    text = str(exc)
+    if "ContainerNotFound" in text:
+        return BucketNotFoundError(
+            f"container of {location} does not exist in storage account "
+            f"{AzureSettings.from_env().account!r}; check the container name, "
+            "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ENDPOINT",
+            location=location,
+        )
+    if "token request" in text or "Error getting token" in text:
+        return AccessDeniedError(
+            f"no Azure credentials found to read {location}; {_CREDENTIALS_HINT}",
+            location=location,
+        )
+    name = type(exc).__name__
+    if name in ("PermissionDeniedError", "UnauthenticatedError") or any(
+        code in text for code in ("403 Forbidden", "401 Unauthorized", "AuthorizationFailure")
+    ):
+        return AccessDeniedError(
+            f"access denied to {location}; check the credentials ({_CREDENTIALS_HINT}) and "
+            "the container's access policy",
+            location=location,
+        )
+    if name == "NotFoundError" or isinstance(exc, FileNotFoundError) or "404 Not Found" in text:
+        return ObjectNotFoundError(
+            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
+            location=location,
+        )
+    if any(f"status code: {code}" in text for code in ("429", "500", "502", "503", "504")):
+        return TransientStorageError(
+            f"Azure answered {_first_line(exc)[:160]} for {location}; retrying may help",
+            location=location,
+        )
+    if "error sending request" in text or "Connection refused" in text or "timed out" in text:
+        return TransientStorageError(
+            f"cannot reach the Azure blob endpoint for {location}; is AZURE_STORAGE_ENDPOINT "
+            "right and the server up?",
+            location=location,
+        )
+    return StorageError(
+        f"Azure error for {location}: {name}: {_first_line(exc)[:300]}", location=location
+    )
