@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mx8-snapshot-resolve",
         description="Resolve a dataset link (s3://bucket/prefix/, gs://bucket/prefix/, "
-        "az://container/prefix/, /abs/dir, file:///abs/dir, optionally @refresh or @sha256:<hash>) into a stored manifest and print its hash.",
+        "az://container/prefix/, /abs/dir, file:///abs/dir, optionally @refresh or "
+        "@sha256:<hash>) into a stored manifest and print its hash.",
     )
     parser.add_argument("link", metavar="LINK", help="dataset link")
     parser.add_argument(
