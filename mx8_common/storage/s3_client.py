@@ -32,8 +32,11 @@ from mx8_common.errors import (
 
 __all__ = [
     "S3Settings",
+    "connect_error",
+    "no_credentials_error",
     "open_s3_client",
     "open_s3_session_client",
+    "s3_answer_error",
     "s3_errors",
     "sync_s3_client",
     "translate_s3_error",
@@ -163,57 +166,76 @@ def _error_code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
     return str(err.get("Code", "")), status
 
 
+def s3_answer_error(code: str, status: int, location: str, detail: str = "") -> StorageError:
+    """The most specific mx8 error for an S3 error answer (its ``Code`` and HTTP status).
+
+    Shared by every S3 client mx8 uses (botocore here, the native client in
+    ``native_store``), so an error reads the same whichever one sent the request.
+    """
+    if code == "NoSuchBucket":
+        return BucketNotFoundError(
+            f"bucket of {location} does not exist; check the bucket name and the S3 "
+            "endpoint (MX8_S3_ENDPOINT_URL / AWS_ENDPOINT_URL)",
+            location=location,
+        )
+    if (
+        code
+        in (
+            "AccessDenied",
+            "AllAccessDisabled",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "403",
+        )
+        or status == 403
+    ):
+        return AccessDeniedError(
+            f"access denied to {location} ({code or status}); check the credentials "
+            "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy",
+            location=location,
+        )
+    if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+        return ObjectNotFoundError(
+            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
+            location=location,
+        )
+    if code in _TRANSIENT_CODES or status in (500, 502, 503, 504):
+        return TransientStorageError(
+            f"S3 answered {code or status} for {location}; retrying may help",
+            location=location,
+        )
+    return StorageError(f"S3 error {code or status} for {location}: {detail}", location=location)
+
+
+def connect_error(location: str, detail: str) -> TransientStorageError:
+    """No connection to the S3 endpoint (refused, unresolvable): names the endpoint setting."""
+    return TransientStorageError(
+        f"cannot connect to the S3 endpoint for {location}: {detail}; is "
+        "MX8_S3_ENDPOINT_URL / AWS_ENDPOINT_URL right and the server up?",
+        location=location,
+    )
+
+
+def no_credentials_error(location: str) -> AccessDeniedError:
+    """No AWS credentials anywhere in the chain."""
+    return AccessDeniedError(
+        f"no AWS credentials found to read {location}; set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role",
+        location=location,
+    )
+
+
 def translate_s3_error(exc: BaseException, location: str) -> StorageError:
     """The most specific mx8 error for a botocore/aiohttp failure at ``location``."""
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, botocore.exceptions.ClientError):
         code, status = _error_code(exc)
-        if code == "NoSuchBucket":
-            return BucketNotFoundError(
-                f"bucket of {location} does not exist; check the bucket name and the S3 "
-                "endpoint (MX8_S3_ENDPOINT_URL / AWS_ENDPOINT_URL)",
-                location=location,
-            )
-        if (
-            code
-            in (
-                "AccessDenied",
-                "AllAccessDisabled",
-                "InvalidAccessKeyId",
-                "SignatureDoesNotMatch",
-                "403",
-            )
-            or status == 403
-        ):
-            return AccessDeniedError(
-                f"access denied to {location} ({code or status}); check the credentials "
-                "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy",
-                location=location,
-            )
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            return ObjectNotFoundError(
-                f"{location} does not exist (it was deleted or renamed since the snapshot?)",
-                location=location,
-            )
-        if code in _TRANSIENT_CODES or status in (500, 502, 503, 504):
-            return TransientStorageError(
-                f"S3 answered {code or status} for {location}; retrying may help",
-                location=location,
-            )
-        return StorageError(f"S3 error {code or status} for {location}: {exc}", location=location)
+        return s3_answer_error(code, status, location, str(exc))
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, aiohttp.ClientConnectorError)):
-        return TransientStorageError(
-            f"cannot connect to the S3 endpoint for {location}: {exc}; is "
-            "MX8_S3_ENDPOINT_URL / AWS_ENDPOINT_URL right and the server up?",
-            location=location,
-        )
+        return connect_error(location, str(exc))
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return AccessDeniedError(
-            f"no AWS credentials found to read {location}; set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role",
-            location=location,
-        )
+        return no_credentials_error(location)
     if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError, TimeoutError)) or (
         type(exc).__module__.startswith("aiohttp")
     ):
