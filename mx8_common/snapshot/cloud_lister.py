@@ -23,8 +23,9 @@ from mx8_common.errors import StorageError, TransientStorageError
 from mx8_common.manifest.labels import FolderSummary
 from mx8_common.retry import Backoff
 from mx8_common.snapshot.partitioned import ListingStats
-from mx8_common.storage.azure_store import open_azure_store, translate_azure_error
+from mx8_common.storage.azure_store import translate_azure_error
 from mx8_common.storage.gcs_client import GcsClient
+from mx8_common.storage.native_store import native_store
 
 __all__ = ["AzurePageSource", "GcsPageSource"]
 
@@ -181,7 +182,7 @@ class AzurePageSource(_CloudPages):
 
     def _obstore(self) -> Any:
         if self._store is None:
-            self._store = open_azure_store(self.bucket, self.root)
+            self._store = native_store("az", self.bucket, location=self.root)
         return self._store
 
     def _translated(self, exc: BaseException) -> StorageError:

@@ -1,6 +1,7 @@
-"""GETs of ``gs://`` and ``az://`` objects for ``ObjectReader``: one GCS pool and one obstore
-``AzureStore`` per container, opened on first use (so a process that forks before reading,
-such as a DataLoader parent, never starts obstore's runtime), errors already mx8 errors.
+"""GETs of ``gs://`` and ``az://`` objects for ``ObjectReader``: one GCS pool (aiohttp) and
+this process's obstore ``AzureStore`` per container (``native_store``: built on first use, so
+a process that forks before reading never starts obstore's runtime, and refused in a child
+forked after it did), errors already mx8 errors.
 
 ``ObjectReader`` keeps the checks (size, range, listing time) and the retry policy; this
 module only fetches and says what the server said about the object.
@@ -13,13 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mx8_common.errors import StorageError
-from mx8_common.storage.azure_store import (
-    AzureSettings,
-    open_azure_store,
-    split_az_location,
-    translate_azure_error,
-)
+from mx8_common.storage.azure_store import split_az_location, translate_azure_error
 from mx8_common.storage.gcs_client import GcsClient, GcsSettings
+from mx8_common.storage.native_store import native_store
 
 __all__ = ["CLOUD_SCHEMES", "CloudGet", "CloudReader"]
 
@@ -43,20 +40,17 @@ class CloudGet:
 class CloudReader:
     """Fetches gs:// and az:// objects (or byte ranges); ``aclose()`` releases the pools."""
 
-    def __init__(self, gcs: GcsSettings | None = None, azure: AzureSettings | None = None) -> None:
+    def __init__(self, gcs: GcsSettings | None = None) -> None:
         self._gcs_settings = gcs
-        self._azure_settings = azure
         self._gcs: GcsClient | None = None
-        self._azure: dict[str, Any] = {}
         self._closed = False
 
     async def aclose(self) -> None:
-        """Close the GCS pool and drop the Azure stores; safe to call twice."""
+        """Close the GCS pool; safe to call twice (Azure stores are the process's)."""
         self._closed = True
         if self._gcs is not None:
             await self._gcs.aclose()
             self._gcs = None
-        self._azure.clear()
 
     async def get(self, location: str, start: int | None, length: int | None) -> CloudGet:
         """The object at ``location``, or ``length`` bytes from ``start`` (both or neither)."""
@@ -82,18 +76,11 @@ class CloudReader:
             first = -1  # a whole object answered a ranged request: no usable start
         return CloudGet(got.data, first, got.object_size, got.last_modified)
 
-    def _azure_store(self, container: str, location: str) -> Any:
-        store = self._azure.get(container)
-        if store is None:
-            store = open_azure_store(container, location, self._azure_settings)
-            self._azure[container] = store
-        return store
-
     async def _get_azure(self, location: str, start: int | None, length: int | None) -> CloudGet:
         import obstore
 
         container, key = split_az_location(location)
-        store = self._azure_store(container, location)
+        store = native_store("az", container, location=location)
         options: dict[str, Any] = {}
         if start is not None and length is not None:
             options["range"] = (start, start + length)
