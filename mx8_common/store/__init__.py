@@ -63,6 +63,14 @@ def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore
         from mx8_common.store.s3 import S3ManifestStore
 
         return S3ManifestStore(root, **kwargs)
+    if root.startswith(("gs://", "az://")):
+        # The store's single-writer lock and intent pointers need a conditional create
+        # (S3's If-None-Match); mx8 has not built or tested that on GCS or Azure yet.
+        raise ConfigError(
+            f"manifest store root {root!r}: a store on {root[:5]} is not supported yet; keep "
+            "the manifests in a folder (shared file system) or under s3://bucket/prefix "
+            "(MX8_MANIFEST_STORE_ROOT / --store); datasets on gs:// and az:// work with either"
+        )
     if "://" in root and not root.startswith("file://"):
         raise ConfigError(
             f"manifest store root {root!r} has an unknown scheme; use a folder or "
