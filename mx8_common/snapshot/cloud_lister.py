@@ -14,18 +14,16 @@ the clock skew between this host and the store, so readers never refuse an uncha
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from mx8_common.errors import StorageError, TransientStorageError
+from mx8_common.errors import TransientStorageError
 from mx8_common.manifest.labels import FolderSummary
 from mx8_common.retry import Backoff
 from mx8_common.snapshot.partitioned import ListingStats
-from mx8_common.storage.azure_store import translate_azure_error
+from mx8_common.storage.azure_rest import AzureListPage, AzureRestClient
 from mx8_common.storage.gcs_client import GcsClient
-from mx8_common.storage.native_store import native_store
 
 __all__ = ["AzurePageSource", "GcsPageSource"]
 
@@ -164,87 +162,60 @@ class GcsPageSource(_CloudPages):
 
 
 class AzurePageSource(_CloudPages):
-    """Blob listing pages under ``az://container/prefix`` through obstore's ``AzureStore``."""
+    """List Blobs pages under ``az://container/prefix`` through an open ``AzureRestClient``
+    (aiohttp, never obstore: see ``storage.azure_rest`` on fork safety)."""
 
     scheme = "az"
 
     def __init__(
         self,
+        client: AzureRestClient,
         container: str,
         prefix: str,
         *,
         recursive: bool = True,
         page_size: int = 1000,
-        store: Any = None,
     ) -> None:
         super().__init__(container, prefix, recursive=recursive, page_size=page_size)
-        self._store = store
+        self.client = client
 
-    def _obstore(self) -> Any:
-        if self._store is None:
-            self._store = native_store("az", self.bucket, location=self.root)
-        return self._store
+    async def _answers(self, delimiter: bool) -> AsyncIterator[AzureListPage]:
+        self._note_start()
+        marker: str | None = None
+        while True:
 
-    def _translated(self, exc: BaseException) -> StorageError:
-        return translate_azure_error(exc, self.root)
+            async def call(marker: str | None = marker) -> AzureListPage:
+                return await self.client.list_page(
+                    self.bucket,
+                    self.prefix,
+                    delimiter=delimiter,
+                    marker=marker,
+                    max_results=self.page_size,
+                )
+
+            answer = await _retrying(call)
+            self.stats.requests += 1
+            yield answer
+            marker = answer.next_marker
+            if not marker:
+                return
 
     async def pages(self) -> AsyncIterator[list[tuple[str, int]]]:
-        """Pages of ``(relative_key, size)``: obstore's paged stream, ``page_size`` per page."""
-        import obstore
-
+        """Pages of ``(relative_key, size)``: one per List Blobs answer."""
         self.stats = ListingStats()
-        if not self.recursive:
-            page = await self._shallow()
-            entries = [
-                (m["path"], int(m["size"]), m["last_modified"].timestamp()) for m in page["objects"]
-            ]
-            self.stats.requests += 1
-            yield self._page(entries)
-            return
-        store = self._obstore()
-        self._note_start()
-        last: str | None = None
-        attempt = 0
-        while True:
-            # A stream that failed mid-way is opened again after the last key it delivered.
-            stream = obstore.list(
-                store, self.prefix or None, offset=last, chunk_size=self.page_size
-            )
-            try:
-                async for chunk in stream:
-                    self.stats.requests += 1
-                    entries = [
-                        (m["path"], int(m["size"]), m["last_modified"].timestamp()) for m in chunk
-                    ]
-                    if entries:
-                        last = entries[-1][0]
-                    yield self._page(entries)
-                return
-            except Exception as exc:
-                error = self._translated(exc)
-                attempt += 1
-                if not isinstance(error, TransientStorageError) or attempt >= 4:
-                    raise error from None
-                await asyncio.sleep(_LIST_BACKOFF.delay(attempt))
-
-    async def _shallow(self) -> Any:
-        import obstore
-
-        store = self._obstore()
-        self._note_start()
-
-        async def call() -> Any:
-            try:
-                return await obstore.list_with_delimiter_async(store, self.prefix or None)
-            except Exception as exc:
-                raise self._translated(exc) from None
-
-        return await _retrying(call)
+        async for answer in self._answers(not self.recursive):
+            yield self._page(answer.blobs)
 
     async def folders(self) -> FolderSummary:
-        """One delimiter listing: common prefixes are the folders, objects the loose ones."""
-        answer = await self._shallow()
+        """One delimiter listing: blob prefixes are the folders, blobs the loose objects."""
         cut = len(self.prefix)
-        folders = tuple(sorted({p[cut:].rstrip("/") for p in answer["common_prefixes"]}))
-        loose = [m["path"][cut:] for m in answer["objects"] if not m["path"].endswith("/")]
-        return FolderSummary(folders, len(loose), loose[0] if loose else None)
+        folders: list[str] = []
+        loose = 0
+        example: str | None = None
+        async for answer in self._answers(True):
+            folders.extend(p[cut:].rstrip("/") for p in answer.prefixes)
+            for name, _size, _modified in answer.blobs:
+                if not name.endswith("/"):
+                    loose += 1
+                    example = example or name[cut:]
+        return FolderSummary(tuple(sorted(set(folders))), loose, example)

@@ -56,6 +56,7 @@ from mx8_common.snapshot.partitioned import SKIPPED_REASON, ListingStats
 from mx8_common.snapshot.progress import IndexProgress
 from mx8_common.snapshot.s3_lister import S3PageSource
 from mx8_common.snapshot.sample_filter import Files, SampleCounter, validate_files
+from mx8_common.storage.azure_rest import AzureRestClient
 from mx8_common.storage.gcs_client import GcsClient
 from mx8_common.storage.s3_client import S3Settings
 from mx8_common.storage.s3_get import S3Getter
@@ -286,8 +287,9 @@ async def _index(
                 gcs, parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
             )
         elif source is None and parsed.scheme == "az":
+            azure = await stack.enter_async_context(AzureRestClient())
             source = AzurePageSource(
-                parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
+                azure, parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
             )
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)

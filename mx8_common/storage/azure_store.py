@@ -33,9 +33,15 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 
-__all__ = ["AzureSettings", "open_azure_store", "split_az_location", "translate_azure_error"]
+__all__ = [
+    "AZURE_CREDENTIALS_HINT",
+    "AzureSettings",
+    "open_azure_store",
+    "split_az_location",
+    "translate_azure_error",
+]
 
-_CREDENTIALS_HINT = (
+AZURE_CREDENTIALS_HINT = (
     "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN), "
     "or AZURE_STORAGE_CONNECTION_STRING"
 )
@@ -63,31 +69,57 @@ def _connection_string(value: str) -> dict[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class AzureSettings:
-    """The storage account and what obstore needs beyond what it reads from the env."""
+    """The storage account, its credential and endpoint, as the environment gives them."""
 
     #: Storage account name; None when the environment names none.
     account: str | None
-    #: obstore ``AzureConfig`` entries taken from a connection string (key, SAS, endpoint).
-    config: tuple[tuple[str, str], ...] = ()
+    #: Shared key of the account (signs requests); None without one.
+    account_key: str | None = None
+    #: Shared access signature (a query string); None without one.
+    sas: str | None = None
+    #: A static OAuth bearer token for the storage scope; None without one.
+    token: str | None = None
     #: Blob endpoint override (Azurite, sovereign clouds); None for the public one.
     endpoint: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AzureSettings:
         env = os.environ if environ is None else environ
-        config: dict[str, str] = {}
-        account = env.get("AZURE_STORAGE_ACCOUNT_NAME") or None
-        endpoint = env.get("AZURE_STORAGE_ENDPOINT") or env.get("AZURE_ENDPOINT") or None
+
+        def first(*names: str) -> str | None:
+            return next((env[n] for n in names if env.get(n)), None)
+
+        account = first("AZURE_STORAGE_ACCOUNT_NAME")
+        key = first("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY")
+        sas = first("AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_SAS_KEY")
+        endpoint = first("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
         conn = env.get("AZURE_STORAGE_CONNECTION_STRING")
         if conn:
             parts = _connection_string(conn)
             account = parts.get("accountname") or account
-            if parts.get("accountkey"):
-                config["account_key"] = parts["accountkey"]
-            if parts.get("sharedaccesssignature"):
-                config["sas_key"] = parts["sharedaccesssignature"]
+            key = parts.get("accountkey") or key
+            sas = parts.get("sharedaccesssignature") or sas
             endpoint = parts.get("blobendpoint") or endpoint
-        return cls(account=account, config=tuple(sorted(config.items())), endpoint=endpoint)
+        return cls(
+            account=account,
+            account_key=key,
+            sas=sas.lstrip("?") if sas else None,
+            token=first("AZURE_STORAGE_TOKEN"),
+            endpoint=endpoint.rstrip("/") if endpoint else None,
+        )
+
+    def require_account(self, link: str) -> str:
+        """The account name, or ``AccessDeniedError`` naming ``link`` and what to set."""
+        if not self.account:
+            raise AccessDeniedError(
+                f"{link}: no Azure storage account is configured; {AZURE_CREDENTIALS_HINT}",
+                location=link,
+            )
+        return self.account
+
+    def blob_endpoint(self, link: str) -> str:
+        """``https://<account>.blob.core.windows.net`` unless overridden."""
+        return self.endpoint or f"https://{self.require_account(link)}.blob.core.windows.net"
 
 
 def open_azure_store(container: str, link: str, settings: AzureSettings | None = None) -> Any:
@@ -96,16 +128,17 @@ def open_azure_store(container: str, link: str, settings: AzureSettings | None =
     from obstore.store import AzureStore
 
     settings = settings or AzureSettings.from_env()
-    if not settings.account:
-        raise AccessDeniedError(
-            f"{link}: no Azure storage account is configured; {_CREDENTIALS_HINT}",
-            location=link,
-        )
-    config: dict[str, Any] = dict(settings.config)
-    config["account_name"] = settings.account
+    config: dict[str, Any] = {"account_name": settings.require_account(link)}
+    for name, value in (
+        ("account_key", settings.account_key),
+        ("sas_key", settings.sas),
+        ("token", settings.token),
+    ):
+        if value:
+            config[name] = value
     client: dict[str, Any] = {}
     if settings.endpoint:
-        config["endpoint"] = settings.endpoint.rstrip("/")
+        config["endpoint"] = settings.endpoint
         client["allow_http"] = settings.endpoint.startswith("http://")
     try:
         return AzureStore(
@@ -116,7 +149,8 @@ def open_azure_store(container: str, link: str, settings: AzureSettings | None =
         )
     except Exception as exc:
         raise StorageError(
-            f"{link}: the Azure settings are unusable ({_first_line(exc)}); {_CREDENTIALS_HINT}",
+            f"{link}: the Azure settings are unusable ({_first_line(exc)}); "
+            + AZURE_CREDENTIALS_HINT,
             location=link,
         ) from None
 
@@ -140,7 +174,7 @@ def translate_azure_error(exc: BaseException, location: str) -> StorageError:
         )
     if "token request" in text or "Error getting token" in text:
         return AccessDeniedError(
-            f"no Azure credentials found to read {location}; {_CREDENTIALS_HINT}",
+            f"no Azure credentials found to read {location}; {AZURE_CREDENTIALS_HINT}",
             location=location,
         )
     name = type(exc).__name__
@@ -148,7 +182,7 @@ def translate_azure_error(exc: BaseException, location: str) -> StorageError:
         code in text for code in ("403 Forbidden", "401 Unauthorized", "AuthorizationFailure")
     ):
         return AccessDeniedError(
-            f"access denied to {location}; check the credentials ({_CREDENTIALS_HINT}) and "
+            f"access denied to {location}; check the credentials ({AZURE_CREDENTIALS_HINT}) and "
             "the container's access policy",
             location=location,
         )

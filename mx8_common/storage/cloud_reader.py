@@ -1,7 +1,7 @@
 """GETs of ``gs://`` and ``az://`` objects for ``ObjectReader``: one GCS pool (aiohttp) and
 this process's obstore ``AzureStore`` per container (``native_store``: built on first use, so
-a process that forks before reading never starts obstore's runtime, and refused in a child
-forked after it did), errors already mx8 errors.
+a process that forks before reading never starts obstore's runtime); a child forked after
+its parent used obstore reads Azure through ``azure_rest`` instead. Errors are mx8 errors.
 
 ``ObjectReader`` keeps the checks (size, range, listing time) and the retry policy; this
 module only fetches and says what the server said about the object.
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mx8_common.errors import StorageError
+from mx8_common.storage.azure_rest import AzureRestClient
 from mx8_common.storage.azure_store import split_az_location, translate_azure_error
 from mx8_common.storage.gcs_client import GcsClient, GcsSettings
-from mx8_common.storage.native_store import native_store
+from mx8_common.storage.native_store import native_runtime_forked, native_store
 
 __all__ = ["CLOUD_SCHEMES", "CloudGet", "CloudReader"]
 
@@ -43,6 +44,7 @@ class CloudReader:
     def __init__(self, gcs: GcsSettings | None = None) -> None:
         self._gcs_settings = gcs
         self._gcs: GcsClient | None = None
+        self._azure_rest: AzureRestClient | None = None
         self._closed = False
 
     async def aclose(self) -> None:
@@ -51,6 +53,9 @@ class CloudReader:
         if self._gcs is not None:
             await self._gcs.aclose()
             self._gcs = None
+        if self._azure_rest is not None:
+            await self._azure_rest.aclose()
+            self._azure_rest = None
 
     async def get(self, location: str, start: int | None, length: int | None) -> CloudGet:
         """The object at ``location``, or ``length`` bytes from ``start`` (both or neither)."""
@@ -79,6 +84,12 @@ class CloudReader:
     async def _get_azure(self, location: str, start: int | None, length: int | None) -> CloudGet:
         import obstore
 
+        if native_runtime_forked():
+            # obstore's runtime died with the fork: the REST client reads here instead.
+            if self._azure_rest is None:
+                self._azure_rest = AzureRestClient()
+            blob = await self._azure_rest.get(location, start, length)
+            return CloudGet(blob.data, blob.start, blob.object_size, blob.last_modified)
         container, key = split_az_location(location)
         store = native_store("az", container, location=location)
         options: dict[str, Any] = {}

@@ -166,3 +166,16 @@ def test_load_gs_without_credentials_names_what_to_set(
     text = str(info.value)
     assert "\n" not in text and "gs://data-bkt/train/" in text
     assert "GOOGLE_APPLICATION_CREDENTIALS" in text
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_data_loader_cloud_workers_yield_each_object_once(
+    cloud: CloudDataset, context: str
+) -> None:
+    torch = pytest.importorskip("torch")
+    ds = mx8.DataLoader(cloud.link, batch_size=6, label_mode="none")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context=context, timeout=120
+    )
+    ids = [int(i) for batch in loader for i in batch.sample_ids]
+    assert sorted(ids) == list(range(len(cloud.contents)))

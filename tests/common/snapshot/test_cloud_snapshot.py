@@ -19,6 +19,7 @@ from support.cloud_emulators import Azurite, GcsEmulator
 from mx8_common.errors import BucketNotFoundError
 from mx8_common.snapshot.cloud_lister import AzurePageSource, GcsPageSource
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
+from mx8_common.storage.azure_rest import AzureRestClient
 from mx8_common.storage.gcs_client import GcsClient
 
 # Byte order puts "Z" < "a-b" < "a.bin" < "a/b" < "é": the manifest keeps exactly that order.
@@ -54,8 +55,9 @@ async def _pages(scheme: str, bucket: str, prefix: str, **kwargs: object) -> tup
                 client, bucket, prefix, **kwargs
             )
             return [page async for page in source.pages()], source
-    source = AzurePageSource(bucket, prefix, **kwargs)
-    return [page async for page in source.pages()], source
+    async with AzureRestClient() as azure:
+        source = AzurePageSource(azure, bucket, prefix, **kwargs)
+        return [page async for page in source.pages()], source
 
 
 def test_cloud_lister_pages_relative_keys_in_byte_order_with_sizes(cloud: tuple) -> None:
@@ -82,7 +84,8 @@ def test_cloud_folders_summary_names_class_folders_and_loose_objects(cloud: tupl
         if scheme == "gs":
             async with GcsClient() as client:
                 return await GcsPageSource(client, bucket, "p/").folders()
-        return await AzurePageSource(bucket, "p/").folders()
+        async with AzureRestClient() as azure:
+            return await AzurePageSource(azure, bucket, "p/").folders()
 
     summary = asyncio.run(folders())
     assert summary.folders == ("a", "sub")
