@@ -3,9 +3,13 @@ front of them): bytes and ranges, the snapshot checks, typed errors, the one ret
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from support.cloud_emulators import Azurite, GcsEmulator
@@ -19,6 +23,7 @@ from mx8_common.errors import (
     StorageError,
     TransientStorageError,
 )
+from mx8_common.storage.azure_rest import AzureRestClient
 from mx8_common.storage.native_store import native_store
 from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig, is_local
 from mx8_common.store import open_manifest_store
@@ -48,6 +53,16 @@ def cloud(request: pytest.FixtureRequest) -> Cloud:
     container = request.getfixturevalue("az_container")
     az: Azurite = request.getfixturevalue("azurite_server")
     return Cloud("az", container, lambda k, d: az.put(container, k, d), az.endpoint)
+
+
+@pytest.fixture
+def az_cloud(az_container: str, azurite_server: Azurite) -> Cloud:
+    return Cloud(
+        "az",
+        az_container,
+        lambda k, d: azurite_server.put(az_container, k, d),
+        azurite_server.endpoint,
+    )
 
 
 @pytest.fixture
@@ -152,3 +167,50 @@ def test_manifest_store_on_gs_or_az_is_a_clear_config_error(root: str) -> None:
     with pytest.raises(ConfigError, match="not supported yet") as info:
         open_manifest_store(root)
     assert "MX8_MANIFEST_STORE_ROOT" in str(info.value) and "\n" not in str(info.value)
+
+
+async def test_azure_rest_client_reads_ranges_and_names_missing_blob_and_container(
+    az_cloud: Cloud,
+) -> None:
+    cloud = az_cloud
+    async with AzureRestClient() as client:
+        whole = await client.get(cloud.location, None, None)
+        assert whole.data == PAYLOAD and whole.object_size == len(PAYLOAD)
+        part = await client.get(cloud.location, 500, 64)
+        assert (part.data, part.start, part.object_size) == (PAYLOAD[500:564], 500, len(PAYLOAD))
+        assert part.last_modified is not None
+        with pytest.raises(ObjectNotFoundError):
+            await client.get(f"az://{cloud.bucket}/nope", None, None)
+        with pytest.raises(BucketNotFoundError):
+            await client.get("az://no-such-container/obj.bin", None, None)
+
+
+def _read_in_child(location: str, size: int, out: Any) -> None:
+    async def read() -> bytes:
+        async with ObjectReader() as reader:
+            return await reader.read(location, None, size)
+
+    try:
+        out.put(asyncio.run(read()) == PAYLOAD)
+    except Exception as exc:  # the parent asserts on what the child saw
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+async def test_object_reader_az_in_child_forked_after_parent_read_natively(
+    az_cloud: Cloud,
+) -> None:
+    cloud = az_cloud
+    async with ObjectReader() as reader:  # starts obstore's runtime in this process
+        assert await reader.read(cloud.location, None, len(PAYLOAD)) == PAYLOAD
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the point
+        child = ctx.Process(target=_read_in_child, args=(cloud.location, len(PAYLOAD), out))
+        child.start()
+    try:
+        assert out.get(timeout=60) is True
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
