@@ -26,6 +26,7 @@ CASES = {
     "manifest_stream": "benchmarks.case_manifest_stream",
     "table_file": "benchmarks.case_table_file",
     "data_plane_s3": "benchmarks.case_data_plane_s3",
+    "client_cpu": "benchmarks.case_client_cpu",
     "users_default": "benchmarks.case_users_default",
     "latency_proxy": "benchmarks.case_latency_proxy",
     "images": "benchmarks.case_images",

@@ -84,6 +84,7 @@ class AgentConfig:
     fetch_backoff_base_s: float = shared(ObjectReaderConfig, "backoff_base_s")
     fetch_backoff_max_s: float = shared(ObjectReaderConfig, "backoff_max_s")
     fetch_local_threads: int = shared(ObjectReaderConfig, "local_read_threads")
+    fetch_native_s3_get: bool = shared(ObjectReaderConfig, "native_s3_get")
     fetch_lean_s3_get: bool = shared(ObjectReaderConfig, "lean_s3_get")
     cache_dir: str = setting(
         "",
@@ -229,6 +230,7 @@ class AgentConfig:
             backoff_base_s=self.fetch_backoff_base_s,
             backoff_max_s=self.fetch_backoff_max_s,
             local_read_threads=self.fetch_local_threads,
+            native_s3_get=self.fetch_native_s3_get,
             lean_s3_get=self.fetch_lean_s3_get,
         )
 

@@ -45,6 +45,8 @@ class CloudReader:
         self._gcs_settings = gcs
         self._gcs: GcsClient | None = None
         self._azure_rest: AzureRestClient | None = None
+        # Azure stores by container: one settings lookup per container, not per GET.
+        self._azure: dict[str, Any] = {}
         self._closed = False
 
     async def aclose(self) -> None:
@@ -91,7 +93,10 @@ class CloudReader:
             blob = await self._azure_rest.get(location, start, length)
             return CloudGet(blob.data, blob.start, blob.object_size, blob.last_modified)
         container, key = split_az_location(location)
-        store = native_store("az", container, location=location)
+        store = self._azure.get(container)
+        if store is None:
+            store = native_store("az", container, location=location)
+            self._azure[container] = store
         options: dict[str, Any] = {}
         if start is not None and length is not None:
             options["range"] = (start, start + length)

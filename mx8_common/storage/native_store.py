@@ -49,6 +49,7 @@ from mx8_common.storage.s3_client import (
 
 __all__ = [
     "NativeStore",
+    "cached_native_store",
     "native_error_code",
     "native_runtime_forked",
     "native_store",
@@ -204,6 +205,17 @@ def native_store(
             _runtime_pid = _runtime_pid or os.getpid()
             _stores[key] = store
         return store
+
+
+def cached_native_store(
+    scheme: str, bucket: str, *, s3_settings: S3Settings | None = None
+) -> NativeStore | None:
+    """The store ``native_store`` already built in this process, else None (never blocks)."""
+    if scheme == "s3":
+        s3_settings = s3_settings or S3Settings.from_env()
+    key = (scheme, bucket, s3_settings if scheme == "s3" else _settings_key(scheme))
+    with _lock:
+        return _stores.get(key) if _pid == os.getpid() else None
 
 
 def native_error_code(exc: BaseException) -> tuple[str, int]:

@@ -2,10 +2,13 @@
 size checks.
 
 ``ObjectReader.read(location, byte_offset, byte_length)`` is the one call the data plane
-makes per sample. ``s3://bucket/key`` goes through one ``s3_get.S3Getter`` (botocore
-resolves and signs, one aiohttp pool sends; a ranged GET ``bytes=a-b`` when the manifest
-row has an offset); ``gs://`` and ``az://`` through ``cloud_reader.CloudReader`` with the
-same checks and retries; a plain path or ``file://`` URL is read with ``os.pread`` in a
+makes per sample. ``s3://bucket/key`` is a GET through the native client (obstore: the
+Rust ``object_store`` crate, its I/O on its own threads; ``native_store`` builds one store
+per bucket and process), a ranged GET when the manifest row has an offset. Where the native
+client cannot run (a process forked after its parent used it, see ``native_store``) or is
+turned off (``MX8_FETCH_NATIVE_S3_GET=0``), GETs go through ``s3_get.S3Getter`` (botocore
+signs, aiohttp sends). ``gs://`` and ``az://`` go through ``cloud_reader.CloudReader`` with
+the same checks and retries. A plain path or ``file://`` URL is read with ``os.pread`` in a
 thread pool, never on the event loop.
 
 The manifest promised a size, so every read is checked against it: a whole object whose
@@ -16,9 +19,11 @@ same size is caught by time: given the snapshot's listing time, S3 GETs carry
 not be later. Throttling, server
 errors, resets and short bodies (``TransientStorageError``) are retried with exponential
 backoff and full jitter up to ``max_attempts``; permanent errors (missing object or bucket,
-access denied) raise at once. botocore errors become mx8 errors only through
-``mx8_common.storage.s3_client.translate_s3_error``, raised ``from None``: its one line
-carries the original's code or text, and a user sees one error, not a chain.
+access denied) raise at once; the native client's own retries are off, so this is the one
+retry policy. Client errors become mx8 errors only through
+``native_store.translate_native_error`` or ``s3_client.translate_s3_error`` (the same
+messages), raised ``from None``: its one line carries the original's code or text, and a
+user sees one error, not a chain.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import obstore
+
 from mx8_common.config_fields import load_env, setting, setting_names
 from mx8_common.errors import (
     AccessDeniedError,
@@ -48,6 +55,14 @@ from mx8_common.errors import (
 from mx8_common.obs.events import Throttled
 from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.cloud_reader import CLOUD_SCHEMES, CloudReader
+from mx8_common.storage.native_store import (
+    NativeStore,
+    cached_native_store,
+    native_error_code,
+    native_runtime_forked,
+    native_store,
+    translate_native_error,
+)
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
 from mx8_common.storage.sample_reader import LocalRead, ReadObserver, ReadStats
@@ -87,11 +102,18 @@ class ObjectReaderConfig:
         flag="--fetch-local-threads",
         help="threads reading local files (os.pread)",
     )
+    native_s3_get: bool = setting(
+        True,
+        env="MX8_FETCH_NATIVE_S3_GET",
+        flag="--fetch-native-s3-get",
+        help="S3 GETs through the native client (obstore; ~half the client CPU per GET of "
+        "the botocore path); 0 (--no-fetch-native-s3-get) uses the botocore path",
+    )
     lean_s3_get: bool = setting(
         True,
         env="MX8_FETCH_LEAN_S3_GET",
         flag="--fetch-lean-s3-get",
-        help="S3 GETs signed by botocore but sent by aiohttp (~half the client CPU per GET); "
+        help="on the botocore path, GETs signed by botocore but sent by aiohttp; "
         "0 (--no-fetch-lean-s3-get) sends each through the aiobotocore client",
     )
 
@@ -307,10 +329,16 @@ class ObjectReader:
         self.config = config or ObjectReaderConfig()
         self.listed_at = listed_at
         self._retry_log = Throttled()
+        self._backoff = self.config.backoff
         # HTTP dates have whole seconds: an object written later within the listing's
         # second passes (S3 compares at that resolution too).
         self._unmodified_since = (
             None if listed_at is None else email.utils.formatdate(listed_at, usegmt=True)
+        )
+        self._unmodified_since_dt = (
+            None
+            if listed_at is None
+            else datetime.datetime.fromtimestamp(int(listed_at), datetime.UTC)
         )
         self.stats = ReadStats()
         self._on_read = on_read
@@ -318,6 +346,9 @@ class ObjectReader:
         self._client = s3_client
         self._getter: S3Getter | None = None
         self._cloud = CloudReader()  # gs:// and az://; opens nothing until the first read
+        # Native stores by bucket, for the process that built them (see native_store).
+        self._stores: dict[str, NativeStore] = {}
+        self._stores_pid = os.getpid()
         self._client_lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()
         self._pool: ThreadPoolExecutor | None = None
@@ -433,7 +464,18 @@ class ObjectReader:
         once: Callable[[str, int | None, int | None], Awaitable[bytes]] | None = None,
     ) -> bytes:
         """One read under the retry policy; ``once`` is one attempt (an S3 GET by default)."""
-        attempt = once or self._read_s3_once
+        read_once = once or self._read_s3_once
+        try:
+            # The first try outside the retry loop: a read that works (nearly all of them)
+            # costs no closures or policy objects.
+            return await read_once(location, byte_offset, byte_length)
+        except TransientStorageError as exc:
+            first: list[TransientStorageError] = [exc]
+
+        async def attempt() -> bytes:
+            if first:
+                raise first.pop()  # the failed first try, as the policy's try 1
+            return await read_once(location, byte_offset, byte_length)
 
         def retrying(retry: Retry) -> None:
             self.stats.retries += 1
@@ -451,8 +493,8 @@ class ObjectReader:
             )
 
         try:
-            return await self.config.backoff.run(
-                lambda: attempt(location, byte_offset, byte_length),
+            return await self._backoff.run(
+                attempt,
                 retry_if=lambda exc: isinstance(exc, TransientStorageError),
                 on_retry=retrying,
                 rng=self._rng,
@@ -465,10 +507,32 @@ class ObjectReader:
                 location=location,
             ) from None
 
+    def _use_native(self) -> bool:
+        return self.config.native_s3_get and self._client is None and not native_runtime_forked()
+
+    async def _store(self, bucket: str, location: str) -> NativeStore:
+        if self._stores_pid != os.getpid():
+            self._stores.clear()
+            self._stores_pid = os.getpid()
+        store = self._stores.get(bucket)
+        if store is None:
+            if self._closed:
+                raise StorageError("this ObjectReader is closed; open a new one")
+            store = cached_native_store("s3", bucket, s3_settings=self._s3_settings)
+            if store is None:
+                # Built once per bucket and process; resolving credentials may block.
+                store = await asyncio.to_thread(
+                    native_store, "s3", bucket, s3_settings=self._s3_settings, location=location
+                )
+            self._stores[bucket] = store
+        return store
+
     async def _read_s3_once(
         self, location: str, byte_offset: int | None, byte_length: int | None
     ) -> bytes:
         bucket, key = split_s3_location(location)
+        if self._use_native():
+            return await self._read_native_once(location, bucket, key, byte_offset, byte_length)
         getter = await self._s3()
         range_header = None
         if byte_offset is not None and byte_length is not None:
@@ -529,6 +593,59 @@ class ObjectReader:
             )
         if byte_length is not None and len(data) != byte_length:
             raise _changed(location, f"{byte_length} bytes", f"{len(data)} bytes")
+        return data
+
+    async def _read_native_once(
+        self,
+        location: str,
+        bucket: str,
+        key: str,
+        byte_offset: int | None,
+        byte_length: int | None,
+    ) -> bytes:
+        store = await self._store(bucket, location)
+        options: dict[str, Any] = {}
+        if self._unmodified_since_dt is not None:
+            options["if_unmodified_since"] = self._unmodified_since_dt
+        if byte_offset is not None:
+            options["range"] = (byte_offset, byte_offset + (byte_length or 0))
+        try:
+            result = await obstore.get_async(store, key, options=options)
+            size = int(result.meta["size"])
+            if byte_offset is None:
+                if byte_length is not None and size != byte_length:
+                    # Checked before reading: no point downloading the wrong object.
+                    raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
+                want = size
+            else:
+                first, end = result.range
+                length = byte_length or 0
+                if (first, end) != (byte_offset, byte_offset + length):
+                    raise _changed(
+                        location,
+                        f"bytes {byte_offset}..{byte_offset + length - 1}",
+                        f"bytes {first}..{end - 1} of a {size}-byte object",
+                    )
+                want = length
+            data = bytes(await result.bytes_async())
+        except StorageError:
+            raise
+        except Exception as exc:
+            code, status = native_error_code(exc)
+            if (code == "PreconditionFailed" or status == 412) and self.listed_at is not None:
+                raise _modified_after(location, self.listed_at, "later (S3 answered 412)") from None
+            if code == "InvalidRange" or status == 416:
+                raise _changed(
+                    location,
+                    f"bytes {byte_offset}..{(byte_offset or 0) + (byte_length or 0) - 1}",
+                    "an object too short for that range",
+                ) from None
+            raise translate_native_error(exc, location) from None
+        if len(data) != want:
+            raise TransientStorageError(
+                f"short body reading {location}: got {len(data)} of {want} bytes",
+                location=location,
+            )
         return data
 
     @staticmethod

@@ -109,6 +109,23 @@ def test_data_loader_workers_over_s3_yield_each_id_once(
     assert multi == torch_ids(ds, num_workers=0)  # workers did not consume the parent's epoch
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("parent_read_first", [False, True])
+def test_data_loader_workers_over_s3_native_client_each_id_once(
+    s3_sync_client: Any, s3_bucket: str, store_root: str, context: str, parent_read_first: bool
+) -> None:
+    # The native client's runtime threads do not survive fork: workers forked before the
+    # parent's first read build their own, workers forked after it read through botocore.
+    objects = make_s3_dataset(s3_sync_client, s3_bucket, "n/", per_class=8)
+    link = f"s3://{s3_bucket}/n/"
+    single = flat(collect(mx8.load(link, batch_size=4))) if parent_read_first else None
+    ds = mx8.DataLoader(link, batch_size=4, collate_fn=ids_and_labels)
+    multi = torch_ids(ds, num_workers=2, multiprocessing_context=context, timeout=60)
+    assert Counter(flat(multi)) == Counter(range(len(objects)))
+    if single is not None:
+        assert sorted(flat(multi)) == sorted(single)
+
+
 def test_data_loader_pickles_without_its_loader_and_reads_the_same_snapshot(link: str) -> None:
     ds = mx8.DataLoader(link, batch_size=9, shuffle=True, seed=1, collate_fn=ids_and_labels)
     it = iter(ds)

@@ -5,6 +5,7 @@ unchanged (Host header included, so SigV4 signatures still verify) unless a queu
 for a key matches the request path; each fault fires once, in the order queued:
 
 * ``"slowdown"``: answer ``503 SlowDown`` like throttled S3;
+* ``"denied"``: answer ``403 AccessDenied`` like a bucket policy that refuses;
 * ``"reset"``: close the connection without answering;
 * ``"short"``: forward, then send the full Content-Length header but only half the body;
 * ``Gate`` (a ``threading.Event``): hold the request until the test sets the event.
@@ -26,6 +27,10 @@ __all__ = ["FaultProxy", "fault_proxy"]
 _SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
+)
+_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
 )
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
 
@@ -108,6 +113,9 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 return
             if fault == "slowdown":
                 self._send(503, [("Content-Type", "application/xml")], _SLOWDOWN)
+                return
+            if fault == "denied":
+                self._send(403, [("Content-Type", "application/xml")], _DENIED)
                 return
             status, headers, data = self._forward()
             if fault == "short":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from support.eventually import assert_eventually
 from support.s3_fault_proxy import FaultProxy, fault_proxy
 
 from mx8_common.errors import (
+    AccessDeniedError,
     BucketNotFoundError,
     ConfigError,
     ObjectChangedError,
@@ -100,12 +103,12 @@ def _server_time(client: Any, bucket: str) -> float:
     return email.utils.parsedate_to_datetime(date).timestamp()
 
 
-@pytest.mark.parametrize("lean", [True, False])
+@pytest.mark.parametrize(("native", "lean"), [(True, True), (False, True), (False, False)])
 async def test_object_reader_same_size_overwrite_after_listing_is_changed(
-    s3_sync_client: Any, s3_bucket: str, s3_object: str, lean: bool
+    s3_sync_client: Any, s3_bucket: str, s3_object: str, native: bool, lean: bool
 ) -> None:
     listed_at = _server_time(s3_sync_client, s3_bucket)
-    config = ObjectReaderConfig(lean_s3_get=lean)
+    config = ObjectReaderConfig(native_s3_get=native, lean_s3_get=lean)
     async with ObjectReader(config, listed_at=listed_at) as reader:
         assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
         assert await reader.read(s3_object, 10, 20) == PAYLOAD[10:30]
@@ -215,6 +218,63 @@ async def test_object_reader_gives_up_after_max_attempts(s3_object: str, proxy: 
     assert reader.stats.retries == 3
 
 
+async def test_object_reader_access_denied_is_permanent_and_names_the_credentials(
+    s3_object: str, proxy: FaultProxy
+) -> None:
+    proxy.add_faults("data/obj.bin", "denied")
+    async with ObjectReader(FAST_RETRY, s3_settings=_via(proxy)) as reader:
+        with pytest.raises(AccessDeniedError, match=r"access denied to .*\(AccessDenied\)") as info:
+            await reader.read(s3_object, None, len(PAYLOAD))
+    assert "AWS_ACCESS_KEY_ID" in str(info.value) and "\n" not in str(info.value)
+    assert info.value.location == s3_object
+    assert reader.stats.retries == 0
+
+
+async def test_object_reader_without_credentials_says_what_to_set(
+    s3_env: LocalS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    async with ObjectReader(FAST_RETRY) as reader:
+        with pytest.raises(AccessDeniedError, match="no AWS credentials found"):
+            await reader.read("s3://mx8-creds-less-bucket/a.bin", None, 10)
+    assert reader.stats.retries == 0
+
+
+async def test_object_reader_refused_connection_retries_then_names_the_endpoint_setting(
+    s3_env: LocalS3, unused_tcp_port: int
+) -> None:
+    dead = S3Settings(endpoint_url=f"http://127.0.0.1:{unused_tcp_port}", region="us-east-1")
+    async with ObjectReader(FAST_RETRY, s3_settings=dead) as reader:
+        with pytest.raises(TransientStorageError) as info:
+            await reader.read("s3://some-bucket/a.bin", None, 10)
+    message = str(info.value)
+    assert "cannot connect to the S3 endpoint" in message and "MX8_S3_ENDPOINT_URL" in message
+    assert "gave up after 4 attempts" in message and "\n" not in message
+    assert reader.stats.retries == 3
+
+
+async def test_object_reader_cancelled_read_stops_and_the_reader_goes_on(
+    s3_object: str, proxy: FaultProxy
+) -> None:
+    gate = threading.Event()
+    proxy.add_faults("data/obj.bin", gate)
+    try:
+        async with ObjectReader(FAST_RETRY, s3_settings=_via(proxy)) as reader:
+            task = asyncio.create_task(reader.read(s3_object, None, len(PAYLOAD)))
+            await assert_eventually(lambda: proxy.gets_for("data/obj.bin") == 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert reader.stats.reads == 0
+            assert await reader.read(s3_object, 5, 10) == PAYLOAD[5:15]
+    finally:
+        gate.set()
+
+
 async def test_object_reader_reads_local_files(tmp_path: Any) -> None:
     path = tmp_path / "a b.bin"
     path.write_bytes(PAYLOAD)
@@ -300,10 +360,10 @@ async def test_object_reader_on_read_sees_each_sample_read(tmp_path: Any, s3_obj
     assert all(s >= 0 for s, _n in timed)
 
 
-async def test_object_reader_new_clients_reuse_parsed_models(s3_object: str) -> None:
-    # Each reader opens its own client (one per engine epoch); the parsed service model is
-    # shared, and sharing it must not grow the loader's search path per client.
-    readers = [ObjectReader() for _ in range(3)]
+async def test_object_reader_botocore_clients_reuse_parsed_models(s3_object: str) -> None:
+    # On the botocore path each reader opens its own client (one per engine epoch); the
+    # parsed service model is shared, and sharing it must not grow the loader's search path.
+    readers = [ObjectReader(ObjectReaderConfig(native_s3_get=False)) for _ in range(3)]
     try:
         for reader in readers:
             assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD

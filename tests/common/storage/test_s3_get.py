@@ -81,11 +81,13 @@ async def test_s3_getter_missing_key_and_bucket_raise_client_errors(
     )
 
 
-@pytest.mark.parametrize("lean", [True, False])
-async def test_s3_getter_reader_errors_are_the_same_on_both_paths(
-    objects: str, lean: bool, s3_sync_client: Any
+@pytest.mark.parametrize(("native", "lean"), [(True, True), (False, True), (False, False)])
+async def test_object_reader_errors_are_the_same_on_every_s3_path(
+    objects: str, native: bool, lean: bool, s3_sync_client: Any
 ) -> None:
-    config = ObjectReaderConfig(max_attempts=2, backoff_base_s=0.001, lean_s3_get=lean)
+    config = ObjectReaderConfig(
+        max_attempts=2, backoff_base_s=0.001, native_s3_get=native, lean_s3_get=lean
+    )
     location = f"s3://{objects}/{KEYS[0]}"
     async with ObjectReader(config) as reader:
         with pytest.raises(ObjectNotFoundError, match="does not exist") as info:
@@ -102,7 +104,10 @@ async def test_s3_getter_reader_errors_are_the_same_on_both_paths(
             await reader.read(location, None, len(PAYLOAD))
         assert await reader.read(location, 10, 20) == PAYLOAD[10:30]
         assert reader.stats.retries == 0  # all permanent
-        assert (reader._getter is not None) and (bool(reader._getter._routes) == lean)
+        if native:
+            assert reader._getter is None and objects in reader._stores
+        else:
+            assert (reader._getter is not None) and (bool(reader._getter._routes) == lean)
 
 
 @pytest.mark.parametrize("lean", [True, False])
@@ -110,7 +115,7 @@ async def test_s3_getter_dead_endpoint_is_a_transient_error_naming_the_endpoint_
     lean: bool, s3_env: LocalS3, unused_tcp_port: int
 ) -> None:
     dead = S3Settings.from_env(f"http://127.0.0.1:{unused_tcp_port}")
-    config = ObjectReaderConfig(max_attempts=1, lean_s3_get=lean)
+    config = ObjectReaderConfig(max_attempts=1, native_s3_get=False, lean_s3_get=lean)
     async with ObjectReader(config, s3_settings=dead) as reader:
         with pytest.raises(TransientStorageError, match="cannot connect to the S3 endpoint"):
             await reader.read("s3://some-bucket/a.bin", None, 10)

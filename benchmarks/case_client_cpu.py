@@ -1,0 +1,112 @@
+"""Client CPU per 64 KiB sample: ``mx8.load`` (whole loader) vs raw native-client GETs.
+
+Issue 19's acceptance row: in the same run, alternating, ``mx8.load`` over the local S3
+server must cost at most 1.2x the client CPU per sample of raw concurrent GETs through the
+native client it uses (obstore), and deliver at least 1.0x their samples/s. Beside it, the
+raw clients compared (the CRT client, mx8's botocore path, aioboto3) and ``mx8.load`` on the
+botocore path, each against raw obstore GETs. The box's load average is in the note: these
+are CPU times, less noisy than rates on a shared box, but not free of it.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+from benchmarks.bench_env import BenchEnv
+from benchmarks.client_cpu import crt_skip_reason, mx8_load_cpu, raw_gets_cpu
+from benchmarks.report import Row
+
+__all__ = ["run"]
+
+CASE = "client_cpu"
+CONCURRENCY = 32
+KiB = 1024
+CPU_TARGET = 1.2  # mx8.load may cost at most this many times raw GETs' CPU per sample
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load avg {one:.1f}/{five:.1f}/{fifteen:.1f} on {os.cpu_count()} CPUs"
+
+
+def run(env: BenchEnv) -> list[Row]:
+    count = env.size(192, 600)
+    bucket, prefix, keys = env.s3_dataset(count, 64 * KiB)
+    link = f"s3://{bucket}/{prefix}"
+    clients = ["obstore", "lean", "aioboto3"] + ([] if crt_skip_reason() else ["crt"])
+    sides = [*(f"raw {c}" for c in clients), "mx8 native", "mx8 botocore"]
+    rate: dict[str, list[float]] = {s: [] for s in sides}
+    cpu: dict[str, list[float]] = {s: [] for s in sides}
+    # Warm-ups: the snapshot, each client's setup (models, stores, connections).
+    mx8_load_cpu(link, concurrency=CONCURRENCY, expect=count)
+    mx8_load_cpu(link, concurrency=CONCURRENCY, expect=count, native=False)
+    for client in clients:
+        raw_gets_cpu(client, bucket, keys[:32], concurrency=CONCURRENCY)
+    load_before = _load()
+    for _ in range(env.repeats):
+        for side in sides:
+            if side.startswith("raw "):
+                r, c = raw_gets_cpu(side[4:], bucket, keys, concurrency=CONCURRENCY)
+            else:
+                r, c = mx8_load_cpu(
+                    link, concurrency=CONCURRENCY, expect=count, native=side == "mx8 native"
+                )
+            rate[side].append(r)
+            cpu[side].append(c)
+    load = f"{load_before} before, {_load()} after"
+    med = {s: statistics.median(cpu[s]) for s in sides}
+    what = f"64 KiB x {count}, c={CONCURRENCY} ({env.s3.kind})"
+    rows = [
+        Row(
+            CASE,
+            f"client CPU/sample, mx8.load (whole loader) {what}",
+            "ms CPU",
+            med["mx8 native"],
+            med["raw obstore"],
+            "raw obstore GETs",
+            target=1 / CPU_TARGET,
+            higher_is_better=False,
+            samples=cpu["mx8 native"],
+            baseline_samples=cpu["raw obstore"],
+            note=f"mx8/raw = {med['mx8 native'] / med['raw obstore']:.2f}x "
+            f"(target <= {CPU_TARGET}x); {load}",
+        ),
+        Row(
+            CASE,
+            f"samples/s, mx8.load {what}",
+            "samples/s",
+            statistics.median(rate["mx8 native"]),
+            statistics.median(rate["raw obstore"]),
+            "raw obstore GETs",
+            target=1.0,
+            samples=rate["mx8 native"],
+            baseline_samples=rate["raw obstore"],
+        ),
+    ]
+    others = {
+        "raw crt": "raw CRT GETs (s3torchconnectorclient)",
+        "raw lean": "raw botocore-path GETs (s3_get)",
+        "raw aioboto3": "raw aioboto3 GETs",
+        "mx8 botocore": "mx8.load, botocore path",
+    }
+    for side, name in others.items():
+        if side not in med:
+            continue
+        rows.append(
+            Row(
+                CASE,
+                f"client CPU/sample, raw obstore GETs vs {name}, {what}",
+                "ms CPU",
+                med["raw obstore"],
+                med[side],
+                name,
+                higher_is_better=False,
+                samples=cpu["raw obstore"],
+                baseline_samples=cpu[side],
+                note=f"{name}: {statistics.median(rate[side]):,.0f} samples/s",
+            )
+        )
+    if crt_skip_reason():
+        rows[-1].note += f"; CRT not measured: {crt_skip_reason()}"
+    return rows
