@@ -1,5 +1,6 @@
-"""The agent's data plane over gs:// and az:// manifests, against the emulators: the same
-ObjectReader as S3, ranged and whole reads, a replaced object failing loudly."""
+"""The distributed path over gs:// and az:// against the emulators: the coordinator indexes
+the link, the agent's data plane reads through the same ObjectReader as S3 (ranged and whole
+reads), a replaced object fails loudly."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from support.cloud_emulators import Azurite, GcsEmulator
 from support.manifests import Row, write_manifest
 
 from mx8_common.errors import ObjectChangedError
+from mx8_coordinator.config import CoordinatorConfig
+from mx8_coordinator.server import Coordinator
 
 
 @pytest.fixture(params=["gs", "az"])
@@ -74,3 +77,32 @@ async def test_agent_cloud_object_replaced_after_snapshot_fails(
     assert isinstance(run.error, ObjectChangedError)
     assert f"{root}train/011.bin" in str(run.error)
     assert "expected 90 bytes, found 8 bytes" in str(run.error)
+
+
+async def test_coordinator_indexes_cloud_link_and_agent_serves_every_object_once(
+    tmp_path: Path, cloud: tuple[str, Any], start_agent: Any
+) -> None:
+    root, put = cloud
+    contents = {f"{root}train/{k:02d}.bin": f"object {k};".encode() * (k + 1) for k in range(24)}
+    for location, body in contents.items():
+        put(location[len(root) :], body)
+    put("elsewhere/skip.bin", b"not in the prefix")
+    config = CoordinatorConfig(
+        dataset=f"{root}train/",
+        listen="127.0.0.1:0",
+        store=str(tmp_path / "store"),
+        block_size=5,
+        label_mode="none",
+        mode="dynamic",
+    )
+    async with Coordinator(config) as coordinator:
+        agent = await start_agent(coordinator.address)
+        run = await asyncio.to_thread(run_trainer, agent.url, batch_size=4, keep_batches=True)
+        await agent.result()
+    assert run.error is None, run.error
+    got: dict[int, bytes] = {}
+    for batch in run.batches:
+        for sid, payload in zip(batch.sample_ids.tolist(), batch.payloads, strict=True):
+            assert sid not in got
+            got[sid] = bytes(payload)
+    assert [got[i] for i in range(len(contents))] == [contents[k] for k in sorted(contents)]
