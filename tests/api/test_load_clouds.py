@@ -179,3 +179,23 @@ def test_data_loader_cloud_workers_yield_each_object_once(
     )
     ids = [int(i) for batch in loader for i in batch.sample_ids]
     assert sorted(ids) == list(range(len(cloud.contents)))
+
+
+def test_load_az_with_only_a_connection_string(
+    az_container: str, azurite_server: Azurite, store_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contents = {}
+    for key in _KEYS[:6]:
+        azurite_server.put(az_container, "cs/" + key, _payload(key))
+        contents[f"az://{az_container}/cs/{key}"] = _payload(key)
+    env = azurite_server.env
+    for key in env:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        f"DefaultEndpointsProtocol=http;AccountName={env['AZURE_STORAGE_ACCOUNT_NAME']};"
+        f"AccountKey={env['AZURE_STORAGE_ACCOUNT_KEY']};"
+        f"BlobEndpoint={env['AZURE_STORAGE_ENDPOINT']};",
+    )
+    loader = mx8.load(f"az://{az_container}/cs/", batch_size=4, label_mode="none")
+    assert _epoch(loader) == contents

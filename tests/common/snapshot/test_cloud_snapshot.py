@@ -141,6 +141,12 @@ def test_snapshot_cli_resolves_cloud_link_and_json_store_path(cloud: tuple, tmp_
         ("gs://absent-bucket-x/p/", {}, "does not exist"),
         ("az://absent-bucket-x/p/", {}, "does not exist"),
         ("az://data/p/", {"AZURE_STORAGE_ACCOUNT_NAME": ""}, "set AZURE_STORAGE_ACCOUNT_NAME"),
+        ("az://data/p/", {"AZURE_STORAGE_ACCOUNT_KEY": ""}, "no Azure credentials found"),
+        (
+            "gs://data/p/",
+            {"STORAGE_EMULATOR_HOST": "", "GOOGLE_APPLICATION_CREDENTIALS": "/absent/key.json"},
+            "no Google credentials found",
+        ),
         ("ftp://host/p/", {}, "unknown scheme 'ftp://'"),
     ],
 )
