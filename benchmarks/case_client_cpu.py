@@ -31,7 +31,7 @@ def _load() -> str:
 
 
 def run(env: BenchEnv) -> list[Row]:
-    count = env.size(192, 600)
+    count = env.size(96, 600)  # the dataset data_plane_s3 uploads (shared per run)
     bucket, prefix, keys = env.s3_dataset(count, 64 * KiB)
     link = f"s3://{bucket}/{prefix}"
     clients = ["obstore", "lean", "aioboto3"] + ([] if crt_skip_reason() else ["crt"])
