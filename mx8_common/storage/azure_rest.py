@@ -77,12 +77,21 @@ def _http_time(value: str | None) -> float | None:
         return None
 
 
-def _shared_key(account: str, key: str, method: str, url: yarl.URL, headers: dict[str, str]) -> str:
+def _shared_key(
+    account: str,
+    key: str,
+    method: str,
+    url: yarl.URL,
+    headers: dict[str, str],
+    if_match: str = "",
+) -> str:
     """The SharedKey ``Authorization`` value of a body-less request."""
-    ms = "".join(f"{k}:{v}\n" for k, v in sorted(headers.items()) if k.startswith("x-ms-"))
+    nl = "\n"
+    ms = "".join(f"{k}:{v}{nl}" for k, v in sorted(headers.items()) if k.startswith("x-ms-"))
     query = sorted((k.lower(), v) for k, v in url.query.items())
-    resource = f"/{account}{url.raw_path}" + "".join(f"\n{k}:{v}" for k, v in query)
-    to_sign = f"{method}\n" + "\n" * 11 + ms + resource
+    resource = f"/{account}{url.raw_path}" + "".join(f"{nl}{k}:{v}" for k, v in query)
+    # VERB, then 11 standard headers of which only If-Match (the 8th) is ever set here.
+    to_sign = method + nl + nl * 7 + if_match + nl + nl * 3 + ms + resource
     digest = hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()
     return f"SharedKey {account}:{base64.b64encode(digest).decode()}"
 
@@ -195,7 +204,15 @@ class AzureRestClient:
         return self._session
 
     async def _request(
-        self, path: str, query: dict[str, str], location: str, extra: dict[str, str] | None = None
+        self,
+        path: str,
+        query: dict[str, str],
+        location: str,
+        extra: dict[str, str] | None = None,
+        *,
+        method: str = "GET",
+        if_match: str = "",
+        tolerate: frozenset[int] = frozenset(),
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         settings = self.settings
         account = settings.require_account(location)
@@ -210,17 +227,19 @@ class AzureRestClient:
         }
         if settings.account_key and not settings.sas:
             headers["Authorization"] = _shared_key(
-                account, settings.account_key, "GET", url, headers
+                account, settings.account_key, method, url, headers, if_match
             )
         elif settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
         elif not settings.sas:
             self._entra = self._entra or _EntraToken()
             headers["Authorization"] = await self._entra.header(location)
+        if if_match:
+            headers["If-Match"] = if_match
         with _transport_errors(location, endpoint):
-            async with self._http().get(url, headers=headers) as resp:
+            async with self._http().request(method, url, headers=headers) as resp:
                 body = await resp.read()
-                if resp.status not in (200, 206):
+                if resp.status not in (200, 202, 206) and resp.status not in tolerate:
                     code = resp.headers.get("x-ms-error-code", "")
                     raise _answer_error(resp.status, code, location)
                 return resp, body
@@ -260,6 +279,15 @@ class AzureRestClient:
             blobs.append((blob.findtext("Name") or "", int(size or 0), _http_time(modified)))
         prefixes = [p.findtext("Name") or "" for p in root.iter("BlobPrefix")]
         return AzureListPage(blobs, prefixes, root.findtext("NextMarker") or None)
+
+    async def delete_if_match(self, location: str, etag: str) -> bool:
+        """Delete the blob if its ETag is still ``etag``; False if it changed or is gone."""
+        container, key = split_az_location(location)
+        path = f"/{urllib.parse.quote(container, safe='')}/{urllib.parse.quote(key, safe='/')}"
+        resp, _body = await self._request(
+            path, {}, location, method="DELETE", if_match=etag, tolerate=frozenset({404, 412})
+        )
+        return resp.status == 202
 
     async def get(self, location: str, start: int | None, length: int | None) -> AzureBlob:
         """The blob at ``az://container/key`` (or ``length`` bytes from ``start``)."""

@@ -54,7 +54,8 @@ def resolve_store_root(root: str | None = None) -> str:
 
 
 def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore:
-    """The store at ``root`` (folder or ``s3://bucket/prefix``); see ``resolve_store_root``.
+    """The store at ``root`` (folder, ``s3://bucket/prefix`` or ``az://container/prefix``);
+    see ``resolve_store_root``.
 
     Keyword arguments go to the S3 backend (``s3_endpoint_url``).
     """
@@ -63,13 +64,18 @@ def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore
         from mx8_common.store.s3 import S3ManifestStore
 
         return S3ManifestStore(root, **kwargs)
-    if root.startswith(("gs://", "az://")):
-        # The store's single-writer lock and intent pointers need a conditional create
-        # (S3's If-None-Match); mx8 has not built or tested that on GCS or Azure yet.
+    if root.startswith("az://"):
+        from mx8_common.store.azure import AzureManifestStore
+
+        return AzureManifestStore(root)
+    if root.startswith("gs://"):
+        # The store's single-writer lock needs conditional create, replace and delete; mx8
+        # has not built that on GCS yet.
         raise ConfigError(
-            f"manifest store root {root!r}: a store on {root[:5]} is not supported yet; keep "
-            "the manifests in a folder (shared file system) or under s3://bucket/prefix "
-            "(MX8_MANIFEST_STORE_ROOT / --store); datasets on gs:// and az:// work with either"
+            f"manifest store root {root!r}: a store on gs:// is not supported yet; keep the "
+            "manifests in a folder (shared file system), under s3://bucket/prefix or "
+            "az://container/prefix (MX8_MANIFEST_STORE_ROOT / --store); datasets on gs:// work "
+            "with any of them"
         )
     if "://" in root and not root.startswith("file://"):
         raise ConfigError(
