@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-mode", choices=LABEL_MODES, default=None, help="labels (default auto)"
     )
     parser.add_argument(
-        "--store", default=None, help="manifest store root (folder or s3://bucket/prefix)"
+        "--store",
+        default=None,
+        help="manifest store root (folder, s3://bucket/prefix or az://container/prefix)",
     )
     parser.add_argument(
         "--list-concurrency",

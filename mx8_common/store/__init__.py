@@ -44,7 +44,8 @@ class StoreConfig:
         None,
         env="MX8_MANIFEST_STORE_ROOT",
         flag="--store",
-        help="manifest store: a folder or s3://bucket/prefix (default ~/.mx8/manifests)",
+        help="manifest store: a folder, s3://bucket/prefix or az://container/prefix "
+        "(default ~/.mx8/manifests)",
     )
 
 
