@@ -24,7 +24,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import yarl
@@ -66,6 +66,7 @@ class AzureBlob:
     start: int
     object_size: int
     last_modified: float | None
+    etag: str = ""
 
 
 def _http_time(value: str | None) -> float | None:
@@ -77,21 +78,31 @@ def _http_time(value: str | None) -> float | None:
         return None
 
 
-def _shared_key(
-    account: str,
-    key: str,
-    method: str,
-    url: yarl.URL,
-    headers: dict[str, str],
-    if_match: str = "",
-) -> str:
-    """The SharedKey ``Authorization`` value of a body-less request."""
+_STANDARD = (
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Length",
+    "Content-MD5",
+    "Content-Type",
+    "Date",
+    "If-Modified-Since",
+    "If-Match",
+    "If-None-Match",
+    "If-Unmodified-Since",
+    "Range",
+)
+
+
+def _shared_key(account: str, key: str, method: str, url: yarl.URL, headers: dict[str, str]) -> str:
+    """The SharedKey ``Authorization`` value of a request with these headers."""
     nl = "\n"
+    standard = [headers.get(name, "") for name in _STANDARD]
+    if standard[2] == "0":
+        standard[2] = ""  # Content-Length 0 is signed as empty (version 2015-02-21 on)
     ms = "".join(f"{k}:{v}{nl}" for k, v in sorted(headers.items()) if k.startswith("x-ms-"))
     query = sorted((k.lower(), v) for k, v in url.query.items())
     resource = f"/{account}{url.raw_path}" + "".join(f"{nl}{k}:{v}" for k, v in query)
-    # VERB, then 11 standard headers of which only If-Match (the 8th) is ever set here.
-    to_sign = method + nl + nl * 7 + if_match + nl + nl * 3 + ms + resource
+    to_sign = method + nl + "".join(v + nl for v in standard) + ms + resource
     digest = hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()
     return f"SharedKey {account}:{base64.b64encode(digest).decode()}"
 
@@ -213,6 +224,8 @@ class AzureRestClient:
         method: str = "GET",
         if_match: str = "",
         tolerate: frozenset[int] = frozenset(),
+        body: bytes | BinaryIO | None = None,
+        body_size: int | None = None,
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         settings = self.settings
         account = settings.require_account(location)
@@ -225,24 +238,32 @@ class AzureRestClient:
             "x-ms-version": _VERSION,
             **(extra or {}),
         }
+        if if_match:
+            headers["If-Match"] = if_match
+        if body is not None:
+            size = len(body) if isinstance(body, bytes) else body_size
+            headers["Content-Length"] = str(size)
+            # Set (and signed) here: aiohttp would add its own after signing otherwise.
+            headers["Content-Type"] = "application/octet-stream"
         if settings.account_key and not settings.sas:
             headers["Authorization"] = _shared_key(
-                account, settings.account_key, method, url, headers, if_match
+                account, settings.account_key, method, url, headers
             )
         elif settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
         elif not settings.sas:
             self._entra = self._entra or _EntraToken()
             headers["Authorization"] = await self._entra.header(location)
-        if if_match:
-            headers["If-Match"] = if_match
         with _transport_errors(location, endpoint):
-            async with self._http().request(method, url, headers=headers) as resp:
-                body = await resp.read()
-                if resp.status not in (200, 202, 206) and resp.status not in tolerate:
-                    code = resp.headers.get("x-ms-error-code", "")
+            async with self._http().request(method, url, headers=headers, data=body) as resp:
+                answer = await resp.read()
+                code = resp.headers.get("x-ms-error-code", "")
+                ok = resp.status in (200, 201, 202, 206) or (
+                    resp.status in tolerate and code != "ContainerNotFound"
+                )
+                if not ok:
                     raise _answer_error(resp.status, code, location)
-                return resp, body
+                return resp, answer
 
     async def list_page(
         self,
@@ -280,14 +301,75 @@ class AzureRestClient:
         prefixes = [p.findtext("Name") or "" for p in root.iter("BlobPrefix")]
         return AzureListPage(blobs, prefixes, root.findtext("NextMarker") or None)
 
+    @staticmethod
+    def _blob_path(location: str) -> str:
+        container, key = split_az_location(location)
+        return f"/{urllib.parse.quote(container, safe='')}/{urllib.parse.quote(key, safe='/')}"
+
+    async def head(self, location: str) -> tuple[int, str] | None:
+        """``(size, etag)`` of the blob, or None if there is none."""
+        resp, _ = await self._request(
+            self._blob_path(location), {}, location, method="HEAD", tolerate=frozenset({404})
+        )
+        if resp.status == 404:
+            return None
+        return int(resp.headers.get("Content-Length", "0")), resp.headers.get("ETag", "")
+
+    async def put(
+        self,
+        location: str,
+        data: bytes | BinaryIO,
+        *,
+        size: int | None = None,
+        create: bool = False,
+        if_match: str = "",
+    ) -> str | None:
+        """Write the blob (``data`` bytes, or a file of ``size`` bytes streamed as sent); its
+        new ETag, or None when ``create`` found one already there or ``if_match`` no longer
+        matches (or the blob is gone)."""
+        extra = {"x-ms-blob-type": "BlockBlob"}
+        if create:
+            extra["If-None-Match"] = "*"
+        resp, _ = await self._request(
+            self._blob_path(location),
+            {},
+            location,
+            extra,
+            method="PUT",
+            if_match=if_match,
+            tolerate=frozenset({404, 409, 412}),
+            body=data,
+            body_size=size,
+        )
+        if resp.status in (404, 409, 412):
+            return None
+        return resp.headers.get("ETag", "")
+
     async def delete_if_match(self, location: str, etag: str) -> bool:
         """Delete the blob if its ETag is still ``etag``; False if it changed or is gone."""
-        container, key = split_az_location(location)
-        path = f"/{urllib.parse.quote(container, safe='')}/{urllib.parse.quote(key, safe='/')}"
         resp, _body = await self._request(
-            path, {}, location, method="DELETE", if_match=etag, tolerate=frozenset({404, 412})
+            self._blob_path(location),
+            {},
+            location,
+            method="DELETE",
+            if_match=etag,
+            tolerate=frozenset({404, 412}),
         )
         return resp.status == 202
+
+    async def stream(self, location: str, sink: Any) -> bool:
+        """Feed the blob to ``sink(chunk)`` in 1 MiB chunks (read whole first: for manifests,
+        not samples); False if there is none."""
+        endpoint = self.settings.blob_endpoint(location)
+        resp, body = await self._request(
+            self._blob_path(location), {}, location, tolerate=frozenset({404})
+        )
+        if resp.status == 404:
+            return False
+        with _transport_errors(location, endpoint):
+            for i in range(0, len(body), 1 << 20):
+                sink(body[i : i + (1 << 20)])
+        return True
 
     async def get(self, location: str, start: int | None, length: int | None) -> AzureBlob:
         """The blob at ``az://container/key`` (or ``length`` bytes from ``start``)."""
@@ -307,4 +389,10 @@ class AzureRestClient:
             size = int(total) if total.isdigit() else -1
         elif start is not None:
             first = -1  # a whole blob answered a ranged request
-        return AzureBlob(body, first, size, _http_time(resp.headers.get("Last-Modified")))
+        return AzureBlob(
+            body,
+            first,
+            size,
+            _http_time(resp.headers.get("Last-Modified")),
+            resp.headers.get("ETag", ""),
+        )

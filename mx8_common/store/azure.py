@@ -1,11 +1,11 @@
 """Azure Blob backend of the manifest store (``az://container/prefix`` roots).
 
-Conditional creates are obstore puts with ``mode="create"`` (Azure's ``If-None-Match: *``);
-lock heartbeats and takeovers are puts conditional on the lock's ETag, and a lock is
-released by a ``DELETE`` with ``If-Match`` (obstore has no conditional delete: that one
-call goes through ``storage.azure_rest``). Manifests upload from the file in one Put Blob
-(Azure takes up to 5000 MiB in one) after their hash was checked locally; every whole read
-re-verifies the hash while streaming.
+Everything goes through ``storage.azure_rest`` (aiohttp), never obstore: resolving a
+snapshot then starts no native runtime in a process that may fork DataLoader workers or
+exit right after (a CLI). Conditional creates are Put Blob with ``If-None-Match: *``; lock
+heartbeats and takeovers are puts with ``If-Match: <etag>``, releases are deletes with it.
+A manifest is uploaded from its file in one Put Blob (Azure takes up to 5000 MiB in one)
+after its hash was checked locally; every whole read re-verifies the hash.
 """
 
 from __future__ import annotations
@@ -15,28 +15,18 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from mx8_common.errors import IntegrityError, ManifestHashMismatch, StoreError
+from mx8_common.errors import (
+    IntegrityError,
+    ManifestHashMismatch,
+    ObjectNotFoundError,
+    StoreError,
+)
 from mx8_common.manifest.hashing import HashingSink, file_sha256
 from mx8_common.storage.azure_rest import AzureRestClient
-from mx8_common.storage.azure_store import translate_azure_error
-from mx8_common.storage.native_store import native_store
-from mx8_common.store.base import STREAM_CHUNK, LockState, ManifestStore, check_hash
+from mx8_common.store.base import LockState, ManifestStore, check_hash
 
 __all__ = ["AzureManifestStore"]
-
-
-def _kind(exc: BaseException) -> str:
-    """``exists``, ``precondition``, ``missing`` or "" for an obstore error."""
-    name = type(exc).__name__
-    if name == "AlreadyExistsError":
-        return "exists"
-    if name == "PreconditionError":
-        return "precondition"
-    if name == "NotFoundError" or isinstance(exc, FileNotFoundError):
-        return "missing"
-    return ""
 
 
 class AzureManifestStore(ManifestStore):
@@ -51,14 +41,13 @@ class AzureManifestStore(ManifestStore):
         self.root = root.rstrip("/")
         self.container = container
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self._store: Any = None
         self._rest: AzureRestClient | None = None
 
     # -- plumbing --------------------------------------------------------------------------
-    def _obstore(self) -> Any:
-        if self._store is None:
-            self._store = native_store("az", self.container, location=self.root)
-        return self._store
+    def _client(self) -> AzureRestClient:
+        if self._rest is None:
+            self._rest = AzureRestClient()
+        return self._rest
 
     async def aclose(self) -> None:
         rest, self._rest = self._rest, None
@@ -74,35 +63,15 @@ class AzureManifestStore(ManifestStore):
     def manifest_location(self, manifest_hash: str) -> str:
         return self._url(f"by-hash/{check_hash(manifest_hash)}")
 
-    async def _call(self, rel: str, fn: Callable[[Any], Any], *, tolerate: set[str]) -> Any:
-        """``await fn(store)``; an obstore error of a kind in ``tolerate`` returns the kind."""
-        try:
-            return await fn(self._obstore())
-        except StoreError:
-            raise
-        except Exception as exc:
-            kind = _kind(exc)
-            if kind and kind in tolerate:
-                return kind
-            raise translate_azure_error(exc, self._url(rel)) from None
-
     # -- manifests -------------------------------------------------------------------------
-    async def _head(self, rel: str) -> dict[str, Any] | None:
-        import obstore
-
-        meta = await self._call(
-            rel, lambda s: obstore.head_async(s, self._key(rel)), tolerate={"missing"}
-        )
-        return None if meta == "missing" else meta
-
     async def has(self, manifest_hash: str) -> bool:
-        return await self._head(f"by-hash/{check_hash(manifest_hash)}") is not None
+        return await self._client().head(self.manifest_location(manifest_hash)) is not None
 
     async def manifest_len(self, manifest_hash: str) -> int:
-        head = await self._head(f"by-hash/{check_hash(manifest_hash)}")
+        head = await self._client().head(self.manifest_location(manifest_hash))
         if head is None:
             raise self._not_found(manifest_hash)
-        return int(head["size"])
+        return head[0]
 
     async def read_range(self, manifest_hash: str, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
@@ -111,36 +80,22 @@ class AzureManifestStore(ManifestStore):
         end = min(offset + length, size)
         if end <= offset:
             return b""
-        import obstore
-
-        rel = f"by-hash/{check_hash(manifest_hash)}"
-        got = await self._call(
-            rel,
-            lambda s: obstore.get_range_async(s, self._key(rel), start=offset, end=end),
-            tolerate={"missing"},
-        )
-        if got == "missing":
-            raise self._not_found(manifest_hash)
-        return bytes(got)
+        try:
+            got = await self._client().get(
+                self.manifest_location(manifest_hash), offset, end - offset
+            )
+        except ObjectNotFoundError:
+            raise self._not_found(manifest_hash) from None
+        return got.data
 
     async def _stream_verified(self, manifest_hash: str, sink: Callable[[bytes], object]) -> None:
-        import obstore
-
-        rel = f"by-hash/{check_hash(manifest_hash)}"
-        result = await self._call(
-            rel, lambda s: obstore.get_async(s, self._key(rel)), tolerate={"missing"}
-        )
-        if result == "missing":
-            raise self._not_found(manifest_hash)
+        where = self.manifest_location(manifest_hash)
         hashing = HashingSink(sink)
-        try:
-            async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
-                hashing(bytes(chunk))
-        except Exception as exc:
-            raise translate_azure_error(exc, self._url(rel)) from None
+        if not await self._client().stream(where, hashing):
+            raise self._not_found(manifest_hash)
         hashing.check(
             manifest_hash,
-            what=f"stored manifest {self._url(rel)}",
+            what=f"stored manifest {where}",
             fix="the store copy is corrupt: delete it and index again",
         )
 
@@ -195,11 +150,9 @@ class AzureManifestStore(ManifestStore):
             f.close()
 
     async def put_manifest_file(self, path: str | os.PathLike[str], manifest_hash: str) -> None:
-        import obstore
-
         path = Path(path)
-        rel = f"by-hash/{check_hash(manifest_hash)}"
-        if await self._head(rel) is not None:
+        where = self.manifest_location(manifest_hash)
+        if await self._client().head(where) is not None:
             await self._verify_collision(path, manifest_hash)
             return
         actual = await asyncio.to_thread(file_sha256, path)
@@ -209,78 +162,45 @@ class AzureManifestStore(ManifestStore):
                 "the wrong hash",
                 manifest_hash=manifest_hash,
             )
-        # One conditional Put Blob from the file (multipart puts cannot be conditional).
-        created = await self._call(
-            rel,
-            lambda s: obstore.put_async(
-                s, self._key(rel), path, mode="create", use_multipart=False
-            ),
-            tolerate={"exists", "precondition"},
-        )
-        if created in ("exists", "precondition"):
+        size = (await asyncio.to_thread(path.stat)).st_size
+        f = await asyncio.to_thread(open, path, "rb")
+        try:
+            created = await self._client().put(where, f, size=size, create=True)
+        finally:
+            f.close()
+        if created is None:
             await self._verify_collision(path, manifest_hash)
 
     # -- small objects ---------------------------------------------------------------------
     async def _put_small(self, rel: str, data: bytes) -> bool:
-        import obstore
-
-        got = await self._call(
-            rel,
-            lambda s: obstore.put_async(s, self._key(rel), data, mode="create"),
-            tolerate={"exists", "precondition"},
-        )
-        return got not in ("exists", "precondition")
-
-    async def _get_with_etag(self, rel: str) -> tuple[bytes, str] | None:
-        import obstore
-
-        async def get(s: Any) -> tuple[bytes, str]:
-            result = await obstore.get_async(s, self._key(rel))
-            return bytes(await result.bytes_async()), str(result.meta["e_tag"])
-
-        got = await self._call(rel, get, tolerate={"missing"})
-        return None if got == "missing" else got
+        return await self._client().put(self._url(rel), data, create=True) is not None
 
     async def _get_small(self, rel: str) -> bytes | None:
-        got = await self._get_with_etag(rel)
-        return None if got is None else got[0]
+        chunks: list[bytes] = []
+        if not await self._client().stream(self._url(rel), chunks.append):
+            return None
+        return b"".join(chunks)
 
     async def _replace_small(self, rel: str, data: bytes) -> None:
-        import obstore
-
-        await self._call(rel, lambda s: obstore.put_async(s, self._key(rel), data), tolerate=set())
+        await self._client().put(self._url(rel), data)
 
     # -- locks -----------------------------------------------------------------------------
     def _lock(self, key: str) -> str:
         return f"locks/{key}.lock"
 
     async def lock_create(self, key: str, body: bytes) -> str | None:
-        import obstore
-
-        rel = self._lock(key)
-        got = await self._call(
-            rel,
-            lambda s: obstore.put_async(s, self._key(rel), body, mode="create"),
-            tolerate={"exists", "precondition"},
-        )
-        return None if isinstance(got, str) else str(got["e_tag"])
+        return await self._client().put(self._url(self._lock(key)), body, create=True)
 
     async def lock_read(self, key: str) -> LockState | None:
-        got = await self._get_with_etag(self._lock(key))
-        return None if got is None else LockState(got[0], got[1])
+        where = self._url(self._lock(key))
+        try:
+            got = await self._client().get(where, None, None)
+        except ObjectNotFoundError:
+            return None
+        return LockState(got.data, got.etag)
 
     async def lock_replace(self, key: str, version: str, body: bytes) -> str | None:
-        import obstore
-
-        rel = self._lock(key)
-        got = await self._call(
-            rel,
-            lambda s: obstore.put_async(s, self._key(rel), body, mode={"e_tag": version}),
-            tolerate={"precondition", "missing"},
-        )
-        return None if isinstance(got, str) else str(got["e_tag"])
+        return await self._client().put(self._url(self._lock(key)), body, if_match=version)
 
     async def lock_delete(self, key: str, version: str) -> bool:
-        if self._rest is None:
-            self._rest = AzureRestClient()
-        return await self._rest.delete_if_match(self._url(self._lock(key)), version)
+        return await self._client().delete_if_match(self._url(self._lock(key)), version)
