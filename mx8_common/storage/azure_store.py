@@ -1,15 +1,16 @@
-"""Azure Blob Storage through obstore's ``AzureStore``: settings from the environment and
-the one place obstore's Azure errors become mx8 errors.
+"""Azure Blob settings from the environment, obstore's ``AzureStore`` for sample reads, and
+the one place obstore's Azure errors become mx8 errors (listing and the manifest store use
+``azure_rest`` with the same settings).
 
 An ``az://container/prefix/`` link names a container; the storage account and its
 credentials come from the environment (``AzureSettings.from_env``):
 
 - ``AZURE_STORAGE_CONNECTION_STRING`` (``AccountName=..;AccountKey=..;BlobEndpoint=..`` as
   the portal and Azurite print it), or
-- ``AZURE_STORAGE_ACCOUNT_NAME`` plus one credential obstore reads itself:
-  ``AZURE_STORAGE_ACCOUNT_KEY``, ``AZURE_STORAGE_SAS_TOKEN``, a service principal
-  (``AZURE_CLIENT_ID``/``AZURE_CLIENT_SECRET``/``AZURE_TENANT_ID``), workload identity, or
-  the VM's managed identity;
+- ``AZURE_STORAGE_ACCOUNT_NAME`` plus ``AZURE_STORAGE_ACCOUNT_KEY``,
+  ``AZURE_STORAGE_SAS_TOKEN`` or a bearer token ``AZURE_STORAGE_TOKEN``; without any of
+  them, Microsoft Entra credentials (service principal, workload or managed identity)
+  through ``azure-identity`` (``pip install 'mx8[azure]'``);
 - ``AZURE_STORAGE_ENDPOINT`` overrides ``https://<account>.blob.core.windows.net`` (Azurite:
   ``http://127.0.0.1:10000/devstoreaccount1``); plain http is allowed only for such an
   explicit endpoint.
