@@ -17,10 +17,17 @@ manifest hash, the agent fails closed (``coordinator_manifest_changed``, trainer
 under running trainers. In dynamic mode a coordinator whose job incarnation changed
 (restarted without its ``--state-dir``: leases it hands out again were delivered
 already) fails the agent closed the same way (``coordinator_state_lost``, exit 2)
-instead of delivering the job twice. ``shutdown()`` stops leasing,
-reports what trainers acknowledged, stops the server and closes every client; it is safe
-to call twice, and ``async with`` wraps ``start``/``shutdown`` (the shared part lives in
-``mx8_common.rpc.daemon``).
+instead of delivering the job twice. In rank-exact mode losing the coordinator is a
+pause: the trainers' streams go on, the agent retries every heartbeat interval (a
+``coordinator_lost`` line every few seconds saying what it waits for) and, when a
+coordinator answers again (restarted, possibly without its state), registers again
+sending its ranks, their world contracts and positions, from which that coordinator
+rebuilds the worlds; if it refuses them (``rank_report_refused``) or now runs another job
+order, the agent fails closed. A coordinator unheard of for
+``--coordinator-lost-timeout-s`` fails the agent (trainers told, exit 2).
+``shutdown()`` stops leasing, reports what trainers acknowledged, stops the server and
+closes every client; it is safe to call twice, and ``async with`` wraps
+``start``/``shutdown`` (the shared part lives in ``mx8_common.rpc.daemon``).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from mx8_common.errors import (
     Mx8Error,
     NodeIdInUseError,
     NodeNotRegisteredError,
+    RankReportError,
     RequestError,
 )
 from mx8_common.manifest.table import ManifestTable
@@ -389,7 +397,8 @@ class Agent(Daemon):
         try:
             await self.ranks.run()
         except Mx8Error as exc:
-            emit(_COMPONENT, exc.event, error=str(exc), node_id=self.config.node_id)
+            fields = error_fields(exc) | {"error": str(exc), "node_id": self.config.node_id}
+            emit(_COMPONENT, exc.event, level="error", **fields)
             self._fail_trainers(exc)
             await self._wait_trainers_gone()
             raise
@@ -450,6 +459,9 @@ class Agent(Daemon):
                 code=exc.code,
             ) from exc
         self._registration = reg
+        # Before the first read: objects modified after the snapshot's listing are refused,
+        # as embedded mode refuses them; 0 (unknown) leaves the size checks alone.
+        self._reader.listed_at = reg.listed_at_unix_s or None
         emit(
             _COMPONENT,
             "node_registered",
@@ -459,11 +471,15 @@ class Agent(Daemon):
             job_ready=reg.job_ready,
             manifest_hash=reg.manifest_hash,
             total_samples=reg.total_samples,
+            listed_at=reg.listed_at_unix_s or None,
+            changed_objects="size-or-modified" if reg.listed_at_unix_s else "size-only",
         )
         return reg
 
     async def _heartbeat_loop(self, interval_s: float) -> None:
         cfg = self.config
+        #: Since when the coordinator has not answered (None: it answers).
+        lost_since: float | None = None
         while True:
             await asyncio.sleep(interval_s)
             s = self.stats()
@@ -484,12 +500,110 @@ class Agent(Daemon):
                     # registering again is idempotent when it does.
                     try:
                         reg = await self._register_once()
-                    except Mx8Error:
+                    except RankReportError as refused:
+                        raise self._refused(refused) from None
+                    except Mx8Error as again:
+                        lost_since = self._coordinator_lost(again, lost_since)
                         continue
                     self._check_same_job(reg.job_incarnation)
                     self._check_same_snapshot(reg)
+                    self._check_same_order(reg)
+                    lost_since = self._coordinator_back(lost_since)
+                    continue
+                lost_since = self._coordinator_lost(exc, lost_since)
                 continue
+            lost_since = self._coordinator_back(lost_since)
             self._check_same_job(beat.job_incarnation)
+
+    def _coordinator_lost(self, exc: Mx8Error, since: float | None) -> float:
+        """Say what the agent waits for (every few seconds); give up after the timeout."""
+        cfg = self.config
+        now = time.monotonic()
+        since = now if since is None else since
+        waited = now - since
+        limit = cfg.coordinator_lost_timeout_s
+        if waited > limit:
+            error = CoordinatorError(
+                f"no answer from the coordinator at {cfg.coordinator} for {waited:.0f}s "
+                f"(--coordinator-lost-timeout-s {limit:g}): {exc}; start it again on that "
+                "address (a rank-exact job continues from the agents), or restart the job",
+                address=cfg.coordinator,
+                code=getattr(exc, "code", None) or "UNAVAILABLE",
+            )
+            emit(_COMPONENT, "coordinator_lost_timeout", level="error", error=str(error))
+            raise error
+        ranks = self.ranks.rank_reports() if self.ranks is not None else []
+        self._retry_log.emit(
+            _COMPONENT,
+            "coordinator_lost",
+            address=cfg.coordinator,
+            waiting_s=round(waited, 1),
+            gives_up_in_s=round(limit - waited, 1),
+            waiting_for=(
+                f"the coordinator to answer; trainers keep being served, then this agent "
+                f"registers again with its {len(ranks)} ranks"
+                if self.ranks is not None
+                else "the coordinator to answer"
+            ),
+            error=exc,
+        )
+        return since
+
+    def _coordinator_back(self, since: float | None) -> None:
+        if since is not None:
+            emit(
+                _COMPONENT,
+                "coordinator_reconnected",
+                address=self.config.coordinator,
+                lost_s=round(time.monotonic() - since, 1),
+            )
+
+    def _refused(self, error: RankReportError) -> RankReportError:
+        """The coordinator refuses what this agent says of its ranks: fail closed."""
+        self._fenced = True
+        emit(
+            _COMPONENT,
+            error.event,
+            level="error",
+            node_id=self.config.node_id,
+            field=error.field,
+            error=str(error),
+        )
+        self._fail_trainers(error)
+        return error
+
+    def _check_same_order(self, reg: cpb.RegisterNodeResponse) -> None:
+        """Fail closed when a re-registration gives another job order or mode than the
+        first one: the positions this agent serves would mean other samples."""
+        first = self._registration
+        assert first is not None
+        for name in ("total_samples", "block_size", "shuffle", "seed", "epochs"):
+            was, now = getattr(first, name), getattr(reg, name)
+            if was == now:
+                continue
+            self._fenced = True
+            error = ManifestChangedError(
+                f"the coordinator at {self.config.coordinator} restarted with {name} {now}, "
+                f"but this node's trainers read the job with {name} {was}; restart it with "
+                f"the job's flags (--{name.replace('_', '-')} {was}), or restart the whole job",
+                expected=str(was),
+                got=str(now),
+            )
+            emit(_COMPONENT, error.event, node_id=self.config.node_id, error=str(error))
+            self._fail_trainers(error)
+            raise error
+        if self._mode(first) != self._mode(reg):
+            self._fenced = True
+            error = ManifestChangedError(
+                f"the coordinator at {self.config.coordinator} restarted in --mode "
+                f"{self._mode(reg)}, but this job runs in {self._mode(first)}; restart it with "
+                f"--mode {self._mode(first)}, or restart the whole job",
+                expected=self._mode(first),
+                got=self._mode(reg),
+            )
+            emit(_COMPONENT, error.event, node_id=self.config.node_id, error=str(error))
+            self._fail_trainers(error)
+            raise error
 
     def _check_same_job(self, got: str) -> None:
         """Dynamic mode: fail closed when the coordinator's job incarnation changed.
@@ -536,6 +650,8 @@ class Agent(Daemon):
             max_inflight_bytes=cfg.max_inflight_bytes,
             fetch_concurrency=cfg.fetch_concurrency,
             incarnation=self._incarnation,
+            # Rank-exact: what a coordinator that lost its state rebuilds the worlds from.
+            ranks=self.ranks.rank_reports() if self.ranks is not None else (),
         )
         try:
             # Nothing of the reply is used (a hash becomes a file name) before it is checked.

@@ -127,6 +127,13 @@ class AgentConfig:
         env="MX8_AGENT_CONNECT_TIMEOUT_S",
         help="how long to keep retrying an unreachable coordinator before giving up",
     )
+    coordinator_lost_timeout_s: float = setting(
+        600.0,
+        env="MX8_AGENT_COORDINATOR_LOST_TIMEOUT_S",
+        help="how long a running agent waits for a coordinator it lost (unreachable, or "
+        "restarted and not yet answering) before it tells its trainers and exits 2; "
+        "rank-exact trainers keep being served meanwhile",
+    )
     ingest_attempts: int = setting(
         5,
         env="MX8_AGENT_INGEST_ATTEMPTS",
@@ -186,6 +193,7 @@ class AgentConfig:
             "--progress-interval-ms": self.progress_interval_ms,
             "--leases-ahead": self.leases_ahead,
             "--connect-timeout-s": self.connect_timeout_s,
+            "--coordinator-lost-timeout-s": self.coordinator_lost_timeout_s,
             "--ingest-attempts": self.ingest_attempts,
             "--manifest-chunk-timeout-s": self.manifest_chunk_timeout_s,
             "--table-file-min-rows": self.table_file_min_rows,

@@ -9,6 +9,7 @@ internals (the original stays reachable as ``__context__``).
     Mx8Error
     ├── ConfigError                  bad flag, env var or argument
     │   ├── ContractError              a trainer disagrees with the job or another rank (.field)
+    │   │   └── RankReportError              an agent's report conflicts with the known world
     │   └── ResumeError                a load_state_dict state that does not fit (.key)
     ├── LinkError                    dataset link that cannot be parsed (.link)
     ├── ManifestError                canonical manifest TSV rejected (.line_no)
@@ -96,6 +97,7 @@ __all__ = [
     "NonMonotonicListingError",
     "ObjectChangedError",
     "ObjectNotFoundError",
+    "RankReportError",
     "RequestError",
     "ResumeError",
     "SnapshotError",
@@ -131,6 +133,14 @@ class ContractError(ConfigError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class RankReportError(ContractError):
+    """What an agent reports of its trainer ranks (their world contract and position)
+    conflicts with the world the coordinator knows or rebuilt from other agents: another
+    contract, a rank claimed twice, or a position outside the job."""
+
+    event = "rank_report_refused"
 
 
 class ResumeError(ConfigError):

@@ -36,6 +36,7 @@ from mx8_coordinator.state.job import Job, JobSpec
 from mx8_coordinator.state.lease_log import LeaseLog, lease_log_path, read_log_manifest_hash
 from mx8_coordinator.state.node_registry import monotonic_ms
 from mx8_coordinator.state.state_dir import claim_state_dir
+from mx8_coordinator.state.world_file import WorldFile
 from mx8_coordinator.web.metrics import CoordinatorMetrics
 
 __all__ = ["SERVICE_NAME", "Coordinator"]
@@ -191,12 +192,14 @@ class Coordinator(Daemon):
             manifest_hash=resolved.manifest_hash,
             samples=resolved.samples,
             indexed=resolved.indexed,
+            listed_at=resolved.listed_at,
         )
         return StoreManifestSource(
             store,
             manifest_hash=resolved.manifest_hash,
             total_samples=resolved.samples,
             class_names=tuple(resolved.class_names or ()),
+            listed_at=resolved.listed_at,
         )
 
     async def _open_job(self, source: ManifestSource) -> Job:
@@ -207,6 +210,7 @@ class Coordinator(Daemon):
             manifest_hash=source.manifest_hash,
             total_samples=source.total_samples,
             class_names=tuple(source.class_names),
+            listed_at=source.listed_at,
             block_size=cfg.block_size,
             shuffle=cfg.shuffle,
             seed=cfg.seed,
@@ -227,9 +231,19 @@ class Coordinator(Daemon):
             return job
         path = lease_log_path(cfg.state_dir, cfg.job_id)
         self._log, state = await asyncio.to_thread(LeaseLog.open, path, spec.log_header())
-        job = Job(spec, log=self._log, incarnation=state.incarnation, clock=self._clock)
+        # A state dir in a store (s3://...) keeps the lease log only: agents rebuild worlds.
+        local = "://" not in str(cfg.state_dir)
+        worlds = WorldFile(cfg.state_dir, cfg.job_id, spec.manifest_hash) if local else None
+        job = Job(
+            spec,
+            log=self._log,
+            world_file=worlds,
+            incarnation=state.incarnation,
+            clock=self._clock,
+        )
         if not state.empty:
             job.restore(state)
+        await asyncio.to_thread(job.restore_worlds)
         return job
 
     async def _tick_forever(self) -> None:

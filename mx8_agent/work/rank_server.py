@@ -17,7 +17,10 @@ trainer presented, epoch after epoch, to the end of the job.
   rank whose trainer is slow cannot hold back another's.
 * **Progress.** Acknowledged batches move each rank's (epoch, step); ``run`` reports
   them to the coordinator every interval (``ReportRanks``, which also answers whether the
-  job is drained) and returns once it is.
+  job is drained) and returns once it is. Each report carries the rank's world contract,
+  and ``rank_reports`` goes with every re-registration: a coordinator that lost its state
+  rebuilds the worlds from them, and a rejoining trainer's ``RegisterRank`` names the
+  world it was served in. While the coordinator is away the streams go on untouched.
 
 A stream that breaks just ends: the trainer reopens at its own position (it knows what
 it consumed), so nothing is kept for it.
@@ -38,7 +41,7 @@ from mx8_agent.serve.rank_stream import RankSpec, WorldReady, WorldWait
 from mx8_agent.serve.trainer_hub import ReadyBatch
 from mx8_common.errors import CoordinatorError, RequestError
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.obs.events import emit
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
 from mx8_common.sample_order import EpochOrder, JobOrder, Shard
@@ -156,6 +159,7 @@ class RankServer:
         self.samples_acked = 0
         self.batches_sent = 0
         self.first_batch_at: float | None = None
+        self._retry_log = Throttled()  # the coordinator away: one line every few seconds
 
     # -- views --------------------------------------------------------------------------
 
@@ -208,6 +212,9 @@ class RankServer:
             request.seed = spec.seed
         if spec.shuffle is not None:
             request.shuffle = spec.shuffle
+        before = self._reports.get(spec.instance_id)
+        if before is not None:
+            request.world_id = before.world_id  # a rejoin: say which world
         while True:
             if self._error is not None:
                 raise self._error
@@ -216,7 +223,7 @@ class RankServer:
             except CoordinatorError as exc:
                 if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise
-                emit(_COMPONENT, "rank_join_retry", rank=spec.rank, error=str(exc))
+                self._retry_log.emit(_COMPONENT, "rank_join_retry", rank=spec.rank, error=exc)
                 yield WorldWait(spec.world_size, (), ())
             else:
                 if answer.ready:
@@ -406,6 +413,8 @@ class RankServer:
 
     def _note_progress(self, stream: RankStream) -> None:
         epoch, step = stream.acked
+        if epoch > self._epochs:  # a trainer that set an epoch past the job: it is done
+            epoch, step = self._epochs, 0
         spec = stream.spec
         self._reports[spec.instance_id] = cpb.RankProgress(
             rank=spec.rank,
@@ -415,9 +424,15 @@ class RankServer:
             epoch=epoch,
             step=step,
             finished=stream.finished,
+            batch_size=spec.batch_size,
+            drop_last=spec.drop_last,
         )
         while len(self._reports) > _MAX_REPORTS:
             del self._reports[next(iter(self._reports))]
+
+    def rank_reports(self) -> list[cpb.RankProgress]:
+        """Every rank's latest progress, with its contract (sent on re-registration)."""
+        return list(self._reports.values())
 
     async def report_now(self) -> bool:
         """Report every rank's progress; True when the coordinator says the job is drained."""
@@ -428,7 +443,7 @@ class RankServer:
         except CoordinatorError as exc:
             if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION"):
                 raise
-            emit(_COMPONENT, "progress_report_failed", error=str(exc))
+            self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)
             return False
         if resp.job_drained and not self.drained.is_set():
             self.drained.set()

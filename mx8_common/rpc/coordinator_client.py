@@ -130,6 +130,7 @@ class CoordinatorClient:
         max_inflight_bytes: int = 0,
         fetch_concurrency: int = 0,
         incarnation: str = "",
+        ranks: Sequence[pb.RankProgress] = (),
     ) -> pb.RegisterNodeResponse:
         caps = pb.NodeCaps(
             hostname=hostname,
@@ -137,7 +138,7 @@ class CoordinatorClient:
             fetch_concurrency=fetch_concurrency,
             incarnation=incarnation,
         )
-        request = pb.RegisterNodeRequest(job_id=job_id, node_id=node_id, caps=caps)
+        request = pb.RegisterNodeRequest(job_id=job_id, node_id=node_id, caps=caps, ranks=ranks)
         return await self._call("RegisterNode", request)
 
     async def heartbeat(

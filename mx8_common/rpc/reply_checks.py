@@ -5,17 +5,30 @@ name (cached ingest), a block size a divisor, a lease range a loop bound. A repl
 fails a check raises ``CoordinatorReplyError`` naming the field, so the agent fails
 closed with one line (``coordinator_reply_invalid``) instead of a traceback or a write
 outside its directories.
+
+``listed_at_unix_s`` (the snapshot's listing time) decides which objects a read refuses
+as changed: a value far in the future would silently turn that check off, one before
+S3 existed would refuse every object, so either fails closed. 0 means unknown (an older
+coordinator, a snapshot stored before mx8 kept the time): sizes are then checked only.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from mx8_common.errors import CoordinatorReplyError, StoreError
 from mx8_common.sample_order import MAX_BLOCK_SIZE
 from mx8_common.store.base import check_hash
 
-__all__ = ["check_lease", "check_registration"]
+__all__ = ["LISTED_AT_FUTURE_MARGIN_S", "check_lease", "check_registration"]
+
+#: How far past this host's clock a listing time may lie (clock skew between the storage,
+#: the coordinator's host and this one) before it is refused.
+LISTED_AT_FUTURE_MARGIN_S = 86400.0
+#: 2000-01-01T00:00:00Z: no snapshot was listed before it.
+_EARLIEST_LISTING_S = 946684800.0
 
 
 def _bad(field: str, value: object, why: str) -> CoordinatorReplyError:
@@ -26,8 +39,11 @@ def _bad(field: str, value: object, why: str) -> CoordinatorReplyError:
     )
 
 
-def check_registration(reply: Any) -> Any:
-    """``reply`` (a ``RegisterNodeResponse``) if every field is usable, else raise."""
+def check_registration(reply: Any, *, now: float | None = None) -> Any:
+    """``reply`` (a ``RegisterNodeResponse``) if every field is usable, else raise.
+
+    ``now`` (Unix seconds, default this host's clock) bounds ``listed_at_unix_s``.
+    """
     try:
         check_hash(reply.manifest_hash)
     except StoreError:
@@ -42,7 +58,24 @@ def check_registration(reply: Any) -> Any:
         raise _bad("rank", reply.rank, f"not below world_size {reply.world_size}")
     if reply.epochs <= 0:
         raise _bad("epochs", reply.epochs, "not positive")
+    _check_listed_at(reply.listed_at_unix_s, time.time() if now is None else now)
     return reply
+
+
+def _check_listed_at(listed_at: float, now: float) -> None:
+    if listed_at == 0:
+        return  # unknown: size checks only
+    if not math.isfinite(listed_at):
+        raise _bad("listed_at_unix_s", listed_at, "not a finite time")
+    if listed_at < _EARLIEST_LISTING_S:
+        raise _bad("listed_at_unix_s", listed_at, "before 2000-01-01, not a listing time")
+    if listed_at > now + LISTED_AT_FUTURE_MARGIN_S:
+        raise _bad(
+            "listed_at_unix_s",
+            listed_at,
+            f"{listed_at - now:.0f} s ahead of this host's clock (over the "
+            f"{LISTED_AT_FUTURE_MARGIN_S:.0f} s allowed for skew; check the clocks)",
+        )
 
 
 def check_lease(lease: Any, *, total_samples: int) -> None:

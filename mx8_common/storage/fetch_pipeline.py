@@ -50,7 +50,7 @@ from mx8_common.config_fields import load_env, parse_size, setting, setting_name
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.storage.object_reader import is_local
-from mx8_common.storage.sample_reader import ReadStats, SampleReader
+from mx8_common.storage.sample_reader import Payload, ReadStats, SampleReader
 
 __all__ = [
     "FetchBatch",
@@ -74,10 +74,10 @@ class FetchRequest(NamedTuple):
 
 
 class FetchResult(NamedTuple):
-    """The bytes of one requested sample."""
+    """The bytes of one requested sample (``bytes`` or the native client's buffer)."""
 
     sample_id: int
-    data: bytes
+    data: Payload
     tag: Any
 
 
@@ -186,7 +186,7 @@ class FetchStats(ReadStats):
 class _Slot:
     __slots__ = ("charge", "fut", "req", "settled")
 
-    def __init__(self, req: FetchRequest, fut: asyncio.Future[bytes], charge: int) -> None:
+    def __init__(self, req: FetchRequest, fut: asyncio.Future[Payload], charge: int) -> None:
         self.req = req
         self.fut = fut  # a read task (S3) or a future resolved by a local group read
         self.charge = charge
@@ -290,7 +290,7 @@ class FetchPipeline:
             return False
         loop = asyncio.get_running_loop()
         grouped = self._local_group > 1 and is_local(req.location)
-        fut: asyncio.Future[bytes] = (
+        fut: asyncio.Future[Payload] = (
             loop.create_future()
             if grouped
             else loop.create_task(

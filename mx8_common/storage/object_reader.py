@@ -65,7 +65,7 @@ from mx8_common.storage.native_store import (
 )
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
-from mx8_common.storage.sample_reader import LocalRead, ReadObserver, ReadStats
+from mx8_common.storage.sample_reader import LocalRead, Payload, ReadObserver, ReadStats
 
 __all__ = ["ObjectReader", "ObjectReaderConfig", "is_local", "split_s3_location"]
 
@@ -313,7 +313,8 @@ class ObjectReader:
     then all go through it). ``on_read(seconds, nbytes)`` is told of every sample read:
     a ``read`` is timed whole (retries included), a ``read_local_many`` per file.
     ``listed_at`` (Unix seconds: the snapshot's listing time) makes every read refuse an
-    object modified after it.
+    object modified after it; an agent sets it once the coordinator named it, before its
+    first read.
     """
 
     def __init__(
@@ -330,16 +331,6 @@ class ObjectReader:
         self.listed_at = listed_at
         self._retry_log = Throttled()
         self._backoff = self.config.backoff
-        # HTTP dates have whole seconds: an object written later within the listing's
-        # second passes (S3 compares at that resolution too).
-        self._unmodified_since = (
-            None if listed_at is None else email.utils.formatdate(listed_at, usegmt=True)
-        )
-        self._unmodified_since_dt = (
-            None
-            if listed_at is None
-            else datetime.datetime.fromtimestamp(int(listed_at), datetime.UTC)
-        )
         self.stats = ReadStats()
         self._on_read = on_read
         self._s3_settings = s3_settings
@@ -354,6 +345,24 @@ class ObjectReader:
         self._pool: ThreadPoolExecutor | None = None
         self._rng = rng or random.Random()
         self._closed = False
+
+    @property
+    def listed_at(self) -> float | None:
+        """The snapshot's listing time (Unix seconds) reads check against, or None."""
+        return self._listed_at
+
+    @listed_at.setter
+    def listed_at(self, value: float | None) -> None:
+        self._listed_at = value
+        # HTTP dates have whole seconds: an object written later within the listing's
+        # second passes (S3 compares at that resolution too).
+        self._unmodified_since = (
+            None if value is None else email.utils.formatdate(value, usegmt=True)
+        )
+        # The same whole second for the native client (obstore formats the header itself).
+        self._unmodified_since_dt = (
+            None if value is None else datetime.datetime.fromtimestamp(int(value), datetime.UTC)
+        )
 
     async def __aenter__(self) -> ObjectReader:
         return self
@@ -393,11 +402,12 @@ class ObjectReader:
         byte_length: int | None = None,
         *,
         stats: ReadStats | None = None,
-    ) -> bytes:
+    ) -> Payload:
         """The bytes of one sample: the range ``[byte_offset, +byte_length)`` or the object.
 
         ``byte_offset``/``byte_length`` of ``None`` or -1 mean "none". A whole object whose
-        size is not ``byte_length`` raises ``ObjectChangedError``.
+        size is not ``byte_length`` raises ``ObjectChangedError``. S3 reads through the
+        native client return its buffer as it arrived (``Payload``), not a copy.
         """
         byte_offset, byte_length = _normalize(location, byte_offset, byte_length)
         started = time.perf_counter()
@@ -461,8 +471,8 @@ class ObjectReader:
         byte_length: int | None,
         stats: ReadStats | None,
         *,
-        once: Callable[[str, int | None, int | None], Awaitable[bytes]] | None = None,
-    ) -> bytes:
+        once: Callable[[str, int | None, int | None], Awaitable[Payload]] | None = None,
+    ) -> Payload:
         """One read under the retry policy; ``once`` is one attempt (an S3 GET by default)."""
         read_once = once or self._read_s3_once
         try:
@@ -472,7 +482,7 @@ class ObjectReader:
         except TransientStorageError as exc:
             first: list[TransientStorageError] = [exc]
 
-        async def attempt() -> bytes:
+        async def attempt() -> Payload:
             if first:
                 raise first.pop()  # the failed first try, as the policy's try 1
             return await read_once(location, byte_offset, byte_length)
@@ -529,7 +539,7 @@ class ObjectReader:
 
     async def _read_s3_once(
         self, location: str, byte_offset: int | None, byte_length: int | None
-    ) -> bytes:
+    ) -> Payload:
         bucket, key = split_s3_location(location)
         if self._use_native():
             return await self._read_native_once(location, bucket, key, byte_offset, byte_length)
@@ -602,7 +612,7 @@ class ObjectReader:
         key: str,
         byte_offset: int | None,
         byte_length: int | None,
-    ) -> bytes:
+    ) -> Payload:
         store = await self._store(bucket, location)
         options: dict[str, Any] = {}
         if self._unmodified_since_dt is not None:
@@ -627,7 +637,8 @@ class ObjectReader:
                         f"bytes {first}..{end - 1} of a {size}-byte object",
                     )
                 want = length
-            data = bytes(await result.bytes_async())
+            # Kept as obstore's buffer: the batch join is the one copy.
+            data = await result.bytes_async()
         except StorageError:
             raise
         except Exception as exc:

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
+
+import obstore
 
 from mx8_common.errors import StorageError
 
-__all__ = ["LocalRead", "ReadObserver", "ReadStats", "SampleReader"]
+__all__ = ["LocalRead", "Payload", "ReadObserver", "ReadStats", "SampleReader"]
+
+#: One sample's bytes as a reader hands them out: ``bytes``, or the native client's
+#: read-only buffer kept as it arrived (no copy per sample). ``len()``, ``==``,
+#: ``memoryview`` and ``b"".join`` treat both alike; ``bytes(p)`` copies when needed.
+Payload: TypeAlias = bytes | obstore.Bytes
 
 #: One local sample to read: ``(location, byte_offset, byte_length)``.
 LocalRead = tuple[str, int | None, int | None]
@@ -49,7 +56,7 @@ class SampleReader(Protocol):
         byte_length: int | None = None,
         *,
         stats: ReadStats | None = None,
-    ) -> bytes:
+    ) -> Payload:
         """The bytes of one sample (the range, or the whole object checked against its size)."""
         ...
 

@@ -46,6 +46,11 @@ class ManifestSource(Protocol):
     @property
     def class_names(self) -> tuple[str, ...]: ...
 
+    @property
+    def listed_at(self) -> float | None:
+        """When the dataset was listed (Unix seconds), or None when unknown."""
+        ...
+
     async def manifest_len(self) -> int: ...
 
     async def read_range(self, offset: int, length: int) -> bytes: ...
@@ -104,6 +109,8 @@ class FileManifestSource:
         self.manifest_hash = manifest_hash
         self.total_samples = total_samples
         self.class_names = class_names
+        # A manifest file given directly carries no listing time: readers check sizes only.
+        self.listed_at: float | None = None
         self._size = size
 
     @classmethod
@@ -160,11 +167,14 @@ class StoreManifestSource:
         manifest_hash: str,
         total_samples: int,
         class_names: tuple[str, ...] = (),
+        listed_at: float | None = None,
     ) -> None:
         self._store = store
         self.manifest_hash = manifest_hash
         self.total_samples = total_samples
         self.class_names = class_names
+        #: From the snapshot's stored metadata; None for snapshots stored before mx8 kept it.
+        self.listed_at = listed_at
 
     async def manifest_len(self) -> int:
         return int(await self._store.manifest_len(self.manifest_hash))

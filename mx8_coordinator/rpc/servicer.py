@@ -99,7 +99,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> pb.RegisterNodeResponse:
         caps = request.caps
         reg = await job.register(
-            request.job_id, request.node_id, caps.hostname, incarnation=caps.incarnation
+            request.job_id,
+            request.node_id,
+            caps.hostname,
+            incarnation=caps.incarnation,
+            ranks=[_rank_report(p, request.node_id) for p in request.ranks],
         )
         s = job.spec
         return pb.RegisterNodeResponse(
@@ -119,6 +123,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             class_names=list(s.class_names),
             job_incarnation=job.incarnation,
             mode=s.mode,
+            listed_at_unix_s=s.listed_at or 0.0,
         )
 
     @_unary
@@ -137,8 +142,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             seed=r.seed if r.HasField("seed") else None,
             shuffle=r.shuffle if r.HasField("shuffle") else None,
             start=RankStart(epoch=r.epoch, step=r.step, consumed=r.consumed, resumed=r.resumed),
+            world_id=r.world_id,
         )
-        answer = job.ranks.join(join)  # a ContractError reaches the agent typed
+        answer = await job.join_rank(join)  # a ContractError reaches the agent typed
         return pb.RegisterRankResponse(
             ready=answer.ready,
             world_id=answer.world_id,
@@ -153,7 +159,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> pb.ReportRanksResponse:
         job.check_job(request.job_id)
         reports = [_rank_report(p, request.node_id) for p in request.ranks]
-        return pb.ReportRanksResponse(job_drained=job.ranks.report(reports))
+        return pb.ReportRanksResponse(job_drained=await job.report_ranks(reports))
 
     @_unary
     async def Heartbeat(
@@ -275,4 +281,6 @@ def _rank_report(p: pb.RankProgress, node_id: str) -> RankReport:
         step=p.step,
         finished=p.finished,
         node_id=node_id,
+        batch_size=p.batch_size,
+        drop_last=p.drop_last,
     )

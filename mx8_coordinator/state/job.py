@@ -8,11 +8,12 @@ before the first ``await``, log lines are written in the order the state changed
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from mx8_common.errors import JobStateError, RequestError
+from mx8_common.errors import JobStateError, LeaseLogError, RequestError
 from mx8_common.obs.events import emit
 from mx8_common.rpc.job_status import (
     JobCounters,
@@ -38,8 +39,9 @@ from mx8_coordinator.state.lease_records import (
 )
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.state.node_registry import NodeRegistry, Registration, monotonic_ms
-from mx8_coordinator.state.ranks import WorldRegistry
+from mx8_coordinator.state.ranks import RankJoin, RankReport, WorldAnswer, WorldRegistry
 from mx8_coordinator.state.throughput import RateSample, ThroughputTracker
+from mx8_coordinator.state.world_file import WorldFile
 
 __all__ = ["HeartbeatResult", "Job", "JobSpec", "lease_seq"]
 
@@ -59,6 +61,9 @@ class JobSpec(JobOrder):
     job_id: str
     dataset_link: str
     class_names: tuple[str, ...] = ()
+    #: When the snapshot's dataset was listed (Unix seconds; None: unknown). Agents refuse
+    #: objects modified after it; without it they check sizes only.
+    listed_at: float | None = None
     epochs: int = 1
     lease_ttl_ms: int = 10000
     heartbeat_interval_ms: int = 1000
@@ -92,11 +97,16 @@ class Job:
         spec: JobSpec,
         *,
         log: LeaseLog | None = None,
+        world_file: WorldFile | None = None,
         incarnation: str = "",
         clock: Callable[[], int] = monotonic_ms,
     ) -> None:
         self.spec = spec
         self._log = log
+        #: Rank-exact mode's worlds in the state dir (apart from the lease log).
+        self._world_file = world_file
+        self._worlds_saved = 0
+        self._worlds_lock = asyncio.Lock()
         #: This job's incarnation (the lease log's, or new with no log): agents in
         #: dynamic mode fail closed when it changes under them (progress was lost), and
         #: lease ids carry it so none repeats across incarnations.
@@ -118,6 +128,8 @@ class Job:
             job_id=spec.job_id,
             seed=spec.seed,
             shuffle=spec.shuffle,
+            epochs=spec.epochs,
+            total_samples=spec.total_samples,
             stale_ms=spec.lease_ttl_ms,
             clock=clock,
         )
@@ -216,12 +228,74 @@ class Job:
             # The log says every epoch is done: nodes that do not come back are not lost.
             self._told_drained.update(state.ranks)
 
+    def restore_worlds(self) -> None:
+        """Rank-exact mode: take back the worlds saved in the state dir (blocking read)."""
+        if self._world_file is None:
+            return
+        worlds = self._world_file.load()
+        try:
+            self.ranks.restore_worlds(worlds)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LeaseLogError(
+                f"world file {self._world_file.path} has a malformed world ({exc!r}); delete "
+                "it: agents report their worlds again when they re-register",
+                path=str(self._world_file.path),
+            ) from None
+        self._worlds_saved = self.ranks.worlds.version
+        if worlds:
+            emit(_COMPONENT, "worlds_restored", worlds=len(worlds), path=str(self._world_file.path))
+
+    async def _save_worlds(self) -> None:
+        """Write the worlds if they changed; one write at a time, always the latest."""
+        if self._world_file is None:
+            return
+        async with self._worlds_lock:
+            version = self.ranks.worlds.version
+            if version == self._worlds_saved:
+                return
+            try:
+                await asyncio.to_thread(self._world_file.save, self.ranks.worlds.to_json())
+            except OSError as exc:
+                # Not the job's progress (agents hold that): a restart rebuilds from them.
+                emit(
+                    _COMPONENT,
+                    "world_file_write_failed",
+                    level="warning",
+                    path=str(self._world_file.path),
+                    error=str(exc),
+                )
+                return
+            self._worlds_saved = version
+
     # -- RPC bodies ------------------------------------------------------------------
 
+    async def join_rank(self, join: RankJoin) -> WorldAnswer:
+        """Rank-exact mode: a trainer rank joins (or rejoins) its world."""
+        answer = self.ranks.join(join)
+        await self._save_worlds()
+        return answer
+
+    async def report_ranks(self, reports: Sequence[RankReport]) -> bool:
+        """Rank-exact mode: agents' progress (and what rebuilds a lost world); drained?"""
+        drained = self.ranks.report(reports)
+        await self._save_worlds()
+        return drained
+
     async def register(
-        self, job_id: str, node_id: str, hostname: str = "", *, incarnation: str = ""
+        self,
+        job_id: str,
+        node_id: str,
+        hostname: str = "",
+        *,
+        incarnation: str = "",
+        ranks: Sequence[RankReport] = (),
     ) -> Registration:
         self._check_ids(job_id, node_id)
+        if ranks and self.rank_exact:
+            # The agent's trainer ranks, checked before the node is taken: a coordinator
+            # that lost its state rebuilds their worlds from these.
+            self.ranks.report(ranks)
+            await self._save_worlds()
         reg = self.registry.register(node_id, hostname, incarnation=incarnation)
         await self._append([RankRecord(node_id=n, rank=r) for n, r in reg.assigned])
         emit(

@@ -15,9 +15,11 @@ agents cut them on their own. The coordinator keeps the job one contract:
   (a trainer that died while waiting).
 
 A trainer is known by its loader's ``instance_id``: the same id again after its world
-formed (or once its progress was reported, which covers a restart of this coordinator)
-is that trainer coming back (its agent restarted) and is served at once, at the
-position it presents: the trainer, not a log here, knows what it consumed. New ids
+formed (or once its progress was reported, or its agent forwarded it with the world it
+was served in, which covers a restart of this coordinator) is that trainer coming back
+and is served at once, at the position it presents: the trainer, not a log here, knows
+what it consumed. What agents say of worlds this coordinator did not see form is
+checked and learnt by ``KnownWorlds`` (rebuilding after a lost coordinator). New ids
 form a new world (a restarted job, possibly at another world size). Agents report each
 rank's acknowledged progress; the job is drained once every rank of a world finished
 the last epoch. No gRPC and no I/O here: ``Job`` owns one, the servicer converts.
@@ -28,9 +30,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from mx8_common.errors import ContractError, RequestError
 from mx8_common.obs.events import emit
+from mx8_coordinator.state.known_worlds import Claim, KnownWorlds, WorldContract
 from mx8_coordinator.state.node_registry import monotonic_ms
 
 __all__ = [
@@ -73,6 +77,9 @@ class RankJoin:
     seed: int | None = None
     shuffle: bool | None = None
     start: RankStart = field(default_factory=RankStart)
+    #: The world its agent served it in before (a rejoin after this coordinator lost
+    #: its state); empty for a trainer joining afresh.
+    world_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,36 @@ class RankReport:
     step: int
     finished: bool = False
     node_id: str = ""
+    #: The rank's world contract (batch_size 0: an agent that does not send it).
+    batch_size: int = 0
+    drop_last: bool = False
+
+    def claim(self) -> Claim:
+        return Claim(
+            world_id=self.world_id,
+            rank=self.rank,
+            instance_id=self.instance_id,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            epoch=self.epoch,
+            step=self.step,
+            node_id=self.node_id,
+        )
+
+    def as_join(self) -> RankJoin | None:
+        """The join this rank must have made (to check a rejoin), if the contract is known."""
+        if not self.batch_size:
+            return None
+        return RankJoin(
+            node_id=self.node_id,
+            instance_id=self.instance_id,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            world_id=self.world_id,
+        )
 
 
 @dataclass
@@ -117,6 +154,8 @@ class WorldRegistry:
         job_id: str,
         seed: int,
         shuffle: bool,
+        epochs: int | None = None,
+        total_samples: int | None = None,
         stale_ms: int = 10_000,
         clock: Callable[[], int] = monotonic_ms,
         new_world_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
@@ -139,6 +178,9 @@ class WorldRegistry:
         self._latest_world = ""
         self.worlds_formed = 0
         self._drained = False
+        self.worlds = KnownWorlds(
+            job_id=job_id, epochs=epochs, total_samples=total_samples, clock=clock
+        )
 
     # -- joining ------------------------------------------------------------------------
 
@@ -155,6 +197,8 @@ class WorldRegistry:
             if first is not None:
                 self._check_same_trainer(first, j)
             return WorldAnswer(True, world_id, j.world_size, tuple(range(j.world_size)), ())
+        if j.world_id:
+            return self._rejoin(j)
         now = self._clock()
         world = self._forming
         if world is not None:
@@ -173,6 +217,39 @@ class WorldRegistry:
             return WorldAnswer(False, world.world_id, world.world_size, registered, missing)
         self._check_starts(world)
         return self._form(world)
+
+    def _rejoin(self, j: RankJoin) -> WorldAnswer:
+        """A trainer of a world this coordinator did not see form (it lost its state): its
+        agent says which; checked against what other agents said, then served at once."""
+        self.worlds.claim(
+            [
+                Claim(
+                    world_id=j.world_id,
+                    rank=j.rank,
+                    instance_id=j.instance_id,
+                    world_size=j.world_size,
+                    batch_size=j.batch_size,
+                    drop_last=j.drop_last,
+                    epoch=j.start.epoch,
+                    step=j.start.step,
+                    node_id=j.node_id,
+                )
+            ]
+        )
+        self._remember(j.instance_id, j.world_id, j)
+        return WorldAnswer(True, j.world_id, j.world_size, tuple(range(j.world_size)), ())
+
+    def _remember(self, instance_id: str, world_id: str, join: RankJoin | None) -> None:
+        self._formed[instance_id] = (world_id, join)
+        while len(self._formed) > _MAX_INSTANCES:
+            del self._formed[next(iter(self._formed))]
+
+    def restore_worlds(self, worlds: list[dict[str, Any]]) -> None:
+        """Worlds read back from the state dir: their trainers rejoin at once."""
+        self.worlds.restore(worlds)
+        for w in worlds:
+            for instance in dict(w["holders"]).values():
+                self._formed.setdefault(str(instance), (str(w["world_id"]), None))
 
     def _check_request(self, j: RankJoin) -> None:
         if not j.instance_id:
@@ -286,9 +363,17 @@ class WorldRegistry:
 
     def _form(self, world: _World) -> WorldAnswer:
         for member, _seen in world.members.values():
-            self._formed[member.instance_id] = (world.world_id, member)
-        while len(self._formed) > _MAX_INSTANCES:
-            del self._formed[next(iter(self._formed))]
+            self._remember(member.instance_id, world.world_id, member)
+        first = next(iter(world.members.values()))[0]
+        self.worlds.add_formed(
+            WorldContract(
+                world_id=world.world_id,
+                world_size=world.world_size,
+                batch_size=first.batch_size,
+                drop_last=first.drop_last,
+            ),
+            {rank: m.instance_id for rank, (m, _seen) in world.members.items()},
+        )
         self._forming = None
         self.worlds_formed += 1
         start = next(iter(world.members.values()))[0].start
@@ -310,13 +395,19 @@ class WorldRegistry:
     # -- progress -----------------------------------------------------------------------
 
     def report(self, reports: Iterable[RankReport]) -> bool:
-        """Take agents' progress reports; True once the job is drained."""
+        """Take agents' progress reports; True once the job is drained.
+
+        The whole batch is checked first (``RankReportError``: nothing of it is taken).
+        """
+        reports = list(reports)
+        self.worlds.claim([r.claim() for r in reports])
         for r in reports:
             self._progress[(r.world_id, r.rank)] = r
             self._latest_world = r.world_id
             # A trainer streaming in a world this coordinator did not see form (it
             # restarted) is known from here on: its agent's restart rejoins at once.
-            self._formed.setdefault(r.instance_id, (r.world_id, None))
+            if r.instance_id not in self._formed:
+                self._remember(r.instance_id, r.world_id, r.as_join())
             if r.finished:
                 done = self._finished.setdefault(r.world_id, set())
                 done.add(r.rank)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,35 @@ async def test_coordinator_snapshot_restart_pins_logged_hash(tmp_path: Path, log
     (resolved,) = logs.named("snapshot_resolved")
     assert resolved["indexed"] is False
     assert not logs.named("snapshot_index_summary")
+
+
+async def test_coordinator_registration_names_the_snapshots_listing_time(
+    tmp_path: Path, s3_sync_client: Any, s3_bucket: str
+) -> None:
+    """A resolved link sends its stored listing time; a manifest file given directly and a
+    snapshot stored before mx8 kept the time send 0 (unknown: agents check sizes only)."""
+    for i in range(6):
+        s3_sync_client.put_object(Bucket=s3_bucket, Key=f"train/{i}.bin", Body=b"z" * (i + 1))
+    store = tmp_path / "store"
+    config = CoordinatorConfig(
+        dataset=f"s3://{s3_bucket}/train/", listen="127.0.0.1:0", store=str(store), mode="dynamic"
+    )
+    async with Coordinator(config) as coord, CoordinatorClient(coord.address) as client:
+        reg = await client.register_node(JOB, "a")
+    meta_path = store / "by-hash" / f"{reg.manifest_hash}.meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert reg.listed_at_unix_s == meta["listed_at"] > 0
+
+    # An older snapshot: its meta has no listing time. The plain link reuses it.
+    del meta["listed_at"]
+    meta_path.write_text(json.dumps(meta))
+    async with Coordinator(config) as coord, CoordinatorClient(coord.address) as client:
+        old = await client.register_node(JOB, "a")
+    assert old.manifest_hash == reg.manifest_hash and old.listed_at_unix_s == 0
+
+    manifest = tmp_path / "pinned.tsv"
+    manifest.write_bytes((store / "by-hash" / reg.manifest_hash).read_bytes())
+    file_config = dataclasses.replace(config, dataset=str(manifest))
+    async with Coordinator(file_config) as coord, CoordinatorClient(coord.address) as client:
+        pinned = await client.register_node(JOB, "a")
+    assert pinned.manifest_hash == reg.manifest_hash and pinned.listed_at_unix_s == 0

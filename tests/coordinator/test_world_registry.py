@@ -164,7 +164,7 @@ def test_world_registry_rejects_impossible_ranks_and_empty_ids() -> None:
 def _report(rank: int, *, finished: bool, world: str = "w1", size: int = 2) -> RankReport:
     return RankReport(
         rank=rank,
-        instance_id=f"i{rank}",
+        instance_id=f"i{rank}" if world == "w1" else f"{world}-i{rank}",
         world_id=world,
         world_size=size,
         epoch=1,

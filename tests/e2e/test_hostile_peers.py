@@ -94,8 +94,9 @@ async def test_agent_cached_ingest_refuses_a_traversal_hash_and_leaves_the_victi
         ({"heartbeat_interval_ms": 0}, None, "heartbeat_interval_ms"),
         ({}, (0, 10_000), "range"),
         ({}, (15, 5), "range"),
+        ({"listed_at_unix_s": float("nan")}, None, "listed_at_unix_s"),
     ],
-    ids=["block_size_0", "heartbeat_0", "range_past_end", "start_after_end"],
+    ids=["block_size_0", "heartbeat_0", "range_past_end", "start_after_end", "listed_at_nan"],
 )
 async def test_agent_fails_closed_on_a_malformed_registration_or_lease(
     tmp_path: Path,

@@ -46,17 +46,19 @@ class NodeCaps(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., max_inflight_bytes: _Optional[int] = ..., fetch_concurrency: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "caps")
+    __slots__ = ("job_id", "node_id", "caps", "ranks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CAPS_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     caps: NodeCaps
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., caps: _Optional[_Union[NodeCaps, _Mapping]] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[RankProgress]
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., caps: _Optional[_Union[NodeCaps, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
-    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode", "job_incarnation")
+    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode", "job_incarnation", "listed_at_unix_s")
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +75,7 @@ class RegisterNodeResponse(_message.Message):
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     JOB_INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    LISTED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     rank: int
     world_size: int
     manifest_hash: str
@@ -89,10 +92,11 @@ class RegisterNodeResponse(_message.Message):
     class_names: _containers.RepeatedScalarFieldContainer[str]
     mode: str
     job_incarnation: str
-    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., job_incarnation: _Optional[str] = ...) -> None: ...
+    listed_at_unix_s: float
+    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., job_incarnation: _Optional[str] = ..., listed_at_unix_s: _Optional[float] = ...) -> None: ...
 
 class RegisterRankRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "instance_id", "rank", "world_size", "batch_size", "drop_last", "seed", "shuffle", "epoch", "step", "consumed", "resumed")
+    __slots__ = ("job_id", "node_id", "instance_id", "rank", "world_size", "batch_size", "drop_last", "seed", "shuffle", "epoch", "step", "consumed", "resumed", "world_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +110,7 @@ class RegisterRankRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     CONSUMED_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    WORLD_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     instance_id: str
@@ -119,7 +124,8 @@ class RegisterRankRequest(_message.Message):
     step: int
     consumed: int
     resumed: bool
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., consumed: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
+    world_id: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., consumed: _Optional[int] = ..., resumed: _Optional[bool] = ..., world_id: _Optional[str] = ...) -> None: ...
 
 class RegisterRankResponse(_message.Message):
     __slots__ = ("ready", "world_id", "world_size", "registered_ranks", "missing_ranks")
@@ -136,7 +142,7 @@ class RegisterRankResponse(_message.Message):
     def __init__(self, ready: _Optional[bool] = ..., world_id: _Optional[str] = ..., world_size: _Optional[int] = ..., registered_ranks: _Optional[_Iterable[int]] = ..., missing_ranks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RankProgress(_message.Message):
-    __slots__ = ("rank", "instance_id", "world_id", "world_size", "epoch", "step", "finished")
+    __slots__ = ("rank", "instance_id", "world_id", "world_size", "epoch", "step", "finished", "batch_size", "drop_last")
     RANK_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     WORLD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +150,8 @@ class RankProgress(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DROP_LAST_FIELD_NUMBER: _ClassVar[int]
     rank: int
     instance_id: str
     world_id: str
@@ -151,7 +159,9 @@ class RankProgress(_message.Message):
     epoch: int
     step: int
     finished: bool
-    def __init__(self, rank: _Optional[int] = ..., instance_id: _Optional[str] = ..., world_id: _Optional[str] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+    batch_size: int
+    drop_last: bool
+    def __init__(self, rank: _Optional[int] = ..., instance_id: _Optional[str] = ..., world_id: _Optional[str] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ...) -> None: ...
 
 class ReportRanksRequest(_message.Message):
     __slots__ = ("job_id", "node_id", "ranks")

@@ -129,6 +129,22 @@ async def test_object_reader_same_size_overwrite_after_listing_is_changed(
         assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD[::-1]
 
 
+async def test_object_reader_listing_time_set_after_construction_applies_to_s3_reads(
+    s3_sync_client: Any, s3_bucket: str, s3_object: str
+) -> None:
+    """The agent learns the listing time at registration, after its reader exists."""
+    listed_at = _server_time(s3_sync_client, s3_bucket)
+    await assert_eventually(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+    s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD[::-1])
+    async with ObjectReader() as reader:
+        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD[::-1]  # size only
+        reader.listed_at = listed_at
+        with pytest.raises(ObjectChangedError, match="S3 answered 412"):
+            await reader.read(s3_object, None, len(PAYLOAD))
+        reader.listed_at = None
+        assert await reader.read(s3_object, 10, 20) == PAYLOAD[::-1][10:30]
+
+
 async def test_object_reader_local_file_modified_after_listing_is_changed(tmp_path: Path) -> None:
     path = tmp_path / "a.bin"
     path.write_bytes(PAYLOAD)
