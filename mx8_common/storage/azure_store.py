@@ -21,11 +21,11 @@ stays the one retry policy.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mx8_common.config_fields import load_env, setting
 from mx8_common.errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -70,44 +70,73 @@ def _connection_string(value: str) -> dict[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class AzureSettings:
-    """The storage account, its credential and endpoint, as the environment gives them."""
+    """The Azure storage account of az:// links, its credential and endpoint."""
 
-    #: Storage account name; None when the environment names none.
-    account: str | None
-    #: Shared key of the account (signs requests); None without one.
-    account_key: str | None = None
-    #: Shared access signature (a query string); None without one.
-    sas: str | None = None
-    #: A static OAuth bearer token for the storage scope; None without one.
-    token: str | None = None
-    #: Blob endpoint override (Azurite, sovereign clouds); None for the public one.
-    endpoint: str | None = None
+    account: str | None = setting(
+        None, env="AZURE_STORAGE_ACCOUNT_NAME", help="storage account of az:// links"
+    )
+    account_key: str | None = setting(
+        None,
+        env="AZURE_STORAGE_ACCOUNT_KEY",
+        also_env=("AZURE_STORAGE_ACCESS_KEY",),
+        secret=True,
+        help="the account's shared key (signs requests)",
+    )
+    sas: str | None = setting(
+        None,
+        env="AZURE_STORAGE_SAS_TOKEN",
+        also_env=("AZURE_STORAGE_SAS_KEY",),
+        secret=True,
+        help="a shared access signature (query string) instead of the key",
+    )
+    token: str | None = setting(
+        None,
+        env="AZURE_STORAGE_TOKEN",
+        secret=True,
+        help="a static OAuth bearer token instead of the key; with none of key, SAS or "
+        "token: Microsoft Entra credentials through azure-identity (pip install 'mx8[azure]')",
+    )
+    endpoint: str | None = setting(
+        None,
+        env="AZURE_STORAGE_ENDPOINT",
+        also_env=("AZURE_ENDPOINT",),
+        help="blob endpoint (Azurite: http://127.0.0.1:10000/devstoreaccount1); unset: "
+        "https://<account>.blob.core.windows.net",
+    )
+    connection_string: str | None = setting(
+        None,
+        env="AZURE_STORAGE_CONNECTION_STRING",
+        secret=True,
+        help="AccountName=..;AccountKey=..;BlobEndpoint=.. (wins over the variables above)",
+    )
+
+    def __post_init__(self) -> None:
+        values = {
+            "account": self.account,
+            "account_key": self.account_key,
+            "sas": self.sas,
+            "token": self.token,
+            "endpoint": self.endpoint,
+        }
+        if self.connection_string:
+            parts = _connection_string(self.connection_string)
+            for name, part in (
+                ("account", "accountname"),
+                ("account_key", "accountkey"),
+                ("sas", "sharedaccesssignature"),
+                ("endpoint", "blobendpoint"),
+            ):
+                values[name] = parts.get(part) or values[name]
+        if values["sas"]:
+            values["sas"] = values["sas"].lstrip("?")
+        if values["endpoint"]:
+            values["endpoint"] = values["endpoint"].rstrip("/")
+        for name, value in values.items():
+            object.__setattr__(self, name, value or None)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AzureSettings:
-        env = os.environ if environ is None else environ
-
-        def first(*names: str) -> str | None:
-            return next((env[n] for n in names if env.get(n)), None)
-
-        account = first("AZURE_STORAGE_ACCOUNT_NAME")
-        key = first("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY")
-        sas = first("AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_SAS_KEY")
-        endpoint = first("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
-        conn = env.get("AZURE_STORAGE_CONNECTION_STRING")
-        if conn:
-            parts = _connection_string(conn)
-            account = parts.get("accountname") or account
-            key = parts.get("accountkey") or key
-            sas = parts.get("sharedaccesssignature") or sas
-            endpoint = parts.get("blobendpoint") or endpoint
-        return cls(
-            account=account,
-            account_key=key,
-            sas=sas.lstrip("?") if sas else None,
-            token=first("AZURE_STORAGE_TOKEN"),
-            endpoint=endpoint.rstrip("/") if endpoint else None,
-        )
+        return load_env(cls, environ)
 
     def require_account(self, link: str) -> str:
         """The account name, or ``AccessDeniedError`` naming ``link`` and what to set."""

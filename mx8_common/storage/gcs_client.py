@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -28,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from mx8_common.config_fields import load_env, setting
 from mx8_common.errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -59,22 +59,35 @@ def split_gcs_location(location: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class GcsSettings:
-    """Where GCS requests go and whether they are signed."""
+    """Where GCS requests go (gs:// links)."""
 
-    #: Base URL of the JSON API (the public endpoint or an emulator's).
-    endpoint: str = _PUBLIC_ENDPOINT
-    #: False for an emulator: no token is fetched or sent.
-    signed: bool = True
+    emulator_host: str | None = setting(
+        None,
+        env="STORAGE_EMULATOR_HOST",
+        help="GCS emulator, host:port or URL (requests go there unsigned); unset: "
+        "storage.googleapis.com with Application Default Credentials",
+    )
+
+    def __post_init__(self) -> None:
+        if not (self.emulator_host or "").strip():
+            object.__setattr__(self, "emulator_host", None)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GcsSettings:
-        env = os.environ if environ is None else environ
-        host = (env.get("STORAGE_EMULATOR_HOST") or "").strip()
-        if host:
-            if "://" not in host:
-                host = "http://" + host
-            return cls(endpoint=host.rstrip("/"), signed=False)
-        return cls()
+        return load_env(cls, environ)
+
+    @property
+    def endpoint(self) -> str:
+        """Base URL of the JSON API: the emulator's, or the public endpoint."""
+        host = (self.emulator_host or "").strip()
+        if not host:
+            return _PUBLIC_ENDPOINT
+        return (host if "://" in host else "http://" + host).rstrip("/")
+
+    @property
+    def signed(self) -> bool:
+        """False for an emulator: no token is fetched or sent."""
+        return self.emulator_host is None
 
 
 class _Token:
