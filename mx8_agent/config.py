@@ -69,6 +69,13 @@ class AgentConfig:
         help="where local trainers connect: unix:PATH or 127.0.0.1:PORT",
     )
     job_id: str = setting("default", env="MX8_JOB_ID", help="job id the coordinator serves")
+    shm_dir: str = setting(
+        "/dev/shm",
+        env="MX8_SHM_DIR",
+        flag="--shm-dir",
+        help="shared-memory directory batches are handed to same-host trainers through "
+        "(trainers set the same MX8_SHM_DIR); empty: always send bytes in the gRPC stream",
+    )
     max_inflight_bytes: int = shared(
         FetchConfig,
         "max_inflight_bytes",
@@ -121,6 +128,12 @@ class AgentConfig:
     )
     leases_ahead: int = setting(
         2, env="MX8_AGENT_LEASES_AHEAD", help="most leases held at once (fetching + delivering)"
+    )
+    no_trainer_grace_ms: int = setting(
+        5000,
+        env="MX8_AGENT_NO_TRAINER_GRACE_MS",
+        help="dynamic mode: how long an agent whose trainers all left keeps its leases "
+        "before handing them back to other hosts (it takes none until a trainer connects)",
     )
     connect_timeout_s: float = setting(
         60.0,
@@ -192,6 +205,7 @@ class AgentConfig:
             "--max-line-bytes": self.max_line_bytes,
             "--progress-interval-ms": self.progress_interval_ms,
             "--leases-ahead": self.leases_ahead,
+            "--no-trainer-grace-ms": self.no_trainer_grace_ms,
             "--connect-timeout-s": self.connect_timeout_s,
             "--coordinator-lost-timeout-s": self.coordinator_lost_timeout_s,
             "--ingest-attempts": self.ingest_attempts,

@@ -40,10 +40,12 @@ internals (the original stays reachable as ``__context__``).
     │   ├── LeaseRangeError            cursor outside the lease's [start, end]
     │   └── LeaseStateError            cursor regression, lease held by another node
     ├── LeaseLogError                lease log unreadable or from another job (.path)
+    │   └── CoordinatorFencedError     another coordinator holds the job's term (.job_id, .term)
     ├── JobStateError                call not allowed in the job's current state (.node_id)
     │   ├── NodeNotRegisteredError     node must RegisterNode first
     │   ├── NodeIdInUseError           a live agent of another incarnation holds the id
     │   ├── NodeIdentityError          node id is not a name of the client certificate
+    │   ├── RegistrationTokenError     a report without the node registration's token
     │   └── JobNotReadyError           world not formed yet (nodes or trainer ranks missing)
     ├── RequestError                 malformed request: empty id, want=0 (.field)
     ├── ManifestTooLargeError        whole-manifest reply over the gRPC message cap
@@ -65,6 +67,7 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "CoordinatorError",
+    "CoordinatorFencedError",
     "CoordinatorReplyError",
     "CoordinatorStateLostError",
     "DecodeError",
@@ -98,6 +101,7 @@ __all__ = [
     "ObjectChangedError",
     "ObjectNotFoundError",
     "RankReportError",
+    "RegistrationTokenError",
     "RequestError",
     "ResumeError",
     "SnapshotError",
@@ -327,6 +331,20 @@ class LeaseLogError(Mx8Error):
         self.path = path
 
 
+class CoordinatorFencedError(LeaseLogError):
+    """Another coordinator owns the job's lease log in the store (a newer term, or a
+    leader record that is still renewed): this one must not write or lease, and exits."""
+
+    event = "coordinator_fenced"
+
+    def __init__(
+        self, message: str, *, path: str | None = None, job_id: str = "", term: int = 0
+    ) -> None:
+        super().__init__(message, path=path)
+        self.job_id = job_id
+        self.term = term
+
+
 class JobStateError(Mx8Error):
     """The call is not allowed in the job's current state."""
 
@@ -350,6 +368,13 @@ class NodeIdentityError(JobStateError):
     certificate (its CN or a DNS SAN): one agent cannot act as another."""
 
     event = "node_identity_mismatch"
+
+
+class RegistrationTokenError(JobStateError):
+    """A heartbeat, lease request or progress report for a node id without the token its
+    current registration got: only the agent that registered may act as that node."""
+
+    event = "registration_token_mismatch"
 
 
 class NodeIdInUseError(JobStateError):

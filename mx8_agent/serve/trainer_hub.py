@@ -16,6 +16,10 @@ continues. A second stream with a live ``trainer_id`` replaces the first (a reco
 agent noticed before the break). Resuming a ``trainer_id`` this hub never served is a
 ``TrainerResumeError``: the agent restarted and cannot tell what the trainer consumed.
 
+A ``deliverable`` predicate (dynamic mode: the lease fence) is asked before each batch
+is handed to a trainer; a batch it refuses stays queued (its lease may be renewed, then
+``redispatch`` hands it out) until ``discard_lease`` drops it.
+
 The hub also accounts bytes: queued + unacknowledged (``held_bytes``). The runner waits
 for ``wait_room`` before it grows a batch, which is the back-pressure from slow trainers
 to the fetcher. The end of the job reaches every trainer as ``None`` from ``next_for``
@@ -28,6 +32,7 @@ import asyncio
 import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -56,10 +61,13 @@ class ReadyBatch:
     owner_seq: int = 0
     #: Rank-exact mode: the step of ``epoch`` this batch is.
     step: int = 0
+    #: Rank-exact mode: the bytes are already in this stream's shared memory (a
+    #: ``ShmSlot``; ``parts`` is empty).
+    shared: Any = None
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.nbytes = sum(map(len, self.parts))
+        self.nbytes = self.shared.length if self.shared is not None else sum(map(len, self.parts))
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -101,8 +109,11 @@ class TrainerHub:
         max_bytes: int,
         on_acked: Callable[[ReadyBatch], None],
         resume_grace_s: float = 0.0,
+        deliverable: Callable[[ReadyBatch], bool] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
+        #: Asked before a batch goes to a trainer; None: every batch may go.
+        self.deliverable = deliverable
         self._on_acked = on_acked
         self.resume_grace_s = resume_grace_s
         self.batch_size: int | None = None
@@ -127,6 +138,7 @@ class TrainerHub:
         self._batch_size_set = asyncio.Event()
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
+        self._has_sessions = asyncio.Event()
 
     # -- batch size ---------------------------------------------------------------------
 
@@ -250,6 +262,7 @@ class TrainerHub:
         session.next_seq = self._next_seq_of.pop(trainer_id, 1)
         self._sessions[trainer_id] = session
         self._no_sessions.clear()
+        self._has_sessions.set()
         self._claim(session, resume_after)
         return session
 
@@ -314,6 +327,7 @@ class TrainerHub:
                 self._release(tid)
         if not self._sessions:
             self._no_sessions.set()
+            self._has_sessions.clear()
         self._dispatch()
 
     def _release(self, trainer_id: str) -> None:
@@ -328,6 +342,10 @@ class TrainerHub:
 
     async def wait_no_sessions(self) -> None:
         await self._no_sessions.wait()
+
+    async def wait_sessions(self) -> None:
+        """Wait until at least one trainer is attached."""
+        await self._has_sessions.wait()
 
     async def next_for(self, session: TrainerSession) -> tuple[int, ReadyBatch] | None:
         """The next ``(batch_seq, batch)`` for this trainer, or None at the end of the job.
@@ -367,6 +385,23 @@ class TrainerHub:
 
     # -- matching -----------------------------------------------------------------------
 
+    def redispatch(self) -> None:
+        """Try again to hand out held batches (a lease became deliverable again)."""
+        self._dispatch()
+
+    def _may_send(self, batch: ReadyBatch) -> bool:
+        return self.deliverable is None or self.deliverable(batch)
+
+    def _take_queued(self) -> ReadyBatch | None:
+        """The first queued batch that may be sent (held ones keep their place)."""
+        if self.deliverable is None:
+            return self._queue.popleft() if self._queue else None
+        for k, batch in enumerate(self._queue):
+            if self._may_send(batch):
+                del self._queue[k]
+                return batch
+        return None
+
     def _dispatch(self) -> None:
         """Hand batches to waiting trainers with room, first come first served; a resumed
         trainer's own batches go to it before anything from the queue."""
@@ -375,14 +410,17 @@ class TrainerHub:
                 if future.done() or not session.has_room:
                     continue
                 if session.resend:
+                    if not self._may_send(session.resend[0][1]):
+                        continue
                     seq, batch = session.resend.popleft()
                     self.reserved_batches -= 1
-                elif self._queue:
-                    batch = self._queue.popleft()
+                else:
+                    queued = self._take_queued()
+                    if queued is None:
+                        continue
+                    batch = queued
                     seq = session.next_seq
                     session.next_seq += 1
-                else:
-                    continue
                 del self._waiters[k]
                 batch.owner, batch.owner_seq = session.trainer_id, seq
                 session.unacked.append((seq, batch))

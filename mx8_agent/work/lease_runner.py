@@ -12,6 +12,17 @@ Only started after a full, valid manifest ingest. Three tasks share one ``AckTra
   (which also keeps the lease alive), drops leases the coordinator took back, and frees
   a slot when a lease completes.
 
+No trainer, no leases: once every trainer of the host has been gone for
+``no_trainer_grace_s``, the runner reports each held lease's cursor with ``release`` (the
+coordinator re-queues the rest for other hosts at once), drops its batches and asks for
+no more until a trainer connects again.
+
+Fencing: the hub asks the ``LeaseFence`` before each batch goes to a trainer, so a batch
+of a lease whose renewal is overdue (its local deadline, strictly before the
+coordinator's expiry, has passed) or while the coordinator link is in doubt stays held,
+and is dropped once the coordinator says the lease is gone: a frozen or cut-off agent
+never delivers positions the coordinator gave to another node (``lease_fence``).
+
 Coordinator refusals arrive as typed errors and are told apart by class, never by text:
 a lease the coordinator took back (``LeaseNotFoundError``: expired or unknown;
 ``LeaseStateError``: completed or held elsewhere) is dropped and the rest go on, while
@@ -34,13 +45,16 @@ import numpy as np
 
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
 from mx8_agent.work.ack_tracker import AckTracker, LeaseRef
+from mx8_agent.work.lease_fence import LeaseFence
 from mx8_common.errors import (
     CoordinatorError,
     JobNotReadyError,
+    LeaseLogError,
     LeaseNotFoundError,
     LeaseStateError,
     Mx8Error,
     NodeNotRegisteredError,
+    RegistrationTokenError,
 )
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import Throttled, emit
@@ -55,12 +69,20 @@ __all__ = ["LeaseClient", "LeaseRunner", "RunnerStats"]
 _COMPONENT = "agent"
 #: Status codes of a coordinator that did not answer (no typed refusal): try again later.
 _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
-#: RequestLease refusals to wait out: the world is not frozen yet, or a restarted
-#: coordinator does not know this node until the heartbeat registers it again.
-_WAIT_ERRORS = (JobNotReadyError, NodeNotRegisteredError)
+#: RequestLease refusals to wait out: the world is not frozen yet, a restarted
+#: coordinator does not know this node until the heartbeat registers it again, or the
+#: coordinator's lease log cannot take records now (its store is away, or it is being
+#: replaced by a standby).
+_WAIT_ERRORS = (JobNotReadyError, NodeNotRegisteredError, LeaseLogError)
 #: ReportProgress refusals meaning the lease is gone (expired, unknown, completed or held
-#: elsewhere, or a coordinator that forgot this node): drop it, keep the others.
-_LOST_LEASE_ERRORS = (LeaseNotFoundError, LeaseStateError, NodeNotRegisteredError)
+#: elsewhere, a coordinator that forgot this node, or another agent registered this node
+#: id after this one went silent): drop it, keep the others.
+_LOST_LEASE_ERRORS = (
+    LeaseNotFoundError,
+    LeaseStateError,
+    NodeNotRegisteredError,
+    RegistrationTokenError,
+)
 _REQUEST_CHUNK = 4096
 
 
@@ -72,7 +94,7 @@ class LeaseClient(Protocol):
     ) -> cpb.RequestLeaseResponse: ...
 
     async def report_progress(
-        self, job_id: str, node_id: str, lease_id: str, cursor: int
+        self, job_id: str, node_id: str, lease_id: str, cursor: int, *, release: bool = False
     ) -> cpb.ReportProgressResponse: ...
 
 
@@ -107,7 +129,10 @@ class LeaseRunner:
         hub: TrainerHub,
         leases_ahead: int,
         progress_interval_s: float,
+        lease_ttl_s: float,
+        stall_s: float,
         retry_wait_s: float = 1.0,
+        no_trainer_grace_s: float = 5.0,
     ) -> None:
         self._client = client
         self._job_id = job_id
@@ -118,7 +143,17 @@ class LeaseRunner:
         self._fetch_config = fetch_config
         self._hub = hub
         self._leases_ahead = leases_ahead
-        self._interval_s = progress_interval_s
+        # Several renewals per TTL, whatever --progress-interval-ms says.
+        self._interval_s = min(progress_interval_s, lease_ttl_s / 4)
+        self.fence = LeaseFence(ttl_s=lease_ttl_s, stall_s=stall_s)
+        #: Leases held back by the fence (one ``lease_fenced`` event each until renewed).
+        self._fenced: set[str] = set()
+        hub.deliverable = self._deliverable
+        self._no_trainer_grace_s = no_trainer_grace_s
+        #: Set while the host has had no trainer for the grace: take no leases.
+        self._idle = False
+        self._busy_again = asyncio.Event()
+        self._job_drained = False
         self._retry_wait_s = retry_wait_s
         self._retry_log = Throttled()  # retry lines: one per event every few seconds
         self.tracker = AckTracker()
@@ -138,6 +173,11 @@ class LeaseRunner:
         pipeline = self.pipeline.stats.inflight_bytes if self.pipeline is not None else 0
         return pipeline + self.stats.partial_bytes + self._hub.held_bytes
 
+    def note_drained(self) -> None:
+        """A heartbeat said the job drained: an idle runner (no trainer) ends too."""
+        self._job_drained = True
+        self._busy_again.set()
+
     def on_acked(self, batch: ReadyBatch) -> None:
         """Hub callback: trainers consumed ``batch``; its positions may now be reported."""
         n = len(batch)
@@ -152,18 +192,19 @@ class LeaseRunner:
         reporter = asyncio.create_task(self._report_loop(), name="mx8-agent-reporter")
         leaser = asyncio.create_task(self._lease_loop(), name="mx8-agent-leaser")
         deliverer = asyncio.create_task(self._deliver(), name="mx8-agent-deliverer")
-        tasks = {reporter, leaser, deliverer}
+        idler = asyncio.create_task(self._idle_loop(), name="mx8-agent-idler")
+        tasks = {reporter, leaser, deliverer, idler}
         try:
             pending = {leaser, deliverer}
             while pending:
                 done, _ = await asyncio.wait(
-                    pending | {reporter}, return_when=asyncio.FIRST_COMPLETED
+                    pending | {reporter, idler}, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in done:
                     if task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
                 pending -= done
-                if reporter in done:
+                if reporter in done or idler in done:
                     raise RuntimeError("the progress reporter stopped unexpectedly")
         finally:
             for task in tasks:
@@ -177,11 +218,15 @@ class LeaseRunner:
         # No trainer, no batch size, no leases: idle hosts leave the work to others.
         await self._hub.wait_batch_size()
         while True:
+            if self._idle and not self._job_drained:
+                await self._busy_again.wait()
+                continue
             free = self._leases_ahead - len(self.tracker)
             if free <= 0:
                 self._freed.clear()
                 await self._freed.wait()
                 continue
+            sent_at = self.fence.now()
             try:
                 resp = await self._client.request_lease(self._job_id, self._node_id, free)
             except (*_WAIT_ERRORS, CoordinatorError) as exc:
@@ -191,7 +236,7 @@ class LeaseRunner:
                 await asyncio.sleep(self._retry_wait_s)
                 continue
             for le in resp.leases:
-                self._start_lease(le)
+                self._start_lease(le, sent_at)
             if resp.job_drained:
                 emit(_COMPONENT, "job_drained", node_id=self._node_id)
                 break
@@ -205,9 +250,10 @@ class LeaseRunner:
                     pass
         self._queue.put_nowait(None)
 
-    def _start_lease(self, le: Any) -> None:
+    def _start_lease(self, le: Any, sent_at: float) -> None:
         # A range past the manifest would index outside the table: fail closed, never crash.
         check_lease(le, total_samples=self._job_order.total_samples)
+        self.fence.granted(le.lease_id, sent_at)
         ref = LeaseRef(
             lease_id=le.lease_id,
             epoch=int(le.range.epoch),
@@ -287,6 +333,21 @@ class LeaseRunner:
         if now > self.stats.peak_inflight_bytes:
             self.stats.peak_inflight_bytes = now
 
+    def _deliverable(self, batch: ReadyBatch) -> bool:
+        """Hub check before a batch goes to a trainer: is its lease surely still ours?"""
+        if self.fence.valid(batch.lease_id):
+            return True
+        if batch.lease_id not in self._fenced:
+            self._fenced.add(batch.lease_id)
+            emit(
+                _COMPONENT,
+                "lease_fenced",
+                lease_id=batch.lease_id,
+                node_id=self._node_id,
+                reason="coordinator_link" if self.fence.link_in_doubt else "renewal_overdue",
+            )
+        return False
+
     def make_batch(
         self, lease: LeaseRef, first_pos: int, ids: list[int], payloads: list[bytes]
     ) -> ReadyBatch:
@@ -323,6 +384,8 @@ class LeaseRunner:
     async def report_now(self) -> None:
         """Report every held lease's acknowledged cursor (unchanged ones keep it alive)."""
         for lease_id, cursor in self.tracker.cursors().items():
+            sent_at = self.fence.now()
+            self.fence.renewing(sent_at)
             try:
                 resp = await self._client.report_progress(
                     self._job_id, self._node_id, lease_id, cursor
@@ -330,23 +393,92 @@ class LeaseRunner:
             except _LOST_LEASE_ERRORS as exc:
                 self._drop(lease_id, exc)
                 continue
-            except CoordinatorError as exc:
-                if exc.code not in _TRANSIENT_CODES:
+            except (CoordinatorError, LeaseLogError) as exc:
+                if isinstance(exc, CoordinatorError) and exc.code not in _TRANSIENT_CODES:
                     raise
+                self.fence.link_failed()
                 self._retry_log.emit(
                     _COMPONENT, "progress_report_failed", lease_id=lease_id, error=exc
                 )
                 return  # try again next interval
+            finally:
+                self.fence.renewing(None)
             self.tracker.mark_reported(lease_id, cursor)
+            self.fence.renewed(lease_id, sent_at)
+            if self._fenced:
+                self._fenced.clear()
+                self._hub.redispatch()  # held batches of renewed leases may go now
             if resp.completed:
+                self.fence.forget(lease_id)
                 self.tracker.remove(lease_id)
                 self.stats.leases_completed += 1
                 emit(_COMPONENT, "lease_done", lease_id=lease_id, cursor=cursor)
                 self._freed.set()
 
+    # -- no trainer ---------------------------------------------------------------------
+
+    async def _idle_loop(self) -> None:
+        """Hand leases back when the host has had no trainer for the grace."""
+        await self._hub.wait_batch_size()  # before the first trainer: no lease is taken
+        while True:
+            await self._hub.wait_no_sessions()
+            try:
+                async with asyncio.timeout(self._no_trainer_grace_s):
+                    await self._hub.wait_sessions()
+                continue
+            except TimeoutError:
+                pass
+            self._idle = True
+            self._busy_again.clear()
+            emit(_COMPONENT, "agent_idle", node_id=self._node_id, leases=len(self.tracker))
+            while len(self.tracker):
+                await self._release_held()
+                if len(self.tracker):
+                    try:
+                        async with asyncio.timeout(self._interval_s):
+                            await self._hub.wait_sessions()
+                        break  # a trainer is back: keep what is left
+                    except TimeoutError:
+                        pass
+            await self._hub.wait_sessions()
+            self._idle = False
+            self._busy_again.set()
+
+    async def _release_held(self) -> None:
+        """Report each held lease's cursor with ``release``; drop those given back."""
+        for lease_id, cursor in self.tracker.cursors().items():
+            try:
+                resp = await self._client.report_progress(
+                    self._job_id, self._node_id, lease_id, cursor, release=True
+                )
+            except _LOST_LEASE_ERRORS as exc:
+                self._drop(lease_id, exc)
+                continue
+            except CoordinatorError as exc:
+                if exc.code not in _TRANSIENT_CODES:
+                    raise
+                self.fence.link_failed()
+                return  # try again shortly
+            self.tracker.remove(lease_id)
+            self.fence.forget(lease_id)
+            self.stats.dropped.add(lease_id)
+            discarded = self._hub.discard_lease(lease_id)
+            emit(
+                _COMPONENT,
+                "lease_released",
+                lease_id=lease_id,
+                node_id=self._node_id,
+                cursor=cursor,
+                completed=resp.completed,
+                discarded=discarded,
+            )
+            self._freed.set()
+
     def _drop(self, lease_id: str, why: Mx8Error) -> None:
         """The coordinator took the lease back (expired): stop delivering it."""
         self.tracker.remove(lease_id)
+        self.fence.forget(lease_id)
+        self._fenced.discard(lease_id)
         self.stats.dropped.add(lease_id)
         self.stats.leases_dropped += 1
         discarded = self._hub.discard_lease(lease_id)

@@ -93,6 +93,9 @@ class CoordinatorClient:
             address, tls=tls, token=token, max_message_bytes=max_message_bytes
         )
         self._stub = pb_grpc.CoordinatorStub(self._channel)
+        #: The secret of this node's registration (``register_node`` keeps it), sent with
+        #: every heartbeat, lease request and progress report.
+        self.registration_token = ""
 
     async def close(self) -> None:
         """Close the channel (idempotent)."""
@@ -139,7 +142,9 @@ class CoordinatorClient:
             incarnation=incarnation,
         )
         request = pb.RegisterNodeRequest(job_id=job_id, node_id=node_id, caps=caps, ranks=ranks)
-        return await self._call("RegisterNode", request)
+        reply = await self._call("RegisterNode", request)
+        self.registration_token = reply.registration_token
+        return reply
 
     async def heartbeat(
         self,
@@ -157,24 +162,42 @@ class CoordinatorClient:
             inflight_bytes=inflight_bytes,
             fetch_retries=fetch_retries,
         )
-        request = pb.HeartbeatRequest(job_id=job_id, node_id=node_id, stats=stats)
+        request = pb.HeartbeatRequest(
+            job_id=job_id,
+            node_id=node_id,
+            stats=stats,
+            registration_token=self.registration_token,
+        )
         return await self._call("Heartbeat", request)
 
     async def request_lease(
         self, job_id: str, node_id: str, want: int = 1
     ) -> pb.RequestLeaseResponse:
-        request = pb.RequestLeaseRequest(job_id=job_id, node_id=node_id, want=want)
+        request = pb.RequestLeaseRequest(
+            job_id=job_id, node_id=node_id, want=want, registration_token=self.registration_token
+        )
         return await self._call("RequestLease", request)
 
     async def report_progress(
-        self, job_id: str, node_id: str, lease_id: str, cursor: int, *, delivered_bytes: int = 0
+        self,
+        job_id: str,
+        node_id: str,
+        lease_id: str,
+        cursor: int,
+        *,
+        delivered_bytes: int = 0,
+        release: bool = False,
     ) -> pb.ReportProgressResponse:
+        """Commit ``[start, cursor)`` of a lease (renewing it); ``release`` gives the
+        rest back."""
         request = pb.ReportProgressRequest(
             job_id=job_id,
             node_id=node_id,
             lease_id=lease_id,
             cursor=cursor,
             delivered_bytes=delivered_bytes,
+            registration_token=self.registration_token,
+            release=release,
         )
         return await self._call("ReportProgress", request)
 

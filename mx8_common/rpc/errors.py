@@ -32,6 +32,7 @@ from mx8_common.errors import (
     ContractError,
     CoordinatorStateLostError,
     JobStateError,
+    LeaseLogError,
     LeaseNotFoundError,
     LeaseRangeError,
     LeaseStateError,
@@ -39,6 +40,7 @@ from mx8_common.errors import (
     ManifestTooLargeError,
     Mx8Error,
     NodeIdentityError,
+    RegistrationTokenError,
     RequestError,
     SnapshotNotFoundError,
     StorageError,
@@ -68,6 +70,7 @@ STATUS_CODES: tuple[tuple[type[Mx8Error], grpc.StatusCode], ...] = (
     (LeaseNotFoundError, grpc.StatusCode.NOT_FOUND),
     (SnapshotNotFoundError, grpc.StatusCode.NOT_FOUND),
     (NodeIdentityError, grpc.StatusCode.PERMISSION_DENIED),
+    (RegistrationTokenError, grpc.StatusCode.PERMISSION_DENIED),
     (LeaseStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (StorageError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -76,6 +79,9 @@ STATUS_CODES: tuple[tuple[type[Mx8Error], grpc.StatusCode], ...] = (
     (ManifestChangedError, grpc.StatusCode.FAILED_PRECONDITION),
     (CoordinatorStateLostError, grpc.StatusCode.FAILED_PRECONDITION),
     (ManifestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # The log cannot take the record now (store unreachable, leader deposed): retry,
+    # maybe at another coordinator behind the same address.
+    (LeaseLogError, grpc.StatusCode.UNAVAILABLE),
 )
 
 #: Every mx8 error class by its event name (what ``ErrorInfo.reason`` carries).

@@ -184,6 +184,19 @@ class AzureManifestStore(ManifestStore):
     async def _replace_small(self, rel: str, data: bytes) -> None:
         await self._client().put(self._url(rel), data)
 
+    async def list_objects(self, folder: str) -> list[str]:
+        prefix = self._key(folder.rstrip("/") + "/")
+        names: list[str] = []
+        marker: str | None = None
+        while True:
+            page = await self._client().list_page(
+                self.container, prefix, delimiter=True, marker=marker
+            )
+            names += [name[len(prefix) :] for name, _size, _modified in page.blobs]
+            marker = page.next_marker
+            if not marker:
+                return sorted(names)
+
     # -- locks -----------------------------------------------------------------------------
     def _lock(self, key: str) -> str:
         return f"locks/{key}.lock"

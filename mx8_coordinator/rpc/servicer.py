@@ -124,6 +124,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             job_incarnation=job.incarnation,
             mode=s.mode,
             listed_at_unix_s=s.listed_at or 0.0,
+            registration_token=reg.token,
         )
 
     @_unary
@@ -172,7 +173,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             "inflight_bytes": st.inflight_bytes,
             "fetch_retries": st.fetch_retries,
         }
-        hb = await job.heartbeat(request.job_id, request.node_id, stats)
+        hb = await job.heartbeat(
+            request.job_id, request.node_id, stats, token=request.registration_token
+        )
         return pb.HeartbeatResponse(
             job_ready=hb.job_ready,
             job_drained=hb.job_drained,
@@ -184,7 +187,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def RequestLease(
         self, request: pb.RequestLeaseRequest, job: Job, context: Any
     ) -> pb.RequestLeaseResponse:
-        grant = await job.request_lease(request.job_id, request.node_id, request.want)
+        grant = await job.request_lease(
+            request.job_id, request.node_id, request.want, token=request.registration_token
+        )
         return pb.RequestLeaseResponse(
             leases=[self._lease_pb(job, le) for le in grant.leases],
             wait_ms=grant.wait_ms,
@@ -196,7 +201,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self, request: pb.ReportProgressRequest, job: Job, context: Any
     ) -> pb.ReportProgressResponse:
         progress = await job.report_progress(
-            request.job_id, request.node_id, request.lease_id, request.cursor
+            request.job_id,
+            request.node_id,
+            request.lease_id,
+            request.cursor,
+            token=request.registration_token,
+            release=request.release,
         )
         return pb.ReportProgressResponse(
             lease=self._lease_pb(job, progress.lease), completed=progress.completed

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from mx8_common.errors import JobStateError, LeaseLogError, RequestError
+from mx8_common.errors import JobStateError, LeaseLogError, RegistrationTokenError, RequestError
 from mx8_common.obs.events import emit
 from mx8_common.rpc.job_status import (
     JobCounters,
@@ -40,6 +40,7 @@ from mx8_coordinator.state.lease_records import (
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.state.node_registry import NodeRegistry, Registration, monotonic_ms
 from mx8_coordinator.state.ranks import RankJoin, RankReport, WorldAnswer, WorldRegistry
+from mx8_coordinator.state.store_log import StoreLeaseLog
 from mx8_coordinator.state.throughput import RateSample, ThroughputTracker
 from mx8_coordinator.state.world_file import WorldFile
 
@@ -96,13 +97,18 @@ class Job:
         self,
         spec: JobSpec,
         *,
-        log: LeaseLog | None = None,
+        log: LeaseLog | StoreLeaseLog | None = None,
         world_file: WorldFile | None = None,
         incarnation: str = "",
         clock: Callable[[], int] = monotonic_ms,
+        stall_ms: int | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self._log = log
+        #: Raises while the log may not be written (a store log whose term lapsed): called
+        #: before anything that logs changes state, so memory never runs ahead of the log.
+        self._gate = gate
         #: Rank-exact mode's worlds in the state dir (apart from the lease log).
         self._world_file = world_file
         self._worlds_saved = 0
@@ -148,6 +154,10 @@ class Job:
         self._told_drained: set[str] = set()
         #: When the job drained here (its clock), to freeze the final average.
         self._drained_mono: int | None = None
+        #: Last time any call or tick ran; a gap over ``stall_ms`` (None: not watched)
+        #: means this process was stalled (see ``_wake``).
+        self._awake_ms = clock()
+        self._stall_ms = stall_ms
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -174,10 +184,30 @@ class Job:
                 "node_id is empty; every node needs a stable, unique id", field="node_id"
             )
 
+    def _wake(self) -> None:
+        """Before any expiry decision: a gap since the last call or tick longer than
+        ``stall_ms`` means this coordinator did not run (SIGSTOP, a paused VM, a frozen
+        loop; the server's ticker runs several times per TTL). Nodes could not be heard
+        meanwhile, so the gap is not held against their leases: they are postponed by it
+        instead of all expiring at once and being delivered twice. Agents fence on their
+        own clocks, earlier than any expiry, so a postponed lease is never delivered by
+        two nodes."""
+        now = self._clock()
+        gap = now - self._awake_ms
+        self._awake_ms = now
+        if self._stall_ms is not None and gap > self._stall_ms:
+            self.scheduler.postpone_expiry(gap)
+            self.registry.postpone_silence(gap)
+            emit(_COMPONENT, "coordinator_stalled", level="warning", gap_ms=gap)
+
     def check_job(self, job_id: str) -> None:
         """Read-only calls may omit the job id; a wrong one is still refused."""
         if job_id:
             self._check_ids(job_id, None)
+
+    def _check_gate(self) -> None:
+        if self._gate is not None:
+            self._gate()
 
     async def _append(self, records: Sequence[LeaseRecord]) -> None:
         if self._log is not None and records:
@@ -290,7 +320,9 @@ class Job:
         incarnation: str = "",
         ranks: Sequence[RankReport] = (),
     ) -> Registration:
+        self._wake()
         self._check_ids(job_id, node_id)
+        self._check_gate()
         if ranks and self.rank_exact:
             # The agent's trainer ranks, checked before the node is taken: a coordinator
             # that lost its state rebuilds their worlds from these.
@@ -309,16 +341,34 @@ class Job:
         )
         return reg
 
+    def _check_token(self, node_id: str, token: str, *, rebind: bool = False) -> None:
+        try:
+            self.registry.check_token(node_id, token, rebind=rebind)
+        except RegistrationTokenError as exc:
+            emit(_COMPONENT, exc.event, level="warning", node_id=node_id, error=str(exc))
+            raise
+
     async def heartbeat(
-        self, job_id: str, node_id: str, stats: Mapping[str, int] | None = None
+        self,
+        job_id: str,
+        node_id: str,
+        stats: Mapping[str, int] | None = None,
+        *,
+        token: str = "",
     ) -> HeartbeatResult:
+        self._wake()
         self._check_ids(job_id, node_id)
+        self._check_token(node_id, token, rebind=True)
         self.registry.heartbeat(node_id, stats)
         self._note_drained_seen(node_id)
         return HeartbeatResult(self.registry.ready, self.drained, self.registry.world_size)
 
-    async def request_lease(self, job_id: str, node_id: str, want: int) -> Grant:
+    async def request_lease(
+        self, job_id: str, node_id: str, want: int, *, token: str = ""
+    ) -> Grant:
+        self._wake()
         self._check_ids(job_id, node_id)
+        self._check_token(node_id, token)
         if want <= 0:
             raise RequestError(
                 "want must be > 0: the number of leases the node wants now", field="want"
@@ -331,7 +381,9 @@ class Job:
                 node_id=node_id,
             )
         rank = self.registry.require_rank(node_id)
+        self._check_gate()
         self.registry.heartbeat(node_id)
+        self.registry.note_request(node_id)
         records = self._collect_expiries()
         if self._draining:
             grant = Grant((), (), self.spec.heartbeat_interval_ms, self.drained)
@@ -340,7 +392,7 @@ class Job:
                 node_id,
                 rank,
                 world_size=self.registry.world_size,
-                departed_ranks=self.registry.departed_ranks(),
+                departed_ranks=self._stealable_ranks(),
                 want=want,
             )
         records += [DealRecord(epoch=d.epoch, world_size=d.world_size) for d in grant.dealt]
@@ -373,14 +425,32 @@ class Job:
         self._note_drained_seen(node_id)
         return grant
 
+    def _stealable_ranks(self) -> list[int]:
+        """Ranks whose queues another node may take: departed nodes', and idle ones' (live,
+        no lease, no request for a few heartbeats: an agent without a trainer)."""
+        idle_ms = max(1000, 3 * self.spec.heartbeat_interval_ms)
+        holding = {le.node_id for le in self.scheduler.live_leases()}
+        idle = self.registry.idle_ranks(idle_ms, holding)
+        return sorted(set(self.registry.departed_ranks()) | set(idle))
+
     async def report_progress(
-        self, job_id: str, node_id: str, lease_id: str, cursor: int
+        self,
+        job_id: str,
+        node_id: str,
+        lease_id: str,
+        cursor: int,
+        *,
+        token: str = "",
+        release: bool = False,
     ) -> Progress:
+        self._wake()
         self._check_ids(job_id, node_id)
+        self._check_token(node_id, token)
         if not lease_id:
             raise RequestError(
                 "lease_id is empty; report on a lease RequestLease returned", field="lease_id"
             )
+        self._check_gate()
         self.registry.heartbeat(node_id)
         progress = self.scheduler.report(node_id, lease_id, cursor)
         advanced = progress.committed_to - progress.committed_from
@@ -410,15 +480,44 @@ class Job:
                 epoch=le.epoch,
                 total_samples=self.spec.total_samples,
             )
+        if release and not progress.completed:
+            await self._release(node_id, lease_id)
         self._announce_drained()
         self._note_drained_seen(node_id)
         return progress
+
+    async def _release(self, node_id: str, lease_id: str) -> None:
+        """The node handed the lease back (no trainer): re-queue the rest now."""
+        expiry = self.scheduler.release(node_id, lease_id)
+        if expiry is None:
+            return
+        await self._append([ExpireRecord(lease_id=lease_id)])
+        le = expiry.lease
+        emit(
+            _COMPONENT,
+            "lease_released",
+            lease_id=lease_id,
+            node_id=node_id,
+            epoch=le.epoch,
+            start=le.start,
+            end=le.end,
+            cursor=le.cursor,
+        )
+        self.counters.leases_expired += 1
+        if expiry.requeued is not None:
+            self.counters.leases_requeued += 1
 
     # -- time ------------------------------------------------------------------------
 
     async def tick(self) -> None:
         """Depart silent nodes and expire overdue leases (the server calls this often)."""
+        self._wake()
         self._sample_rates()
+        if self._gate is not None:
+            try:
+                self._gate()
+            except LeaseLogError:
+                return  # expiries wait until the log can record them
         await self._append(self._collect_expiries())
 
     def _rate_sample(self) -> RateSample:

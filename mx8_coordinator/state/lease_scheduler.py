@@ -326,6 +326,20 @@ class LeaseScheduler:
         due = [le for le in self._live.values() if le.expires_ms <= now]
         return [self._expire(le) for le in sorted(due, key=lambda le: (le.epoch, le.start))]
 
+    def release(self, node_id: str, lease_id: str) -> Expiry | None:
+        """``node_id`` gives ``lease_id`` back (it has no trainer): expire it now, re-queue
+        its remainder. None when the lease is no longer live (completed)."""
+        lease = self._live.get(lease_id)
+        if lease is None or lease.node_id != node_id:
+            return None
+        return self._expire(lease)
+
+    def postpone_expiry(self, ms: int) -> None:
+        """Push every live lease's expiry back by ``ms``: time the coordinator itself was
+        stalled (frozen, paused) and could not hear renewals does not count against them."""
+        for lease_id, lease in self._live.items():
+            self._live[lease_id] = dataclasses.replace(lease, expires_ms=lease.expires_ms + ms)
+
     def expire_node(self, node_id: str) -> list[Expiry]:
         """Expire every lease of a departed node now."""
         mine = sorted(self.leases_of(node_id), key=lambda le: (le.epoch, le.start))

@@ -10,11 +10,17 @@ until it heartbeats or registers again. Pure logic with an injectable millisecon
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from mx8_common.errors import JobNotReadyError, NodeIdInUseError, NodeNotRegisteredError
+from mx8_common.errors import (
+    JobNotReadyError,
+    NodeIdInUseError,
+    NodeNotRegisteredError,
+    RegistrationTokenError,
+)
 
 __all__ = ["NodeRegistry", "NodeState", "Registration", "monotonic_ms"]
 
@@ -33,8 +39,13 @@ class NodeState:
     #: The agent process that registered it (empty: unknown, e.g. restored from a log).
     incarnation: str = ""
     rank: int | None = None
+    #: The secret its registration got back; every later call must carry it. Empty: not
+    #: checked (registered without an incarnation, or restored from a lease log).
+    token: str = ""
     alive: bool = True
     last_seen_ms: int = 0
+    #: When it last asked for a lease (or registered): dynamic mode's idleness.
+    last_request_ms: int = 0
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -48,6 +59,8 @@ class Registration:
     ready: bool
     #: (node_id, rank) pairs assigned by this call: the freeze or a late joiner.
     assigned: tuple[tuple[str, int], ...] = ()
+    #: The registration's secret (empty when the agent sent no incarnation).
+    token: str = ""
 
 
 class NodeRegistry:
@@ -86,19 +99,18 @@ class NodeRegistry:
 
         A node id that a live agent of another ``incarnation`` holds (it heartbeated
         within the TTL) is refused with ``NodeIdInUseError``: a second agent with the
-        same ``--node-id``. A restarted agent gets its id once the old one went silent.
+        same ``--node-id``; so is one with no incarnation while a live agent holds the id
+        with a token. A restarted agent gets its id once the old one went silent.
+        Each new registration gets a new random token (the same agent registering again
+        keeps its own), which ``check_token`` then asks of every call for that node id.
         """
         now = self._clock()
         node = self._nodes.get(node_id)
         if node is None:
-            node = self._nodes[node_id] = NodeState(node_id, hostname, last_seen_ms=now)
-        elif (
-            incarnation
-            and node.incarnation
-            and incarnation != node.incarnation
-            and node.alive
-            and now - node.last_seen_ms < self._ttl
-        ):
+            node = self._nodes[node_id] = NodeState(
+                node_id, hostname, last_seen_ms=now, last_request_ms=now
+            )
+        elif self._held_elsewhere(node, incarnation, now):
             host = node.hostname or "an unknown host"
             raise NodeIdInUseError(
                 f"node id {node_id!r} is held by a live agent on {host} (it heartbeated "
@@ -107,6 +119,11 @@ class NodeRegistry:
                 node_id=node_id,
                 hostname=node.hostname,
             )
+        if not incarnation:
+            node.token = ""  # an agent that predates tokens: nothing to check
+        elif incarnation != node.incarnation or not node.token:
+            node.token = secrets.token_hex(16)
+        # else: the same agent registering again keeps its token (its reports in flight).
         node.alive, node.last_seen_ms = True, now
         node.hostname = hostname or node.hostname
         node.incarnation = incarnation or node.incarnation
@@ -121,7 +138,39 @@ class NodeRegistry:
         elif node.rank is None:
             node.rank = self.world_size
             assigned.append((node_id, node.rank))
-        return Registration(node_id, node.rank, self.world_size, self._frozen, tuple(assigned))
+        return Registration(
+            node_id, node.rank, self.world_size, self._frozen, tuple(assigned), node.token
+        )
+
+    def _held_elsewhere(self, node: NodeState, incarnation: str, now: int) -> bool:
+        """A live agent holds ``node``'s id and this registration is not that agent: its
+        incarnation differs, or (the id has a token) it sent none."""
+        if not (node.alive and now - node.last_seen_ms < self._ttl):
+            return False
+        if node.token:
+            return incarnation != node.incarnation
+        return bool(incarnation and node.incarnation and incarnation != node.incarnation)
+
+    def check_token(self, node_id: str, token: str, *, rebind: bool = False) -> NodeState:
+        """The node, if ``token`` is its registration's secret; else
+        ``RegistrationTokenError``. ``rebind``: a node without a token (restored from a
+        lease log) that is sent one must register again to get its own (heartbeats)."""
+        node = self.get(node_id)
+        if node.token:
+            if not secrets.compare_digest(token.encode(), node.token.encode()):
+                raise RegistrationTokenError(
+                    f"this call for node {node_id!r} does not carry the token of its "
+                    "registration: only the agent that registered a node id may act as it "
+                    "(register with your own --node-id)",
+                    node_id=node_id,
+                )
+        elif token and rebind:
+            raise NodeNotRegisteredError(
+                f"node {node_id!r} is known from the lease log only; register again to "
+                "bind this agent to it",
+                node_id=node_id,
+            )
+        return node
 
     def restore(self, ranks: Mapping[str, int]) -> None:
         """Re-create ranked nodes from a lease log; each gets one TTL to come back."""
@@ -138,6 +187,12 @@ class NodeRegistry:
         if stats is not None:
             node.stats = dict(stats)
         return node
+
+    def postpone_silence(self, ms: int) -> None:
+        """Count ``ms`` of the coordinator's own stall as heard-from time for live nodes."""
+        for node in self._nodes.values():
+            if node.alive:
+                node.last_seen_ms += ms
 
     def get(self, node_id: str) -> NodeState:
         node = self._nodes.get(node_id)
@@ -182,6 +237,23 @@ class NodeRegistry:
                     # A node that left before the freeze must not count towards it.
                     del self._nodes[node.node_id]
         return gone
+
+    def note_request(self, node_id: str) -> None:
+        """``node_id`` asked for a lease now."""
+        self.get(node_id).last_request_ms = self._clock()
+
+    def idle_ranks(self, idle_ms: int, holding: set[str]) -> list[int]:
+        """Ranks of live nodes that hold no lease and asked for none for ``idle_ms``: an
+        agent without a trainer. Their queues are work for the others (dynamic mode)."""
+        now = self._clock()
+        return sorted(
+            n.rank
+            for n in self._nodes.values()
+            if n.rank is not None
+            and n.alive
+            and n.node_id not in holding
+            and now - n.last_request_ms > idle_ms
+        )
 
     def departed_ranks(self) -> list[int]:
         """Ranks whose node is departed, ascending."""

@@ -5,6 +5,7 @@ test's loop. No sockets. (How each coordinator refusal is handled: test_lease_ru
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from pathlib import Path
 
@@ -83,7 +84,13 @@ class FakeLeaseClient:
 
 
 def _runner(
-    tmp_path: Path, client: LeaseClient, reader: ObjectReader, samples: int
+    tmp_path: Path,
+    client: LeaseClient,
+    reader: ObjectReader,
+    samples: int,
+    *,
+    lease_ttl_s: float = 10.0,
+    stall_s: float = 5.0,
 ) -> tuple[LeaseRunner, TrainerHub]:
     """A runner over ``samples`` local files, its hub already told the batch size (8)."""
     data = write_local_dataset(tmp_path, samples).read_bytes()
@@ -107,6 +114,8 @@ def _runner(
         hub=hub,
         leases_ahead=2,
         progress_interval_s=0.02,
+        lease_ttl_s=lease_ttl_s,
+        stall_s=stall_s,
         retry_wait_s=0.01,
     )
     return runner, hub
@@ -175,3 +184,54 @@ async def test_lease_runner_drops_an_expired_lease_and_goes_on(
     assert all(lease != "L1" for lease, _ in client.reports[first_refusal + 1 :])
     delivered = {int(i) for b in batches for i in b.sample_ids}
     assert delivered == set(range(120))
+
+
+class FreezingLeaseClient(FakeLeaseClient):
+    """Once ``frozen`` is set, progress reports never get an answer (a frozen coordinator)."""
+
+    def __init__(self, total: int, block: int) -> None:
+        super().__init__(total, block)
+        self.frozen = asyncio.Event()
+        #: Send time of the last report that got an answer.
+        self.last_answered_sent = 0.0
+
+    async def report_progress(
+        self, job_id: str, node_id: str, lease_id: str, cursor: int, *, release: bool = False
+    ) -> cpb.ReportProgressResponse:
+        sent = time.monotonic()
+        if self.frozen.is_set():
+            await asyncio.Event().wait()
+        answer = await super().report_progress(job_id, node_id, lease_id, cursor)
+        self.last_answered_sent = max(self.last_answered_sent, sent)
+        return answer
+
+
+async def test_lease_runner_fence_hands_no_batch_out_after_the_renewal_deadline(
+    tmp_path: Path, logs: Events
+) -> None:
+    client = FreezingLeaseClient(total=400, block=200)
+    async with ObjectReader() as reader:
+        runner, hub = _runner(tmp_path, client, reader, 400, lease_ttl_s=0.6, stall_s=10.0)
+        run = asyncio.create_task(runner.run())
+        session = hub.attach("trainer-0", window=1)
+        got: list[float] = []
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(1.5):
+                        item = await hub.next_for(session)
+                except TimeoutError:
+                    break  # held back: nothing more reaches the trainer
+                assert item is not None
+                got.append(time.monotonic())
+                hub.ack(session, item[0])
+                if len(got) == 3:
+                    client.frozen.set()
+                await asyncio.sleep(0.02)  # a trainer's step
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    ttl_left = 0.6 - runner.fence.margin_s
+    assert len(got) > 3  # it went on delivering while the lease was surely still valid
+    assert max(got) < client.last_answered_sent + ttl_left
+    assert logs.named("lease_fenced")[0]["reason"] == "renewal_overdue"

@@ -128,3 +128,31 @@ async def test_trainer_hub_fail_reaches_waiting_and_later_trainers() -> None:
         await waiting
     with pytest.raises(ObjectChangedError):
         await hub.next_for(s)
+
+
+async def test_trainer_hub_holds_batches_the_fence_refuses_until_redispatch() -> None:
+    hub, _acked = new_hub()
+    allowed = {"L1"}
+    hub.deliverable = lambda batch: batch.lease_id in allowed
+    hub.put(make_batch(0, lease="L2"))
+    hub.put(make_batch(1, lease="L1"))
+    session = hub.attach("t", window=4)
+    # L2's batch is held; L1's (queued after it) goes first.
+    first = await asyncio.wait_for(hub.next_for(session), 1)
+    assert first is not None and first[1].lease_id == "L1"
+    waiting = asyncio.ensure_future(hub.next_for(session))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    allowed.add("L2")
+    hub.redispatch()
+    second = await asyncio.wait_for(waiting, 1)
+    assert second is not None and second[1].lease_id == "L2"
+
+
+async def test_trainer_hub_fenced_batches_dropped_when_the_lease_is_discarded() -> None:
+    hub, _acked = new_hub()
+    hub.deliverable = lambda batch: False
+    hub.put(make_batch(0, lease="L2"))
+    assert hub.queued_batches == 1
+    assert hub.discard_lease("L2") == 1
+    assert hub.queued_batches == 0 and hub.held_bytes == 0

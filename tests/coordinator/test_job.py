@@ -250,3 +250,52 @@ async def test_job_restarted_with_its_lease_log_keeps_its_incarnation_and_lease_
     (again,) = (await fresh.request_lease(JOB, "a", 1)).leases
     assert fresh.incarnation != job.incarnation
     assert again.lease_id == f"{fresh.incarnation}-L1" != first.lease_id
+
+
+async def test_job_own_stall_postpones_leases_instead_of_expiring_them(logs: Events) -> None:
+    clock = FakeClock()
+    job = Job(spec(freeze=1), clock=clock, stall_ms=TTL_MS // 2)
+    await job.register(JOB, "node-a")
+    (lease,) = (await job.request_lease(JOB, "node-a", 1)).leases
+    # The coordinator did not run for 3 TTLs (SIGSTOP): nobody could be heard meanwhile.
+    clock.advance(3 * TTL_MS)
+    await job.tick()
+    assert logs.named("coordinator_stalled")[0]["gap_ms"] == 3 * TTL_MS
+    assert "lease_expired" not in logs.names() and "node_departed" not in logs.names()
+    progress = await job.report_progress(JOB, "node-a", lease.lease_id, lease.end)
+    assert progress.completed
+    # Silence while the coordinator runs still expires leases as before.
+    (other,) = (await job.request_lease(JOB, "node-a", 1)).leases
+    for _ in range(6):
+        clock.advance(TTL_MS // 4)
+        await job.tick()
+    assert [e["lease_id"] for e in logs.named("lease_expired")] == [other.lease_id]
+
+
+async def test_job_released_lease_remainder_goes_to_others_at_once(logs: Events) -> None:
+    job = Job(spec(freeze=2), clock=FakeClock())
+    await job.register(JOB, "node-a")
+    await job.register(JOB, "node-b")
+    (lease,) = (await job.request_lease(JOB, "node-a", 1)).leases
+    progress = await job.report_progress(
+        JOB, "node-a", lease.lease_id, lease.start + 5, release=True
+    )
+    assert progress.committed_to == lease.start + 5 and not progress.completed
+    (released,) = logs.named("lease_released")
+    assert released["cursor"] == lease.start + 5
+    # No TTL to wait out: the next request takes the remainder.
+    grant = await job.request_lease(JOB, "node-b", 1)
+    assert [(le.start, le.end) for le in grant.leases] == [(lease.start + 5, lease.end)]
+    with pytest.raises(LeaseNotFoundError):
+        await job.report_progress(JOB, "node-a", lease.lease_id, lease.end)
+
+
+async def test_job_idle_node_rank_share_goes_to_the_busy_node() -> None:
+    clock = FakeClock()
+    job = Job(spec(freeze=2, total=100, block=25), clock=clock)
+    await job.register(JOB, "node-a")
+    await job.register(JOB, "node-b")  # never asks for work (no trainer)
+    clock.advance(1001)  # three heartbeats (200 ms), at least 1 s
+    committed: dict[int, list[int]] = {}
+    await drain(job, committed, "node-a")
+    assert sorted(committed[0]) == list(range(100))

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from support.clock import FakeClock
 
-from mx8_common.errors import JobNotReadyError, NodeIdInUseError, NodeNotRegisteredError
+from mx8_common.errors import (
+    JobNotReadyError,
+    NodeIdInUseError,
+    NodeNotRegisteredError,
+    RegistrationTokenError,
+)
 from mx8_coordinator.state.node_registry import NodeRegistry
 
 
@@ -85,3 +90,46 @@ def test_node_registry_gives_a_silent_node_id_to_its_restarted_agent() -> None:
     clock.now = 100  # silent for the TTL: the old process is gone
     again = reg.register("n0", "host-a", incarnation="after-restart")
     assert again.rank == 0 and reg.get("n0").incarnation == "after-restart"
+
+
+def test_node_registry_token_per_registration_checked_and_kept_by_the_same_agent() -> None:
+    clock = FakeClock()
+    reg = NodeRegistry(freeze_size=1, node_ttl_ms=100, clock=clock)
+    first = reg.register("n0", incarnation="proc-1")
+    assert len(first.token) == 32
+    reg.check_token("n0", first.token)
+    for wrong in ("", "0" * 32):
+        with pytest.raises(RegistrationTokenError, match="only the agent that registered"):
+            reg.check_token("n0", wrong)
+    # The same agent registering again keeps its token (its reports in flight stay good).
+    assert reg.register("n0", incarnation="proc-1").token == first.token
+    # Nobody else gets the live id, with or without an incarnation.
+    for other in ("", "proc-2"):
+        with pytest.raises(NodeIdInUseError):
+            reg.register("n0", incarnation=other)
+    # Once n0 was silent for the TTL, a restarted agent gets the id and a new token.
+    clock.advance(100)
+    second = reg.register("n0", incarnation="proc-2")
+    assert second.token not in ("", first.token)
+    with pytest.raises(RegistrationTokenError):
+        reg.check_token("n0", first.token)
+
+
+def test_node_registry_restored_node_without_token_asks_heartbeats_to_register_again() -> None:
+    reg = NodeRegistry(freeze_size=1, node_ttl_ms=100, clock=FakeClock())
+    reg.restore({"n0": 0})
+    reg.check_token("n0", "anything")  # reports go on until the agent registers again
+    with pytest.raises(NodeNotRegisteredError, match="register again"):
+        reg.check_token("n0", "anything", rebind=True)
+    assert reg.register("n0", incarnation="proc-1").token
+
+
+def test_node_registry_idle_ranks_are_live_nodes_without_lease_or_request() -> None:
+    clock = FakeClock()
+    reg = NodeRegistry(freeze_size=3, node_ttl_ms=10_000, clock=clock)
+    for node in ("a", "b", "c"):
+        reg.register(node)
+    clock.advance(500)
+    reg.note_request("a")
+    assert reg.idle_ranks(400, holding={"c"}) == [1]  # b: no request, no lease
+    assert reg.idle_ranks(600, holding=set()) == []

@@ -1,6 +1,7 @@
 """``mx8d-agent`` processes against a hostile or broken coordinator (a fake speaking the
 real proto): nothing outside the agent's own directories is touched, and every bad reply
-ends in one line, a named event and exit 2, never a traceback or an endless wait."""
+ends in one line, a named event and exit 2, never a traceback or an endless wait. And a
+real ``mx8-coordinator`` against a fake agent that holds the shared token."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from support.agent import DaemonProcess, run_trainer
 from support.fake_coordinator import FakeCoordinator
 from support.manifests import write_local_dataset
+
+from mx8_common.errors import NodeIdInUseError, RegistrationTokenError
+from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.errors import status_code_for
+from mx8_common.testing.local_s3 import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +159,64 @@ async def test_agent_ends_a_stalled_manifest_stream_as_truncated_and_retries_per
     assert len(agent.events("manifest_ingest_retry")) == 1
     assert agent.event("manifest_stream_truncated") is not None
     assert fake.stream_calls == 2 and fake.request_lease_calls == 0
+
+
+async def test_coordinator_refuses_a_token_holder_reporting_another_nodes_lease_complete(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """Without mTLS, knowing the shared bearer token is not enough to act as node n0."""
+    env = {"MX8_AUTH_TOKEN": "shared-secret"}
+    coordinator = DaemonProcess(
+        "mx8_coordinator",
+        [
+            "--dataset",
+            str(write_local_dataset(tmp_path / "ds", 300)),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--mode",
+            "dynamic",
+            "--lease-ttl-ms",
+            "30000",
+        ],
+        tmp_path / "coordinator.log",
+        env=env,
+    )
+    daemons.append(coordinator)
+    address = (await coordinator.wait_event("coordinator_serving"))["address"]
+    async with (
+        CoordinatorClient(address, token="shared-secret") as n0,
+        CoordinatorClient(address, token="shared-secret") as fake,
+    ):
+        reg = await n0.register_node("default", "n0", incarnation="n0-process")
+        assert len(reg.registration_token) == 32
+        (lease,) = (await n0.request_lease("default", "n0", 1)).leases
+        end = lease.range.end_id
+        # Registering as n0 while n0 is live is refused, with or without an incarnation.
+        for incarnation in ("", "fake-process"):
+            with pytest.raises(NodeIdInUseError, match="held by a live agent"):
+                await fake.register_node("default", "n0", incarnation=incarnation)
+        # A registration of its own gives the fake its own token, not n0's.
+        await fake.register_node("default", "fake", incarnation="fake-process")
+        assert fake.registration_token not in ("", n0.registration_token)
+        for token in (fake.registration_token, ""):
+            fake.registration_token = token
+            with pytest.raises(RegistrationTokenError, match="only the agent that registered"):
+                await fake.report_progress("default", "n0", lease.lease_id, end)
+            with pytest.raises(RegistrationTokenError):
+                await fake.heartbeat("default", "n0")
+        refused = coordinator.events("registration_token_mismatch")
+        assert len(refused) == 4 and {e["node_id"] for e in refused} == {"n0"}
+        # n0 itself still reports its lease, and nothing was committed for the fake.
+        done = await n0.report_progress("default", "n0", lease.lease_id, end)
+        assert done.completed
+        snap = await n0.get_job_snapshot()
+        assert {n.node_id: n.samples_committed for n in snap.nodes} == {
+            "n0": end - lease.range.start_id,
+            "fake": 0,
+        }
+    assert "Traceback" not in coordinator.text()
+
+
+def test_registration_token_mismatch_is_permission_denied() -> None:
+    error = RegistrationTokenError("no", node_id="n0")
+    assert status_code_for(error) == grpc.StatusCode.PERMISSION_DENIED

@@ -13,6 +13,8 @@ class TcpProxy:
 
     ``cut()`` closes every connection open now; new ones are accepted as before, to
     ``target`` (which a test may change to put another server behind the same address).
+    ``freeze()`` holds every byte in both directions (a black hole: nothing is closed,
+    nothing arrives) until ``thaw()``.
     ``bytes_down`` counts what the target sent back (bytes on the wire, TLS/gRPC framing
     and compression included).
     """
@@ -25,6 +27,8 @@ class TcpProxy:
         self.address = ""
         self.cuts = 0
         self.bytes_down = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -39,6 +43,7 @@ class TcpProxy:
         return await asyncio.open_connection(host, int(port))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._flowing.wait()
         try:
             up_reader, up_writer = await self._connect()
         except OSError:
@@ -53,6 +58,7 @@ class TcpProxy:
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, down: bool) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(1 << 16):
+                await self._flowing.wait()
                 if down:
                     self.bytes_down += len(data)
                 dst.write(data)
@@ -63,6 +69,13 @@ class TcpProxy:
         """Drop every open connection (both sides see the socket close)."""
         self.cuts += 1
         self._drop_all()
+
+    def freeze(self) -> None:
+        """Stop forwarding (connections stay open, bytes wait) until ``thaw()``."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def _drop_all(self) -> None:
         for writer in list(self._writers):

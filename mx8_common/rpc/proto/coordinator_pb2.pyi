@@ -58,7 +58,7 @@ class RegisterNodeRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., caps: _Optional[_Union[NodeCaps, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
-    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode", "job_incarnation", "listed_at_unix_s")
+    __slots__ = ("rank", "world_size", "manifest_hash", "schema_version", "total_samples", "heartbeat_interval_ms", "lease_ttl_ms", "job_ready", "job_id", "epochs", "shuffle", "seed", "block_size", "class_names", "mode", "job_incarnation", "listed_at_unix_s", "registration_token")
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class RegisterNodeResponse(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     JOB_INCARNATION_FIELD_NUMBER: _ClassVar[int]
     LISTED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     rank: int
     world_size: int
     manifest_hash: str
@@ -93,7 +94,8 @@ class RegisterNodeResponse(_message.Message):
     mode: str
     job_incarnation: str
     listed_at_unix_s: float
-    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., job_incarnation: _Optional[str] = ..., listed_at_unix_s: _Optional[float] = ...) -> None: ...
+    registration_token: str
+    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., manifest_hash: _Optional[str] = ..., schema_version: _Optional[int] = ..., total_samples: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_id: _Optional[str] = ..., epochs: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., block_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., job_incarnation: _Optional[str] = ..., listed_at_unix_s: _Optional[float] = ..., registration_token: _Optional[str] = ...) -> None: ...
 
 class RegisterRankRequest(_message.Message):
     __slots__ = ("job_id", "node_id", "instance_id", "rank", "world_size", "batch_size", "drop_last", "seed", "shuffle", "epoch", "step", "consumed", "resumed", "world_id")
@@ -192,14 +194,16 @@ class NodeStats(_message.Message):
     def __init__(self, samples_delivered: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., fetch_retries: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "stats")
+    __slots__ = ("job_id", "node_id", "stats", "registration_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     stats: NodeStats
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ...) -> None: ...
+    registration_token: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ..., registration_token: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("job_ready", "job_drained", "world_size", "job_incarnation")
@@ -214,14 +218,16 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., world_size: _Optional[int] = ..., job_incarnation: _Optional[str] = ...) -> None: ...
 
 class RequestLeaseRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "want")
+    __slots__ = ("job_id", "node_id", "want", "registration_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     WANT_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     want: int
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., want: _Optional[int] = ...) -> None: ...
+    registration_token: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., want: _Optional[int] = ..., registration_token: _Optional[str] = ...) -> None: ...
 
 class RequestLeaseResponse(_message.Message):
     __slots__ = ("leases", "wait_ms", "job_drained")
@@ -234,18 +240,22 @@ class RequestLeaseResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., wait_ms: _Optional[int] = ..., job_drained: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "lease_id", "cursor", "delivered_bytes")
+    __slots__ = ("job_id", "node_id", "lease_id", "cursor", "delivered_bytes", "registration_token", "release")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     lease_id: str
     cursor: int
     delivered_bytes: int
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., cursor: _Optional[int] = ..., delivered_bytes: _Optional[int] = ...) -> None: ...
+    registration_token: str
+    release: bool
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., cursor: _Optional[int] = ..., delivered_bytes: _Optional[int] = ..., registration_token: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ("lease", "completed")
@@ -362,7 +372,7 @@ class Counters(_message.Message):
     def __init__(self, leases_issued: _Optional[int] = ..., leases_expired: _Optional[int] = ..., leases_requeued: _Optional[int] = ..., leases_completed: _Optional[int] = ..., samples_committed: _Optional[int] = ...) -> None: ...
 
 class JobSnapshot(_message.Message):
-    __slots__ = ("job_id", "dataset_link", "manifest_hash", "total_samples", "world_size", "epochs", "job_ready", "job_drained", "nodes", "live_leases", "progress", "counters", "started_unix_ms", "samples_per_second", "mode", "ranks", "rate_basis", "rate_window_ms", "throughput_history")
+    __slots__ = ("job_id", "dataset_link", "manifest_hash", "total_samples", "world_size", "epochs", "job_ready", "job_drained", "nodes", "live_leases", "progress", "counters", "started_unix_ms", "samples_per_second", "mode", "ranks", "rate_basis", "rate_window_ms", "throughput_history", "leader", "leader_term")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_LINK_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -382,6 +392,8 @@ class JobSnapshot(_message.Message):
     RATE_BASIS_FIELD_NUMBER: _ClassVar[int]
     RATE_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset_link: str
     manifest_hash: str
@@ -401,4 +413,6 @@ class JobSnapshot(_message.Message):
     rate_basis: str
     rate_window_ms: int
     throughput_history: _containers.RepeatedCompositeFieldContainer[ThroughputPoint]
-    def __init__(self, job_id: _Optional[str] = ..., dataset_link: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., live_leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., rate_basis: _Optional[str] = ..., rate_window_ms: _Optional[int] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ...) -> None: ...
+    leader: str
+    leader_term: int
+    def __init__(self, job_id: _Optional[str] = ..., dataset_link: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., live_leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., rate_basis: _Optional[str] = ..., rate_window_ms: _Optional[int] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ..., leader: _Optional[str] = ..., leader_term: _Optional[int] = ...) -> None: ...

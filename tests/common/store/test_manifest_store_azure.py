@@ -155,3 +155,16 @@ def test_snapshot_cli_concurrent_processes_on_an_azure_store_elect_one_indexer(
     assert len(hashes) == 1
     assert events.count("snapshot_indexer_elected") == 1, events
     assert events.count("snapshot_index_summary") == 1, events
+
+
+async def test_azure_store_object_primitives_and_listing(store: AzureManifestStore) -> None:
+    assert await store.create_object("log/b", b"2")
+    assert await store.create_object("log/a", b"1")
+    assert not await store.create_object("log/a", b"again")
+    await store.replace_object("log/c", b"3")
+    await store.replace_object("log/c", b"33")
+    assert await store.create_object("log/sub/x", b"deeper")
+    assert await store.read_object("log/c") == b"33"
+    assert await store.read_object("log/none") is None
+    assert await store.list_objects("log") == ["a", "b", "c"]
+    assert await store.list_objects("empty") == []
