@@ -17,9 +17,10 @@ def resolve_manifest_hash(
 ) -> str:
     """Index ``link`` (or reuse its stored snapshot) and return the manifest hash.
 
-    ``link`` is ``s3://bucket/prefix/``, ``/abs/dir`` or ``file:///abs/dir``, optionally
-    with ``@refresh`` or ``@sha256:<hash>``. ``store`` is a manifest store root (folder or
-    ``s3://bucket/prefix``; default ``MX8_MANIFEST_STORE_ROOT`` or ``~/.mx8/manifests``).
+    ``link`` is ``s3://bucket/prefix/``, ``gs://bucket/prefix/``, ``az://container/prefix/``,
+    ``/abs/dir`` or ``file:///abs/dir``, optionally with ``@refresh`` or ``@sha256:<hash>``.
+    ``store`` is a manifest store root (folder, ``s3://bucket/prefix`` or
+    ``az://container/prefix``; default ``MX8_MANIFEST_STORE_ROOT`` or ``~/.mx8/manifests``).
     ``recursive``, ``label_mode`` and ``files`` are those of ``mx8.load`` (the snapshot
     ``vision.ImageFolderLoader`` reads has ``files="images"``). Works from plain code and
     from inside a running event loop.

@@ -301,7 +301,7 @@ def load(
     files: str | None = None,
     world_wait_timeout_s: float | None = None,
 ) -> Mx8Loader:
-    """Batches of the dataset at ``link`` (``s3://bucket/prefix/``, ``/abs/dir``, ``file://``).
+    """Batches of the dataset at ``link`` (``s3://``, ``gs://`` or ``az://`` prefix, ``/abs/dir``, ``file://``).
 
     Embedded (in-process, a ``Loader``) unless ``agent`` or ``MX8_AGENT_URL`` names a local
     mx8d-agent, in which case the agent serves the coordinator's job; either way the result

@@ -1,6 +1,10 @@
 """Dataset links: what a user writes to name a dataset, parsed once into a plain value.
 
     s3://bucket/prefix/            an S3 prefix (a "folder": a missing trailing ``/`` is added)
+    gs://bucket/prefix/            a Google Cloud Storage prefix (same rules)
+    az://container/prefix/         an Azure Blob prefix in the account named by the
+                                   environment (``AZURE_STORAGE_ACCOUNT_NAME``, see
+                                   ``storage.azure_store``)
     /abs/dir  or  file:///abs/dir  a local folder (absolute paths only)
 
 Each may end in ``@refresh`` (index again now) or ``@sha256:<64 hex>`` (use exactly that
@@ -19,19 +23,27 @@ from typing import Literal
 
 from mx8_common.errors import LinkError
 
-__all__ = ["DatasetLink", "parse_dataset_link"]
+__all__ = ["BUCKET_SCHEMES", "DatasetLink", "parse_dataset_link"]
 
 _SUFFIX_RE = re.compile(r"^(?P<base>.*)@(?P<suffix>refresh|sha256:.*)$", re.DOTALL)
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-# Bucket names per the S3 rules, loosened to also admit the dotted/underscored legacy names.
+# Bucket names per the S3 rules, loosened to also admit the dotted/underscored legacy names
+# (GCS allows the same characters).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+# Azure container names: 3-63 lowercase letters, digits and single '-' between them.
+_CONTAINER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+#: The object-store schemes a link may use, with what each calls its top level.
+BUCKET_SCHEMES = {"s3": "bucket", "gs": "bucket", "az": "container"}
+_SUPPORTED = (
+    "s3://bucket/prefix/, gs://bucket/prefix/, az://container/prefix/, /abs/dir or file:///abs/dir"
+)
 # Typos of s3:// and file:// (a wrong case, a missing ':' or '/', Hadoop's s3a/s3n): each
 # gets "did you mean ...?" instead of "unknown scheme" or "a relative path". A single '/'
 # after "s3" is not one: "s3/data" may well be a folder named s3.
 _NEAR_S3_RE = re.compile(r"^s3[an]?(?::/*|//+)(?P<rest>[^/].*)$", re.IGNORECASE | re.DOTALL)
 _NEAR_FILE_RE = re.compile(r"^file:/*(?P<rest>[^/].*)$", re.IGNORECASE | re.DOTALL)
 
-Scheme = Literal["s3", "file"]
+Scheme = Literal["s3", "gs", "az", "file"]
 Mode = Literal["plain", "refresh", "pinned"]
 
 
@@ -41,8 +53,9 @@ class DatasetLink:
 
     raw: str
     scheme: Scheme
+    #: Bucket (s3, gs) or container (az); None for local folders.
     bucket: str | None
-    #: S3 key prefix, "" (whole bucket) or ending in "/"; None for local folders.
+    #: Key prefix, "" (whole bucket) or ending in "/"; None for local folders.
     prefix: str | None
     #: Absolute, normalized local folder; None for S3.
     path: str | None
@@ -51,13 +64,13 @@ class DatasetLink:
 
     def normalized(self) -> str:
         """Canonical link without the ``@`` suffix (``s3://b/p/`` or ``file:///abs/dir``)."""
-        if self.scheme == "s3":
-            return f"s3://{self.bucket}/{self.prefix}"
+        if self.scheme != "file":
+            return f"{self.scheme}://{self.bucket}/{self.prefix}"
         return "file://" + urllib.parse.quote(self.path or "", safe="/")
 
     def display(self) -> str:
         """The link as a person would write it, suffix included (for messages and events)."""
-        base = self.normalized() if self.scheme == "s3" else (self.path or "")
+        base = self.normalized() if self.scheme != "file" else (self.path or "")
         if self.mode == "refresh":
             return base + "@refresh"
         if self.mode == "pinned":
@@ -82,16 +95,27 @@ def _split_suffix(link: str) -> tuple[str, Mode, str | None]:
     return m.group("base"), "pinned", digest
 
 
-def _parse_s3(link: str, base: str) -> tuple[str, str]:
-    rest = base[len("s3://") :]
+def _parse_bucket_link(link: str, base: str, scheme: str) -> tuple[str, str]:
+    rest = base[len(scheme) + 3 :]
     bucket, _, prefix = rest.partition("/")
+    what = BUCKET_SCHEMES[scheme]
     if not bucket:
         raise LinkError(
-            f"dataset link {link!r} names no bucket; write s3://<bucket>/<prefix>/", link=link
+            f"dataset link {link!r} names no {what}; write {scheme}://<{what}>/<prefix>/",
+            link=link,
         )
-    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+    if scheme == "az":
+        if not _CONTAINER_RE.match(bucket):
+            raise LinkError(
+                f"dataset link {link!r}: {bucket!r} is not a valid Azure container name "
+                "(3-63 lowercase letters, digits and single '-'; the storage account comes "
+                "from AZURE_STORAGE_ACCOUNT_NAME)",
+                link=link,
+            )
+    elif not _BUCKET_RE.match(bucket) or ".." in bucket:
+        cloud = "S3" if scheme == "s3" else "GCS"
         raise LinkError(
-            f"dataset link {link!r}: {bucket!r} is not a valid S3 bucket name "
+            f"dataset link {link!r}: {bucket!r} is not a valid {cloud} bucket name "
             "(3-63 lowercase letters, digits, '.', '-')",
             link=link,
         )
@@ -148,9 +172,7 @@ def _did_you_mean(link: str, base: str) -> str | None:
 def parse_dataset_link(link: str) -> DatasetLink:
     """Parse ``link`` or raise ``LinkError`` naming it and the fix."""
     if not isinstance(link, str) or not link.strip():
-        raise LinkError(
-            "dataset link is empty; pass s3://bucket/prefix/ or an absolute folder", link=str(link)
-        )
+        raise LinkError(f"dataset link is empty; pass one of {_SUPPORTED}", link=str(link))
     if link != link.strip():
         raise LinkError(
             f"dataset link {link!r} has leading or trailing whitespace; remove it", link=link
@@ -163,18 +185,21 @@ def parse_dataset_link(link: str) -> DatasetLink:
             link=link,
         )
     base, mode, pinned = _split_suffix(link)
-    if not base.startswith(("s3://", "file://", "/")) and (guess := _did_you_mean(link, base)):
+    scheme = base.split("://", 1)[0] if "://" in base else None
+    if (
+        scheme not in BUCKET_SCHEMES
+        and not base.startswith(("file://", "/"))
+        and (guess := _did_you_mean(link, base))
+    ):
         raise LinkError(f"dataset link {link!r} is misspelt; did you mean {guess!r}?", link=link)
-    if base.startswith("s3://"):
-        bucket, prefix = _parse_s3(link, base)
-        return DatasetLink(link, "s3", bucket, prefix, None, mode, pinned)
+    if scheme in BUCKET_SCHEMES:
+        bucket, prefix = _parse_bucket_link(link, base, scheme)
+        return DatasetLink(link, scheme, bucket, prefix, None, mode, pinned)  # type: ignore[arg-type]
     if base.startswith("file://") or base.startswith("/"):
         return DatasetLink(link, "file", None, None, _parse_local(link, base), mode, pinned)
-    scheme = base.split("://", 1)[0] if "://" in base else None
     if scheme is not None:
         raise LinkError(
-            f"dataset link {link!r} has unknown scheme {scheme + '://'!r}; mx8 reads "
-            "s3://bucket/prefix/, /abs/dir or file:///abs/dir",
+            f"dataset link {link!r} has unknown scheme {scheme + '://'!r}; mx8 reads {_SUPPORTED}",
             link=link,
         )
     raise LinkError(

@@ -44,7 +44,9 @@ class CoordinatorConfig:
     """Settings of the head-node coordinator daemon (``mx8-coordinator``)."""
 
     dataset: str = setting(
-        "", env="MX8_DATASET_LINK", help="dataset link (s3://bucket/prefix/, /abs/dir, a manifest)"
+        "",
+        env="MX8_DATASET_LINK",
+        help="dataset link (s3://, gs://, az://bucket/prefix/, /abs/dir, a manifest)",
     )
     listen: str = setting(
         "127.0.0.1:50051", env="MX8_COORDINATOR_LISTEN", help="gRPC listen address HOST:PORT"

@@ -39,3 +39,12 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   touch "$stamp"
   echo "bootstrap: $VENV ready ($((SECONDS - started)) s)" >&2
 fi
+# azurite (the Azure Blob emulator the az:// tests start) comes from npm, pinned by
+# tests/emulators/package-lock.json. Without npm those tests skip, naming why.
+EMU="$ROOT/tests/emulators"
+if command -v npm >/dev/null && { [ ! -f "$EMU/node_modules/.package-lock.json" ] \
+  || [ "$EMU/package-lock.json" -nt "$EMU/node_modules/.package-lock.json" ]; }; then
+  echo "bootstrap: installing azurite (npm ci in tests/emulators) for the az:// tests" >&2
+  (cd "$EMU" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+    || echo "bootstrap: npm ci failed; the az:// tests will skip" >&2
+fi

@@ -19,7 +19,9 @@ from mx8_common.config_fields import config_reference_markdown, env_names
 from mx8_common.obs.events import LoggingConfig
 from mx8_common.rpc.client_config import CoordinatorClientConfig
 from mx8_common.snapshot.config import SnapshotResolverConfig
+from mx8_common.storage.azure_store import AzureSettings
 from mx8_common.storage.fetch_pipeline import FetchConfig
+from mx8_common.storage.gcs_client import GcsSettings
 from mx8_common.storage.object_reader import ObjectReaderConfig
 from mx8_common.storage.s3_client import S3Settings
 from mx8_coordinator.config import CoordinatorConfig
@@ -44,6 +46,10 @@ ENV_READERS: dict[type, str] = {
     "`mx8 health` (`mx8 status --coordinator` overrides the address)",
     S3Settings: "every process that reads S3; credentials come from botocore's own chain "
     "(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ...)",
+    GcsSettings: "every process that lists or reads gs:// links; credentials are Application "
+    "Default Credentials through google-auth (`pip install 'mx8[gcs]'`): "
+    "`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's login, the VM's service account",
+    AzureSettings: "every process that lists or reads az:// links or uses an az:// manifest store",
     LoggingConfig: "every daemon, CLI and trainer process (on stderr, also without MX8_LOG_FORMAT)",
 }
 
@@ -55,6 +61,8 @@ CONFIG_CLASSES = (
     SnapshotResolverConfig,
     CoordinatorClientConfig,
     S3Settings,
+    GcsSettings,
+    AzureSettings,
     LoggingConfig,
 )
 

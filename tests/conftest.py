@@ -11,6 +11,13 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
+from support.cloud_emulators import (
+    Azurite,
+    EmulatorUnavailable,
+    GcsEmulator,
+    azurite,
+    gcs_emulator,
+)
 from support.logs import Events
 
 from mx8_common.obs.events import configure_logging
@@ -64,6 +71,48 @@ def s3_bucket(s3_sync_client: Any) -> str:
     """A fresh, empty bucket for one test."""
     name = f"mx8-test-{uuid.uuid4().hex[:12]}"
     s3_sync_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[GcsEmulator]:
+    """One gcp-storage-emulator for the session (skips, naming why, if it cannot start)."""
+    try:
+        with gcs_emulator() as server:
+            yield server
+    except EmulatorUnavailable as exc:
+        pytest.skip(f"GCS emulator unavailable: {exc}")
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the GCS emulator, with this process pointed at the emulator."""
+    for key, value in gcs_server.env.items():
+        monkeypatch.setenv(key, value)
+    name = f"mx8-test-{uuid.uuid4().hex[:12]}"
+    gcs_server.create_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def azurite_server() -> Iterator[Azurite]:
+    """One azurite blob service for the session (skips, naming why, if it cannot start)."""
+    try:
+        with azurite() as server:
+            yield server
+    except EmulatorUnavailable as exc:
+        pytest.skip(f"Azure emulator (azurite) unavailable: {exc}")
+
+
+@pytest.fixture
+def az_container(azurite_server: Azurite, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh container on azurite, with this process pointed at it."""
+    for key in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in azurite_server.env.items():
+        monkeypatch.setenv(key, value)
+    name = f"mx8-test-{uuid.uuid4().hex[:12]}"
+    azurite_server.create_container(name)
     return name
 
 

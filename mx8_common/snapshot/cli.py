@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags (other resolver settings come from ``MX8_*`` env vars)."""
     parser = argparse.ArgumentParser(
         prog="mx8-snapshot-resolve",
-        description="Resolve a dataset link (s3://bucket/prefix/, /abs/dir, file:///abs/dir, "
-        "optionally @refresh or @sha256:<hash>) into a stored manifest and print its hash.",
+        description="Resolve a dataset link (s3://bucket/prefix/, gs://bucket/prefix/, "
+        "az://container/prefix/, /abs/dir, file:///abs/dir, optionally @refresh or "
+        "@sha256:<hash>) into a stored manifest and print its hash.",
     )
     parser.add_argument("link", metavar="LINK", help="dataset link")
     parser.add_argument(
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-mode", choices=LABEL_MODES, default=None, help="labels (default auto)"
     )
     parser.add_argument(
-        "--store", default=None, help="manifest store root (folder or s3://bucket/prefix)"
+        "--store",
+        default=None,
+        help="manifest store root (folder, s3://bucket/prefix or az://container/prefix)",
     )
     parser.add_argument(
         "--list-concurrency",

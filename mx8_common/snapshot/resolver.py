@@ -45,6 +45,7 @@ from mx8_common.manifest.labels import (
     validate_label_mode,
 )
 from mx8_common.obs.events import emit, get_logger
+from mx8_common.snapshot.cloud_lister import AzurePageSource, GcsPageSource
 from mx8_common.snapshot.config import SnapshotResolverConfig
 from mx8_common.snapshot.external_sort import ExternalSorter
 from mx8_common.snapshot.local_lister import LocalPageSource, thread_pages
@@ -55,6 +56,8 @@ from mx8_common.snapshot.partitioned import SKIPPED_REASON, ListingStats
 from mx8_common.snapshot.progress import IndexProgress
 from mx8_common.snapshot.s3_lister import S3PageSource
 from mx8_common.snapshot.sample_filter import Files, SampleCounter, validate_files
+from mx8_common.storage.azure_rest import AzureRestClient
+from mx8_common.storage.gcs_client import GcsClient
 from mx8_common.storage.s3_client import S3Settings
 from mx8_common.storage.s3_get import S3Getter
 from mx8_common.store import ManifestMeta, ManifestStore, open_manifest_store
@@ -278,6 +281,16 @@ async def _index(
                 concurrency=1 if cfg.external_sort else cfg.list_concurrency,
                 spill_dir=str(store.scratch_dir()),
             )
+        elif source is None and parsed.scheme == "gs":
+            gcs = await stack.enter_async_context(GcsClient())
+            source = GcsPageSource(
+                gcs, parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
+            )
+        elif source is None and parsed.scheme == "az":
+            azure = await stack.enter_async_context(AzureRestClient())
+            source = AzurePageSource(
+                azure, parsed.bucket or "", parsed.prefix or "", recursive=cfg.recursive
+            )
         elif source is None:
             source = LocalPageSource(parsed.path or "/", recursive=cfg.recursive)
         files = validate_files(cfg.files)
@@ -315,8 +328,13 @@ async def _index(
         with _scratch_disk(store, scratch):
             written = await asyncio.to_thread(writer.finish)
         # S3's own clock when it answers with one (the server compares object times to it);
-        # this host's for folders, where the files' mtimes come from the same clock.
-        listed_at = source.listed_at if isinstance(source, S3PageSource) else started_at
+        # for gs/az the later of this host's clock and the newest object listed
+        # (cloud_lister); this host's for folders, where the files' mtimes come from it.
+        listed_at = (
+            source.listed_at
+            if isinstance(source, (S3PageSource, GcsPageSource, AzurePageSource))
+            else started_at
+        )
         try:
             data = await _store_written(store, written, classes, cfg, listed_at)
         finally:
@@ -324,9 +342,13 @@ async def _index(
     if key is not None:
         await store.write_intent(key, written.manifest_hash)
     scan_ms = int((time.monotonic() - t0) * 1000)
-    stats = source.stats if isinstance(source, S3PageSource) else ListingStats()
+    stats = (
+        source.stats
+        if isinstance(source, (S3PageSource, GcsPageSource, AzurePageSource))
+        else ListingStats()
+    )
     # Two reasons to leave an object out: the files filter (not an image in a class folder)
-    # and, in S3 only, a key ending in "/" that has a body (no file name can hold it).
+    # and, in object stores only, a key ending in "/" that has a body (no file name can hold it).
     slash_skipped = stats.skipped_objects
     reasons = []
     if tracker.samples.skipped:

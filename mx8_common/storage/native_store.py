@@ -1,9 +1,12 @@
 """Object stores of the native client (obstore: the Rust ``object_store`` crate) for GETs.
 
 ``native_store(scheme, bucket)`` builds the store for one bucket of one cloud and caches it
-per process: its HTTP pool and TLS sessions are reused by every read of that bucket. Only
-``s3`` is built here so far; a cloud is one more entry in ``_BUILDERS`` (obstore has
-``GCSStore`` and ``AzureStore``). An unknown scheme is a ``StorageError`` naming it.
+per process: its HTTP pool and TLS sessions are reused by every read of that bucket. ``s3``
+and ``az`` (Azure Blob: ``_azure_store``, settings and errors in ``storage.azure_store``) are
+built here; a cloud is one more entry in ``_BUILDERS``. ``gs`` is not: obstore's
+``GCSStore`` lists through GCS's XML API and needs ``ETag``/``Last-Modified`` on every GET,
+which the GCS emulator lacks, so gs:// goes through ``storage.gcs_client`` (the JSON API).
+An unknown scheme is a ``StorageError`` naming it.
 
 S3 takes the settings the rest of mx8 uses (``S3Settings``: ``MX8_S3_ENDPOINT_URL`` /
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_REGION``). A custom endpoint is
@@ -121,14 +124,30 @@ def _s3_store(bucket: str, location: str, settings: S3Settings | None) -> Native
     )
 
 
+def _azure_store(container: str, location: str, _s3: S3Settings | None) -> NativeStore:
+    """An Azure Blob store for ``container`` (account, credentials, endpoint from the env)."""
+    from mx8_common.storage.azure_store import open_azure_store
+
+    return open_azure_store(container, location)
+
+
+def _settings_key(scheme: str) -> Any:
+    """What else, besides scheme and bucket, makes a cached store stale: its settings."""
+    if scheme == "az":
+        from mx8_common.storage.azure_store import AzureSettings
+
+        return AzureSettings.from_env()
+    return None
+
+
 _Builder = Callable[[str, str, S3Settings | None], NativeStore]
-_BUILDERS: dict[str, _Builder] = {"s3": _s3_store}
+_BUILDERS: dict[str, _Builder] = {"s3": _s3_store, "az": _azure_store}
 
 _lock = threading.Lock()
 _pid = -1
 # The process that built the first native store (its runtime is this process's or dead).
 _runtime_pid: int | None = None
-_stores: dict[tuple[str, str, S3Settings | None], NativeStore] = {}
+_stores: dict[tuple[str, str, Any], NativeStore] = {}
 
 
 def supported_schemes() -> tuple[str, ...]:
@@ -167,7 +186,7 @@ def native_store(
     if scheme == "s3":
         # Resolved now, so a changed environment gets its own store.
         s3_settings = s3_settings or S3Settings.from_env()
-    key = (scheme, bucket, s3_settings)
+    key = (scheme, bucket, s3_settings if scheme == "s3" else _settings_key(scheme))
     with _lock:
         if _pid != os.getpid():
             # A forked child: the parent's stores are bound to its runtime threads.
@@ -194,8 +213,9 @@ def cached_native_store(
     """The store ``native_store`` already built in this process, else None (never blocks)."""
     if scheme == "s3":
         s3_settings = s3_settings or S3Settings.from_env()
+    key = (scheme, bucket, s3_settings if scheme == "s3" else _settings_key(scheme))
     with _lock:
-        return _stores.get((scheme, bucket, s3_settings)) if _pid == os.getpid() else None
+        return _stores.get(key) if _pid == os.getpid() else None
 
 
 def native_error_code(exc: BaseException) -> tuple[str, int]:

@@ -1,4 +1,5 @@
-"""Read the bytes of one sample from S3 or a local file, with retries and loud size checks.
+"""Read the bytes of one sample from S3, GCS, Azure or a local file, with retries and loud
+size checks.
 
 ``ObjectReader.read(location, byte_offset, byte_length)`` is the one call the data plane
 makes per sample. ``s3://bucket/key`` is a GET through the native client (obstore: the
@@ -6,7 +7,8 @@ Rust ``object_store`` crate, its I/O on its own threads; ``native_store`` builds
 per bucket and process), a ranged GET when the manifest row has an offset. Where the native
 client cannot run (a process forked after its parent used it, see ``native_store``) or is
 turned off (``MX8_FETCH_NATIVE_S3_GET=0``), GETs go through ``s3_get.S3Getter`` (botocore
-signs, aiohttp sends). A plain path or ``file://`` URL is read with ``os.pread`` in a
+signs, aiohttp sends). ``gs://`` and ``az://`` go through ``cloud_reader.CloudReader`` with
+the same checks and retries. A plain path or ``file://`` URL is read with ``os.pread`` in a
 thread pool, never on the event loop.
 
 The manifest promised a size, so every read is checked against it: a whole object whose
@@ -34,7 +36,7 @@ import errno
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,7 @@ from mx8_common.errors import (
 )
 from mx8_common.obs.events import Throttled
 from mx8_common.retry import Backoff, Retry
+from mx8_common.storage.cloud_reader import CLOUD_SCHEMES, CloudReader
 from mx8_common.storage.native_store import (
     NativeStore,
     cached_native_store,
@@ -190,7 +193,7 @@ def _parse_content_range(value: str) -> tuple[int, int, int | None] | None:
 
 def is_local(location: str) -> bool:
     """True for a plain path or ``file://`` URL (read from the local filesystem)."""
-    return not location.startswith("s3://")
+    return not location.startswith(("s3://", *CLOUD_SCHEMES))
 
 
 def _normalize(
@@ -216,7 +219,7 @@ def _local_path(location: str) -> str:
     if "://" in location:
         raise StorageError(
             f"{location} uses a storage scheme mx8 cannot read; use s3://bucket/key, "
-            "file:///path or a plain path",
+            "gs://bucket/key, az://container/key, file:///path or a plain path",
             location=location,
         )
     return location
@@ -333,6 +336,7 @@ class ObjectReader:
         self._s3_settings = s3_settings
         self._client = s3_client
         self._getter: S3Getter | None = None
+        self._cloud = CloudReader()  # gs:// and az://; opens nothing until the first read
         # Native stores by bucket, for the process that built them (see native_store).
         self._stores: dict[str, NativeStore] = {}
         self._stores_pid = os.getpid()
@@ -372,6 +376,7 @@ class ObjectReader:
             return
         self._closed = True
         await self._stack.aclose()
+        await self._cloud.aclose()
         if self._pool is not None:
             # Threads only run short preads; waiting for them keeps nothing running after us.
             await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
@@ -406,7 +411,11 @@ class ObjectReader:
         """
         byte_offset, byte_length = _normalize(location, byte_offset, byte_length)
         started = time.perf_counter()
-        if not location.startswith("s3://"):
+        if location.startswith(CLOUD_SCHEMES):
+            data = await self._read_s3_retrying(
+                location, byte_offset, byte_length, stats, once=self._read_cloud_once
+            )
+        elif not location.startswith("s3://"):
             data = await asyncio.get_running_loop().run_in_executor(
                 self._local_pool(), _read_local, location, byte_offset, byte_length, self.listed_at
             )
@@ -470,13 +479,17 @@ class ObjectReader:
         byte_length: int | None,
         stats: ReadStats | None,
         failed: TransientStorageError | None = None,
+        *,
+        once: Callable[[str, int | None, int | None], Awaitable[Payload]] | None = None,
     ) -> Payload:
-        # ``failed``: the caller's first try already failed with it (it counts as try 1).
+        """One read under the retry policy; ``once`` is one attempt (an S3 GET by default).
+        ``failed``: the caller's first try already failed with it (it counts as try 1)."""
+        read_once = once or self._read_s3_once
         if failed is None:
             try:
                 # The first try outside the retry loop: a read that works (nearly all of
                 # them) costs no closures or policy objects.
-                return await self._read_s3_once(location, byte_offset, byte_length)
+                return await read_once(location, byte_offset, byte_length)
             except TransientStorageError as exc:
                 failed = exc
         first: list[TransientStorageError] = [failed]
@@ -484,7 +497,7 @@ class ObjectReader:
         async def attempt() -> Payload:
             if first:
                 raise first.pop()  # the failed first try, as the policy's try 1
-            return await self._read_s3_once(location, byte_offset, byte_length)
+            return await read_once(location, byte_offset, byte_length)
 
         def retrying(retry: Retry) -> None:
             self.stats.retries += 1
@@ -573,6 +586,31 @@ class ObjectReader:
         if 0 <= size != len(data):
             raise TransientStorageError(
                 f"short body reading {location}: got {len(data)} of {size} bytes",
+                location=location,
+            )
+        if byte_length is not None and len(data) != byte_length:
+            raise _changed(location, f"{byte_length} bytes", f"{len(data)} bytes")
+        return data
+
+    async def _read_cloud_once(
+        self, location: str, byte_offset: int | None, byte_length: int | None
+    ) -> bytes:
+        """One GET of a gs:// or az:// object with the same checks as an S3 read."""
+        got = await self._cloud.get(location, byte_offset, byte_length)
+        data = got.data
+        if byte_offset is None:
+            if byte_length is not None and got.object_size >= 0 and got.object_size != byte_length:
+                raise _changed(location, f"{byte_length} bytes", f"{got.object_size} bytes")
+        elif got.start != byte_offset:
+            want = f"bytes {byte_offset}..{byte_offset + (byte_length or 0) - 1}"
+            raise _changed(location, want, f"a whole object of {got.object_size} bytes")
+        # Whole seconds, as the HTTP date the server keeps (S3 compares the same way).
+        modified = got.last_modified
+        if self.listed_at is not None and modified is not None and int(modified) > self.listed_at:
+            raise _modified_after(location, self.listed_at, f"at {_utc(got.last_modified)}")
+        if byte_offset is None and 0 <= got.object_size != len(data):
+            raise TransientStorageError(
+                f"short body reading {location}: got {len(data)} of {got.object_size} bytes",
                 location=location,
             )
         if byte_length is not None and len(data) != byte_length:

@@ -44,7 +44,8 @@ class StoreConfig:
         None,
         env="MX8_MANIFEST_STORE_ROOT",
         flag="--store",
-        help="manifest store: a folder or s3://bucket/prefix (default ~/.mx8/manifests)",
+        help="manifest store: a folder, s3://bucket/prefix or az://container/prefix "
+        "(default ~/.mx8/manifests)",
     )
 
 
@@ -54,7 +55,8 @@ def resolve_store_root(root: str | None = None) -> str:
 
 
 def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore:
-    """The store at ``root`` (folder or ``s3://bucket/prefix``); see ``resolve_store_root``.
+    """The store at ``root`` (folder, ``s3://bucket/prefix`` or ``az://container/prefix``);
+    see ``resolve_store_root``.
 
     Keyword arguments go to the S3 backend (``s3_endpoint_url``).
     """
@@ -63,6 +65,19 @@ def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore
         from mx8_common.store.s3 import S3ManifestStore
 
         return S3ManifestStore(root, **kwargs)
+    if root.startswith("az://"):
+        from mx8_common.store.azure import AzureManifestStore
+
+        return AzureManifestStore(root)
+    if root.startswith("gs://"):
+        # The store's single-writer lock needs conditional create, replace and delete; mx8
+        # has not built that on GCS yet.
+        raise ConfigError(
+            f"manifest store root {root!r}: a store on gs:// is not supported yet; keep the "
+            "manifests in a folder (shared file system), under s3://bucket/prefix or "
+            "az://container/prefix (MX8_MANIFEST_STORE_ROOT / --store); datasets on gs:// work "
+            "with any of them"
+        )
     if "://" in root and not root.startswith("file://"):
         raise ConfigError(
             f"manifest store root {root!r} has an unknown scheme; use a folder or "

@@ -7,14 +7,14 @@
     <root>/intent/<key>/current        the hash last resolved for a link + options (JSON)
     <root>/locks/<key>.lock            the single-writer indexer lock (see snapshot_lock)
 
-The root is a folder (``store.fs``) or ``s3://bucket/prefix``
-(``store.s3``), chosen by ``open_manifest_store``. Everything under ``by-hash``
-is written once with a conditional create; a second writer of the same hash verifies the
-stored bytes equal its own by streaming both, and a mismatch is an ``IntegrityError``.
-Every read of a whole manifest re-verifies its hash. The one exception is ``listed_at`` in
-the meta: when the dataset was last listed into this manifest (kept out of the canonical
-TSV so the hash stays a function of the content); a re-index that finds the same content
-moves it forward, and readers refuse objects modified after it.
+The root is a folder (``store.fs``), ``s3://bucket/prefix`` (``store.s3``) or
+``az://container/prefix`` (``store.azure``), chosen by ``open_manifest_store``. Everything
+under ``by-hash`` is written once with a conditional create; a second writer of the same
+hash verifies the stored bytes equal its own by streaming both, and a mismatch is an
+``IntegrityError``. Every read of a whole manifest re-verifies its hash. The one exception
+is ``listed_at`` in the meta: when the dataset was last listed into this manifest (kept out
+of the canonical TSV so the hash stays a function of the content); a re-index that finds
+the same content moves it forward, and readers refuse objects modified after it.
 
 A store holds a lazily created client bound to the event loop that first used it: use one
 store per event loop, and ``aclose()`` it (or ``async with``).

@@ -24,6 +24,18 @@ HASH = "ab" * 32
         ("file://localhost/d", "file", None, None, "/d", "plain", "file:///d"),
         ("file:///my%20data", "file", None, None, "/my data", "plain", "file:///my%20data"),
         ("/d@refresh", "file", None, None, "/d", "refresh", "file:///d"),
+        ("gs://bkt/train", "gs", "bkt", "train/", None, "plain", "gs://bkt/train/"),
+        (
+            "gs://my_bkt.x/a/b/@refresh",
+            "gs",
+            "my_bkt.x",
+            "a/b/",
+            None,
+            "refresh",
+            "gs://my_bkt.x/a/b/",
+        ),
+        ("az://data-01/train/", "az", "data-01", "train/", None, "plain", "az://data-01/train/"),
+        ("az://data", "az", "data", "", None, "plain", "az://data/"),
         ("/mail@home/d", "file", None, None, "/mail@home/d", "plain", "file:///mail%40home/d"),
     ],
 )
@@ -71,8 +83,15 @@ def test_dataset_link_two_spellings_share_normalized_form() -> None:
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ("gs://bkt/p", "unknown scheme 'gs://'"),
         ("http://host/p", "unknown scheme 'http://'"),
+        ("abfs://c/p", "gs://bucket/prefix/, az://container/prefix/"),
+        ("gs://", "names no bucket; write gs://<bucket>/<prefix>/"),
+        ("gs://Bad!/p", "not a valid GCS bucket name"),
+        ("gs://bkt//p", "empty path segment"),
+        ("az://", "names no container; write az://<container>/<prefix>/"),
+        ("az://my_container/p", "not a valid Azure container name"),
+        ("az://a--b/p", "not a valid Azure container name"),
+        ("az://ab/p", "not a valid Azure container name"),
         ("s3://", "names no bucket"),
         ("s3:///prefix", "names no bucket"),
         ("s3://Bad_Bucket!/p", "not a valid S3 bucket name"),
@@ -115,7 +134,13 @@ def test_parse_dataset_link_near_miss_scheme_suggests_the_link(raw: str, meant: 
     parse_dataset_link(meant)  # the suggestion itself is a valid link
 
 
-@pytest.mark.parametrize("raw", ["s3/data", "s3data/x", "gs://bkt/p"])
+def test_dataset_link_cloud_display_keeps_scheme_and_suffix() -> None:
+    link = parse_dataset_link(f"az://cont/p@sha256:{HASH}")
+    assert link.display() == f"az://cont/p/@sha256:{HASH}"
+    assert parse_dataset_link("gs://bkt/p@refresh").display() == "gs://bkt/p/@refresh"
+
+
+@pytest.mark.parametrize("raw", ["s3/data", "s3data/x", "gcs://bkt/p"])
 def test_parse_dataset_link_suggests_nothing_for_other_links(raw: str) -> None:
     with pytest.raises(LinkError) as info:
         parse_dataset_link(raw)

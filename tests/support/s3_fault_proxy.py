@@ -49,11 +49,12 @@ class FaultProxy:
         self.faults_fired: Counter[str] = Counter()
 
     def add_faults(self, key: str, *faults: Any) -> None:
-        """Queue faults for GETs whose path ends with ``/key``."""
+        """Queue faults for GETs whose path (query left out) ends with ``/key``."""
         with self._lock:
             self._faults[key].extend(faults)
 
     def take_fault(self, path: str) -> Any:
+        path = path.partition("?")[0]  # GCS media GETs end in ?alt=media
         with self._lock:
             self.gets[path] += 1
             for key, queue in self._faults.items():

@@ -70,7 +70,7 @@ def test_snapshot_cli_prints_hash_and_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("link", "fragment"),
     [
-        ("gs://bucket/p", "unknown scheme"),
+        ("hdfs://bucket/p", "unknown scheme"),
         ("relative/dir", "relative path"),
         ("/no/such/dir/anywhere", "does not exist"),
         (f"/tmp@sha256:{'1' * 64}", "has no snapshot"),

@@ -1,0 +1,398 @@
+"""Azure Blob Storage over its REST API with aiohttp: paged listing and (ranged) GETs.
+
+Why beside obstore's ``AzureStore`` (``native_store``): obstore runs its I/O on a
+process-global runtime that a ``fork`` kills. Listing (done where a snapshot is resolved,
+often the parent of DataLoader workers) therefore never touches obstore, and a process
+forked after its parent used obstore reads through this client instead
+(``native_runtime_forked``). Same settings (``AzureSettings``), same errors.
+
+Requests are signed with the account's shared key, carry the SAS, or a bearer token
+(``AZURE_STORAGE_TOKEN``, or Microsoft Entra credentials through the ``azure-identity``
+package when it is installed: ``pip install 'mx8[azure]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import aiohttp
+import yarl
+
+from mx8_common.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from mx8_common.storage.azure_store import (
+    AZURE_CREDENTIALS_HINT,
+    AzureSettings,
+    split_az_location,
+)
+
+__all__ = ["AzureBlob", "AzureListPage", "AzureRestClient"]
+
+_VERSION = "2021-08-06"
+_SCOPE = "https://storage.azure.com/.default"
+
+
+@dataclass(frozen=True)
+class AzureListPage:
+    """One List Blobs answer: ``(name, size, last modified)`` per blob, folder prefixes, and
+    the marker of the next page (None on the last)."""
+
+    blobs: list[tuple[str, int, float | None]]
+    prefixes: list[str]
+    next_marker: str | None
+
+
+@dataclass(frozen=True)
+class AzureBlob:
+    """One GET's answer: the bytes and what the headers said about the blob."""
+
+    data: bytes
+    start: int
+    object_size: int
+    last_modified: float | None
+    etag: str = ""
+
+
+def _http_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+_STANDARD = (
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Length",
+    "Content-MD5",
+    "Content-Type",
+    "Date",
+    "If-Modified-Since",
+    "If-Match",
+    "If-None-Match",
+    "If-Unmodified-Since",
+    "Range",
+)
+
+
+def _shared_key(account: str, key: str, method: str, url: yarl.URL, headers: dict[str, str]) -> str:
+    """The SharedKey ``Authorization`` value of a request with these headers."""
+    nl = "\n"
+    standard = [headers.get(name, "") for name in _STANDARD]
+    if standard[2] == "0":
+        standard[2] = ""  # Content-Length 0 is signed as empty (version 2015-02-21 on)
+    ms = "".join(f"{k}:{v}{nl}" for k, v in sorted(headers.items()) if k.startswith("x-ms-"))
+    query = sorted((k.lower(), v) for k, v in url.query.items())
+    resource = f"/{account}{url.raw_path}" + "".join(f"{nl}{k}:{v}" for k, v in query)
+    to_sign = method + nl + "".join(v + nl for v in standard) + ms + resource
+    digest = hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()
+    return f"SharedKey {account}:{base64.b64encode(digest).decode()}"
+
+
+class _EntraToken:
+    """A bearer token from azure-identity's DefaultAzureCredential, refreshed before expiry."""
+
+    def __init__(self) -> None:
+        self._credential: Any = None
+        self._token: Any = None
+        self._lock = asyncio.Lock()
+
+    async def header(self, location: str) -> str:
+        async with self._lock:
+            if self._token is None or self._token.expires_on - time.time() < 120:
+                self._token = await asyncio.to_thread(self._fetch, location)
+            return f"Bearer {self._token.token}"
+
+    def _fetch(self, location: str) -> Any:
+        try:
+            from azure.identity import (  # type: ignore[import-not-found, unused-ignore]
+                DefaultAzureCredential,
+            )
+        except ImportError:
+            raise AccessDeniedError(
+                f"no Azure credentials found to read {location}; {AZURE_CREDENTIALS_HINT} (or "
+                "pip install 'mx8[azure]' for Microsoft Entra / managed identity credentials)",
+                location=location,
+            ) from None
+        try:
+            if self._credential is None:
+                self._credential = DefaultAzureCredential()
+            return self._credential.get_token(_SCOPE)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AccessDeniedError(
+                f"no Azure credentials found to read {location} ({first[:160]}); "
+                f"{AZURE_CREDENTIALS_HINT}",
+                location=location,
+            ) from None
+
+
+def _answer_error(status: int, code: str, location: str) -> StorageError:
+    if code == "ContainerNotFound":
+        return BucketNotFoundError(
+            f"container of {location} does not exist in storage account "
+            f"{AzureSettings.from_env().account!r}; check the container name, "
+            "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ENDPOINT",
+            location=location,
+        )
+    if status == 404:
+        return ObjectNotFoundError(
+            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
+            location=location,
+        )
+    if status in (401, 403):
+        return AccessDeniedError(
+            f"access denied to {location} ({code or status}); check the credentials "
+            f"({AZURE_CREDENTIALS_HINT}) and the container's access policy",
+            location=location,
+        )
+    if status == 429 or status >= 500:
+        return TransientStorageError(
+            f"Azure answered {code or status} for {location}; retrying may help",
+            location=location,
+        )
+    return StorageError(f"Azure answered {code or status} for {location}", location=location)
+
+
+@contextlib.contextmanager
+def _transport_errors(location: str, endpoint: str) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise TransientStorageError(
+            f"cannot reach the Azure blob endpoint {endpoint} for {location}: "
+            f"{type(exc).__name__}: {exc}; is AZURE_STORAGE_ENDPOINT right and the server up?",
+            location=location,
+        ) from None
+
+
+class AzureRestClient:
+    """One aiohttp pool for Azure listing and GETs; ``async with`` owns it."""
+
+    def __init__(self, settings: AzureSettings | None = None) -> None:
+        self.settings = settings or AzureSettings.from_env()
+        self._session: aiohttp.ClientSession | None = None
+        self._entra: _EntraToken | None = None
+
+    async def __aenter__(self) -> AzureRestClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool; safe to call twice."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
+                connector=aiohttp.TCPConnector(limit=256),
+            )
+        return self._session
+
+    async def _request(
+        self,
+        path: str,
+        query: dict[str, str],
+        location: str,
+        extra: dict[str, str] | None = None,
+        *,
+        method: str = "GET",
+        if_match: str = "",
+        tolerate: frozenset[int] = frozenset(),
+        body: bytes | BinaryIO | None = None,
+        body_size: int | None = None,
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        settings = self.settings
+        account = settings.require_account(location)
+        endpoint = settings.blob_endpoint(location)
+        if settings.sas:
+            query = {**query, **dict(urllib.parse.parse_qsl(settings.sas))}
+        url = yarl.URL(endpoint + path, encoded=True).with_query(query)
+        headers = {
+            "x-ms-date": email.utils.formatdate(usegmt=True),
+            "x-ms-version": _VERSION,
+            **(extra or {}),
+        }
+        if if_match:
+            headers["If-Match"] = if_match
+        if body is not None:
+            size = len(body) if isinstance(body, bytes) else body_size
+            headers["Content-Length"] = str(size)
+            # Set (and signed) here: aiohttp would add its own after signing otherwise.
+            headers["Content-Type"] = "application/octet-stream"
+        if settings.account_key and not settings.sas:
+            headers["Authorization"] = _shared_key(
+                account, settings.account_key, method, url, headers
+            )
+        elif settings.token:
+            headers["Authorization"] = f"Bearer {settings.token}"
+        elif not settings.sas:
+            self._entra = self._entra or _EntraToken()
+            headers["Authorization"] = await self._entra.header(location)
+        with _transport_errors(location, endpoint):
+            async with self._http().request(method, url, headers=headers, data=body) as resp:
+                answer = await resp.read()
+                code = resp.headers.get("x-ms-error-code", "")
+                ok = resp.status in (200, 201, 202, 206) or (
+                    resp.status in tolerate and code != "ContainerNotFound"
+                )
+                if not ok:
+                    raise _answer_error(resp.status, code, location)
+                return resp, answer
+
+    async def list_page(
+        self,
+        container: str,
+        prefix: str,
+        *,
+        delimiter: bool = False,
+        marker: str | None = None,
+        max_results: int = 1000,
+    ) -> AzureListPage:
+        """One List Blobs answer under ``prefix`` (blob names in lexicographic order)."""
+        location = f"az://{container}/{prefix}"
+        query = {"restype": "container", "comp": "list", "maxresults": str(max_results)}
+        if prefix:
+            query["prefix"] = prefix
+        if delimiter:
+            query["delimiter"] = "/"
+        if marker:
+            query["marker"] = marker
+        _resp, body = await self._request(
+            "/" + urllib.parse.quote(container, safe=""), query, location
+        )
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError as exc:
+            raise TransientStorageError(
+                f"unreadable listing answer for {location}: {exc}", location=location
+            ) from None
+        blobs = []
+        for blob in root.iter("Blob"):
+            props = blob.find("Properties")
+            size = props.findtext("Content-Length") if props is not None else None
+            modified = props.findtext("Last-Modified") if props is not None else None
+            blobs.append((blob.findtext("Name") or "", int(size or 0), _http_time(modified)))
+        prefixes = [p.findtext("Name") or "" for p in root.iter("BlobPrefix")]
+        return AzureListPage(blobs, prefixes, root.findtext("NextMarker") or None)
+
+    @staticmethod
+    def _blob_path(location: str) -> str:
+        container, key = split_az_location(location)
+        return f"/{urllib.parse.quote(container, safe='')}/{urllib.parse.quote(key, safe='/')}"
+
+    async def head(self, location: str) -> tuple[int, str] | None:
+        """``(size, etag)`` of the blob, or None if there is none."""
+        resp, _ = await self._request(
+            self._blob_path(location), {}, location, method="HEAD", tolerate=frozenset({404})
+        )
+        if resp.status == 404:
+            return None
+        return int(resp.headers.get("Content-Length", "0")), resp.headers.get("ETag", "")
+
+    async def put(
+        self,
+        location: str,
+        data: bytes | BinaryIO,
+        *,
+        size: int | None = None,
+        create: bool = False,
+        if_match: str = "",
+    ) -> str | None:
+        """Write the blob (``data`` bytes, or a file of ``size`` bytes streamed as sent); its
+        new ETag, or None when ``create`` found one already there or ``if_match`` no longer
+        matches (or the blob is gone)."""
+        extra = {"x-ms-blob-type": "BlockBlob"}
+        if create:
+            extra["If-None-Match"] = "*"
+        resp, _ = await self._request(
+            self._blob_path(location),
+            {},
+            location,
+            extra,
+            method="PUT",
+            if_match=if_match,
+            tolerate=frozenset({404, 409, 412}),
+            body=data,
+            body_size=size,
+        )
+        if resp.status in (404, 409, 412):
+            return None
+        return resp.headers.get("ETag", "")
+
+    async def delete_if_match(self, location: str, etag: str) -> bool:
+        """Delete the blob if its ETag is still ``etag``; False if it changed or is gone."""
+        resp, _body = await self._request(
+            self._blob_path(location),
+            {},
+            location,
+            method="DELETE",
+            if_match=etag,
+            tolerate=frozenset({404, 412}),
+        )
+        return resp.status == 202
+
+    async def stream(self, location: str, sink: Any) -> bool:
+        """Feed the blob to ``sink(chunk)`` in 1 MiB chunks (read whole first: for manifests,
+        not samples); False if there is none."""
+        endpoint = self.settings.blob_endpoint(location)
+        resp, body = await self._request(
+            self._blob_path(location), {}, location, tolerate=frozenset({404})
+        )
+        if resp.status == 404:
+            return False
+        with _transport_errors(location, endpoint):
+            for i in range(0, len(body), 1 << 20):
+                sink(body[i : i + (1 << 20)])
+        return True
+
+    async def get(self, location: str, start: int | None, length: int | None) -> AzureBlob:
+        """The blob at ``az://container/key`` (or ``length`` bytes from ``start``)."""
+        container, key = split_az_location(location)
+        extra = {}
+        if start is not None and length is not None:
+            extra["x-ms-range"] = f"bytes={start}-{start + length - 1}"
+        path = f"/{urllib.parse.quote(container, safe='')}/{urllib.parse.quote(key, safe='/')}"
+        resp, body = await self._request(path, {}, location, extra)
+        size = resp.content_length if resp.content_length is not None else -1
+        first = 0
+        content_range = resp.headers.get("Content-Range")
+        if content_range:
+            span, _, total = content_range.partition(" ")[2].partition("/")
+            first_text = span.partition("-")[0]
+            first = int(first_text) if first_text.isdigit() else -1
+            size = int(total) if total.isdigit() else -1
+        elif start is not None:
+            first = -1  # a whole blob answered a ranged request
+        return AzureBlob(
+            body,
+            first,
+            size,
+            _http_time(resp.headers.get("Last-Modified")),
+            resp.headers.get("ETag", ""),
+        )
