@@ -27,6 +27,7 @@ COUNTERS = {
     "batches_sent": "batches sent to trainers",
     "batches_requeued": "unacknowledged batches re-queued after a trainer left",
     "leases_started": "leases this agent started",
+    "progress_reports": "progress reports the coordinator accepted (dynamic mode)",
 }
 
 #: Current values in the stats snapshot: name -> help.
