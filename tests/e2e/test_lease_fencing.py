@@ -40,7 +40,7 @@ WINDOW = 4
 MAX_UNREPORTED = WINDOW + 2
 #: Positions a fault may leave delivered but uncommitted: what the agent may hand out
 #: beyond the coordinator's confirmed cursors. Before eager reports and the bound, the
-#: repeats were 80-100 (agent frozen) and 148-196 (link cut) of 2,000.
+#: repeats were 64-96 (agent frozen), 180-200 (link cut) and 48 (kill -9) of 2,000.
 UNCOMMITTED = MAX_UNREPORTED * BATCH
 
 
