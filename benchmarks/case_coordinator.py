@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
@@ -133,6 +134,8 @@ def measure(
         "p99_ms": float(np.percentile(ms, 99)),
         "calls_per_s": calls / max(r["elapsed_s"] for r in results),
         "calls": float(calls),
+        "clients_cpu_us_per_call": sum(r["cpu_s"] for r in results) / max(calls, 1) * 1e6,
+        "clients_switches_per_call": sum(r["switches"] for r in results) / max(calls, 1),
     }
 
 
@@ -168,11 +171,54 @@ def server_side(metrics_url: str) -> dict[str, float]:
     return {"server_within_5ms": buckets.get(0.005, 0.0) / total, "server_p99_le_ms": p99_le * 1e3}
 
 
+def fdatasync_ms(directory: Path, count: int = 200) -> tuple[float, float]:
+    """p50 and p99 of append + ``fdatasync`` of a short line in ``directory``, in ms.
+
+    What every acknowledged lease or progress step waits for (the lease log's sync): a
+    disk whose p99 is a few ms puts that into the coordinator's p99 on any CPU.
+    """
+    path = directory / "fdatasync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    lat = []
+    try:
+        for _ in range(count):
+            os.write(fd, b'{"progress":"probe","cursor":123456}\n')
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            lat.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def _diag_fields(path: Path, calls: float) -> dict[str, float]:
+    """The coordinator's load-independent costs per call (``MX8_BENCH_DIAG``'s file)."""
+    for _ in range(100):  # written as the child stops, after its stdin closed
+        if path.exists() and path.stat().st_size:
+            break
+        time.sleep(0.05)
+    else:
+        return {}
+    diag = json.loads(path.read_text())
+    gen2 = diag["gc"]["2"]
+    return {
+        "gc_gen2_passes": float(gen2["n"]),
+        "gc_gen2_max_cpu_ms": float(gen2["cpu_ms_max"]),
+        "gc_cpu_ms": float(sum(g["cpu_ms_total"] for g in diag["gc"].values())),
+        "ctx_switches_per_call": (diag["nvcsw"] + diag["nivcsw"]) / calls,
+        "fsyncs_per_call": float(diag["fsyncs"] or 0) / calls,
+    }
+
+
 def _serve_and_measure(
     env: BenchEnv, manifest: Path, seconds: float, interval_ms: float
 ) -> dict[str, float]:
     scratch = env.scratch("coord-state")
     port = _free_port()
+    disk_p50, disk_p99 = fdatasync_ms(scratch)
+    diag_path = scratch / "diag.json"
+    os.environ["MX8_BENCH_DIAG"] = str(diag_path)  # the child's environment is ours
     # A fresh coordinator and lease log per measurement: every run starts unleased.
     with serve_coordinator(
         manifest,
@@ -190,7 +236,15 @@ def _serve_and_measure(
         # CPU per call is far less sensitive to the box's other load than latency is.
         cpu = sum(coordinator.cpu_times()[:2]) - cpu0
         server = server_side(f"http://127.0.0.1:{port}/metrics")
-        return {**result, **server, "coordinator_cpu_us_per_call": cpu / result["calls"] * 1e6}
+    os.environ.pop("MX8_BENCH_DIAG", None)
+    return {
+        **result,
+        **server,
+        **_diag_fields(diag_path, result["calls"]),
+        "coordinator_cpu_us_per_call": cpu / result["calls"] * 1e6,
+        "fdatasync_p50_ms": disk_p50,
+        "fdatasync_p99_ms": disk_p99,
+    }
 
 
 def run(env: BenchEnv) -> list[Row]:
@@ -214,11 +268,26 @@ def run(env: BenchEnv) -> list[Row]:
         rates = [r["calls_per_s"] for r in results]
         cpu = statistics.median(r["coordinator_cpu_us_per_call"] for r in results)
         within = [r.get("server_within_5ms", float("nan")) * 100 for r in results]
+
+        def each(key: str, fmt: str) -> str:
+            return ", ".join(format(r.get(key, float("nan")), fmt) for r in results)
+
         note = (
             f"{statistics.median(rates):,.0f} calls/s served ("
             + ", ".join(f"{x:,.0f}" for x in rates)
             + f"); coordinator CPU {cpu:.0f} us/call; handled by the coordinator within 5 ms: "
             + ", ".join(f"{x:.2f}%" for x in within)
+            # What moves p99 between machines, measured apart from the box's load:
+            + f"; state-dir fdatasync p50/p99 ms: {each('fdatasync_p50_ms', '.2f')} / "
+            + f"{each('fdatasync_p99_ms', '.2f')}; lease-log fsyncs per call: "
+            + each("fsyncs_per_call", ".2f")
+            + f"; coordinator context switches per call: {each('ctx_switches_per_call', '.1f')}"
+            + "; load clients' CPU us / context switches per call: "
+            + each("clients_cpu_us_per_call", ".0f")
+            + " / "
+            + each("clients_switches_per_call", ".1f")
+            + f"; gen-2 GC passes (max CPU ms): {each('gc_gen2_passes', '.0f')} "
+            + f"({each('gc_gen2_max_cpu_ms', '.1f')})"
         )
         return [
             Row(

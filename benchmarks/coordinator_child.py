@@ -7,6 +7,9 @@ line, and shuts down when its stdin closes. ``--state-dir`` turns the fsync'd le
 on, as in production; ``--metrics`` serves ``/metrics``. Events are JSON lines at
 ``MX8_LOG_LEVEL`` (``serve_coordinator``'s ``log_level``), written to ``--log-file`` when
 given (as a daemon's stderr would be collected), else to stderr. With
+``MX8_BENCH_DIAG=FILE`` it writes, when it stops, what the serving cost beyond time (load
+independent): GC passes per generation with their CPU, context switches per thread,
+fsyncs of the lease log, tracked and frozen objects. With
 ``MX8_BENCH_PROFILE=FILE`` it runs under cProfile and writes the stats to FILE.
 ``serve_coordinator(...)`` runs it from the parent as a context manager.
 """
@@ -16,10 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
+import resource
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,7 +89,9 @@ async def _serve(args: argparse.Namespace) -> None:
         mode="dynamic",  # the benchmark clients take leases
         manifest_stream_compression=args.manifest_stream_compression,
     )
-    async with Coordinator(config, source=source) as coordinator:
+    # As mx8-coordinator does: the process is the coordinator's, its start-up heap frozen.
+    async with Coordinator(config, source=source, freeze_heap=True) as coordinator:
+        diag = _Diagnostics.start() if os.environ.get("MX8_BENCH_DIAG") else None
         info = {
             "address": coordinator.address,
             "manifest_hash": source.manifest_hash,
@@ -93,6 +102,76 @@ async def _serve(args: argparse.Namespace) -> None:
         _ANNOUNCE.flush()
         # Serve until the parent closes our stdin (read off the loop: never block it).
         await asyncio.to_thread(sys.stdin.read)
+        if diag is not None:
+            diag.write(os.environ["MX8_BENCH_DIAG"], coordinator)
+
+
+def _thread_switches() -> dict[str, list[int]]:
+    """Per OS thread (by name): voluntary and involuntary context switches so far."""
+    out: dict[str, list[int]] = {}
+    py_names = {t.native_id: t.name for t in threading.enumerate()}
+    for tid in os.listdir("/proc/self/task"):
+        base = f"/proc/self/task/{tid}"
+        try:
+            with open(f"{base}/comm") as f:
+                name = py_names.get(int(tid)) or f.read().strip()
+            with open(f"{base}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+        except OSError:
+            continue
+        counts = [int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"])]
+        prev = out.get(name, [0, 0])
+        out[name] = [prev[0] + counts[0], prev[1] + counts[1]]
+    return out
+
+
+class _Diagnostics:
+    """GC pauses, context switches and threads of this process while it serves."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._t0 = 0.0
+        self._r0 = resource.getrusage(resource.RUSAGE_SELF)
+        self._gen = 0
+        self._threads0 = _thread_switches()
+
+    @classmethod
+    def start(cls) -> _Diagnostics:
+        diag = cls()
+        gc.callbacks.append(diag._on_gc)
+        return diag
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.thread_time()
+            self._gen = info["generation"]
+        else:
+            self.pauses[self._gen].append((time.thread_time() - self._t0) * 1e3)
+
+    def write(self, path: str, coordinator: Any) -> None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        log = getattr(coordinator, "_log", None)
+        out = {
+            "gc": {
+                str(g): {"n": len(v), "cpu_ms_total": sum(v), "cpu_ms_max": max(v, default=0.0)}
+                for g, v in self.pauses.items()
+            },
+            "gc_freeze_count": gc.get_freeze_count(),
+            "gc_tracked_objects": len(gc.get_objects()),
+            "gc_threshold": gc.get_threshold(),
+            "nvcsw": r.ru_nvcsw - self._r0.ru_nvcsw,
+            "nivcsw": r.ru_nivcsw - self._r0.ru_nivcsw,
+            "cpu_s": r.ru_utime + r.ru_stime - self._r0.ru_utime - self._r0.ru_stime,
+            "threads": [t.name for t in threading.enumerate()],
+            "os_threads": len(os.listdir("/proc/self/task")),
+            "fsyncs": getattr(log, "fsyncs", None),
+            "per_thread": {
+                k: [now - was for now, was in zip(v, self._threads0.get(k, [0, 0]), strict=True)]
+                for k, v in _thread_switches().items()
+            },
+        }
+        with open(path, "w") as f:
+            json.dump(out, f)
 
 
 if __name__ == "__main__":

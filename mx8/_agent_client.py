@@ -31,6 +31,11 @@ changes) and gives up after ``world_wait_timeout_s`` with ``JobNotReadyError``. 
 stream is reopened at the position after the last batch returned, also on an agent that
 restarted (the trainer knows what it consumed), for ``reconnect_timeout_s``, saying so.
 
+Same host: a rank-exact stream offers the agent a probe file in ``/dev/shm``
+(``shared_memory=True``, the default); an agent that reads it back sends batches as
+shared-memory references, which ``mx8._shm.SharedSegments`` copies out on arrival. An
+agent elsewhere (or without that ``/dev/shm``) just sends the bytes in its messages.
+
 An agent started with ``--tls-cert`` (and ``--tls-ca``) or ``MX8_AGENT_AUTH_TOKEN`` needs
 the same on this side: TLS files and the token default to ``MX8_AGENT_TLS_CA`` /
 ``MX8_AGENT_TLS_CERT`` / ``MX8_AGENT_TLS_KEY`` and ``MX8_AGENT_AUTH_TOKEN`` (not the
@@ -44,23 +49,30 @@ import os
 import queue
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
 from mx8._config import AGENT_AUTH_TOKEN_ENV, TrainerConfig
+from mx8._shm import SharedMemoryUnreadable, SharedSegments
 from mx8.batch import Batch
+from mx8_common import shm
 from mx8_common.errors import AgentError, ConfigError, ContractError, JobNotReadyError, Mx8Error
 from mx8_common.rpc.channels import sync_channel, unix_socket_path
 from mx8_common.rpc.errors import error_from_rpc
 from mx8_common.rpc.proto import agent_pb2 as pb
 from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
 from mx8_common.rpc.security import TlsConfig
+
+# How long close() waits for queued acks to be written before cancelling the stream.
+_ACK_FLUSH_S = 2.0
 
 __all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "RankOpen", "agent_tls_from_env"]
 
@@ -170,6 +182,8 @@ class AgentStreamClient:
         reconnect_timeout_s: float = 5.0,
         rank: RankOpen | None = None,
         world_wait_timeout_s: float = 600.0,
+        shared_memory: bool = True,
+        shm_dir: Path | None = None,
     ) -> None:
         if batch_size <= 0:
             raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
@@ -185,6 +199,15 @@ class AgentStreamClient:
         self.reconnect_timeout_s = reconnect_timeout_s
         self.rank = rank
         self.world_wait_timeout_s = world_wait_timeout_s
+        if shm_dir is None:
+            configured = TrainerConfig.from_env().shm_dir
+            shared_memory = shared_memory and bool(configured)
+            shm_dir = Path(configured or shm.SHM_DIR)
+        self.shared_memory = shared_memory and rank is not None
+        self._shm_dir = shm_dir
+        #: The agent's segments (batches it sent through shared memory are counted there).
+        self.segments = SharedSegments(url, shm_dir)
+        self._probe: str | None = None
         #: Rank-exact mode: the epoch and step of the batch last returned.
         self.last_epoch: int | None = None
         self.last_step: int | None = None
@@ -215,6 +238,7 @@ class AgentStreamClient:
             ) from exc
         self._stub = pb_grpc.AgentStub(self._channel)
         self._requests: queue.Queue[pb.TrainerMessage | None] = queue.Queue()
+        self._sent_all = threading.Event()
         self._responses: Any = None
         self._pending_ack: int | None = None
         # The last batch_seq the trainer consumed: where a resumed stream continues.
@@ -294,7 +318,19 @@ class AgentStreamClient:
             if r.shuffle is not None:
                 op.contract.shuffle = r.shuffle
             op.start.CopyFrom(self._start())
+        if self.shared_memory:
+            self._drop_probe()
+            probe = shm.write_probe(self._shm_dir)
+            if probe is not None:
+                self._probe = probe[0]
+                op.shm_probe.name, op.shm_probe.token = probe
         return pb.TrainerMessage(open=op)
+
+    def _drop_probe(self) -> None:
+        # The agent removes a probe it accepted; this one was refused or is stale.
+        if self._probe is not None:
+            shm.remove(self._probe, self._shm_dir)
+            self._probe = None
 
     def _start(self) -> pb.StreamStart:
         """Where a rank-exact stream (re)opens: after the last batch returned."""
@@ -316,16 +352,26 @@ class AgentStreamClient:
         )
 
     def _request_stream(
-        self, requests: queue.Queue[pb.TrainerMessage | None], resume_after: int
+        self,
+        requests: queue.Queue[pb.TrainerMessage | None],
+        resume_after: int,
+        sent_all: threading.Event,
     ) -> Iterator[pb.TrainerMessage]:
+        # gRPC pulls the next message only once the previous one is written, so reaching
+        # the None means every ack queued before it is on the wire.
         yield self._open_message(resume_after)
         while (message := requests.get()) is not None:
             yield message
+        sent_all.set()
 
     def _open(self, resume_after: int) -> None:
         # Each stream has its own request queue: a None ends the old one's sender thread.
         self._requests = queue.Queue()
-        self._responses = self._stub.Stream(self._request_stream(self._requests, resume_after))
+        self._sent_all = threading.Event()
+        self.segments.close()  # a new stream names new segments
+        self._responses = self._stub.Stream(
+            self._request_stream(self._requests, resume_after, self._sent_all)
+        )
 
     def _reopen(self, deadline: float) -> bool:
         """After a broken stream: wait (until ``deadline``) for the agent, then resume.
@@ -362,9 +408,13 @@ class AgentStreamClient:
         while True:
             try:
                 message = next(self._responses)
+                self._drop_probe()
                 if message.HasField("waiting"):
                     self._on_waiting(message.waiting)
                     continue
+                payload = self._payload(message)
+                if payload is None:
+                    continue  # reopened without shared memory: the batch comes again
                 break
             except StopIteration:
                 self._finish()
@@ -406,12 +456,29 @@ class AgentStreamClient:
         self.last_epoch, self.last_step = b.epoch, b.step
         return Batch(
             sample_ids=np.array(b.sample_ids, dtype=np.uint64),
-            payload=b.payload,
+            payload=payload,
             offsets=np.array(b.offsets, dtype=np.int64),
             labels=np.array(b.labels, dtype=np.int64) if len(b.labels) else None,
             epoch=b.epoch,
             locations=tuple(b.locations) if self.want_locations else None,
         )
+
+    def _payload(self, message: pb.AgentMessage) -> bytes | None:
+        """The batch's bytes (copied out of shared memory before they are acknowledged);
+        None when this trainer cannot read the agent's segment and reopened without."""
+        if not message.HasField("batch") or not message.batch.HasField("shared"):
+            return message.batch.payload if message.HasField("batch") else b""
+        where = message.batch.shared
+        try:
+            return self.segments.read(where.segment, where.offset, where.length)
+        except SharedMemoryUnreadable as exc:
+            _say(f"{exc}; taking batches through the stream instead")
+            self.shared_memory = False
+            self._requests.put(None)
+            self._responses.cancel()
+            self._pending_ack = None
+            self._open(self._consumed_seq)
+            return None
 
     def _on_waiting(self, w: pb.WorldWaiting) -> None:
         """The rank's world is incomplete: say what for, give up after the timeout."""
@@ -463,8 +530,13 @@ class AgentStreamClient:
         self._closed = True
         self._requests.put(None)
         if self._responses is not None and not self._finished:
+            # The last ack (queued by the trainer's last next()) must reach the agent
+            # before the cancel, or the agent re-queues a batch the trainer consumed.
+            self._sent_all.wait(_ACK_FLUSH_S)
             self._responses.cancel()
         self._channel.close()
+        self._drop_probe()
+        self.segments.close()
 
     def __enter__(self) -> AgentStreamClient:
         return self

@@ -47,6 +47,12 @@ class TrainerConfig:
     local_rank: int = setting(
         0, env="LOCAL_RANK", help="distributed: this trainer's index on its host"
     )
+    shm_dir: str = setting(
+        "/dev/shm",
+        env="MX8_SHM_DIR",
+        help="distributed: the shared-memory directory the host's agent hands batches over "
+        "through (the agent's --shm-dir); empty: take them in the gRPC stream",
+    )
     world_wait_timeout_s: float = setting(
         600.0,
         env="MX8_WORLD_WAIT_TIMEOUT_S",

@@ -93,6 +93,12 @@ def print_status(job: JobStatus, *, file: Any = None) -> None:
         ("world size", str(status["world_size"])),
         ("throughput", f"{status['samples_per_second']:,.1f} samples/s ({_rate_basis(status)})"),
         *((k.replace("_", " "), f"{v:,}") for k, v in status["counters"].items()),
+        # With the lease log in a store: who leads the job, in which term.
+        *(
+            [("leader", status["leader"]), ("leader term", str(status["leader_term"]))]
+            if status.get("leader_term")
+            else []
+        ),
     ):
         summary.add_row(key, value)
     console.print(summary)

@@ -56,6 +56,7 @@ from mx8_agent.serve.servicer import AgentServicer, JobInfo
 from mx8_agent.serve.trainer_hub import TrainerHub
 from mx8_agent.work.lease_runner import LeaseRunner
 from mx8_agent.work.rank_server import RankServer
+from mx8_common import shm
 from mx8_common.errors import (
     CoordinatorError,
     CoordinatorReplyError,
@@ -137,7 +138,12 @@ class Agent(Daemon):
             max_bytes=self._hub_budget, on_acked=self._on_acked, resume_grace_s=_RESUME_GRACE_S
         )
         self._servicer = AgentServicer(
-            hub=self.hub, job_info=self.job_info, locate=self._locations, ranks=self._rank_server
+            hub=self.hub,
+            job_info=self.job_info,
+            locate=self._locations,
+            ranks=self._rank_server,
+            shared_memory=Path(config.shm_dir) if config.shm_dir else None,
+            shared_max_bytes=self.fetch_config.max_inflight_bytes,
         )
         self._registration: cpb.RegisterNodeResponse | None = None
         self.table: ManifestTable | None = None
@@ -224,6 +230,8 @@ class Agent(Daemon):
             "batches_sent": sum(s.batches_sent for s in self.hub.sessions)
             + (ranks.batches_sent if ranks is not None else 0),
             "batches_requeued": self.hub.requeued_batches,
+            "batches_shared": self._servicer.batches_shared,
+            "shared_memory_trainers": self._servicer.shared_streams,
             "leases_started": rs.leases_started if rs is not None else 0,
             "progress_reports": rs.progress_reports if rs is not None else 0,
             "inflight_bytes": self.inflight_bytes,
@@ -258,6 +266,10 @@ class Agent(Daemon):
 
     async def _open(self) -> None:
         cfg = self.config
+        # Segments a killed agent left in /dev/shm (their lock died with it) go now.
+        swept = shm.sweep(Path(cfg.shm_dir)) if cfg.shm_dir else 0
+        if swept:
+            emit(_COMPONENT, "shared_memory_swept", files=swept)
         emit(
             _COMPONENT,
             "agent_listening",

@@ -69,6 +69,13 @@ class AgentConfig:
         help="where local trainers connect: unix:PATH or 127.0.0.1:PORT",
     )
     job_id: str = setting("default", env="MX8_JOB_ID", help="job id the coordinator serves")
+    shm_dir: str = setting(
+        "/dev/shm",
+        env="MX8_SHM_DIR",
+        flag="--shm-dir",
+        help="shared-memory directory batches are handed to same-host trainers through "
+        "(trainers set the same MX8_SHM_DIR); empty: always send bytes in the gRPC stream",
+    )
     max_inflight_bytes: int = shared(
         FetchConfig,
         "max_inflight_bytes",

@@ -26,6 +26,7 @@ COUNTERS = {
     "local_read_batches": "thread-pool jobs that read several local files at once",
     "batches_sent": "batches sent to trainers",
     "batches_requeued": "unacknowledged batches re-queued after a trainer left",
+    "batches_shared": "batches handed to trainers through shared memory (/dev/shm)",
     "leases_started": "leases this agent started",
     "progress_reports": "progress reports the coordinator accepted (dynamic mode)",
 }
@@ -38,6 +39,7 @@ GAUGES = {
     "running_reads": "storage reads in progress",
     "leases_held": "leases held now",
     "trainers": "connected trainer streams",
+    "shared_memory_trainers": "connected trainer streams that take batches through shared memory",
     "bytes_per_second": "bytes fetched per second since the first lease",
     "samples_per_second": "samples acknowledged per second since the first lease",
 }

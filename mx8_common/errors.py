@@ -40,6 +40,7 @@ internals (the original stays reachable as ``__context__``).
     │   ├── LeaseRangeError            cursor outside the lease's [start, end]
     │   └── LeaseStateError            cursor regression, lease held by another node
     ├── LeaseLogError                lease log unreadable or from another job (.path)
+    │   └── CoordinatorFencedError     another coordinator holds the job's term (.job_id, .term)
     ├── JobStateError                call not allowed in the job's current state (.node_id)
     │   ├── NodeNotRegisteredError     node must RegisterNode first
     │   ├── NodeIdInUseError           a live agent of another incarnation holds the id
@@ -66,6 +67,7 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "CoordinatorError",
+    "CoordinatorFencedError",
     "CoordinatorReplyError",
     "CoordinatorStateLostError",
     "DecodeError",
@@ -327,6 +329,20 @@ class LeaseLogError(Mx8Error):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class CoordinatorFencedError(LeaseLogError):
+    """Another coordinator owns the job's lease log in the store (a newer term, or a
+    leader record that is still renewed): this one must not write or lease, and exits."""
+
+    event = "coordinator_fenced"
+
+    def __init__(
+        self, message: str, *, path: str | None = None, job_id: str = "", term: int = 0
+    ) -> None:
+        super().__init__(message, path=path)
+        self.job_id = job_id
+        self.term = term
 
 
 class JobStateError(Mx8Error):

@@ -1,5 +1,8 @@
 """Entry point of ``mx8-coordinator``: flags -> config -> uvloop -> ``Coordinator.run()``.
 
+The start-up heap is frozen for the garbage collector once the job is ready
+(``freeze_startup_heap``), so full collections while serving walk only newer objects.
+
 SIGTERM and SIGINT ask the coordinator to drain (no new leases, lease log flushed) and
 exit 0. An ``Mx8Error`` (bad flag, unreadable lease log, snapshot failure) prints its
 message, without a traceback, and exits 2.
@@ -22,7 +25,8 @@ __all__ = ["main"]
 
 
 async def _serve(config: CoordinatorConfig) -> None:
-    coordinator = Coordinator(config)
+    # This process is the coordinator's alone: its start-up heap is frozen for the GC.
+    coordinator = Coordinator(config, freeze_heap=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.request_shutdown)

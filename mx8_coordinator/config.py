@@ -76,7 +76,31 @@ class CoordinatorConfig:
     state_dir: str | None = setting(
         None,
         env="MX8_COORDINATOR_STATE_DIR",
-        help="directory of the lease log (unset: no lease log, a restart starts over)",
+        help="directory of the lease log, or a store URL (s3://bucket/prefix/ or "
+        "file:///shared/dir) holding it as segments, which --standby coordinators take over "
+        "(unset: no lease log, a restart starts over)",
+    )
+    standby: bool = setting(
+        False,
+        env="MX8_COORDINATOR_STANDBY",
+        help="start as a standby: serve health NOT_SERVING until the leader stops renewing its "
+        "leader record for --leader-ttl-ms, then take the next term, replay the log and serve "
+        "(needs --state-dir as a store URL)",
+    )
+    leader_ttl_ms: int | None = setting(
+        None,
+        env="MX8_COORDINATOR_LEADER_TTL_MS",
+        help="with --state-dir in a store: how long the leader record may go unrenewed before "
+        "a standby takes over (default: --lease-ttl-ms); a leader that cannot renew stops "
+        "leasing after half of it",
+    )
+    state_flush_ms: int = setting(
+        0,
+        env="MX8_COORDINATOR_STATE_FLUSH_MS",
+        help="with --state-dir in a store: extra wait gathering log records into one segment "
+        "(one PUT). 0: write as soon as the previous segment is stored; records that arrive "
+        "meanwhile share the next one, so PUTs never outpace the store's write latency. An RPC "
+        "that writes the log is answered once its segment is stored",
     )
     manifest_stream_compression: str = setting(
         "zlib",
@@ -167,6 +191,21 @@ class CoordinatorConfig:
         }.items():
             if value > most:
                 raise ConfigError(f"{flag} {value} is out of range: it must be in [1, {most}]")
+        if self.standby and not self.state_in_store:
+            raise ConfigError(
+                "--standby needs --state-dir as a store URL (s3://bucket/prefix/ or "
+                "file:///shared/dir) that the leader writes: a local directory has one owner"
+            )
+        if self.leader_ttl_ms is not None and not 100 <= self.leader_ttl_ms <= MAX_LEASE_TTL_MS:
+            raise ConfigError(
+                f"--leader-ttl-ms {self.leader_ttl_ms} is out of range: it must be in "
+                f"[100, {MAX_LEASE_TTL_MS}]"
+            )
+        if not 0 <= self.state_flush_ms < self.leader_ttl // 2:
+            raise ConfigError(
+                f"--state-flush-ms {self.state_flush_ms} must be in [0, half of the leader TTL "
+                f"{self.leader_ttl}): a segment must be stored while the leader may still lease"
+            )
         if self.min_world_size is not None and not 1 <= self.min_world_size <= self.world_size:
             raise ConfigError(
                 f"--min-world-size {self.min_world_size} must be in [1, --world-size "
@@ -214,6 +253,16 @@ class CoordinatorConfig:
     def tls(self) -> TlsConfig:
         """The server's TLS files (all None: plaintext)."""
         return TlsConfig(cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca)
+
+    @property
+    def state_in_store(self) -> bool:
+        """Whether ``--state-dir`` is a store URL (segments, leader record, standbys)."""
+        return self.state_dir is not None and self.state_dir.startswith(("s3://", "file://"))
+
+    @property
+    def leader_ttl(self) -> int:
+        """How long a leader record may go unrenewed (ms) before a standby takes over."""
+        return self.lease_ttl_ms if self.leader_ttl_ms is None else self.leader_ttl_ms
 
     @property
     def freeze_size(self) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from mx8_agent.serve.shm_ring import ShmSlot
 from mx8_agent.serve.trainer_hub import ReadyBatch
 from mx8_common.rpc.proto import agent_pb2 as pb
 
@@ -38,8 +39,14 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def encode_batch(seq: int, batch: ReadyBatch, locations: list[str] | None = None) -> bytes:
-    """The serialized ``AgentMessage`` carrying ``batch`` as ``batch_seq`` ``seq``."""
+def encode_batch(
+    seq: int,
+    batch: ReadyBatch,
+    locations: list[str] | None = None,
+    shared: ShmSlot | None = None,
+) -> bytes:
+    """The serialized ``AgentMessage`` carrying ``batch`` as ``batch_seq`` ``seq``
+    (its bytes in the message, or only where ``shared`` put them)."""
     head = pb.Batch(
         batch_seq=seq,
         epoch=batch.epoch,
@@ -48,10 +55,16 @@ def encode_batch(seq: int, batch: ReadyBatch, locations: list[str] | None = None
         offsets=batch.offsets.tolist(),
         labels=[] if batch.labels is None else batch.labels.tolist(),
         locations=locations or [],
-    ).SerializeToString()
+    )
+    if shared is not None:
+        head.shared.segment = shared.segment
+        head.shared.offset = shared.offset
+        head.shared.length = shared.length
+        return pb.AgentMessage(batch=head).SerializeToString()
+    head_bytes = head.SerializeToString()
     payload_key = _BATCH_PAYLOAD + _varint(batch.nbytes)
-    body = len(head) + len(payload_key) + batch.nbytes
-    return b"".join([_AGENT_MESSAGE_BATCH, _varint(body), head, payload_key, *batch.parts])
+    body = len(head_bytes) + len(payload_key) + batch.nbytes
+    return b"".join([_AGENT_MESSAGE_BATCH, _varint(body), head_bytes, payload_key, *batch.parts])
 
 
 def _identity(data: bytes) -> bytes:

@@ -5,7 +5,9 @@ its world (the trainer gets a ``WorldWaiting`` message at once and then every fe
 seconds, or when who is missing changes, until the world is complete), then receives
 its batches in order from the step it presented, each tagged with its epoch and step,
 and ``end_of_job`` after the job's last one. Acknowledgements free the agent's budget
-and move the rank's reported progress.
+and move the rank's reported progress. With a ``ShmRing`` (the trainer shares the
+agent's ``/dev/shm``) each batch's bytes go into the ring and the message only says
+where; acknowledgements free the ring too, and the ring is closed when the stream ends.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mx8_agent.serve.batch_wire import END_OF_JOB, encode_batch
+from mx8_agent.serve.shm_ring import ShmRing
 from mx8_agent.serve.trainer_hub import ReadyBatch
 from mx8_common.obs.events import emit
 from mx8_common.rpc.proto import agent_pb2 as pb
@@ -78,7 +81,7 @@ class RankBackend(Protocol):
 
     def join(self, spec: RankSpec) -> AsyncIterator[WorldWait | WorldReady]: ...
 
-    def open(self, spec: RankSpec, world_id: str) -> Any: ...
+    def open(self, spec: RankSpec, world_id: str, ring: ShmRing | None = None) -> Any: ...
 
     def close(self, stream: Any) -> None: ...
 
@@ -126,6 +129,7 @@ async def serve_rank_stream(
     job_id: str,
     requests: AsyncIterator[pb.TrainerMessage],
     locate: Callable[[np.ndarray], list[str]] | None,
+    ring: ShmRing | None = None,
 ) -> AsyncIterator[bytes]:
     """The encoded ``AgentMessage``s of one rank-exact stream (join, then batches).
 
@@ -150,7 +154,7 @@ async def serve_rank_stream(
         if key != last or now - told >= _WAIT_REPEAT_S:
             last, told = key, now
             yield _waiting(job_id, state)
-    stream = server.open(spec, world_id)
+    stream = server.open(spec, world_id, ring)
     emit(
         _COMPONENT,
         "trainer_connected",
@@ -160,8 +164,9 @@ async def serve_rank_stream(
         world_id=world_id,
         epoch=spec.epoch,
         step=spec.step,
+        shared_memory=ring is not None,
     )
-    acks = asyncio.create_task(_read_acks(server, stream, requests))
+    acks = asyncio.create_task(_read_acks(server, stream, requests, ring))
     try:
         while True:
             item = await server.next_batch(stream)
@@ -173,12 +178,19 @@ async def serve_rank_stream(
                 return
             seq, batch = item
             where = locate(batch.sample_ids) if locate is not None else None
-            yield encode_batch(seq, batch, where)
+            shared = batch.shared
+            if shared is not None and ring is not None:
+                ring.sent(shared, seq)  # read straight into the ring
+            elif ring is not None:
+                shared = ring.put(seq, batch.parts, batch.nbytes)
+            yield encode_batch(seq, batch, where, shared)
     finally:
         acks.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await acks
         server.close(stream)
+        if ring is not None:
+            ring.close()
         emit(
             _COMPONENT,
             "trainer_disconnected",
@@ -192,8 +204,13 @@ async def serve_rank_stream(
 
 
 async def _read_acks(
-    server: RankBackend, stream: Any, requests: AsyncIterator[pb.TrainerMessage]
+    server: RankBackend,
+    stream: Any,
+    requests: AsyncIterator[pb.TrainerMessage],
+    ring: ShmRing | None,
 ) -> None:
     async for message in requests:
         if message.HasField("ack"):
             server.ack(stream, message.ack.batch_seq)
+            if ring is not None:
+                ring.release_through(message.ack.batch_seq)

@@ -7,7 +7,9 @@ agent's ``ErrorBoundary`` interceptor turns an ``Mx8Error`` (a bad open, a stora
 failure, a refused resume, a manifest that failed closed) into a typed status that the
 trainer client rebuilds as the same class. ``Batch.locations`` is filled only for a
 stream opened with ``want_locations``, from the ``locate`` callback. A stream opened with
-a rank contract is rank-exact mode's and is served by ``rank_stream``.
+a rank contract is rank-exact mode's and is served by ``rank_stream``; when it also
+carries a ``ShmProbe`` that this agent reads back from its ``shared_memory`` directory,
+its batches go through a ``ShmRing`` there (``mx8_common.shm``).
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mx8_agent.serve.batch_wire import END_OF_JOB, encode_batch
 from mx8_agent.serve.rank_stream import RankBackend, rank_spec, serve_rank_stream
+from mx8_agent.serve.shm_ring import ShmRing
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub, TrainerSession
+from mx8_common import shm
 from mx8_common.errors import RequestError
 from mx8_common.obs.events import emit
 from mx8_common.rpc.proto import agent_pb2 as pb
@@ -87,11 +92,45 @@ class AgentServicer(pb_grpc.AgentServicer):
         job_info: Callable[[], JobInfo],
         locate: Locate | None = None,
         ranks: Callable[[], Awaitable[RankBackend]] | None = None,
+        shared_memory: Path | None = shm.SHM_DIR,
+        shared_max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._hub = hub
         self._job_info = job_info
         self._locate = locate
         self._ranks = ranks
+        self._shm_dir = shared_memory
+        self._shm_max = shared_max_bytes
+        self._rings: set[ShmRing] = set()
+        #: Batches handed over through shared memory by rings already closed.
+        self._shared_closed = 0
+
+    @property
+    def batches_shared(self) -> int:
+        """Batches whose bytes went to a trainer through shared memory."""
+        return self._shared_closed + sum(r.batches for r in self._rings)
+
+    @property
+    def shared_streams(self) -> int:
+        """Open streams that hand batches over through shared memory."""
+        return len(self._rings)
+
+    def _ring(self, op: pb.OpenStream, window: int) -> ShmRing | None:
+        """A ring for this stream when the trainer's probe shows it shares our /dev/shm."""
+        if self._shm_dir is None or not op.HasField("shm_probe"):
+            return None
+        probe = op.shm_probe
+        if not shm.check_probe(probe.name, probe.token, self._shm_dir):
+            return None
+        ring = ShmRing(window=window, max_bytes=self._shm_max, directory=self._shm_dir)
+        self._rings.add(ring)
+        return ring
+
+    def _drop_ring(self, ring: ShmRing | None) -> None:
+        if ring is not None and ring in self._rings:
+            ring.close()
+            self._rings.discard(ring)
+            self._shared_closed += ring.batches
 
     def _check_job(self, job_id: str) -> None:
         ours = self._job_info().job_id
@@ -143,11 +182,20 @@ class AgentServicer(pb_grpc.AgentServicer):
             spec = rank_spec(op, trainer_id, op.window or _DEFAULT_WINDOW)
             locate = self._locate if op.want_locations else None
             job_id = self._job_info().job_id
-            stream = serve_rank_stream(
-                self._rank_backend, spec, job_id=job_id, requests=request_iterator, locate=locate
-            )
-            async for message in stream:
-                yield message
+            ring = self._ring(op, spec.window)
+            try:
+                stream = serve_rank_stream(
+                    self._rank_backend,
+                    spec,
+                    job_id=job_id,
+                    requests=request_iterator,
+                    locate=locate,
+                    ring=ring,
+                )
+                async for message in stream:
+                    yield message
+            finally:
+                self._drop_ring(ring)
             return
         if self._job_info().mode == RANK_EXACT:
             raise RequestError(

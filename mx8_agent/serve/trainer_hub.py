@@ -32,6 +32,7 @@ import asyncio
 import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -60,10 +61,13 @@ class ReadyBatch:
     owner_seq: int = 0
     #: Rank-exact mode: the step of ``epoch`` this batch is.
     step: int = 0
+    #: Rank-exact mode: the bytes are already in this stream's shared memory (a
+    #: ``ShmSlot``; ``parts`` is empty).
+    shared: Any = None
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.nbytes = sum(map(len, self.parts))
+        self.nbytes = self.shared.length if self.shared is not None else sum(map(len, self.parts))
 
     def __len__(self) -> int:
         return len(self.sample_ids)

@@ -53,6 +53,7 @@ from mx8_agent.work.lease_fence import LeaseFence
 from mx8_common.errors import (
     CoordinatorError,
     JobNotReadyError,
+    LeaseLogError,
     LeaseNotFoundError,
     LeaseStateError,
     Mx8Error,
@@ -72,9 +73,11 @@ __all__ = ["LeaseClient", "LeaseRunner", "RunnerStats"]
 _COMPONENT = "agent"
 #: Status codes of a coordinator that did not answer (no typed refusal): try again later.
 _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
-#: RequestLease refusals to wait out: the world is not frozen yet, or a restarted
-#: coordinator does not know this node until the heartbeat registers it again.
-_WAIT_ERRORS = (JobNotReadyError, NodeNotRegisteredError)
+#: RequestLease refusals to wait out: the world is not frozen yet, a restarted
+#: coordinator does not know this node until the heartbeat registers it again, or the
+#: coordinator's lease log cannot take records now (its store is away, or it is being
+#: replaced by a standby).
+_WAIT_ERRORS = (JobNotReadyError, NodeNotRegisteredError, LeaseLogError)
 #: ReportProgress refusals meaning the lease is gone (expired, unknown, completed or held
 #: elsewhere, a coordinator that forgot this node, or another agent registered this node
 #: id after this one went silent): drop it, keep the others.
@@ -418,8 +421,8 @@ class LeaseRunner:
             except _LOST_LEASE_ERRORS as exc:
                 self._drop(lease_id, exc)
                 continue
-            except CoordinatorError as exc:
-                if exc.code not in _TRANSIENT_CODES:
+            except (CoordinatorError, LeaseLogError) as exc:
+                if isinstance(exc, CoordinatorError) and exc.code not in _TRANSIENT_CODES:
                     raise
                 self.fence.link_failed()
                 self._retry_log.emit(

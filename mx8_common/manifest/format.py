@@ -12,10 +12,12 @@ so one dataset content has one hash.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -37,6 +39,35 @@ SCHEMA_HEADER = b"schema_version=0\n"
 
 _FORBIDDEN = ("\t", "\r", "\n")
 _FLUSH_BYTES = 1 << 16
+#: Written bytes handed to the disk in the background at a time (``_start_writeback``).
+_WRITEBACK_BYTES = 1 << 20
+
+
+def _writeback_starter() -> Callable[[int, int, int], object] | None:
+    """Linux ``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)``, else None.
+
+    It starts writing a range to disk without waiting for it: a manifest handed over
+    while it is written leaves ``finish()``'s fsync only the tail to wait for, instead of
+    every byte at once (10 MB for 100k files: tens of ms on a cloud disk, on the
+    first-batch path). A hint only; the fsync stays the guarantee.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    write = 2  # SYNC_FILE_RANGE_WRITE
+
+    def start(fd: int, offset: int, nbytes: int) -> object:
+        return fn(fd, offset, nbytes, write)
+
+    return start
+
+
+_start_writeback = _writeback_starter()
 
 
 class ManifestRecord(NamedTuple):
@@ -164,6 +195,8 @@ class ManifestWriter:
         self._buf: list[bytes] = []
         self._buf_len = 0
         self._bytes = 0
+        #: Bytes already handed to the disk by ``_start_writeback``.
+        self._written_back = 0
         self._count = 0
         self._finished = False
         self._append(SCHEMA_HEADER)
@@ -187,6 +220,10 @@ class ManifestWriter:
         self._bytes += len(chunk)
         self._buf.clear()
         self._buf_len = 0
+        if _start_writeback is not None and self._bytes - self._written_back >= _WRITEBACK_BYTES:
+            self._file.flush()
+            _start_writeback(self._file.fileno(), self._written_back, 0)
+            self._written_back = self._bytes
 
     def write(
         self,

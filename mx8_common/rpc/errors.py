@@ -32,6 +32,7 @@ from mx8_common.errors import (
     ContractError,
     CoordinatorStateLostError,
     JobStateError,
+    LeaseLogError,
     LeaseNotFoundError,
     LeaseRangeError,
     LeaseStateError,
@@ -78,6 +79,9 @@ STATUS_CODES: tuple[tuple[type[Mx8Error], grpc.StatusCode], ...] = (
     (ManifestChangedError, grpc.StatusCode.FAILED_PRECONDITION),
     (CoordinatorStateLostError, grpc.StatusCode.FAILED_PRECONDITION),
     (ManifestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # The log cannot take the record now (store unreachable, leader deposed): retry,
+    # maybe at another coordinator behind the same address.
+    (LeaseLogError, grpc.StatusCode.UNAVAILABLE),
 )
 
 #: Every mx8 error class by its event name (what ``ErrorInfo.reason`` carries).

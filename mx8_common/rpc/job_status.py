@@ -133,6 +133,9 @@ class JobStatus:
     mode: str = ""
     #: Rank-exact mode: the trainer ranks of the world reported last.
     ranks: tuple[RankStatus, ...] = ()
+    #: Lease log in a store: the leading coordinator (holder at address) and its term.
+    leader: str = ""
+    leader_term: int = 0
 
     @classmethod
     def before_job(cls, job_id: str, dataset_link: str) -> JobStatus:
@@ -242,4 +245,6 @@ class JobStatus:
             "counters": asdict(self.counters),
             "mode": self.mode,
             "ranks": [asdict(r) for r in self.ranks],
+            "leader": self.leader,
+            "leader_term": self.leader_term,
         }

@@ -32,6 +32,8 @@ def job_status_to_proto(s: JobStatus) -> pb.JobSnapshot:
     """The ``GetJobSnapshot`` reply of ``s`` (a node without a rank yet is sent as rank 0)."""
     c = s.counters
     return pb.JobSnapshot(
+        leader=s.leader,
+        leader_term=s.leader_term,
         job_id=s.job_id,
         dataset_link=s.dataset_link,
         manifest_hash=s.manifest_hash,
@@ -102,6 +104,8 @@ def job_status_from_proto(snap: pb.JobSnapshot) -> JobStatus:
     """
     c = snap.counters
     return JobStatus(
+        leader=snap.leader,
+        leader_term=snap.leader_term,
         job_id=snap.job_id,
         dataset_link=snap.dataset_link,
         manifest_hash=snap.manifest_hash,

@@ -310,6 +310,27 @@ class ManifestStore(abc.ABC):
         await self._replace_small(f"intent/{key}/current", record.to_bytes())
         return record
 
+    # -- small objects of other writers (the coordinator's lease log in a store) ---------
+    async def create_object(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` with ``data`` if absent (conditional create); False if it exists."""
+        return await self._put_small(rel, data)
+
+    async def read_object(self, rel: str) -> bytes | None:
+        """The bytes of ``rel``, or None if absent."""
+        return await self._get_small(rel)
+
+    async def replace_object(self, rel: str, data: bytes) -> None:
+        """Atomically replace (or create) ``rel``."""
+        await self._replace_small(rel, data)
+
+    @abc.abstractmethod
+    async def list_objects(self, folder: str) -> list[str]:
+        """Names of the objects directly in ``folder`` (a rel path), sorted."""
+
+    def object_location(self, rel: str) -> str:
+        """Where ``rel`` lives, for people and logs."""
+        return f"{self.root}/{rel}"
+
     # -- lock primitives (used by snapshot_lock) -------------------------------------------
     @abc.abstractmethod
     async def lock_create(self, key: str, body: bytes) -> str | None:

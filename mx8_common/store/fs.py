@@ -245,6 +245,17 @@ class FsManifestStore(ManifestStore):
     async def _replace_small(self, rel: str, data: bytes) -> None:
         await self._run(self._replace_small_sync, rel, data)
 
+    def _list_sync(self, folder: str) -> list[str]:
+        try:
+            entries = list(os.scandir(self._path(folder)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        # Dot files are temp copies; folders are not objects (S3 lists them apart too).
+        return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
+
+    async def list_objects(self, folder: str) -> list[str]:
+        return await self._run(self._list_sync, folder)
+
     # -- locks -----------------------------------------------------------------------------
     def _lock(self, key: str) -> str:
         return f"locks/{key}.lock"

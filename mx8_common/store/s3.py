@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import botocore.exceptions
 
 from mx8_common.errors import (
@@ -117,6 +118,9 @@ class S3ManifestStore(ManifestStore):
             code = _code(exc)
             if code in tolerate:
                 return None, code
+            raise translate_s3_error(exc, self._url(rel)) from None
+        except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            # Unreachable endpoint, reset, timeout: one typed, retryable error.
             raise translate_s3_error(exc, self._url(rel)) from None
         except Exception as exc:
             raise translate_s3_error(exc, self._url(rel)) from None
@@ -373,6 +377,20 @@ class S3ManifestStore(ManifestStore):
         await self._call(
             rel, lambda c: c.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
         )
+
+    async def list_objects(self, folder: str) -> list[str]:
+        prefix = self._key(folder.rstrip("/") + "/")
+
+        async def list_all(c: Any) -> list[str]:
+            names: list[str] = []
+            async for page in c.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            ):
+                names += [o["Key"][len(prefix) :] for o in page.get("Contents", ())]
+            return names
+
+        names, _ = await self._call(folder, list_all)
+        return sorted(names or ())
 
     # -- locks -----------------------------------------------------------------------------
     def _lock(self, key: str) -> str:

@@ -1,2 +1,3 @@
-"""The job's state, free of transport: node registry, lease scheduler, durable lease log and
-the Job that ties them together."""
+"""The job's state, free of transport: node registry, lease scheduler, durable lease log (a
+local file, or segments in a store with leader terms: ``store_log``, ``leader``) and the
+Job that ties them together."""

@@ -40,6 +40,7 @@ from mx8_coordinator.state.lease_records import (
 from mx8_coordinator.state.lease_scheduler import Expiry, Grant, Lease, LeaseScheduler, Progress
 from mx8_coordinator.state.node_registry import NodeRegistry, Registration, monotonic_ms
 from mx8_coordinator.state.ranks import RankJoin, RankReport, WorldAnswer, WorldRegistry
+from mx8_coordinator.state.store_log import StoreLeaseLog
 from mx8_coordinator.state.throughput import RateSample, ThroughputTracker
 from mx8_coordinator.state.world_file import WorldFile
 
@@ -96,14 +97,18 @@ class Job:
         self,
         spec: JobSpec,
         *,
-        log: LeaseLog | None = None,
+        log: LeaseLog | StoreLeaseLog | None = None,
         world_file: WorldFile | None = None,
         incarnation: str = "",
         clock: Callable[[], int] = monotonic_ms,
         stall_ms: int | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self._log = log
+        #: Raises while the log may not be written (a store log whose term lapsed): called
+        #: before anything that logs changes state, so memory never runs ahead of the log.
+        self._gate = gate
         #: Rank-exact mode's worlds in the state dir (apart from the lease log).
         self._world_file = world_file
         self._worlds_saved = 0
@@ -199,6 +204,10 @@ class Job:
         """Read-only calls may omit the job id; a wrong one is still refused."""
         if job_id:
             self._check_ids(job_id, None)
+
+    def _check_gate(self) -> None:
+        if self._gate is not None:
+            self._gate()
 
     async def _append(self, records: Sequence[LeaseRecord]) -> None:
         if self._log is not None and records:
@@ -319,6 +328,7 @@ class Job:
     ) -> Registration:
         self._wake()
         self._check_ids(job_id, node_id)
+        self._check_gate()
         if ranks and self.rank_exact:
             # The agent's trainer ranks, checked before the node is taken: a coordinator
             # that lost its state rebuilds their worlds from these.
@@ -377,6 +387,7 @@ class Job:
                 node_id=node_id,
             )
         rank = self.registry.require_rank(node_id)
+        self._check_gate()
         self.registry.heartbeat(node_id)
         self.registry.note_request(node_id)
         records = self._collect_expiries()
@@ -445,6 +456,7 @@ class Job:
             raise RequestError(
                 "lease_id is empty; report on a lease RequestLease returned", field="lease_id"
             )
+        self._check_gate()
         self.registry.heartbeat(node_id)
         progress = self.scheduler.report(node_id, lease_id, cursor)
         advanced = progress.committed_to - progress.committed_from
@@ -507,6 +519,11 @@ class Job:
         """Depart silent nodes and expire overdue leases (the server calls this often)."""
         self._wake()
         self._sample_rates()
+        if self._gate is not None:
+            try:
+                self._gate()
+            except LeaseLogError:
+                return  # expiries wait until the log can record them
         await self._append(self._collect_expiries())
 
     def _rate_sample(self) -> RateSample:

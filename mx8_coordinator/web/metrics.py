@@ -23,7 +23,14 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -87,6 +94,32 @@ class CoordinatorMetrics:
             ["method"],
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+        # The lease log in a store (``--state-dir s3://...``): leadership and segments.
+        self.leader_term = Gauge(
+            "mx8_coordinator_leader_term",
+            "term this coordinator leads (0: standby, or the log is not in a store)",
+            registry=self.registry,
+        )
+        self.term_changes = Counter(
+            "mx8_coordinator_term_changes",
+            "terms this coordinator took (its first start of the job, or a takeover)",
+            registry=self.registry,
+        )
+        self.takeover_seconds = Gauge(
+            "mx8_coordinator_takeover_seconds",
+            "last term taken: from creating the term to serving (replay, first segment)",
+            registry=self.registry,
+        )
+        self.leader_suspended = Gauge(
+            "mx8_coordinator_leader_suspended",
+            "1 while the leader cannot renew its record in time and hands out no lease",
+            registry=self.registry,
+        )
+        self.segments_written = Counter(
+            "mx8_coordinator_log_segments_written",
+            "lease log segments written to the store",
+            registry=self.registry,
         )
 
     def http_handler(self, *, auth_token: str | None = None) -> type[BaseHTTPRequestHandler]:

@@ -50,6 +50,8 @@ def _summary(s: dict[str, Any], state_text: str) -> list[str]:
         ("epochs", s["epochs"]),
         ("throughput", _throughput_text(s)),
     ]
+    if s.get("leader_term"):
+        rows += [("leader", s["leader"]), ("leader term", s["leader_term"])]
     rows += [(k.replace("_", " "), f"{v:,}") for k, v in s["counters"].items()]
     out = ['<table id="summary">']
     for key, value in rows:

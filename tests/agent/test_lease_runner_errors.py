@@ -19,6 +19,7 @@ from mx8_common.errors import (
     CoordinatorError,
     JobNotReadyError,
     JobStateError,
+    LeaseLogError,
     LeaseNotFoundError,
     LeaseRangeError,
     LeaseStateError,
@@ -144,11 +145,17 @@ async def test_lease_runner_stops_on_other_refusals_without_dropping(
     assert not logs.named("lease_lost")
 
 
+@pytest.mark.parametrize(
+    "unreachable",
+    [
+        CoordinatorError("coordinator unreachable", address="x", code="UNAVAILABLE"),
+        LeaseLogError("could not renew its leader record in time; hands out no lease"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 async def test_lease_runner_keeps_leases_when_the_coordinator_is_unreachable(
-    make_runner: Any,
-    logs: Events,
+    make_runner: Any, logs: Events, unreachable: Mx8Error
 ) -> None:
-    unreachable = CoordinatorError("coordinator unreachable", address="x", code="UNAVAILABLE")
     runner = make_runner(ScriptedCoordinator(report_errors={"L1": unreachable}))
     hold_two_leases(runner)
     await runner.report_now()  # returns: the next interval tries again
@@ -162,6 +169,7 @@ async def test_lease_runner_keeps_leases_when_the_coordinator_is_unreachable(
     [
         JobNotReadyError("job is not ready: 1 of 2 nodes registered", node_id="a"),
         NodeNotRegisteredError("node 'a' is not registered", node_id="a"),
+        LeaseLogError("could not renew its leader record in time; hands out no lease"),
         CoordinatorError("coordinator unreachable", address="x", code="UNAVAILABLE"),
         CoordinatorError("no answer in time", address="x", code="DEADLINE_EXCEEDED"),
     ],

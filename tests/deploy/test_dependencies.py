@@ -25,7 +25,13 @@ TOOLS = ("scripts", "benchmarks", "tests")
 #: Import names that are this repository's own code.
 FIRST_PARTY = {*PACKAGES, "benchmarks", "scripts", "support", "conftest"}
 #: Baselines that are no extra (their pins clash with ours): import name -> distribution.
-BENCH_SCRIPT = {"s3torchconnector": "s3torchconnector", "streaming": "mosaicml-streaming"}
+# Import name -> what install_bench.sh installs for it (the CRT client comes with
+# s3torchconnector).
+BENCH_SCRIPT = {
+    "s3torchconnector": "s3torchconnector",
+    "s3torchconnectorclient": "s3torchconnector",
+    "streaming": "mosaicml-streaming",
+}
 
 
 def _canonical(name: str) -> str:

@@ -221,10 +221,13 @@ def test_deploy_k8s_containers_parse_with_their_environment() -> None:
         if kind == "Deployment":
             grpc_port = int(config.listen.rpartition(":")[2])
             assert ports["grpc"] == grpc_port
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert c[probe]["grpc"]["port"] == grpc_port, probe
+            # Ready (in the Service) only while it leads; alive while it waits as a standby.
+            assert c["readinessProbe"]["grpc"]["port"] == grpc_port
+            for probe in ("startupProbe", "livenessProbe"):
+                assert c[probe]["tcpSocket"]["port"] == grpc_port, probe
             assert ports["metrics"] == int(config.metrics.rpartition(":")[2])
-            assert config.auth_token and config.state_dir
+            assert config.auth_token and config.state_in_store and config.standby
+            assert "volumeMounts" not in c  # the state is in the store, not on a volume
         else:
             socket_dir = str(Path(config.listen.removeprefix("unix://")).parent)
             mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,7 +63,10 @@ class Job:
     trainers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def url_of(self, rank: int, per_host: int = 2) -> str:
-        return self.urls["host-a" if rank < per_host else "host-b"]
+        return self.urls[self.host_of(rank, per_host)]
+
+    def host_of(self, rank: int, per_host: int = 2) -> str:
+        return "host-a" if rank < per_host else "host-b"
 
 
 def _upload(client: Any, bucket: str) -> str:
@@ -94,9 +98,12 @@ def job(
     agents, urls, args = {}, {}, {}
     for host in ("host-a", "host-b"):
         urls[host] = f"unix://{sock_dir}/{host}.sock"
+        # Each simulated host its own shared memory (the trainers set the same).
+        (tmp_path / f"shm-{host}").mkdir()
         args[host] = [
             "--coordinator", f"127.0.0.1:{port}", "--node-id", host, "--listen", urls[host],
             "--progress-interval-ms", "100", "--max-inflight-bytes", "4KiB",
+            "--shm-dir", str(tmp_path / f"shm-{host}"),
         ]  # fmt: skip
         agents[host] = DaemonProcess("mx8_agent", args[host], tmp_path / f"{host}.log")
         daemons.append(agents[host])
@@ -137,6 +144,7 @@ def _trainer(job: Job, rank: int, world: int, cfg: dict[str, Any], tag: str) -> 
         "WORLD_SIZE": str(world),
         "LOCAL_RANK": str(rank % 2),
         "MX8_AGENT_URL": job.url_of(rank, per_host=max(1, world // 2)),
+        "MX8_SHM_DIR": str(job.tmp / f"shm-{job.host_of(rank, per_host=max(1, world // 2))}"),
     }
     return _spawn(job, [sys.executable, str(TRAINER), json.dumps(cfg)], env, f"{tag}-{rank}")
 
@@ -277,11 +285,18 @@ async def test_rank_exact_agent_kill9_and_restart_while_trainers_live(job: Job) 
             assert await _wait(proc, 120, job.tmp / f"t-{r}.log") == 0
         for rank in range(4):
             records = _records(job, rank)
+            assert all(r["ok"] for r in records)  # byte for byte, shared memory or not
             for epoch in range(EPOCHS):
                 expected = await asyncio.to_thread(_embedded, job.link, rank, 4, epoch)
                 assert [r["ids"] for r in records if r["epoch"] == epoch] == expected
         assert "lost mx8d-agent" in (job.tmp / "t-0.log").read_text()
         assert await restarted.wait_exit(timeout_s=30) == 0
+        # Batches went through shared memory before and after the restart, and neither
+        # agent (one killed -9) left a segment or a probe behind.
+        for log in ("host-a.log", "host-a-2.log"):
+            text = (job.tmp / log).read_text()
+            assert re.search(r'"shared_memory": ?true|shared_memory=True', text), log
+        assert os.listdir(job.tmp / "shm-host-a") == []
     finally:
         restarted.stop()
 

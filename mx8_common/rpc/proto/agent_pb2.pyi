@@ -72,7 +72,7 @@ class StreamStart(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., offset: _Optional[int] = ..., base_step: _Optional[int] = ..., consumed: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class OpenStream(_message.Message):
-    __slots__ = ("job_id", "local_rank", "batch_size", "trainer_id", "window", "want_locations", "resume_after_seq", "contract", "start")
+    __slots__ = ("job_id", "local_rank", "batch_size", "trainer_id", "window", "want_locations", "resume_after_seq", "contract", "start", "shm_probe")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class OpenStream(_message.Message):
     RESUME_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
+    SHM_PROBE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     local_rank: int
     batch_size: int
@@ -91,7 +92,26 @@ class OpenStream(_message.Message):
     resume_after_seq: int
     contract: RankContract
     start: StreamStart
-    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., trainer_id: _Optional[str] = ..., window: _Optional[int] = ..., want_locations: _Optional[bool] = ..., resume_after_seq: _Optional[int] = ..., contract: _Optional[_Union[RankContract, _Mapping]] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ...) -> None: ...
+    shm_probe: ShmProbe
+    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., trainer_id: _Optional[str] = ..., window: _Optional[int] = ..., want_locations: _Optional[bool] = ..., resume_after_seq: _Optional[int] = ..., contract: _Optional[_Union[RankContract, _Mapping]] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ..., shm_probe: _Optional[_Union[ShmProbe, _Mapping]] = ...) -> None: ...
+
+class ShmProbe(_message.Message):
+    __slots__ = ("name", "token")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    token: bytes
+    def __init__(self, name: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+
+class SharedBytes(_message.Message):
+    __slots__ = ("segment", "offset", "length")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    offset: int
+    length: int
+    def __init__(self, segment: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("batch_seq",)
@@ -108,7 +128,7 @@ class TrainerMessage(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenStream, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("batch_seq", "epoch", "sample_ids", "payload", "offsets", "labels", "locations", "step")
+    __slots__ = ("batch_seq", "epoch", "sample_ids", "payload", "offsets", "labels", "locations", "step", "shared")
     BATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +137,7 @@ class Batch(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LOCATIONS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     batch_seq: int
     epoch: int
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -125,7 +146,8 @@ class Batch(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[int]
     locations: _containers.RepeatedScalarFieldContainer[str]
     step: int
-    def __init__(self, batch_seq: _Optional[int] = ..., epoch: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., locations: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ...) -> None: ...
+    shared: SharedBytes
+    def __init__(self, batch_seq: _Optional[int] = ..., epoch: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., locations: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., shared: _Optional[_Union[SharedBytes, _Mapping]] = ...) -> None: ...
 
 class WorldWaiting(_message.Message):
     __slots__ = ("job_id", "world_size", "registered_ranks", "missing_ranks")

@@ -374,7 +374,7 @@ class Counters(_message.Message):
     def __init__(self, leases_issued: _Optional[int] = ..., leases_expired: _Optional[int] = ..., leases_requeued: _Optional[int] = ..., leases_completed: _Optional[int] = ..., samples_committed: _Optional[int] = ...) -> None: ...
 
 class JobSnapshot(_message.Message):
-    __slots__ = ("job_id", "dataset_link", "manifest_hash", "total_samples", "world_size", "epochs", "job_ready", "job_drained", "nodes", "live_leases", "progress", "counters", "started_unix_ms", "samples_per_second", "mode", "ranks", "rate_basis", "rate_window_ms", "throughput_history")
+    __slots__ = ("job_id", "dataset_link", "manifest_hash", "total_samples", "world_size", "epochs", "job_ready", "job_drained", "nodes", "live_leases", "progress", "counters", "started_unix_ms", "samples_per_second", "mode", "ranks", "rate_basis", "rate_window_ms", "throughput_history", "leader", "leader_term")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_LINK_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +394,8 @@ class JobSnapshot(_message.Message):
     RATE_BASIS_FIELD_NUMBER: _ClassVar[int]
     RATE_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset_link: str
     manifest_hash: str
@@ -413,4 +415,6 @@ class JobSnapshot(_message.Message):
     rate_basis: str
     rate_window_ms: int
     throughput_history: _containers.RepeatedCompositeFieldContainer[ThroughputPoint]
-    def __init__(self, job_id: _Optional[str] = ..., dataset_link: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., live_leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., rate_basis: _Optional[str] = ..., rate_window_ms: _Optional[int] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ...) -> None: ...
+    leader: str
+    leader_term: int
+    def __init__(self, job_id: _Optional[str] = ..., dataset_link: _Optional[str] = ..., manifest_hash: _Optional[str] = ..., total_samples: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., job_ready: _Optional[bool] = ..., job_drained: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., live_leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., samples_per_second: _Optional[float] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., rate_basis: _Optional[str] = ..., rate_window_ms: _Optional[int] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ..., leader: _Optional[str] = ..., leader_term: _Optional[int] = ...) -> None: ...
