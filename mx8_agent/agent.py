@@ -233,6 +233,7 @@ class Agent(Daemon):
             "batches_shared": self._servicer.batches_shared,
             "shared_memory_trainers": self._servicer.shared_streams,
             "leases_started": rs.leases_started if rs is not None else 0,
+            "progress_reports": rs.progress_reports if rs is not None else 0,
             "inflight_bytes": self.inflight_bytes,
             "peak_inflight_bytes": rs.peak_inflight_bytes
             if rs is not None
@@ -370,6 +371,8 @@ class Agent(Daemon):
             stall_s=max(0.2, reg.heartbeat_interval_ms / 1000),
             retry_wait_s=max(0.05, reg.heartbeat_interval_ms / 1000),
             no_trainer_grace_s=self.config.no_trainer_grace_ms / 1000,
+            max_unreported_batches=self.config.max_unreported_batches,
+            min_report_gap_s=self.config.progress_min_gap_ms / 1000,
         )
         try:
             await self.runner.run()
@@ -432,7 +435,13 @@ class Agent(Daemon):
         s = self.stats()
         return {
             k: s[k]
-            for k in ("samples_acked", "bytes_fetched", "leases_started", "peak_inflight_bytes")
+            for k in (
+                "samples_acked",
+                "bytes_fetched",
+                "leases_started",
+                "peak_inflight_bytes",
+                "progress_reports",
+            )
         }
 
     async def _register(self) -> cpb.RegisterNodeResponse:

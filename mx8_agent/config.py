@@ -124,7 +124,20 @@ class AgentConfig:
     progress_interval_ms: int = setting(
         500,
         env="MX8_PROGRESS_INTERVAL_MS",
-        help="how often acknowledged progress is reported (also keeps leases alive)",
+        help="how often every held lease is reported, moved or not (keeps leases alive); "
+        "acknowledgements themselves are reported as they arrive",
+    )
+    progress_min_gap_ms: int = setting(
+        10,
+        env="MX8_PROGRESS_MIN_GAP_MS",
+        help="dynamic mode: least time between two eager progress reports (acknowledgements "
+        "arriving meanwhile go in one report); bounds the reports per second",
+    )
+    max_unreported_batches: int = setting(
+        64,
+        env="MX8_AGENT_MAX_UNREPORTED_BATCHES",
+        help="dynamic mode: most batches handed to trainers and not yet committed by the "
+        "coordinator (all leases together); further ones wait (bounds repeats after a fault)",
     )
     leases_ahead: int = setting(
         2, env="MX8_AGENT_LEASES_AHEAD", help="most leases held at once (fetching + delivering)"
@@ -206,6 +219,7 @@ class AgentConfig:
             "--progress-interval-ms": self.progress_interval_ms,
             "--leases-ahead": self.leases_ahead,
             "--no-trainer-grace-ms": self.no_trainer_grace_ms,
+            "--max-unreported-batches": self.max_unreported_batches,
             "--connect-timeout-s": self.connect_timeout_s,
             "--coordinator-lost-timeout-s": self.coordinator_lost_timeout_s,
             "--ingest-attempts": self.ingest_attempts,
@@ -215,6 +229,11 @@ class AgentConfig:
         for flag, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {value}")
+        if not 0 <= self.progress_min_gap_ms <= self.progress_interval_ms:
+            raise ConfigError(
+                f"--progress-min-gap-ms must be in [0, --progress-interval-ms "
+                f"{self.progress_interval_ms}], got {self.progress_min_gap_ms}"
+            )
         self._validate_security()
 
     def _validate_security(self) -> None:

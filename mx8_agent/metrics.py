@@ -28,6 +28,7 @@ COUNTERS = {
     "batches_requeued": "unacknowledged batches re-queued after a trainer left",
     "batches_shared": "batches handed to trainers through shared memory (/dev/shm)",
     "leases_started": "leases this agent started",
+    "progress_reports": "progress reports the coordinator accepted (dynamic mode)",
 }
 
 #: Current values in the stats snapshot: name -> help.

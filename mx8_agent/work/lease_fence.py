@@ -18,6 +18,14 @@ Delivery also stops while the link is in doubt: a renewal that failed, or one th
 been waiting for longer than one heartbeat, suspends every lease until a renewal
 succeeds again, so an agent stops within one heartbeat of losing the coordinator.
 
+And delivery runs at most ``max_ahead`` batches ahead of what the coordinator confirmed:
+every batch handed out is remembered until an accepted report's cursor passes it, and
+while ``max_ahead`` such batches (all leases together) are out, a new one waits (a batch
+handed out before, a departed trainer's, may always go again: it fills the gap that
+holds a cursor back). What a fault can leave delivered but uncommitted is then at most
+``max_ahead`` batches, however fast trainers consume and however long the link takes to
+look dead.
+
 Pure: an injectable clock, no I/O, no asyncio.
 """
 
@@ -45,10 +53,15 @@ class LeaseFence:
         *,
         ttl_s: float,
         stall_s: float,
+        max_ahead: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be > 0")
+        #: Most batches handed out beyond the confirmed cursors (0: no bound).
+        self.max_ahead = max_ahead
+        #: Per lease: first position -> end of each batch handed out, not yet confirmed.
+        self._ahead: dict[str, dict[int, int]] = {}
         self.ttl_s = ttl_s
         self.margin_s = fence_margin_s(ttl_s)
         self._stall_s = stall_s
@@ -68,8 +81,13 @@ class LeaseFence:
         """The coordinator granted ``lease_id`` in answer to a request sent at ``sent_at``."""
         self._deadline[lease_id] = sent_at + self.ttl_s - self.margin_s
 
-    def renewed(self, lease_id: str, sent_at: float) -> None:
-        """A progress report sent at ``sent_at`` was accepted: the lease lives on."""
+    def renewed(self, lease_id: str, sent_at: float, cursor: int | None = None) -> None:
+        """A progress report sent at ``sent_at`` was accepted: the lease lives on, and
+        the coordinator committed every position before ``cursor``."""
+        ahead = self._ahead.get(lease_id)
+        if ahead and cursor is not None:
+            for first in [f for f, end in ahead.items() if end <= cursor]:
+                del ahead[first]
         if lease_id in self._deadline:
             new = sent_at + self.ttl_s - self.margin_s
             self._deadline[lease_id] = max(self._deadline[lease_id], new)
@@ -86,6 +104,24 @@ class LeaseFence:
     def forget(self, lease_id: str) -> None:
         """The lease completed or was taken back."""
         self._deadline.pop(lease_id, None)
+        self._ahead.pop(lease_id, None)
+
+    def may_run_ahead(self, lease_id: str, first_pos: int) -> bool:
+        """May the batch at ``first_pos`` go with ``max_ahead`` batches unconfirmed?"""
+        ahead = self._ahead.get(lease_id)
+        if not self.max_ahead or (ahead is not None and first_pos in ahead):
+            return True
+        return self.unconfirmed() < self.max_ahead
+
+    def delivered(self, lease_id: str, first_pos: int, end: int) -> None:
+        """Positions ``[first_pos, end)`` of ``lease_id`` went to a trainer."""
+        self._ahead.setdefault(lease_id, {})[first_pos] = end
+
+    def unconfirmed(self, lease_id: str | None = None) -> int:
+        """Batches (of ``lease_id``, or of all leases) out and not yet confirmed committed."""
+        if lease_id is not None:
+            return len(self._ahead.get(lease_id, ()))
+        return sum(len(ahead) for ahead in self._ahead.values())
 
     def deadline(self, lease_id: str) -> float | None:
         return self._deadline.get(lease_id)

@@ -8,9 +8,13 @@ Only started after a full, valid manifest ingest. Three tasks share one ``AckTra
 * the **deliverer** turns queued leases into ``FetchRequest``s in the epoch's order
   (``EpochOrder.ids(cursor, end)``), runs them through one ``FetchPipeline`` and cuts the
   results into batches of the trainers' batch size that never cross a lease boundary;
-* the **reporter** sends each held lease's acknowledged cursor every progress interval
-  (which also keeps the lease alive), drops leases the coordinator took back, and frees
-  a slot when a lease completes.
+* the **reporter** sends acknowledged cursors eagerly: when an acknowledgement moves a
+  cursor and no report is in flight it reports at once (at most one report every
+  ``min_report_gap_s``), and acknowledgements that arrive meanwhile go in the next one,
+  so what trainers consumed but the coordinator has not committed is at most one report
+  round-trip of acknowledgements. Every progress interval it reports every held lease
+  (which keeps unmoved leases alive), drops leases the coordinator took back, and frees a
+  slot when a lease completes.
 
 No trainer, no leases: once every trainer of the host has been gone for
 ``no_trainer_grace_s``, the runner reports each held lease's cursor with ``release`` (the
@@ -106,6 +110,7 @@ class RunnerStats:
     leases_completed: int = 0
     leases_dropped: int = 0
     samples_acked: int = 0
+    progress_reports: int = 0
     batches_made: int = 0
     partial_bytes: int = 0
     peak_inflight_bytes: int = 0
@@ -133,6 +138,8 @@ class LeaseRunner:
         stall_s: float,
         retry_wait_s: float = 1.0,
         no_trainer_grace_s: float = 5.0,
+        max_unreported_batches: int = 0,
+        min_report_gap_s: float = 0.0,
     ) -> None:
         self._client = client
         self._job_id = job_id
@@ -145,7 +152,12 @@ class LeaseRunner:
         self._leases_ahead = leases_ahead
         # Several renewals per TTL, whatever --progress-interval-ms says.
         self._interval_s = min(progress_interval_s, lease_ttl_s / 4)
-        self.fence = LeaseFence(ttl_s=lease_ttl_s, stall_s=stall_s)
+        self._min_gap_s = min(min_report_gap_s, self._interval_s)
+        self.fence = LeaseFence(
+            ttl_s=lease_ttl_s, stall_s=stall_s, max_ahead=max_unreported_batches
+        )
+        #: Set when a batch waited for confirmed progress: hand it out after a report.
+        self._held_ahead = False
         #: Leases held back by the fence (one ``lease_fenced`` event each until renewed).
         self._fenced: set[str] = set()
         hub.deliverable = self._deliverable
@@ -183,9 +195,8 @@ class LeaseRunner:
         n = len(batch)
         if self.tracker.ack(batch.lease_id, batch.first_pos, batch.first_pos + n):
             self.stats.samples_acked += n
-            if self.tracker.is_done(batch.lease_id):
-                # Report a finished lease now: it frees a slot for the next one.
-                self._report_soon.set()
+            # Report eagerly: the reporter coalesces acks that come while one is in flight.
+            self._report_soon.set()
 
     async def run(self) -> None:
         """Lease, fetch and report until the coordinator says the job is drained."""
@@ -334,8 +345,13 @@ class LeaseRunner:
             self.stats.peak_inflight_bytes = now
 
     def _deliverable(self, batch: ReadyBatch) -> bool:
-        """Hub check before a batch goes to a trainer: is its lease surely still ours?"""
+        """Hub check before a batch goes to a trainer: is its lease surely still ours,
+        and not too far ahead of committed progress? (True: it goes now.)"""
         if self.fence.valid(batch.lease_id):
+            if not self.fence.may_run_ahead(batch.lease_id, batch.first_pos):
+                self._held_ahead = True
+                return False
+            self.fence.delivered(batch.lease_id, batch.first_pos, batch.first_pos + len(batch))
             return True
         if batch.lease_id not in self._fenced:
             self._fenced.add(batch.lease_id)
@@ -372,18 +388,30 @@ class LeaseRunner:
     # -- progress -----------------------------------------------------------------------
 
     async def _report_loop(self) -> None:
+        clock = self.fence.now
+        due = clock() + self._interval_s
         while True:
             try:
-                async with asyncio.timeout(self._interval_s):
+                async with asyncio.timeout(max(0.0, due - clock())):
                     await self._report_soon.wait()
             except TimeoutError:
                 pass
             self._report_soon.clear()
-            await self.report_now()
+            if clock() >= due:
+                due = clock() + self._interval_s
+                await self.report_now()
+            else:
+                await self.report_now(moved_only=True)
+            if self._min_gap_s:
+                await asyncio.sleep(self._min_gap_s)
 
-    async def report_now(self) -> None:
-        """Report every held lease's acknowledged cursor (unchanged ones keep it alive)."""
-        for lease_id, cursor in self.tracker.cursors().items():
+    async def report_now(self, *, moved_only: bool = False) -> None:
+        """Report every held lease's acknowledged cursor (unchanged ones keep it alive);
+        ``moved_only``: just the leases whose cursor moved since their last report."""
+        cursors = self.tracker.unreported() if moved_only else self.tracker.cursors()
+        for lease_id, cursor in cursors.items():
+            if lease_id not in self.tracker:
+                continue  # dropped while an earlier report of this round was in flight
             sent_at = self.fence.now()
             self.fence.renewing(sent_at)
             try:
@@ -403,10 +431,12 @@ class LeaseRunner:
                 return  # try again next interval
             finally:
                 self.fence.renewing(None)
+            self.stats.progress_reports += 1
             self.tracker.mark_reported(lease_id, cursor)
-            self.fence.renewed(lease_id, sent_at)
-            if self._fenced:
+            self.fence.renewed(lease_id, sent_at, cursor)
+            if self._fenced or self._held_ahead:
                 self._fenced.clear()
+                self._held_ahead = False
                 self._hub.redispatch()  # held batches of renewed leases may go now
             if resp.completed:
                 self.fence.forget(lease_id)

@@ -45,7 +45,7 @@ from mx8_agent.serve.rank_stream import RankSpec, WorldReady, WorldWait
 from mx8_agent.serve.shm_ring import ShmRing, ShmSlot
 from mx8_agent.serve.trainer_hub import ReadyBatch
 from mx8_agent.work.local_into import read_into
-from mx8_common.errors import CoordinatorError, RequestError
+from mx8_common.errors import CoordinatorError, NodeNotRegisteredError, RequestError
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import Throttled, emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -539,6 +539,10 @@ class RankServer:
             resp = await self._client.report_ranks(
                 self._job_id, self._node_id, list(self._reports.values())
             )
+        except NodeNotRegisteredError as exc:
+            # A restarted coordinator knows this node once the heartbeat registers it.
+            self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)
+            return False
         except CoordinatorError as exc:
             if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION"):
                 raise

@@ -236,5 +236,10 @@ class CoordinatorClient:
     async def report_ranks(
         self, job_id: str, node_id: str, ranks: list[pb.RankProgress]
     ) -> pb.ReportRanksResponse:
-        request = pb.ReportRanksRequest(job_id=job_id, node_id=node_id, ranks=ranks)
+        request = pb.ReportRanksRequest(
+            job_id=job_id,
+            node_id=node_id,
+            ranks=ranks,
+            registration_token=self.registration_token,
+        )
         return await self._call("ReportRanks", request)

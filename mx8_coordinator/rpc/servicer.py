@@ -158,7 +158,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def ReportRanks(
         self, request: pb.ReportRanksRequest, job: Job, context: Any
     ) -> pb.ReportRanksResponse:
-        job.check_job(request.job_id)
+        job.check_reporter(request.job_id, request.node_id, request.registration_token)
         reports = [_rank_report(p, request.node_id) for p in request.ranks]
         return pb.ReportRanksResponse(job_drained=await job.report_ranks(reports))
 

@@ -305,6 +305,12 @@ class Job:
         await self._save_worlds()
         return answer
 
+    def check_reporter(self, job_id: str, node_id: str, token: str) -> None:
+        """Rank-exact mode: ``ReportRanks`` comes from the agent that registered
+        ``node_id`` (its registration token), like a dynamic progress report."""
+        self._check_ids(job_id, node_id)
+        self._check_token(node_id, token)
+
     async def report_ranks(self, reports: Sequence[RankReport]) -> bool:
         """Rank-exact mode: agents' progress (and what rebuilds a lost world); drained?"""
         drained = self.ranks.report(reports)

@@ -86,3 +86,32 @@ def test_lease_fence_deadline_is_before_the_coordinators_expiry(
     assert deadline is not None
     assert deadline - sent < coordinator_expiry_s
     assert fence_margin_s(ttl_s) >= 0.05
+
+
+def test_lease_fence_holds_new_batches_past_max_ahead_until_a_report_confirms_them() -> None:
+    clock = Clock()
+    f = LeaseFence(ttl_s=1.0, stall_s=0.2, max_ahead=2, clock=clock)
+    f.granted("L1", clock.now)
+    for first in (0, 10):
+        assert f.may_run_ahead("L1", first)
+        f.delivered("L1", first, first + 10)
+    assert f.unconfirmed("L1") == 2
+    assert not f.may_run_ahead("L1", 20)  # a third new batch waits
+    assert f.may_run_ahead("L1", 0)  # a batch handed out before may go again
+    f.renewed("L1", clock.now, cursor=5)  # inside the first batch: nothing confirmed
+    assert not f.may_run_ahead("L1", 20)
+    f.renewed("L1", clock.now, cursor=10)
+    assert f.unconfirmed("L1") == 1 and f.may_run_ahead("L1", 20)
+    f.granted("L2", clock.now)
+    f.delivered("L1", 20, 30)
+    assert not f.may_run_ahead("L2", 0)  # the bound is over all leases together
+    f.forget("L1")
+    assert f.unconfirmed("L1") == 0 and f.may_run_ahead("L2", 0)
+
+
+def test_lease_fence_without_max_ahead_never_holds_for_unconfirmed_batches() -> None:
+    f, clock = fence()
+    f.granted("L1", clock.now)
+    for first in range(0, 1000, 10):
+        f.delivered("L1", first, first + 10)
+    assert f.may_run_ahead("L1", 1000)

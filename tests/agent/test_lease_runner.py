@@ -91,6 +91,8 @@ def _runner(
     *,
     lease_ttl_s: float = 10.0,
     stall_s: float = 5.0,
+    max_unreported_batches: int = 0,
+    progress_interval_s: float = 0.02,
 ) -> tuple[LeaseRunner, TrainerHub]:
     """A runner over ``samples`` local files, its hub already told the batch size (8)."""
     data = write_local_dataset(tmp_path, samples).read_bytes()
@@ -113,10 +115,11 @@ def _runner(
         fetch_config=FetchConfig(concurrency=8, max_inflight_bytes=1 << 20),
         hub=hub,
         leases_ahead=2,
-        progress_interval_s=0.02,
+        progress_interval_s=progress_interval_s,
         lease_ttl_s=lease_ttl_s,
         stall_s=stall_s,
         retry_wait_s=0.01,
+        max_unreported_batches=max_unreported_batches,
     )
     return runner, hub
 
@@ -235,3 +238,40 @@ async def test_lease_runner_fence_hands_no_batch_out_after_the_renewal_deadline(
     assert len(got) > 3  # it went on delivering while the lease was surely still valid
     assert max(got) < client.last_answered_sent + ttl_left
     assert logs.named("lease_fenced")[0]["reason"] == "renewal_overdue"
+
+
+async def test_lease_runner_hands_out_at_most_max_unreported_batches_of_a_lease_ahead(
+    tmp_path: Path,
+) -> None:
+    """A trainer that holds its batches unacknowledged gets 2 (over both held leases), no
+    more; each acknowledgement is reported at once (well before the 10 s interval) and
+    frees room."""
+    client = FakeLeaseClient(total=160, block=40)
+    async with ObjectReader() as reader:
+        runner, hub = _runner(
+            tmp_path, client, reader, 160, max_unreported_batches=2, progress_interval_s=10.0
+        )
+        run = asyncio.create_task(runner.run())
+        session = hub.attach("trainer-0", window=8)
+        held = []
+        async with asyncio.timeout(30):
+            for _ in range(2):
+                held.append(await hub.next_for(session))
+            waiting = asyncio.create_task(hub.next_for(session))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # a 3rd batch waits for confirmed progress
+            assert {b.lease_id for _s, b in held} == {"L1"}
+            hub.ack(session, held[0][0])
+            item = await waiting  # the eager report confirmed the acked batch: room again
+            got = [b for _s, b in held] + [item[1]]
+            hub.ack(session, item[0])
+            for seq, _b in held[1:]:
+                hub.ack(session, seq)
+            while (item := await hub.next_for(session)) is not None:
+                got.append(item[1])
+                hub.ack(session, item[0])
+            hub.detach(session)
+            await run
+    ids = sorted(i for b in got for i in b.sample_ids.tolist())
+    assert ids == list(range(160))
+    assert sorted(client.committed) == list(range(160))

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support.coordinator import Ledger, run_node
@@ -14,8 +15,9 @@ from support.eventually import assert_eventually
 from support.logs import Events
 from support.manifests import write_manifest
 
-from mx8_common.errors import CoordinatorError, LeaseNotFoundError
+from mx8_common.errors import CoordinatorError, LeaseNotFoundError, RegistrationTokenError
 from mx8_common.rpc.coordinator_client import CoordinatorClient
+from mx8_common.rpc.proto import coordinator_pb2 as pb
 from mx8_coordinator.config import CoordinatorConfig
 from mx8_coordinator.rpc.manifest_serving import FileManifestSource
 from mx8_coordinator.server import SERVICE_NAME, Coordinator
@@ -249,3 +251,23 @@ async def test_coordinator_grpc_unavailable_while_resolving(manifest_path: Path)
         assert (await client.register_node(JOB, "a")).job_ready
     await coord.shutdown()
     await coord.shutdown()
+
+
+async def test_coordinator_report_ranks_refuses_a_call_without_the_nodes_registration_token(
+    manifest_path: Path, start_coordinator, logs: Events
+) -> None:
+    """Rank-exact mode: only the agent that registered a node id reports its ranks."""
+    coord = await start_coordinator(manifest_path, mode="rank-exact", world_size=1)
+    rank = pb.RankProgress(rank=0, instance_id="i0", world_size=1, epoch=0, step=3)
+    async with CoordinatorClient(coord.address) as n0, CoordinatorClient(coord.address) as fake:
+        await n0.register_node(JOB, "n0", incarnation="n0-process")
+        await fake.register_node(JOB, "fake", incarnation="fake-process")
+        logs.clear()
+        for token in (fake.registration_token, ""):
+            fake.registration_token = token
+            with pytest.raises(RegistrationTokenError, match="only the agent that registered"):
+                await fake.report_ranks(JOB, "n0", [rank])
+        refused = logs.named("registration_token_mismatch")
+        assert len(refused) == 2 and {e["node_id"] for e in refused} == {"n0"}
+        # The node's own agent, with its token, is heard.
+        assert not (await n0.report_ranks(JOB, "n0", [])).job_drained

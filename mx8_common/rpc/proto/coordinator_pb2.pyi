@@ -166,14 +166,16 @@ class RankProgress(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., instance_id: _Optional[str] = ..., world_id: _Optional[str] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ...) -> None: ...
 
 class ReportRanksRequest(_message.Message):
-    __slots__ = ("job_id", "node_id", "ranks")
+    __slots__ = ("job_id", "node_id", "ranks", "registration_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node_id: str
     ranks: _containers.RepeatedCompositeFieldContainer[RankProgress]
-    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ...) -> None: ...
+    registration_token: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., registration_token: _Optional[str] = ...) -> None: ...
 
 class ReportRanksResponse(_message.Message):
     __slots__ = ("job_drained",)
