@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.utils.data
 from support.api import collect, engine_threads, flat, make_local_dataset, make_s3_dataset
+from support.clean_process import torch_ids_in_clean_process
 from support.eventually import assert_eventually_blocking
 
 import mx8
@@ -103,9 +104,11 @@ def test_data_loader_workers_over_s3_yield_each_id_once(
     s3_sync_client: Any, s3_bucket: str, store_root: str
 ) -> None:
     make_s3_dataset(s3_sync_client, s3_bucket, "p/", per_class=12)
-    ds = mx8.DataLoader(f"s3://{s3_bucket}/p/", batch_size=5, collate_fn=ids_and_labels)
-    multi = torch_ids(ds, num_workers=2)
+    link = f"s3://{s3_bucket}/p/"
+    # Forked workers, from a parent like a trainer's (see support.clean_process).
+    multi, _ = torch_ids_in_clean_process(link, {"batch_size": 5}, {"num_workers": 2})
     assert sorted(flat(multi)) == list(range(24))
+    ds = mx8.DataLoader(link, batch_size=5, collate_fn=ids_and_labels)
     assert multi == torch_ids(ds, num_workers=0)  # workers did not consume the parent's epoch
 
 
@@ -118,9 +121,13 @@ def test_data_loader_workers_over_s3_native_client_each_id_once(
     # parent's first read build their own, workers forked after it read through botocore.
     objects = make_s3_dataset(s3_sync_client, s3_bucket, "n/", per_class=8)
     link = f"s3://{s3_bucket}/n/"
-    single = flat(collect(mx8.load(link, batch_size=4))) if parent_read_first else None
-    ds = mx8.DataLoader(link, batch_size=4, collate_fn=ids_and_labels)
-    multi = torch_ids(ds, num_workers=2, multiprocessing_context=context, timeout=60)
+    # The parent is a fresh interpreter, like a trainer's (see support.clean_process).
+    multi, single = torch_ids_in_clean_process(
+        link,
+        {"batch_size": 4},
+        {"num_workers": 2, "multiprocessing_context": context, "timeout": 60},
+        read_first={"batch_size": 4} if parent_read_first else None,
+    )
     assert Counter(flat(multi)) == Counter(range(len(objects)))
     if single is not None:
         assert sorted(flat(multi)) == sorted(single)
