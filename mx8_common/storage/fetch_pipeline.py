@@ -147,7 +147,8 @@ class FetchConfig:
         32,
         env="MX8_FETCH_LOCAL_GROUP",
         flag="--fetch-local-group",
-        help="local files read per thread-pool job (each still counts toward concurrency)",
+        help="most local files read per thread-pool job (fewer when concurrency is under "
+        "twice this, so two jobs are in flight; each file counts toward concurrency)",
     )
 
     def __post_init__(self) -> None:
@@ -216,7 +217,15 @@ class FetchPipeline:
         self._concurrency = self.config.concurrency
         self._window = self.config.window
         self._estimate = self.config.unknown_size_estimate
-        self._local_group = self.config.local_group
+        self._grouping = self.config.local_group > 1
+        self._local_group = local_group_size(
+            self.config.local_group,
+            self.config.concurrency,
+            getattr(getattr(reader, "config", None), "local_read_threads", 2),
+        )
+        # The loop every future and task of this pipeline belongs to, bound on the first
+        # read: asyncio.get_running_loop() costs a getpid() syscall per call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._group: list[_Slot] = []  # local reads admitted, not yet handed to a thread
         self._group_tasks: set[asyncio.Task[None]] = set()
         self._todo: collections.deque[_Slot] = collections.deque()  # admitted, no worker yet
@@ -350,7 +359,9 @@ class FetchPipeline:
         self._ready.set()
 
     def _start(self, req: FetchRequest, charge: int) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Payload] = loop.create_future()
         slot = _Slot(req, fut, charge)
         self._running += 1
@@ -359,7 +370,7 @@ class FetchPipeline:
         self._pipeline_bytes += charge
         self._note_inflight()
         self._slots.append(slot)
-        if self._local_group > 1 and is_local(req.location):
+        if self._grouping and is_local(req.location):
             # Settled by _read_group, or here when cancelled before its group ran.
             fut.add_done_callback(lambda _: self._on_read_done(slot))
             self._group.append(slot)
@@ -419,7 +430,8 @@ class FetchPipeline:
         if not self._group or self._closed:
             return
         group, self._group = self._group, []
-        task = asyncio.get_running_loop().create_task(self._read_group(group))
+        assert self._loop is not None  # bound by _start, which queued this group
+        task = self._loop.create_task(self._read_group(group))
         self._group_tasks.add(task)
         task.add_done_callback(self._group_tasks.discard)
 
@@ -603,6 +615,16 @@ class FetchPipeline:
                 self._consumer_bytes -= batch.nbytes
                 self._held_bytes += batch.nbytes
             yield batch
+
+
+def local_group_size(local_group: int, concurrency: int, threads: int) -> int:
+    """Local files per thread-pool job: at most ``local_group``, and small enough that the
+    ``concurrency`` reads admitted at once form at least two jobs when the reader has two
+    or more threads, so two cores read while the loop settles the previous group (one
+    group of all of them leaves one core working at a time)."""
+    if threads < 2:
+        return local_group
+    return max(1, min(local_group, -(-concurrency // 2)))
 
 
 def _wake_waiter(waiter: asyncio.Future[None]) -> None:
