@@ -147,8 +147,7 @@ class FetchConfig:
         32,
         env="MX8_FETCH_LOCAL_GROUP",
         flag="--fetch-local-group",
-        help="most local files read per thread-pool job (fewer when concurrency is under "
-        "twice this, so two jobs are in flight; each file counts toward concurrency)",
+        help="local files read per thread-pool job (each still counts toward concurrency)",
     )
 
     def __post_init__(self) -> None:
@@ -217,12 +216,10 @@ class FetchPipeline:
         self._concurrency = self.config.concurrency
         self._window = self.config.window
         self._estimate = self.config.unknown_size_estimate
-        self._grouping = self.config.local_group > 1
-        self._local_group = local_group_size(
-            self.config.local_group,
-            self.config.concurrency,
-            getattr(getattr(reader, "config", None), "local_read_threads", 2),
-        )
+        # Not split to keep two jobs in flight: on 2 vCPUs, two threads reading (or one
+        # reading while the loop settles the last group) trade the GIL on every syscall and
+        # cost ~1.5x the CPU per sample (benchmarks/RESULTS.md, 2026-11-30).
+        self._local_group = self.config.local_group
         # The loop every future and task of this pipeline belongs to, bound on the first
         # read: asyncio.get_running_loop() costs a getpid() syscall per call.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -370,7 +367,7 @@ class FetchPipeline:
         self._pipeline_bytes += charge
         self._note_inflight()
         self._slots.append(slot)
-        if self._grouping and is_local(req.location):
+        if self._local_group > 1 and is_local(req.location):
             # Settled by _read_group, or here when cancelled before its group ran.
             fut.add_done_callback(lambda _: self._on_read_done(slot))
             self._group.append(slot)
@@ -615,16 +612,6 @@ class FetchPipeline:
                 self._consumer_bytes -= batch.nbytes
                 self._held_bytes += batch.nbytes
             yield batch
-
-
-def local_group_size(local_group: int, concurrency: int, threads: int) -> int:
-    """Local files per thread-pool job: at most ``local_group``, and small enough that the
-    ``concurrency`` reads admitted at once form at least two jobs when the reader has two
-    or more threads, so two cores read while the loop settles the previous group (one
-    group of all of them leaves one core working at a time)."""
-    if threads < 2:
-        return local_group
-    return max(1, min(local_group, -(-concurrency // 2)))
 
 
 def _wake_waiter(waiter: asyncio.Future[None]) -> None:

@@ -22,10 +22,9 @@ from mx8_common.storage.fetch_pipeline import (
     FetchConfig,
     FetchPipeline,
     FetchRequest,
-    local_group_size,
     table_requests,
 )
-from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig
+from mx8_common.storage.object_reader import ObjectReader
 from mx8_common.storage.s3_client import S3Settings
 from mx8_common.storage.sample_reader import SampleReader
 from mx8_common.testing.local_s3 import LocalS3
@@ -452,51 +451,26 @@ async def test_fetch_pipeline_groups_local_reads_and_times_every_sample(tmp_path
     assert len(timed) == 40 and all(n == 300 and s >= 0 for s, n in timed)
 
 
-class _JobRecorder(ObjectReader):
-    """The real reader, recording each local job's size and how many ran at once."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.jobs: list[int] = []
-        self.running = 0
-        self.most_running = 0
-
-    async def read_local_many(self, items: Any, **kwargs: Any) -> list[Any]:
-        self.jobs.append(len(items))
-        self.running += 1
-        self.most_running = max(self.most_running, self.running)
-        try:
-            return await super().read_local_many(items, **kwargs)
-        finally:
-            self.running -= 1
-
-
-async def test_fetch_pipeline_splits_a_batch_of_local_reads_into_two_jobs_in_flight(
-    tmp_path: Path,
+async def test_fetch_pipeline_looks_up_the_running_loop_per_group_not_per_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The defaults: local_group 32 and concurrency 32 would make each batch's 32 reads
-    # one job, one core reading at a time; two threads get two jobs of 16 at once.
-    reqs = _local_files(tmp_path, [500] * 96)
-    cfg = FetchConfig(concurrency=32, local_group=32)
-    async with _JobRecorder(config=ObjectReaderConfig(local_read_threads=2)) as reader:
-        async with FetchPipeline(reader, reqs, cfg) as pipe:
-            got = [b async for b in pipe.batches(32)]
-        assert [bytes(b.payload(0)) for b in got] == [_payload(i, 500) for i in (0, 32, 64)]
-        assert reader.most_running >= 2
-        assert max(reader.jobs) == 16 and sum(reader.jobs) == 96
-    async with _JobRecorder(config=ObjectReaderConfig(local_read_threads=1)) as reader:
-        async with FetchPipeline(reader, reqs, cfg) as pipe:
-            assert len([b async for b in pipe.batches(32)]) == 3
-        assert reader.jobs[0] == 32  # one thread: no point splitting
+    # Each asyncio.get_running_loop() is a getpid() syscall: ~1 per sample before.
+    reqs = _local_files(tmp_path, [100] * 320)
+    calls = 0
+    real = asyncio.get_running_loop
 
+    def counted() -> asyncio.AbstractEventLoop:
+        nonlocal calls
+        calls += 1
+        return real()
 
-def test_local_group_size_leaves_two_jobs_in_flight_with_two_threads() -> None:
-    assert local_group_size(32, 32, threads=16) == 16
-    assert local_group_size(32, 128, threads=2) == 32  # enough reads for several groups
-    assert local_group_size(8, 16, threads=2) == 8
-    assert local_group_size(32, 3, threads=2) == 2
-    assert local_group_size(32, 1, threads=2) == 1
-    assert local_group_size(32, 32, threads=1) == 32
+    async with ObjectReader() as reader:
+        monkeypatch.setattr(asyncio, "get_running_loop", counted)
+        async with FetchPipeline(reader, reqs, FetchConfig(concurrency=32)) as pipe:
+            assert sum([len(b) async for b in pipe.batches(32)]) == 320
+        monkeypatch.undo()
+    assert pipe.stats.local_batches >= 10
+    assert calls < 2 * pipe.stats.local_batches + 5
 
 
 async def test_fetch_pipeline_held_batches_count_until_released(tmp_path: Path) -> None:
