@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 
-from mx8_common.errors import CoordinatorError
+from mx8_common.errors import CoordinatorError, RegistrationTokenError
 from mx8_common.rpc.channels import aio_channel
 from mx8_common.rpc.client_config import CoordinatorClientConfig
 from mx8_common.rpc.errors import error_from_rpc
@@ -111,6 +111,21 @@ class CoordinatorClient:
         with _rpc_errors(self.address, method):
             return await getattr(self._stub, method)(request, timeout=self.timeout_s)
 
+    async def _call_as_node(self, method: str, build: Callable[[str], Any]) -> Any:
+        """A call that carries the registration token (``build(token)`` makes the request).
+
+        Refused for its token after this client registered again meanwhile (a new
+        coordinator, a standby that took over): the call was built with the old token, so
+        it is sent once more with the current one. A refusal of the current token stands.
+        """
+        token = self.registration_token
+        try:
+            return await self._call(method, build(token))
+        except RegistrationTokenError:
+            if self.registration_token == token:
+                raise
+            return await self._call(method, build(self.registration_token))
+
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         """Wait until the channel connects (the coordinator listens), or raise."""
         try:
@@ -162,21 +177,22 @@ class CoordinatorClient:
             inflight_bytes=inflight_bytes,
             fetch_retries=fetch_retries,
         )
-        request = pb.HeartbeatRequest(
-            job_id=job_id,
-            node_id=node_id,
-            stats=stats,
-            registration_token=self.registration_token,
+        return await self._call_as_node(
+            "Heartbeat",
+            lambda token: pb.HeartbeatRequest(
+                job_id=job_id, node_id=node_id, stats=stats, registration_token=token
+            ),
         )
-        return await self._call("Heartbeat", request)
 
     async def request_lease(
         self, job_id: str, node_id: str, want: int = 1
     ) -> pb.RequestLeaseResponse:
-        request = pb.RequestLeaseRequest(
-            job_id=job_id, node_id=node_id, want=want, registration_token=self.registration_token
+        return await self._call_as_node(
+            "RequestLease",
+            lambda token: pb.RequestLeaseRequest(
+                job_id=job_id, node_id=node_id, want=want, registration_token=token
+            ),
         )
-        return await self._call("RequestLease", request)
 
     async def report_progress(
         self,
@@ -190,16 +206,18 @@ class CoordinatorClient:
     ) -> pb.ReportProgressResponse:
         """Commit ``[start, cursor)`` of a lease (renewing it); ``release`` gives the
         rest back."""
-        request = pb.ReportProgressRequest(
-            job_id=job_id,
-            node_id=node_id,
-            lease_id=lease_id,
-            cursor=cursor,
-            delivered_bytes=delivered_bytes,
-            registration_token=self.registration_token,
-            release=release,
+        return await self._call_as_node(
+            "ReportProgress",
+            lambda token: pb.ReportProgressRequest(
+                job_id=job_id,
+                node_id=node_id,
+                lease_id=lease_id,
+                cursor=cursor,
+                delivered_bytes=delivered_bytes,
+                registration_token=token,
+                release=release,
+            ),
         )
-        return await self._call("ReportProgress", request)
 
     async def get_manifest(self, job_id: str, manifest_hash: str) -> pb.GetManifestResponse:
         """The whole manifest in one message (small manifests; see ``get_manifest_stream``)."""
@@ -236,10 +254,9 @@ class CoordinatorClient:
     async def report_ranks(
         self, job_id: str, node_id: str, ranks: list[pb.RankProgress]
     ) -> pb.ReportRanksResponse:
-        request = pb.ReportRanksRequest(
-            job_id=job_id,
-            node_id=node_id,
-            ranks=ranks,
-            registration_token=self.registration_token,
+        return await self._call_as_node(
+            "ReportRanks",
+            lambda token: pb.ReportRanksRequest(
+                job_id=job_id, node_id=node_id, ranks=ranks, registration_token=token
+            ),
         )
-        return await self._call("ReportRanks", request)
