@@ -498,7 +498,7 @@ class Agent(Daemon):
             if not unreachable(exc):
                 raise
             raise CoordinatorError(
-                f"{exc} (gave up registering after {cfg.connect_timeout_s:g}s; raise "
+                f"{exc} (gave up after {cfg.connect_timeout_s:g}s of registering; raise "
                 "--connect-timeout-s, or start the coordinator / bring its state store back)",
                 address=cfg.coordinator,
                 code=getattr(exc, "code", None) or "UNAVAILABLE",
