@@ -183,17 +183,21 @@ class AgentServicer(pb_grpc.AgentServicer):
             locate = self._locate if op.want_locations else None
             job_id = self._job_info().job_id
             ring = self._ring(op, spec.window)
+            stream = serve_rank_stream(
+                self._rank_backend,
+                spec,
+                job_id=job_id,
+                requests=request_iterator,
+                locate=locate,
+                ring=ring,
+            )
             try:
-                stream = serve_rank_stream(
-                    self._rank_backend,
-                    spec,
-                    job_id=job_id,
-                    requests=request_iterator,
-                    locate=locate,
-                    ring=ring,
-                )
-                async for message in stream:
-                    yield message
+                # aclosing: the rank stream's own clean-up (the rank server forgets the
+                # stream, so reads still landing in the ring are dropped) runs before its
+                # ring is unmapped, not whenever the loop finalizes the generator.
+                async with contextlib.aclosing(stream):
+                    async for message in stream:
+                        yield message
             finally:
                 self._drop_ring(ring)
             return

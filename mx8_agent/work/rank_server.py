@@ -484,7 +484,7 @@ class RankServer:
         if fut.cancelled():
             return
         error = fut.exception()
-        if stream.closed:
+        if stream.closed or (stream.ring is not None and stream.ring.closed):
             return  # its ring is gone; the trainer reopens where it is
         if error is not None:
             # Every stream hears it now; the request feed raises it, which ends ``run``

@@ -216,7 +216,13 @@ class FetchPipeline:
         self._concurrency = self.config.concurrency
         self._window = self.config.window
         self._estimate = self.config.unknown_size_estimate
+        # Not split to keep two jobs in flight: on 2 vCPUs, two threads reading (or one
+        # reading while the loop settles the last group) trade the GIL on every syscall and
+        # cost ~1.5x the CPU per sample (benchmarks/RESULTS.md, 2026-11-30).
         self._local_group = self.config.local_group
+        # The loop every future and task of this pipeline belongs to, bound on the first
+        # read: asyncio.get_running_loop() costs a getpid() syscall per call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._group: list[_Slot] = []  # local reads admitted, not yet handed to a thread
         self._group_tasks: set[asyncio.Task[None]] = set()
         self._todo: collections.deque[_Slot] = collections.deque()  # admitted, no worker yet
@@ -350,7 +356,9 @@ class FetchPipeline:
         self._ready.set()
 
     def _start(self, req: FetchRequest, charge: int) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Payload] = loop.create_future()
         slot = _Slot(req, fut, charge)
         self._running += 1
@@ -419,7 +427,8 @@ class FetchPipeline:
         if not self._group or self._closed:
             return
         group, self._group = self._group, []
-        task = asyncio.get_running_loop().create_task(self._read_group(group))
+        assert self._loop is not None  # bound by _start, which queued this group
+        task = self._loop.create_task(self._read_group(group))
         self._group_tasks.add(task)
         task.add_done_callback(self._group_tasks.discard)
 

@@ -67,7 +67,16 @@ from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
 from mx8_common.storage.sample_reader import LocalRead, Payload, ReadObserver, ReadStats
 
-__all__ = ["ObjectReader", "ObjectReaderConfig", "is_local", "split_s3_location"]
+__all__ = [
+    "ObjectReader",
+    "ObjectReaderConfig",
+    "is_local",
+    "local_path",
+    "normalize_range",
+    "read_local",
+    "read_local_into",
+    "split_s3_location",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,10 +205,11 @@ def is_local(location: str) -> bool:
     return not location.startswith(("s3://", *CLOUD_SCHEMES))
 
 
-def _normalize(
+def normalize_range(
     location: str, byte_offset: int | None, byte_length: int | None
 ) -> tuple[int | None, int | None]:
-    """Map -1 to None and reject an offset without a length."""
+    """A manifest row's ``(byte_offset, byte_length)`` as a read takes it: -1 becomes None,
+    and an offset without a length is a ``StorageError``."""
     if byte_offset is not None and byte_offset < 0:
         byte_offset = None
     if byte_length is not None and byte_length < 0:
@@ -213,7 +223,9 @@ def _normalize(
     return byte_offset, byte_length
 
 
-def _local_path(location: str) -> str:
+def local_path(location: str) -> str:
+    """The filesystem path of a plain path or ``file://`` URL; another scheme is a
+    ``StorageError``."""
     if location.startswith("file://"):
         return location[7:]
     if "://" in location:
@@ -223,6 +235,65 @@ def _local_path(location: str) -> str:
             location=location,
         )
     return location
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_local(location: str) -> int:
+    try:
+        return os.open(local_path(location), _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise ObjectNotFoundError(
+            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
+            location=location,
+        ) from None
+    except PermissionError:
+        raise AccessDeniedError(
+            f"permission denied reading {location}; check the file mode and the user running "
+            "the loader",
+            location=location,
+        ) from None
+    except OSError as exc:
+        raise StorageError(f"cannot open {location}: {exc}", location=location) from None
+
+
+def _checked_span(
+    location: str,
+    fd: int,
+    byte_offset: int | None,
+    byte_length: int | None,
+    listed_at: float | None,
+) -> tuple[int, int]:
+    """``(start, length)`` to read from the open file, after the snapshot checks.
+
+    One ``fstat`` of the open descriptor gives both the size (a whole file must be the
+    manifest's size) and the mtime (not later than the listing): the checks and the read
+    see the same file, and no path lookup is repeated.
+    """
+    st = os.fstat(fd)
+    if byte_offset is None:
+        size = st.st_size
+        if byte_length is not None and size != byte_length:
+            raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
+        start, want = 0, size
+    else:
+        start, want = byte_offset, int(byte_length or 0)
+    if listed_at is not None and st.st_mtime > listed_at:
+        raise _modified_after(location, listed_at, f"at {_utc(st.st_mtime)}")
+    return start, want
+
+
+def _short(location: str, start: int, want: int, got: int) -> ObjectChangedError:
+    return _changed(
+        location, f"bytes {start}..{start + want - 1}", f"the file ends at byte {start + got}"
+    )
+
+
+def _local_os_error(location: str, exc: OSError) -> StorageError:
+    if exc.errno == errno.EISDIR:
+        return StorageError(f"{location} is a directory, not a file", location=location)
+    return StorageError(f"cannot read {location}: {exc}", location=location)
 
 
 def _read_local_many(
@@ -238,68 +309,73 @@ def _read_local_many(
     for location, byte_offset, byte_length in items:
         started = clock()
         try:
-            off, length = _normalize(location, byte_offset, byte_length)
-            out.append(_read_local(location, off, length, listed_at))
+            off, length = normalize_range(location, byte_offset, byte_length)
+            out.append(read_local(location, off, length, listed_at))
         except StorageError as exc:
             out.append(exc)
         seconds.append(clock() - started)
     return out, seconds
 
 
-def _read_local(
+def read_local(
     location: str,
     byte_offset: int | None,
     byte_length: int | None,
     listed_at: float | None = None,
 ) -> bytes:
-    """Blocking read of a local file (runs in the reader's thread pool)."""
-    path = _local_path(location)
+    """Blocking read of a local sample (run it in a thread), with the snapshot checks.
+
+    ``byte_offset``/``byte_length`` as ``normalize_range`` returns them. Raises
+    ``ObjectNotFoundError``, ``AccessDeniedError``, ``ObjectChangedError`` (a whole file of
+    another size, a range past its end, an mtime after ``listed_at``) or ``StorageError``.
+    """
+    fd = _open_local(location)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ObjectNotFoundError(
-            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
-            location=location,
-        ) from None
-    except PermissionError:
-        raise AccessDeniedError(
-            f"permission denied reading {location}; check the file mode and the user running "
-            "the loader",
-            location=location,
-        ) from None
-    except OSError as exc:
-        raise StorageError(f"cannot open {location}: {exc}", location=location) from None
-    try:
-        st = os.fstat(fd)
-        if byte_offset is None:
-            size = st.st_size
-            if byte_length is not None and size != byte_length:
-                raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
-            want, start = size, 0
-        else:
-            want, start = int(byte_length or 0), byte_offset
-        if listed_at is not None and st.st_mtime > listed_at:
-            raise _modified_after(location, listed_at, f"at {_utc(st.st_mtime)}")
+        start, want = _checked_span(location, fd, byte_offset, byte_length, listed_at)
         data = os.pread(fd, want, start)
         # pread may return less than asked only at end of file (the file shrank meanwhile).
         while len(data) < want:
             more = os.pread(fd, want - len(data), start + len(data))
             if not more:
-                raise _changed(
-                    location,
-                    f"bytes {start}..{start + want - 1}",
-                    f"the file ends at byte {start + len(data)}",
-                )
+                raise _short(location, start, want, len(data))
             data += more
         return data
     except StorageError:
         raise
     except OSError as exc:
-        if exc.errno == errno.EISDIR:
-            raise StorageError(
-                f"{location} is a directory, not a file", location=location
-            ) from None
-        raise StorageError(f"cannot read {location}: {exc}", location=location) from None
+        raise _local_os_error(location, exc) from None
+    finally:
+        os.close(fd)
+
+
+def read_local_into(
+    location: str,
+    byte_offset: int | None,
+    byte_length: int,
+    dest: memoryview,
+    listed_at: float | None = None,
+) -> None:
+    """Blocking read of a local sample straight into ``dest`` (``byte_length`` bytes long),
+    with exactly ``read_local``'s checks and errors: no intermediate ``bytes``.
+
+    ``byte_offset`` None (or -1) means the whole file, which must be ``byte_length`` bytes.
+    """
+    off, length = normalize_range(location, byte_offset, byte_length)
+    fd = _open_local(location)
+    try:
+        start, want = _checked_span(location, fd, off, length, listed_at)
+        got = os.preadv(fd, [dest], start) if want else 0
+        while got < want:
+            # Short only at end of file (the file shrank meanwhile).
+            with dest[got:want] as rest:
+                n = os.preadv(fd, [rest], start + got)
+            if n == 0:
+                raise _short(location, start, want, got)
+            got += n
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise _local_os_error(location, exc) from None
     finally:
         os.close(fd)
 
@@ -409,7 +485,7 @@ class ObjectReader:
         size is not ``byte_length`` raises ``ObjectChangedError``. S3 reads through the
         native client return its buffer as it arrived (``Payload``), not a copy.
         """
-        byte_offset, byte_length = _normalize(location, byte_offset, byte_length)
+        byte_offset, byte_length = normalize_range(location, byte_offset, byte_length)
         started = time.perf_counter()
         if location.startswith(CLOUD_SCHEMES):
             data = await self._read_s3_retrying(
@@ -417,7 +493,7 @@ class ObjectReader:
             )
         elif not location.startswith("s3://"):
             data = await asyncio.get_running_loop().run_in_executor(
-                self._local_pool(), _read_local, location, byte_offset, byte_length, self.listed_at
+                self._local_pool(), read_local, location, byte_offset, byte_length, self.listed_at
             )
         elif self._use_native():
             # The common case, two coroutine frames shallower than the retry path: every

@@ -24,9 +24,8 @@ PACKAGES = ("mx8", "mx8_common", "mx8_coordinator", "mx8_agent")
 TOOLS = ("scripts", "benchmarks", "tests")
 #: Import names that are this repository's own code.
 FIRST_PARTY = {*PACKAGES, "benchmarks", "scripts", "support", "conftest"}
-#: Baselines that are no extra (their pins clash with ours): import name -> distribution.
-# Import name -> what install_bench.sh installs for it (the CRT client comes with
-# s3torchconnector).
+#: Baselines that are no extra (their pins clash with ours): import name -> what
+#: install_bench.sh installs for it (the CRT client comes with s3torchconnector).
 BENCH_SCRIPT = {
     "s3torchconnector": "s3torchconnector",
     "s3torchconnectorclient": "s3torchconnector",
@@ -91,10 +90,18 @@ def _third_party(folders: tuple[str, ...]) -> Iterator[tuple[str, bool, str]]:
                 yield module, eager, f"{path.relative_to(ROOT)}:{line}"
 
 
+#: Lazy imports of an extra the test environment does not install: import name ->
+#: the distribution that provides it (checked against the extras when not installed).
+OPTIONAL_EXTRAS = {"azure": "azure-identity"}
+
+
 @functools.cache
 def _distributions(module: str) -> frozenset[str]:
     """The installed distributions that provide import name ``module``."""
-    return frozenset(_canonical(d) for d in _packages_distributions().get(module, []))
+    found = _packages_distributions().get(module, [])
+    if not found and module in OPTIONAL_EXTRAS:
+        found = [OPTIONAL_EXTRAS[module]]
+    return frozenset(_canonical(d) for d in found)
 
 
 @functools.cache

@@ -451,6 +451,28 @@ async def test_fetch_pipeline_groups_local_reads_and_times_every_sample(tmp_path
     assert len(timed) == 40 and all(n == 300 and s >= 0 for s, n in timed)
 
 
+async def test_fetch_pipeline_looks_up_the_running_loop_per_group_not_per_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each asyncio.get_running_loop() is a getpid() syscall: ~1 per sample before.
+    reqs = _local_files(tmp_path, [100] * 320)
+    calls = 0
+    real = asyncio.get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        nonlocal calls
+        calls += 1
+        return real()
+
+    async with ObjectReader() as reader:
+        monkeypatch.setattr(asyncio, "get_running_loop", counted)
+        async with FetchPipeline(reader, reqs, FetchConfig(concurrency=32)) as pipe:
+            assert sum([len(b) async for b in pipe.batches(32)]) == 320
+        monkeypatch.undo()
+    assert pipe.stats.local_batches >= 10
+    assert calls < 2 * pipe.stats.local_batches + 5
+
+
 async def test_fetch_pipeline_held_batches_count_until_released(tmp_path: Path) -> None:
     reqs = _local_files(tmp_path, [1_000] * 40)
     cfg = FetchConfig(concurrency=8, max_inflight_bytes=10_000)

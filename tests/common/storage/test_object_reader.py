@@ -27,7 +27,13 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 from mx8_common.obs.events import configure_logging
-from mx8_common.storage.object_reader import ObjectReader, ObjectReaderConfig, split_s3_location
+from mx8_common.storage.object_reader import (
+    ObjectReader,
+    ObjectReaderConfig,
+    read_local,
+    read_local_into,
+    split_s3_location,
+)
 from mx8_common.storage.s3_client import S3Settings
 from mx8_common.testing.local_s3 import LocalS3
 
@@ -161,6 +167,37 @@ async def test_object_reader_local_file_modified_after_listing_is_changed(tmp_pa
         assert isinstance(result, ObjectChangedError)
     async with ObjectReader(listed_at=time.time()) as reader:
         assert await reader.read(str(path), None, len(PAYLOAD)) == PAYLOAD[::-1]
+
+
+def test_read_local_into_refuses_what_read_local_refuses_with_the_same_message(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a.bin"
+    path.write_bytes(PAYLOAD)
+    listed_at = time.time() + 1  # written before this listing
+    dest = bytearray(len(PAYLOAD))
+    with memoryview(dest) as view:
+        read_local_into(str(path), None, len(PAYLOAD), view, listed_at)
+        assert dest == PAYLOAD
+        read_local_into(f"file://{path}", -1, len(PAYLOAD), view)  # -1 means the whole file
+        with view[:20] as part:
+            read_local_into(str(path), 10, 20, part)
+        assert dest[:20] == PAYLOAD[10:30]
+        # A same-size overwrite after the listing, a size mismatch, a range past the end.
+        os.utime(path, (listed_at + 5, listed_at + 5))
+        cases = [
+            ((str(path), None, len(PAYLOAD)), listed_at),
+            ((str(path), None, 9_999), None),
+            ((str(path), 9_990, 20), None),
+        ]
+        for (location, off, length), listed in cases:
+            with pytest.raises(ObjectChangedError) as into, view[:length] as part:
+                read_local_into(location, off, length, part, listed)
+            with pytest.raises(ObjectChangedError) as whole:
+                read_local(location, off, length, listed)
+            assert str(into.value) == str(whole.value)
+        with pytest.raises(ObjectNotFoundError):
+            read_local_into(str(tmp_path / "gone"), None, 4, view[:4])
 
 
 async def test_object_reader_missing_object_raises_not_found(s3_bucket: str) -> None:
