@@ -61,6 +61,7 @@ from mx8_common.errors import (
     CoordinatorError,
     CoordinatorReplyError,
     CoordinatorStateLostError,
+    LeaseLogError,
     ManifestChangedError,
     Mx8Error,
     NodeIdInUseError,
@@ -95,6 +96,16 @@ _RESUME_GRACE_S = 2.0
 #: Retrying an unreachable coordinator until ``--connect-timeout-s``: 50 ms doubling to 2 s.
 _REGISTER_BACKOFF = Backoff(base_s=0.05, max_s=2.0, jitter=EQUAL_JITTER)
 _UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+def _waiting_for(error: BaseException) -> str:
+    """What a refused or unanswered coordinator call waits for, for people."""
+    if isinstance(error, LeaseLogError):
+        return (
+            "the coordinator to reach its state store again (it leads but cannot renew its "
+            "term, or another coordinator is taking over)"
+        )
+    return "the coordinator to answer"
 
 
 class Agent(Daemon):
@@ -448,7 +459,12 @@ class Agent(Daemon):
         cfg = self.config
 
         def unreachable(exc: Exception) -> bool:
-            return isinstance(exc, CoordinatorError) and exc.code in _UNREACHABLE
+            # A leader that cannot reach its state store (or was just deposed) refuses
+            # with LeaseLogError: transient like an unreachable one, the Service may
+            # route to the next leader.
+            return (isinstance(exc, CoordinatorError) and exc.code in _UNREACHABLE) or isinstance(
+                exc, LeaseLogError
+            )
 
         def retryable(exc: Exception) -> bool:
             # A node id held by a live agent is free once that agent has been silent for
@@ -460,8 +476,12 @@ class Agent(Daemon):
                 _COMPONENT,
                 "register_retry",
                 delay_s=round(retry.delay_s, 3),
+                waiting_for=_waiting_for(retry.error),
+                gives_up_in_s=round(max(0.0, deadline - time.monotonic()), 1),
                 error=retry.error,
             )
+
+        deadline = time.monotonic() + cfg.connect_timeout_s
 
         try:
             reg = await _REGISTER_BACKOFF.run(
@@ -469,20 +489,20 @@ class Agent(Daemon):
                 retry_if=retryable,
                 on_retry=retrying,
                 rng=self._rng,
-                deadline=time.monotonic() + cfg.connect_timeout_s,
+                deadline=deadline,
             )
         except NodeIdInUseError as exc:
             emit(_COMPONENT, exc.event, node_id=cfg.node_id, holder=exc.hostname, error=str(exc))
             raise
-        except CoordinatorError as exc:
+        except (CoordinatorError, LeaseLogError) as exc:
             if not unreachable(exc):
                 raise
             raise CoordinatorError(
-                f"{exc} (gave up after {cfg.connect_timeout_s}s; raise "
-                "--connect-timeout-s or start the coordinator first)",
+                f"{exc} (gave up after {cfg.connect_timeout_s:g}s of registering; raise "
+                "--connect-timeout-s, or start the coordinator / bring its state store back)",
                 address=cfg.coordinator,
-                code=exc.code,
-            ) from exc
+                code=getattr(exc, "code", None) or "UNAVAILABLE",
+            ) from None
         self._registration = reg
         # Before the first read: objects modified after the snapshot's listing are refused,
         # as embedded mode refuses them; 0 (unknown) leaves the size checks alone.
@@ -567,10 +587,10 @@ class Agent(Daemon):
             waiting_s=round(waited, 1),
             gives_up_in_s=round(limit - waited, 1),
             waiting_for=(
-                f"the coordinator to answer; trainers keep being served, then this agent "
+                f"{_waiting_for(exc)}; trainers keep being served, then this agent "
                 f"registers again with its {len(ranks)} ranks"
                 if self.ranks is not None
-                else "the coordinator to answer"
+                else _waiting_for(exc)
             ),
             error=exc,
         )

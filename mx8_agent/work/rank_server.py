@@ -45,7 +45,13 @@ from mx8_agent.serve.rank_stream import RankSpec, WorldReady, WorldWait
 from mx8_agent.serve.shm_ring import ShmRing, ShmSlot
 from mx8_agent.serve.trainer_hub import ReadyBatch
 from mx8_agent.work.local_into import read_into
-from mx8_common.errors import CoordinatorError, NodeNotRegisteredError, RequestError
+from mx8_common.errors import (
+    CoordinatorError,
+    LeaseLogError,
+    NodeNotRegisteredError,
+    RegistrationTokenError,
+    RequestError,
+)
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.obs.events import Throttled, emit
 from mx8_common.rpc.coordinator_client import CoordinatorClient
@@ -62,6 +68,8 @@ _COMPONENT = "agent"
 _JOIN_POLL_FIRST_S = 0.01
 _JOIN_POLL_S = 0.25
 _MAX_REPORTS = 4096
+#: Status codes of a coordinator away for now (restarting, or a Service between leaders).
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 #: Threads reading batches straight into shared memory (each a whole batch at a time).
 _DIRECT_THREADS = 4
 
@@ -247,8 +255,8 @@ class RankServer:
                 raise self._error
             try:
                 answer = await self._client.register_rank(request)
-            except CoordinatorError as exc:
-                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            except (CoordinatorError, LeaseLogError) as exc:
+                if isinstance(exc, CoordinatorError) and exc.code not in _TRANSIENT:
                     raise
                 self._retry_log.emit(_COMPONENT, "rank_join_retry", rank=spec.rank, error=exc)
                 yield WorldWait(spec.world_size, (), ())
@@ -535,10 +543,18 @@ class RankServer:
 
     async def report_now(self) -> bool:
         """Report every rank's progress; True when the coordinator says the job is drained."""
+        token = self._client.registration_token
         try:
             resp = await self._client.report_ranks(
                 self._job_id, self._node_id, list(self._reports.values())
             )
+        except RegistrationTokenError as exc:
+            if self._client.registration_token == token:
+                raise  # another agent holds this node id now
+            # Sent with the previous registration's token: the heartbeat registered again
+            # (a new leader) while this report was in flight. The next one carries the new.
+            self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)
+            return False
         except NodeNotRegisteredError as exc:
             # A restarted coordinator knows this node once the heartbeat registers it.
             self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)
@@ -546,6 +562,10 @@ class RankServer:
         except CoordinatorError as exc:
             if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION"):
                 raise
+            self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)
+            return False
+        except LeaseLogError as exc:
+            # A leader that cannot reach its state store, or a deposed one: report again.
             self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)
             return False
         if resp.job_drained and not self.drained.is_set():

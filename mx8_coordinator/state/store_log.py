@@ -324,7 +324,7 @@ class StoreLeaseLog:
         return LeaseLogError(
             f"job {self.election.job_id!r}: this coordinator could not renew its leader "
             f"record (term {self.election.term}) in time ({why}), so it hands out no lease "
-            "and takes no report until the store answers again",
+            "and records no registration or progress until the store answers again",
             path=self.path,
         )
 

@@ -43,11 +43,13 @@ class TcpProxy:
         return await asyncio.open_connection(host, int(port))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._flowing.wait()
+        self._writers.add(writer)  # a cut or stop() closes it even while it waits here
         try:
+            await self._flowing.wait()
             up_reader, up_writer = await self._connect()
-        except OSError:
-            writer.close()
+        except (OSError, asyncio.CancelledError):
+            writer.transport.abort()
+            self._writers.discard(writer)
             return
         self._writers |= {writer, up_writer}
         for src, dst, down in ((reader, up_writer, False), (up_reader, writer, True)):
