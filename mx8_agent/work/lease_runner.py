@@ -238,16 +238,8 @@ class LeaseRunner:
                 await self._freed.wait()
                 continue
             sent_at = self.fence.now()
-            token = getattr(self._client, "registration_token", None)
             try:
                 resp = await self._client.request_lease(self._job_id, self._node_id, free)
-            except RegistrationTokenError as exc:
-                if getattr(self._client, "registration_token", None) == token:
-                    raise  # another agent holds this node id now
-                # Sent with the token of the registration before: the heartbeat registered
-                # again (a new leader) while this request was in flight. Ask again.
-                self._retry_log.emit(_COMPONENT, "lease_request_retry", reason=exc.event, error=exc)
-                continue
             except (*_WAIT_ERRORS, CoordinatorError) as exc:
                 if isinstance(exc, CoordinatorError) and exc.code not in _TRANSIENT_CODES:
                     raise

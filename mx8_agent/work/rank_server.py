@@ -49,7 +49,6 @@ from mx8_common.errors import (
     CoordinatorError,
     LeaseLogError,
     NodeNotRegisteredError,
-    RegistrationTokenError,
     RequestError,
 )
 from mx8_common.manifest.table import ManifestTable
@@ -543,18 +542,10 @@ class RankServer:
 
     async def report_now(self) -> bool:
         """Report every rank's progress; True when the coordinator says the job is drained."""
-        token = self._client.registration_token
         try:
             resp = await self._client.report_ranks(
                 self._job_id, self._node_id, list(self._reports.values())
             )
-        except RegistrationTokenError as exc:
-            if self._client.registration_token == token:
-                raise  # another agent holds this node id now
-            # Sent with the previous registration's token: the heartbeat registered again
-            # (a new leader) while this report was in flight. The next one carries the new.
-            self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)
-            return False
         except NodeNotRegisteredError as exc:
             # A restarted coordinator knows this node once the heartbeat registers it.
             self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)

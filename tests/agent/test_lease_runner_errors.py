@@ -26,7 +26,6 @@ from mx8_common.errors import (
     ManifestChangedError,
     Mx8Error,
     NodeNotRegisteredError,
-    RegistrationTokenError,
 )
 from mx8_common.manifest.table import ManifestTable
 from mx8_common.rpc.proto import coordinator_pb2 as pb
@@ -204,38 +203,3 @@ async def test_lease_runner_fails_on_a_lease_refusal_not_worth_retrying(
     with pytest.raises(type(error)) as info:
         await runner.run()
     assert info.value is error and client.lease_calls == 1
-
-
-class ReregisteringCoordinator(ScriptedCoordinator):
-    """RequestLease refused for the token it carried; with ``reregister`` the heartbeat
-    registered again (a new leader, a new token) while that request was in flight."""
-
-    def __init__(self, *, reregister: bool) -> None:
-        super().__init__(
-            lease_error=RegistrationTokenError("not the token of its registration", node_id="a")
-        )
-        self.registration_token = "old"
-        self.reregister = reregister
-
-    async def request_lease(self, job_id: str, node_id: str, want: int) -> Any:
-        if self.reregister and self.lease_calls == 0:
-            self.registration_token = "new"
-        return await super().request_lease(job_id, node_id, want)
-
-
-async def test_lease_runner_asks_again_when_its_request_carried_the_previous_registrations_token(
-    make_runner: Any, logs: Events
-) -> None:
-    client = ReregisteringCoordinator(reregister=True)
-    await make_runner(client).run()  # asked again with the new token, then drained
-    assert client.lease_calls == 2
-    (retry,) = logs.named("lease_request_retry")
-    assert retry["reason"] == "registration_token_mismatch"
-
-
-async def test_lease_runner_fails_when_its_current_token_is_refused(make_runner: Any) -> None:
-    # Another agent registered this node id: not this agent's to retry.
-    client = ReregisteringCoordinator(reregister=False)
-    with pytest.raises(RegistrationTokenError):
-        await make_runner(client).run()
-    assert client.lease_calls == 1

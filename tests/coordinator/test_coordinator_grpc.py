@@ -271,3 +271,31 @@ async def test_coordinator_report_ranks_refuses_a_call_without_the_nodes_registr
         assert len(refused) == 2 and {e["node_id"] for e in refused} == {"n0"}
         # The node's own agent, with its token, is heard.
         assert not (await n0.report_ranks(JOB, "n0", [])).job_drained
+
+
+async def test_coordinator_client_resends_a_call_made_with_the_token_of_its_previous_registration(
+    manifest_path: Path, start_coordinator, logs: Events
+) -> None:
+    """A call built before the client registered again (a new leader gave it a new token)
+    is refused for the old token and sent once more with the new one; a refusal of the
+    token the client holds now stands (another agent holds the node id)."""
+    coord = await start_coordinator(manifest_path, world_size=1)
+    async with CoordinatorClient(coord.address) as client:
+        await client.register_node(JOB, "a", incarnation="a-process")
+        current = client.registration_token
+        sent: list[str] = []
+
+        def registered_again_in_flight(token: str) -> pb.HeartbeatRequest:
+            sent.append(token)
+            if len(sent) == 1:
+                client.registration_token = current  # the re-registration's reply landed
+            return pb.HeartbeatRequest(job_id=JOB, node_id="a", registration_token=token)
+
+        client.registration_token = "0" * 32  # the token of the registration before
+        await client._call_as_node("Heartbeat", registered_again_in_flight)
+        assert sent == ["0" * 32, current]
+        assert len(logs.named("registration_token_mismatch")) == 1
+
+        client.registration_token = "1" * 32  # refused with the token it holds now
+        with pytest.raises(RegistrationTokenError):
+            await client.heartbeat(JOB, "a")
