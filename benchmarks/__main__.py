@@ -33,6 +33,7 @@ CASES = {
     "first_batch": "benchmarks.case_first_batch",
     "coordinator": "benchmarks.case_coordinator",
     "distributed": "benchmarks.case_distributed",
+    "distributed_s3": "benchmarks.case_distributed_s3",
 }
 
 

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import psutil
 from benchmarks.bench_env import BenchEnv
 from benchmarks.report import Row
 
-__all__ = ["run"]
+__all__ = ["Epoch", "epoch", "run"]
 
 CASE = "distributed"
 PAYLOAD = 64 * 1024
@@ -94,12 +95,11 @@ def _base_env() -> dict[str, str]:
 
 
 def _start_daemons(
-    folder: Path, work: Path, sock: str, procs: list[subprocess.Popen[bytes]]
+    source: str, work: Path, sock: str, procs: list[subprocess.Popen[bytes]], env: dict[str, str]
 ) -> list[subprocess.Popen[bytes]]:
     port = _free_port()
-    env = _base_env()
     coordinator = _popen(
-        [sys.executable, "-m", "mx8_coordinator", "--dataset", str(folder),
+        [sys.executable, "-m", "mx8_coordinator", "--dataset", source,
          "--listen", f"127.0.0.1:{port}", "--world-size", "1"],
         work / "coordinator.log",
         env,
@@ -122,22 +122,44 @@ def _start_daemons(
     return [coordinator, agent]
 
 
-def _epoch(env: BenchEnv, folder: Path, count: int, *, distributed: bool) -> tuple[float, float]:
-    """One epoch of both ranks: (samples/s, CPU seconds per sample)."""
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch of both ranks, from "go" to the trainers' results."""
+
+    samples: int
+    rate: float  # both ranks' samples over the span of their loops
+    trainer_cpu: float  # CPU seconds of both trainers' loops
+    daemon_cpu: tuple[float, ...]  # (coordinator, agent) CPU seconds; () when embedded
+
+    @property
+    def cpu_per_sample(self) -> float:
+        return (self.trainer_cpu + sum(self.daemon_cpu)) / self.samples
+
+
+def epoch(
+    env: BenchEnv,
+    source: str,
+    count: int,
+    *,
+    distributed: bool,
+    extra_env: dict[str, str] | None = None,
+) -> Epoch:
+    """One epoch of both ranks over ``source`` (a folder or a link); ``extra_env`` goes to
+    every process started (daemons and trainers)."""
     work = env.scratch("dist" if distributed else "emb")
     sock_dir = Path(tempfile.mkdtemp(prefix="mx8b", dir="/tmp"))  # unix paths are short
     go = work / "go"
     try:
         with _processes() as procs:
             daemons: list[subprocess.Popen[bytes]] = []
-            trainer_env = _base_env()
+            trainer_env = {**_base_env(), **(extra_env or {})}
             if distributed:
                 sock = str(sock_dir / "a.sock")
-                daemons = _start_daemons(folder, work, sock, procs)
+                daemons = _start_daemons(source, work, sock, procs, dict(trainer_env))
                 trainer_env["MX8_AGENT_URL"] = f"unix://{sock}"
             trainers = []
             for rank in range(WORLD):
-                cfg = {"folder": str(folder), "batch": BATCH, "go": str(go), "work": str(work)}
+                cfg = {"folder": source, "batch": BATCH, "go": str(go), "work": str(work)}
                 if not distributed:
                     cfg.update(rank=rank, world_size=WORLD)
                 renv = dict(trainer_env)
@@ -162,11 +184,14 @@ def _epoch(env: BenchEnv, folder: Path, count: int, *, distributed: bool) -> tup
     results = [json.loads(p.read_text()) for p in _results(work)]
     samples = sum(r["samples"] for r in results)
     if samples != count:  # the ranks split the epoch: together they see every sample once
-        raise RuntimeError(f"the 2 ranks read {samples} samples, not the folder's {count}")
+        raise RuntimeError(f"the 2 ranks read {samples} samples, not the dataset's {count}")
     span = max(r["end"] for r in results) - min(r["start"] for r in results)
-    cpu = sum(r["cpu1"] - r["cpu0"] for r in results)
-    cpu += sum(b - a for a, b in zip(daemon_cpu0, daemon_cpu1, strict=True))
-    return samples / span, cpu / samples
+    return Epoch(
+        samples=samples,
+        rate=samples / span,
+        trainer_cpu=sum(r["cpu1"] - r["cpu0"] for r in results),
+        daemon_cpu=tuple(b - a for a, b in zip(daemon_cpu0, daemon_cpu1, strict=True)),
+    )
 
 
 def _results(work: Path) -> list[Path]:
@@ -181,9 +206,9 @@ def run(env: BenchEnv) -> list[Row]:
     cpus: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(env.repeats):
         for distributed in (False, True):
-            rate, cpu = _epoch(env, folder, count, distributed=distributed)
-            rates[distributed].append(rate)
-            cpus[distributed].append(cpu)
+            one = epoch(env, str(folder), count, distributed=distributed)
+            rates[distributed].append(one.rate)
+            cpus[distributed].append(one.cpu_per_sample)
     label = f"2 ranks, local 64 KiB x {count}"
     note = f"load average {os.getloadavg()[0]:.1f} (shared machine: 2 cores)"
     return [
