@@ -414,6 +414,10 @@ class Job:
             for le in grant.leases
         ]
         await self._append(records)
+        # A leader stopped (SIGSTOP, a paused VM) while its records were being written may
+        # wake deposed: the records are in the log, which the new leader replays, but it
+        # answers no lease it can no longer stand behind.
+        self._check_gate()
         for d in grant.dealt:
             emit(_COMPONENT, "epoch_dealt", epoch=d.epoch, world_size=d.world_size)
         for le in grant.leases:
