@@ -82,7 +82,8 @@ class ListingStats:
     probes: int = 0
     spilled_keys: int = 0
     max_live_ranges: int = 1
-    #: Objects whose key ends in "/" but that have a body: left out, counted (first one kept).
+    #: Objects whose key ends in "/" but that have a body: left out, counted (the smallest
+    #: key kept as the example, so it does not depend on which range listed first).
     skipped_objects: int = 0
     skipped_example: str | None = None
 
@@ -92,7 +93,8 @@ class ListingStats:
             return True
         if size > 0:
             self.skipped_objects += 1
-            self.skipped_example = self.skipped_example or key
+            if self.skipped_example is None or key < self.skipped_example:
+                self.skipped_example = key
         return False
 
 
