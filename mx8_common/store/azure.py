@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 from mx8_common.errors import (
     IntegrityError,
-    ManifestHashMismatch,
     ObjectNotFoundError,
     StoreError,
 )
 from mx8_common.manifest.hashing import HashingSink, file_sha256
 from mx8_common.storage.azure_rest import AzureRestClient
-from mx8_common.store.base import LockState, ManifestStore, check_hash
+from mx8_common.store.base import LockState, StreamedManifestStore, check_hash
 
 __all__ = ["AzureManifestStore"]
 
 
-class AzureManifestStore(ManifestStore):
+class AzureManifestStore(StreamedManifestStore):
     """A manifest store under ``az://container/prefix``; see ``store.base`` for the layout."""
 
     def __init__(self, root: str) -> None:
@@ -99,55 +97,8 @@ class AzureManifestStore(ManifestStore):
             fix="the store copy is corrupt: delete it and index again",
         )
 
-    async def read_manifest_bytes(self, manifest_hash: str) -> bytes:
-        parts: list[bytes] = []
-        await self._stream_verified(manifest_hash, parts.append)
-        return b"".join(parts)
-
-    async def download_manifest(self, manifest_hash: str, dest: str | os.PathLike[str]) -> Path:
-        dest_path = Path(dest)
-        dest_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest_path.parent / f".{dest_path.name}.{secrets.token_hex(6)}.tmp"
-        f = await asyncio.to_thread(open, tmp, "wb")
-        try:
-            await self._stream_verified(manifest_hash, f.write)
-            await asyncio.to_thread(f.flush)
-            await asyncio.to_thread(os.fsync, f.fileno())
-            f.close()
-            await asyncio.to_thread(os.replace, tmp, dest_path)
-        finally:
-            f.close()
-            tmp.unlink(missing_ok=True)
-        return dest_path
-
     async def local_path(self, manifest_hash: str) -> Path | None:
         return None
-
-    async def _verify_collision(self, path: Path, manifest_hash: str) -> None:
-        """Stream the stored blob and our file side by side; IntegrityError on a mismatch."""
-        where = self.manifest_location(manifest_hash)
-        f = await asyncio.to_thread(open, path, "rb")
-        try:
-            mismatch = False
-
-            def compare(chunk: bytes) -> None:
-                nonlocal mismatch
-                if not mismatch and f.read(len(chunk)) != chunk:
-                    mismatch = True
-
-            try:
-                await self._stream_verified(manifest_hash, compare)
-            except ManifestHashMismatch as exc:
-                raise IntegrityError(str(exc), manifest_hash=manifest_hash) from exc
-            if mismatch or f.read(1):
-                raise IntegrityError(
-                    f"{where} already exists with different bytes than {path}, stored under "
-                    f"the same hash {manifest_hash}; one of them is corrupt. Delete the store "
-                    "copy if it fails verification, else check the local file",
-                    manifest_hash=manifest_hash,
-                )
-        finally:
-            f.close()
 
     async def put_manifest_file(self, path: str | os.PathLike[str], manifest_hash: str) -> None:
         path = Path(path)

@@ -23,6 +23,7 @@ store per event loop, and ``aclose()`` it (or ``async with``).
 from __future__ import annotations
 
 import abc
+import asyncio
 import errno
 import hashlib
 import json
@@ -30,10 +31,16 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mx8_common.errors import IntegrityError, SnapshotNotFoundError, StoreError
+from mx8_common.errors import (
+    IntegrityError,
+    ManifestHashMismatch,
+    SnapshotNotFoundError,
+    StoreError,
+)
 from mx8_common.manifest.labels import decode_labels_tsv
 
 __all__ = [
@@ -42,6 +49,7 @@ __all__ = [
     "LockState",
     "ManifestMeta",
     "ManifestStore",
+    "StreamedManifestStore",
     "check_hash",
     "store_os_error",
 ]
@@ -369,3 +377,60 @@ class ManifestStore(abc.ABC):
             "that holds it",
             manifest_hash=manifest_hash,
         )
+
+
+class StreamedManifestStore(ManifestStore):
+    """A store whose manifests come back as a verified byte stream (S3, Azure): reading,
+    downloading and the same-hash collision check are built once on ``_stream_verified``."""
+
+    @abc.abstractmethod
+    async def _stream_verified(self, manifest_hash: str, sink: Callable[[bytes], object]) -> None:
+        """Feed the stored manifest's bytes to ``sink``; ManifestHashMismatch if they do not
+        hash to ``manifest_hash``."""
+
+    async def read_manifest_bytes(self, manifest_hash: str) -> bytes:
+        parts: list[bytes] = []
+        await self._stream_verified(manifest_hash, parts.append)
+        return b"".join(parts)
+
+    async def download_manifest(self, manifest_hash: str, dest: str | os.PathLike[str]) -> Path:
+        dest_path = Path(dest)
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest_path.parent / f".{dest_path.name}.{secrets.token_hex(6)}.tmp"
+        f = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            await self._stream_verified(manifest_hash, f.write)
+            await asyncio.to_thread(f.flush)
+            await asyncio.to_thread(os.fsync, f.fileno())
+            f.close()
+            await asyncio.to_thread(os.replace, tmp, dest_path)
+        finally:
+            f.close()
+            tmp.unlink(missing_ok=True)
+        return dest_path
+
+    async def _verify_collision(self, path: Path, manifest_hash: str) -> None:
+        """Stream the stored blob and our file side by side; IntegrityError on a mismatch."""
+        where = self.manifest_location(manifest_hash)
+        f = await asyncio.to_thread(open, path, "rb")
+        try:
+            mismatch = False
+
+            def compare(chunk: bytes) -> None:
+                nonlocal mismatch
+                if not mismatch and f.read(len(chunk)) != chunk:
+                    mismatch = True
+
+            try:
+                await self._stream_verified(manifest_hash, compare)
+            except ManifestHashMismatch as exc:
+                raise IntegrityError(str(exc), manifest_hash=manifest_hash) from exc
+            if mismatch or f.read(1):
+                raise IntegrityError(
+                    f"{where} already exists with different bytes than {path}, stored under "
+                    f"the same hash {manifest_hash}; one of them is corrupt. Delete the store "
+                    "copy if it fails verification, else check the local file",
+                    manifest_hash=manifest_hash,
+                )
+        finally:
+            f.close()

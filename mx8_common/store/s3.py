@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,13 +23,12 @@ import botocore.exceptions
 
 from mx8_common.errors import (
     IntegrityError,
-    ManifestHashMismatch,
     StoreError,
 )
 from mx8_common.manifest.hashing import HashingSink, file_sha256
 from mx8_common.retry import NO_JITTER, Backoff
 from mx8_common.storage.s3_client import S3Settings, open_s3_client, translate_s3_error
-from mx8_common.store.base import STREAM_CHUNK, LockState, ManifestStore, check_hash
+from mx8_common.store.base import STREAM_CHUNK, LockState, StreamedManifestStore, check_hash
 
 __all__ = ["S3ManifestStore"]
 
@@ -55,7 +53,7 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
     return code or str(status or "")
 
 
-class S3ManifestStore(ManifestStore):
+class S3ManifestStore(StreamedManifestStore):
     """A manifest store under ``s3://bucket/prefix``; see ``manifest_store`` for the layout."""
 
     def __init__(
@@ -189,56 +187,8 @@ class S3ManifestStore(ManifestStore):
             fix="the store copy is corrupt: delete it and index again",
         )
 
-    async def read_manifest_bytes(self, manifest_hash: str) -> bytes:
-        parts: list[bytes] = []
-        await self._stream_verified(manifest_hash, parts.append)
-        return b"".join(parts)
-
-    async def download_manifest(self, manifest_hash: str, dest: str | os.PathLike[str]) -> Path:
-        dest_path = Path(dest)
-        dest_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest_path.parent / f".{dest_path.name}.{secrets.token_hex(6)}.tmp"
-        # Local writes of <= 1 MiB chunks are short; the GET stream itself is async.
-        f = await asyncio.to_thread(open, tmp, "wb")
-        try:
-            await self._stream_verified(manifest_hash, f.write)
-            await asyncio.to_thread(f.flush)
-            await asyncio.to_thread(os.fsync, f.fileno())
-            f.close()
-            await asyncio.to_thread(os.replace, tmp, dest_path)
-        finally:
-            f.close()
-            tmp.unlink(missing_ok=True)
-        return dest_path
-
     async def local_path(self, manifest_hash: str) -> Path | None:
         return None
-
-    async def _verify_collision(self, path: Path, manifest_hash: str) -> None:
-        """Stream the stored object and our file side by side; IntegrityError on a mismatch."""
-        where = self.manifest_location(manifest_hash)
-        f = await asyncio.to_thread(open, path, "rb")
-        try:
-            mismatch = False
-
-            def compare(chunk: bytes) -> None:
-                nonlocal mismatch
-                if not mismatch and f.read(len(chunk)) != chunk:
-                    mismatch = True
-
-            try:
-                await self._stream_verified(manifest_hash, compare)
-            except ManifestHashMismatch as exc:
-                raise IntegrityError(str(exc), manifest_hash=manifest_hash) from exc
-            if mismatch or f.read(1):
-                raise IntegrityError(
-                    f"{where} already exists with different bytes than {path}, stored under "
-                    f"the same hash {manifest_hash}; one of them is corrupt. Delete the store "
-                    "copy if it fails verification, else check the local file",
-                    manifest_hash=manifest_hash,
-                )
-        finally:
-            f.close()
 
     async def put_manifest_file(self, path: str | os.PathLike[str], manifest_hash: str) -> None:
         path = Path(path)
