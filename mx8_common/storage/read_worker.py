@@ -95,9 +95,12 @@ class _Worker:
                 # Not in the agent's session: a ^C reaches the agent, which closes it.
                 start_new_session=True,
             )
-        except OSError:
+        except OSError as exc:
             ours.close()
-            raise
+            raise StorageError(
+                f"cannot start the agent's local read worker ({sys.executable}): {exc}; "
+                "check that the agent's Python can start another process"
+            ) from None
         finally:
             theirs.close()
         ours.setblocking(False)
