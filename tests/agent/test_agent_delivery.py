@@ -30,9 +30,28 @@ async def test_agent_two_trainers_share_leases_exactly_once(
     # 100-sample leases with 16-sample batches: leases end mid-batch.
     coordinator = await start_coordinator(manifest, block_size=100)
     agent = await start_agent(coordinator.address)
+    # Both consume only once both have a batch, at a pace set by sleeps rather than by
+    # who gets the CPU: the share is then the agent's doing, not the box's load.
+    both = threading.Barrier(2, timeout=30)
+    firsts: list[int] = []
+
+    def first_batch_waits(batch: Any, rank: int) -> None:
+        if rank not in firsts:
+            firsts.append(rank)
+            both.wait()
+
     runs = await asyncio.gather(
-        asyncio.to_thread(run_trainer, agent.url, local_rank=0, keep_batches=True),
-        asyncio.to_thread(run_trainer, agent.url, local_rank=1, keep_batches=True),
+        *(
+            asyncio.to_thread(
+                run_trainer,
+                agent.url,
+                local_rank=rank,
+                keep_batches=True,
+                delay_s=0.002,
+                on_batch=lambda b, rank=rank: first_batch_waits(b, rank),
+            )
+            for rank in (0, 1)
+        )
     )
     await agent.result()
     for run in runs:

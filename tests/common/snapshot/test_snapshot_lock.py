@@ -81,12 +81,13 @@ async def test_snapshot_lock_wait_times_out_while_live_holder_heartbeats(
 ) -> None:
     root = _dataset(tmp_path)
     cfg = SnapshotResolverConfig(
-        store_root=store_root_any, lock_stale_ms=1500, wait_timeout_ms=2500, label_mode="none"
+        store_root=store_root_any, lock_stale_ms=3000, wait_timeout_ms=4000, label_mode="none"
     )
     key = intent_key(parse_dataset_link(str(root)), cfg)
     async with open_manifest_store(store_root_any) as store:
-        # Margins wide enough for a loaded 2-core box: 30 heartbeats per stale period.
-        holder = SnapshotLock(store, key, link="holder", stale_ms=1500, heartbeat_ms=50)
+        # Margins wide enough for a loaded 2-core box (a moto PUT can take a second):
+        # 60 heartbeats per stale period.
+        holder = SnapshotLock(store, key, link="holder", stale_ms=3000, heartbeat_ms=50)
         assert await holder.try_acquire()
         try:
             logs.clear()
