@@ -21,7 +21,6 @@ import hmac
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -38,23 +37,19 @@ from mx8_common.storage.azure_store import (
     AzureSettings,
     split_az_location,
 )
-from mx8_common.storage.rest_client import CloudWording, ListAnswer, RestClient, http_time
+from mx8_common.storage.rest_client import (
+    CloudObject,
+    CloudWording,
+    ListAnswer,
+    RestClient,
+    http_time,
+    range_header,
+)
 
-__all__ = ["AzureBlob", "AzureRestClient"]
+__all__ = ["AzureRestClient"]
 
 _VERSION = "2021-08-06"
 _SCOPE = "https://storage.azure.com/.default"
-
-
-@dataclass(frozen=True)
-class AzureBlob:
-    """One GET's answer: the bytes and what the headers said about the blob."""
-
-    data: bytes
-    start: int
-    object_size: int
-    last_modified: float | None
-    etag: str = ""
 
 
 _STANDARD = (
@@ -312,28 +307,11 @@ class AzureRestClient(RestClient):
                 sink(body[i : i + (1 << 20)])
         return True
 
-    async def get(self, location: str, start: int | None, length: int | None) -> AzureBlob:
+    async def get(
+        self, location: str, start: int | None = None, length: int | None = None
+    ) -> CloudObject:
         """The blob at ``az://container/key`` (or ``length`` bytes from ``start``)."""
-        container, key = split_az_location(location)
-        extra = {}
-        if start is not None and length is not None:
-            extra["x-ms-range"] = f"bytes={start}-{start + length - 1}"
-        path = f"/{urllib.parse.quote(container, safe='')}/{urllib.parse.quote(key, safe='/')}"
-        resp, body = await self._request(path, {}, location, extra)
-        size = resp.content_length if resp.content_length is not None else -1
-        first = 0
-        content_range = resp.headers.get("Content-Range")
-        if content_range:
-            span, _, total = content_range.partition(" ")[2].partition("/")
-            first_text = span.partition("-")[0]
-            first = int(first_text) if first_text.isdigit() else -1
-            size = int(total) if total.isdigit() else -1
-        elif start is not None:
-            first = -1  # a whole blob answered a ranged request
-        return AzureBlob(
-            body,
-            first,
-            size,
-            http_time(resp.headers.get("Last-Modified")),
-            resp.headers.get("ETag", ""),
-        )
+        wanted = range_header(start, length)
+        extra = {"x-ms-range": wanted} if wanted else {}
+        resp, body = await self._request(self._blob_path(location), {}, location, extra)
+        return CloudObject.from_answer(resp, body, ranged=wanted is not None)

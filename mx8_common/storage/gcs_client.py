@@ -32,9 +32,16 @@ from mx8_common.errors import (
     StorageError,
     TransientStorageError,
 )
-from mx8_common.storage.rest_client import CloudWording, ListAnswer, RestClient, http_time
+from mx8_common.link import split_object_location
+from mx8_common.storage.rest_client import (
+    CloudObject,
+    CloudWording,
+    ListAnswer,
+    RestClient,
+    range_header,
+)
 
-__all__ = ["GcsClient", "GcsObject", "GcsSettings", "split_gcs_location"]
+__all__ = ["GcsClient", "GcsSettings", "split_gcs_location"]
 
 _PUBLIC_ENDPOINT = "https://storage.googleapis.com"
 _READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -46,13 +53,7 @@ _CREDENTIALS_HINT = (
 
 def split_gcs_location(location: str) -> tuple[str, str]:
     """``gs://bucket/key`` -> ``(bucket, key)``; anything else is a ``StorageError``."""
-    bucket, sep, key = location[5:].partition("/")
-    if not location.startswith("gs://") or not bucket or not sep or not key:
-        raise StorageError(
-            f"{location!r} is not a GCS object location; write it as gs://bucket/key",
-            location=location,
-        )
-    return bucket, key
+    return split_object_location(location, "gs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,19 +141,6 @@ def _refresh(credentials: Any, location: str) -> None:
         ) from None
 
 
-@dataclass(frozen=True)
-class GcsObject:
-    """One GET's answer: the bytes and what the headers said about the object."""
-
-    data: bytes
-    #: Size of the whole object (Content-Length, or the total of Content-Range); -1 unknown.
-    object_size: int
-    #: ``bytes a-b/total`` for a ranged answer, else None.
-    content_range: str | None
-    #: Last-Modified as Unix seconds, when the server sent it.
-    last_modified: float | None
-
-
 _WORDING = CloudWording(
     cloud="GCS",
     endpoint_noun="GCS endpoint",
@@ -226,16 +214,19 @@ class GcsClient(RestClient):
         ]
         return ListAnswer(objects, list(answer.get("prefixes") or ()), answer.get("nextPageToken"))
 
-    async def get(self, location: str, range_header: str | None = None) -> GcsObject:
-        """The object at ``gs://bucket/key`` (or the ``bytes=a-b`` range of it)."""
+    async def get(
+        self, location: str, start: int | None = None, length: int | None = None
+    ) -> CloudObject:
+        """The object at ``gs://bucket/key`` (or ``length`` bytes from ``start``)."""
         bucket, key = split_gcs_location(location)
         url = (
             f"{self.settings.endpoint}/download/storage/v1/b/{urllib.parse.quote(bucket, safe='')}"
             f"/o/{urllib.parse.quote(key, safe='')}"
         )
         headers = await self._headers(location)
-        if range_header:
-            headers["Range"] = range_header
+        wanted = range_header(start, length)
+        if wanted:
+            headers["Range"] = wanted
         endpoint = self.settings.endpoint
         params = {"alt": "media"}
         async with self._send(
@@ -244,21 +235,9 @@ class GcsClient(RestClient):
             if resp.status not in (200, 206):
                 body = await resp.text(errors="replace")
                 if resp.status == 416:
-                    raise StorageError(
-                        f"range {range_header} is outside {location}", location=location
-                    )
+                    raise StorageError(f"range {wanted} is outside {location}", location=location)
                 raise _status_error(resp.status, location, listing=False, body=body)
-            data = await resp.read()
-            content_range = resp.headers.get("Content-Range")
-            size = -1
-            if content_range:
-                total = content_range.rpartition("/")[2]
-                size = int(total) if total.isdigit() else -1
-            elif resp.content_length is not None:
-                size = resp.content_length
-            return GcsObject(
-                data, size, content_range, http_time(resp.headers.get("Last-Modified"))
-            )
+            return CloudObject.from_answer(resp, await resp.read(), ranged=wanted is not None)
 
 
 def _rfc3339(value: str | None) -> float | None:

@@ -23,7 +23,15 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 
-__all__ = ["CloudWording", "ListAnswer", "RestClient", "http_time"]
+__all__ = [
+    "CloudObject",
+    "CloudWording",
+    "ListAnswer",
+    "RestClient",
+    "http_time",
+    "parse_content_range",
+    "range_header",
+]
 
 
 def http_time(value: str | None) -> float | None:
@@ -34,6 +42,59 @@ def http_time(value: str | None) -> float | None:
         return email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
+
+
+def parse_content_range(value: str) -> tuple[int, int, int | None] | None:
+    """``bytes a-b/total`` -> ``(a, b, total)`` (total None for ``*``); None if unreadable."""
+    _unit, _, spec = value.partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    try:
+        return int(first), int(last), (None if total == "*" else int(total))
+    except ValueError:
+        return None
+
+
+def range_header(start: int | None, length: int | None) -> str | None:
+    """``bytes=a-b`` for ``length`` bytes from ``start`` (both or neither), else None."""
+    if start is None or length is None:
+        return None
+    return f"bytes={start}-{start + length - 1}"
+
+
+@dataclass(frozen=True)
+class CloudObject:
+    """One GET's answer: the bytes and what the server said of the object."""
+
+    data: bytes
+    #: Offset of ``data[0]`` in the object (0 for a whole-object GET); -1 when a ranged
+    #: request was answered without a usable Content-Range.
+    start: int
+    #: Size of the whole object; -1 when the server did not say.
+    object_size: int
+    #: Last modification, Unix seconds; None when the server did not say.
+    last_modified: float | None
+    #: The object's ETag ("" when the server sent none).
+    etag: str = ""
+
+    @classmethod
+    def from_answer(cls, resp: aiohttp.ClientResponse, data: bytes, *, ranged: bool) -> CloudObject:
+        """What the headers of ``resp`` (a 200 or 206 carrying ``data``) say."""
+        start, size = 0, resp.content_length if resp.content_length is not None else -1
+        content_range = resp.headers.get("Content-Range")
+        if content_range:
+            span = parse_content_range(content_range)
+            start = span[0] if span else -1
+            size = span[2] if span and span[2] is not None else -1
+        elif ranged:
+            start = -1  # a whole object answered a ranged request: no usable start
+        return cls(
+            data,
+            start,
+            size,
+            http_time(resp.headers.get("Last-Modified")),
+            resp.headers.get("ETag", ""),
+        )
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,12 @@ import contextlib
 import http.server
 import json
 import re
-import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from support.loopback_http import answer, forward, serve_http
 
 __all__ = ["GcsPagingFront", "gcs_paging_front"]
 
@@ -69,53 +68,33 @@ class GcsPagingFront:
 
 
 def _handler(front: GcsPagingFront) -> type[http.server.BaseHTTPRequestHandler]:
+    upstream = urllib.parse.urlsplit(front.upstream)
+
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, format: str, *args: Any) -> None:
-            pass
+            pass  # keep test output clean
 
-        def _relay(self, method: str) -> None:
+        def _relay(self) -> None:
             path, _, raw_query = self.path.partition("?")
+            listing = self.command == "GET" and _LIST_PATH.match(path) is not None
+            if not listing:
+                answer(self, *forward(self, upstream.hostname or "", upstream.port or 80))
+                return
             query = dict(urllib.parse.parse_qsl(raw_query))
-            listing = method == "GET" and _LIST_PATH.match(path) is not None
-            forward = path
-            if listing:
-                upstream_query = {
-                    k: v for k, v in query.items() if k not in ("maxResults", "pageToken")
-                }
-                forward += "?" + urllib.parse.urlencode(upstream_query)
-            elif raw_query:
-                forward += "?" + raw_query
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
-            headers = {
-                k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
-            }
-            request = urllib.request.Request(
-                front.upstream + forward, data=body, headers=headers, method=method
+            whole = {k: v for k, v in query.items() if k not in ("maxResults", "pageToken")}
+            status, headers, data = forward(
+                self,
+                upstream.hostname or "",
+                upstream.port or 80,
+                path + "?" + urllib.parse.urlencode(whole),
             )
-            try:
-                with urllib.request.urlopen(request, timeout=30) as resp:
-                    status, answer_headers, data = resp.status, resp.headers, resp.read()
-            except urllib.error.HTTPError as err:
-                status, answer_headers, data = err.code, err.headers, err.read()
-            if listing and status == 200:
+            if status == 200:
                 data = json.dumps(front.page(json.loads(data), query)).encode()
-            self.send_response(status)
-            for name, value in answer_headers.items():
-                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            answer(self, status, headers, data)
 
-        def do_GET(self) -> None:
-            self._relay("GET")
-
-        def do_POST(self) -> None:
-            self._relay("POST")
-
-        def do_DELETE(self) -> None:
-            self._relay("DELETE")
+        do_GET = do_POST = do_DELETE = _relay
 
     return Handler
 
@@ -124,14 +103,6 @@ def _handler(front: GcsPagingFront) -> type[http.server.BaseHTTPRequestHandler]:
 def gcs_paging_front(upstream: str, page_cap: int) -> Iterator[GcsPagingFront]:
     """Run a paging front for the emulator at ``upstream`` on a free loopback port."""
     front = GcsPagingFront(upstream, page_cap)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(front))
-    server.daemon_threads = True
-    front.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="gcs-paging-front", daemon=True)
-    thread.start()
-    try:
+    with serve_http(_handler(front), "gcs-paging-front") as url:
+        front.url = url
         yield front
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
