@@ -50,6 +50,16 @@ def _cpu(proc: psutil.Process) -> float:
     return float(t.user + t.system + t.children_user + t.children_system)
 
 
+def _tree_cpu(proc: psutil.Process) -> float:
+    """CPU of ``proc`` and of its live children (the agent's read workers run for its
+    whole life: their CPU is in no ``children_*`` field until they are reaped)."""
+    total = _cpu(proc)
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += _cpu(child)
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,10 +181,10 @@ def epoch(
             ready = [work / f"ready-{rank}" for rank in range(WORLD)]
             _wait_for(lambda: all(p.exists() for p in ready), "trainers ready", procs, 120)
             ps = [psutil.Process(d.pid) for d in daemons]
-            daemon_cpu0 = [_cpu(p) for p in ps]
+            daemon_cpu0 = [_tree_cpu(p) for p in ps]
             go.touch()
             _wait_for(lambda: all(p.exists() for p in _results(work)), "results", procs, 600)
-            daemon_cpu1 = [_cpu(p) for p in ps]
+            daemon_cpu1 = [_tree_cpu(p) for p in ps]
             for rank, proc in enumerate(trainers):
                 if proc.wait(timeout=60) != 0:
                     log = (work / f"trainer-{rank}.log").read_text(errors="replace")

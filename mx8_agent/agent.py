@@ -422,6 +422,7 @@ class Agent(Daemon):
                 self.fetch_config, max_inflight_bytes=self.config.max_inflight_bytes
             ),
             report_interval_s=self.config.progress_interval_ms / 1000,
+            read_workers=self.config.local_read_workers,
         )
         self._ranks_decided.set()
         try:

@@ -76,6 +76,13 @@ class AgentConfig:
         help="shared-memory directory batches are handed to same-host trainers through "
         "(trainers set the same MX8_SHM_DIR); empty: always send bytes in the gRPC stream",
     )
+    local_read_workers: int = setting(
+        1,
+        env="MX8_AGENT_LOCAL_READ_WORKERS",
+        help="processes reading local-folder batches into shared memory for same-host "
+        "trainers, each with its own GIL (raise it for a network file system whose reads "
+        "wait on the network)",
+    )
     max_inflight_bytes: int = shared(
         FetchConfig,
         "max_inflight_bytes",
@@ -218,6 +225,7 @@ class AgentConfig:
             "--max-line-bytes": self.max_line_bytes,
             "--progress-interval-ms": self.progress_interval_ms,
             "--leases-ahead": self.leases_ahead,
+            "--local-read-workers": self.local_read_workers,
             "--no-trainer-grace-ms": self.no_trainer_grace_ms,
             "--max-unreported-batches": self.max_unreported_batches,
             "--connect-timeout-s": self.connect_timeout_s,

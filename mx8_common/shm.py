@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -111,6 +112,12 @@ class Segment:
         self._fd = fd
         self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
         self.linked = True
+        #: Called once when the segment is closed (read workers unmap it then).
+        self.on_close: list[Callable[[], None]] = []
+
+    def fileno(self) -> int:
+        """The open descriptor (-1 once closed): passed to read workers, not the name."""
+        return self._fd
 
     def unlink(self) -> None:
         """Remove the name (mappings stay valid): once every reader has it open."""
@@ -121,6 +128,9 @@ class Segment:
     def close(self) -> None:
         """Unlink, unmap and release the lock; safe to call twice."""
         self.unlink()
+        hooks, self.on_close = self.on_close, []
+        for hook in hooks:
+            hook()
         if self._fd >= 0:
             with contextlib.suppress(BufferError):
                 # A read still filling it holds a view: the mapping goes with its last user.

@@ -42,6 +42,8 @@ class ShmSlot:
     length: int
     #: The segment's mapping, for whoever fills a reserved slot.
     target: mmap.mmap | None = field(default=None, repr=False)
+    #: The segment itself (read workers get its descriptor).
+    owner: shm.Segment | None = field(default=None, repr=False)
 
 
 def _round_up(n: int) -> int:
@@ -141,7 +143,7 @@ class ShmRing:
             offset = 0
         seg = self._seg
         assert seg is not None
-        slot = ShmSlot(0, seg.name, offset, length, seg.map)
+        slot = ShmSlot(0, seg.name, offset, length, seg.map, seg)
         if not any(x.seg is seg for x in self._live):
             self._head = offset
         self._live.append(_Live(seg, slot))

@@ -16,8 +16,10 @@ trainer presented, epoch after epoch, to the end of the job.
   The pipeline's results are only sorted into their batches, never waited on, so a
   rank whose trainer is slow cannot hold back another's. A stream that takes its batches
   through shared memory (``ShmRing``) gets a batch of local files read straight into
-  its ring slot instead: one thread-pool job per batch (``local_into``), no per-sample
-  ``bytes``, no copy when it is sent.
+  its ring slot instead: one job per batch for the agent's read worker processes
+  (``mx8_common.storage.read_worker``, ``--local-read-workers``; each has its own GIL, so
+  the reads do not stall the event loop serving the trainers), no per-sample ``bytes``,
+  no copy when it is sent.
 * **Progress.** Acknowledged batches move each rank's (epoch, step); ``run`` reports
   them to the coordinator every interval (``ReportRanks``, which also answers whether the
   job is drained) and returns once it is. Each report carries the rank's world contract,
@@ -35,7 +37,6 @@ import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,6 @@ import numpy as np
 from mx8_agent.serve.rank_stream import RankSpec, WorldReady, WorldWait
 from mx8_agent.serve.shm_ring import ShmRing, ShmSlot
 from mx8_agent.serve.trainer_hub import ReadyBatch
-from mx8_agent.work.local_into import read_into
 from mx8_common.errors import (
     CoordinatorError,
     LeaseLogError,
@@ -57,7 +57,8 @@ from mx8_common.rpc.coordinator_client import CoordinatorClient
 from mx8_common.rpc.proto import coordinator_pb2 as cpb
 from mx8_common.sample_order import EpochOrder, JobOrder, Shard
 from mx8_common.storage.fetch_pipeline import FetchConfig, FetchPipeline, FetchRequest
-from mx8_common.storage.object_reader import is_local
+from mx8_common.storage.local_read import is_local
+from mx8_common.storage.read_worker import ReadWorkers
 
 __all__ = ["RankServer", "RankStream"]
 
@@ -69,8 +70,6 @@ _JOIN_POLL_S = 0.25
 _MAX_REPORTS = 4096
 #: Status codes of a coordinator away for now (restarting, or a Service between leaders).
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
-#: Threads reading batches straight into shared memory (each a whole batch at a time).
-_DIRECT_THREADS = 4
 
 
 @dataclass(eq=False)
@@ -162,6 +161,7 @@ class RankServer:
         reader: Any,
         fetch_config: FetchConfig,
         report_interval_s: float,
+        read_workers: int = 1,
     ) -> None:
         self._client = client
         self._job_id = job_id
@@ -190,7 +190,7 @@ class RankServer:
         self.batches_sent = 0
         self.first_batch_at: float | None = None
         self._retry_log = Throttled()  # the coordinator away: one line every few seconds
-        self._pool: ThreadPoolExecutor | None = None
+        self._read_workers = ReadWorkers(read_workers)
         self._direct_jobs: set[asyncio.Future[float]] = set()
         self._direct_error: BaseException | None = None
 
@@ -460,21 +460,14 @@ class RankServer:
             (loc, None if off < 0 else off, n)
             for loc, off, n in zip(locations, offsets, lengths.tolist(), strict=True)
         ]
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(
-            self._direct_pool(), read_into, items, shared.target, shared.offset, self._listed_at()
-        )
+        assert shared.owner is not None
+        job = self._read_workers.read(items, shared.owner, shared.offset, self._listed_at())
         job.add_done_callback(lambda fut: self._direct_done(stream, slot, len(items), fut))
         self._direct_jobs.add(job)
         return True
 
     def _listed_at(self) -> float | None:
         return getattr(self._reader, "listed_at", None)
-
-    def _direct_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_DIRECT_THREADS, thread_name_prefix="mx8-into")
-        return self._pool
 
     def _direct_done(
         self, stream: RankStream, slot: _Slot, n: int, fut: asyncio.Future[float]
@@ -570,6 +563,8 @@ class RankServer:
 
     async def run(self) -> None:
         """Fetch for the streams and report progress until the job is drained."""
+        if len(self._table) and is_local(self._table.location(0)):
+            self._read_workers.start()  # a local folder: its batches go through them
         fetch = asyncio.create_task(self._fetch(), name="mx8-agent-rank-fetch")
         report = asyncio.create_task(self._report_loop(), name="mx8-agent-rank-report")
         try:
@@ -587,5 +582,4 @@ class RankServer:
             await asyncio.gather(fetch, report, return_exceptions=True)
             if self._direct_jobs:
                 await asyncio.gather(*self._direct_jobs, return_exceptions=True)
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            await self._read_workers.aclose()

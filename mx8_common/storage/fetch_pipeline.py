@@ -55,7 +55,7 @@ import numpy as np
 from mx8_common.config_fields import load_env, parse_size, setting, setting_names
 from mx8_common.errors import ConfigError
 from mx8_common.manifest.table import ManifestTable
-from mx8_common.storage.object_reader import is_local
+from mx8_common.storage.local_read import is_local
 from mx8_common.storage.sample_reader import Payload, ReadStats, SampleReader
 
 __all__ = [

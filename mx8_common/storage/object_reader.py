@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import datetime
 import email.utils
-import errno
 import os
 import random
 import time
@@ -45,10 +44,7 @@ import obstore
 
 from mx8_common.config_fields import load_env, setting, setting_names
 from mx8_common.errors import (
-    AccessDeniedError,
     ConfigError,
-    ObjectChangedError,
-    ObjectNotFoundError,
     StorageError,
     TransientStorageError,
 )
@@ -56,6 +52,17 @@ from mx8_common.link import split_object_location
 from mx8_common.obs.events import Throttled
 from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.cloud_reader import CLOUD_SCHEMES, CloudReader
+from mx8_common.storage.local_read import (
+    changed_since_snapshot,
+    is_local,
+    local_path,
+    modified_after_listing,
+    normalize_range,
+    read_local,
+    read_local_into,
+    read_local_many,
+    utc_text,
+)
 from mx8_common.storage.native_store import (
     NativeStore,
     cached_native_store,
@@ -160,208 +167,6 @@ class ObjectReaderConfig:
 def split_s3_location(location: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``(bucket, key)``; anything else is a ``StorageError``."""
     return split_object_location(location, "s3")
-
-
-def _changed(location: str, expected: str, actual: str) -> ObjectChangedError:
-    # The plain link keeps answering with the stale snapshot: only @refresh indexes again.
-    return ObjectChangedError(
-        f"{location} changed since the snapshot: expected {expected}, found {actual}; "
-        "index the dataset again by appending @refresh to its link "
-        "(mx8.load('s3://bucket/prefix/@refresh')) and start from the new snapshot",
-        location=location,
-    )
-
-
-def _utc(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _modified_after(location: str, listed_at: float, modified: str) -> ObjectChangedError:
-    return _changed(
-        location,
-        f"an object last modified before the snapshot's listing at {_utc(listed_at)}",
-        f"one modified {modified}",
-    )
-
-
-def is_local(location: str) -> bool:
-    """True for a plain path or ``file://`` URL (read from the local filesystem)."""
-    return not location.startswith(("s3://", *CLOUD_SCHEMES))
-
-
-def normalize_range(
-    location: str, byte_offset: int | None, byte_length: int | None
-) -> tuple[int | None, int | None]:
-    """A manifest row's ``(byte_offset, byte_length)`` as a read takes it: -1 becomes None,
-    and an offset without a length is a ``StorageError``."""
-    if byte_offset is not None and byte_offset < 0:
-        byte_offset = None
-    if byte_length is not None and byte_length < 0:
-        byte_length = None
-    if byte_offset is not None and byte_length is None:
-        raise StorageError(
-            f"read of {location} has byte_offset {byte_offset} without byte_length; "
-            "a range needs both",
-            location=location,
-        )
-    return byte_offset, byte_length
-
-
-def local_path(location: str) -> str:
-    """The filesystem path of a plain path or ``file://`` URL; another scheme is a
-    ``StorageError``."""
-    if location.startswith("file://"):
-        return location[7:]
-    if "://" in location:
-        raise StorageError(
-            f"{location} uses a storage scheme mx8 cannot read; use s3://bucket/key, "
-            "gs://bucket/key, az://container/key, file:///path or a plain path",
-            location=location,
-        )
-    return location
-
-
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-
-
-def _open_local(location: str) -> int:
-    try:
-        return os.open(local_path(location), _OPEN_FLAGS)
-    except FileNotFoundError:
-        raise ObjectNotFoundError(
-            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
-            location=location,
-        ) from None
-    except PermissionError:
-        raise AccessDeniedError(
-            f"permission denied reading {location}; check the file mode and the user running "
-            "the loader",
-            location=location,
-        ) from None
-    except OSError as exc:
-        raise StorageError(f"cannot open {location}: {exc}", location=location) from None
-
-
-def _checked_span(
-    location: str,
-    fd: int,
-    byte_offset: int | None,
-    byte_length: int | None,
-    listed_at: float | None,
-) -> tuple[int, int]:
-    """``(start, length)`` to read from the open file, after the snapshot checks.
-
-    One ``fstat`` of the open descriptor gives both the size (a whole file must be the
-    manifest's size) and the mtime (not later than the listing): the checks and the read
-    see the same file, and no path lookup is repeated.
-    """
-    st = os.fstat(fd)
-    if byte_offset is None:
-        size = st.st_size
-        if byte_length is not None and size != byte_length:
-            raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
-        start, want = 0, size
-    else:
-        start, want = byte_offset, int(byte_length or 0)
-    if listed_at is not None and st.st_mtime > listed_at:
-        raise _modified_after(location, listed_at, f"at {_utc(st.st_mtime)}")
-    return start, want
-
-
-def _short(location: str, start: int, want: int, got: int) -> ObjectChangedError:
-    return _changed(
-        location, f"bytes {start}..{start + want - 1}", f"the file ends at byte {start + got}"
-    )
-
-
-def _local_os_error(location: str, exc: OSError) -> StorageError:
-    if exc.errno == errno.EISDIR:
-        return StorageError(f"{location} is a directory, not a file", location=location)
-    return StorageError(f"cannot read {location}: {exc}", location=location)
-
-
-def _read_local_many(
-    items: Sequence[LocalRead], listed_at: float | None = None
-) -> tuple[list[bytes | StorageError], list[float]]:
-    """Blocking reads of several local samples in one thread-pool job; errors are returned.
-
-    Also returns each read's duration in seconds (timed here, in the thread, per file).
-    """
-    out: list[bytes | StorageError] = []
-    seconds: list[float] = []
-    clock = time.perf_counter
-    for location, byte_offset, byte_length in items:
-        started = clock()
-        try:
-            off, length = normalize_range(location, byte_offset, byte_length)
-            out.append(read_local(location, off, length, listed_at))
-        except StorageError as exc:
-            out.append(exc)
-        seconds.append(clock() - started)
-    return out, seconds
-
-
-def read_local(
-    location: str,
-    byte_offset: int | None,
-    byte_length: int | None,
-    listed_at: float | None = None,
-) -> bytes:
-    """Blocking read of a local sample (run it in a thread), with the snapshot checks.
-
-    ``byte_offset``/``byte_length`` as ``normalize_range`` returns them. Raises
-    ``ObjectNotFoundError``, ``AccessDeniedError``, ``ObjectChangedError`` (a whole file of
-    another size, a range past its end, an mtime after ``listed_at``) or ``StorageError``.
-    """
-    fd = _open_local(location)
-    try:
-        start, want = _checked_span(location, fd, byte_offset, byte_length, listed_at)
-        data = os.pread(fd, want, start)
-        # pread may return less than asked only at end of file (the file shrank meanwhile).
-        while len(data) < want:
-            more = os.pread(fd, want - len(data), start + len(data))
-            if not more:
-                raise _short(location, start, want, len(data))
-            data += more
-        return data
-    except StorageError:
-        raise
-    except OSError as exc:
-        raise _local_os_error(location, exc) from None
-    finally:
-        os.close(fd)
-
-
-def read_local_into(
-    location: str,
-    byte_offset: int | None,
-    byte_length: int,
-    dest: memoryview,
-    listed_at: float | None = None,
-) -> None:
-    """Blocking read of a local sample straight into ``dest`` (``byte_length`` bytes long),
-    with exactly ``read_local``'s checks and errors: no intermediate ``bytes``.
-
-    ``byte_offset`` None (or -1) means the whole file, which must be ``byte_length`` bytes.
-    """
-    off, length = normalize_range(location, byte_offset, byte_length)
-    fd = _open_local(location)
-    try:
-        start, want = _checked_span(location, fd, off, length, listed_at)
-        got = os.preadv(fd, [dest], start) if want else 0
-        while got < want:
-            # Short only at end of file (the file shrank meanwhile).
-            with dest[got:want] as rest:
-                n = os.preadv(fd, [rest], start + got)
-            if n == 0:
-                raise _short(location, start, want, got)
-            got += n
-    except StorageError:
-        raise
-    except OSError as exc:
-        raise _local_os_error(location, exc) from None
-    finally:
-        os.close(fd)
 
 
 class ObjectReader:
@@ -506,7 +311,7 @@ class ObjectReader:
         most of the cost of small page-cached files. Per-sample errors are returned in place.
         """
         results, seconds = await asyncio.get_running_loop().run_in_executor(
-            self._local_pool(), _read_local_many, items, self.listed_at
+            self._local_pool(), read_local_many, items, self.listed_at
         )
         got = 0
         nbytes = 0
@@ -627,7 +432,9 @@ class ObjectReader:
                 if byte_offset is None:
                     if byte_length is not None and size >= 0 and size != byte_length:
                         # Checked before reading: no point downloading the wrong object.
-                        raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
+                        raise changed_since_snapshot(
+                            location, f"{byte_length} bytes", f"{size} bytes"
+                        )
                 else:
                     self._check_range(location, obj, byte_offset, byte_length or 0)
                 data = await obj.read()
@@ -635,9 +442,11 @@ class ObjectReader:
             raise
         except Exception as exc:
             if _error_code(exc) == "PreconditionFailed" and self.listed_at is not None:
-                raise _modified_after(location, self.listed_at, "later (S3 answered 412)") from None
+                raise modified_after_listing(
+                    location, self.listed_at, "later (S3 answered 412)"
+                ) from None
             if _error_code(exc) == "InvalidRange":
-                raise _changed(
+                raise changed_since_snapshot(
                     location,
                     f"bytes {byte_offset}..{(byte_offset or 0) + (byte_length or 0) - 1}",
                     "an object too short for that range",
@@ -649,7 +458,7 @@ class ObjectReader:
                 location=location,
             )
         if byte_length is not None and len(data) != byte_length:
-            raise _changed(location, f"{byte_length} bytes", f"{len(data)} bytes")
+            raise changed_since_snapshot(location, f"{byte_length} bytes", f"{len(data)} bytes")
         return data
 
     async def _read_cloud_once(
@@ -660,21 +469,27 @@ class ObjectReader:
         data = got.data
         if byte_offset is None:
             if byte_length is not None and got.object_size >= 0 and got.object_size != byte_length:
-                raise _changed(location, f"{byte_length} bytes", f"{got.object_size} bytes")
+                raise changed_since_snapshot(
+                    location, f"{byte_length} bytes", f"{got.object_size} bytes"
+                )
         elif got.start != byte_offset:
             want = f"bytes {byte_offset}..{byte_offset + (byte_length or 0) - 1}"
-            raise _changed(location, want, f"a whole object of {got.object_size} bytes")
+            raise changed_since_snapshot(
+                location, want, f"a whole object of {got.object_size} bytes"
+            )
         # Whole seconds, as the HTTP date the server keeps (S3 compares the same way).
         modified = got.last_modified
         if self.listed_at is not None and modified is not None and int(modified) > self.listed_at:
-            raise _modified_after(location, self.listed_at, f"at {_utc(got.last_modified)}")
+            raise modified_after_listing(
+                location, self.listed_at, f"at {utc_text(got.last_modified)}"
+            )
         if byte_offset is None and 0 <= got.object_size != len(data):
             raise TransientStorageError(
                 f"short body reading {location}: got {len(data)} of {got.object_size} bytes",
                 location=location,
             )
         if byte_length is not None and len(data) != byte_length:
-            raise _changed(location, f"{byte_length} bytes", f"{len(data)} bytes")
+            raise changed_since_snapshot(location, f"{byte_length} bytes", f"{len(data)} bytes")
         return data
 
     async def _read_native_once(
@@ -699,13 +514,13 @@ class ObjectReader:
             if byte_offset is None:
                 if byte_length is not None and size != byte_length:
                     # Checked before reading: no point downloading the wrong object.
-                    raise _changed(location, f"{byte_length} bytes", f"{size} bytes")
+                    raise changed_since_snapshot(location, f"{byte_length} bytes", f"{size} bytes")
                 want = size
             else:
                 first, end = result.range
                 length = byte_length or 0
                 if (first, end) != (byte_offset, byte_offset + length):
-                    raise _changed(
+                    raise changed_since_snapshot(
                         location,
                         f"bytes {byte_offset}..{byte_offset + length - 1}",
                         f"bytes {first}..{end - 1} of a {size}-byte object",
@@ -718,9 +533,11 @@ class ObjectReader:
         except Exception as exc:
             code, status = native_error_code(exc)
             if (code == "PreconditionFailed" or status == 412) and self.listed_at is not None:
-                raise _modified_after(location, self.listed_at, "later (S3 answered 412)") from None
+                raise modified_after_listing(
+                    location, self.listed_at, "later (S3 answered 412)"
+                ) from None
             if code == "InvalidRange" or status == 416:
-                raise _changed(
+                raise changed_since_snapshot(
                     location,
                     f"bytes {byte_offset}..{(byte_offset or 0) + (byte_length or 0) - 1}",
                     "an object too short for that range",
@@ -739,7 +556,9 @@ class ObjectReader:
         header = obj.content_range
         if not header:
             # A server that ignored Range sent the whole object: its size is the evidence.
-            raise _changed(location, want, f"a whole object of {obj.content_length} bytes")
+            raise changed_since_snapshot(
+                location, want, f"a whole object of {obj.content_length} bytes"
+            )
         parsed = parse_content_range(str(header))
         if parsed is None:
             raise StorageError(
@@ -749,7 +568,7 @@ class ObjectReader:
         first, last, total = parsed
         if first != offset or last != offset + length - 1:
             shown = f"bytes {first}..{last}" + (f" of a {total}-byte object" if total else "")
-            raise _changed(location, want, shown)
+            raise changed_since_snapshot(location, want, shown)
 
 
 def _error_code(exc: BaseException) -> str:

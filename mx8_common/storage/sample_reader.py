@@ -16,6 +16,7 @@ from typing import Protocol, TypeAlias, runtime_checkable
 import obstore
 
 from mx8_common.errors import StorageError
+from mx8_common.storage.local_read import LocalRead
 
 __all__ = ["LocalRead", "Payload", "ReadObserver", "ReadStats", "SampleReader"]
 
@@ -23,9 +24,6 @@ __all__ = ["LocalRead", "Payload", "ReadObserver", "ReadStats", "SampleReader"]
 #: read-only buffer kept as it arrived (no copy per sample). ``len()``, ``==``,
 #: ``memoryview`` and ``b"".join`` treat both alike; ``bytes(p)`` copies when needed.
 Payload: TypeAlias = bytes | obstore.Bytes
-
-#: One local sample to read: ``(location, byte_offset, byte_length)``.
-LocalRead = tuple[str, int | None, int | None]
 
 #: Told ``(seconds, nbytes)`` of every sample read (an agent's latency histogram).
 ReadObserver = Callable[[float, int], None]

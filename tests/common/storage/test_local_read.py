@@ -1,4 +1,4 @@
-"""``read_into``: local samples straight into shared memory, refusing what every other
+"""``read_many_into``: local samples straight into shared memory, refusing what every other
 read path refuses, with the same typed errors."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mx8_agent.work.local_into import read_into
 from mx8_common.errors import ObjectChangedError, ObjectNotFoundError
+from mx8_common.storage.local_read import read_many_into
 
 
 def _files(tmp_path: Path, n: int) -> list[tuple[str, bytes]]:
@@ -30,7 +30,7 @@ def test_read_into_places_samples_back_to_back_at_the_offset(tmp_path: Path) -> 
     whole.write_bytes(b"HEAD" + b"ranged-sample" + b"TAIL")
     items = [(p, None, len(d)) for p, d in files] + [(f"file://{whole}", 4, 13)]
     target = mmap.mmap(-1, 1 << 16)
-    took = read_into(items, target, 100, listed_at=None)
+    took = read_many_into(items, target, 100, listed_at=None)
     expected = b"".join(d for _, d in files) + b"ranged-sample"
     assert target[100 : 100 + len(expected)] == expected and took >= 0
     assert target[:100] == bytes(100)  # nothing written before the offset
@@ -41,15 +41,15 @@ def test_read_into_refuses_like_the_reader(tmp_path: Path) -> None:
     (path, data), (other, _) = _files(tmp_path, 2)
     target = mmap.mmap(-1, 1 << 16)
     with pytest.raises(ObjectNotFoundError):
-        read_into([(str(tmp_path / "gone.bin"), None, 10)], target, 0, None)
+        read_many_into([(str(tmp_path / "gone.bin"), None, 10)], target, 0, None)
     with pytest.raises(ObjectChangedError):
-        read_into([(path, None, len(data) + 1)], target, 0, None)  # size differs
+        read_many_into([(path, None, len(data) + 1)], target, 0, None)  # size differs
     with pytest.raises(ObjectChangedError):
-        read_into([(other, 10, 1 << 14)], target, 0, None)  # the range runs past the end
+        read_many_into([(other, 10, 1 << 14)], target, 0, None)  # the range runs past the end
     listed = time.time() - 3600
     with pytest.raises(ObjectChangedError):
-        read_into([(path, None, len(data))], target, 0, listed)  # modified after listing
+        read_many_into([(path, None, len(data))], target, 0, listed)  # modified after listing
     os.utime(path, (listed - 10, listed - 10))
-    read_into([(path, None, len(data))], target, 0, listed)
+    read_many_into([(path, None, len(data))], target, 0, listed)
     assert target[: len(data)] == data
     target.close()
