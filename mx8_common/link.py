@@ -21,9 +21,9 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Literal
 
-from mx8_common.errors import LinkError
+from mx8_common.errors import LinkError, StorageError
 
-__all__ = ["BUCKET_SCHEMES", "DatasetLink", "parse_dataset_link"]
+__all__ = ["BUCKET_SCHEMES", "DatasetLink", "parse_dataset_link", "split_object_location"]
 
 _SUFFIX_RE = re.compile(r"^(?P<base>.*)@(?P<suffix>refresh|sha256:.*)$", re.DOTALL)
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -42,6 +42,8 @@ _SUPPORTED = (
 # after "s3" is not one: "s3/data" may well be a folder named s3.
 _NEAR_S3_RE = re.compile(r"^s3[an]?(?::/*|//+)(?P<rest>[^/].*)$", re.IGNORECASE | re.DOTALL)
 _NEAR_FILE_RE = re.compile(r"^file:/*(?P<rest>[^/].*)$", re.IGNORECASE | re.DOTALL)
+
+_OBJECT_NAMES = {"s3": "an S3 object", "gs": "a GCS object", "az": "an Azure blob"}
 
 Scheme = Literal["s3", "gs", "az", "file"]
 Mode = Literal["plain", "refresh", "pinned"]
@@ -207,3 +209,16 @@ def parse_dataset_link(link: str) -> DatasetLink:
         f"{os.path.abspath(base)!r} or an s3://bucket/prefix/ link",
         link=link,
     )
+
+
+def split_object_location(location: str, scheme: Literal["s3", "gs", "az"]) -> tuple[str, str]:
+    """``<scheme>://bucket/key`` -> ``(bucket, key)``; anything else is a ``StorageError``
+    naming the form to write."""
+    bucket, sep, key = location[len(scheme) + 3 :].partition("/")
+    if not location.startswith(scheme + "://") or not bucket or not sep or not key:
+        raise StorageError(
+            f"{location!r} is not {_OBJECT_NAMES[scheme]} location; write it as "
+            f"{scheme}://{BUCKET_SCHEMES[scheme]}/key",
+            location=location,
+        )
+    return bucket, key

@@ -14,16 +14,18 @@ the clock skew between this host and the store, so readers never refuse an uncha
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 from mx8_common.errors import TransientStorageError
 from mx8_common.manifest.labels import FolderSummary
 from mx8_common.retry import Backoff
 from mx8_common.snapshot.partitioned import ListingStats
-from mx8_common.storage.azure_rest import AzureListPage, AzureRestClient
+from mx8_common.storage.azure_rest import AzureRestClient
 from mx8_common.storage.gcs_client import GcsClient
+from mx8_common.storage.rest_client import ListAnswer
 
 __all__ = ["AzurePageSource", "GcsPageSource"]
 
@@ -39,12 +41,35 @@ async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
     )
 
 
+class _Lister(Protocol):
+    """What a source needs of its client (``GcsClient``, ``AzureRestClient``)."""
+
+    def list_page(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        delimiter: bool = False,
+        token: str | None = None,
+        max_results: int = 1000,
+    ) -> Awaitable[ListAnswer]: ...
+
+
 class _CloudPages:
-    """What both sources share: the root, locations, the listing time and stats."""
+    """One paged listing through a REST client's ``list_page``; subclasses name the scheme."""
 
     scheme = ""
 
-    def __init__(self, bucket: str, prefix: str, *, recursive: bool, page_size: int) -> None:
+    def __init__(
+        self,
+        client: _Lister,
+        bucket: str,
+        prefix: str,
+        *,
+        recursive: bool = True,
+        page_size: int = 1000,
+    ) -> None:
+        self.client = client
         self.bucket = bucket
         self.prefix = prefix
         self.recursive = recursive
@@ -67,98 +92,61 @@ class _CloudPages:
             return None
         return max(self._started, self._newest or 0.0)
 
-    def _note_start(self) -> None:
+    async def _answers(self, delimiter: bool) -> AsyncIterator[ListAnswer]:
+        """Every listing answer in turn, each call retried with backoff."""
         if self._started is None:
             self._started = time.time()
+        token: str | None = None
+        while True:
+            fetch = functools.partial(
+                self.client.list_page,
+                self.bucket,
+                self.prefix,
+                delimiter=delimiter,
+                token=token,
+                max_results=self.page_size,
+            )
+            answer = await _retrying(fetch)
+            self.stats.requests += 1
+            yield answer
+            token = answer.next_token
+            if not token:
+                return
 
-    def _note_modified(self, seconds: float | None) -> None:
-        if seconds is not None and (self._newest is None or seconds > self._newest):
-            self._newest = seconds
-
-    def _page(self, entries: list[tuple[str, int, float | None]]) -> list[tuple[str, int]]:
+    async def pages(self) -> AsyncIterator[list[tuple[str, int]]]:
+        """Pages of ``(relative_key, size)``: one per listing answer."""
+        self.stats = ListingStats()
         cut = len(self.prefix)
         note = self.stats.note_slash_key
-        page = []
-        for key, size, modified in entries:
-            self._note_modified(modified)
-            if note(key, size):
-                page.append((key[cut:], size))
-        return page
+        async for answer in self._answers(not self.recursive):
+            page = []
+            for key, size, modified in answer.objects:
+                if modified is not None and (self._newest is None or modified > self._newest):
+                    self._newest = modified
+                if note(key, size):
+                    page.append((key[cut:], size))
+            yield page
 
-
-def _rfc3339(value: str | None) -> float | None:
-    if not value:
-        return None
-    import datetime
-
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    async def folders(self) -> FolderSummary:
+        """One delimiter listing: prefixes are the folders, objects the loose objects."""
+        cut = len(self.prefix)
+        folders: list[str] = []
+        loose = 0
+        example: str | None = None
+        async for answer in self._answers(True):
+            folders.extend(p[cut:].rstrip("/") for p in answer.prefixes)
+            for name, _size, _modified in answer.objects:
+                if not name.endswith("/"):
+                    loose += 1
+                    example = example or name[cut:]
+        return FolderSummary(tuple(sorted(set(folders))), loose, example)
 
 
 class GcsPageSource(_CloudPages):
     """``objects.list`` pages under ``gs://bucket/prefix`` through an open ``GcsClient``."""
 
     scheme = "gs"
-
-    def __init__(
-        self,
-        client: GcsClient,
-        bucket: str,
-        prefix: str,
-        *,
-        recursive: bool = True,
-        page_size: int = 1000,
-    ) -> None:
-        super().__init__(bucket, prefix, recursive=recursive, page_size=page_size)
-        self.client = client
-
-    async def _answers(self, delimiter: bool) -> AsyncIterator[dict[str, Any]]:
-        self._note_start()
-        token: str | None = None
-        while True:
-
-            async def call(token: str | None = token) -> dict[str, Any]:
-                return await self.client.list_page(
-                    self.bucket,
-                    self.prefix,
-                    delimiter=delimiter,
-                    page_token=token,
-                    max_results=self.page_size,
-                )
-
-            answer = await _retrying(call)
-            self.stats.requests += 1
-            yield answer
-            token = answer.get("nextPageToken")
-            if not token:
-                return
-
-    async def pages(self) -> AsyncIterator[list[tuple[str, int]]]:
-        """Pages of ``(relative_key, size)``: one per ``objects.list`` answer."""
-        self.stats = ListingStats()
-        async for answer in self._answers(not self.recursive):
-            yield self._page(
-                [
-                    (item["name"], int(item.get("size") or 0), _rfc3339(item.get("updated")))
-                    for item in answer.get("items") or ()
-                ]
-            )
-
-    async def folders(self) -> FolderSummary:
-        """One delimiter listing: prefixes are the folders, items the loose objects."""
-        cut = len(self.prefix)
-        folders: list[str] = []
-        loose = 0
-        example: str | None = None
-        async for answer in self._answers(True):
-            folders.extend(p[cut:].rstrip("/") for p in answer.get("prefixes") or ())
-            for item in answer.get("items") or ():
-                if not item["name"].endswith("/"):
-                    loose += 1
-                    example = example or item["name"][cut:]
-        return FolderSummary(tuple(sorted(set(folders))), loose, example)
+    client: GcsClient
 
 
 class AzurePageSource(_CloudPages):
@@ -166,56 +154,4 @@ class AzurePageSource(_CloudPages):
     (aiohttp, never obstore: see ``storage.azure_rest`` on fork safety)."""
 
     scheme = "az"
-
-    def __init__(
-        self,
-        client: AzureRestClient,
-        container: str,
-        prefix: str,
-        *,
-        recursive: bool = True,
-        page_size: int = 1000,
-    ) -> None:
-        super().__init__(container, prefix, recursive=recursive, page_size=page_size)
-        self.client = client
-
-    async def _answers(self, delimiter: bool) -> AsyncIterator[AzureListPage]:
-        self._note_start()
-        marker: str | None = None
-        while True:
-
-            async def call(marker: str | None = marker) -> AzureListPage:
-                return await self.client.list_page(
-                    self.bucket,
-                    self.prefix,
-                    delimiter=delimiter,
-                    marker=marker,
-                    max_results=self.page_size,
-                )
-
-            answer = await _retrying(call)
-            self.stats.requests += 1
-            yield answer
-            marker = answer.next_marker
-            if not marker:
-                return
-
-    async def pages(self) -> AsyncIterator[list[tuple[str, int]]]:
-        """Pages of ``(relative_key, size)``: one per List Blobs answer."""
-        self.stats = ListingStats()
-        async for answer in self._answers(not self.recursive):
-            yield self._page(answer.blobs)
-
-    async def folders(self) -> FolderSummary:
-        """One delimiter listing: blob prefixes are the folders, blobs the loose objects."""
-        cut = len(self.prefix)
-        folders: list[str] = []
-        loose = 0
-        example: str | None = None
-        async for answer in self._answers(True):
-            folders.extend(p[cut:].rstrip("/") for p in answer.prefixes)
-            for name, _size, _modified in answer.blobs:
-                if not name.endswith("/"):
-                    loose += 1
-                    example = example or name[cut:]
-        return FolderSummary(tuple(sorted(set(folders))), loose, example)
+    client: AzureRestClient

@@ -9,7 +9,6 @@ delimiter listing. The resolver checks key order with ``page_source.ordered_page
 from __future__ import annotations
 
 import contextlib
-import email.utils
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,6 +16,7 @@ from mx8_common.errors import TransientStorageError
 from mx8_common.manifest.labels import FolderSummary
 from mx8_common.retry import Backoff
 from mx8_common.snapshot.partitioned import ListingStats, ListPage, PartitionedListing
+from mx8_common.storage.rest_client import http_time
 from mx8_common.storage.s3_client import s3_errors
 
 __all__ = ["S3PageSource"]
@@ -42,13 +42,7 @@ async def _with_retries(call: Callable[[], Awaitable[T]], location: str) -> T:
 def _server_time(resp: dict[str, Any]) -> float | None:
     """The answer's Date header as Unix seconds (the server's clock), if it has one."""
     headers = (resp.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
-    date = headers.get("date")
-    if not date:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError):
-        return None
+    return http_time(headers.get("date"))
 
 
 class S3PageSource:

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import email.utils
 import hashlib
 import hmac
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -32,7 +29,6 @@ import yarl
 from mx8_common.errors import (
     AccessDeniedError,
     BucketNotFoundError,
-    ObjectNotFoundError,
     StorageError,
     TransientStorageError,
 )
@@ -41,41 +37,19 @@ from mx8_common.storage.azure_store import (
     AzureSettings,
     split_az_location,
 )
+from mx8_common.storage.rest_client import (
+    CloudObject,
+    CloudWording,
+    ListAnswer,
+    RestClient,
+    http_time,
+    range_header,
+)
 
-__all__ = ["AzureBlob", "AzureListPage", "AzureRestClient"]
+__all__ = ["AzureRestClient"]
 
 _VERSION = "2021-08-06"
 _SCOPE = "https://storage.azure.com/.default"
-
-
-@dataclass(frozen=True)
-class AzureListPage:
-    """One List Blobs answer: ``(name, size, last modified)`` per blob, folder prefixes, and
-    the marker of the next page (None on the last)."""
-
-    blobs: list[tuple[str, int, float | None]]
-    prefixes: list[str]
-    next_marker: str | None
-
-
-@dataclass(frozen=True)
-class AzureBlob:
-    """One GET's answer: the bytes and what the headers said about the blob."""
-
-    data: bytes
-    start: int
-    object_size: int
-    last_modified: float | None
-    etag: str = ""
-
-
-def _http_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
 
 
 _STANDARD = (
@@ -145,6 +119,15 @@ class _EntraToken:
             ) from None
 
 
+_WORDING = CloudWording(
+    cloud="Azure",
+    endpoint_noun="Azure blob endpoint",
+    endpoint_env="AZURE_STORAGE_ENDPOINT",
+    denied_advice=f"check the credentials ({AZURE_CREDENTIALS_HINT}) and the container's "
+    "access policy",
+)
+
+
 def _answer_error(status: int, code: str, location: str) -> StorageError:
     if code == "ContainerNotFound":
         return BucketNotFoundError(
@@ -153,66 +136,18 @@ def _answer_error(status: int, code: str, location: str) -> StorageError:
             "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ENDPOINT",
             location=location,
         )
-    if status == 404:
-        return ObjectNotFoundError(
-            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
-            location=location,
-        )
-    if status in (401, 403):
-        return AccessDeniedError(
-            f"access denied to {location} ({code or status}); check the credentials "
-            f"({AZURE_CREDENTIALS_HINT}) and the container's access policy",
-            location=location,
-        )
-    if status == 429 or status >= 500:
-        return TransientStorageError(
-            f"Azure answered {code or status} for {location}; retrying may help",
-            location=location,
-        )
-    return StorageError(f"Azure answered {code or status} for {location}", location=location)
+    return _WORDING.status_error(status, location, answer=code)
 
 
-@contextlib.contextmanager
-def _transport_errors(location: str, endpoint: str) -> Iterator[None]:
-    try:
-        yield
-    except StorageError:
-        raise
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise TransientStorageError(
-            f"cannot reach the Azure blob endpoint {endpoint} for {location}: "
-            f"{type(exc).__name__}: {exc}; is AZURE_STORAGE_ENDPOINT right and the server up?",
-            location=location,
-        ) from None
-
-
-class AzureRestClient:
+class AzureRestClient(RestClient):
     """One aiohttp pool for Azure listing and GETs; ``async with`` owns it."""
 
+    wording = _WORDING
+
     def __init__(self, settings: AzureSettings | None = None) -> None:
+        super().__init__()
         self.settings = settings or AzureSettings.from_env()
-        self._session: aiohttp.ClientSession | None = None
         self._entra: _EntraToken | None = None
-
-    async def __aenter__(self) -> AzureRestClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool; safe to call twice."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
-                connector=aiohttp.TCPConnector(limit=256),
-            )
-        return self._session
 
     async def _request(
         self,
@@ -254,16 +189,17 @@ class AzureRestClient:
         elif not settings.sas:
             self._entra = self._entra or _EntraToken()
             headers["Authorization"] = await self._entra.header(location)
-        with _transport_errors(location, endpoint):
-            async with self._http().request(method, url, headers=headers, data=body) as resp:
-                answer = await resp.read()
-                code = resp.headers.get("x-ms-error-code", "")
-                ok = resp.status in (200, 201, 202, 206) or (
-                    resp.status in tolerate and code != "ContainerNotFound"
-                )
-                if not ok:
-                    raise _answer_error(resp.status, code, location)
-                return resp, answer
+        async with self._send(
+            method, url, location=location, endpoint=endpoint, headers=headers, data=body
+        ) as resp:
+            answer = await resp.read()
+            code = resp.headers.get("x-ms-error-code", "")
+            ok = resp.status in (200, 201, 202, 206) or (
+                resp.status in tolerate and code != "ContainerNotFound"
+            )
+            if not ok:
+                raise _answer_error(resp.status, code, location)
+            return resp, answer
 
     async def list_page(
         self,
@@ -271,9 +207,9 @@ class AzureRestClient:
         prefix: str,
         *,
         delimiter: bool = False,
-        marker: str | None = None,
+        token: str | None = None,
         max_results: int = 1000,
-    ) -> AzureListPage:
+    ) -> ListAnswer:
         """One List Blobs answer under ``prefix`` (blob names in lexicographic order)."""
         location = f"az://{container}/{prefix}"
         query = {"restype": "container", "comp": "list", "maxresults": str(max_results)}
@@ -281,8 +217,8 @@ class AzureRestClient:
             query["prefix"] = prefix
         if delimiter:
             query["delimiter"] = "/"
-        if marker:
-            query["marker"] = marker
+        if token:
+            query["marker"] = token
         _resp, body = await self._request(
             "/" + urllib.parse.quote(container, safe=""), query, location
         )
@@ -297,9 +233,9 @@ class AzureRestClient:
             props = blob.find("Properties")
             size = props.findtext("Content-Length") if props is not None else None
             modified = props.findtext("Last-Modified") if props is not None else None
-            blobs.append((blob.findtext("Name") or "", int(size or 0), _http_time(modified)))
+            blobs.append((blob.findtext("Name") or "", int(size or 0), http_time(modified)))
         prefixes = [p.findtext("Name") or "" for p in root.iter("BlobPrefix")]
-        return AzureListPage(blobs, prefixes, root.findtext("NextMarker") or None)
+        return ListAnswer(blobs, prefixes, root.findtext("NextMarker") or None)
 
     @staticmethod
     def _blob_path(location: str) -> str:
@@ -366,33 +302,16 @@ class AzureRestClient:
         )
         if resp.status == 404:
             return False
-        with _transport_errors(location, endpoint):
+        with self.wording.transport_errors(location, endpoint):
             for i in range(0, len(body), 1 << 20):
                 sink(body[i : i + (1 << 20)])
         return True
 
-    async def get(self, location: str, start: int | None, length: int | None) -> AzureBlob:
+    async def get(
+        self, location: str, start: int | None = None, length: int | None = None
+    ) -> CloudObject:
         """The blob at ``az://container/key`` (or ``length`` bytes from ``start``)."""
-        container, key = split_az_location(location)
-        extra = {}
-        if start is not None and length is not None:
-            extra["x-ms-range"] = f"bytes={start}-{start + length - 1}"
-        path = f"/{urllib.parse.quote(container, safe='')}/{urllib.parse.quote(key, safe='/')}"
-        resp, body = await self._request(path, {}, location, extra)
-        size = resp.content_length if resp.content_length is not None else -1
-        first = 0
-        content_range = resp.headers.get("Content-Range")
-        if content_range:
-            span, _, total = content_range.partition(" ")[2].partition("/")
-            first_text = span.partition("-")[0]
-            first = int(first_text) if first_text.isdigit() else -1
-            size = int(total) if total.isdigit() else -1
-        elif start is not None:
-            first = -1  # a whole blob answered a ranged request
-        return AzureBlob(
-            body,
-            first,
-            size,
-            _http_time(resp.headers.get("Last-Modified")),
-            resp.headers.get("ETag", ""),
-        )
+        wanted = range_header(start, length)
+        extra = {"x-ms-range": wanted} if wanted else {}
+        resp, body = await self._request(self._blob_path(location), {}, location, extra)
+        return CloudObject.from_answer(resp, body, ranged=wanted is not None)

@@ -33,6 +33,7 @@ from mx8_common.errors import (
     StorageError,
     TransientStorageError,
 )
+from mx8_common.link import split_object_location
 
 __all__ = [
     "AZURE_CREDENTIALS_HINT",
@@ -50,13 +51,7 @@ AZURE_CREDENTIALS_HINT = (
 
 def split_az_location(location: str) -> tuple[str, str]:
     """``az://container/key`` -> ``(container, key)``; anything else is a ``StorageError``."""
-    container, sep, key = location[5:].partition("/")
-    if not location.startswith("az://") or not container or not sep or not key:
-        raise StorageError(
-            f"{location!r} is not an Azure blob location; write it as az://container/key",
-            location=location,
-        )
-    return container, key
+    return split_object_location(location, "az")
 
 
 def _connection_string(value: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ module only fetches and says what the server said about the object.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 from mx8_common.errors import StorageError
@@ -18,24 +17,12 @@ from mx8_common.storage.azure_rest import AzureRestClient
 from mx8_common.storage.azure_store import split_az_location, translate_azure_error
 from mx8_common.storage.gcs_client import GcsClient, GcsSettings
 from mx8_common.storage.native_store import native_runtime_forked, native_store
+from mx8_common.storage.rest_client import CloudObject
 
-__all__ = ["CLOUD_SCHEMES", "CloudGet", "CloudReader"]
+__all__ = ["CLOUD_SCHEMES", "CloudReader"]
 
 #: Location prefixes this reader serves.
 CLOUD_SCHEMES = ("gs://", "az://")
-
-
-@dataclass(frozen=True)
-class CloudGet:
-    """One GET: the bytes, the first byte's offset and what the server said of the object."""
-
-    data: bytes
-    #: Offset of ``data[0]`` in the object (0 for a whole-object GET).
-    start: int
-    #: Size of the whole object; -1 when the server did not say.
-    object_size: int
-    #: Last modification, Unix seconds; None when the server did not say.
-    last_modified: float | None
 
 
 class CloudReader:
@@ -59,7 +46,7 @@ class CloudReader:
             await self._azure_rest.aclose()
             self._azure_rest = None
 
-    async def get(self, location: str, start: int | None, length: int | None) -> CloudGet:
+    async def get(self, location: str, start: int | None, length: int | None) -> CloudObject:
         """The object at ``location``, or ``length`` bytes from ``start`` (both or neither)."""
         if self._closed:
             raise StorageError("this ObjectReader is closed; open a new one", location=location)
@@ -67,31 +54,19 @@ class CloudReader:
             return await self._get_gcs(location, start, length)
         return await self._get_azure(location, start, length)
 
-    async def _get_gcs(self, location: str, start: int | None, length: int | None) -> CloudGet:
+    async def _get_gcs(self, location: str, start: int | None, length: int | None) -> CloudObject:
         if self._gcs is None:
             self._gcs = GcsClient(self._gcs_settings)
-        header = None
-        if start is not None and length is not None:
-            header = f"bytes={start}-{start + length - 1}"
-        got = await self._gcs.get(location, header)
-        first = 0
-        if got.content_range:
-            span = got.content_range.partition(" ")[2].partition("/")[0]
-            first_text = span.partition("-")[0]
-            first = int(first_text) if first_text.isdigit() else -1
-        elif start is not None:
-            first = -1  # a whole object answered a ranged request: no usable start
-        return CloudGet(got.data, first, got.object_size, got.last_modified)
+        return await self._gcs.get(location, start, length)
 
-    async def _get_azure(self, location: str, start: int | None, length: int | None) -> CloudGet:
+    async def _get_azure(self, location: str, start: int | None, length: int | None) -> CloudObject:
         import obstore
 
         if native_runtime_forked():
             # obstore's runtime died with the fork: the REST client reads here instead.
             if self._azure_rest is None:
                 self._azure_rest = AzureRestClient()
-            blob = await self._azure_rest.get(location, start, length)
-            return CloudGet(blob.data, blob.start, blob.object_size, blob.last_modified)
+            return await self._azure_rest.get(location, start, length)
         container, key = split_az_location(location)
         store = self._azure.get(container)
         if store is None:
@@ -109,4 +84,4 @@ class CloudReader:
             raise translate_azure_error(exc, location) from None
         meta = result.meta
         first = result.range[0] if start is not None else 0
-        return CloudGet(data, first, int(meta["size"]), meta["last_modified"].timestamp())
+        return CloudObject(data, first, int(meta["size"]), meta["last_modified"].timestamp())

@@ -18,25 +18,30 @@ Errors become mx8 errors here, one line each, naming the location and what to se
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import datetime
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
 
 from mx8_common.config_fields import load_env, setting
 from mx8_common.errors import (
     AccessDeniedError,
     BucketNotFoundError,
-    ObjectNotFoundError,
     StorageError,
     TransientStorageError,
 )
+from mx8_common.link import split_object_location
+from mx8_common.storage.rest_client import (
+    CloudObject,
+    CloudWording,
+    ListAnswer,
+    RestClient,
+    range_header,
+)
 
-__all__ = ["GcsClient", "GcsObject", "GcsSettings", "gcs_errors", "split_gcs_location"]
+__all__ = ["GcsClient", "GcsSettings", "split_gcs_location"]
 
 _PUBLIC_ENDPOINT = "https://storage.googleapis.com"
 _READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -48,13 +53,7 @@ _CREDENTIALS_HINT = (
 
 def split_gcs_location(location: str) -> tuple[str, str]:
     """``gs://bucket/key`` -> ``(bucket, key)``; anything else is a ``StorageError``."""
-    bucket, sep, key = location[5:].partition("/")
-    if not location.startswith("gs://") or not bucket or not sep or not key:
-        raise StorageError(
-            f"{location!r} is not a GCS object location; write it as gs://bucket/key",
-            location=location,
-        )
-    return bucket, key
+    return split_object_location(location, "gs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,87 +141,33 @@ def _refresh(credentials: Any, location: str) -> None:
         ) from None
 
 
-@dataclass(frozen=True)
-class GcsObject:
-    """One GET's answer: the bytes and what the headers said about the object."""
-
-    data: bytes
-    #: Size of the whole object (Content-Length, or the total of Content-Range); -1 unknown.
-    object_size: int
-    #: ``bytes a-b/total`` for a ranged answer, else None.
-    content_range: str | None
-    #: Last-Modified as Unix seconds, when the server sent it.
-    last_modified: float | None
+_WORDING = CloudWording(
+    cloud="GCS",
+    endpoint_noun="GCS endpoint",
+    endpoint_env="STORAGE_EMULATOR_HOST",
+    denied_advice=f"check the account's permissions on the bucket, or {_CREDENTIALS_HINT}",
+)
 
 
 def _status_error(status: int, location: str, *, listing: bool, body: str = "") -> StorageError:
-    if status == 404:
-        if listing:
-            return BucketNotFoundError(
-                f"bucket of {location} does not exist; check the bucket name (and "
-                "STORAGE_EMULATOR_HOST when using an emulator)",
-                location=location,
-            )
-        return ObjectNotFoundError(
-            f"{location} does not exist (it was deleted or renamed since the snapshot?)",
+    if status == 404 and listing:
+        return BucketNotFoundError(
+            f"bucket of {location} does not exist; check the bucket name (and "
+            "STORAGE_EMULATOR_HOST when using an emulator)",
             location=location,
         )
-    if status in (401, 403):
-        return AccessDeniedError(
-            f"access denied to {location} (GCS answered {status}); check the account's "
-            f"permissions on the bucket, or {_CREDENTIALS_HINT}",
-            location=location,
-        )
-    if status == 429 or status >= 500:
-        return TransientStorageError(
-            f"GCS answered {status} for {location}; retrying may help", location=location
-        )
-    detail = f": {body[:200]}" if body else ""
-    return StorageError(f"GCS answered {status} for {location}{detail}", location=location)
+    return _WORDING.status_error(status, location, detail=body)
 
 
-@contextlib.contextmanager
-def gcs_errors(location: str, endpoint: str) -> Iterator[None]:
-    """Transport failures inside as one-line ``TransientStorageError`` naming the endpoint."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise TransientStorageError(
-            f"cannot reach the GCS endpoint {endpoint} for {location}: "
-            f"{type(exc).__name__}: {exc}; is STORAGE_EMULATOR_HOST right and the server up?",
-            location=location,
-        ) from None
-
-
-class GcsClient:
+class GcsClient(RestClient):
     """One aiohttp pool for GCS listing and GETs; ``async with`` owns it."""
 
+    wording = _WORDING
+
     def __init__(self, settings: GcsSettings | None = None) -> None:
+        super().__init__()
         self.settings = settings or GcsSettings.from_env()
-        self._session: aiohttp.ClientSession | None = None
         self._token = _Token() if self.settings.signed else None
-
-    async def __aenter__(self) -> GcsClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool; safe to call twice."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
-                connector=aiohttp.TCPConnector(limit=256),
-            )
-        return self._session
 
     async def _headers(self, location: str) -> dict[str, str]:
         if self._token is None:
@@ -235,81 +180,70 @@ class GcsClient:
         prefix: str,
         *,
         delimiter: bool = False,
-        page_token: str | None = None,
-        start_offset: str | None = None,
+        token: str | None = None,
         max_results: int = 1000,
-    ) -> dict[str, Any]:
-        """One ``objects.list`` answer: ``items`` (name, size, updated), ``prefixes``,
-        ``nextPageToken``; names in lexicographic order, as GCS documents."""
+    ) -> ListAnswer:
+        """One ``objects.list`` answer under ``prefix`` (names in lexicographic order, as
+        GCS documents)."""
         location = f"gs://{bucket}/{prefix}"
         params = {"prefix": prefix, "maxResults": str(max_results)}
         if delimiter:
             params["delimiter"] = "/"
-        if page_token:
-            params["pageToken"] = page_token
-        elif start_offset:
-            params["startOffset"] = start_offset
+        if token:
+            params["pageToken"] = token
         url = f"{self.settings.endpoint}/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o"
-        with gcs_errors(location, self.settings.endpoint):
-            headers = await self._headers(location)
-            async with self._http().get(url, params=params, headers=headers) as resp:
-                if resp.status != 200:
-                    body = await resp.text(errors="replace")
-                    raise _status_error(resp.status, location, listing=True, body=body)
-                return dict(await resp.json(content_type=None))
-
-    async def pages(
-        self, bucket: str, prefix: str, *, delimiter: bool = False, max_results: int = 1000
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Every ``objects.list`` answer under ``prefix`` in turn."""
-        token: str | None = None
-        while True:
-            page = await self.list_page(
-                bucket, prefix, delimiter=delimiter, page_token=token, max_results=max_results
+        headers = await self._headers(location)
+        endpoint = self.settings.endpoint
+        async with self._send(
+            "GET", url, location=location, endpoint=endpoint, headers=headers, params=params
+        ) as resp:
+            if resp.status != 200:
+                body = await resp.text(errors="replace")
+                raise _status_error(resp.status, location, listing=True, body=body)
+            try:
+                answer = await resp.json(content_type=None)
+            except ValueError:
+                answer = None
+        if not isinstance(answer, dict):
+            raise TransientStorageError(
+                f"unreadable listing answer for {location} (not a JSON object)", location=location
             )
-            yield page
-            token = page.get("nextPageToken")
-            if not token:
-                return
+        objects = [
+            (item["name"], int(item.get("size") or 0), _rfc3339(item.get("updated")))
+            for item in answer.get("items") or ()
+        ]
+        return ListAnswer(objects, list(answer.get("prefixes") or ()), answer.get("nextPageToken"))
 
-    async def get(self, location: str, range_header: str | None = None) -> GcsObject:
-        """The object at ``gs://bucket/key`` (or the ``bytes=a-b`` range of it)."""
+    async def get(
+        self, location: str, start: int | None = None, length: int | None = None
+    ) -> CloudObject:
+        """The object at ``gs://bucket/key`` (or ``length`` bytes from ``start``)."""
         bucket, key = split_gcs_location(location)
         url = (
             f"{self.settings.endpoint}/download/storage/v1/b/{urllib.parse.quote(bucket, safe='')}"
             f"/o/{urllib.parse.quote(key, safe='')}"
         )
-        with gcs_errors(location, self.settings.endpoint):
-            headers = await self._headers(location)
-            if range_header:
-                headers["Range"] = range_header
-            async with self._http().get(url, params={"alt": "media"}, headers=headers) as resp:
-                if resp.status not in (200, 206):
-                    body = await resp.text(errors="replace")
-                    if resp.status == 416:
-                        raise StorageError(
-                            f"range {range_header} is outside {location}", location=location
-                        )
-                    raise _status_error(resp.status, location, listing=False, body=body)
-                data = await resp.read()
-                content_range = resp.headers.get("Content-Range")
-                size = -1
-                if content_range:
-                    total = content_range.rpartition("/")[2]
-                    size = int(total) if total.isdigit() else -1
-                elif resp.content_length is not None:
-                    size = resp.content_length
-                return GcsObject(
-                    data, size, content_range, _http_time(resp.headers.get("Last-Modified"))
-                )
+        headers = await self._headers(location)
+        wanted = range_header(start, length)
+        if wanted:
+            headers["Range"] = wanted
+        endpoint = self.settings.endpoint
+        params = {"alt": "media"}
+        async with self._send(
+            "GET", url, location=location, endpoint=endpoint, headers=headers, params=params
+        ) as resp:
+            if resp.status not in (200, 206):
+                body = await resp.text(errors="replace")
+                if resp.status == 416:
+                    raise StorageError(f"range {wanted} is outside {location}", location=location)
+                raise _status_error(resp.status, location, listing=False, body=body)
+            return CloudObject.from_answer(resp, await resp.read(), ranged=wanted is not None)
 
 
-def _http_time(value: str | None) -> float | None:
+def _rfc3339(value: str | None) -> float | None:
     if not value:
         return None
-    import email.utils
-
     try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
         return None

@@ -48,6 +48,7 @@ from mx8_common.errors import (
     StorageError,
     TransientStorageError,
 )
+from mx8_common.link import split_object_location
 from mx8_common.obs.events import Throttled
 from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.cloud_reader import CLOUD_SCHEMES, CloudReader
@@ -70,6 +71,7 @@ from mx8_common.storage.native_store import (
     native_store,
     translate_native_error,
 )
+from mx8_common.storage.rest_client import parse_content_range
 from mx8_common.storage.s3_client import S3Settings, translate_s3_error
 from mx8_common.storage.s3_get import S3Getter, S3Object
 from mx8_common.storage.sample_reader import LocalRead, Payload, ReadObserver, ReadStats
@@ -164,25 +166,7 @@ class ObjectReaderConfig:
 
 def split_s3_location(location: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``(bucket, key)``; anything else is a ``StorageError``."""
-    rest = location[5:]
-    bucket, sep, key = rest.partition("/")
-    if not location.startswith("s3://") or not bucket or not sep or not key:
-        raise StorageError(
-            f"{location!r} is not an S3 object location; write it as s3://bucket/key",
-            location=location,
-        )
-    return bucket, key
-
-
-def _parse_content_range(value: str) -> tuple[int, int, int | None] | None:
-    """``bytes a-b/total`` -> ``(a, b, total)`` (total None for ``*``)."""
-    _unit, _, spec = value.partition(" ")
-    span, _, total = spec.partition("/")
-    first, _, last = span.partition("-")
-    try:
-        return int(first), int(last), (None if total == "*" else int(total))
-    except ValueError:
-        return None
+    return split_object_location(location, "s3")
 
 
 class ObjectReader:
@@ -575,7 +559,7 @@ class ObjectReader:
             raise changed_since_snapshot(
                 location, want, f"a whole object of {obj.content_length} bytes"
             )
-        parsed = _parse_content_range(str(header))
+        parsed = parse_content_range(str(header))
         if parsed is None:
             raise StorageError(
                 f"S3 answered an unreadable Content-Range {header!r} for {location}",

@@ -1,7 +1,7 @@
 """The manifest store: immutable manifests by hash, intent pointers and indexer locks.
 
-``base`` holds the layout and the integrity rules every backend shares; ``fs`` and ``s3`` are
-the backends; ``open_manifest_store`` picks one by the root's scheme.
+``base`` holds the layout and the integrity rules every backend shares; ``fs``, ``s3`` and
+``azure`` are the backends; ``open_manifest_store`` picks one by the root's scheme.
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore
 
         return AzureManifestStore(root)
     if root.startswith("gs://"):
-        # The store's single-writer lock needs conditional create, replace and delete; mx8
-        # has not built that on GCS yet.
+        # The store's single-writer lock needs conditional create, replace and delete
+        # (ifGenerationMatch on GCS). gcp-storage-emulator, what the tests run against,
+        # ignores every generation precondition (a second create with ifGenerationMatch=0
+        # overwrites and answers 200), so such a store could not be tested here: not built.
         raise ConfigError(
             f"manifest store root {root!r}: a store on gs:// is not supported yet; keep the "
             "manifests in a folder (shared file system), under s3://bucket/prefix or "
@@ -80,8 +82,8 @@ def open_manifest_store(root: str | None = None, **kwargs: Any) -> ManifestStore
         )
     if "://" in root and not root.startswith("file://"):
         raise ConfigError(
-            f"manifest store root {root!r} has an unknown scheme; use a folder or "
-            "s3://bucket/prefix (MX8_MANIFEST_STORE_ROOT / --store)"
+            f"manifest store root {root!r} has an unknown scheme; use a folder, "
+            "s3://bucket/prefix or az://container/prefix (MX8_MANIFEST_STORE_ROOT / --store)"
         )
     from mx8_common.store.fs import FsManifestStore
 

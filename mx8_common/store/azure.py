@@ -138,14 +138,14 @@ class AzureManifestStore(StreamedManifestStore):
     async def list_objects(self, folder: str) -> list[str]:
         prefix = self._key(folder.rstrip("/") + "/")
         names: list[str] = []
-        marker: str | None = None
+        token: str | None = None
         while True:
             page = await self._client().list_page(
-                self.container, prefix, delimiter=True, marker=marker
+                self.container, prefix, delimiter=True, token=token
             )
-            names += [name[len(prefix) :] for name, _size, _modified in page.blobs]
-            marker = page.next_marker
-            if not marker:
+            names += [name[len(prefix) :] for name, _size, _modified in page.objects]
+            token = page.next_token
+            if not token:
                 return sorted(names)
 
     # -- locks -----------------------------------------------------------------------------

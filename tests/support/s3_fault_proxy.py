@@ -14,13 +14,14 @@ for a key matches the request path; each fault fires once, in the order queued:
 from __future__ import annotations
 
 import contextlib
-import http.client
 import http.server
 import threading
 import urllib.parse
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
+
+from support.loopback_http import answer, forward, serve_http
 
 __all__ = ["FaultProxy", "fault_proxy"]
 
@@ -32,7 +33,6 @@ _DENIED = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
     b"<Message>Access Denied</Message></Error>"
 )
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
 
 
 class FaultProxy:
@@ -77,29 +77,10 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             pass  # keep test output clean
 
         def _forward(self) -> tuple[int, list[tuple[str, str]], bytes]:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
-            conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=30)
-            try:
-                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                for name, value in self.headers.items():
-                    if name.lower() not in _HOP_HEADERS:
-                        conn.putheader(name, value)
-                conn.endheaders(body)
-                resp = conn.getresponse()
-                data = resp.read()
-                return resp.status, resp.getheaders(), data
-            finally:
-                conn.close()
+            return forward(self, proxy.upstream_host, proxy.upstream_port)
 
         def _send(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
-            self.send_response(status)
-            for name, value in headers:
-                if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            answer(self, status, headers, data)
 
         def _handle(self) -> None:
             fault = proxy.take_fault(self.path) if self.command == "GET" else None
@@ -119,13 +100,7 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 return
             status, headers, data = self._forward()
             if fault == "short":
-                self.send_response(status)
-                for name, value in headers:
-                    if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
+                answer(self, status, headers, data, cut=len(data) // 2)
                 self.wfile.flush()
                 self.close_connection = True
                 with contextlib.suppress(OSError):
@@ -142,14 +117,6 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
 def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
     """Run a ``FaultProxy`` in front of ``upstream`` for the duration of the block."""
     proxy = FaultProxy(upstream)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
-    server.daemon_threads = True
-    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="s3-fault-proxy", daemon=True)
-    thread.start()
-    try:
+    with serve_http(_handler(proxy), "s3-fault-proxy") as url:
+        proxy.url = url
         yield proxy
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)

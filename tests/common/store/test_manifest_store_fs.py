@@ -9,6 +9,7 @@ import pytest
 from support.manifests import write_manifest
 
 from mx8_common.errors import (
+    ConfigError,
     IntegrityError,
     ManifestHashMismatch,
     SnapshotNotFoundError,
@@ -30,6 +31,15 @@ def test_open_manifest_store_picks_backend(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.delenv("MX8_MANIFEST_STORE_ROOT")
     assert open_manifest_store().root == os.path.expanduser("~/.mx8/manifests")
     assert type(open_manifest_store("s3://bkt/pre")).__name__ == "S3ManifestStore"
+
+
+def test_open_manifest_store_unknown_scheme_names_every_kind_of_root() -> None:
+    with pytest.raises(ConfigError) as info:
+        open_manifest_store("hdfs://x/m")
+    message = str(info.value)
+    assert "'hdfs://x/m' has an unknown scheme" in message and "\n" not in message
+    assert "a folder" in message and "s3://bucket/prefix" in message
+    assert "az://container/prefix" in message
 
 
 async def test_fs_store_put_and_read_back(store: FsManifestStore, tmp_path: Path) -> None:
