@@ -1,5 +1,5 @@
 """Small pieces of the real HTTP servers tests run on 127.0.0.1 in front of an emulator
-(``s3_fault_proxy``, ``gcs_paging``): serving a handler on a thread, forwarding a request
+(``s3_fault_proxy``, ``gcs_front``): serving a handler on a thread, forwarding a request
 upstream, and answering."""
 
 from __future__ import annotations

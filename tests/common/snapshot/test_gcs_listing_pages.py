@@ -1,6 +1,6 @@
 """gs:// listing over many ``objects.list`` pages (``nextPageToken``) gives what one page
 gives. gcp-storage-emulator answers every listing in one page, so the listing goes through
-``support.gcs_paging``: a real HTTP front that cuts the emulator's answer into GCS pages."""
+``support.gcs_front``: a real HTTP front that cuts the emulator's answer into GCS pages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.cloud_emulators import GcsEmulator
-from support.gcs_paging import GcsPagingFront, gcs_paging_front
+from support.gcs_front import GcsFront, gcs_front
 
 from mx8_common.snapshot.cloud_lister import GcsPageSource
 from mx8_common.snapshot.resolver import SnapshotResolverConfig, resolve_snapshot_sync
@@ -35,8 +35,8 @@ def bucket(gcs_bucket: str, gcs_server: GcsEmulator) -> str:
 
 
 @pytest.fixture
-def front(gcs_server: GcsEmulator) -> Iterator[GcsPagingFront]:
-    with gcs_paging_front(gcs_server.endpoint, page_cap=1000) as running:
+def front(gcs_server: GcsEmulator) -> Iterator[GcsFront]:
+    with gcs_front(gcs_server.endpoint, page_cap=1000) as running:
         yield running
 
 
@@ -50,7 +50,7 @@ def _list(endpoint: str, bucket: str, **kwargs: object) -> tuple[list[list], Gcs
 
 
 def test_gcs_lister_follows_page_tokens_to_the_keys_of_one_page(
-    bucket: str, gcs_server: GcsEmulator, front: GcsPagingFront
+    bucket: str, gcs_server: GcsEmulator, front: GcsFront
 ) -> None:
     one, one_source = _list(gcs_server.endpoint, bucket)
     many, many_source = _list(front.url, bucket, page_size=4)
@@ -67,7 +67,7 @@ def test_gcs_lister_follows_page_tokens_to_the_keys_of_one_page(
 
 
 def test_gcs_folders_summary_over_pages_matches_one_page(
-    bucket: str, gcs_server: GcsEmulator, front: GcsPagingFront
+    bucket: str, gcs_server: GcsEmulator, front: GcsFront
 ) -> None:
     async def folders(endpoint: str, page_size: int) -> object:
         async with GcsClient(GcsSettings(emulator_host=endpoint)) as client:
@@ -92,7 +92,7 @@ def test_gcs_resolve_over_pages_gives_the_manifest_of_one_page(
         SnapshotResolverConfig(store_root=str(tmp_path / "one"), label_mode="imagefolder"),
     )
     # The server caps pages below the lister's 1000: GCS may answer fewer than asked.
-    with gcs_paging_front(gcs_server.endpoint, page_cap=3) as paging:
+    with gcs_front(gcs_server.endpoint, page_cap=3) as paging:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", paging.url)
         many = resolve_snapshot_sync(
             link,

@@ -4,6 +4,7 @@ front of them): bytes and ranges, the snapshot checks, typed errors, the one ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import random
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from support.cloud_emulators import Azurite, GcsEmulator
+from support.gcs_front import gcs_front
 from support.s3_fault_proxy import FaultProxy, fault_proxy
 
 from mx8_common.errors import (
@@ -106,13 +108,22 @@ async def test_object_reader_cloud_range_past_end_is_changed_or_storage_error(
     assert info.value.location == cloud.location and "\n" not in str(info.value)
 
 
-async def test_object_reader_cloud_object_modified_after_listing_is_changed(cloud: Cloud) -> None:
-    if cloud.scheme == "gs":
-        pytest.skip("gcp-storage-emulator sends no Last-Modified on a media GET; real GCS does")
-    listed_at = time.time() - 3600  # the snapshot was listed an hour before the object's time
-    async with ObjectReader(listed_at=listed_at) as reader:
-        with pytest.raises(ObjectChangedError, match="modified") as info:
-            await reader.read(cloud.location, None, len(PAYLOAD))
+async def test_object_reader_cloud_object_modified_after_listing_is_changed(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with contextlib.ExitStack() as stack:
+        if cloud.scheme == "gs":
+            # The emulator sends no Last-Modified on a media GET; GCS does, and so does
+            # the front (from the object's metadata).
+            front = stack.enter_context(gcs_front(cloud.endpoint))
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", front.url)
+        listed_at = time.time() - 3600  # the snapshot was listed an hour before the object
+        async with ObjectReader(listed_at=listed_at) as reader:
+            with pytest.raises(ObjectChangedError, match="modified") as info:
+                await reader.read(cloud.location, None, len(PAYLOAD))
+            # Listed after the object was written: the same read is served.
+            reader.listed_at = time.time() + 60
+            assert await reader.read(cloud.location, None, len(PAYLOAD)) == PAYLOAD
     assert "@refresh" in str(info.value)
 
 

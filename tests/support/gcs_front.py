@@ -1,18 +1,24 @@
-"""A paging front for gcp-storage-emulator: real HTTP on 127.0.0.1, so mx8's GCS listing
-can be tested over many pages.
+"""A front for gcp-storage-emulator that answers as GCS does where the emulator does not:
+real HTTP on 127.0.0.1, every request relayed to the emulator.
 
-The emulator answers every ``objects.list`` in one page: it ignores ``maxResults`` and
-``pageToken`` (its ``handlers/objects.py::ls`` reads only prefix, delimiter, matchGlob and
-softDeleted). This server forwards each request to the emulator and, for listings, cuts the
-emulator's one answer into pages as GCS does: ``items`` and ``prefixes`` together in name
-order, at most ``min(maxResults, page_cap)`` entries a page, the rest behind an opaque
-``nextPageToken``. Every other request (object GETs) is relayed unchanged.
+* **Pages.** The emulator answers every ``objects.list`` in one page: it ignores
+  ``maxResults`` and ``pageToken`` (its ``handlers/objects.py::ls`` reads only prefix,
+  delimiter, matchGlob and softDeleted). The front cuts that one answer into pages as GCS
+  does: ``items`` and ``prefixes`` together in name order, at most
+  ``min(maxResults, page_cap)`` entries a page, the rest behind an opaque
+  ``nextPageToken``.
+* **Last-Modified.** GCS sends it on every media download; the emulator sends none. The
+  front adds it from the object's ``updated`` metadata (asked of the emulator), so the
+  reader's modified-after-listing check can be tested.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import email.utils
+import http.client
 import http.server
 import json
 import re
@@ -23,13 +29,14 @@ from typing import Any
 
 from support.loopback_http import answer, forward, serve_http
 
-__all__ = ["GcsPagingFront", "gcs_paging_front"]
+__all__ = ["GcsFront", "gcs_front"]
 
 _LIST_PATH = re.compile(r"^/storage/v1/b/[^/]+/o$")
+_MEDIA_PATH = re.compile(r"^/download(?P<meta>/storage/v1/b/[^/]+/o/[^/]+)$")
 
 
 @dataclass
-class GcsPagingFront:
+class GcsFront:
     """The running front: its URL (for ``STORAGE_EMULATOR_HOST``) and what it served."""
 
     upstream: str
@@ -67,7 +74,25 @@ class GcsPagingFront:
         return page
 
 
-def _handler(front: GcsPagingFront) -> type[http.server.BaseHTTPRequestHandler]:
+def _last_modified(host: str, port: int, meta_path: str) -> str | None:
+    """The object's ``updated`` time (from the emulator's metadata) as an HTTP date."""
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("GET", meta_path)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            return None
+        updated = json.loads(body).get("updated")
+    finally:
+        conn.close()
+    if not updated:
+        return None
+    when = datetime.datetime.fromisoformat(updated.replace("Z", "+00:00"))
+    return email.utils.format_datetime(when.astimezone(datetime.UTC), usegmt=True)
+
+
+def _handler(front: GcsFront) -> type[http.server.BaseHTTPRequestHandler]:
     upstream = urllib.parse.urlsplit(front.upstream)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -78,17 +103,25 @@ def _handler(front: GcsPagingFront) -> type[http.server.BaseHTTPRequestHandler]:
 
         def _relay(self) -> None:
             path, _, raw_query = self.path.partition("?")
+            host, port = upstream.hostname or "", upstream.port or 80
+            media = _MEDIA_PATH.match(path) if self.command == "GET" else None
+            if media is not None:
+                status, headers, data = forward(self, host, port)
+                named = any(name.lower() == "last-modified" for name, _ in headers)
+                if status in (200, 206) and not named:
+                    when = _last_modified(host, port, media["meta"])
+                    if when is not None:
+                        headers.append(("Last-Modified", when))
+                answer(self, status, headers, data)
+                return
             listing = self.command == "GET" and _LIST_PATH.match(path) is not None
             if not listing:
-                answer(self, *forward(self, upstream.hostname or "", upstream.port or 80))
+                answer(self, *forward(self, host, port))
                 return
             query = dict(urllib.parse.parse_qsl(raw_query))
             whole = {k: v for k, v in query.items() if k not in ("maxResults", "pageToken")}
             status, headers, data = forward(
-                self,
-                upstream.hostname or "",
-                upstream.port or 80,
-                path + "?" + urllib.parse.urlencode(whole),
+                self, host, port, path + "?" + urllib.parse.urlencode(whole)
             )
             if status == 200:
                 data = json.dumps(front.page(json.loads(data), query)).encode()
@@ -100,9 +133,9 @@ def _handler(front: GcsPagingFront) -> type[http.server.BaseHTTPRequestHandler]:
 
 
 @contextlib.contextmanager
-def gcs_paging_front(upstream: str, page_cap: int) -> Iterator[GcsPagingFront]:
-    """Run a paging front for the emulator at ``upstream`` on a free loopback port."""
-    front = GcsPagingFront(upstream, page_cap)
-    with serve_http(_handler(front), "gcs-paging-front") as url:
+def gcs_front(upstream: str, page_cap: int = 1000) -> Iterator[GcsFront]:
+    """Run a front for the emulator at ``upstream`` on a free loopback port."""
+    front = GcsFront(upstream, page_cap)
+    with serve_http(_handler(front), "gcs-front") as url:
         front.url = url
         yield front
