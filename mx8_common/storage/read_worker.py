@@ -199,11 +199,14 @@ class _Worker:
         self._out.clear()
 
     def close(self) -> None:
-        """Close the socket (the worker exits on it) and reap the process."""
+        """Close the socket (the worker exits on it); on the loop's thread."""
         if self.dead is None:
             self.dead = StorageError("the agent's local read workers are closed")
         self._detach()
         self.sock.close()
+
+    def reap(self) -> None:
+        """Wait for the process to exit (blocking: off the loop), killing it if it stays."""
         try:
             self.proc.wait(timeout=_CLOSE_WAIT_S)
         except subprocess.TimeoutExpired:
@@ -278,7 +281,8 @@ class ReadWorkers:
             for fut in worker.pending.values():
                 if not fut.done():
                     fut.cancel()
-            await asyncio.to_thread(worker.close)
+            worker.close()
+            await asyncio.to_thread(worker.reap)
 
 
 # -- the worker process -----------------------------------------------------------------
