@@ -9,7 +9,9 @@ client cannot run (a process forked after its parent used it, see ``native_store
 turned off (``MX8_FETCH_NATIVE_S3_GET=0``), GETs go through ``s3_get.S3Getter`` (botocore
 signs, aiohttp sends). ``gs://`` and ``az://`` go through ``cloud_reader.CloudReader`` with
 the same checks and retries. A plain path or ``file://`` URL is read with ``os.pread`` in a
-thread pool, never on the event loop.
+thread pool, never on the event loop (``local_read`` holds those reads). A bucket in another
+region than ``AWS_REGION`` (S3 answers 301 ``PermanentRedirect``) is followed: its region is
+asked once (``s3_client.bucket_region``) and its reads are signed for it from then on.
 
 The manifest promised a size, so every read is checked against it: a whole object whose
 size differs, or a range that runs past the object's end, is ``ObjectChangedError``
@@ -37,7 +39,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import obstore
@@ -49,7 +51,7 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 from mx8_common.link import split_object_location
-from mx8_common.obs.events import Throttled
+from mx8_common.obs.events import Throttled, emit
 from mx8_common.retry import Backoff, Retry
 from mx8_common.storage.cloud_reader import CLOUD_SCHEMES, CloudReader
 from mx8_common.storage.local_read import (
@@ -72,7 +74,13 @@ from mx8_common.storage.native_store import (
     translate_native_error,
 )
 from mx8_common.storage.rest_client import parse_content_range
-from mx8_common.storage.s3_client import S3Settings, translate_s3_error
+from mx8_common.storage.s3_client import (
+    REGION_ANSWERS,
+    S3Settings,
+    bucket_region,
+    translate_s3_error,
+    wrong_region_error,
+)
 from mx8_common.storage.s3_get import S3Getter, S3Object
 from mx8_common.storage.sample_reader import LocalRead, Payload, ReadObserver, ReadStats
 
@@ -169,6 +177,17 @@ def split_s3_location(location: str) -> tuple[str, str]:
     return split_object_location(location, "s3")
 
 
+_NO_LOCATION = "Received redirect without LOCATION"
+
+
+class _RegionAnswer(Exception):
+    """S3 said the bucket is in another region (``answer``: its code or status)."""
+
+    def __init__(self, answer: str) -> None:
+        super().__init__(answer)
+        self.answer = answer
+
+
 class ObjectReader:
     """Reads sample bytes (a ``SampleReader``); ``async with`` owns its S3 client and local
     read threads.
@@ -205,6 +224,8 @@ class ObjectReader:
         # Native stores by bucket, for the process that built them (see native_store).
         self._stores: dict[str, NativeStore] = {}
         self._stores_pid = os.getpid()
+        #: Buckets S3 said live in another region than the settings' (learned, followed).
+        self._regions: dict[str, str] = {}
         self._client_lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()
         self._pool: ThreadPoolExecutor | None = None
@@ -405,14 +426,34 @@ class ObjectReader:
         if store is None:
             if self._closed:
                 raise StorageError("this ObjectReader is closed; open a new one")
-            store = cached_native_store("s3", bucket, s3_settings=self._s3_settings)
+            settings = self._settings_for(bucket)
+            store = cached_native_store("s3", bucket, s3_settings=settings)
             if store is None:
                 # Built once per bucket and process; resolving credentials may block.
                 store = await asyncio.to_thread(
-                    native_store, "s3", bucket, s3_settings=self._s3_settings, location=location
+                    native_store, "s3", bucket, s3_settings=settings, location=location
                 )
             self._stores[bucket] = store
         return store
+
+    def _settings_for(self, bucket: str) -> S3Settings:
+        """The S3 settings of ``bucket``: this reader's, in the bucket's own region once S3
+        named it."""
+        settings = self._s3_settings or S3Settings.from_env()
+        region = self._regions.get(bucket)
+        return settings if region is None else replace(settings, region=region)
+
+    async def _follow_region(self, bucket: str, location: str, answer: str) -> None:
+        """S3 answered that ``bucket`` is in another region: learn which and use it from now
+        on (the caller reads again), or raise one line saying what to set."""
+        settings = self._settings_for(bucket)
+        found = await bucket_region(bucket, settings)
+        if found is None or found == settings.region or bucket in self._regions:
+            named = None if found == settings.region else found
+            raise wrong_region_error(location, answer, settings.region, named)
+        self._regions[bucket] = found
+        self._stores.pop(bucket, None)
+        emit("fetch", "s3_bucket_region", bucket=bucket, region=found, signed_for=settings.region)
 
     async def _read_s3_once(
         self, location: str, byte_offset: int | None, byte_length: int | None
@@ -500,6 +541,24 @@ class ObjectReader:
         byte_offset: int | None,
         byte_length: int | None,
     ) -> Payload:
+        try:
+            return await self._get_native(location, bucket, key, byte_offset, byte_length)
+        except _RegionAnswer as moved:
+            await self._follow_region(bucket, location, moved.answer)
+            try:
+                return await self._get_native(location, bucket, key, byte_offset, byte_length)
+            except _RegionAnswer as again:
+                found = self._regions.get(bucket)
+                raise wrong_region_error(location, again.answer, found or "?", None) from None
+
+    async def _get_native(
+        self,
+        location: str,
+        bucket: str,
+        key: str,
+        byte_offset: int | None,
+        byte_length: int | None,
+    ) -> Payload:
         store = self._stores.get(bucket) if self._stores_pid == os.getpid() else None
         if store is None:
             store = await self._store(bucket, location)
@@ -542,6 +601,11 @@ class ObjectReader:
                     f"bytes {byte_offset}..{(byte_offset or 0) + (byte_length or 0) - 1}",
                     "an object too short for that range",
                 ) from None
+            if code in REGION_ANSWERS or status in (301, 307):
+                raise _RegionAnswer(code or str(status)) from None
+            if _NO_LOCATION in str(exc):
+                # obstore's words for S3's 301 to another region (no status in its text).
+                raise _RegionAnswer("301 (a redirect to another region)") from None
             raise translate_native_error(exc, location) from None
         if len(data) != want:
             raise TransientStorageError(

@@ -199,6 +199,12 @@ def s3_answer_error(code: str, status: int, location: str, detail: str = "") -> 
             f"{location} does not exist (it was deleted or renamed since the snapshot?)",
             location=location,
         )
+    if code in REGION_ANSWERS or status in (301, 307):
+        return StorageError(
+            f"S3 answered {code or status} for {location}: the bucket is in another region "
+            "than the one requests are signed for; set AWS_REGION to the bucket's region",
+            location=location,
+        )
     if code in _TRANSIENT_CODES or status in (500, 502, 503, 504):
         return TransientStorageError(
             f"S3 answered {code or status} for {location}; retrying may help",
@@ -261,3 +267,41 @@ def s3_errors(location: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise translate_s3_error(exc, location) from None
+
+
+#: S3 answers that mean "this bucket lives in another region than the request was signed for".
+REGION_ANSWERS = (
+    "PermanentRedirect",
+    "TemporaryRedirect",
+    "AuthorizationHeaderMalformed",
+    "IllegalLocationConstraintException",
+)
+
+
+async def bucket_region(bucket: str, settings: S3Settings) -> str | None:
+    """The region S3 names for ``bucket`` (its ``x-amz-bucket-region`` header), or None.
+
+    Asked with an unsigned path-style HEAD: S3 sends that header to anyone, whatever the
+    status (200, 301, 403), so no credentials or region are needed to learn it.
+    """
+    base = (settings.endpoint_url or "https://s3.amazonaws.com").rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.head(f"{base}/{bucket}", allow_redirects=False) as resp,
+        ):
+            return resp.headers.get("x-amz-bucket-region") or None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+def wrong_region_error(location: str, answer: str, region: str, found: str | None) -> StorageError:
+    """One line for a bucket in another region than ``region`` (whose own could not be
+    followed): names both and the variable to set."""
+    where = f" ({found})" if found else ""
+    return StorageError(
+        f"S3 answered {answer} for {location}: the bucket is in another region{where} than "
+        f"the one requests are signed for ({region}); set AWS_REGION to the bucket's region",
+        location=location,
+    )

@@ -9,12 +9,18 @@ for a key matches the request path; each fault fires once, in the order queued:
 * ``"reset"``: close the connection without answering;
 * ``"short"``: forward, then send the full Content-Length header but only half the body;
 * ``Gate`` (a ``threading.Event``): hold the request until the test sets the event.
+
+With ``home_region``, the proxy also plays a bucket that lives in that region, as S3 does:
+a request signed for another region (its SigV4 credential scope) gets ``301
+PermanentRedirect`` with ``x-amz-bucket-region``, and an unsigned ``HEAD /bucket`` gets that
+header too (unless ``tell_region`` is False).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import re
 import threading
 import urllib.parse
 from collections import Counter, defaultdict
@@ -35,8 +41,20 @@ _DENIED = (
 )
 
 
+_MOVED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PermanentRedirect</Code>'
+    b"<Message>The bucket you are attempting to access must be addressed using the specified "
+    b"endpoint. Please send all future requests to this endpoint.</Message></Error>"
+)
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/(?P<region>[^/]+)/s3/aws4_request")
+
+
 class FaultProxy:
     """State shared by the proxy's handler threads."""
+
+    home_region: str | None = None
+    tell_region: bool = True
+    redirects = 0
 
     def __init__(self, upstream: str) -> None:
         parsed = urllib.parse.urlsplit(upstream)
@@ -82,7 +100,30 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
         def _send(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
             answer(self, status, headers, data)
 
+        def _moved(self) -> bool:
+            """As S3 answers for a bucket in ``home_region``; True when answered here."""
+            home = proxy.home_region
+            if home is None:
+                return False
+            tell = [("x-amz-bucket-region", home)] if proxy.tell_region else []
+            scope = _SCOPE.search(self.headers.get("Authorization") or "")
+            if scope is None:
+                if self.command == "HEAD":
+                    status, headers, _ = self._forward()
+                    # The upstream's own region header (moto's) is not the bucket's here.
+                    kept = [h for h in headers if h[0].lower() != "x-amz-bucket-region"]
+                    answer(self, status, kept + tell, b"")
+                    return True
+                return False
+            if scope["region"] == home:
+                return False
+            proxy.redirects += 1
+            self._send(301, [("Content-Type", "application/xml"), *tell], _MOVED)
+            return True
+
         def _handle(self) -> None:
+            if self._moved():
+                return
             fault = proxy.take_fault(self.path) if self.command == "GET" else None
             if isinstance(fault, threading.Event):
                 fault.wait(30)
@@ -108,7 +149,7 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 return
             self._send(status, headers, data)
 
-        do_GET = do_PUT = do_POST = do_DELETE = _handle
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
 
     return Handler
 

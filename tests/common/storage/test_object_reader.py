@@ -427,3 +427,29 @@ async def test_object_reader_botocore_clients_reuse_parsed_models(s3_object: str
             await reader.aclose()
     assert len(loaders) == 1
     assert paths[0] == paths[-1]
+
+
+async def test_object_reader_follows_a_bucket_to_its_own_region(
+    s3_object: str, proxy: FaultProxy
+) -> None:
+    proxy.home_region = "eu-west-1"  # the reader signs for us-east-1 (_via)
+    with capture_logs() as logs:
+        async with ObjectReader(s3_settings=_via(proxy)) as reader:
+            assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
+            assert await reader.read(s3_object, 5, 10) == PAYLOAD[5:15]
+    assert proxy.redirects == 1  # learned once, then every request signed for eu-west-1
+    moved = [(e["region"], e["signed_for"]) for e in logs if e["event"] == "s3_bucket_region"]
+    assert moved == [("eu-west-1", "us-east-1")]
+
+
+async def test_object_reader_bucket_in_an_unnamed_region_is_one_line(
+    s3_object: str, proxy: FaultProxy
+) -> None:
+    proxy.home_region = "eu-west-1"
+    proxy.tell_region = False  # no x-amz-bucket-region to follow
+    async with ObjectReader(s3_settings=_via(proxy)) as reader:
+        with pytest.raises(StorageError, match="set AWS_REGION") as info:
+            await reader.read(s3_object, None, len(PAYLOAD))
+    text = str(info.value)
+    assert "301" in text and "(us-east-1)" in text and "\n" not in text
+    assert info.value.location == s3_object
