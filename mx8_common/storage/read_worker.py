@@ -305,13 +305,13 @@ def _serve(sock: socket.socket) -> None:
                     target.close()
                 continue
             _op, job, name, size, new, offset, items, listed_at = msg
-            if new:
-                fd = fds.popleft()
-                try:
-                    maps[name] = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
-                finally:
-                    os.close(fd)
             try:
+                if new:
+                    fd = fds.popleft()
+                    try:
+                        maps[name] = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+                    finally:
+                        os.close(fd)
                 reply = (job, read_many_into(items, maps[name], offset, listed_at), None)
             except StorageError as exc:
                 reply = (job, 0.0, exc)
