@@ -11,7 +11,9 @@ their speed (issue 14: 34 us of wall time per 64 KiB file inside the agent again
 which imports only ``local_read``) on first use. ``read(items, segment, offset,
 listed_at)`` gives a future of the seconds the read took, or the reader's typed
 ``StorageError`` (``ObjectNotFoundError``, ``ObjectChangedError``, ...) exactly as an
-in-process read raises it. Jobs go to the worker with the fewest pending.
+in-process read raises it. Jobs go to the worker with the fewest pending; each worker
+reads two at once (``_THREADS``), so a read that waits on its storage does not hold up the
+next batch.
 
 Protocol, one ``socketpair`` per worker, frames of a 4-byte length and a pickle (both
 ends are this module, in one agent's process tree):
@@ -39,7 +41,9 @@ import pickle
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from mx8_common.errors import StorageError
@@ -49,6 +53,10 @@ __all__ = ["ReadWorkers", "SharedSegment"]
 
 _HEADER = 4
 _RECV = 1 << 16
+#: Jobs one worker reads at once: two keep two reads in flight for storage that waits
+#: (a cold disk, a network file system) and read page-cached files ~10 % faster than one
+#: (80k vs 54-72k files/s of 64 KiB here); four made each file's GIL hand-offs cost more.
+_THREADS = 2
 #: Seconds ``aclose`` waits for reads in flight, then for a worker to exit.
 _CLOSE_WAIT_S = 5.0
 
@@ -288,36 +296,63 @@ class ReadWorkers:
 # -- the worker process -----------------------------------------------------------------
 
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock: socket.socket, threads: int = _THREADS) -> None:
     maps: dict[str, mmap.mmap] = {}
+    busy: collections.Counter[str] = collections.Counter()  # jobs running per segment
+    forgotten: set[str] = set()  # closed by the agent, unmapped when its last job ends
+    lock = threading.Lock()  # guards the three above and the socket's writes
     fds: collections.deque[int] = collections.deque()
     buf = bytearray()
-    while True:
-        data, got_fds, _flags, _addr = socket.recv_fds(sock, _RECV, 16)
-        fds.extend(got_fds)
-        if not data:
-            return  # the agent closed its end or went away
-        buf += data
-        for msg in _frames(buf):
-            if msg[0] == "forget":
-                target = maps.pop(msg[1], None)
-                if target is not None:
-                    target.close()
-                continue
-            _op, job, name, size, new, offset, items, listed_at = msg
-            try:
-                if new:
-                    fd = fds.popleft()
-                    try:
-                        maps[name] = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
-                    finally:
-                        os.close(fd)
-                reply = (job, read_many_into(items, maps[name], offset, listed_at), None)
-            except StorageError as exc:
-                reply = (job, 0.0, exc)
-            except Exception as exc:  # the agent gets it as one line, not a traceback
-                reply = (job, 0.0, StorageError(f"local read worker: {exc!r}"))
+
+    def release(name: str) -> None:
+        busy[name] -= 1
+        if not busy[name] and name in forgotten:
+            forgotten.discard(name)
+            del busy[name]
+            maps.pop(name).close()
+
+    def run(job: int, name: str, offset: int, items: list[Any], listed_at: Any) -> None:
+        try:
+            reply = (job, read_many_into(items, maps[name], offset, listed_at), None)
+        except StorageError as exc:
+            reply = (job, 0.0, exc)
+        except Exception as exc:  # the agent gets it as one line, not a traceback
+            reply = (job, 0.0, StorageError(f"local read worker: {exc!r}"))
+        with lock:
+            release(name)
             sock.sendall(_frame(reply))
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="mx8-read-worker") as pool:
+        while True:
+            data, got_fds, _flags, _addr = socket.recv_fds(sock, _RECV, 16)
+            fds.extend(got_fds)
+            if not data:
+                return  # the agent closed its end or went away (the pool drains first)
+            buf += data
+            for msg in _frames(buf):
+                with lock:
+                    if msg[0] == "forget":
+                        if busy[msg[1]]:
+                            forgotten.add(msg[1])
+                        elif msg[1] in maps:
+                            busy.pop(msg[1], None)
+                            maps.pop(msg[1]).close()
+                        continue
+                    _op, job, name, size, new, offset, items, listed_at = msg
+                    try:
+                        if new:
+                            fd = fds.popleft()
+                            try:
+                                maps[name] = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+                            finally:
+                                os.close(fd)
+                    except Exception as exc:
+                        sock.sendall(
+                            _frame((job, 0.0, StorageError(f"local read worker: {exc!r}")))
+                        )
+                        continue
+                    busy[name] += 1
+                pool.submit(run, job, name, offset, items, listed_at)
 
 
 def main(argv: Sequence[str]) -> int:

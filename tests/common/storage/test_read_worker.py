@@ -3,6 +3,7 @@ processes, with the in-process reader's typed errors, and no worker left behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -167,3 +168,24 @@ def test_a_worker_whose_agent_is_killed_exits_on_its_own(tmp_path: Path) -> None
             agent.wait()
         if agent.stdout is not None:
             agent.stdout.close()
+
+
+async def test_a_read_that_waits_does_not_hold_up_the_next(tmp_path: Path, segment) -> None:
+    # A FIFO's open blocks until someone writes: a read stuck on its storage.
+    stuck = tmp_path / "stuck.fifo"
+    os.mkfifo(stuck)
+    ((path, data),) = _files(tmp_path, 1)
+    workers = ReadWorkers(1)
+    try:
+        waiting = workers.read([(str(stuck), None, 4)], segment, 0, None)
+        took = await asyncio.wait_for(
+            workers.read([(path, None, len(data))], segment, 4096, None), 10
+        )
+        assert took >= 0 and not waiting.done()
+        assert segment.map[4096 : 4096 + len(data)] == data
+        # A writer opening it lets the stuck read go (it then fails: a FIFO has no size).
+        os.close(os.open(stuck, os.O_WRONLY))
+        with pytest.raises(StorageError):
+            await asyncio.wait_for(waiting, 10)
+    finally:
+        await workers.aclose()
