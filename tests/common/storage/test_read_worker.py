@@ -189,3 +189,32 @@ async def test_a_read_that_waits_does_not_hold_up_the_next(tmp_path: Path, segme
             await asyncio.wait_for(waiting, 10)
     finally:
         await workers.aclose()
+
+
+async def test_a_segment_closed_mid_read_is_unmapped_when_the_read_ends(tmp_path: Path) -> None:
+    stuck = tmp_path / "stuck.fifo"
+    os.mkfifo(stuck)
+    seg = shm.create_segment(1 << 20, tmp_path)
+    assert seg is not None
+    workers = ReadWorkers(1)
+    try:
+        waiting = workers.read([(str(stuck), None, 4)], seg, 0, None)
+        (pid,) = workers.pids
+        await assert_eventually(lambda: _maps_of(pid, seg.name))
+        seg.close()  # the ring lets go while the worker still reads into it
+        # A later job's answer means the worker has handled the "forget" sent before it.
+        ((path, data),) = _files(tmp_path, 1)
+        other = shm.create_segment(1 << 20, tmp_path)
+        assert other is not None
+        try:
+            await workers.read([(path, None, len(data))], other, 0, None)
+        finally:
+            other.close()
+        assert _maps_of(pid, seg.name)  # kept: a read is still writing into it
+        os.close(os.open(stuck, os.O_WRONLY))
+        with pytest.raises(StorageError):
+            await asyncio.wait_for(waiting, 10)
+        await assert_eventually(lambda: not _maps_of(pid, seg.name))
+    finally:
+        seg.close()
+        await workers.aclose()
