@@ -22,7 +22,7 @@ from mx8_common.errors import (
 )
 from mx8_common.manifest.hashing import HashingSink, file_sha256
 from mx8_common.storage.azure_rest import AzureRestClient
-from mx8_common.store.base import LockState, StreamedManifestStore, check_hash
+from mx8_common.store.base import LockState, StreamedManifestStore
 
 __all__ = ["AzureManifestStore"]
 
@@ -31,14 +31,7 @@ class AzureManifestStore(StreamedManifestStore):
     """A manifest store under ``az://container/prefix``; see ``store.base`` for the layout."""
 
     def __init__(self, root: str) -> None:
-        if not root.startswith("az://"):
-            raise StoreError(f"Azure manifest store root {root!r} must start with az://")
-        container, _, prefix = root[len("az://") :].partition("/")
-        if not container:
-            raise StoreError(f"manifest store root {root!r} names no container")
-        self.root = root.rstrip("/")
-        self.container = container
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.container = self._parse_root(root, "az", "Azure", "container")
         self._rest: AzureRestClient | None = None
 
     # -- plumbing --------------------------------------------------------------------------
@@ -51,15 +44,6 @@ class AzureManifestStore(StreamedManifestStore):
         rest, self._rest = self._rest, None
         if rest is not None:
             await rest.aclose()
-
-    def _key(self, rel: str) -> str:
-        return self.prefix + rel
-
-    def _url(self, rel: str) -> str:
-        return f"az://{self.container}/{self._key(rel)}"
-
-    def manifest_location(self, manifest_hash: str) -> str:
-        return self._url(f"by-hash/{check_hash(manifest_hash)}")
 
     # -- manifests -------------------------------------------------------------------------
     async def has(self, manifest_hash: str) -> bool:

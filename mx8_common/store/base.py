@@ -383,6 +383,35 @@ class StreamedManifestStore(ManifestStore):
     """A store whose manifests come back as a verified byte stream (S3, Azure): reading,
     downloading and the same-hash collision check are built once on ``_stream_verified``."""
 
+    #: The store root without its trailing slash, the key prefix inside the bucket ("" or
+    #: ending in "/"), and ``scheme://bucket/``; set by ``_parse_root``.
+    root: str
+    prefix: str
+    _base: str
+
+    def _parse_root(self, root: str, scheme: str, cloud: str, holder: str) -> str:
+        """Take ``scheme://<holder>/prefix`` apart (``root``, ``prefix``, the URL base);
+        returns the bucket (or container). A root of another scheme or without a bucket is
+        a ``StoreError`` naming it."""
+        if not root.startswith(f"{scheme}://"):
+            raise StoreError(f"{cloud} manifest store root {root!r} must start with {scheme}://")
+        bucket, _, prefix = root[len(scheme) + 3 :].partition("/")
+        if not bucket:
+            raise StoreError(f"manifest store root {root!r} names no {holder}")
+        self.root = root.rstrip("/")
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._base = f"{scheme}://{bucket}/"
+        return bucket
+
+    def _key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    def _url(self, rel: str) -> str:
+        return self._base + self._key(rel)
+
+    def manifest_location(self, manifest_hash: str) -> str:
+        return self._url(f"by-hash/{check_hash(manifest_hash)}")
+
     @abc.abstractmethod
     async def _stream_verified(self, manifest_hash: str, sink: Callable[[bytes], object]) -> None:
         """Feed the stored manifest's bytes to ``sink``; ManifestHashMismatch if they do not

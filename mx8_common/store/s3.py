@@ -64,14 +64,7 @@ class S3ManifestStore(StreamedManifestStore):
         multipart_threshold: int = 1024 * 1024 * 1024,
         part_size: int = _PART_SIZE,
     ) -> None:
-        if not root.startswith("s3://"):
-            raise StoreError(f"S3 manifest store root {root!r} must start with s3://")
-        bucket, _, prefix = root[len("s3://") :].partition("/")
-        if not bucket:
-            raise StoreError(f"manifest store root {root!r} names no bucket")
-        self.root = root.rstrip("/")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.bucket = self._parse_root(root, "s3", "S3", "bucket")
         self.settings = S3Settings.from_env(s3_endpoint_url)
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
@@ -95,15 +88,6 @@ class S3ManifestStore(StreamedManifestStore):
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
-
-    def _key(self, rel: str) -> str:
-        return self.prefix + rel
-
-    def _url(self, rel: str) -> str:
-        return f"s3://{self.bucket}/{self._key(rel)}"
-
-    def manifest_location(self, manifest_hash: str) -> str:
-        return self._url(f"by-hash/{check_hash(manifest_hash)}")
 
     async def _call(
         self, rel: str, fn: Callable[[Any], Awaitable[T]], *, tolerate: set[str] = frozenset()
