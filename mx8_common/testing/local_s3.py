@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["LocalS3", "free_port", "local_s3_server"]
+__all__ = ["LocalS3", "free_port", "local_s3_server", "stop_process"]
 
 _TEST_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "mx8test",
@@ -44,6 +44,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a test server process, killing it if it is still there after 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_http(url: str, timeout_s: float) -> None:
@@ -92,12 +102,7 @@ def _moto_server() -> Iterator[LocalS3]:
         env = {**_TEST_CREDENTIALS, "MX8_S3_ENDPOINT_URL": url}
         yield LocalS3(url, "moto", env, pid=proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mx8_common.testing.local_s3 import free_port
+from mx8_common.testing.local_s3 import free_port, stop_process
 
 __all__ = ["Azurite", "EmulatorUnavailable", "GcsEmulator", "azurite", "gcs_emulator"]
 
@@ -57,15 +57,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> Non
         except OSError:
             time.sleep(0.05)
     raise EmulatorUnavailable(f"{url} did not answer within {timeout_s}s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass(frozen=True)
@@ -125,7 +116,7 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
         _wait_http(url + "/", proc, 30)
         yield GcsEmulator(url)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _shared_key(method: str, path: str, query: dict[str, str], headers: dict[str, str]) -> str:
@@ -230,4 +221,4 @@ def azurite() -> Iterator[Azurite]:
             _wait_http(origin + f"/{AZURITE_ACCOUNT}?comp=list", proc, 60)
             yield Azurite(f"{origin}/{AZURITE_ACCOUNT}")
         finally:
-            _stop(proc)
+            stop_process(proc)
