@@ -19,6 +19,7 @@ def test_agent_config_defaults_follow_the_issue() -> None:
     assert cfg.manifest_ingest == "direct"
     assert cfg.max_line_bytes == 8 * 1024 * 1024
     assert cfg.leases_ahead == 2
+    assert cfg.local_read_workers == 1
     assert cfg.node_id == socket.gethostname()
 
 
@@ -71,6 +72,7 @@ def test_agent_config_listen_forms(value: str, target: str) -> None:
         ({"manifest_ingest": "lazy"}, "--manifest-ingest"),
         ({"max_inflight_bytes": 0}, "--max-inflight-bytes"),
         ({"leases_ahead": 0}, "--leases-ahead"),
+        ({"local_read_workers": 0}, "--local-read-workers"),
         ({"job_id": ""}, "--job-id"),
     ],
 )
