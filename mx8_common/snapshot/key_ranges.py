@@ -6,11 +6,15 @@ one at strictly increasing points ``p1 < ... < pk`` inside it gives ``(after, p1
 *any* points. So where the points fall decides only how evenly work spreads, never what
 is listed; these functions only guess well.
 
-Two sources of points:
+Three sources of points:
 
 - **folders**: the common prefixes (``dir/``) of a delimiter listing. Splitting at ``d/``
   puts every key under ``d/`` in the range that starts after it.
-- **fan-out** (``fanout_points``) for flat folders: from the last key listed and the page
+- **progression** (``progression_points``) for flat folders of numbered keys: the page
+  ``obj-00000000`` .. ``obj-00000999`` says the next keys are ``obj-00001000`` .., so
+  ranges are cut about a page wide (``obj-00001999``, ``obj-00002998``, ...), each
+  holding just under one page: one request lists it and shows that it ended.
+- **fan-out** (``fanout_points``) for other flat folders: from the last key listed and the page
   it ended, guess keys further on by raising one character at a time at positions more
   significant than those the page varied in (``obj-00000999`` -> ``obj-00001``,
   ``obj-00002``, ..., ``obj-0001``, ...). A guess past the end of the data only costs one
@@ -22,7 +26,15 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 
-__all__ = ["child_dir", "common_length", "fanout_points", "in_range", "scope_dir", "thin"]
+__all__ = [
+    "child_dir",
+    "common_length",
+    "fanout_points",
+    "in_range",
+    "progression_points",
+    "scope_dir",
+    "thin",
+]
 
 _CLASSES = (string.digits, string.ascii_lowercase, string.ascii_uppercase)
 
@@ -112,3 +124,56 @@ def fanout_points(
         if len(points) >= budget:
             break
     return in_range(points[:budget], cursor, upto)
+
+
+def _digit_run(key: str, pos: int) -> tuple[int, int]:
+    """The run ``[start, end)`` of ASCII digits in ``key`` around ``pos`` (empty if none)."""
+    if pos >= len(key) or key[pos] not in string.digits:
+        return pos, pos
+    start, end = pos, pos + 1
+    while start > 0 and key[start - 1] in string.digits:
+        start -= 1
+    while end < len(key) and key[end] in string.digits:
+        end += 1
+    return start, end
+
+
+def progression_points(
+    sample: Sequence[str], upto: str | None, keys: int, page: int, floor: int, count: int
+) -> list[str] | None:
+    """Up to ``count`` split points after the cursor, each range just under one page.
+
+    ``sample`` is keys of a page of at most ``page`` keys that listed ``keys`` keys, in
+    order, its first and last key included (the last is the cursor). If those two differ
+    first inside a run of digits as wide in every sample key (``obj-00000000`` ..
+    ``obj-00000999``), the numbers that follow hold keys at the rate the page showed:
+    point ``i`` is the run's prefix and number ``n + i * step`` (``n`` just past the
+    cursor's number), ``step`` numbers holding ``page - 1`` keys at that rate. A point is
+    a prefix of the keys numbered at it (``obj-00001999`` < ``obj-00001999.bin``), so each
+    range holds whole numbers: ``[n, n + step)``, then ``[n + step, n + 2 * step)``, ...
+    Positions below ``floor`` (the folder's own path) are never read. None (use
+    ``fanout_points``) when the keys do not look numbered.
+    """
+    if keys < 2 or page < 2 or len(sample) < 2 or sample[0] >= sample[-1]:
+        return None
+    first, cursor = sample[0], sample[-1]
+    start, end = _digit_run(cursor, common_length(first, cursor))
+    if start == end or start < floor:
+        return None
+    stem = cursor[:start]
+    for key in sample:
+        if not key.startswith(stem) or _digit_run(key, start) != (start, end):
+            # Not all digits there (a hash), or not the same width (not zero-padded):
+            # key order is not the numbers' order.
+            return None
+    low, high = int(first[start:end]), int(cursor[start:end])
+    # Keys per number, from the page: (keys - 1) keys after the first over high - low.
+    step = max(1, (page - 1) * (high - low) // (keys - 1))
+    width = end - start
+    points: list[str] = []
+    for i in range(1, count + 1):
+        number = high + 1 + i * step
+        if number >= 10**width:
+            break
+        points.append(f"{stem}{number:0{width}d}")
+    return in_range(points, cursor, upto)

@@ -140,6 +140,22 @@ async def test_partitioned_listing_concurrency_is_bounded_and_used(
     assert source.stats.partitions > 6 and source.stats.requests >= 20
 
 
+@pytest.mark.parametrize(("keys", "most_requests"), [(999, 1), (5_000, 7), (100_000, 132)])
+async def test_partitioned_listing_of_numbered_keys_takes_few_more_requests_than_pages(
+    s3_env: Any, list_endpoint: ListEndpoint, keys: int, most_requests: int
+) -> None:
+    # obj-00000000.bin ...: ranges are cut one page wide (no empty ones at guessed
+    # bounds, none needing a second request to end), twice as many each round, so only
+    # the last round's ranges can fall past the end (5,000 keys: 5 pages, 7 requests).
+    list_endpoint.buckets["num"] = GeneratedKeys.layout("flat", keys, "p/")
+    async with _getter(list_endpoint) as client:
+        source = S3PageSource(client, "num", "p/", concurrency=32)
+        listed = await _listed(source)
+    assert [key for key, _ in listed] == [f"obj-{i:08d}.bin" for i in range(keys)]
+    assert source.stats.requests == list_endpoint.list_calls <= most_requests
+    assert source.stats.probes == 0
+
+
 async def test_partitioned_listing_spills_early_ranges_and_removes_the_files(
     s3_env: Any, list_endpoint: ListEndpoint, tmp_path: Path
 ) -> None:
