@@ -126,16 +126,63 @@ def fanout_points(
     return in_range(points[:budget], cursor, upto)
 
 
-def _digit_run(key: str, pos: int) -> tuple[int, int]:
-    """The run ``[start, end)`` of ASCII digits in ``key`` around ``pos`` (empty if none)."""
+def _digit_run(key: str, pos: int, floor: int = 0) -> tuple[int, int]:
+    """The run ``[start, end)`` of ASCII digits in ``key`` around ``pos``, from ``floor``
+    at most (empty if none)."""
     if pos >= len(key) or key[pos] not in string.digits:
         return pos, pos
     start, end = pos, pos + 1
-    while start > 0 and key[start - 1] in string.digits:
+    while start > floor and key[start - 1] in string.digits:
         start -= 1
     while end < len(key) and key[end] in string.digits:
         end += 1
     return start, end
+
+
+#: How the varying part of a page's keys reads as a number: ``key[start:end]`` in
+#: ``digits`` (its base), and the keys a range one page wide is meant to hold, of ``page``.
+_Scale = tuple[int, int, str, float]
+
+_HEX_LOWER = string.digits + "abcdef"
+_HEX_UPPER = string.digits + "ABCDEF"
+
+
+def _decimal(sample: Sequence[str], at: int, floor: int) -> _Scale | None:
+    """Zero-padded numbers: a digit run around ``at`` as wide in every sample key."""
+    start, end = _digit_run(sample[-1], at, floor)
+    if start == end:
+        return None
+    stem = sample[-1][:start]
+    for key in sample:
+        if not key.startswith(stem) or _digit_run(key, start, floor) != (start, end):
+            return None  # not zero-padded (or not digits): key order is not number order
+    return start, end, string.digits, 1.0
+
+
+def _hexadecimal(sample: Sequence[str], at: int, floor: int, width: int = 4) -> _Scale | None:
+    """Hashes: a run of hex digits through ``width`` past ``at`` in every sample key.
+
+    The run starts where the cursor's hex digits do, so a number carries into the digits
+    the page kept fixed (``0fff`` -> ``1000``). Hashes spread evenly but at random, so a
+    range is meant to hold 9/10 of a page: the spread (~3%) rarely makes it two requests.
+    """
+    cursor = sample[-1]
+    for digits in (_HEX_LOWER, _HEX_UPPER):
+        allowed = set(digits)
+        start = at
+        while start > floor and cursor[start - 1] in allowed:
+            start -= 1
+        end, stem = at + width, cursor[:start]
+        seen: set[str] = set()
+        for key in sample:
+            run = key[start:end]
+            if len(run) < end - start or not key.startswith(stem) or not allowed >= set(run):
+                break
+            seen.update(run)
+        else:
+            if not seen <= set(string.digits):  # letters too: not decimal digits
+                return start, end, digits, 0.9
+    return None
 
 
 def progression_points(
@@ -144,36 +191,49 @@ def progression_points(
     """Up to ``count`` split points after the cursor, each range just under one page.
 
     ``sample`` is keys of a page of at most ``page`` keys that listed ``keys`` keys, in
-    order, its first and last key included (the last is the cursor). If those two differ
-    first inside a run of digits as wide in every sample key (``obj-00000000`` ..
-    ``obj-00000999``), the numbers that follow hold keys at the rate the page showed:
-    point ``i`` is the run's prefix and number ``n + i * step`` (``n`` just past the
-    cursor's number), ``step`` numbers holding ``page - 1`` keys at that rate. A point is
-    a prefix of the keys numbered at it (``obj-00001999`` < ``obj-00001999.bin``), so each
-    range holds whole numbers: ``[n, n + step)``, then ``[n + step, n + 2 * step)``, ...
-    Positions below ``floor`` (the folder's own path) are never read. None (use
-    ``fanout_points``) when the keys do not look numbered.
+    order, its first and last key included (the last is the cursor). Where those two
+    first differ, the keys may read as numbers: a run of digits as wide in every sample
+    key (``obj-00000000`` .. ``obj-00000999``) or hex digits (hashes, ``3fa9...``). Then
+    the numbers that follow hold keys at the rate the page showed: point ``i`` is the
+    keys' common start and number ``h + i * step`` (``h`` the cursor's number), ``step``
+    numbers holding ``page - 1`` keys at that rate (hashes: 9/10 of a page). A point is a
+    prefix of the keys numbered at it (``obj-00001998`` < ``obj-00001998.bin``), so a
+    range holds whole numbers: the first the rest of ``h`` and the numbers up to
+    ``h + step`` (excluded), each further one ``step`` numbers. Positions below ``floor``
+    (the folder's own path)
+    are never read. None (use ``fanout_points``) when the keys do not read as numbers.
     """
     if keys < 2 or page < 2 or len(sample) < 2 or sample[0] >= sample[-1]:
         return None
     first, cursor = sample[0], sample[-1]
-    start, end = _digit_run(cursor, common_length(first, cursor))
-    if start == end or start < floor:
+    at = common_length(first, cursor)
+    if at < floor:
         return None
-    stem = cursor[:start]
-    for key in sample:
-        if not key.startswith(stem) or _digit_run(key, start) != (start, end):
-            # Not all digits there (a hash), or not the same width (not zero-padded):
-            # key order is not the numbers' order.
-            return None
-    low, high = int(first[start:end]), int(cursor[start:end])
+    scale = _decimal(sample, at, floor) or _hexadecimal(sample, at, floor)
+    if scale is None:
+        return None
+    start, end, digits, fill = scale
+    base, width = len(digits), end - start
+    low, high = int(first[start:end], base), int(cursor[start:end], base)
     # Keys per number, from the page: (keys - 1) keys after the first over high - low.
-    step = max(1, (page - 1) * (high - low) // (keys - 1))
-    width = end - start
+    room = page - 1 if fill >= 1 else int(page * fill)
+    step = max(1, room * (high - low) // (keys - 1))
+    stem = cursor[:start]
+    # One number a range (many keys each): the rest of the cursor's may be none at all.
+    origin = high + 1 if step == 1 else high
     points: list[str] = []
     for i in range(1, count + 1):
-        number = high + 1 + i * step
-        if number >= 10**width:
+        number = origin + i * step
+        if number >= base**width:
             break
-        points.append(f"{stem}{number:0{width}d}")
+        points.append(stem + _spell(number, digits, width))
     return in_range(points, cursor, upto)
+
+
+def _spell(number: int, digits: str, width: int) -> str:
+    """``number`` in base ``len(digits)``, ``width`` digits, zero-padded."""
+    out = []
+    for _ in range(width):
+        number, digit = divmod(number, len(digits))
+        out.append(digits[digit])
+    return "".join(reversed(out))
