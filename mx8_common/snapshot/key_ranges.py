@@ -185,14 +185,33 @@ def _hexadecimal(sample: Sequence[str], at: int, floor: int, width: int = 4) -> 
     return None
 
 
+def _scale(sample: Sequence[str], floor: int) -> tuple[int, _Scale] | None:
+    """How the sample's keys read as numbers, from the first sample key that they do.
+
+    A page may end one run of names and start another (``a-002999``, ``b-000000``):
+    the tail that reads as numbers is read, if it is at least a quarter of the sample.
+    """
+    cursor = sample[-1]
+    for tail in range(len(sample) - max(2, len(sample) // 4) + 1):
+        part = sample[tail:]
+        at = common_length(part[0], cursor)
+        if at < floor or part[0] >= cursor:
+            continue
+        scale = _decimal(part, at, floor) or _hexadecimal(part, at, floor)
+        if scale is not None:
+            return tail, scale
+    return None
+
+
 def progression_points(
     sample: Sequence[str], upto: str | None, keys: int, page: int, floor: int, count: int
 ) -> list[str] | None:
     """Up to ``count`` split points after the cursor, each range just under one page.
 
     ``sample`` is keys of a page of at most ``page`` keys that listed ``keys`` keys, in
-    order, its first and last key included (the last is the cursor). Where those two
-    first differ, the keys may read as numbers: a run of digits as wide in every sample
+    order, its first and last key included (the last is the cursor), spread evenly over
+    the page. Where the first and the cursor first differ, the keys (or a tail of them,
+    if the page starts in other names) may read as numbers: a run of digits as wide in every sample
     key (``obj-00000000`` .. ``obj-00000999``) or hex digits (hashes, ``3fa9...``). Then
     the numbers that follow hold keys at the rate the page showed: point ``i`` is the
     keys' common start and number ``h + i * step`` (``h`` the cursor's number), ``step``
@@ -205,13 +224,15 @@ def progression_points(
     """
     if keys < 2 or page < 2 or len(sample) < 2 or sample[0] >= sample[-1]:
         return None
-    first, cursor = sample[0], sample[-1]
-    at = common_length(first, cursor)
-    if at < floor:
+    found = _scale(sample, floor)
+    if found is None:
         return None
-    scale = _decimal(sample, at, floor) or _hexadecimal(sample, at, floor)
-    if scale is None:
+    tail, scale = found
+    # The sample spreads evenly over the page: its tail holds that share of the keys.
+    keys = 1 + (keys - 1) * (len(sample) - 1 - tail) // (len(sample) - 1)
+    if keys < 2:
         return None
+    first, cursor = sample[tail], sample[-1]
     start, end, digits, fill = scale
     base, width = len(digits), end - start
     low, high = int(first[start:end], base), int(cursor[start:end], base)

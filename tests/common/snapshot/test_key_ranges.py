@@ -77,6 +77,16 @@ def test_progression_points_read_no_digit_below_floor() -> None:
     assert progression_points(["d/k0000", "d/k0999"], None, 1000, 1000, 5, 2) is None
 
 
+def test_progression_points_read_the_numbered_tail_of_a_page_that_starts_in_other_names() -> None:
+    # The page ends the a- run and lists the first half of the b- run: b- is read.
+    ends_a = [f"d/a-{i:06d}" for i in range(2000, 2500, 20)]
+    sample = [*ends_a, *(f"d/b-{i:06d}" for i in range(0, 500, 20)), "d/b-000499"]
+    assert progression_points(sample, None, 1000, 1000, 2, 2) == ["d/b-001498", "d/b-002497"]
+    # A tail of less than a quarter of the page is too little to go by.
+    few = [*ends_a, *ends_a[-1:], "d/b-000000", "d/b-000009"]
+    assert progression_points(sorted(set(few)), None, 1000, 1000, 2, 2) is None
+
+
 def test_progression_points_stop_below_upto_and_at_the_widest_number() -> None:
     bounded = progression_points(["d/0100", "d/0199"], "d/0500", 100, 100, 2, 10)
     assert bounded == ["d/0298", "d/0397", "d/0496"]
