@@ -140,7 +140,7 @@ def _digit_run(key: str, pos: int, floor: int = 0) -> tuple[int, int]:
 
 
 #: How the varying part of a page's keys reads as a number: ``key[start:end]`` in
-#: ``digits`` (its base), and the keys a range one page wide is meant to hold, of ``page``.
+#: ``digits`` (its base), and the share of a page a range is meant to hold.
 _Scale = tuple[int, int, str, float]
 
 _HEX_LOWER = string.digits + "abcdef"
@@ -190,11 +190,15 @@ def _scale(sample: Sequence[str], floor: int) -> tuple[int, _Scale] | None:
 
     A page may end one run of names and start another (``a-002999``, ``b-000000``):
     the tail that reads as numbers is read, if it is at least a quarter of the sample.
+    Tails are tried where a run starts: where the common start with the cursor grows
+    (in sorted keys it never shrinks towards the cursor).
     """
     cursor = sample[-1]
-    for tail in range(len(sample) - max(2, len(sample) // 4) + 1):
+    starts: dict[int, int] = {}
+    for tail, key in enumerate(sample[: len(sample) - max(2, len(sample) // 4) + 1]):
+        starts.setdefault(common_length(key, cursor), tail)
+    for at, tail in starts.items():
         part = sample[tail:]
-        at = common_length(part[0], cursor)
         if at < floor or part[0] >= cursor:
             continue
         scale = _decimal(part, at, floor) or _hexadecimal(part, at, floor)
@@ -209,18 +213,18 @@ def progression_points(
     """Up to ``count`` split points after the cursor, each range just under one page.
 
     ``sample`` is keys of a page of at most ``page`` keys that listed ``keys`` keys, in
-    order, its first and last key included (the last is the cursor), spread evenly over
-    the page. Where the first and the cursor first differ, the keys (or a tail of them,
-    if the page starts in other names) may read as numbers: a run of digits as wide in every sample
-    key (``obj-00000000`` .. ``obj-00000999``) or hex digits (hashes, ``3fa9...``). Then
-    the numbers that follow hold keys at the rate the page showed: point ``i`` is the
-    keys' common start and number ``h + i * step`` (``h`` the cursor's number), ``step``
-    numbers holding ``page - 1`` keys at that rate (hashes: 9/10 of a page). A point is a
-    prefix of the keys numbered at it (``obj-00001998`` < ``obj-00001998.bin``), so a
-    range holds whole numbers: the first the rest of ``h`` and the numbers up to
-    ``h + step`` (excluded), each further one ``step`` numbers. Positions below ``floor``
-    (the folder's own path)
-    are never read. None (use ``fanout_points``) when the keys do not read as numbers.
+    order, spread evenly over the page, its first and last key included (the last is the
+    cursor). Where the first and the cursor first differ, the keys (or a tail of them, if
+    the page starts in other names) may read as numbers: a run of digits as wide in every
+    sample key (``obj-00000000`` .. ``obj-00000999``) or hex digits (hashes, ``3fa9...``).
+    Then the numbers that follow hold keys at the rate the page showed: point ``i`` is
+    the keys' common start and number ``h + i * step`` (``h`` the cursor's number),
+    ``step`` numbers holding ``page - 1`` keys at that rate (hashes: 9/10 of a page). A
+    point is a prefix of the keys numbered at it (``obj-00001998`` < ``obj-00001998.bin``),
+    so a range holds whole numbers: the first the rest of ``h`` and the numbers below
+    ``h + step``, each further one ``step`` numbers. Positions below ``floor`` (the
+    folder's own path) are never read. None (use ``fanout_points``) when the keys do not
+    read as numbers.
     """
     if keys < 2 or page < 2 or len(sample) < 2 or sample[0] >= sample[-1]:
         return None
