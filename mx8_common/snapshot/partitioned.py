@@ -16,7 +16,9 @@ a folder with none is flat. A flat folder of numbered keys is cut into ranges on
 wide (``key_ranges.progression_points``: one request lists each and shows that it ended),
 twice as many at each cut of the last range, queued even when no request is idle; other
 flat folders are split by ``key_ranges.fanout_points`` guesses into idle slots. Since any
-points give the same keys, a bad guess costs an empty request, not a wrong row.
+points give the same keys, a bad guess costs an empty request, not a wrong row; and a page
+that ends the prefix (no next token) closes every range past it, so a request for one of
+those still queued is never sent and one in flight is not waited for.
 
 Memory stays bounded however ranges finish: pages wait in memory up to ``memory_keys``
 in all, past that a range's pages go to its own spill file (``marshal`` records in a
@@ -310,13 +312,14 @@ class PartitionedListing:
 
     async def _list(self, r: _Range) -> None:
         delimiter = r.first or not self.recursive
+        # Counted when sent: a request for a range found empty meanwhile is not awaited.
+        self.stats.requests += 1
         page = await self._list_page(
             self.prefix,
             delimiter=delimiter,
             start_after=None if r.token else r.after,
             token=r.token,
         )
-        self.stats.requests += 1
         if r.first:
             if not page.keys and not page.prefixes and page.next_token is not None:
                 r.token = page.next_token  # an empty page: S3 may send one; go on
@@ -338,6 +341,9 @@ class PartitionedListing:
             token = page.next_token
         keys = [key for key, _size in page.keys]
         self._check(keys, r.after, "key")
+        if page.next_token is None:
+            # The prefix ends in this page: later ranges need no request to find nothing.
+            self._end_at(max([r.after or "", *keys[-1:], *page.prefixes[-1:]]), r)
         end = len(keys) if r.upto is None else bisect.bisect_right(keys, r.upto)
         if end:
             r.after = keys[end - 1]
@@ -355,6 +361,15 @@ class PartitionedListing:
             self._maybe_split(r)
             self._enqueue(r)
         self._changed.set()
+
+    def _end_at(self, last: str, listing: _Range) -> None:
+        """The prefix holds nothing after ``last``: ranges that start there are done (a
+        queued one is not requested). Cursors increase along ``_ranges``."""
+        for q in reversed(self._ranges):
+            if q.after is None or q.after < last:
+                return
+            if q is not listing:
+                q.done = True
 
     def _check(self, names: Sequence[str], after: str | None, what: str) -> None:
         """Fail fast unless ``names`` strictly increase and start after ``after``."""
@@ -413,11 +428,11 @@ class PartitionedListing:
         try:
             if r.done or r.after is None:
                 return
+            self.stats.requests += 1
+            self.stats.probes += 1
             page = await self._list_page(folder, delimiter=True, start_after=r.after, token=None)
         finally:
             r.probing = False
-        self.stats.requests += 1
-        self.stats.probes += 1
         self._check(page.prefixes, None, "folder")
         if not page.prefixes:
             self._flat.add(folder)
