@@ -546,6 +546,18 @@ class FetchPipeline:
             # The original error (or the consumer's cancellation) ends the pipeline.
             await self.aclose()
             raise
+        if self._take_read() is None:
+            raise StopAsyncIteration  # closed while this read finished
+        return slot
+
+    def _take_read(self) -> _Slot | None:
+        # _next_slot's work for a first slot whose read already succeeded, else None.
+        if self._closed or not self._slots:
+            return None
+        slot = self._slots[0]
+        fut = slot.fut
+        if not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
         self._on_read_done(slot)
         self._slots.popleft()
         self._consumed += 1
@@ -602,7 +614,10 @@ class FetchPipeline:
             slots: list[_Slot] = []
             try:
                 while len(slots) < batch_size:
-                    slots.append(await self._next_slot())
+                    # Read samples are taken without a coroutine each; the rest (waiting,
+                    # errors, the end) go through _next_slot.
+                    slot = self._take_read()
+                    slots.append(slot if slot is not None else await self._next_slot())
             except StopAsyncIteration:
                 if not slots:
                     return
