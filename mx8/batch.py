@@ -133,7 +133,10 @@ class Batch:
             raise ImportError(
                 "Batch.to_torch() needs PyTorch; install it with `pip install mx8[torch]`"
             ) from exc
-        flat = torch.frombuffer(bytearray(self.payload), dtype=torch.uint8)
+        # A writable copy for torch: straight from the samples' buffers when not joined yet.
+        parts = self._parts
+        buffer = bytearray().join(parts) if parts is not None else bytearray(self.payload)
+        flat = torch.frombuffer(buffer, dtype=torch.uint8)
         bounds = self.offsets.tolist()
         return {
             "sample_ids": torch.from_numpy(self.sample_ids.astype(np.int64)),

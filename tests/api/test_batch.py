@@ -64,3 +64,12 @@ def test_a_batch_is_read_only() -> None:
         batch.epoch = 5  # type: ignore[misc]
     with pytest.raises(AttributeError, match="read-only"):
         batch.sample_ids = np.zeros(0)  # type: ignore[misc]
+
+
+def test_to_torch_gives_each_sample_from_parts_without_joining_the_batch() -> None:
+    torch = pytest.importorskip("torch")
+    batch = _parts_batch()
+    tensors = batch.to_torch()
+    assert [bytes(t.numpy()) for t in tensors["payloads"]] == [b"alpha", b"be", b"gamma!"]
+    assert tensors["sample_ids"].dtype == torch.int64
+    assert batch._payload is None
