@@ -290,7 +290,7 @@ class DistributedLoader:
                 c.loaded = False
                 nxt = step + 1
                 self._stream_next = (c.epoch + 1, 0) if nxt == length else (c.epoch, nxt)
-                self._bytes += len(batch.payload)
+                self._bytes += batch.nbytes
                 self._samples += len(batch)
                 self._batches += 1
                 yield batch

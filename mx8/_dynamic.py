@@ -101,7 +101,7 @@ class DynamicLoader:
             elif batch.epoch > epoch:
                 self._held = batch
                 return
-            self._bytes += len(batch.payload)
+            self._bytes += batch.nbytes
             self._samples += len(batch)
             self._batches += 1
             yield batch

@@ -127,7 +127,9 @@ class EmbeddedEngine:
                             if self._table.has_labels
                             else None
                         )
-                        batch = Batch(ids, fb.data, fb.offsets, labels, self._shard.order.epoch)
+                        batch = Batch.from_parts(
+                            ids, fb.parts, fb.offsets, labels, self._shard.order.epoch
+                        )
                         await self._queue.put((batch, fb))
                         self.bytes = pipeline.stats.bytes
                         self.samples += len(ids)

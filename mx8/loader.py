@@ -212,7 +212,7 @@ class Loader:
                 self._cursor.position = shard.batch_bounds(next(indices))[1]
                 self._cursor.loaded = False
                 self._samples += len(batch)
-                self._bytes += len(batch.payload)
+                self._bytes += batch.nbytes
                 self._batches += 1
                 self._retries = engine.retries
                 yield batch

@@ -163,12 +163,11 @@ class ImageFolderLoader(DataLoader):
         # each op takes CPU from the decoders (measured: 1,225 -> 1,480 images/s on 2 cores).
         # float32(x) / float32(255) is what torch's .to(float32).div_(255.0) computes.
         out = np.empty((len(batch), 3, height, width), np.float32 if to_float else np.uint8)
-        payload = memoryview(batch.payload)
-        bounds = batch.offsets.tolist()
+        views = batch.views()  # each image's bytes as read: the batch is never joined
 
         def decode(i: int) -> BaseException | None:
             try:
-                pixels = decode_image(payload[bounds[i] : bounds[i + 1]], self.size)
+                pixels = decode_image(views[i], self.size)
                 if to_float:
                     np.divide(pixels, _MAX_PIXEL, out=out[i], dtype=np.float32)
                 else:

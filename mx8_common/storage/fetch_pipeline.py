@@ -1,8 +1,8 @@
 """Fetch many samples concurrently, under a byte budget, and hand them out in request order.
 
 ``FetchPipeline(reader, requests, config)`` turns an (async or sync) iterable of
-``FetchRequest`` into ``FetchResult``s, or into ``FetchBatch``es of N samples whose
-payloads are joined into one ``bytes`` (one copy per payload, none later).
+``FetchRequest`` into ``FetchResult``s, or into ``FetchBatch``es of N samples that keep
+each read's buffer as it arrived (no copy; ``FetchBatch.data`` joins them on request).
 
 Two limits hold at once:
 
@@ -89,10 +89,11 @@ class FetchResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class FetchBatch:
-    """N consecutive results: payload i is ``data[offsets[i]:offsets[i+1]]``."""
+    """N consecutive results: payload i is ``parts[i]``, the read's own buffer (not copied),
+    of ``offsets[i + 1] - offsets[i]`` bytes."""
 
     sample_ids: np.ndarray
-    data: bytes
+    parts: list[Payload]
     offsets: np.ndarray
     tags: list[Any]
 
@@ -102,11 +103,16 @@ class FetchBatch:
     @property
     def nbytes(self) -> int:
         """Payload bytes of the batch (what it is charged against the byte budget)."""
-        return len(self.data)
+        return int(self.offsets[-1])
+
+    @property
+    def data(self) -> bytes:
+        """Every payload joined into one ``bytes`` (a copy, made on each call)."""
+        return b"".join(self.parts)
 
     def payload(self, i: int) -> memoryview:
-        """Sample ``i`` of the batch, as a zero-copy view of ``data``."""
-        return memoryview(self.data)[int(self.offsets[i]) : int(self.offsets[i + 1])]
+        """Sample ``i`` of the batch, as a zero-copy view of its buffer."""
+        return memoryview(self.parts[i])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -546,6 +552,18 @@ class FetchPipeline:
             # The original error (or the consumer's cancellation) ends the pipeline.
             await self.aclose()
             raise
+        if self._take_read() is None:
+            raise StopAsyncIteration  # closed while this read finished
+        return slot
+
+    def _take_read(self) -> _Slot | None:
+        # _next_slot's work for a first slot whose read already succeeded, else None.
+        if self._closed or not self._slots:
+            return None
+        slot = self._slots[0]
+        fut = slot.fut
+        if not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
         self._on_read_done(slot)
         self._slots.popleft()
         self._consumed += 1
@@ -602,7 +620,10 @@ class FetchPipeline:
             slots: list[_Slot] = []
             try:
                 while len(slots) < batch_size:
-                    slots.append(await self._next_slot())
+                    # Read samples are taken without a coroutine each; the rest (waiting,
+                    # errors, the end) go through _next_slot.
+                    slot = self._take_read()
+                    slots.append(slot if slot is not None else await self._next_slot())
             except StopAsyncIteration:
                 if not slots:
                     return
@@ -625,7 +646,7 @@ def _join(slots: Sequence[_Slot]) -> FetchBatch:
     np.cumsum([len(p) for p in payloads], out=offsets[1:])
     return FetchBatch(
         sample_ids=np.fromiter((s.req.sample_id for s in slots), dtype=np.int64, count=len(slots)),
-        data=b"".join(payloads),
+        parts=payloads,
         offsets=offsets,
         tags=[s.req.tag for s in slots],
     )

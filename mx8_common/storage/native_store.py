@@ -50,6 +50,7 @@ from mx8_common.storage.s3_client import (
 __all__ = [
     "NativeStore",
     "cached_native_store",
+    "fork_generation",
     "native_error_code",
     "native_runtime_forked",
     "native_store",
@@ -148,6 +149,23 @@ _pid = -1
 # The process that built the first native store (its runtime is this process's or dead).
 _runtime_pid: int | None = None
 _stores: dict[tuple[str, str, Any], NativeStore] = {}
+# Forks into this process's line so far: a reader caches what it learned about its
+# process under this number instead of asking getpid() on every read.
+_forks = 0
+
+
+def _after_fork_in_child() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fork_generation() -> int:
+    """A number that changes in a forked child (``os.fork`` from Python): cheap to compare
+    on every read, where ``os.getpid()`` is a system call."""
+    return _forks
 
 
 def supported_schemes() -> tuple[str, ...]:

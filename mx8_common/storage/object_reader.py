@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import datetime
 import email.utils
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -68,6 +67,7 @@ from mx8_common.storage.local_read import (
 from mx8_common.storage.native_store import (
     NativeStore,
     cached_native_store,
+    fork_generation,
     native_error_code,
     native_runtime_forked,
     native_store,
@@ -223,7 +223,8 @@ class ObjectReader:
         self._cloud = CloudReader()  # gs:// and az://; opens nothing until the first read
         # Native stores by bucket, for the process that built them (see native_store).
         self._stores: dict[str, NativeStore] = {}
-        self._stores_pid = os.getpid()
+        self._fork_gen = fork_generation()
+        self._native = self.config.native_s3_get and not native_runtime_forked()
         #: Buckets S3 said live in another region than the settings' (learned, followed).
         self._regions: dict[str, str] = {}
         self._client_lock = asyncio.Lock()
@@ -248,6 +249,10 @@ class ObjectReader:
         # The same whole second for the native client (obstore formats the header itself).
         self._unmodified_since_dt = (
             None if value is None else datetime.datetime.fromtimestamp(int(value), datetime.UTC)
+        )
+        # The options of a whole-object GET: the same for every read, so built once.
+        self._whole_options: dict[str, Any] = (
+            {} if value is None else {"if_unmodified_since": self._unmodified_since_dt}
         )
 
     async def __aenter__(self) -> ObjectReader:
@@ -306,11 +311,14 @@ class ObjectReader:
                 self._local_pool(), read_local, location, byte_offset, byte_length, self.listed_at
             )
         elif self._use_native():
-            # The common case, two coroutine frames shallower than the retry path: every
+            # The common case, three coroutine frames shallower than the retry path: every
             # frame is resumed on each wake-up of the GET.
             bucket, key = split_s3_location(location)
             try:
-                data = await self._read_native_once(location, bucket, key, byte_offset, byte_length)
+                data = await self._get_native(location, bucket, key, byte_offset, byte_length)
+            except _RegionAnswer as moved:
+                await self._follow_region(bucket, location, moved.answer)
+                data = await self._read_s3_retrying(location, byte_offset, byte_length, stats)
             except TransientStorageError as exc:
                 data = await self._read_s3_retrying(location, byte_offset, byte_length, stats, exc)
         else:
@@ -416,12 +424,20 @@ class ObjectReader:
             ) from None
 
     def _use_native(self) -> bool:
-        return self.config.native_s3_get and self._client is None and not native_runtime_forked()
+        if self._fork_gen != fork_generation():
+            self._forked()
+        return self._native and self._client is None
+
+    def _forked(self) -> None:
+        # A child of fork: the parent's stores (and its runtime, if it had used one) did not
+        # come along.
+        self._fork_gen = fork_generation()
+        self._stores.clear()
+        self._native = self.config.native_s3_get and not native_runtime_forked()
 
     async def _store(self, bucket: str, location: str) -> NativeStore:
-        if self._stores_pid != os.getpid():
-            self._stores.clear()
-            self._stores_pid = os.getpid()
+        if self._fork_gen != fork_generation():
+            self._forked()
         store = self._stores.get(bucket)
         if store is None:
             if self._closed:
@@ -559,26 +575,28 @@ class ObjectReader:
         byte_offset: int | None,
         byte_length: int | None,
     ) -> Payload:
-        store = self._stores.get(bucket) if self._stores_pid == os.getpid() else None
+        store = self._stores.get(bucket) if self._fork_gen == fork_generation() else None
         if store is None:
             store = await self._store(bucket, location)
-        options: dict[str, Any] = {}
-        if self._unmodified_since_dt is not None:
-            options["if_unmodified_since"] = self._unmodified_since_dt
-        if byte_offset is not None:
-            options["range"] = (byte_offset, byte_offset + (byte_length or 0))
+        if byte_offset is None:
+            options = self._whole_options
+        else:
+            options = {"range": (byte_offset, byte_offset + (byte_length or 0))}
+            if self._unmodified_since_dt is not None:
+                options["if_unmodified_since"] = self._unmodified_since_dt
         try:
             result = await obstore.get_async(store, key, options=options)
-            size = int(result.meta["size"])
+            first, end = result.range
             if byte_offset is None:
-                if byte_length is not None and size != byte_length:
+                # A whole object comes back as its range 0..size (cheaper than result.meta).
+                if byte_length is not None and end != byte_length:
                     # Checked before reading: no point downloading the wrong object.
-                    raise changed_since_snapshot(location, f"{byte_length} bytes", f"{size} bytes")
-                want = size
+                    raise changed_since_snapshot(location, f"{byte_length} bytes", f"{end} bytes")
+                want = end
             else:
-                first, end = result.range
                 length = byte_length or 0
                 if (first, end) != (byte_offset, byte_offset + length):
+                    size = int(result.meta["size"])
                     raise changed_since_snapshot(
                         location,
                         f"bytes {byte_offset}..{byte_offset + length - 1}",

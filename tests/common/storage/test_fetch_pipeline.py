@@ -490,7 +490,7 @@ async def test_fetch_pipeline_held_batches_count_until_released(tmp_path: Path) 
         assert pipe.stats.inflight_bytes == 10_000
         with pytest.raises(ValueError, match="exactly once"):
             pipe.release(
-                FetchBatch(np.zeros(1, np.int64), b"x" * 20_000, np.array([0, 20_000]), [])
+                FetchBatch(np.zeros(1, np.int64), [b"x" * 20_000], np.array([0, 20_000]), [])
             )
         ids = [i for b in held for i in b.sample_ids.tolist()]
         async for batch in batches:

@@ -19,6 +19,7 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 from mx8_common.storage.native_store import (
+    fork_generation,
     native_error_code,
     native_runtime_forked,
     native_store,
@@ -153,3 +154,22 @@ def test_native_store_refuses_in_a_child_forked_after_the_parent_used_it(
     forked, message = _in_child("fork", s3_bucket, s3_key)
     assert forked is True
     assert isinstance(message, str) and "forked after its parent" in message
+
+
+def test_fork_generation_changes_in_a_forked_child_only() -> None:
+    # Readers compare it on every read instead of calling getpid(): a child of os.fork must
+    # see a new number, the parent the same one.
+    before = fork_generation()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running the parent's clean-ups
+        os.write(write_end, str(fork_generation()).encode())
+        os._exit(0)
+    os.close(write_end)
+    try:
+        child = int(os.read(read_end, 64).decode())
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert child != before
+    assert fork_generation() == before
