@@ -12,8 +12,13 @@ How ranges are cut (``key_ranges`` has the pure parts): the first request is a
 delimiter listing of the prefix; its folders become split points. Whenever a range
 answers a full page and requests are idle, its remainder is split again: a delimiter
 probe of the deepest folder holding the rest of the range finds subfolders to split at;
-a folder with none is flat and is split by ``key_ranges.fanout_points`` guesses. Since
-any points give the same keys, a bad guess costs an empty request, not a wrong row.
+a folder with none is flat. A flat folder of numbered keys is cut into ranges one page
+wide (``key_ranges.progression_points``: one request lists each and shows that it ended),
+twice as many at each cut of the last range, queued even when no request is idle; other
+flat folders are split by ``key_ranges.fanout_points`` guesses into idle slots. Since any
+points give the same keys, a bad guess costs an empty request, not a wrong row; and a page
+that ends the prefix (no next token) closes every range past it, so a request for one of
+those still queued is never sent and one in flight is not waited for.
 
 Memory stays bounded however ranges finish: pages wait in memory up to ``memory_keys``
 in all, past that a range's pages go to its own spill file (``marshal`` records in a
@@ -45,6 +50,7 @@ from mx8_common.snapshot.key_ranges import (
     child_dir,
     fanout_points,
     in_range,
+    progression_points,
     scope_dir,
     thin,
 )
@@ -143,6 +149,11 @@ class _Range:
     mem_keys: int = 0
     spill: _Spill | None = None
     sample: list[str] = field(default_factory=list)
+    #: Keys of the last page inside the range, and that page's size (keys and folders).
+    page_keys: int = 0
+    page_size: int = 0
+    #: Ranges a progression split of this one cuts its remainder into (doubles each cut).
+    fan: int = 2
 
 
 @dataclass(eq=False, slots=True)
@@ -301,13 +312,14 @@ class PartitionedListing:
 
     async def _list(self, r: _Range) -> None:
         delimiter = r.first or not self.recursive
+        # Counted when sent: a request for a range found empty meanwhile is not awaited.
+        self.stats.requests += 1
         page = await self._list_page(
             self.prefix,
             delimiter=delimiter,
             start_after=None if r.token else r.after,
             token=r.token,
         )
-        self.stats.requests += 1
         if r.first:
             if not page.keys and not page.prefixes and page.next_token is not None:
                 r.token = page.next_token  # an empty page: S3 may send one; go on
@@ -329,11 +341,15 @@ class PartitionedListing:
             token = page.next_token
         keys = [key for key, _size in page.keys]
         self._check(keys, r.after, "key")
+        if page.next_token is None:
+            # The prefix ends in this page: later ranges need no request to find nothing.
+            self._end_at(max([r.after or "", *keys[-1:], *page.prefixes[-1:]]), r)
         end = len(keys) if r.upto is None else bisect.bisect_right(keys, r.upto)
         if end:
             r.after = keys[end - 1]
             # ~64 keys, last included: enough to see which characters vary (fan-out).
             r.sample = [*keys[: end - 1 : max(1, end // 64)], keys[end - 1]]
+            r.page_keys, r.page_size = end, len(keys) + len(page.prefixes)
         cut = len(self.prefix)
         note = self.stats.note_slash_key
         self._put(r, [(key[cut:], size) for key, size in page.keys[:end] if note(key, size)])
@@ -345,6 +361,15 @@ class PartitionedListing:
             self._maybe_split(r)
             self._enqueue(r)
         self._changed.set()
+
+    def _end_at(self, last: str, listing: _Range) -> None:
+        """The prefix holds nothing after ``last``: ranges that start there are done (a
+        queued one is not requested). Cursors increase along ``_ranges``."""
+        for q in reversed(self._ranges):
+            if q.after is None or q.after < last:
+                return
+            if q is not listing:
+                q.done = True
 
     def _check(self, names: Sequence[str], after: str | None, what: str) -> None:
         """Fail fast unless ``names`` strictly increase and start after ``after``."""
@@ -374,12 +399,17 @@ class PartitionedListing:
         return max(0, min(room, max(self._idle(), 1)))
 
     def _maybe_split(self, r: _Range) -> None:
-        if r.probing or self._idle() <= 0 or not r.sample or r.after is None:
+        if r.probing or not r.sample or r.after is None:
             return
         if self._split_points is not None:
-            self._split(r, self._split_points(r.after, r.upto, r.sample, self._budget()))
+            if self._idle() > 0:
+                self._split(r, self._split_points(r.after, r.upto, r.sample, self._budget()))
             return
         folder = scope_dir(self.prefix, r.after, r.upto)
+        if (not self.recursive or folder in self._flat) and self._progress(r, folder):
+            return
+        if self._idle() <= 0:
+            return
         while self.recursive and folder not in self._flat:
             if self._last_folder.get(folder, r.after) < r.after:
                 # A complete probe saw every subfolder of this one: none after the cursor.
@@ -398,11 +428,11 @@ class PartitionedListing:
         try:
             if r.done or r.after is None:
                 return
+            self.stats.requests += 1
+            self.stats.probes += 1
             page = await self._list_page(folder, delimiter=True, start_after=r.after, token=None)
         finally:
             r.probing = False
-        self.stats.requests += 1
-        self.stats.probes += 1
         self._check(page.prefixes, None, "folder")
         if not page.prefixes:
             self._flat.add(folder)
@@ -423,18 +453,38 @@ class PartitionedListing:
             self._fanout(r, folder)
 
     def _fanout(self, r: _Range, folder: str) -> None:
-        if r.after is None or r.done:
+        if r.after is None or r.done or self._progress(r, folder):
             return
         self._split(r, fanout_points(r.after, r.upto, r.sample, len(folder), self._budget()))
 
-    def _split(self, r: _Range, points: list[str]) -> None:
+    def _progress(self, r: _Range, folder: str) -> bool:
+        """Cut numbered keys into ranges of one request each (False: not numbered).
+
+        Not only into idle slots: the ranges queue, so the requests stay busy while the
+        last range (the one past the guesses) finds whether there is more. Each cut of a
+        range is twice as wide as the one before (2, 4, 8, ... ranges, at most
+        ``concurrency``), so past the end of the keys at most about half the requests of
+        the last round find nothing, and a small prefix costs few more than its pages.
+        """
+        if r.after is None or r.done:
+            return True
+        room = self._max_ranges - len(self._ranges)
+        count = max(0, min(r.fan - 1, self.concurrency - 1, room))
+        points = progression_points(r.sample, r.upto, r.page_keys, r.page_size, len(folder), count)
+        if points is None:
+            return False
+        r.fan = min(2 * r.fan, 2 * self.concurrency)
+        self._split(r, points, fan=r.fan)
+        return True
+
+    def _split(self, r: _Range, points: list[str], fan: int = 2) -> None:
         """Cut ``r`` at ``points`` (checked into its range here); new ranges are queued."""
         points = in_range(points, r.after, r.upto)
         if not points or r.done:
             return
         at = self._ranges.index(r) + 1
         bounds = [*points, r.upto]
-        new = [_Range(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        new = [_Range(lo, hi, fan=fan) for lo, hi in itertools.pairwise(bounds)]
         r.upto = points[0]
         self._ranges[at:at] = new
         for piece in new:

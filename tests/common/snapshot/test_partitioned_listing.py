@@ -6,6 +6,8 @@ S3-style (start-after, tokens, delimiters, URL-encoded keys), through the lean c
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import itertools
 import random
 from pathlib import Path
@@ -16,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mx8_common.errors import NonMonotonicListingError
-from mx8_common.snapshot.partitioned import PartitionedListing
+from mx8_common.snapshot.partitioned import ListPage, PartitionedListing
 from mx8_common.snapshot.s3_lister import S3PageSource
 from mx8_common.storage.s3_client import S3Settings
 from mx8_common.storage.s3_get import S3Getter
@@ -138,6 +140,60 @@ async def test_partitioned_listing_concurrency_is_bounded_and_used(
     # Never more than asked for; more than one at once (exactly 6 depends on timing).
     assert 2 <= list_endpoint.max_in_flight <= 6
     assert source.stats.partitions > 6 and source.stats.requests >= 20
+
+
+@pytest.mark.parametrize(("keys", "most_requests"), [(999, 1), (5_000, 7), (100_000, 132)])
+async def test_partitioned_listing_of_numbered_keys_takes_few_more_requests_than_pages(
+    s3_env: Any, list_endpoint: ListEndpoint, keys: int, most_requests: int
+) -> None:
+    # obj-00000000.bin ...: ranges are cut one page wide (no empty ones at guessed
+    # bounds, none needing a second request to end), twice as many each round, so only
+    # the last round's ranges can fall past the end (5,000 keys: 5 pages, 7 requests).
+    list_endpoint.buckets["num"] = GeneratedKeys.layout("flat", keys, "p/")
+    async with _getter(list_endpoint) as client:
+        source = S3PageSource(client, "num", "p/", concurrency=32)
+        listed = await _listed(source)
+    assert [key for key, _ in listed] == [f"obj-{i:08d}.bin" for i in range(keys)]
+    assert source.stats.requests <= most_requests and list_endpoint.list_calls <= most_requests
+    assert source.stats.probes == 0
+
+
+async def test_partitioned_listing_of_hashed_keys_takes_few_more_requests_than_pages(
+    s3_env: Any, list_endpoint: ListEndpoint
+) -> None:
+    # Hex names read as numbers too: ranges of ~9/10 of a page, 5 pages in 6 requests
+    # where guessing one character further at a time took 33.
+    names = sorted(hashlib.sha1(str(i).encode()).hexdigest() + ".jpg" for i in range(5_000))
+    list_endpoint.buckets["hashed"] = SortedKeys([(f"p/{name}", 1) for name in names])
+    async with _getter(list_endpoint) as client:
+        source = S3PageSource(client, "hashed", "p/", concurrency=32)
+        listed = await _listed(source)
+    assert [key for key, _ in listed] == names
+    assert source.stats.requests <= 7 and list_endpoint.list_calls <= 7
+
+
+async def test_partitioned_listing_does_not_wait_for_ranges_past_the_end_of_the_prefix() -> None:
+    keys = [f"p/k{i:04d}" for i in range(50)]
+    never = asyncio.Event()
+    past_end: list[str] = []
+
+    async def list_page(
+        prefix: str, *, delimiter: bool, start_after: str | None, token: str | None
+    ) -> ListPage:
+        after = token or start_after or ""
+        await asyncio.sleep(0)  # let the other queued requests start: they overlap
+        if after >= keys[-1]:
+            past_end.append(after)
+            await never.wait()  # a server slow to say a range past the last key is empty
+        rest = [key for key in keys if key > after]
+        return ListPage([(key, 1) for key in rest[:10]], (), rest[9] if len(rest) > 10 else None)
+
+    listing = PartitionedListing(list_page, "p/", link="s3://b/p/", concurrency=8)
+    listed = await asyncio.wait_for(_listed(listing), 60)
+    assert [key for key, _ in listed] == [key[2:] for key in keys]
+    # The last cut went past k0049: that range was asked, and the answer that ended the
+    # prefix made waiting for it unnecessary.
+    assert past_end
 
 
 async def test_partitioned_listing_spills_early_ranges_and_removes_the_files(
