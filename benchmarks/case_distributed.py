@@ -7,7 +7,8 @@ Distributed: a real ``mx8-coordinator`` (``python -m mx8_coordinator``, the fold
 Embedded: 2 trainer processes, each ``mx8.load(folder, rank=r, world_size=2)``.
 
 Start-up is left out: each trainer builds its loader, says it is ready, waits for a "go"
-file, then times its epoch loop and prints ``{"start", "end", "samples", "cpu0", "cpu1"}``.
+file, then times its epoch loop (taking each batch's ``payload``, as a training step does)
+and prints ``{"start", "end", "samples", "cpu0", "cpu1", "bytes"}``.
 samples/s is both ranks' samples over the span of their loops. CPU per sample is the
 trainers' CPU over their loops plus the daemons' CPU (psutil, with children) between "go"
 and the trainers' exit. The trainer is this module: ``python -m benchmarks.case_distributed
@@ -264,11 +265,15 @@ def _trainer(cfg: dict[str, Any]) -> None:
         time.sleep(0.005)
     me = psutil.Process()
     cpu0, start = _cpu(me), time.time()
-    samples = 0
+    samples = nbytes = 0
     for batch in loader:
         samples += len(batch)
+        # The trainer takes the batch's bytes, as a training step does: a loop that never
+        # reads them would let embedded mode skip joining its samples into one payload.
+        nbytes += len(batch.payload)
     end, cpu1 = time.time(), _cpu(me)
     result = {"start": start, "end": end, "samples": samples, "cpu0": cpu0, "cpu1": cpu1}
+    result["bytes"] = nbytes
     tmp = work / f".result-{rank}.json"
     tmp.write_text(json.dumps(result))
     tmp.replace(work / f"result-{rank}.json")
