@@ -463,8 +463,11 @@ class ObjectReader:
         """S3 answered that ``bucket`` is in another region: learn which and use it from now
         on (the caller reads again), or raise one line saying what to set."""
         settings = self._settings_for(bucket)
+        if bucket in self._regions:
+            # Already signed for the region S3 named, and refused again: nothing to follow.
+            raise wrong_region_error(location, answer, settings.region, None)
         found = await bucket_region(bucket, settings)
-        if found is None or found == settings.region or bucket in self._regions:
+        if found is None or found == settings.region:
             named = None if found == settings.region else found
             raise wrong_region_error(location, answer, settings.region, named)
         self._regions[bucket] = found
@@ -560,12 +563,9 @@ class ObjectReader:
         try:
             return await self._get_native(location, bucket, key, byte_offset, byte_length)
         except _RegionAnswer as moved:
+            # Learns the bucket's region, or raises one line (a second refusal included).
             await self._follow_region(bucket, location, moved.answer)
-            try:
-                return await self._get_native(location, bucket, key, byte_offset, byte_length)
-            except _RegionAnswer as again:
-                found = self._regions.get(bucket)
-                raise wrong_region_error(location, again.answer, found or "?", None) from None
+        return await self._read_native_once(location, bucket, key, byte_offset, byte_length)
 
     async def _get_native(
         self,

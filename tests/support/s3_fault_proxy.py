@@ -13,7 +13,8 @@ for a key matches the request path; each fault fires once, in the order queued:
 With ``home_region``, the proxy also plays a bucket that lives in that region, as S3 does:
 a request signed for another region (its SigV4 credential scope) gets ``301
 PermanentRedirect`` with ``x-amz-bucket-region``, and an unsigned ``HEAD /bucket`` gets that
-header too (unless ``tell_region`` is False).
+header too (unless ``tell_region`` is False), naming ``told_region`` when set (a region
+that is not the bucket's, so followed requests are refused again).
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class FaultProxy:
 
     home_region: str | None = None
     tell_region: bool = True
+    told_region: str | None = None
     redirects = 0
+    region_asks = 0
 
     def __init__(self, upstream: str) -> None:
         parsed = urllib.parse.urlsplit(upstream)
@@ -105,10 +108,12 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             home = proxy.home_region
             if home is None:
                 return False
-            tell = [("x-amz-bucket-region", home)] if proxy.tell_region else []
+            named = proxy.told_region or home
+            tell = [("x-amz-bucket-region", named)] if proxy.tell_region else []
             scope = _SCOPE.search(self.headers.get("Authorization") or "")
             if scope is None:
                 if self.command == "HEAD":
+                    proxy.region_asks += 1
                     status, headers, _ = self._forward()
                     # The upstream's own region header (moto's) is not the bucket's here.
                     kept = [h for h in headers if h[0].lower() != "x-amz-bucket-region"]

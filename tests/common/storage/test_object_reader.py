@@ -453,3 +453,17 @@ async def test_object_reader_bucket_in_an_unnamed_region_is_one_line(
     text = str(info.value)
     assert "301" in text and "(us-east-1)" in text and "\n" not in text
     assert info.value.location == s3_object
+
+
+async def test_object_reader_refused_again_in_the_named_region_is_one_line_asked_once(
+    s3_object: str, proxy: FaultProxy
+) -> None:
+    proxy.home_region = "eu-west-1"
+    proxy.told_region = "ap-south-1"  # S3 names a region that refuses too
+    async with ObjectReader(s3_settings=_via(proxy)) as reader:
+        for _ in range(2):
+            with pytest.raises(StorageError, match="set AWS_REGION") as info:
+                await reader.read(s3_object, None, len(PAYLOAD))
+            text = str(info.value)
+            assert "(ap-south-1)" in text and "\n" not in text
+    assert proxy.region_asks == 1  # the region is asked once, not again on each refusal
