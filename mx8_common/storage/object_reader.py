@@ -75,9 +75,9 @@ from mx8_common.storage.native_store import (
 )
 from mx8_common.storage.rest_client import parse_content_range
 from mx8_common.storage.s3_client import (
-    REGION_ANSWERS,
     S3Settings,
     bucket_region,
+    is_region_answer,
     translate_s3_error,
     wrong_region_error,
 )
@@ -619,7 +619,7 @@ class ObjectReader:
                     f"bytes {byte_offset}..{(byte_offset or 0) + (byte_length or 0) - 1}",
                     "an object too short for that range",
                 ) from None
-            if code in REGION_ANSWERS or status in (301, 307):
+            if is_region_answer(code, status):
                 raise _RegionAnswer(code or str(status)) from None
             if _NO_LOCATION in str(exc):
                 # obstore's words for S3's 301 to another region (no status in its text).

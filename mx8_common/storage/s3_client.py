@@ -31,8 +31,11 @@ from mx8_common.errors import (
 )
 
 __all__ = [
+    "REGION_ANSWERS",
     "S3Settings",
+    "bucket_region",
     "connect_error",
+    "is_region_answer",
     "no_credentials_error",
     "open_s3_client",
     "open_s3_session_client",
@@ -40,6 +43,7 @@ __all__ = [
     "s3_errors",
     "sync_s3_client",
     "translate_s3_error",
+    "wrong_region_error",
 ]
 
 _TRANSIENT_CODES = {
@@ -199,12 +203,8 @@ def s3_answer_error(code: str, status: int, location: str, detail: str = "") -> 
             f"{location} does not exist (it was deleted or renamed since the snapshot?)",
             location=location,
         )
-    if code in REGION_ANSWERS or status in (301, 307):
-        return StorageError(
-            f"S3 answered {code or status} for {location}: the bucket is in another region "
-            "than the one requests are signed for; set AWS_REGION to the bucket's region",
-            location=location,
-        )
+    if is_region_answer(code, status):
+        return wrong_region_error(location, code or str(status), None, None)
     if code in _TRANSIENT_CODES or status in (500, 502, 503, 504):
         return TransientStorageError(
             f"S3 answered {code or status} for {location}; retrying may help",
@@ -278,6 +278,12 @@ REGION_ANSWERS = (
 )
 
 
+def is_region_answer(code: str, status: int) -> bool:
+    """True when S3's answer (its ``<Code>``, HTTP status) says the bucket lives in another
+    region than the request was signed for."""
+    return code in REGION_ANSWERS or status in (301, 307)
+
+
 async def bucket_region(bucket: str, settings: S3Settings) -> str | None:
     """The region S3 names for ``bucket`` (its ``x-amz-bucket-region`` header), or None.
 
@@ -296,12 +302,16 @@ async def bucket_region(bucket: str, settings: S3Settings) -> str | None:
         return None
 
 
-def wrong_region_error(location: str, answer: str, region: str, found: str | None) -> StorageError:
-    """One line for a bucket in another region than ``region`` (whose own could not be
-    followed): names both and the variable to set."""
+def wrong_region_error(
+    location: str, answer: str, region: str | None, found: str | None
+) -> StorageError:
+    """One line for a bucket in another region than ``region`` (the one requests were
+    signed for, when known; the bucket's own, ``found``, could not be followed): names both
+    and the variable to set."""
     where = f" ({found})" if found else ""
+    signed = f" ({region})" if region else ""
     return StorageError(
         f"S3 answered {answer} for {location}: the bucket is in another region{where} than "
-        f"the one requests are signed for ({region}); set AWS_REGION to the bucket's region",
+        f"the one requests are signed for{signed}; set AWS_REGION to the bucket's region",
         location=location,
     )

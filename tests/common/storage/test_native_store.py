@@ -173,3 +173,16 @@ def test_fork_generation_changes_in_a_forked_child_only() -> None:
         os.waitpid(pid, 0)
     assert child != before
     assert fork_generation() == before
+
+
+def test_a_region_answer_without_a_followed_region_is_one_line_naming_the_fix() -> None:
+    text = (
+        "Generic S3 error: Error performing GET http://h/b/k - Server returned non-2xx "
+        "status code: 301 Moved Permanently: <Error><Code>PermanentRedirect</Code></Error>"
+    )
+    error = translate_native_error(RuntimeError(text), "s3://b/k")
+    assert str(error) == (
+        "S3 answered PermanentRedirect for s3://b/k: the bucket is in another region than "
+        "the one requests are signed for; set AWS_REGION to the bucket's region"
+    )
+    assert error.location == "s3://b/k"
