@@ -103,17 +103,26 @@ def remove(name: str, directory: Path = SHM_DIR) -> None:
 
 
 class Segment:
-    """One segment file, mapped (pages populated up front) by the agent that created it."""
+    """One segment file of the agent that created it. ``map`` maps it (pages populated
+    up front) on first use: the agent writes batches it copies in through it, while the
+    batches its read workers fill never need the agent's mapping (populating a 20 MiB
+    segment took 7.5 ms)."""
 
     def __init__(self, name: str, directory: Path, fd: int, size: int) -> None:
         self.name = name
         self.directory = directory
         self.size = size
         self._fd = fd
-        self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+        self._map: mmap.mmap | None = None
         self.linked = True
         #: Called once when the segment is closed (read workers unmap it then).
         self.on_close: list[Callable[[], None]] = []
+
+    @property
+    def map(self) -> mmap.mmap:
+        if self._map is None:
+            self._map = mmap.mmap(self._fd, self.size, flags=mmap.MAP_SHARED | _POPULATE)
+        return self._map
 
     def fileno(self) -> int:
         """The open descriptor (-1 once closed): passed to read workers, not the name."""
@@ -132,9 +141,11 @@ class Segment:
         for hook in hooks:
             hook()
         if self._fd >= 0:
-            with contextlib.suppress(BufferError):
-                # A read still filling it holds a view: the mapping goes with its last user.
-                self.map.close()
+            if self._map is not None:
+                with contextlib.suppress(BufferError):
+                    # A read still filling it holds a view: the mapping goes with its last
+                    # user.
+                    self._map.close()
             os.close(self._fd)
             self._fd = -1
 

@@ -3,8 +3,11 @@ bounds and clean-up, on a private directory standing in for ``/dev/shm``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+
+from support.eventually import assert_eventually
 
 from mx8_agent.serve.shm_ring import ShmRing, ShmSlot
 
@@ -103,10 +106,47 @@ def test_shm_ring_reserved_slot_is_kept_until_sent_and_acknowledged(tmp_path: Pa
     sent = ring.put(1, [b"p" * 10], 10)
     assert sent is not None and _read(tmp_path, sent) == b"p" * 10  # the trainer opens it
     reserved = ring.reserve(20)  # being filled by a read thread
-    assert sent is not None and reserved is not None and reserved.target is not None
-    reserved.target[reserved.offset : reserved.offset + 20] = b"r" * 20
+    assert sent is not None and reserved is not None and reserved.owner is not None
+    reserved.owner.map[reserved.offset : reserved.offset + 20] = b"r" * 20
     assert ring.release_through(99) == 1 and ring.live == 1  # unsent: not released
     ring.sent(reserved, 2)
     assert _read(tmp_path, reserved) == b"r" * 20 and ring.batches == 2
     assert ring.release_through(2) == 1 and ring.live == 0
     ring.close()
+
+
+async def test_shm_ring_prepare_makes_the_segment_the_first_batch_goes_into(tmp_path: Path) -> None:
+    ring = ShmRing(window=3, max_bytes=64 << 20, directory=tmp_path)
+    await ring.prepare(10_000)
+    assert ring.segments == 1 and len(_files(tmp_path)) == 1
+    parts = _parts(1, [6_000, 4_000])
+    slot = ring.put(1, parts, 10_000)
+    assert slot is not None and _read(tmp_path, slot) == b"".join(parts)
+    assert ring.segments == 1  # no second segment made at the first batch
+    await ring.prepare(10_000)  # a ring with a segment keeps it
+    assert ring.segments == 1 and len(_files(tmp_path)) == 1
+    ring.close()
+    assert _files(tmp_path) == []
+
+
+async def test_shm_ring_prepare_left_or_outlived_by_its_ring_leaves_no_segment(
+    tmp_path: Path,
+) -> None:
+    for cancel_first in (True, False):
+        ring = ShmRing(window=3, max_bytes=64 << 20, directory=tmp_path)
+        task = asyncio.ensure_future(ring.prepare(1 << 20))
+        await asyncio.sleep(0)  # the segment is being made in a thread
+        if cancel_first:
+            task.cancel()
+        ring.close()
+        await asyncio.gather(task, return_exceptions=True)
+        # Whenever the thread's segment lands, a closed ring closes it.
+        await assert_eventually(lambda: _files(tmp_path) == [], timeout_s=10)
+        assert ring.put(1, [b"x"], 1) is None
+
+
+async def test_shm_ring_prepare_for_a_batch_past_the_budget_makes_nothing(tmp_path: Path) -> None:
+    ring = ShmRing(window=3, max_bytes=1 << 20, directory=tmp_path)
+    await ring.prepare(2 << 20)
+    await ring.prepare(0)  # sizes unknown
+    assert ring.segments == 0 and _files(tmp_path) == []
