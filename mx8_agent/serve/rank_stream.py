@@ -4,10 +4,11 @@ A stream whose ``OpenStream`` carries a ``RankContract`` is one trainer rank: it
 its world (the trainer gets a ``WorldWaiting`` message at once and then every few
 seconds, or when who is missing changes, until the world is complete), then receives
 its batches in order from the step it presented, each tagged with its epoch and step,
-and ``end_of_job`` after the job's last one. Acknowledgements free the agent's budget
-and move the rank's reported progress. With a ``ShmRing`` (the trainer shares the
-agent's ``/dev/shm``) each batch's bytes go into the ring and the message only says
-where; acknowledgements free the ring too, and the ring is closed when the stream ends.
+and ``end_of_job`` after the job's last one. Its first batches are read while it joins.
+Acknowledgements free the agent's budget and move the rank's reported progress. With a
+``ShmRing`` (the trainer shares the agent's ``/dev/shm``) each batch's bytes go into the
+ring and the message only says where; acknowledgements free the ring too, and the ring
+is closed when the stream ends.
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ class RankBackend(Protocol):
 
     def join(self, spec: RankSpec) -> AsyncIterator[WorldWait | WorldReady]: ...
 
-    def open(self, spec: RankSpec, world_id: str, ring: ShmRing | None = None) -> Any: ...
+    def open(self, spec: RankSpec, ring: ShmRing | None = None) -> Any: ...
+
+    def joined(self, stream: Any, world_id: str) -> None: ...
+
+    def first_batch_bytes(self, spec: RankSpec) -> int: ...
 
     def close(self, stream: Any) -> None: ...
 
@@ -145,27 +150,61 @@ async def serve_rank_stream(
     world_id = ""
     last: tuple[object, ...] | None = None
     told = 0.0
-    async for state in server.join(spec):
-        if isinstance(state, WorldReady):
-            world_id = state.world_id
-            break
-        now = time.monotonic()
-        key = (state.registered, state.missing)
-        if key != last or now - told >= _WAIT_REPEAT_S:
-            last, told = key, now
-            yield _waiting(job_id, state)
-    stream = server.open(spec, world_id, ring)
-    emit(
-        _COMPONENT,
-        "trainer_connected",
-        trainer_id=spec.instance_id,
-        rank=spec.rank,
-        world_size=spec.world_size,
-        world_id=world_id,
-        epoch=spec.epoch,
-        step=spec.step,
-        shared_memory=ring is not None,
-    )
+    # The rank's first batches are read while it joins: they are its batches whatever
+    # world forms (the coordinator serves a rank from the position it presented).
+    opening = asyncio.ensure_future(_open_early(server, spec, ring))
+    stream: Any = None
+    try:
+        async for state in server.join(spec):
+            if isinstance(state, WorldReady):
+                world_id = state.world_id
+                break
+            now = time.monotonic()
+            key = (state.registered, state.missing)
+            if key != last or now - told >= _WAIT_REPEAT_S:
+                last, told = key, now
+                yield _waiting(job_id, state)
+        stream = await opening
+        server.joined(stream, world_id)
+        emit(
+            _COMPONENT,
+            "trainer_connected",
+            trainer_id=spec.instance_id,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            world_id=world_id,
+            epoch=spec.epoch,
+            step=spec.step,
+            shared_memory=ring is not None,
+        )
+        async for message in _serve(server, stream, requests, locate, ring):
+            yield message
+    finally:
+        if stream is None:  # the join failed or the trainer left first
+            opening.cancel()
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                server.close(opening.result())
+        if ring is not None:
+            ring.close()
+
+
+async def _open_early(server: RankBackend, spec: RankSpec, ring: ShmRing | None) -> Any:
+    """Make the ring's first segment (in a thread), then start reading the rank's
+    batches (``RankServer.open``); the stream is served once the world is ready."""
+    if ring is not None:
+        await ring.prepare(server.first_batch_bytes(spec))
+    return server.open(spec, ring)
+
+
+async def _serve(
+    server: RankBackend,
+    stream: Any,
+    requests: AsyncIterator[pb.TrainerMessage],
+    locate: Callable[[np.ndarray], list[str]] | None,
+    ring: ShmRing | None,
+) -> AsyncIterator[bytes]:
+    """The rank's batches in order, then ``end_of_job``; acknowledgements on the side."""
+    spec = stream.spec
     acks = asyncio.create_task(_read_acks(server, stream, requests, ring))
     try:
         while True:

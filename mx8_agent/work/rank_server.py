@@ -8,6 +8,9 @@ trainer presented, epoch after epoch, to the end of the job.
 * **Joining.** ``join`` registers the rank with the coordinator (``RegisterRank``) and
   polls until its world is complete, yielding what it waits for so the trainer can say
   so; a refusal is the coordinator's ``ContractError``, which reaches the trainer typed.
+  The rank that completes the world hears so in its own answer and wakes this host's
+  other waiting ranks, which ask again at once (a poll interval later they took up to
+  25 ms more to start).
 * **Fetching.** One ``FetchPipeline`` over one reader serves every stream: its request
   feed takes the streams in turn, one batch each, while a stream has fewer than its
   ``window`` batches requested or unacknowledged and the batch fits the byte budget
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -106,6 +110,7 @@ class RankStream:
     ):
         self.spec = spec
         self.ring = ring
+        #: Empty until the rank's world is complete (its batches are read meanwhile).
         self.world_id = world_id
         self._plan = _lookahead(plan)
         self.pending: tuple[int, int, np.ndarray, bool] | None = None
@@ -178,6 +183,9 @@ class RankServer:
         self._streams: dict[str, RankStream] = {}
         self._turn = 0
         self._feed = asyncio.Event()
+        #: Set (and replaced) when a local rank's world forms: the host's other ranks
+        #: waiting to join ask again at once instead of at their next poll.
+        self._world_formed = asyncio.Event()
         self._error: BaseException | None = None
         self._reports: dict[str, cpb.RankProgress] = {}
         self.reserved_bytes = 0
@@ -223,6 +231,18 @@ class RankServer:
                 yield epoch, base + b, shard.batch_ids(b)
             epoch, offset, base, local = epoch + 1, 0, 0, 0
 
+    def first_batch_bytes(self, spec: RankSpec) -> int:
+        """Bytes of the batch ``spec`` starts at; 0 past the job's end or when the
+        manifest has no sizes (what its shared memory is first sized for)."""
+        if spec.epoch >= self._epochs:
+            return 0
+        shard = self.shard(spec, spec.epoch, spec.offset)
+        local = spec.step - spec.base_step
+        if not 0 <= local < shard.batches:
+            return 0
+        lengths = self._table.byte_length[shard.batch_ids(local).astype(np.int64)]
+        return 0 if len(lengths) == 0 or int(lengths.min()) < 0 else int(lengths.sum())
+
     # -- joining ------------------------------------------------------------------------
 
     async def join(self, spec: RankSpec) -> AsyncIterator[WorldWait | WorldReady]:
@@ -252,6 +272,9 @@ class RankServer:
         while True:
             if self._error is not None:
                 raise self._error
+            # Taken before asking: a world formed while the question is on its way wakes
+            # this rank too.
+            news = self._world_formed
             try:
                 answer = await self._client.register_rank(request)
             except (CoordinatorError, LeaseLogError) as exc:
@@ -261,6 +284,8 @@ class RankServer:
                 yield WorldWait(spec.world_size, (), ())
             else:
                 if answer.ready:
+                    self._world_formed.set()
+                    self._world_formed = asyncio.Event()
                     yield WorldReady(answer.world_id)
                     return
                 yield WorldWait(
@@ -268,23 +293,30 @@ class RankServer:
                     tuple(answer.registered_ranks),
                     tuple(answer.missing_ranks),
                 )
-            await asyncio.sleep(poll)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll):
+                    await news.wait()
             poll = min(_JOIN_POLL_S, poll * 1.5)
 
     # -- streams ------------------------------------------------------------------------
 
-    def open(self, spec: RankSpec, world_id: str, ring: ShmRing | None = None) -> RankStream:
-        """Start serving ``spec``'s rank (a newer stream of the same trainer replaces one);
-        with ``ring``, its batches of local files are read straight into it."""
+    def open(self, spec: RankSpec, ring: ShmRing | None = None) -> RankStream:
+        """Start reading ``spec``'s rank's batches (a newer stream of the same trainer
+        replaces one); with ``ring``, batches of local files are read straight into it.
+        Its progress is reported once ``joined`` names its world."""
         old = self._streams.get(spec.instance_id)
         if old is not None:
             self.close(old)
-        stream = RankStream(spec, world_id, self._plan(spec), ring)
+        stream = RankStream(spec, "", self._plan(spec), ring)
         self._streams[spec.instance_id] = stream
         self._no_streams.clear()
-        self._note_progress(stream)
         self._feed.set()
         return stream
+
+    def joined(self, stream: RankStream, world_id: str) -> None:
+        """``stream``'s world is complete: report its rank's progress in that world."""
+        stream.world_id = world_id
+        self._note_progress(stream)
 
     def close(self, stream: RankStream) -> None:
         """The trainer left: drop what was fetched for it (it reopens where it is)."""

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.eventually import assert_eventually
 from support.manifests import sample_bytes, write_local_dataset
 
 import mx8
+from mx8_agent.work import rank_server
 from mx8_common.errors import ContractError, JobNotReadyError
 from mx8_common.sample_order import JobOrder, Shard
 
@@ -99,6 +101,32 @@ async def test_rank_exact_ranks_get_embedded_shards_with_equal_steps(
     assert {(r["rank"], r["epoch"], r["finished"]) for r in status["ranks"]} == {
         (r, 1, True) for r in range(world)
     }
+
+
+async def test_rank_exact_waiting_rank_is_read_ahead_and_starts_when_its_host_completes_the_world(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polls far past the test's patience: only the host's own wake-up can start rank 0.
+    monkeypatch.setattr(rank_server, "_JOIN_POLL_FIRST_S", 120.0)
+    monkeypatch.setattr(rank_server, "_JOIN_POLL_S", 120.0)
+    _coordinator, agent, job = await _job(tmp_path, start_coordinator, start_agent)
+    world, batch = 2, 8
+    early = asyncio.create_task(asyncio.to_thread(_train, agent.url, 0, world, batch))
+
+    def read_ahead() -> bool:
+        ranks = agent.agent.ranks
+        return ranks is not None and any(
+            s.spec.rank == 0 and s.requested and s.requested[0].done for s in ranks.streams
+        )
+
+    await assert_eventually(read_ahead, timeout_s=15)  # rank 0's first batch, read already
+    assert not early.done()
+    late = await asyncio.wait_for(asyncio.to_thread(_train, agent.url, 1, world, batch), 60)
+    first = await asyncio.wait_for(early, 60)
+    for rank, run in enumerate((first, late)):
+        assert run["payloads_ok"]
+        for epoch in range(2):
+            assert run["epochs"][epoch] == _expected(job, epoch, rank, world, batch)
 
 
 async def test_rank_exact_rank_alone_says_what_it_waits_for_then_gives_up(
