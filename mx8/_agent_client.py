@@ -184,6 +184,7 @@ class AgentStreamClient:
         world_wait_timeout_s: float = 600.0,
         shared_memory: bool = True,
         shm_dir: Path | None = None,
+        channel: grpc.Channel | None = None,
     ) -> None:
         if batch_size <= 0:
             raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
@@ -222,20 +223,10 @@ class AgentStreamClient:
             tls = env.agent_tls if tls is None else tls
             token = env.agent_auth_token if token is None else token
         self.tls = tls
-        self._channel = sync_channel(url, tls=self.tls, token=token)
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
-        except grpc.FutureTimeoutError as exc:
-            self._channel.close()
-            # A TLS mismatch (plaintext vs TLS, an untrusted or missing certificate) looks
-            # the same as a dead agent from here: the channel just never becomes ready.
-            raise AgentError(
-                f"mx8d-agent at {url} is unreachable after {timeout_s}s; start mx8d-agent on "
-                "this host, or point the trainer at its --listen address (MX8_AGENT_LISTEN). "
-                "If the agent runs TLS (--tls-cert), set MX8_AGENT_TLS_CA (and "
-                "MX8_AGENT_TLS_CERT/MX8_AGENT_TLS_KEY when it wants client certificates)",
-                address=url,
-            ) from exc
+        if channel is not None:  # connected already (``take_channel`` of another client)
+            self._channel = channel
+        else:
+            self._channel = self._connect(url, token, timeout_s)
         self._stub = pb_grpc.AgentStub(self._channel)
         self._requests: queue.Queue[pb.TrainerMessage | None] = queue.Queue()
         self._sent_all = threading.Event()
@@ -245,6 +236,32 @@ class AgentStreamClient:
         self._consumed_seq = 0
         self._finished = False
         self._closed = False
+
+    def _connect(self, url: str, token: str, timeout_s: float) -> grpc.Channel:
+        channel = sync_channel(url, tls=self.tls, token=token)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError as exc:
+            channel.close()
+            # A TLS mismatch (plaintext vs TLS, an untrusted or missing certificate) looks
+            # the same as a dead agent from here: the channel just never becomes ready.
+            raise AgentError(
+                f"mx8d-agent at {url} is unreachable after {timeout_s}s; start mx8d-agent on "
+                "this host, or point the trainer at its --listen address (MX8_AGENT_LISTEN). "
+                "If the agent runs TLS (--tls-cert), set MX8_AGENT_TLS_CA (and "
+                "MX8_AGENT_TLS_CERT/MX8_AGENT_TLS_KEY when it wants client certificates)",
+                address=url,
+            ) from exc
+        return channel
+
+    def take_channel(self) -> grpc.Channel:
+        """Hand this client's connected channel (no stream opened yet) to another
+        client of the same agent and settings (``channel=``); this one is closed."""
+        if self._responses is not None or self._closed:
+            raise RuntimeError("only an unused client's channel can be handed over")
+        self._closed = True
+        self._drop_probe()
+        return self._channel
 
     # -- errors -------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
+
 from mx8._agent_client import AgentStreamClient, RankOpen, check_agent_address
 from mx8._config import TrainerConfig, resolve_rank
 from mx8._dynamic import DynamicLoader
@@ -38,8 +40,9 @@ __all__ = ["DistributedLoader", "open_distributed"]
 _RECONNECT_S = 120.0
 
 
-def _describe(agent: str, job: str, timeout_s: float) -> dict[str, Any]:
-    """The job as the agent knows it, once the agent has registered (polls until then)."""
+def _describe(agent: str, job: str, timeout_s: float) -> tuple[dict[str, Any], grpc.Channel]:
+    """The job as the agent knows it, once the agent has registered (polls until then),
+    and the connected channel it was asked through (the first stream takes it over)."""
     check_agent_address(agent)
     deadline = time.monotonic() + timeout_s
     told = False
@@ -47,7 +50,7 @@ def _describe(agent: str, job: str, timeout_s: float) -> dict[str, Any]:
         while True:
             info = c.describe()
             if info["manifest_hash"]:
-                return info
+                return info, c.take_channel()
             if time.monotonic() > deadline:
                 raise AgentError(
                     f"mx8d-agent at {agent} has not reached the coordinator after "
@@ -82,8 +85,9 @@ def open_distributed(
     """The loader of the agent's job, in the job's mode (see the module docstring)."""
     env = TrainerConfig.from_env()
     job_id = job or env.job_id or ""
-    info = _describe(agent, job_id, timeout_s)
+    info, channel = _describe(agent, job_id, timeout_s)
     if (info["mode"] or DYNAMIC) == DYNAMIC:
+        channel.close()
         return DynamicLoader(
             agent, link=link, job=job_id, batch_size=batch_size, rank=rank, timeout_s=timeout_s
         )
@@ -103,6 +107,7 @@ def open_distributed(
             env.world_wait_timeout_s if world_wait_timeout_s is None else world_wait_timeout_s
         ),
         env=env,
+        channel=channel,
     )
 
 
@@ -125,7 +130,11 @@ class DistributedLoader:
         timeout_s: float = 60.0,
         world_wait_timeout_s: float = 600.0,
         env: TrainerConfig | None = None,
+        channel: grpc.Channel | None = None,
     ) -> None:
+        #: A connected channel to the agent the first stream takes (no connect at the
+        #: first batch); closed with the loader if no stream took it.
+        self._channel = channel
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
         env = TrainerConfig.from_env() if env is None else env
@@ -211,8 +220,10 @@ class DistributedLoader:
             position=c.position,
             drop_last=self.drop_last,
         )
+        channel, self._channel = self._channel, None
         self._stream = AgentStreamClient(
             self.agent,
+            channel=channel,
             job_id=self.job,
             local_rank=self.local_rank,
             batch_size=self.batch_size,
@@ -357,6 +368,9 @@ class DistributedLoader:
     def close(self) -> None:
         """End the stream to the agent; safe to call twice."""
         self._close_stream()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     def __enter__(self) -> DistributedLoader:
         return self
@@ -365,10 +379,14 @@ class DistributedLoader:
         self.close()
 
     def __del__(self) -> None:
-        stream = getattr(self, "_stream", None)
         # gRPC can deadlock closing a channel while the interpreter shuts down.
-        if stream is not None and not sys.is_finalizing():
+        if sys.is_finalizing():
+            return
+        stream, channel = getattr(self, "_stream", None), getattr(self, "_channel", None)
+        if stream is not None:
             stream.close()
+        if channel is not None:  # also when __init__ refused the arguments
+            channel.close()
 
     def __repr__(self) -> str:
         return (

@@ -129,6 +129,29 @@ async def test_rank_exact_waiting_rank_is_read_ahead_and_starts_when_its_host_co
             assert run["epochs"][epoch] == _expected(job, epoch, rank, world, batch)
 
 
+async def test_rank_exact_first_stream_takes_the_connection_load_made_and_close_ends_it(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    _coordinator, agent, job = await _job(tmp_path, start_coordinator, start_agent)
+
+    def run() -> list[int]:
+        loader = mx8.load("x", agent=agent.url, rank=0, world_size=1, batch_size=8)
+        made = loader._channel
+        assert made is not None  # asked for the job through it
+        loader.set_epoch(0)  # the usual loop's first call keeps it
+        first = next(iter(loader))
+        assert loader._channel is None and loader._stream._channel is made
+        loader.close()
+        unused = mx8.load("x", agent=agent.url, rank=0, world_size=1, batch_size=8)
+        spare = unused._channel
+        unused.close()
+        with pytest.raises(ValueError, match="closed channel"):
+            spare.unary_unary("/mx8.v1.Agent/DescribeJob")(b"")
+        return first.sample_ids.tolist()
+
+    assert await asyncio.to_thread(run) == _expected(job, 0, 0, 1, 8)[0]
+
+
 async def test_rank_exact_rank_alone_says_what_it_waits_for_then_gives_up(
     tmp_path: Path, start_coordinator: Any, start_agent: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
