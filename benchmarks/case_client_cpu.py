@@ -30,6 +30,24 @@ def _load() -> str:
     return f"load avg {one:.1f}/{five:.1f}/{fifteen:.1f} on {os.cpu_count()} CPUs"
 
 
+def _measure_side(
+    side: str,
+    bucket: str,
+    keys: list[str],
+    link: str,
+    count: int,
+    rate: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+) -> None:
+    if side.startswith("raw "):
+        r, c = raw_gets_cpu(side[4:], bucket, keys, concurrency=CONCURRENCY)
+    else:
+        native = side == "mx8 native"
+        r, c = mx8_load_cpu(link, concurrency=CONCURRENCY, expect=count, native=native)
+    rate[side].append(r)
+    cpu[side].append(c)
+
+
 def run(env: BenchEnv) -> list[Row]:
     count = env.size(96, 600)  # the dataset data_plane_s3 uploads (shared per run)
     bucket, prefix, keys = env.s3_dataset(count, 64 * KiB)
@@ -38,30 +56,29 @@ def run(env: BenchEnv) -> list[Row]:
     sides = [*(f"raw {c}" for c in clients), "mx8 native", "mx8 botocore"]
     rate: dict[str, list[float]] = {s: [] for s in sides}
     cpu: dict[str, list[float]] = {s: [] for s in sides}
-    # Warm-ups: the snapshot, each client's setup (models, stores, connections).
-    mx8_load_cpu(link, concurrency=CONCURRENCY, expect=count)
+    # Warm-ups: the snapshot, each client's setup (models, stores, connections); the
+    # target row's two sides last (see the other clients below).
     mx8_load_cpu(link, concurrency=CONCURRENCY, expect=count, native=False)
-    for client in clients:
+    for client in reversed(clients):
         raw_gets_cpu(client, bucket, keys[:32], concurrency=CONCURRENCY)
+    mx8_load_cpu(link, concurrency=CONCURRENCY, expect=count)
     load_before = _load()
     # The target rows' two sides get more pairs than the others: one 600-GET measurement
     # is ~0.3 s of CPU, and a stray wake-up of the box moves one by 30-70 % (seen on both
     # sides in two full runs); a median of 7 pairs is not moved by two such.
     pairs = env.repeats if env.quick else max(env.repeats, 7)
+    key = ["raw obstore", "mx8 native"]
     for repeat in range(pairs):
         # The two sides of the target row next to each other, first one then the other;
         # each measurement starts from an idle process (client_cpu.settle).
-        key = ["raw obstore", "mx8 native"] if repeat % 2 == 0 else ["mx8 native", "raw obstore"]
-        others = [s for s in sides if s not in key] if repeat < env.repeats else []
-        for side in key + others:
-            if side.startswith("raw "):
-                r, c = raw_gets_cpu(side[4:], bucket, keys, concurrency=CONCURRENCY)
-            else:
-                r, c = mx8_load_cpu(
-                    link, concurrency=CONCURRENCY, expect=count, native=side == "mx8 native"
-                )
-            rate[side].append(r)
-            cpu[side].append(c)
+        for side in key if repeat % 2 == 0 else key[::-1]:
+            _measure_side(side, bucket, keys, link, count, rate, cpu)
+    # The other clients after the target pairs: the side measured right after the CRT
+    # client (its runtime and connections outlive it) cost 1.5-1.8x its usual CPU.
+    others = [s for s in sides if s not in key]
+    for _ in range(env.repeats):
+        for side in others:
+            _measure_side(side, bucket, keys, link, count, rate, cpu)
     load = f"{load_before} before, {_load()} after"
     med = {s: statistics.median(cpu[s]) for s in sides}
     what = f"64 KiB x {count}, c={CONCURRENCY} ({env.s3.kind})"
