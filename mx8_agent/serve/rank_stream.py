@@ -151,8 +151,9 @@ async def serve_rank_stream(
     last: tuple[object, ...] | None = None
     told = 0.0
     # The rank's first batches are read while it joins: they are its batches whatever
-    # world forms (the coordinator serves a rank from the position it presented).
-    opening = asyncio.ensure_future(_open_early(server, spec, ring))
+    # world forms (the coordinator serves a rank from the position it presented). A
+    # contract no batch can be cut for waits for the coordinator's refusal instead.
+    opening = asyncio.ensure_future(_open_early(server, spec, ring)) if _placeable(spec) else None
     stream: Any = None
     try:
         async for state in server.join(spec):
@@ -164,7 +165,7 @@ async def serve_rank_stream(
             if key != last or now - told >= _WAIT_REPEAT_S:
                 last, told = key, now
                 yield _waiting(job_id, state)
-        stream = await opening
+        stream = await opening if opening is not None else server.open(spec, ring)
         server.joined(stream, world_id)
         emit(
             _COMPONENT,
@@ -180,12 +181,17 @@ async def serve_rank_stream(
         async for message in _serve(server, stream, requests, locate, ring):
             yield message
     finally:
-        if stream is None:  # the join failed or the trainer left first
+        if stream is None and opening is not None:  # the join failed or the trainer left
             opening.cancel()
             if opening.done() and not opening.cancelled() and opening.exception() is None:
                 server.close(opening.result())
         if ring is not None:
             ring.close()
+
+
+def _placeable(spec: RankSpec) -> bool:
+    """Whether the rank's batches can be cut at all (the coordinator checks the rest)."""
+    return spec.world_size > 0 and 0 <= spec.rank < spec.world_size and spec.batch_size > 0
 
 
 async def _open_early(server: RankBackend, spec: RankSpec, ring: ShmRing | None) -> Any:

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from support.eventually import assert_eventually
 from support.manifests import sample_bytes, write_local_dataset
@@ -22,6 +23,8 @@ from support.manifests import sample_bytes, write_local_dataset
 import mx8
 from mx8_agent.work import rank_server
 from mx8_common.errors import ContractError, JobNotReadyError
+from mx8_common.rpc.proto import agent_pb2 as pb
+from mx8_common.rpc.proto import agent_pb2_grpc as pb_grpc
 from mx8_common.sample_order import JobOrder, Shard
 
 SAMPLES = 150
@@ -150,6 +153,35 @@ async def test_rank_exact_first_stream_takes_the_connection_load_made_and_close_
         return first.sample_ids.tolist()
 
     assert await asyncio.to_thread(run) == _expected(job, 0, 0, 1, 8)[0]
+
+
+async def test_rank_exact_contract_no_batch_can_be_cut_for_is_refused_and_the_agent_serves_on(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    _coordinator, agent, job = await _job(tmp_path, start_coordinator, start_agent)
+
+    async def refusal(rank: int, world: int, batch: int) -> str:
+        # What a peer may send, past mx8.load's own checks.
+        async with grpc.aio.insecure_channel(agent.url) as channel:
+            opening = pb.OpenStream(
+                job_id="default", batch_size=batch, trainer_id=f"odd-{rank}-{world}-{batch}"
+            )
+            opening.contract.rank, opening.contract.world_size = rank, world
+            call = pb_grpc.AgentStub(channel).Stream(iter([pb.TrainerMessage(open=opening)]))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _message in call:
+                    pass
+            return str(refused.value.details())
+
+    for rank, world, batch, said in (
+        (3, 2, 8, "rank 3 is not in a world of 2 ranks"),
+        (0, 0, 8, "rank 0 is not in a world of 0 ranks"),
+        (0, 1, 0, "batch_size is 0; it must be at least 1"),
+    ):
+        assert said in await refusal(rank, world, batch)
+    assert not agent.task.done()  # its reads never started for those
+    run = await asyncio.to_thread(_train, agent.url, 0, 1, 8)
+    assert run["payloads_ok"] and run["epochs"][0] == _expected(job, 0, 0, 1, 8)
 
 
 async def test_rank_exact_rank_alone_says_what_it_waits_for_then_gives_up(
