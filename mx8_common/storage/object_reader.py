@@ -424,6 +424,7 @@ class ObjectReader:
             ) from None
 
     def _use_native(self) -> bool:
+        # Every native read passes here first: the one place a fork is noticed.
         if self._fork_gen != fork_generation():
             self._forked()
         return self._native and self._client is None
@@ -436,8 +437,6 @@ class ObjectReader:
         self._native = self.config.native_s3_get and not native_runtime_forked()
 
     async def _store(self, bucket: str, location: str) -> NativeStore:
-        if self._fork_gen != fork_generation():
-            self._forked()
         store = self._stores.get(bucket)
         if store is None:
             if self._closed:
@@ -575,7 +574,7 @@ class ObjectReader:
         byte_offset: int | None,
         byte_length: int | None,
     ) -> Payload:
-        store = self._stores.get(bucket) if self._fork_gen == fork_generation() else None
+        store = self._stores.get(bucket)
         if store is None:
             store = await self._store(bucket, location)
         if byte_offset is None:
