@@ -104,14 +104,13 @@ class RankStream:
     def __init__(
         self,
         spec: RankSpec,
-        world_id: str,
         plan: Iterator[tuple[int, int, Any]],
         ring: ShmRing | None = None,
     ):
         self.spec = spec
         self.ring = ring
         #: Empty until the rank's world is complete (its batches are read meanwhile).
-        self.world_id = world_id
+        self.world_id = ""
         self._plan = _lookahead(plan)
         self.pending: tuple[int, int, np.ndarray, bool] | None = None
         self.requested: collections.deque[_Slot] = collections.deque()
@@ -307,7 +306,7 @@ class RankServer:
         old = self._streams.get(spec.instance_id)
         if old is not None:
             self.close(old)
-        stream = RankStream(spec, "", self._plan(spec), ring)
+        stream = RankStream(spec, self._plan(spec), ring)
         self._streams[spec.instance_id] = stream
         self._no_streams.clear()
         self._feed.set()
