@@ -260,7 +260,6 @@ class AgentStreamClient:
         if self._responses is not None or self._closed:
             raise RuntimeError("only an unused client's channel can be handed over")
         self._closed = True
-        self._drop_probe()
         return self._channel
 
     # -- errors -------------------------------------------------------------------------
