@@ -15,6 +15,11 @@ Credentials come from botocore's chain (env, profiles, SSO, instance roles: the 
 manifest store and listing use), handed to the native client as a callback it calls again
 before refreshable credentials expire. None anywhere is ``no_credentials_error``.
 
+A store may carry a snapshot's listing time as a header of every request it sends
+(``unmodified_since``: S3 then refuses, 412, an object written after it). A header of the
+store rather than an option of each GET, so a read can be one ``get_range_async``: one
+request and one future, where ``get_async`` then ``bytes_async`` is two futures.
+
 The native client's own retries are off (``max_retries: 0``): ``ObjectReader`` retries with
 ``mx8_common.retry.Backoff``, the one policy, counted and logged. obstore errors become mx8
 errors only in ``translate_native_error``, with the messages botocore's errors get
@@ -95,7 +100,9 @@ class _BotocoreCredentials:
         }
 
 
-def _s3_store(bucket: str, location: str, settings: S3Settings | None) -> NativeStore:
+def _s3_store(
+    bucket: str, location: str, settings: S3Settings | None, unmodified_since: str | None
+) -> NativeStore:
     import botocore.session
     from obstore.store import S3Store
 
@@ -110,26 +117,38 @@ def _s3_store(bucket: str, location: str, settings: S3Settings | None) -> Native
         # Path-style (the native client's default) for MinIO, moto and other local servers.
         config["endpoint"] = endpoint
         config["virtual_hosted_style_request"] = False
+    client_options: dict[str, Any] = {
+        "allow_http": bool(endpoint) and endpoint.startswith("http://"),
+        "connect_timeout": _CONNECT_TIMEOUT,
+        "read_timeout": _READ_TIMEOUT,
+        "timeout": _REQUEST_TIMEOUT,
+    }
+    if unmodified_since is not None:
+        client_options["default_headers"] = {"If-Unmodified-Since": unmodified_since}
     return S3Store(
         bucket,
         config=config,
-        client_options={
-            "allow_http": bool(endpoint) and endpoint.startswith("http://"),
-            "connect_timeout": _CONNECT_TIMEOUT,
-            "read_timeout": _READ_TIMEOUT,
-            "timeout": _REQUEST_TIMEOUT,
-        },
+        client_options=client_options,
         # mx8 retries itself (ObjectReader: Backoff with jitter, counted and logged).
         retry_config={"max_retries": 0},
         credential_provider=_BotocoreCredentials(credentials),
     )
 
 
-def _azure_store(container: str, location: str, _s3: S3Settings | None) -> NativeStore:
+def _azure_store(
+    container: str, location: str, _s3: S3Settings | None, _since: str | None
+) -> NativeStore:
     """An Azure Blob store for ``container`` (account, credentials, endpoint from the env)."""
     from mx8_common.storage.azure_store import open_azure_store
 
     return open_azure_store(container, location)
+
+
+def _key(
+    scheme: str, bucket: str, s3_settings: S3Settings | None, unmodified_since: str | None
+) -> tuple[str, str, Any, str | None]:
+    settings = s3_settings if scheme == "s3" else _settings_key(scheme)
+    return (scheme, bucket, settings, unmodified_since)
 
 
 def _settings_key(scheme: str) -> Any:
@@ -141,14 +160,14 @@ def _settings_key(scheme: str) -> Any:
     return None
 
 
-_Builder = Callable[[str, str, S3Settings | None], NativeStore]
+_Builder = Callable[[str, str, S3Settings | None, str | None], NativeStore]
 _BUILDERS: dict[str, _Builder] = {"s3": _s3_store, "az": _azure_store}
 
 _lock = threading.Lock()
 _pid = -1
 # The process that built the first native store (its runtime is this process's or dead).
 _runtime_pid: int | None = None
-_stores: dict[tuple[str, str, Any], NativeStore] = {}
+_stores: dict[tuple[str, str, Any, str | None], NativeStore] = {}
 # Forks into this process's line so far: a reader caches what it learned about its
 # process under this number instead of asking getpid() on every read.
 _forks = 0
@@ -185,11 +204,14 @@ def native_store(
     *,
     s3_settings: S3Settings | None = None,
     location: str | None = None,
+    unmodified_since: str | None = None,
 ) -> NativeStore:
     """This process's store for ``scheme://bucket`` (built on first use; may block once:
     resolving credentials can ask an instance metadata service, so call it off the loop).
 
     ``location`` only names the object in errors (default ``scheme://bucket/``).
+    ``unmodified_since`` (S3 only): an HTTP date every request of the store carries as
+    ``If-Unmodified-Since``.
     """
     global _pid, _runtime_pid
     where = location or f"{scheme}://{bucket}/"
@@ -201,10 +223,12 @@ def native_store(
             + ", file:///path or a plain path",
             location=where,
         )
+    if unmodified_since is not None and scheme != "s3":
+        raise ValueError(f"unmodified_since is for s3:// stores, not {scheme}://")
     if scheme == "s3":
         # Resolved now, so a changed environment gets its own store.
         s3_settings = s3_settings or S3Settings.from_env()
-    key = (scheme, bucket, s3_settings if scheme == "s3" else _settings_key(scheme))
+    key = _key(scheme, bucket, s3_settings, unmodified_since)
     with _lock:
         if _pid != os.getpid():
             # A forked child: the parent's stores are bound to its runtime threads.
@@ -219,19 +243,23 @@ def native_store(
                     "botocore path here, or start workers with the 'spawn' method",
                     location=where,
                 )
-            store = build(bucket, where, s3_settings)
+            store = build(bucket, where, s3_settings, unmodified_since)
             _runtime_pid = _runtime_pid or os.getpid()
             _stores[key] = store
         return store
 
 
 def cached_native_store(
-    scheme: str, bucket: str, *, s3_settings: S3Settings | None = None
+    scheme: str,
+    bucket: str,
+    *,
+    s3_settings: S3Settings | None = None,
+    unmodified_since: str | None = None,
 ) -> NativeStore | None:
     """The store ``native_store`` already built in this process, else None (never blocks)."""
     if scheme == "s3":
         s3_settings = s3_settings or S3Settings.from_env()
-    key = (scheme, bucket, s3_settings if scheme == "s3" else _settings_key(scheme))
+    key = _key(scheme, bucket, s3_settings, unmodified_since)
     with _lock:
         return _stores.get(key) if _pid == os.getpid() else None
 

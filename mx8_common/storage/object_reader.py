@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import email.utils
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -221,8 +221,6 @@ class ObjectReader:
         self._client = s3_client
         self._getter: S3Getter | None = None
         self._cloud = CloudReader()  # gs:// and az://; opens nothing until the first read
-        # Native stores by bucket, for the process that built them (see native_store).
-        self._stores: dict[str, NativeStore] = {}
         self._fork_gen = fork_generation()
         self._native = self.config.native_s3_get and not native_runtime_forked()
         #: Buckets S3 said live in another region than the settings' (learned, followed).
@@ -246,14 +244,9 @@ class ObjectReader:
         self._unmodified_since = (
             None if value is None else email.utils.formatdate(value, usegmt=True)
         )
-        # The same whole second for the native client (obstore formats the header itself).
-        self._unmodified_since_dt = (
-            None if value is None else datetime.datetime.fromtimestamp(int(value), datetime.UTC)
-        )
-        # The options of a whole-object GET: the same for every read, so built once.
-        self._whole_options: dict[str, Any] = (
-            {} if value is None else {"if_unmodified_since": self._unmodified_since_dt}
-        )
+        # Native stores by bucket, for the process that built them (see native_store).
+        # The listing time is a header of each store: a new time, new stores.
+        self._stores: dict[str, NativeStore] = {}
 
     async def __aenter__(self) -> ObjectReader:
         return self
@@ -442,11 +435,19 @@ class ObjectReader:
             if self._closed:
                 raise StorageError("this ObjectReader is closed; open a new one")
             settings = self._settings_for(bucket)
-            store = cached_native_store("s3", bucket, s3_settings=settings)
+            since = self._unmodified_since
+            store = cached_native_store("s3", bucket, s3_settings=settings, unmodified_since=since)
             if store is None:
                 # Built once per bucket and process; resolving credentials may block.
                 store = await asyncio.to_thread(
-                    native_store, "s3", bucket, s3_settings=settings, location=location
+                    functools.partial(
+                        native_store,
+                        "s3",
+                        bucket,
+                        s3_settings=settings,
+                        location=location,
+                        unmodified_since=since,
+                    )
                 )
             self._stores[bucket] = store
         return store
@@ -577,33 +578,18 @@ class ObjectReader:
         store = self._stores.get(bucket)
         if store is None:
             store = await self._store(bucket, location)
-        if byte_offset is None:
-            options = self._whole_options
-        else:
-            options = {"range": (byte_offset, byte_offset + (byte_length or 0))}
-            if self._unmodified_since_dt is not None:
-                options["if_unmodified_since"] = self._unmodified_since_dt
+        # The store sends the listing time (If-Unmodified-Since) with every request.
         try:
-            result = await obstore.get_async(store, key, options=options)
-            first, end = result.range
-            if byte_offset is None:
-                # A whole object comes back as its range 0..size (cheaper than result.meta).
-                if byte_length is not None and end != byte_length:
-                    # Checked before reading: no point downloading the wrong object.
-                    raise changed_since_snapshot(location, f"{byte_length} bytes", f"{end} bytes")
-                want = end
-            else:
-                length = byte_length or 0
-                if (first, end) != (byte_offset, byte_offset + length):
-                    size = int(result.meta["size"])
-                    raise changed_since_snapshot(
-                        location,
-                        f"bytes {byte_offset}..{byte_offset + length - 1}",
-                        f"bytes {first}..{end - 1} of a {size}-byte object",
-                    )
-                want = length
-            # Kept as obstore's buffer: the batch join is the one copy.
-            data = await result.bytes_async()
+            if byte_length:
+                # The common case: the size is known, so one request and one future (a
+                # whole object asked one byte past its size: one that grew answers with it).
+                start = byte_offset or 0
+                end = start + byte_length + (byte_offset is None)
+                data = await obstore.get_range_async(store, key, start=start, end=end)
+                if len(data) == byte_length:
+                    return data
+                # Not the snapshot's bytes: the GET below says what the object is now.
+            return await self._get_checked(location, store, key, byte_offset, byte_length)
         except StorageError:
             raise
         except Exception as exc:
@@ -624,6 +610,42 @@ class ObjectReader:
                 # obstore's words for S3's 301 to another region (no status in its text).
                 raise _RegionAnswer("301 (a redirect to another region)") from None
             raise translate_native_error(exc, location) from None
+
+    @staticmethod
+    async def _get_checked(
+        location: str,
+        store: NativeStore,
+        key: str,
+        byte_offset: int | None,
+        byte_length: int | None,
+    ) -> Payload:
+        """A GET whose answer's range is checked against the snapshot before its body is
+        read: for a size not known, or an object whose one-request read did not fit."""
+        options = (
+            None
+            if byte_offset is None
+            else {"range": (byte_offset, byte_offset + (byte_length or 0))}
+        )
+        result = await obstore.get_async(store, key, options=options)
+        first, end = result.range
+        if byte_offset is None:
+            # A whole object comes back as its range 0..size (cheaper than result.meta).
+            if byte_length is not None and end != byte_length:
+                # Checked before reading: no point downloading the wrong object.
+                raise changed_since_snapshot(location, f"{byte_length} bytes", f"{end} bytes")
+            want = end
+        else:
+            length = byte_length or 0
+            if (first, end) != (byte_offset, byte_offset + length):
+                size = int(result.meta["size"])
+                raise changed_since_snapshot(
+                    location,
+                    f"bytes {byte_offset}..{byte_offset + length - 1}",
+                    f"bytes {first}..{end - 1} of a {size}-byte object",
+                )
+            want = length
+        # Kept as obstore's buffer: the batch join is the one copy.
+        data = await result.bytes_async()
         if len(data) != want:
             raise TransientStorageError(
                 f"short body reading {location}: got {len(data)} of {want} bytes",

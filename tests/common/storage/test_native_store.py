@@ -19,6 +19,7 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 from mx8_common.storage.native_store import (
+    cached_native_store,
     fork_generation,
     native_error_code,
     native_runtime_forked,
@@ -55,6 +56,12 @@ def test_native_store_is_cached_per_bucket_and_settings(s3_env: LocalS3) -> None
     assert native_store("s3", "bucket-a") is not native_store("s3", "bucket-b")
     other = S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1")
     assert native_store("s3", "bucket-a", s3_settings=other) is not native_store("s3", "bucket-a")
+    # A listing time is a header of the store's every request: one store per time.
+    since = "Mon, 30 Nov 2026 12:00:00 GMT"
+    dated = native_store("s3", "bucket-a", unmodified_since=since)
+    assert dated is native_store("s3", "bucket-a", unmodified_since=since)
+    assert dated is not native_store("s3", "bucket-a")
+    assert cached_native_store("s3", "bucket-a", unmodified_since=since) is dated
 
 
 def test_native_store_unknown_scheme_names_it_and_the_supported_ones() -> None:
