@@ -4,8 +4,8 @@ size checks.
 ``ObjectReader.read(location, byte_offset, byte_length)`` is the one call the data plane
 makes per sample. ``s3://bucket/key`` is a GET through the native client (obstore: the
 Rust ``object_store`` crate, its I/O on its own threads; ``native_store`` builds one store
-per bucket and process), a ranged GET when the manifest row has an offset. Where the native
-client cannot run (a process forked after its parent used it, see ``native_store``) or is
+per bucket and process), ranged to the manifest row's bytes when it gives their size. Where
+the native client cannot run (a process forked after its parent used it, see ``native_store``) or is
 turned off (``MX8_FETCH_NATIVE_S3_GET=0``), GETs go through ``s3_get.S3Getter`` (botocore
 signs, aiohttp sends). ``gs://`` and ``az://`` go through ``cloud_reader.CloudReader`` with
 the same checks and retries. A plain path or ``file://`` URL is read with ``os.pread`` in a
