@@ -5,7 +5,10 @@ Each function reads every key once with ``concurrency`` GETs in flight and retur
 ``getrusage`` (every thread: the native clients' I/O threads, mx8's engine thread), so the
 local S3 server, a child process, is not in it. The clients:
 
-* ``obstore``: ``obstore.get_async`` on one store (the native client ``ObjectReader`` uses);
+* ``obstore``: ``obstore.get_async`` then ``bytes_async`` on one store (the native client
+  ``ObjectReader`` uses): the usual GET, two futures per object;
+* ``obstore-range``: ``obstore.get_range_async`` of each object's known size, one future per
+  object: the call ``ObjectReader`` makes for a sample whose size the manifest gives;
 * ``crt``: the AWS CRT client inside ``s3torchconnectorclient`` (``MountpointS3Client``),
   a window of ``concurrency`` streams opened ahead and drained in order, in one thread;
 * ``lean``: mx8's botocore path (``S3Getter``: botocore signs, aiohttp sends);
@@ -24,7 +27,7 @@ from typing import Any
 
 __all__ = ["CLIENTS", "crt_skip_reason", "mx8_load_cpu", "raw_gets_cpu", "settle"]
 
-CLIENTS = ("obstore", "crt", "lean", "aioboto3")
+CLIENTS = ("obstore", "obstore-range", "crt", "lean", "aioboto3")
 
 
 def crt_skip_reason() -> str:
@@ -78,6 +81,21 @@ async def _obstore(bucket: str, keys: Sequence[str], concurrency: int) -> int:
         async with sem:
             result = await obstore.get_async(store, key)
             return len(await result.bytes_async())
+
+    return len(await asyncio.gather(*(get(k) for k in keys)))
+
+
+async def _obstore_range(bucket: str, keys: Sequence[str], concurrency: int, size: int) -> int:
+    import obstore
+
+    from mx8_common.storage.native_store import native_store
+
+    store = native_store("s3", bucket)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def get(key: str) -> int:
+        async with sem:
+            return len(await obstore.get_range_async(store, key, start=0, end=size))
 
     return len(await asyncio.gather(*(get(k) for k in keys)))
 
@@ -139,13 +157,20 @@ def _crt(bucket: str, keys: Sequence[str], concurrency: int) -> int:
 
 
 def raw_gets_cpu(
-    client: str, bucket: str, keys: Sequence[str], *, concurrency: int
+    client: str, bucket: str, keys: Sequence[str], *, concurrency: int, size: int = 0
 ) -> tuple[float, float]:
-    """``(samples/s, CPU ms/sample)`` of GETs of every key through ``client``."""
+    """``(samples/s, CPU ms/sample)`` of GETs of every key through ``client`` (every
+    object ``size`` bytes: ``obstore-range`` asks for exactly that)."""
     import uvloop
 
     if client == "crt":
         return _measure(lambda: _crt(bucket, keys, concurrency), len(keys))
+    if client == "obstore-range":
+        if size <= 0:
+            raise ValueError("obstore-range GETs need the objects' size")
+        return _measure(
+            lambda: uvloop.run(_obstore_range(bucket, keys, concurrency, size)), len(keys)
+        )
     coro = {"obstore": _obstore, "lean": _lean, "aioboto3": _aioboto3}[client]
     return _measure(lambda: uvloop.run(coro(bucket, keys, concurrency)), len(keys))
 
