@@ -68,14 +68,16 @@ def run(env: BenchEnv) -> list[Row]:
         raw_gets_cpu(client, bucket, keys[:32], concurrency=CONCURRENCY, size=SIZE)
     mx8_load_cpu(link, concurrency=CONCURRENCY, expect=count)
     load_before = _load()
-    # The target rows' two sides get more pairs than the others: one 600-GET measurement
+    # The target rows' two sides get more rounds than the others: one 600-GET measurement
     # is ~0.3 s of CPU, and a stray wake-up of the box moves one by 30-70 % (seen on both
-    # sides in two full runs); a median of 7 pairs is not moved by two such.
+    # sides in two full runs); a median of 7 is not moved by two such.
     pairs = env.repeats if env.quick else max(env.repeats, 7)
-    key = ["raw obstore", "mx8 native"]
+    # With them, the one-call GETs mx8.load is also compared with: the box's speed drifts
+    # over a run, so sides compared with each other are measured next to each other.
+    key = ["raw obstore", "mx8 native", "raw obstore-range"]
     for repeat in range(pairs):
-        # The two sides of the target row next to each other, first one then the other;
-        # each measurement starts from an idle process (client_cpu.settle).
+        # The target row's sides next to each other, in one order then the other; each
+        # measurement starts from an idle process (client_cpu.settle).
         for side in key if repeat % 2 == 0 else key[::-1]:
             _measure_side(side, bucket, keys, link, count, rate, cpu)
     # The other clients after the target pairs: the side measured right after the CRT
