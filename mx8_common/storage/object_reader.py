@@ -4,14 +4,15 @@ size checks.
 ``ObjectReader.read(location, byte_offset, byte_length)`` is the one call the data plane
 makes per sample. ``s3://bucket/key`` is a GET through the native client (obstore: the
 Rust ``object_store`` crate, its I/O on its own threads; ``native_store`` builds one store
-per bucket and process), ranged to the manifest row's bytes when it gives their size. Where
-the native client cannot run (a process forked after its parent used it, see ``native_store``) or is
-turned off (``MX8_FETCH_NATIVE_S3_GET=0``), GETs go through ``s3_get.S3Getter`` (botocore
-signs, aiohttp sends). ``gs://`` and ``az://`` go through ``cloud_reader.CloudReader`` with
-the same checks and retries. A plain path or ``file://`` URL is read with ``os.pread`` in a
-thread pool, never on the event loop (``local_read`` holds those reads). A bucket in another
-region than ``AWS_REGION`` (S3 answers 301 ``PermanentRedirect``) is followed: its region is
-asked once (``s3_client.bucket_region``) and its reads are signed for it from then on.
+per bucket and process), ranged to the manifest row's bytes when it gives their size.
+Where the native client cannot run (a process forked after its parent used it, see
+``native_store``) or is turned off (``MX8_FETCH_NATIVE_S3_GET=0``), GETs go through
+``s3_get.S3Getter`` (botocore signs, aiohttp sends). ``gs://`` and ``az://`` go through
+``cloud_reader.CloudReader`` with the same checks and retries. A plain path or ``file://``
+URL is read with ``os.pread`` in a thread pool, never on the event loop (``local_read``
+holds those reads). A bucket in another region than ``AWS_REGION`` (S3 answers 301
+``PermanentRedirect``) is followed: its region is asked once (``s3_client.bucket_region``)
+and its reads are signed for it from then on.
 
 The manifest promised a size, so every read is checked against it: a whole object whose
 size differs, or a range that runs past the object's end, is ``ObjectChangedError``
