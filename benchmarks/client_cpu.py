@@ -69,7 +69,8 @@ def _measure(run: Callable[[], int], expect: int) -> tuple[float, float]:
     return n / seconds, cpu * 1000 / n
 
 
-async def _obstore(bucket: str, keys: Sequence[str], concurrency: int) -> int:
+async def _obstore(bucket: str, keys: Sequence[str], concurrency: int, size: int = 0) -> int:
+    """``get_async`` then ``bytes_async`` per key; with ``size``, one ``get_range_async``."""
     import obstore
 
     from mx8_common.storage.native_store import native_store
@@ -79,23 +80,10 @@ async def _obstore(bucket: str, keys: Sequence[str], concurrency: int) -> int:
 
     async def get(key: str) -> int:
         async with sem:
+            if size:
+                return len(await obstore.get_range_async(store, key, start=0, end=size))
             result = await obstore.get_async(store, key)
             return len(await result.bytes_async())
-
-    return len(await asyncio.gather(*(get(k) for k in keys)))
-
-
-async def _obstore_range(bucket: str, keys: Sequence[str], concurrency: int, size: int) -> int:
-    import obstore
-
-    from mx8_common.storage.native_store import native_store
-
-    store = native_store("s3", bucket)
-    sem = asyncio.Semaphore(concurrency)
-
-    async def get(key: str) -> int:
-        async with sem:
-            return len(await obstore.get_range_async(store, key, start=0, end=size))
 
     return len(await asyncio.gather(*(get(k) for k in keys)))
 
@@ -168,9 +156,7 @@ def raw_gets_cpu(
     if client == "obstore-range":
         if size <= 0:
             raise ValueError("obstore-range GETs need the objects' size")
-        return _measure(
-            lambda: uvloop.run(_obstore_range(bucket, keys, concurrency, size)), len(keys)
-        )
+        return _measure(lambda: uvloop.run(_obstore(bucket, keys, concurrency, size)), len(keys))
     coro = {"obstore": _obstore, "lean": _lean, "aioboto3": _aioboto3}[client]
     return _measure(lambda: uvloop.run(coro(bucket, keys, concurrency)), len(keys))
 
