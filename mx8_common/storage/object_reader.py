@@ -431,7 +431,9 @@ class ObjectReader:
         self._native = self.config.native_s3_get and not native_runtime_forked()
 
     async def _store(self, bucket: str, location: str) -> NativeStore:
-        store = self._stores.get(bucket)
+        # This listing time's stores: a store built while listed_at changes is not kept.
+        stores = self._stores
+        store = stores.get(bucket)
         if store is None:
             if self._closed:
                 raise StorageError("this ObjectReader is closed; open a new one")
@@ -450,7 +452,7 @@ class ObjectReader:
                         unmodified_since=since,
                     )
                 )
-            self._stores[bucket] = store
+            stores[bucket] = store
         return store
 
     def _settings_for(self, bucket: str) -> S3Settings:

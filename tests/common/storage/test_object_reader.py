@@ -27,6 +27,7 @@ from mx8_common.errors import (
     TransientStorageError,
 )
 from mx8_common.obs.events import configure_logging
+from mx8_common.storage import object_reader as object_reader_module
 from mx8_common.storage.object_reader import (
     ObjectReader,
     ObjectReaderConfig,
@@ -167,6 +168,32 @@ async def test_object_reader_listing_time_set_after_construction_applies_to_s3_r
             await reader.read(s3_object, None, len(PAYLOAD))
         reader.listed_at = None
         assert await reader.read(s3_object, 10, 20) == PAYLOAD[::-1][10:30]
+
+
+async def test_object_reader_store_built_while_the_listing_time_changes_is_not_kept(
+    s3_sync_client: Any, s3_bucket: str, s3_object: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store sends the listing time it was built for: one that finishes building after
+    ``listed_at`` changed must not serve the reads of the new time."""
+    listed_at = _server_time(s3_sync_client, s3_bucket)
+    await assert_eventually(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+    s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD[::-1])
+    building, release = threading.Event(), threading.Event()
+    build = object_reader_module.native_store
+
+    def slow_build(*args: Any, **kwargs: Any) -> Any:
+        building.set()
+        release.wait(10)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(object_reader_module, "native_store", slow_build)
+    async with ObjectReader(FAST_RETRY, listed_at=listed_at) as reader:
+        first = asyncio.ensure_future(reader.read(s3_object, None, len(PAYLOAD)))
+        assert await asyncio.to_thread(building.wait, 10)
+        reader.listed_at = None  # the time changes while that store is built
+        release.set()
+        await asyncio.gather(first, return_exceptions=True)  # it read under either time
+        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD[::-1]
 
 
 async def test_object_reader_local_file_modified_after_listing_is_changed(tmp_path: Path) -> None:
