@@ -14,8 +14,9 @@ import sys
 import time
 import traceback
 
-from benchmarks.bench_env import BenchEnv
+from benchmarks.bench_env import S3_SERVERS, BenchEnv
 from benchmarks.report import Row, format_table, write_rows
+from mx8_common.testing.local_s3 import seaweedfs_binary
 
 __all__ = ["CASES", "build_parser", "main"]
 
@@ -46,11 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--case", action="append", choices=sorted(CASES), help="run only this case (repeatable)"
     )
     parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement")
+    parser.add_argument(
+        "--s3-server",
+        choices=sorted(S3_SERVERS),
+        default="auto",
+        help="the local S3 server of the S3 cases: auto (SeaweedFS when installed, else "
+        "moto), seaweedfs, or moto (one Python core: the ceiling of every client); "
+        "MX8_BENCH_S3_ENDPOINT overrides",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.s3_server == "seaweedfs" and seaweedfs_binary() is None:
+        parser.error(
+            "--s3-server seaweedfs: SeaweedFS is not installed; bash scripts/install_bench.sh"
+        )
     # A stopped run (SIGTERM: kill, timeout) unwinds like Ctrl-C, so its servers stop too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     names = args.case or list(CASES)
@@ -58,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     all_rows: list[Row] = []
     failed: list[str] = []
     t_run = time.perf_counter()
-    with BenchEnv.open(quick=args.quick, repeats=args.repeats) as env:
+    with BenchEnv.open(quick=args.quick, repeats=args.repeats, s3_server=args.s3_server) as env:
         for name in names:
             print(f"== {name} ({mode})", flush=True)
             t0 = time.perf_counter()

@@ -1,9 +1,11 @@
 """What every case shares: the run's mode, a scratch folder, the S3 endpoint, helpers.
 
 The S3 endpoint is ``MX8_BENCH_S3_ENDPOINT`` when given (credentials from the usual AWS
-variables), else a local S3-protocol server (moto) started on first use and stopped at
-the end of the run. Its variables are put into ``os.environ`` so mx8, boto3 and child
-processes all talk to the same endpoint.
+variables), else a local S3-protocol server started on first use and stopped at the end
+of the run: ``--s3-server`` (``S3_SERVERS``) picks it. SeaweedFS, when installed, is the
+default: moto serves from one Python core at ~2 ms of CPU per GET, so against it every
+client reads at the same rate and the S3 rows measure moto. Its variables are put into
+``os.environ`` so mx8, boto3 and child processes all talk to the same endpoint.
 """
 
 from __future__ import annotations
@@ -28,9 +30,24 @@ import psutil
 from mx8_common.storage.s3_client import S3Settings, sync_s3_client
 from mx8_common.testing.local_s3 import LocalS3, local_s3_server
 
-__all__ = ["BenchEnv", "RssSampler", "ServerCpu", "mib", "run_child", "s3_object_keys"]
+__all__ = [
+    "S3_SERVERS",
+    "BenchEnv",
+    "RssSampler",
+    "ServerCpu",
+    "mib",
+    "run_child",
+    "s3_object_keys",
+]
 
 MiB = 1 << 20
+
+#: ``--s3-server`` choice -> the local servers tried, in order (the last always starts).
+S3_SERVERS = {
+    "auto": ("minio", "seaweedfs", "moto"),
+    "seaweedfs": ("seaweedfs",),
+    "moto": ("moto",),
+}
 
 
 class RssSampler:
@@ -67,8 +84,9 @@ class ServerCpu:
     """How busy the local S3 server was while the block ran: its CPU seconds per second.
 
     Shows when a case measures the server, not the clients: moto serves from one Python
-    process, so near 1.0 (one core) no client can go faster. ``busy`` stays None for a
-    server that is not a child of this run (``MX8_BENCH_S3_ENDPOINT``).
+    process, so near 1.0 (one core) no client can go faster; SeaweedFS may use every core.
+    ``busy`` stays None for a server that is not a child of this run
+    (``MX8_BENCH_S3_ENDPOINT``).
     """
 
     def __init__(self, pid: int | None) -> None:
@@ -122,12 +140,20 @@ class BenchEnv:
     _s3: LocalS3 | None = None
     _client: Any = None
     _datasets: dict[tuple[int, int], tuple[str, str, list[str]]] = field(default_factory=dict)
+    s3_server: str = "auto"
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, *, quick: bool, repeats: int | None = None) -> Iterator[BenchEnv]:
+    def open(
+        cls, *, quick: bool, repeats: int | None = None, s3_server: str = "auto"
+    ) -> Iterator[BenchEnv]:
         with tempfile.TemporaryDirectory(prefix="mx8-bench-") as tmp:
-            env = cls(quick=quick, repeats=repeats or (1 if quick else 3), workdir=Path(tmp))
+            env = cls(
+                quick=quick,
+                repeats=repeats or (1 if quick else 3),
+                workdir=Path(tmp),
+                s3_server=s3_server,
+            )
             # Snapshots go to this run's scratch store, never the user's ~/.mx8.
             os.environ["MX8_MANIFEST_STORE_ROOT"] = str(Path(tmp) / "store")
             os.environ["MX8_SNAPSHOT_PROGRESS"] = "0"
@@ -150,7 +176,8 @@ class BenchEnv:
     @property
     def s3(self) -> LocalS3:
         if self._s3 is None:
-            s3 = self._stack.enter_context(local_s3_server("MX8_BENCH_S3_ENDPOINT"))
+            kinds = S3_SERVERS[self.s3_server]
+            s3 = self._stack.enter_context(local_s3_server("MX8_BENCH_S3_ENDPOINT", kinds))
             for key, value in s3.env.items():
                 if s3.kind == "external":
                     os.environ.setdefault(key, value)  # the caller's credentials win

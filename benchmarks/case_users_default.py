@@ -87,10 +87,11 @@ def run(env: BenchEnv) -> list[Row]:
             )
         timed("mx8", lambda: mx8_load_rate(link, concurrency=CONCURRENCY, expect=count), mx8_vals)
     # The server's CPU per second while each side ran: ~1.0 is one core, moto's ceiling.
+    cores = "its one core" if env.s3.kind == "moto" else "one core"
     server_note = ", ".join(
         f"{side} {statistics.median(vals):.2f}" for side, vals in busy.items() if vals
     )
-    server_note = f"{env.s3.kind} CPU s/s during each side (1.00 = its one core): {server_note}"
+    server_note = f"{env.s3.kind} CPU s/s during each side (1.00 = {cores}): {server_note}"
     label = f"S3 64 KiB x {count} ({env.s3.kind})"
     row = _row(label, mx8_vals, dl_vals, "DataLoader(nw=2) + boto3", 1.2)
     row.note = server_note if busy["mx8"] else ""

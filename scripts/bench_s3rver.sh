@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the S3 benchmark cases against s3rver (a Node.js S3-protocol server) instead of moto.
+# Run the S3 benchmark cases against s3rver (a Node.js S3-protocol server) instead of the
+# default local server (SeaweedFS when installed, else moto).
 #
 # moto serves from one Python process at ~2 ms of CPU per GET, so on a small box it caps
 # every client near the same rate and the S3 ratios measure the server. s3rver costs far
