@@ -35,8 +35,9 @@ __all__ = [
     "stop_process",
 ]
 
-#: The servers ``local_s3_server`` can start, in its default order of preference for tests.
+#: The servers ``local_s3_server`` can start, fastest first (the benchmarks' order).
 SERVER_KINDS = ("minio", "seaweedfs", "moto")
+#: The tests' default: the servers the suite has always run on.
 _TEST_KINDS = ("minio", "moto")
 
 _TEST_CREDENTIALS = {
@@ -74,10 +75,18 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _wait_http(url: str, timeout_s: float) -> None:
+def _wait_http(
+    url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log is not None else ""
+            raise RuntimeError(
+                f"S3-protocol server for {url} exited ({proc.returncode}) before answering: "
+                f"{tail.strip() or 'no output'}"
+            )
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -186,10 +195,12 @@ def _seaweedfs_server() -> Iterator[LocalS3]:
             f"-s3.localSocket={data}/s3.sock",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=data)
+        log = Path(data) / "weed.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=data)
         url = f"http://127.0.0.1:{ports['s3.port']}"
         try:
-            _wait_http(url + "/", 60)
+            _wait_http(url + "/", 60, proc, log)
             env = {**_TEST_CREDENTIALS, "MX8_S3_ENDPOINT_URL": url}
             yield LocalS3(url, "seaweedfs", env, pid=proc.pid)
         finally:
