@@ -8,7 +8,6 @@ the agent then checks sizes only, and says so at registration.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,15 +19,11 @@ from support.agent import run_trainer
 from support.api import make_s3_dataset
 from support.eventually import assert_eventually
 from support.logs import Events
+from support.s3_clock import server_time
 
 from mx8_common.errors import ObjectChangedError
 from mx8_coordinator.config import CoordinatorConfig
 from mx8_coordinator.server import Coordinator
-
-
-def _server_time(client: Any, bucket: str) -> float:
-    date = client.list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]["date"]
-    return email.utils.parsedate_to_datetime(date).timestamp()
 
 
 @asynccontextmanager
@@ -44,7 +39,7 @@ async def _overwrite_same_size_later(
     s3_sync_client: Any, bucket: str, location: str, body: bytes, listed_at: float
 ) -> None:
     # A second later on S3's clock: HTTP dates (and S3's comparison) have whole seconds.
-    await assert_eventually(lambda: _server_time(s3_sync_client, bucket) > listed_at, timeout_s=5)
+    await assert_eventually(lambda: server_time(s3_sync_client, bucket) > listed_at, timeout_s=5)
     key = location.removeprefix(f"s3://{bucket}/")
     s3_sync_client.put_object(Bucket=bucket, Key=key, Body=body)
 

@@ -4,11 +4,11 @@ line naming the link and what to set."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from support.api import epoch_by_location, varied_bytes
 from support.cloud_emulators import Azurite, GcsEmulator
 
 import mx8
@@ -25,13 +25,6 @@ class CloudDataset:
     link: str
     contents: dict[str, bytes]  # location -> bytes
     put: Any  # (key relative to the prefix, bytes) -> None
-
-
-def _payload(key: str) -> bytes:
-    # Sizes from 1 byte to ~70 KiB, content unique per key: a mixed-up object cannot pass.
-    n = 1 + int(hashlib.sha256(key.encode()).hexdigest()[:4], 16)
-    seed = hashlib.sha256(key.encode()).digest()
-    return (seed * (n // len(seed) + 1))[:n]
 
 
 _KEYS = [f"{cls}/{i:03d}.bin" for cls in ("ant", "bee") for i in range(15)] + [
@@ -58,28 +51,18 @@ def cloud(request: pytest.FixtureRequest, store_root: str) -> CloudDataset:
 
     contents = {}
     for key in _KEYS:
-        put(key, _payload(key))
-        contents[f"{request.param}://{bucket}/ds/{key}"] = _payload(key)
+        put(key, varied_bytes(key))
+        contents[f"{request.param}://{bucket}/ds/{key}"] = varied_bytes(key)
     return CloudDataset(f"{request.param}://{bucket}/ds/", contents, put)
-
-
-def _epoch(loader: Any) -> dict[str, bytes]:
-    seen: dict[str, bytes] = {}
-    for batch in loader:
-        for sid, payload in zip(batch.sample_ids, batch.payloads, strict=True):
-            location = loader.table.location(int(sid))
-            assert location not in seen, f"{location} delivered twice in one epoch"
-            seen[location] = bytes(payload)
-    return seen
 
 
 def test_load_cloud_link_delivers_every_object_byte_identical_once_per_epoch(
     cloud: CloudDataset,
 ) -> None:
     loader = mx8.load(cloud.link, batch_size=5, shuffle=True, seed=7, label_mode="none")
-    assert _epoch(loader) == cloud.contents
+    assert epoch_by_location(loader) == cloud.contents
     loader.set_epoch(1)
-    assert _epoch(loader) == cloud.contents
+    assert epoch_by_location(loader) == cloud.contents
     assert loader.stats().samples == 2 * len(cloud.contents)  # counted over both epochs
 
 
@@ -105,7 +88,7 @@ def test_load_cloud_object_rewritten_after_snapshot_is_object_changed(
     loader = mx8.load(cloud.link, batch_size=64, label_mode="none")
     cloud.put("ant/000.bin", b"a different size now")
     with pytest.raises(ObjectChangedError, match="changed since the snapshot"):
-        _epoch(loader)
+        epoch_by_location(loader)
 
 
 def test_load_cloud_object_deleted_after_snapshot_is_object_not_found(
@@ -120,7 +103,7 @@ def test_load_cloud_object_deleted_after_snapshot_is_object_not_found(
         azurite: Azurite = request.getfixturevalue("azurite_server")
         azurite.delete(location)
     with pytest.raises(ObjectNotFoundError, match="does not exist"):
-        _epoch(loader)
+        epoch_by_location(loader)
 
 
 @pytest.mark.parametrize("scheme", ["gs", "az"])
@@ -186,8 +169,8 @@ def test_load_az_with_only_a_connection_string(
 ) -> None:
     contents = {}
     for key in _KEYS[:6]:
-        azurite_server.put(az_container, "cs/" + key, _payload(key))
-        contents[f"az://{az_container}/cs/{key}"] = _payload(key)
+        azurite_server.put(az_container, "cs/" + key, varied_bytes(key))
+        contents[f"az://{az_container}/cs/{key}"] = varied_bytes(key)
     env = azurite_server.env
     for key in env:
         monkeypatch.delenv(key)
@@ -198,4 +181,4 @@ def test_load_az_with_only_a_connection_string(
         f"BlobEndpoint={env['AZURE_STORAGE_ENDPOINT']};",
     )
     loader = mx8.load(f"az://{az_container}/cs/", batch_size=4, label_mode="none")
-    assert _epoch(loader) == contents
+    assert epoch_by_location(loader) == contents

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import os
 import subprocess
 import sys
@@ -14,13 +13,9 @@ from typing import Any
 import pytest
 from support.api import collect, flat, make_local_dataset, make_s3_dataset
 from support.eventually import assert_eventually_blocking
+from support.s3_clock import server_time
 
 import mx8
-
-
-def _server_time(client: Any, bucket: str) -> float:
-    date = client.list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]["date"]
-    return email.utils.parsedate_to_datetime(date).timestamp()
 
 
 def test_load_same_size_s3_overwrite_after_snapshot_is_refused_until_refresh(
@@ -33,7 +28,7 @@ def test_load_same_size_s3_overwrite_after_snapshot_is_refused_until_refresh(
     listed_at = first.snapshot.listed_at
     assert listed_at is not None
     # Overwrite one object with other bytes of the same length, a second later on S3's clock.
-    assert_eventually_blocking(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+    assert_eventually_blocking(lambda: server_time(s3_sync_client, s3_bucket) > listed_at)
     victim = sorted(objects)[3]
     key = victim.removeprefix(f"s3://{s3_bucket}/")
     s3_sync_client.put_object(Bucket=s3_bucket, Key=key, Body=objects[victim].upper())

@@ -10,7 +10,6 @@ advice ``@refresh``); the agent logs ``object_changed_since_snapshot`` and exits
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,12 @@ import pytest
 from support.agent import DaemonProcess
 from support.api import make_local_dataset, make_s3_dataset
 from support.eventually import assert_eventually
+from support.s3_clock import server_time
 
 import mx8
 from mx8_common.testing.local_s3 import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _server_time(client: Any, bucket: str) -> float:
-    date = client.list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]["date"]
-    return email.utils.parsedate_to_datetime(date).timestamp()
 
 
 def _consume(link: str, url: str) -> tuple[list[int], BaseException | None]:
@@ -98,7 +93,7 @@ async def test_processes_s3_same_size_overwrite_after_snapshot_reaches_the_train
 
     async def overwrite(listed_at: float) -> None:
         # A second later on S3's clock: HTTP dates (and S3's comparison) have whole seconds.
-        await assert_eventually(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+        await assert_eventually(lambda: server_time(s3_sync_client, s3_bucket) > listed_at)
         key = victim.removeprefix(f"s3://{s3_bucket}/")
         s3_sync_client.put_object(Bucket=s3_bucket, Key=key, Body=objects[victim].upper())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,16 +11,36 @@ from typing import Any
 __all__ = [
     "collect",
     "engine_threads",
+    "epoch_by_location",
     "flat",
     "make_local_dataset",
     "make_s3_dataset",
     "sample_bytes",
+    "varied_bytes",
 ]
 
 
 def sample_bytes(key: str) -> bytes:
     """The content of the object at ``key``: names its key, with a key-dependent length."""
     return (f"{key}\n" * (1 + len(key) % 5)).encode()
+
+
+def varied_bytes(key: str) -> bytes:
+    """1 byte to ~70 KiB, unique per key: a mixed-up or truncated object cannot pass."""
+    n = 1 + int(hashlib.sha256(key.encode()).hexdigest()[:4], 16)
+    seed = hashlib.sha256(key.encode()).digest()
+    return (seed * (n // len(seed) + 1))[:n]
+
+
+def epoch_by_location(loader: Any) -> dict[str, bytes]:
+    """One epoch of ``loader`` as location -> bytes; fails on a sample delivered twice."""
+    seen: dict[str, bytes] = {}
+    for batch in loader:
+        for sid, payload in zip(batch.sample_ids, batch.payloads, strict=True):
+            location = loader.table.location(int(sid))
+            assert location not in seen, f"{location} delivered twice in one epoch"
+            seen[location] = bytes(payload)
+    return seen
 
 
 def _keys(classes: Iterable[str], per_class: int) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
 import random
 import threading
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 from support.eventually import assert_eventually
+from support.s3_clock import server_time
 from support.s3_fault_proxy import FaultProxy, fault_proxy
 
 from mx8_common.errors import (
@@ -122,23 +122,17 @@ async def test_object_reader_overwritten_object_is_changed(
             await reader.read(s3_object, None, len(PAYLOAD))
 
 
-def _server_time(client: Any, bucket: str) -> float:
-    """The S3 server's clock (its Date header), as a snapshot's listing records it."""
-    date = client.list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]["date"]
-    return email.utils.parsedate_to_datetime(date).timestamp()
-
-
 @pytest.mark.parametrize(("native", "lean"), [(True, True), (False, True), (False, False)])
 async def test_object_reader_same_size_overwrite_after_listing_is_changed(
     s3_sync_client: Any, s3_bucket: str, s3_object: str, native: bool, lean: bool
 ) -> None:
-    listed_at = _server_time(s3_sync_client, s3_bucket)
+    listed_at = server_time(s3_sync_client, s3_bucket)
     config = ObjectReaderConfig(native_s3_get=native, lean_s3_get=lean)
     async with ObjectReader(config, listed_at=listed_at) as reader:
         assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
         assert await reader.read(s3_object, 10, 20) == PAYLOAD[10:30]
     # HTTP dates have whole seconds: overwrite once the server's clock shows a later one.
-    await assert_eventually(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+    await assert_eventually(lambda: server_time(s3_sync_client, s3_bucket) > listed_at)
     s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD[::-1])
     async with ObjectReader(config, listed_at=listed_at) as reader:
         for offset, length in ((None, len(PAYLOAD)), (10, 20)):
@@ -149,7 +143,7 @@ async def test_object_reader_same_size_overwrite_after_listing_is_changed(
             assert "mx8-snapshot-resolve" not in str(info.value)
         assert reader.stats.retries == 0
     # A snapshot listed after the overwrite reads the new bytes.
-    later = _server_time(s3_sync_client, s3_bucket)
+    later = server_time(s3_sync_client, s3_bucket)
     async with ObjectReader(config, listed_at=later) as reader:
         assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD[::-1]
 
@@ -158,8 +152,8 @@ async def test_object_reader_listing_time_set_after_construction_applies_to_s3_r
     s3_sync_client: Any, s3_bucket: str, s3_object: str
 ) -> None:
     """The agent learns the listing time at registration, after its reader exists."""
-    listed_at = _server_time(s3_sync_client, s3_bucket)
-    await assert_eventually(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+    listed_at = server_time(s3_sync_client, s3_bucket)
+    await assert_eventually(lambda: server_time(s3_sync_client, s3_bucket) > listed_at)
     s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD[::-1])
     async with ObjectReader() as reader:
         assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD[::-1]  # size only
@@ -175,8 +169,8 @@ async def test_object_reader_store_built_while_the_listing_time_changes_is_not_k
 ) -> None:
     """A store sends the listing time it was built for: one that finishes building after
     ``listed_at`` changed must not serve the reads of the new time."""
-    listed_at = _server_time(s3_sync_client, s3_bucket)
-    await assert_eventually(lambda: _server_time(s3_sync_client, s3_bucket) > listed_at)
+    listed_at = server_time(s3_sync_client, s3_bucket)
+    await assert_eventually(lambda: server_time(s3_sync_client, s3_bucket) > listed_at)
     s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD[::-1])
     building, release = threading.Event(), threading.Event()
     build = object_reader_module.native_store

@@ -6,8 +6,6 @@ changed since the snapshot refused. Skips, naming why, where the binary is not i
 
 from __future__ import annotations
 
-import email.utils
-import hashlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,9 @@ import boto3
 import psutil
 import pytest
 from botocore.exceptions import ClientError
+from support.api import epoch_by_location, varied_bytes
 from support.eventually import assert_eventually
+from support.s3_clock import server_time
 
 import mx8
 from mx8_common.errors import ObjectChangedError
@@ -54,18 +54,6 @@ def bucket(s3_env: LocalS3) -> str:
     return name
 
 
-def _payload(key: str) -> bytes:
-    # Sizes from 1 byte to ~70 KiB, content unique per key: a mixed-up object cannot pass.
-    n = 1 + int(hashlib.sha256(key.encode()).hexdigest()[:4], 16)
-    seed = hashlib.sha256(key.encode()).digest()
-    return (seed * (n // len(seed) + 1))[:n]
-
-
-def _server_time(client: Any, bucket: str) -> float:
-    date = client.list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]["date"]
-    return email.utils.parsedate_to_datetime(date).timestamp()
-
-
 def test_seaweedfs_server_checks_signatures_and_leaves_no_process_or_socket() -> None:
     before = set(Path("/tmp").glob("seaweedfs-*.sock"))
     with local_s3_server(None, kinds=("seaweedfs",)) as s3:
@@ -87,18 +75,12 @@ def test_load_over_seaweedfs_delivers_every_object_byte_identical_once_per_epoch
     keys.append("bee/nested/deep.bin")
     contents = {}
     for key in keys:
-        client.put_object(Bucket=bucket, Key=f"ds/{key}", Body=_payload(key))
-        contents[f"s3://{bucket}/ds/{key}"] = _payload(key)
+        client.put_object(Bucket=bucket, Key=f"ds/{key}", Body=varied_bytes(key))
+        contents[f"s3://{bucket}/ds/{key}"] = varied_bytes(key)
     loader = mx8.load(f"s3://{bucket}/ds/", batch_size=6, shuffle=True, seed=3)
     for epoch in range(2):
         loader.set_epoch(epoch)
-        seen: dict[str, bytes] = {}
-        for batch in loader:
-            for sid, payload in zip(batch.sample_ids, batch.payloads, strict=True):
-                location = loader.table.location(int(sid))
-                assert location not in seen, f"{location} delivered twice in epoch {epoch}"
-                seen[location] = bytes(payload)
-        assert seen == contents
+        assert epoch_by_location(loader) == contents
     assert list(loader.classes) == ["ant", "bee"]
 
 
@@ -107,10 +89,10 @@ async def test_object_reader_on_seaweedfs_refuses_objects_changed_since_the_list
     s3_env: LocalS3, bucket: str, native: bool
 ) -> None:
     client = _client(s3_env)
-    data = _payload("obj")
+    data = varied_bytes("obj")
     client.put_object(Bucket=bucket, Key="obj.bin", Body=data)
     location = f"s3://{bucket}/obj.bin"
-    listed_at = _server_time(client, bucket)
+    listed_at = server_time(client, bucket)
     config = ObjectReaderConfig(native_s3_get=native)
     async with ObjectReader(config, listed_at=listed_at) as reader:
         assert await reader.read(location, None, len(data)) == data
@@ -120,7 +102,7 @@ async def test_object_reader_on_seaweedfs_refuses_objects_changed_since_the_list
             with pytest.raises(ObjectChangedError, match="changed since the snapshot"):
                 await reader.read(location, None, promised)
     # Same size, new bytes, after the listing (HTTP dates have whole seconds).
-    await assert_eventually(lambda: _server_time(client, bucket) > listed_at)
+    await assert_eventually(lambda: server_time(client, bucket) > listed_at)
     client.put_object(Bucket=bucket, Key="obj.bin", Body=data[::-1])
     async with ObjectReader(config, listed_at=listed_at) as reader:
         for offset, length in ((None, len(data)), (10, 20)):
