@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from mx8_common.storage.s3_client import S3Settings, sync_s3_client
-from mx8_common.testing.local_s3 import LocalS3, local_s3_server
+from mx8_common.testing.local_s3 import SERVER_KINDS, LocalS3, local_s3_server
 
 __all__ = [
     "S3_SERVERS",
@@ -44,7 +44,7 @@ MiB = 1 << 20
 
 #: ``--s3-server`` choice -> the local servers tried, in order (the last always starts).
 S3_SERVERS = {
-    "auto": ("minio", "seaweedfs", "moto"),
+    "auto": SERVER_KINDS,
     "seaweedfs": ("seaweedfs",),
     "moto": ("moto",),
 }

@@ -35,8 +35,6 @@ __all__ = [
     "stop_process",
 ]
 
-#: The servers ``local_s3_server`` can start, fastest first (the benchmarks' order).
-SERVER_KINDS = ("minio", "seaweedfs", "moto")
 #: The tests' default: the servers the suite has always run on.
 _TEST_KINDS = ("minio", "moto")
 
@@ -246,6 +244,8 @@ def _can_run(kind: str) -> bool:
 
 
 _STARTERS = {"minio": _minio_container, "seaweedfs": _seaweedfs_server, "moto": _moto_server}
+#: The servers ``local_s3_server`` can start, fastest first (the benchmarks' order).
+SERVER_KINDS = tuple(_STARTERS)
 
 
 @contextlib.contextmanager
