@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 from support.eventually import assert_eventually
-from support.s3_clock import server_time
+from support.s3_clock import assert_same_size_overwrite_after_listing_refused, server_time
 from support.s3_fault_proxy import FaultProxy, fault_proxy
 
 from mx8_common.errors import (
@@ -126,26 +126,11 @@ async def test_object_reader_overwritten_object_is_changed(
 async def test_object_reader_same_size_overwrite_after_listing_is_changed(
     s3_sync_client: Any, s3_bucket: str, s3_object: str, native: bool, lean: bool
 ) -> None:
-    listed_at = server_time(s3_sync_client, s3_bucket)
+    assert s3_object == f"s3://{s3_bucket}/data/obj.bin"
     config = ObjectReaderConfig(native_s3_get=native, lean_s3_get=lean)
-    async with ObjectReader(config, listed_at=listed_at) as reader:
-        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD
-        assert await reader.read(s3_object, 10, 20) == PAYLOAD[10:30]
-    # HTTP dates have whole seconds: overwrite once the server's clock shows a later one.
-    await assert_eventually(lambda: server_time(s3_sync_client, s3_bucket) > listed_at)
-    s3_sync_client.put_object(Bucket=s3_bucket, Key="data/obj.bin", Body=PAYLOAD[::-1])
-    async with ObjectReader(config, listed_at=listed_at) as reader:
-        for offset, length in ((None, len(PAYLOAD)), (10, 20)):
-            with pytest.raises(ObjectChangedError) as info:
-                await reader.read(s3_object, offset, length)
-            assert s3_object in str(info.value)
-            assert "@refresh" in str(info.value)
-            assert "mx8-snapshot-resolve" not in str(info.value)
-        assert reader.stats.retries == 0
-    # A snapshot listed after the overwrite reads the new bytes.
-    later = server_time(s3_sync_client, s3_bucket)
-    async with ObjectReader(config, listed_at=later) as reader:
-        assert await reader.read(s3_object, None, len(PAYLOAD)) == PAYLOAD[::-1]
+    await assert_same_size_overwrite_after_listing_refused(
+        s3_sync_client, s3_bucket, "data/obj.bin", PAYLOAD, config
+    )
 
 
 async def test_object_reader_listing_time_set_after_construction_applies_to_s3_reads(
