@@ -177,6 +177,8 @@ def _seaweedfs_server() -> Iterator[LocalS3]:
         }
         cmd = [
             exe,
+            # glog's files (weed.INFO, ...) go to the data dir, not the system's /tmp.
+            f"-logdir={data}",
             "server",
             f"-dir={data}",
             "-ip=127.0.0.1",

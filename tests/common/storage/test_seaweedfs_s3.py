@@ -6,6 +6,7 @@ changed since the snapshot refused. Skips, naming why, where the binary is not i
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,8 +54,9 @@ def bucket(s3_env: LocalS3) -> str:
     return name
 
 
-def test_seaweedfs_server_checks_signatures_and_leaves_no_process_or_socket() -> None:
+def test_seaweedfs_server_checks_signatures_and_leaves_no_process_socket_or_log() -> None:
     before = set(Path("/tmp").glob("seaweedfs-*.sock"))
+    logs_before = set(Path(tempfile.gettempdir()).glob("weed.*"))
     with local_s3_server(None, kinds=("seaweedfs",)) as s3:
         assert s3.kind == "seaweedfs" and s3.endpoint_url.startswith("http://127.0.0.1:")
         assert s3.pid is not None
@@ -64,6 +66,7 @@ def test_seaweedfs_server_checks_signatures_and_leaves_no_process_or_socket() ->
             _client(s3, "someone-else", "wrong").list_objects_v2(Bucket="mx8-sig-check")
     assert not psutil.pid_exists(pid)
     assert set(Path("/tmp").glob("seaweedfs-*.sock")) <= before
+    assert set(Path(tempfile.gettempdir()).glob("weed.*")) <= logs_before
 
 
 def test_load_over_seaweedfs_delivers_every_object_byte_identical_once_per_epoch(
