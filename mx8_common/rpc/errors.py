@@ -205,6 +205,9 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
 
     def __init__(self, component: str) -> None:
         self._component = component
+        # method -> (its handler, the guarded one): a service's handlers are made once, so
+        # each call reuses its method's guard instead of building one.
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -215,6 +218,14 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = self._wrap(handler, method)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             make, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
         elif handler.unary_stream is not None:

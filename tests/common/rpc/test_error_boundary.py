@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import typing
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -238,3 +239,27 @@ async def test_error_boundary_lets_a_handlers_own_status_through(
         with pytest.raises(CoordinatorError) as info:
             await client.request_lease("job", "node")
     assert info.value.code == "UNAVAILABLE" and "come back in a moment" in str(info.value)
+
+
+async def test_error_boundary_guards_each_method_once_and_a_new_handler_anew() -> None:
+    boundary = ErrorBoundary("test")
+
+    async def behaviour(request: Any, context: Any) -> str:
+        return f"answered {request}"
+
+    def continuation(handler: grpc.RpcMethodHandler) -> Any:
+        async def found(details: Any) -> grpc.RpcMethodHandler:
+            return handler
+
+        return found
+
+    details = SimpleNamespace(method="/mx8.v1.Coordinator/Heartbeat", invocation_metadata=())
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+    first = await boundary.intercept_service(continuation(handler), details)
+    assert await boundary.intercept_service(continuation(handler), details) is first
+    # A service registered anew (another handler for the method) gets its own guard.
+    replaced = await boundary.intercept_service(
+        continuation(grpc.unary_unary_rpc_method_handler(behaviour)), details
+    )
+    assert replaced is not first
+    assert await replaced.unary_unary("ping", None) == "answered ping"
