@@ -1,5 +1,6 @@
-"""LeaseLog: header check, fsync'd appends in order, torn tails, replay, compaction on open,
-and the typed records' JSON-line form (the same bytes logs have always held)."""
+"""LeaseLog: header check, fsync'd appends in order, write failures, torn tails, replay,
+compaction on open, and the typed records' JSON-line form (the same bytes logs have always
+held)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,28 @@ async def test_lease_log_concurrent_appends_share_fsyncs(tmp_path: Path) -> None
     cursors = [json.loads(x)["cursor"] for x in lines[2:]]
     assert cursors == list(range(1, 101))  # the order the appends were made in
     assert log.fsyncs < 101  # group commit: fewer fsyncs than appends
+
+
+async def test_lease_log_failed_write_fails_its_appends_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    log, _ = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    await log.append([_issue("L1", 0, 10)])
+    # The disk refuses writes from now on (a descriptor that cannot write: EBADF).
+    log._file.close()
+    log._file = open(path, "rb")  # noqa: SIM115 (closed by log.close)
+    results = await asyncio.gather(
+        log.append([ProgressRecord(lease_id="L1", cursor=5)]),
+        log.append([ProgressRecord(lease_id="L1", cursor=6)]),
+        return_exceptions=True,
+    )
+    for result in results:
+        assert isinstance(result, LeaseLogError)
+        assert str(result).startswith(f"cannot write lease log {path}: ")
+        assert str(result).endswith("check the disk of --state-dir")
+        assert "\n" not in str(result)
+    await log.close()
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2  # the header and the issue: nothing acknowledged, nothing half-written
 
 
 async def test_lease_log_cuts_torn_tail(tmp_path: Path) -> None:
