@@ -72,8 +72,9 @@ def run(env: BenchEnv) -> list[Row]:
     load_before = _load()
     # The target rows' two sides get more rounds than the others: one 600-GET measurement
     # is ~0.3 s of CPU, and a stray wake-up of the box moves one by 30-70 % (seen on both
-    # sides in two full runs); a median of 7 is not moved by two such.
-    pairs = env.repeats if env.quick else max(env.repeats, 7)
+    # sides in two full runs); a median of 11 is not moved by four such (with 7, one run's
+    # samples/s read 0.93x and the case alone right after 1.06x).
+    pairs = env.repeats if env.quick else max(env.repeats, 11)
     # With them, the one-call GETs mx8.load is also compared with: the box's speed drifts
     # over a run, so sides compared with each other are measured next to each other.
     key = ["raw obstore", "mx8 native", "raw obstore-range"]
