@@ -20,10 +20,11 @@ Three loads, a fresh coordinator (and lease log) for each:
   With 64 calls always outstanding, latency is 64 / throughput by Little's law, so this
   measures capacity; its latencies are queueing, reported but not judged.
 * **the gRPC floor**: the agents' rate again, but every call is the standard health
-  ``Check`` (no job state, no lease log), from the same clients to the same kind of
-  coordinator process. No Python gRPC server answers faster on this box at that moment:
-  the lease calls' p99 minus this one is what the coordinator's own work adds, and a
-  slow phase of the box shows up here as well as there.
+  ``Check`` (no job state, no lease log), from the same client processes (a channel per
+  agent beside its client's) to a fresh coordinator process of the same kind: the floor
+  of a ``grpc.aio`` server in Python on this box at that moment. The lease calls' p99
+  minus this one is what the coordinator's own work adds, and a slow phase of the box
+  shows up here as well as there.
 
 Everything shares the box's 2 cores: coordinator, client processes and whatever else
 runs, so client-side numbers include the clients' own scheduling.
@@ -50,6 +51,7 @@ import psutil
 from benchmarks.bench_env import BenchEnv
 from benchmarks.case_manifest_stream import write_manifest
 from benchmarks.coordinator_child import serve_coordinator
+from benchmarks.coordinator_load import METHODS
 from benchmarks.report import Row
 
 __all__ = ["measure", "run"]
@@ -361,7 +363,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--interval-ms", type=float, default=PACED_INTERVAL_MS)
     parser.add_argument("--procs", type=int, default=PROCS)
-    parser.add_argument("--method", choices=("lease", "health"), default="lease")
+    parser.add_argument("--method", choices=METHODS, default="lease")
     a = parser.parse_args()
     result = measure(
         a.address, seconds=a.seconds, interval_ms=a.interval_ms, procs=a.procs, method=a.method

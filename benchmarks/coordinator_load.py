@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import resource
@@ -84,8 +85,6 @@ async def _agent(client: Any, node: str, stop_at: float, pacer: _Pacer, lat_us: 
 async def _health_check(client: Any) -> tuple[Any, Any]:
     """A connected channel beside ``client``'s (same address and options) and its
     health ``Check`` call with the request bound."""
-    import functools
-
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from mx8_common.rpc.channels import aio_channel
