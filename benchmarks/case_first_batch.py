@@ -7,10 +7,10 @@ MosaicML Streaming: ``MDSWriter`` converts the same files into MDS shards, then
 of Streaming must take before training on a new prefix.
 
 Each repeat also times the floor of any index that knows its objects' sizes: a bare walk
-of the folder (``os.scandir`` and one ``stat`` per file, nothing kept). Nearly all of it
-is the kernel's ``stat`` (~2-3 us per file on this box), so it moves with the box's
-speed; mx8's time minus the walk's is what mx8 adds (writing, hashing and storing the
-manifest, parsing it into its table, the first batch).
+of the folder (``os.scandir`` and one ``stat`` per file, nothing kept: 3.5-4.3 us per file
+on this box, most of it the kernel's ``stat``), so it moves with the box's speed; mx8's
+time minus the walk's is what mx8 adds (writing, hashing and storing the manifest, parsing
+it into its table, the first batch).
 
 ``streaming/__init__`` imports its vision datasets, which need torchvision (not installable
 beside this torch); ``streaming.base`` (MDSWriter, StreamingDataset) does not, so it is
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_env import BenchEnv
+from benchmarks.client_cpu import settle
 from benchmarks.report import Row
 
 __all__ = ["import_streaming_base", "run"]
@@ -124,9 +125,15 @@ def run(env: BenchEnv) -> list[Row]:
         return [Row(CASE, label, "s", statistics.median(mx8_vals), samples=mx8_vals, note=note)]
     # 5 repeats in full mode: one slow repeat of either side (0.59-0.83 s for mx8 within
     # one run) moves a median of 3.
+    # Each side starts from an idle process: Streaming's dataset keeps its threads working
+    # after its first batch (a 5k-file walk right after it took 92-100 ms against 14 ms
+    # half a second later), which was charged to whichever side ran next.
     for _ in range(env.repeats if env.quick else max(env.repeats, 5)):
+        settle()
         st_vals.append(_streaming_first_batch(env, paths))
+        settle()
         walk_vals.append(_walk_seconds(folder))
+        settle()
         mx8_vals.append(_mx8_first_batch(env, folder))
     added = [m - w for m, w in zip(mx8_vals, walk_vals, strict=True)]
     return [
