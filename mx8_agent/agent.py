@@ -67,6 +67,7 @@ from mx8_common.errors import (
     NodeIdInUseError,
     NodeNotRegisteredError,
     RankReportError,
+    RegistrationTokenError,
     RequestError,
 )
 from mx8_common.manifest.table import ManifestTable
@@ -541,9 +542,10 @@ class Agent(Daemon):
             except Mx8Error as exc:
                 # A missed heartbeat is not fatal: the lease TTL is several intervals long.
                 self._retry_log.emit(_COMPONENT, "heartbeat_failed", reason=exc.event, error=exc)
-                if isinstance(exc, NodeNotRegisteredError):
-                    # A coordinator restarted without its lease log no longer knows us;
-                    # registering again is idempotent when it does.
+                if isinstance(exc, (NodeNotRegisteredError, RegistrationTokenError)):
+                    # A coordinator restarted without its lease log no longer knows us, or
+                    # it answered a registration we never heard back from (its token is
+                    # not ours); registering again is idempotent for the same agent.
                     try:
                         reg = await self._register_once()
                     except RankReportError as refused:

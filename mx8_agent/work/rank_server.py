@@ -53,6 +53,7 @@ from mx8_common.errors import (
     CoordinatorError,
     LeaseLogError,
     NodeNotRegisteredError,
+    RegistrationTokenError,
     RequestError,
 )
 from mx8_common.manifest.table import ManifestTable
@@ -570,8 +571,9 @@ class RankServer:
             resp = await self._client.report_ranks(
                 self._job_id, self._node_id, list(self._reports.values())
             )
-        except NodeNotRegisteredError as exc:
-            # A restarted coordinator knows this node once the heartbeat registers it.
+        except (NodeNotRegisteredError, RegistrationTokenError) as exc:
+            # A restarted coordinator knows this node (with the token it holds) once the
+            # heartbeat registers it again.
             self._retry_log.emit(_COMPONENT, "progress_report_failed", error=exc)
             return False
         except CoordinatorError as exc:

@@ -96,6 +96,8 @@ class CoordinatorClient:
         #: The secret of this node's registration (``register_node`` keeps it), sent with
         #: every heartbeat, lease request and progress report.
         self.registration_token = ""
+        #: Set when the registration in flight has its answer (None: none in flight).
+        self._registering: asyncio.Event | None = None
 
     async def close(self) -> None:
         """Close the channel (idempotent)."""
@@ -114,14 +116,18 @@ class CoordinatorClient:
     async def _call_as_node(self, method: str, build: Callable[[str], Any]) -> Any:
         """A call that carries the registration token (``build(token)`` makes the request).
 
-        Refused for its token after this client registered again meanwhile (a new
+        Refused for its token while or after this client registered again (a new
         coordinator, a standby that took over): the call was built with the old token, so
-        it is sent once more with the current one. A refusal of the current token stands.
+        it is sent once more with the current one. The coordinator holds the new token
+        before its answer arrives (it logs the registration first), so a refusal that
+        overtakes that answer waits for it. A refusal of the current token stands.
         """
         token = self.registration_token
         try:
             return await self._call(method, build(token))
         except RegistrationTokenError:
+            if self._registering is not None:
+                await self._registering.wait()
             if self.registration_token == token:
                 raise
             return await self._call(method, build(self.registration_token))
@@ -157,8 +163,14 @@ class CoordinatorClient:
             incarnation=incarnation,
         )
         request = pb.RegisterNodeRequest(job_id=job_id, node_id=node_id, caps=caps, ranks=ranks)
-        reply = await self._call("RegisterNode", request)
-        self.registration_token = reply.registration_token
+        answered = self._registering = asyncio.Event()
+        try:
+            reply = await self._call("RegisterNode", request)
+            self.registration_token = reply.registration_token
+        finally:
+            answered.set()  # refusals waiting on it decide, with or without a new token
+            if self._registering is answered:
+                self._registering = None
         return reply
 
     async def heartbeat(

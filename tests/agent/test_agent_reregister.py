@@ -37,16 +37,19 @@ async def trainer_holding_a_batch(agent: Any, gate: threading.Event) -> asyncio.
     return trainer
 
 
+@pytest.mark.parametrize("refused_for", ["unknown node", "another token"])
 async def test_agent_reregister_same_manifest_hash_continues(
-    tmp_path: Path, start_agent: Any, logs: Events
+    tmp_path: Path, start_agent: Any, logs: Events, refused_for: str
 ) -> None:
+    """Heartbeats refused because the coordinator does not know the node, or holds a token
+    the agent never received (its registration's answer was lost), register it again."""
     fake = await started_fake(tmp_path)
     try:
         gate = threading.Event()
         agent = await start_agent(fake.address)
         logs.clear()
         trainer = await trainer_holding_a_batch(agent, gate)
-        fake.forget_nodes()
+        fake.forget_nodes(token=refused_for == "another token")
         await assert_eventually(lambda: fake.register_calls >= 2)
         gate.set()
         run = await trainer

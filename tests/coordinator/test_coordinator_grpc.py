@@ -299,3 +299,35 @@ async def test_coordinator_client_resends_a_call_made_with_the_token_of_its_prev
         client.registration_token = "1" * 32  # refused with the token it holds now
         with pytest.raises(RegistrationTokenError):
             await client.heartbeat(JOB, "a")
+
+
+async def test_coordinator_client_call_refused_before_its_registrations_answer_waits_for_it(
+    manifest_path: Path, start_coordinator
+) -> None:
+    """A coordinator restarted without state holds a node's new token once it has logged the
+    registration, before its answer reaches the agent: a heartbeat refused for the old token
+    in that window waits for the answer and is sent again with the new token."""
+    first = await start_coordinator(manifest_path, world_size=1)
+    async with CoordinatorClient(first.address) as client:
+        await client.register_node(JOB, "a", incarnation="a-process")
+        old = client.registration_token
+        await first.shutdown()
+        second = await start_coordinator(manifest_path, world_size=1, listen=first.address)
+        assert second.job is not None
+        job, append = second.job, second.job._append
+        logging, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_append(records: list[object]) -> None:
+            logging.set()
+            await release.wait()  # a slow fsync: the new token is held, not yet answered
+            await append(records)
+
+        job._append = slow_append  # type: ignore[method-assign]
+        registering = asyncio.create_task(client.register_node(JOB, "a", incarnation="a-process"))
+        await asyncio.wait_for(logging.wait(), 10)
+        beat = asyncio.create_task(client.heartbeat(JOB, "a"))
+        await asyncio.sleep(0.2)  # its refusal (the old token) is back; the answer is not
+        assert not beat.done()
+        release.set()
+        new = (await registering).registration_token
+        assert (await beat).job_ready and new not in ("", old)

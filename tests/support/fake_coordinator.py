@@ -5,7 +5,9 @@ given bytes with a chosen fault, hands out one lease over the whole manifest and
 every ``RequestLease`` call, so tests can prove an agent never asked for work after a
 failed ingest. ``forget_nodes()`` plays a coordinator restart: heartbeats are refused
 (``NodeNotRegisteredError``, through the same error boundary as the real one) until the
-node registers again, with whatever ``manifest_hash`` the fake announces by then.
+node registers again, with whatever ``manifest_hash`` the fake announces by then;
+``forget_nodes(token=True)`` refuses them for their token instead (a restarted coordinator
+that answered a registration whose answer the agent never got).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from mx8_common.errors import NodeNotRegisteredError
+from mx8_common.errors import NodeNotRegisteredError, RegistrationTokenError
 from mx8_common.manifest.chunk_codec import encode_chunk
 from mx8_common.manifest.format import SCHEMA_VERSION
 from mx8_common.rpc.errors import ErrorBoundary
@@ -85,7 +87,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self.register_calls = 0
         #: The job incarnation it announces; a test changes it to "restart without state".
         self.job_incarnation = "0fa4e001"
-        self._forgotten = False
+        self._forgotten: type[NodeNotRegisteredError | RegistrationTokenError] | None = None
         self._server: grpc.aio.Server | None = None
         self.address = ""
 
@@ -103,13 +105,14 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
 
     # -- RPCs ----------------------------------------------------------------------------
 
-    def forget_nodes(self) -> None:
-        """Act like a restarted coordinator that has not seen this node yet."""
-        self._forgotten = True
+    def forget_nodes(self, *, token: bool = False) -> None:
+        """Act like a restarted coordinator that has not seen this node yet (``token``: that
+        holds another token for it)."""
+        self._forgotten = RegistrationTokenError if token else NodeNotRegisteredError
 
     async def RegisterNode(self, request: Any, context: Any) -> pb.RegisterNodeResponse:
         self.register_calls += 1
-        self._forgotten = False
+        self._forgotten = None
         fields: dict[str, Any] = {
             "rank": 0,
             "world_size": 1,
@@ -127,9 +130,9 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         return pb.RegisterNodeResponse(**(fields | self.register_overrides))
 
     async def Heartbeat(self, request: Any, context: Any) -> pb.HeartbeatResponse:
-        if self._forgotten:
-            raise NodeNotRegisteredError(
-                f"node {request.node_id} not registered", node_id=request.node_id
+        if self._forgotten is not None:
+            raise self._forgotten(
+                f"node {request.node_id} not registered with this token", node_id=request.node_id
             )
         return pb.HeartbeatResponse(
             job_ready=True, world_size=1, job_incarnation=self.job_incarnation
