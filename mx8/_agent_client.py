@@ -4,7 +4,10 @@ Iterating yields ``mx8.batch.Batch``es of the job, shared fairly with the other
 trainers of the host. A batch is acknowledged when the next one is requested, i.e.
 after the trainer consumed it; the agent reports only acknowledged samples to the
 coordinator, so batches a crashed trainer never finished go to another trainer instead
-of being lost. Up to ``window`` batches may be in flight ahead of the trainer.
+of being lost. Up to ``window`` batches may be in flight ahead of the trainer. On a rank
+stream the agent lets the trainer take a batch or so more before acknowledging
+(``Batch.ack_slack``, never past the batches it is already reading): each acknowledgement
+is a message, which cost both processes more CPU than the batch it freed.
 
 A stream that breaks (UNAVAILABLE) while the agent lives is reopened with the same
 ``trainer_id`` and ``resume_after_seq`` = the last batch the trainer consumed: the agent
@@ -73,6 +76,8 @@ from mx8_common.rpc.security import TlsConfig
 
 # How long close() waits for queued acks to be written before cancelling the stream.
 _ACK_FLUSH_S = 2.0
+#: No acknowledgement due (a batch_seq no stream reaches).
+_NEVER = 1 << 64
 
 __all__ = ["AGENT_AUTH_TOKEN_ENV", "AgentStreamClient", "RankOpen", "agent_tls_from_env"]
 
@@ -234,6 +239,10 @@ class AgentStreamClient:
         self._pending_ack: int | None = None
         # The last batch_seq the trainer consumed: where a resumed stream continues.
         self._consumed_seq = 0
+        # Whether the consumed batch is not acknowledged yet, and the batch_seq by which
+        # the acknowledgement is due (each batch's ``ack_slack``; 0 on dynamic streams).
+        self._unacked = False
+        self._ack_due = _NEVER
         self._finished = False
         self._closed = False
 
@@ -383,6 +392,10 @@ class AgentStreamClient:
     def _open(self, resume_after: int) -> None:
         # Each stream has its own request queue: a None ends the old one's sender thread.
         self._requests = queue.Queue()
+        # ``resume_after`` acknowledges what was consumed; the new stream's batches say
+        # when to acknowledge them.
+        self._unacked = False
+        self._ack_due = _NEVER
         self._sent_all = threading.Event()
         self.segments.close()  # a new stream names new segments
         self._responses = self._stub.Stream(
@@ -407,6 +420,22 @@ class AgentStreamClient:
         self._open(self._consumed_seq)
         return True
 
+    def _consume(self) -> None:
+        """The batch last returned is consumed (the trainer asks for more); acknowledge
+        it once due (see ``Batch.ack_slack``)."""
+        if self._pending_ack is not None:
+            self._consumed_seq = self._pending_ack
+            self._pending_ack = None
+            self._unacked = True
+        if self._consumed_seq >= self._ack_due:
+            self._send_ack()
+
+    def _send_ack(self) -> None:
+        if self._unacked and not self._finished and not self._closed:
+            self._requests.put(pb.TrainerMessage(ack=pb.Ack(batch_seq=self._consumed_seq)))
+        self._unacked = False
+        self._ack_due = _NEVER
+
     def __iter__(self) -> AgentStreamClient:
         return self
 
@@ -415,11 +444,7 @@ class AgentStreamClient:
             raise StopIteration
         if self._responses is None:
             self._open(0)
-        if self._pending_ack is not None:
-            # The trainer asks for the next batch: it has consumed the previous one.
-            self._requests.put(pb.TrainerMessage(ack=pb.Ack(batch_seq=self._pending_ack)))
-            self._consumed_seq = self._pending_ack
-            self._pending_ack = None
+        self._consume()  # the trainer asks for the next batch: it consumed the previous one
         deadline: float | None = None
         while True:
             try:
@@ -459,6 +484,7 @@ class AgentStreamClient:
                 # A refused contract is the trainer's own settings: one line, no gRPC chain.
                 raise error from (None if isinstance(error, ContractError) else exc)
         if message.HasField("end_of_job"):
+            self._send_ack()  # whatever is consumed and not acknowledged yet, first
             self._finish()
             if self.rank is not None:
                 # Wait for the agent to take our last acknowledgement and end the call.
@@ -469,6 +495,7 @@ class AgentStreamClient:
         self._waiting_since = None
         b = message.batch
         self._pending_ack = b.batch_seq
+        self._ack_due = min(self._ack_due, b.batch_seq + b.ack_slack)
         self.last_epoch, self.last_step = b.epoch, b.step
         return Batch(
             sample_ids=np.array(b.sample_ids, dtype=np.uint64),
@@ -529,11 +556,11 @@ class AgentStreamClient:
             _say(what)
 
     def ack(self) -> None:
-        """Acknowledge the batch last returned now (the trainer is done with it)."""
-        if self._pending_ack is not None and not self._finished and not self._closed:
-            self._requests.put(pb.TrainerMessage(ack=pb.Ack(batch_seq=self._pending_ack)))
-            self._consumed_seq = self._pending_ack
-            self._pending_ack = None
+        """Acknowledge the batch last returned, and every one before it, now (the trainer
+        is done with them)."""
+        if not self._finished and not self._closed:
+            self._ack_due = 0
+            self._consume()
 
     def _finish(self) -> None:
         self._finished = True
@@ -543,6 +570,8 @@ class AgentStreamClient:
         """End the stream (unacknowledged batches go to other trainers) and the channel."""
         if self._closed:
             return
+        if self._responses is not None:
+            self._send_ack()  # consumed batches are not re-queued for other trainers
         self._closed = True
         self._requests.put(None)
         if self._responses is not None and not self._finished:

@@ -55,6 +55,7 @@ def encode_batch(
         offsets=batch.offsets.tolist(),
         labels=[] if batch.labels is None else batch.labels.tolist(),
         locations=locations or [],
+        ack_slack=batch.ack_slack,
     )
     if shared is not None:
         head.shared.segment = shared.segment

@@ -64,6 +64,9 @@ class ReadyBatch:
     #: Rank-exact mode: the bytes are already in this stream's shared memory (a
     #: ``ShmSlot``; ``parts`` is empty).
     shared: Any = None
+    #: Rank-exact mode: batches after this one the trainer may consume before it
+    #: acknowledges (``Batch.ack_slack``; 0: acknowledge this one).
+    ack_slack: int = 0
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:

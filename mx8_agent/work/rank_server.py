@@ -356,7 +356,7 @@ class RankServer:
                 self.batches_sent += 1
                 if self.first_batch_at is None:
                     self.first_batch_at = time.monotonic()
-                return slot.seq, self._batch(slot)
+                return slot.seq, self._batch(slot, self._ack_slack(stream, slot))
             if stream.plan_done and not stream.requested:
                 return None
             stream.ready.clear()
@@ -384,7 +384,18 @@ class RankServer:
         for stream in self._streams.values():
             stream.ready.set()
 
-    def _batch(self, slot: _Slot) -> ReadyBatch:
+    @staticmethod
+    def _ack_slack(stream: RankStream, slot: _Slot) -> int:
+        """How many batches after ``slot`` its trainer may take before acknowledging:
+        at most the ones already being read for it (they come without an acknowledgement,
+        so a trainer waiting for its next batch has always been told to acknowledge), and
+        at most half its window less one (acknowledgements free the window while the
+        rest is read ahead)."""
+        if slot.last:
+            return 0
+        return max(0, min(len(stream.requested), stream.spec.window // 2 - 1))
+
+    def _batch(self, slot: _Slot, ack_slack: int = 0) -> ReadyBatch:
         offsets = np.zeros(len(slot.ids) + 1, dtype=np.uint64)
         if slot.shared is not None:
             np.cumsum(self._table.byte_length[slot.ids.astype(np.int64)], out=offsets[1:])
@@ -403,6 +414,7 @@ class RankServer:
             labels=labels,
             step=slot.step,
             shared=slot.shared,
+            ack_slack=ack_slack,
         )
 
     # -- budget -------------------------------------------------------------------------

@@ -128,7 +128,7 @@ class TrainerMessage(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenStream, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("batch_seq", "epoch", "sample_ids", "payload", "offsets", "labels", "locations", "step", "shared")
+    __slots__ = ("batch_seq", "epoch", "sample_ids", "payload", "offsets", "labels", "locations", "step", "ack_slack", "shared")
     BATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class Batch(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LOCATIONS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    ACK_SLACK_FIELD_NUMBER: _ClassVar[int]
     SHARED_FIELD_NUMBER: _ClassVar[int]
     batch_seq: int
     epoch: int
@@ -146,8 +147,9 @@ class Batch(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[int]
     locations: _containers.RepeatedScalarFieldContainer[str]
     step: int
+    ack_slack: int
     shared: SharedBytes
-    def __init__(self, batch_seq: _Optional[int] = ..., epoch: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., locations: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., shared: _Optional[_Union[SharedBytes, _Mapping]] = ...) -> None: ...
+    def __init__(self, batch_seq: _Optional[int] = ..., epoch: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., locations: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., ack_slack: _Optional[int] = ..., shared: _Optional[_Union[SharedBytes, _Mapping]] = ...) -> None: ...
 
 class WorldWaiting(_message.Message):
     __slots__ = ("job_id", "world_size", "registered_ranks", "missing_ranks")
