@@ -348,3 +348,52 @@ async def test_rank_exact_stalled_rank_never_starves_another_and_budget_holds(
     largest_batch = 8 * 249
     # Over the budget only by the one batch a rank holding nothing may always take.
     assert 0 < peak <= budget + 2 * largest_batch
+
+
+@pytest.mark.parametrize("budget", ["ample", "one batch"])
+async def test_rank_exact_trainer_acknowledges_every_other_batch_unless_the_agent_waits_for_it(
+    tmp_path: Path,
+    start_coordinator: Any,
+    start_agent: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    budget: str,
+) -> None:
+    """With room to read ahead, the agent lets the trainer take one more batch before it
+    acknowledges (``ack_slack``: half the acknowledgement messages); when the budget holds
+    one batch, nothing is read ahead and each batch is acknowledged, or the rank would wait
+    forever for a batch the agent cannot read."""
+    acks: list[int] = []
+    real_ack = rank_server.RankServer.ack
+
+    def counting_ack(self: Any, stream: Any, batch_seq: int) -> int:
+        acks.append(batch_seq)
+        return real_ack(self, stream, batch_seq)
+
+    monkeypatch.setattr(rank_server.RankServer, "ack", counting_ack)
+    manifest = write_local_dataset(tmp_path, SAMPLES)
+    coordinator = await start_coordinator(
+        manifest, mode="rank-exact", epochs=2, shuffle=True, seed=SEED, block_size=16
+    )
+    agent = await start_agent(
+        coordinator.address, max_inflight_bytes=64 * 1024 * 1024 if budget == "ample" else 256
+    )
+    spec = coordinator.job.spec
+    job = JobOrder(
+        manifest_hash=spec.manifest_hash,
+        total_samples=spec.total_samples,
+        block_size=spec.block_size,
+        shuffle=spec.shuffle,
+        seed=spec.seed,
+    )
+    run = await asyncio.wait_for(asyncio.to_thread(_train, agent.url, 0, 1, 5), 60)
+    assert run["payloads_ok"]
+    for epoch in range(2):
+        assert run["epochs"][epoch] == _expected(job, epoch, 0, 1, 5)
+    batches = sum(len(e) for e in run["epochs"])  # 2 x 30, one stream for both epochs
+    assert acks[-1] == batches  # the last batch is acknowledged: the rank finished
+    if budget == "ample":
+        assert len(acks) <= batches // 2 + 3
+    else:
+        assert acks == list(range(1, batches + 1))
+    await agent.result(timeout_s=30)
+    assert coordinator.job.drained
