@@ -11,9 +11,10 @@ their speed (issue 14: 34 us of wall time per 64 KiB file inside the agent again
 which imports only ``local_read``) on first use. ``read(items, segment, offset,
 listed_at)`` gives a future of the seconds the read took, or the reader's typed
 ``StorageError`` (``ObjectNotFoundError``, ``ObjectChangedError``, ...) exactly as an
-in-process read raises it. Jobs go to the worker with the fewest pending; each worker
-reads two at once (``_THREADS``), so a read that waits on its storage does not hold up the
-next batch.
+in-process read raises it. Jobs go to the worker with the fewest pending. A worker reads
+one job at a time; a job that takes longer than ``_STUCK_S`` (storage that waits: a cold
+disk, a network file system) lets its second thread (``_THREADS``) take the next, so a
+read that waits does not hold up the next batch for long.
 
 Protocol, one ``socketpair`` per worker, frames of a 4-byte length and a pickle (both
 ends are this module, in one agent's process tree):
@@ -35,6 +36,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import math
 import mmap
 import os
 import pickle
@@ -42,8 +44,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from mx8_common.errors import StorageError
@@ -53,10 +55,15 @@ __all__ = ["ReadWorkers", "SharedSegment"]
 
 _HEADER = 4
 _RECV = 1 << 16
-#: Jobs one worker reads at once: two keep two reads in flight for storage that waits
-#: (a cold disk, a network file system) and read page-cached files ~10 % faster than one
-#: (80k vs 54-72k files/s of 64 KiB here); four made each file's GIL hand-offs cost more.
+#: Threads of one worker. Two reading at once read page-cached files ~10 % faster alone
+#: (80k vs 54-72k files/s of 64 KiB), but beside the trainers of a busy host their GIL
+#: hand-offs cost CPU the trainers need: one at a time, the distributed benchmark's agent
+#: took 9 % less CPU per sample and ran 6 % faster (paired medians of 16 alternating
+#: epochs, benchmarks/RESULTS.md). So the second only reads while the first is stuck.
 _THREADS = 2
+#: Seconds a job runs before the next thread may start the next job (a page-cached batch
+#: of 64 files takes about a millisecond).
+_STUCK_S = 0.02
 #: Seconds ``aclose`` waits for reads in flight, then for a worker to exit.
 _CLOSE_WAIT_S = 5.0
 
@@ -296,6 +303,61 @@ class ReadWorkers:
 # -- the worker process -----------------------------------------------------------------
 
 
+class _Jobs:
+    """A worker's queue of jobs for its threads: thread ``k`` takes the next job only
+    while threads ``0..k-1`` are all busy and have been for ``stuck_s`` (see ``_THREADS``).
+    """
+
+    def __init__(self, stuck_s: float = _STUCK_S) -> None:
+        self._stuck_s = stuck_s
+        self._cond = threading.Condition()
+        self._queue: collections.deque[Any] = collections.deque()
+        self._busy_since: dict[int, float] = {}  # thread -> when its job started
+        self._closed = False
+
+    def put(self, job: Any) -> None:
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """No more jobs: each thread ends once the queue is empty."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def done(self, me: int) -> None:
+        with self._cond:
+            self._busy_since.pop(me, None)
+            self._cond.notify_all()
+
+    def take(self, me: int) -> Any:
+        """Thread ``me``'s next job; None once closed and empty."""
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                wait = self._wait_before_taking(me)
+                if wait <= 0:
+                    self._busy_since[me] = time.monotonic()
+                    return self._queue.popleft()
+                self._cond.wait(None if wait == math.inf else wait)
+
+    def _wait_before_taking(self, me: int) -> float:
+        """Seconds until ``me`` may take a job (<= 0: now; inf: until woken)."""
+        now = time.monotonic()
+        wait = 0.0
+        for k in range(me):
+            started = self._busy_since.get(k)
+            if started is None:
+                return math.inf  # an earlier thread is free: it takes the job
+            wait = max(wait, started + self._stuck_s - now)
+        return wait
+
+
 def _serve(sock: socket.socket, threads: int = _THREADS) -> None:
     maps: dict[str, mmap.mmap] = {}
     busy: collections.Counter[str] = collections.Counter()  # jobs running per segment
@@ -322,12 +384,27 @@ def _serve(sock: socket.socket, threads: int = _THREADS) -> None:
             release(name)
             sock.sendall(_frame(reply))
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="mx8-read-worker") as pool:
+    jobs = _Jobs()
+
+    def reader(me: int) -> None:
+        while (job := jobs.take(me)) is not None:
+            try:
+                run(*job)
+            finally:
+                jobs.done(me)
+
+    readers = [
+        threading.Thread(target=reader, args=(k,), name=f"mx8-read-worker-{k}", daemon=True)
+        for k in range(threads)
+    ]
+    for t in readers:
+        t.start()
+    try:
         while True:
             data, got_fds, _flags, _addr = socket.recv_fds(sock, _RECV, 16)
             fds.extend(got_fds)
             if not data:
-                return  # the agent closed its end or went away (the pool drains first)
+                return  # the agent closed its end or went away (the readers drain first)
             buf += data
             for msg in _frames(buf):
                 with lock:
@@ -352,7 +429,11 @@ def _serve(sock: socket.socket, threads: int = _THREADS) -> None:
                         )
                         continue
                     busy[name] += 1
-                pool.submit(run, job, name, offset, items, listed_at)
+                jobs.put((job, name, offset, items, listed_at))
+    finally:
+        jobs.close()
+        for t in readers:
+            t.join()
 
 
 def main(argv: Sequence[str]) -> int:

@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -17,7 +19,7 @@ from support.eventually import assert_eventually
 
 from mx8_common import shm
 from mx8_common.errors import ObjectChangedError, ObjectNotFoundError, StorageError
-from mx8_common.storage.read_worker import ReadWorkers
+from mx8_common.storage.read_worker import ReadWorkers, _Jobs
 
 
 def _files(tmp_path: Path, n: int) -> list[tuple[str, bytes]]:
@@ -218,3 +220,69 @@ async def test_a_segment_closed_mid_read_is_unmapped_when_the_read_ends(tmp_path
     finally:
         seg.close()
         await workers.aclose()
+
+
+def _run_jobs(jobs: _Jobs, n_threads: int, log: list[tuple[int, Any]]) -> list[threading.Thread]:
+    """Threads taking ``jobs`` like a worker's readers; each job is a callable, run and
+    logged with the thread that ran it."""
+
+    def reader(me: int) -> None:
+        while (job := jobs.take(me)) is not None:
+            try:
+                job()
+                log.append((me, job))
+            finally:
+                jobs.done(me)
+
+    threads = [threading.Thread(target=reader, args=(k,), daemon=True) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_worker_jobs_run_one_at_a_time_while_each_is_quick() -> None:
+    # A second thread reading beside the first costs both GIL hand-offs for nothing.
+    jobs, log = _Jobs(stuck_s=5.0), []
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def quick() -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.001)
+        with lock:
+            running[0] -= 1
+
+    threads = _run_jobs(jobs, 2, log)
+    for _ in range(100):
+        jobs.put(quick)
+    jobs.close()
+    for t in threads:
+        t.join(10)
+    assert len(log) == 100 and {me for me, _ in log} == {0} and most[0] == 1
+
+
+def test_worker_job_stuck_on_its_storage_lets_the_next_thread_take_the_next_job() -> None:
+    jobs, log = _Jobs(stuck_s=0.05), []
+    release = threading.Event()
+    started = time.monotonic()
+
+    def stuck() -> None:
+        release.wait(30)
+
+    def quick() -> None:
+        pass
+
+    threads = _run_jobs(jobs, 2, log)
+    jobs.put(stuck)
+    jobs.put(quick)
+    deadline = time.monotonic() + 10
+    while not log and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert log == [(1, quick)] and time.monotonic() - started >= 0.05
+    release.set()
+    jobs.close()
+    for t in threads:
+        t.join(10)
+    assert log == [(1, quick), (0, stuck)]
