@@ -48,15 +48,18 @@ async def _job(tmp_path: Path, start_coordinator: Any, start_agent: Any, **kw: A
     values.update(kw)
     coordinator = await start_coordinator(manifest, **values)
     agent = await start_agent(coordinator.address)
+    return coordinator, agent, _job_order(coordinator)
+
+
+def _job_order(coordinator: Any) -> JobOrder:
     spec = coordinator.job.spec
-    job = JobOrder(
+    return JobOrder(
         manifest_hash=spec.manifest_hash,
         total_samples=spec.total_samples,
         block_size=spec.block_size,
         shuffle=spec.shuffle,
         seed=spec.seed,
     )
-    return coordinator, agent, job
 
 
 def _train(url: str, rank: int, world: int, batch: int, epochs: int = 2) -> dict[str, Any]:
@@ -377,14 +380,7 @@ async def test_rank_exact_trainer_acknowledges_every_other_batch_unless_the_agen
     agent = await start_agent(
         coordinator.address, max_inflight_bytes=64 * 1024 * 1024 if budget == "ample" else 256
     )
-    spec = coordinator.job.spec
-    job = JobOrder(
-        manifest_hash=spec.manifest_hash,
-        total_samples=spec.total_samples,
-        block_size=spec.block_size,
-        shuffle=spec.shuffle,
-        seed=spec.seed,
-    )
+    job = _job_order(coordinator)
     run = await asyncio.wait_for(asyncio.to_thread(_train, agent.url, 0, 1, 5), 60)
     assert run["payloads_ok"]
     for epoch in range(2):
