@@ -393,9 +393,11 @@ class AgentStreamClient:
         # Each stream has its own request queue: a None ends the old one's sender thread.
         self._requests = queue.Queue()
         # ``resume_after`` acknowledges what was consumed; the new stream's batches say
-        # when to acknowledge them.
+        # when to acknowledge them. A batch returned before a dynamic stream broke keeps
+        # its due acknowledgement: it goes out on the new stream once consumed.
         self._unacked = False
-        self._ack_due = _NEVER
+        if self._pending_ack is None:
+            self._ack_due = _NEVER
         self._sent_all = threading.Event()
         self.segments.close()  # a new stream names new segments
         self._responses = self._stub.Stream(
