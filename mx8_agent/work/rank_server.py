@@ -395,7 +395,7 @@ class RankServer:
             return 0
         return max(0, min(len(stream.requested), stream.spec.window // 2 - 1))
 
-    def _batch(self, slot: _Slot, ack_slack: int = 0) -> ReadyBatch:
+    def _batch(self, slot: _Slot, ack_slack: int) -> ReadyBatch:
         offsets = np.zeros(len(slot.ids) + 1, dtype=np.uint64)
         if slot.shared is not None:
             np.cumsum(self._table.byte_length[slot.ids.astype(np.int64)], out=offsets[1:])

@@ -346,6 +346,25 @@ class _Jobs:
                     return self._queue.popleft()
                 self._cond.wait(None if wait == math.inf else wait)
 
+    def start_readers(self, n: int, work: Callable[[int, Any], None]) -> list[threading.Thread]:
+        """``n`` threads, each taking jobs as thread ``k`` and running ``work(k, job)``,
+        until ``close`` and an empty queue; join them after ``close``."""
+
+        def reader(me: int) -> None:
+            while (job := self.take(me)) is not None:
+                try:
+                    work(me, job)
+                finally:
+                    self.done(me)
+
+        threads = [
+            threading.Thread(target=reader, args=(k,), name=f"mx8-read-worker-{k}", daemon=True)
+            for k in range(n)
+        ]
+        for t in threads:
+            t.start()
+        return threads
+
     def _wait_before_taking(self, me: int) -> float:
         """Seconds until ``me`` may take a job (<= 0: now; inf: until woken)."""
         now = time.monotonic()
@@ -385,20 +404,7 @@ def _serve(sock: socket.socket, threads: int = _THREADS) -> None:
             sock.sendall(_frame(reply))
 
     jobs = _Jobs()
-
-    def reader(me: int) -> None:
-        while (job := jobs.take(me)) is not None:
-            try:
-                run(*job)
-            finally:
-                jobs.done(me)
-
-    readers = [
-        threading.Thread(target=reader, args=(k,), name=f"mx8-read-worker-{k}", daemon=True)
-        for k in range(threads)
-    ]
-    for t in readers:
-        t.start()
+    readers = jobs.start_readers(threads, lambda _me, job: run(*job))
     try:
         while True:
             data, got_fds, _flags, _addr = socket.recv_fds(sock, _RECV, 16)

@@ -223,21 +223,14 @@ async def test_a_segment_closed_mid_read_is_unmapped_when_the_read_ends(tmp_path
 
 
 def _run_jobs(jobs: _Jobs, n_threads: int, log: list[tuple[int, Any]]) -> list[threading.Thread]:
-    """Threads taking ``jobs`` like a worker's readers; each job is a callable, run and
-    logged with the thread that ran it."""
+    """The worker's reader threads over ``jobs``; each job is a callable, run and logged
+    with the thread that ran it."""
 
-    def reader(me: int) -> None:
-        while (job := jobs.take(me)) is not None:
-            try:
-                job()
-                log.append((me, job))
-            finally:
-                jobs.done(me)
+    def work(me: int, job: Any) -> None:
+        job()
+        log.append((me, job))
 
-    threads = [threading.Thread(target=reader, args=(k,), daemon=True) for k in range(n_threads)]
-    for t in threads:
-        t.start()
-    return threads
+    return jobs.start_readers(n_threads, work)
 
 
 def test_worker_jobs_run_one_at_a_time_while_each_is_quick() -> None:
