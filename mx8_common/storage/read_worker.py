@@ -343,7 +343,12 @@ class _Jobs:
                 wait = self._wait_before_taking(me)
                 if wait <= 0:
                     self._busy_since[me] = time.monotonic()
-                    return self._queue.popleft()
+                    job = self._queue.popleft()
+                    if self._queue:
+                        # A later thread that waited for this one to be busy now waits
+                        # with a deadline: this job may get stuck.
+                        self._cond.notify_all()
+                    return job
                 self._cond.wait(None if wait == math.inf else wait)
 
     def start_readers(self, n: int, work: Callable[[int, Any], None]) -> list[threading.Thread]:

@@ -279,3 +279,19 @@ def test_worker_job_stuck_on_its_storage_lets_the_next_thread_take_the_next_job(
     for t in threads:
         t.join(10)
     assert log == [(1, quick), (0, stuck)]
+
+
+def test_worker_job_queued_behind_a_job_that_gets_stuck_is_taken_by_the_second_thread() -> None:
+    """The second thread saw the first one free (so it waited without a deadline); once
+    the first takes a job and gets stuck on it, the second still takes the next job."""
+    jobs = _Jobs(stuck_s=0.05)
+    jobs.put("stuck")
+    jobs.put("next")
+    taken: list[Any] = []
+    second = threading.Thread(target=lambda: taken.append(jobs.take(1)), daemon=True)
+    second.start()
+    time.sleep(0.1)  # the second thread waits: the first is free
+    assert taken == []
+    assert jobs.take(0) == "stuck"  # and never done: stuck on its storage
+    second.join(5)
+    assert taken == ["next"]
