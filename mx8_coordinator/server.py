@@ -295,6 +295,7 @@ class Coordinator(Daemon):
             return await self._open_store_job(spec)
         path = lease_log_path(cfg.state_dir, cfg.job_id)
         self._log, state = await asyncio.to_thread(LeaseLog.open, path, spec.log_header())
+        self._log.on_sync = self.metrics.lease_log_sync.observe
         # A state dir in a store (s3://...) keeps the lease log only: agents rebuild worlds.
         local = "://" not in str(cfg.state_dir)
         worlds = WorldFile(cfg.state_dir, cfg.job_id, spec.manifest_hash) if local else None

@@ -20,6 +20,12 @@ Opening an existing log compacts it when that drops anything: only the last ``pr
 line of each lease matters to a replay (cursors only move forward), so the earlier ones
 are left out of a rewritten copy (temp file, fsync, rename, directory fsync) and appends
 continue on the copy. A crash mid-compaction leaves the original log in place.
+
+Every lease and progress answer waits for its sync, so the disk's sync latency is the
+coordinator's: each sync's seconds go to ``on_sync`` (the coordinator's
+``mx8_coordinator_lease_log_sync_seconds``), and one slower than ``SLOW_SYNC_S`` is a
+warning, ``lease_log_sync_slow`` (at most one per ``_SLOW_EVERY_S``, with how many were
+folded into it), naming the path and the fix.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mx8_common.errors import LeaseLogError
+from mx8_common.obs.events import Throttled
 from mx8_coordinator.state.lease_records import (
     DealRecord,
     ExpireRecord,
@@ -61,6 +69,11 @@ __all__ = [
 ]
 
 _FORMAT = 1
+#: A sync slower than this holds every answer behind it past what agents expect of a
+#: coordinator (milliseconds): warned about as ``lease_log_sync_slow``.
+SLOW_SYNC_S = 0.1
+#: Seconds between two ``lease_log_sync_slow`` warnings (a stalling disk stalls often).
+_SLOW_EVERY_S = 30.0
 #: The header key of the job incarnation (not a setting: never compared on open).
 _INCARNATION_KEY = "incarnation"
 
@@ -218,6 +231,9 @@ class LeaseLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.fsyncs = 0
+        #: Called on the writer thread with each write + sync's seconds (thread-safe only).
+        self.on_sync: Callable[[float], None] | None = None
+        self._slow = Throttled(_SLOW_EVERY_S)
 
     @classmethod
     def open(
@@ -321,13 +337,31 @@ class LeaseLog:
                 os.fsync(f.fileno())
         return records, found_incarnation
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> float:
+        """Write ``data`` and sync it; the seconds that took."""
+        started = time.perf_counter()
         fd = self._file.fileno()
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         os.fdatasync(fd)
         self.fsyncs += 1
+        return time.perf_counter() - started
+
+    def _timed(self, seconds: float, records: int) -> None:
+        """After the answers went: report one sync's time, warn when it was slow."""
+        if self.on_sync is not None:
+            self.on_sync(seconds)
+        if seconds > SLOW_SYNC_S:
+            self._slow.emit(
+                "coordinator",
+                "lease_log_sync_slow",
+                seconds=round(seconds, 3),
+                answers_waiting=records,
+                path=str(self.path),
+                fix="every lease and progress answer waits for this sync: put --state-dir "
+                "on a disk with fast fsync that checkpoints and other writers do not share",
+            )
 
     def _run_writer(self) -> None:
         """The writer thread: take everything pending, write it, sync once, answer."""
@@ -340,14 +374,17 @@ class LeaseLog:
                     return  # closed and drained
                 batch, self._pending = self._pending, []
             error: OSError | None = None
+            seconds = 0.0
             try:
-                self._write(b"".join(d for d, _ in batch))
+                seconds = self._write(b"".join(d for d, _ in batch))
             except OSError as exc:
                 error = exc
             try:
                 self._loop.call_soon_threadsafe(self._settle, batch, error)
             except RuntimeError:
                 return  # the loop is closed: nobody waits for these answers any more
+            if error is None:
+                self._timed(seconds, len(batch))
 
     def _settle(
         self, batch: list[tuple[bytes, asyncio.Future[None]]], error: OSError | None

@@ -52,6 +52,9 @@ COUNTERS = {
 }
 
 
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
 class _JobStatusCollector(Collector):
     def __init__(self, status: StatusProvider | None) -> None:
         self._status = status
@@ -93,7 +96,15 @@ class CoordinatorMetrics:
             "RPC handling time",
             ["method"],
             registry=self.registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            buckets=_LATENCY_BUCKETS,
+        )
+        # Every lease and progress answer waits for the local lease log's sync: a disk
+        # that stalls shows here before it shows in rpc_latency's tail.
+        self.lease_log_sync = Histogram(
+            "mx8_coordinator_lease_log_sync_seconds",
+            "local lease log write + fdatasync time (lease and progress answers wait for it)",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
         )
         # The lease log in a store (``--state-dir s3://...``): leadership and segments.
         self.leader_term = Gauge(

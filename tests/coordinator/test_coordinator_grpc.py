@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from pathlib import Path
 
 import grpc
@@ -171,9 +172,11 @@ async def test_coordinator_restart_resumes_from_lease_log(
 
 
 async def test_coordinator_health_reflection_and_metrics(
-    manifest_path: Path, start_coordinator
+    manifest_path: Path, tmp_path: Path, start_coordinator
 ) -> None:
-    coord = await start_coordinator(manifest_path, metrics="127.0.0.1:0", block_size=100)
+    coord = await start_coordinator(
+        manifest_path, metrics="127.0.0.1:0", block_size=100, state_dir=str(tmp_path / "state")
+    )
     async with grpc.aio.insecure_channel(coord.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", SERVICE_NAME):
@@ -199,6 +202,9 @@ async def test_coordinator_health_reflection_and_metrics(
     assert "mx8_coordinator_leases_issued_total 3.0" in text
     assert "mx8_coordinator_nodes_live 1.0" in text
     assert 'mx8_coordinator_rpc_latency_seconds_count{method="RequestLease"} 1.0' in text
+    # The leases' issue records went through the lease log: its syncs are timed.
+    syncs = re.search(r"^mx8_coordinator_lease_log_sync_seconds_count (\S+)$", text, re.M)
+    assert syncs is not None and float(syncs.group(1)) >= 1
     await coord.shutdown()
     async with grpc.aio.insecure_channel(coord.address) as channel:
         try:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from mx8_common.errors import LeaseLogError
+from mx8_coordinator.state import lease_log
 from mx8_coordinator.state.lease_log import (
     LeaseLog,
     LeaseLogHeader,
@@ -86,6 +90,37 @@ async def test_lease_log_concurrent_appends_share_fsyncs(tmp_path: Path) -> None
     cursors = [json.loads(x)["cursor"] for x in lines[2:]]
     assert cursors == list(range(1, 101))  # the order the appends were made in
     assert log.fsyncs < 101  # group commit: fewer fsyncs than appends
+
+
+async def test_lease_log_times_each_sync_and_warns_once_while_the_disk_stalls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "l.jsonl"
+    log, _ = await asyncio.to_thread(LeaseLog.open, path, HEADER)
+    synced: list[float] = []
+    log.on_sync = synced.append
+    await log.append([_issue("L1", 0, 100)])  # a fast disk: timed, no warning
+    real_sync = os.fdatasync
+
+    def stalling_sync(fd: int) -> None:  # the disk holds each sync past SLOW_SYNC_S
+        time.sleep(lease_log.SLOW_SYNC_S + 0.02)
+        real_sync(fd)
+
+    monkeypatch.setattr(lease_log.os, "fdatasync", stalling_sync)
+    with capture_logs() as logs:
+        for cursor in (10, 20, 30):
+            await log.append([ProgressRecord(lease_id="L1", cursor=cursor)])
+        await log.close()
+    assert len(synced) == 4 and synced[0] < lease_log.SLOW_SYNC_S
+    assert all(s > lease_log.SLOW_SYNC_S for s in synced[1:])
+    warned = [
+        e for e in logs if e["event"] == "lease_log_sync_slow" and e["log_level"] == "warning"
+    ]
+    assert len(warned) == 1  # one line for the stall: the next syncs within 30 s are folded
+    first = warned[0]
+    assert first["path"] == str(path) and first["seconds"] > lease_log.SLOW_SYNC_S
+    assert first["answers_waiting"] == 1 and "--state-dir" in first["fix"]
+    assert len(path.read_bytes().splitlines()) == 5  # every append is on disk all the same
 
 
 async def test_lease_log_failed_write_fails_its_appends_with_one_line(tmp_path: Path) -> None:
