@@ -348,8 +348,8 @@ class LeaseLog:
         self.fsyncs += 1
         return time.perf_counter() - started
 
-    def _timed(self, seconds: float, records: int) -> None:
-        """After the answers went: report one sync's time, warn when it was slow."""
+    def _timed(self, seconds: float, answers: int) -> None:
+        """After the ``answers`` went: report one sync's time, warn when it was slow."""
         if self.on_sync is not None:
             self.on_sync(seconds)
         if seconds > SLOW_SYNC_S:
@@ -357,7 +357,7 @@ class LeaseLog:
                 "coordinator",
                 "lease_log_sync_slow",
                 seconds=round(seconds, 3),
-                answers_waiting=records,
+                answers_waiting=answers,
                 path=str(self.path),
                 fix="every lease and progress answer waits for this sync: put --state-dir "
                 "on a disk with fast fsync that checkpoints and other writers do not share",

@@ -106,7 +106,7 @@ async def test_lease_log_times_each_sync_and_warns_once_while_the_disk_stalls(
         time.sleep(lease_log.SLOW_SYNC_S + 0.02)
         real_sync(fd)
 
-    monkeypatch.setattr(lease_log.os, "fdatasync", stalling_sync)
+    monkeypatch.setattr(os, "fdatasync", stalling_sync)  # the os module the log calls
     with capture_logs() as logs:
         for cursor in (10, 20, 30):
             await log.append([ProgressRecord(lease_id="L1", cursor=cursor)])
