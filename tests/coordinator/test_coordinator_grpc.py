@@ -139,7 +139,9 @@ async def test_coordinator_requeues_remainder_of_silent_node(
 async def test_coordinator_restart_resumes_from_lease_log(
     manifest_path: Path, start_coordinator, tmp_path: Path, logs: Events
 ) -> None:
-    settings = dict(world_size=2, block_size=100, shuffle=True, seed=9, epochs=2, lease_ttl_ms=600)
+    # A TTL well above a lease-log sync stall (100-250 ms on a cloud VM's disk, more under
+    # CI's load): node "a" reports after each answer, and 600 ms once expired its lease.
+    settings = dict(world_size=2, block_size=100, shuffle=True, seed=9, epochs=2, lease_ttl_ms=2000)
     state = str(tmp_path / "state")
     coord = await start_coordinator(manifest_path, state_dir=state, **settings)
     ledger = ledger_for(coord)
