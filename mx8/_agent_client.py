@@ -38,6 +38,11 @@ Same host: a rank-exact stream offers the agent a probe file in ``/dev/shm``
 (``shared_memory=True``, the default); an agent that reads it back sends batches as
 shared-memory references, which ``mx8._shm.SharedSegments`` copies out on arrival. An
 agent elsewhere (or without that ``/dev/shm``) just sends the bytes in its messages.
+Such a stream also says the trainer reads local files itself (``trainer_reads=True``, the
+default; ``MX8_TRAINER_READS=0`` turns it off): an agent that accepted the probe sends a
+batch of whole local files as their paths, and ``mx8._trainer_reads.ReadAhead`` reads them
+on its own thread as they arrive. A file this trainer cannot read (another mount
+namespace, another user) reopens the stream without it, saying so once: the agent reads.
 
 An agent started with ``--tls-cert`` (and ``--tls-ca``) or ``MX8_AGENT_AUTH_TOKEN`` needs
 the same on this side: TLS files and the token default to ``MX8_AGENT_TLS_CA`` /
@@ -65,6 +70,7 @@ import numpy as np
 
 from mx8._config import AGENT_AUTH_TOKEN_ENV, TrainerConfig
 from mx8._shm import SharedMemoryUnreadable, SharedSegments
+from mx8._trainer_reads import ReadAhead
 from mx8.batch import Batch
 from mx8_common import shm
 from mx8_common.errors import AgentError, ConfigError, ContractError, JobNotReadyError, Mx8Error
@@ -190,6 +196,7 @@ class AgentStreamClient:
         shared_memory: bool = True,
         shm_dir: Path | None = None,
         channel: grpc.Channel | None = None,
+        trainer_reads: bool | None = None,
     ) -> None:
         if batch_size <= 0:
             raise AgentError(f"batch_size is {batch_size}; it must be > 0", address=url)
@@ -205,11 +212,19 @@ class AgentStreamClient:
         self.reconnect_timeout_s = reconnect_timeout_s
         self.rank = rank
         self.world_wait_timeout_s = world_wait_timeout_s
-        if shm_dir is None:
-            configured = TrainerConfig.from_env().shm_dir
-            shared_memory = shared_memory and bool(configured)
-            shm_dir = Path(configured or shm.SHM_DIR)
+        if shm_dir is None or trainer_reads is None:
+            env = TrainerConfig.from_env()
+            if shm_dir is None:
+                shared_memory = shared_memory and bool(env.shm_dir)
+                shm_dir = Path(env.shm_dir or shm.SHM_DIR)
+            if trainer_reads is None:
+                trainer_reads = env.trainer_reads
         self.shared_memory = shared_memory and rank is not None
+        #: Offer to read local files here (only beside a shared-memory probe: same host).
+        self.trainer_reads = trainer_reads
+        self._read_ahead: ReadAhead | None = None
+        #: Batches whose files this trainer read itself.
+        self.batches_read_here = 0
         self._shm_dir = shm_dir
         #: The agent's segments (batches it sent through shared memory are counted there).
         self.segments = SharedSegments(url, shm_dir)
@@ -349,6 +364,7 @@ class AgentStreamClient:
             if probe is not None:
                 self._probe = probe[0]
                 op.shm_probe.name, op.shm_probe.token = probe
+                op.trainer_reads = self.trainer_reads
         return pb.TrainerMessage(open=op)
 
     def _drop_probe(self) -> None:
@@ -376,15 +392,15 @@ class AgentStreamClient:
             resumed=r.resumed,
         )
 
+    @staticmethod
     def _request_stream(
-        self,
         requests: queue.Queue[pb.TrainerMessage | None],
-        resume_after: int,
+        opening: pb.TrainerMessage,
         sent_all: threading.Event,
     ) -> Iterator[pb.TrainerMessage]:
         # gRPC pulls the next message only once the previous one is written, so reaching
         # the None means every ack queued before it is on the wire.
-        yield self._open_message(resume_after)
+        yield opening
         while (message := requests.get()) is not None:
             yield message
         sent_all.set()
@@ -400,9 +416,11 @@ class AgentStreamClient:
             self._ack_due = _NEVER
         self._sent_all = threading.Event()
         self.segments.close()  # a new stream names new segments
+        opening = self._open_message(resume_after)
         self._responses = self._stub.Stream(
-            self._request_stream(self._requests, resume_after, self._sent_all)
+            self._request_stream(self._requests, opening, self._sent_all)
         )
+        self._read_ahead = ReadAhead(self._responses) if opening.open.trainer_reads else None
 
     def _reopen(self, deadline: float) -> bool:
         """After a broken stream: wait (until ``deadline``) for the agent, then resume.
@@ -450,12 +468,12 @@ class AgentStreamClient:
         deadline: float | None = None
         while True:
             try:
-                message = next(self._responses)
+                message, read = self._next_message()
                 self._drop_probe()
                 if message.HasField("waiting"):
                     self._on_waiting(message.waiting)
                     continue
-                payload = self._payload(message)
+                payload = self._payload(message, read)
                 if payload is None:
                     continue  # reopened without shared memory: the batch comes again
                 break
@@ -491,38 +509,63 @@ class AgentStreamClient:
             if self.rank is not None:
                 # Wait for the agent to take our last acknowledgement and end the call.
                 with contextlib.suppress(grpc.RpcError):
-                    for _ in self._responses:
-                        pass
+                    if self._read_ahead is not None:
+                        self._read_ahead.drain()
+                    else:
+                        for _ in self._responses:
+                            pass
             raise StopIteration
         self._waiting_since = None
         b = message.batch
         self._pending_ack = b.batch_seq
         self._ack_due = min(self._ack_due, b.batch_seq + b.ack_slack)
         self.last_epoch, self.last_step = b.epoch, b.step
-        return Batch(
-            sample_ids=np.array(b.sample_ids, dtype=np.uint64),
-            payload=payload,
-            offsets=np.array(b.offsets, dtype=np.int64),
-            labels=np.array(b.labels, dtype=np.int64) if len(b.labels) else None,
-            epoch=b.epoch,
-            locations=tuple(b.locations) if self.want_locations else None,
-        )
+        ids = np.array(b.sample_ids, dtype=np.uint64)
+        offsets = np.array(b.offsets, dtype=np.int64)
+        labels = np.array(b.labels, dtype=np.int64) if len(b.labels) else None
+        locations = tuple(b.locations) if self.want_locations else None
+        if isinstance(payload, list):  # read here: joined only if asked (as embedded mode)
+            self.batches_read_here += 1
+            return Batch.from_parts(ids, payload, offsets, labels, b.epoch, locations)
+        return Batch(ids, payload, offsets, labels, b.epoch, locations)
 
-    def _payload(self, message: pb.AgentMessage) -> bytes | None:
-        """The batch's bytes (copied out of shared memory before they are acknowledged);
-        None when this trainer cannot read the agent's segment and reopened without."""
+    def _next_message(self) -> tuple[pb.AgentMessage, list[bytes] | Exception | None]:
+        """The stream's next message, with its files when this trainer read them."""
+        if self._read_ahead is not None:
+            return self._read_ahead.next()
+        return next(self._responses), None
+
+    def _restart_without(self, why: str) -> None:
+        """Reopen the stream after the last batch returned (the one in hand comes again)."""
+        _say(why)
+        self._requests.put(None)
+        self._responses.cancel()
+        self._pending_ack = None
+        self._open(self._consumed_seq)
+
+    def _payload(
+        self, message: pb.AgentMessage, read: list[bytes] | Exception | None = None
+    ) -> bytes | list[bytes] | None:
+        """The batch's bytes (copied out of shared memory before they are acknowledged),
+        or the files read here; None when this trainer cannot read the agent's segment or
+        files and reopened without."""
+        if read is not None:
+            if isinstance(read, list):
+                return read
+            self.trainer_reads = False
+            self._restart_without(
+                f"cannot read the job's files from this trainer ({read}); taking their bytes "
+                "from mx8d-agent instead"
+            )
+            return None
         if not message.HasField("batch") or not message.batch.HasField("shared"):
             return message.batch.payload if message.HasField("batch") else b""
         where = message.batch.shared
         try:
             return self.segments.read(where.segment, where.offset, where.length)
         except SharedMemoryUnreadable as exc:
-            _say(f"{exc}; taking batches through the stream instead")
             self.shared_memory = False
-            self._requests.put(None)
-            self._responses.cancel()
-            self._pending_ack = None
-            self._open(self._consumed_seq)
+            self._restart_without(f"{exc}; taking batches through the stream instead")
             return None
 
     def _on_waiting(self, w: pb.WorldWaiting) -> None:

@@ -53,6 +53,13 @@ class TrainerConfig:
         help="distributed: the shared-memory directory the host's agent hands batches over "
         "through (the agent's --shm-dir); empty: take them in the gRPC stream",
     )
+    trainer_reads: bool = setting(
+        True,
+        env="MX8_TRAINER_READS",
+        help="distributed, on the agent's host: each rank reads its batches' local files "
+        "itself, in parallel, instead of taking their bytes from the agent; 0: the agent "
+        "reads them",
+    )
     world_wait_timeout_s: float = setting(
         600.0,
         env="MX8_WORLD_WAIT_TIMEOUT_S",

@@ -64,10 +64,11 @@ class Batch:
         offsets: np.ndarray,
         labels: np.ndarray | None,
         epoch: int,
+        locations: tuple[str, ...] | None = None,
     ) -> Batch:
         """A batch whose sample ``i`` is the buffer ``parts[i]`` (of ``offsets[i + 1] -
         offsets[i]`` bytes), joined into ``payload`` on first use."""
-        batch = cls(sample_ids, b"", offsets, labels, epoch)
+        batch = cls(sample_ids, b"", offsets, labels, epoch, locations)
         batch._payload = None
         batch._parts = parts
         return batch

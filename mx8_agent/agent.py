@@ -243,6 +243,7 @@ class Agent(Daemon):
             + (ranks.batches_sent if ranks is not None else 0),
             "batches_requeued": self.hub.requeued_batches,
             "batches_shared": self._servicer.batches_shared,
+            "batches_trainer_read": ranks.batches_trainer_read if ranks is not None else 0,
             "shared_memory_trainers": self._servicer.shared_streams,
             "leases_started": rs.leases_started if rs is not None else 0,
             "progress_reports": rs.progress_reports if rs is not None else 0,

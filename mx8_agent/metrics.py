@@ -27,6 +27,7 @@ COUNTERS = {
     "batches_sent": "batches sent to trainers",
     "batches_requeued": "unacknowledged batches re-queued after a trainer left",
     "batches_shared": "batches handed to trainers through shared memory (/dev/shm)",
+    "batches_trainer_read": "batches of local files sent as paths: their trainer read them",
     "leases_started": "leases this agent started",
     "progress_reports": "progress reports the coordinator accepted (dynamic mode)",
 }

@@ -46,7 +46,8 @@ def encode_batch(
     shared: ShmSlot | None = None,
 ) -> bytes:
     """The serialized ``AgentMessage`` carrying ``batch`` as ``batch_seq`` ``seq``
-    (its bytes in the message, or only where ``shared`` put them)."""
+    (its bytes in the message, or only where ``shared`` put them, or only the paths of
+    the local files the trainer reads itself)."""
     head = pb.Batch(
         batch_seq=seq,
         epoch=batch.epoch,
@@ -57,6 +58,10 @@ def encode_batch(
         locations=locations or [],
         ack_slack=batch.ack_slack,
     )
+    if batch.local_files is not None:
+        head.locations.extend(batch.local_files)
+        head.local.listed_at = batch.listed_at or 0.0
+        return pb.AgentMessage(batch=head).SerializeToString()
     if shared is not None:
         head.shared.segment = shared.segment
         head.shared.offset = shared.offset

@@ -8,7 +8,8 @@ and ``end_of_job`` after the job's last one. Its first batches are read while it
 Acknowledgements free the agent's budget and move the rank's reported progress. With a
 ``ShmRing`` (the trainer shares the agent's ``/dev/shm``) each batch's bytes go into the
 ring and the message only says where; acknowledgements free the ring too, and the ring
-is closed when the stream ends.
+is closed when the stream ends. A trainer on this host that asked to read local files
+itself (``trainer_reads``) gets, for a batch of whole local files, only their paths.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class RankSpec:
     base_step: int = 0
     consumed: int = 0
     resumed: bool = False
+    #: The trainer reads local files itself (``OpenStream.trainer_reads``); honoured only
+    #: with a ring (the trainer shares this host).
+    trainer_reads: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ def rank_spec(op: pb.OpenStream, trainer_id: str, window: int) -> RankSpec:
         base_step=s.base_step,
         consumed=s.consumed,
         resumed=s.resumed,
+        trainer_reads=op.trainer_reads,
     )
 
 
@@ -177,6 +182,7 @@ async def serve_rank_stream(
             epoch=spec.epoch,
             step=spec.step,
             shared_memory=ring is not None,
+            trainer_reads=spec.trainer_reads and ring is not None,
         )
         async for message in _serve(server, stream, requests, locate, ring):
             yield message
@@ -222,6 +228,9 @@ async def _serve(
                 await acks
                 return
             seq, batch = item
+            if batch.local_files is not None:  # the trainer reads them: no bytes here
+                yield encode_batch(seq, batch)
+                continue
             where = locate(batch.sample_ids) if locate is not None else None
             shared = batch.shared
             if shared is not None and ring is not None:

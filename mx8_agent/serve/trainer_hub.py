@@ -67,6 +67,10 @@ class ReadyBatch:
     #: Rank-exact mode: batches after this one the trainer may consume before it
     #: acknowledges (``Batch.ack_slack``; 0: acknowledge this one).
     ack_slack: int = 0
+    #: Rank-exact mode: the trainer reads these whole local files itself (``parts`` is
+    #: empty), checked against the snapshot's listing time ``listed_at``.
+    local_files: list[str] | None = None
+    listed_at: float | None = None
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:

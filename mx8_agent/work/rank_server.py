@@ -22,7 +22,10 @@ trainer presented, epoch after epoch, to the end of the job.
   its ring slot instead: one job per batch for the agent's read worker processes
   (``mx8_common.storage.read_worker``, ``--local-read-workers``; each has its own GIL, so
   the reads do not stall the event loop serving the trainers), no per-sample ``bytes``,
-  no copy when it is sent.
+  no copy when it is sent. A trainer on this host that reads local files itself
+  (``trainer_reads``) gets only the paths of a batch of whole local files: each rank then
+  reads its own batches, in parallel, as embedded mode does, and the agent's single read
+  worker is no longer every rank's serial step.
 * **Progress.** Acknowledged batches move each rank's (epoch, step); ``run`` reports
   them to the coordinator every interval (``ReportRanks``, which also answers whether the
   job is drained) and returns once it is. Each report carries the rank's world contract,
@@ -91,9 +94,13 @@ class _Slot:
     #: Read straight into the stream's shared memory: where, and whether it is filled.
     shared: ShmSlot | None = None
     filled: bool = False
+    #: Read by the trainer itself: the paths of its whole local files.
+    local_files: list[str] | None = None
 
     @property
     def done(self) -> bool:
+        if self.local_files is not None:
+            return True
         if self.shared is not None:
             return self.filled
         return len(self.parts) == len(self.ids)
@@ -197,6 +204,8 @@ class RankServer:
         self.samples_acked = 0
         self.batches_sent = 0
         self.first_batch_at: float | None = None
+        #: Batches whose local files their trainer read itself (``trainer_reads``).
+        self.batches_trainer_read = 0
         self._retry_log = Throttled()  # the coordinator away: one line every few seconds
         self._read_workers = ReadWorkers(read_workers)
         self._direct_jobs: set[asyncio.Future[float]] = set()
@@ -397,7 +406,7 @@ class RankServer:
 
     def _batch(self, slot: _Slot, ack_slack: int) -> ReadyBatch:
         offsets = np.zeros(len(slot.ids) + 1, dtype=np.uint64)
-        if slot.shared is not None:
+        if slot.shared is not None or slot.local_files is not None:
             np.cumsum(self._table.byte_length[slot.ids.astype(np.int64)], out=offsets[1:])
         else:
             np.cumsum([len(p) for p in slot.parts], out=offsets[1:])
@@ -415,6 +424,8 @@ class RankServer:
             step=slot.step,
             shared=slot.shared,
             ack_slack=ack_slack,
+            local_files=slot.local_files,
+            listed_at=self._listed_at() if slot.local_files is not None else None,
         )
 
     # -- budget -------------------------------------------------------------------------
@@ -470,6 +481,9 @@ class RankServer:
             self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
             stream.requested.append(slot)
             rows = ids.astype(np.int64)
+            if self._trainer_reads(stream, slot, rows):
+                stream.ready.set()
+                continue
             if self._read_direct(stream, slot, rows):
                 continue
             offsets = table.byte_offset[rows].tolist()
@@ -482,6 +496,30 @@ class RankServer:
                     None if length < 0 else length,
                     (stream, slot),
                 )
+
+    def _local_whole_files(self, rows: np.ndarray) -> list[str] | None:
+        """The paths of the batch's samples when each is a whole local file of known size
+        (what a reader on this host can read with the snapshot's checks); else None."""
+        table = self._table
+        if len(rows) == 0 or int(table.byte_length[rows].min()) < 0:
+            return None
+        if int(table.byte_offset[rows].max()) >= 0:
+            return None  # ranges of shared objects: read here
+        locations = [table.location(r) for r in rows.tolist()]
+        return locations if all(map(is_local, locations)) else None
+
+    def _trainer_reads(self, stream: RankStream, slot: _Slot, rows: np.ndarray) -> bool:
+        """Hand the batch to a trainer that reads local files itself: only their paths
+        go (each rank reads its own batches, in parallel, like embedded mode); False: the
+        trainer did not ask, is not on this host (no ring), or the batch is not whole
+        local files."""
+        if not stream.spec.trainer_reads or stream.ring is None:
+            return False
+        slot.local_files = self._local_whole_files(rows)
+        if slot.local_files is None:
+            return False
+        self.batches_trainer_read += 1
+        return True
 
     def _read_direct(self, stream: RankStream, slot: _Slot, rows: np.ndarray) -> bool:
         """Start reading the batch straight into the stream's ring; False: it cannot be

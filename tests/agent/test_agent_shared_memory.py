@@ -10,24 +10,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+from support.agent import rank_client
 from support.manifests import sample_bytes, write_local_dataset
-
-from mx8._agent_client import AgentStreamClient, RankOpen
 
 SAMPLES = 96
 
 
-def _take(url: str, rank: int, *, shm_dir: Path, shared: bool) -> tuple[list[Any], int]:
+def _take(
+    url: str, rank: int, *, shm_dir: Path, shared: bool, trainer_reads: bool = False
+) -> tuple[list[Any], int]:
     """Rank ``rank`` of 2 for the whole job: its (epoch, step, ids, bytes ok) and how many
-    batches came through shared memory."""
-    client = AgentStreamClient(
-        url,
-        job_id="",
-        local_rank=rank,
-        batch_size=8,
-        rank=RankOpen(rank=rank, world_size=2),
-        shared_memory=shared,
-        shm_dir=shm_dir,
+    batches came through shared memory (the agent reads the files unless
+    ``trainer_reads``)."""
+    client = rank_client(
+        url, rank, shared_memory=shared, shm_dir=shm_dir, trainer_reads=trainer_reads
     )
     got = []
     try:
@@ -94,14 +91,7 @@ async def test_shared_memory_a_trainer_cannot_open_falls_back_to_the_stream_in_o
     agent = await _job(tmp_path / "a", start_coordinator, start_agent, str(shm_dir))
 
     def take(rank: int) -> list[Any]:
-        client = AgentStreamClient(
-            agent.url,
-            job_id="",
-            local_rank=rank,
-            batch_size=8,
-            rank=RankOpen(rank=rank, world_size=2),
-            shm_dir=shm_dir,
-        )
+        client = rank_client(agent.url, rank, shm_dir=shm_dir, trainer_reads=False)
         # The probe passes but the segments are not readable from here (another user).
         client.segments = SharedSegments(agent.url, tmp_path / "elsewhere")
         try:
@@ -118,11 +108,10 @@ async def test_shared_memory_a_trainer_cannot_open_falls_back_to_the_stream_in_o
     assert os.listdir(shm_dir) == []
 
 
+@pytest.mark.parametrize("trainer_reads", [False, True], ids=["agent_reads", "trainer_reads"])
 async def test_shared_memory_local_file_gone_is_the_typed_error_for_trainer_and_agent(
-    tmp_path: Path, start_coordinator: Any, start_agent: Any
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, trainer_reads: bool
 ) -> None:
-    import pytest
-
     from mx8_common.errors import ObjectNotFoundError
 
     shm_dir = tmp_path / "shm"
@@ -133,7 +122,9 @@ async def test_shared_memory_local_file_gone_is_the_typed_error_for_trainer_and_
     with pytest.raises(ObjectNotFoundError):
         await asyncio.gather(
             *(
-                asyncio.to_thread(_take, agent.url, r, shm_dir=shm_dir, shared=True)
+                asyncio.to_thread(
+                    _take, agent.url, r, shm_dir=shm_dir, shared=True, trainer_reads=trainer_reads
+                )
                 for r in range(2)
             )
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mx8._agent_client import AgentStreamClient
+from mx8._agent_client import AgentStreamClient, RankOpen
 from mx8_agent.serve.trainer_hub import ReadyBatch, TrainerHub
 from mx8_common.rpc.coordinator_client import CoordinatorClient
 from support.eventually import assert_eventually
@@ -26,6 +26,7 @@ __all__ = [
     "committed",
     "make_batch",
     "new_hub",
+    "rank_client",
     "run_trainer",
 ]
 
@@ -161,3 +162,16 @@ def make_batch(k: int, n: int = 4, nbytes: int = 40, lease: str = "L1") -> Ready
 def new_hub(max_bytes: int = 10_000) -> tuple[TrainerHub, list[ReadyBatch]]:
     acked: list[ReadyBatch] = []
     return TrainerHub(max_bytes=max_bytes, on_acked=acked.append), acked
+
+
+def rank_client(url: str, rank: int, *, world_size: int = 2, **kw: Any) -> AgentStreamClient:
+    """A rank-exact stream of rank ``rank`` of ``world_size`` (batches of 8) from the
+    agent at ``url``; ``kw`` go to ``AgentStreamClient``."""
+    return AgentStreamClient(
+        url,
+        job_id="",
+        local_rank=rank,
+        batch_size=8,
+        rank=RankOpen(rank=rank, world_size=world_size),
+        **kw,
+    )

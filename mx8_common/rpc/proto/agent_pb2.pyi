@@ -72,7 +72,7 @@ class StreamStart(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., offset: _Optional[int] = ..., base_step: _Optional[int] = ..., consumed: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class OpenStream(_message.Message):
-    __slots__ = ("job_id", "local_rank", "batch_size", "trainer_id", "window", "want_locations", "resume_after_seq", "contract", "start", "shm_probe")
+    __slots__ = ("job_id", "local_rank", "batch_size", "trainer_id", "window", "want_locations", "resume_after_seq", "contract", "start", "shm_probe", "trainer_reads")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class OpenStream(_message.Message):
     CONTRACT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     SHM_PROBE_FIELD_NUMBER: _ClassVar[int]
+    TRAINER_READS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     local_rank: int
     batch_size: int
@@ -93,7 +94,14 @@ class OpenStream(_message.Message):
     contract: RankContract
     start: StreamStart
     shm_probe: ShmProbe
-    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., trainer_id: _Optional[str] = ..., window: _Optional[int] = ..., want_locations: _Optional[bool] = ..., resume_after_seq: _Optional[int] = ..., contract: _Optional[_Union[RankContract, _Mapping]] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ..., shm_probe: _Optional[_Union[ShmProbe, _Mapping]] = ...) -> None: ...
+    trainer_reads: bool
+    def __init__(self, job_id: _Optional[str] = ..., local_rank: _Optional[int] = ..., batch_size: _Optional[int] = ..., trainer_id: _Optional[str] = ..., window: _Optional[int] = ..., want_locations: _Optional[bool] = ..., resume_after_seq: _Optional[int] = ..., contract: _Optional[_Union[RankContract, _Mapping]] = ..., start: _Optional[_Union[StreamStart, _Mapping]] = ..., shm_probe: _Optional[_Union[ShmProbe, _Mapping]] = ..., trainer_reads: _Optional[bool] = ...) -> None: ...
+
+class LocalFiles(_message.Message):
+    __slots__ = ("listed_at",)
+    LISTED_AT_FIELD_NUMBER: _ClassVar[int]
+    listed_at: float
+    def __init__(self, listed_at: _Optional[float] = ...) -> None: ...
 
 class ShmProbe(_message.Message):
     __slots__ = ("name", "token")
@@ -128,7 +136,7 @@ class TrainerMessage(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenStream, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("batch_seq", "epoch", "sample_ids", "payload", "offsets", "labels", "locations", "step", "ack_slack", "shared")
+    __slots__ = ("batch_seq", "epoch", "sample_ids", "payload", "offsets", "labels", "locations", "step", "ack_slack", "shared", "local")
     BATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +147,7 @@ class Batch(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACK_SLACK_FIELD_NUMBER: _ClassVar[int]
     SHARED_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
     batch_seq: int
     epoch: int
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -149,7 +158,8 @@ class Batch(_message.Message):
     step: int
     ack_slack: int
     shared: SharedBytes
-    def __init__(self, batch_seq: _Optional[int] = ..., epoch: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., locations: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., ack_slack: _Optional[int] = ..., shared: _Optional[_Union[SharedBytes, _Mapping]] = ...) -> None: ...
+    local: LocalFiles
+    def __init__(self, batch_seq: _Optional[int] = ..., epoch: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., locations: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., ack_slack: _Optional[int] = ..., shared: _Optional[_Union[SharedBytes, _Mapping]] = ..., local: _Optional[_Union[LocalFiles, _Mapping]] = ...) -> None: ...
 
 class WorldWaiting(_message.Message):
     __slots__ = ("job_id", "world_size", "registered_ranks", "missing_ranks")
