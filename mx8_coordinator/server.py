@@ -369,6 +369,7 @@ class Coordinator(Daemon):
             on_segment=self._segment_written,
         )
         self._store_log = log
+        log.on_sync = self.metrics.lease_log_sync.observe
         # Replay took part of the term's first validity window: renew before serving.
         await election.renew()
         job = Job(

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,9 @@ class StoreLeaseLog:
         self.fenced: CoordinatorFencedError | None = None
         self.deposed = asyncio.Event()
         self.segments_written = 0
+        #: Called with each segment write's seconds (its retries included), as a local
+        #: log's ``on_sync``: every append of the batch waited that long.
+        self.on_sync: Callable[[float], None] | None = None
         self.compacted_from = 0
         #: Segments made but not yet stored (a failed write), landed in order first.
         self._unlanded: list[Segment] = []
@@ -353,7 +357,10 @@ class StoreLeaseLog:
                 except TimeoutError:
                     pass
             batch, self._pending = self._pending, []
+            started = time.perf_counter()
             error = await self._write_batch([r for recs, _ in batch for r in recs])
+            if error is None and self.on_sync is not None:
+                self.on_sync(time.perf_counter() - started)
             for _, fut in batch:
                 if fut.done():
                     continue

@@ -98,11 +98,12 @@ class CoordinatorMetrics:
             registry=self.registry,
             buckets=_LATENCY_BUCKETS,
         )
-        # Every lease and progress answer waits for the local lease log's sync: a disk
-        # that stalls shows here before it shows in rpc_latency's tail.
+        # Every lease and progress answer waits for the lease log's sync: a disk (or a
+        # store) that stalls shows here before it shows in rpc_latency's tail.
         self.lease_log_sync = Histogram(
             "mx8_coordinator_lease_log_sync_seconds",
-            "local lease log write + fdatasync time (lease and progress answers wait for it)",
+            "lease log write + sync time: a local log's fdatasync, a store log's segment "
+            "write (lease and progress answers wait for it)",
             registry=self.registry,
             buckets=_LATENCY_BUCKETS,
         )

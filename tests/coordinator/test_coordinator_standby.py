@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ async def test_standby_is_not_serving_names_the_leader_and_takes_over_on_clean_s
         text = (await http_get(f"{base}/metrics")).decode()
         assert "mx8_coordinator_leader_term 1.0" in text
         assert "mx8_coordinator_log_segments_written_total" in text
+        # The lease and progress records' segment writes are timed like a local log's syncs.
+        syncs = re.search(r"^mx8_coordinator_lease_log_sync_seconds_count (\S+)$", text, re.M)
+        assert syncs is not None and float(syncs.group(1)) >= 2
         html = await http_get(f"{base}/")
         assert b"leader term" in html
         printed = io.StringIO()

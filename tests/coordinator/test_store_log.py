@@ -138,6 +138,8 @@ async def test_store_log_appends_replays_and_batches_into_segments(
     a = election(store, "a", clock)
     await a.claim(standby=False)
     log, state = await StoreLeaseLog.open(store, a, HEADER, flush_ms=50)
+    synced: list[float] = []
+    log.on_sync = synced.append
     assert state.empty and state.incarnation
     await log.append([RankRecord(node_id="n", rank=0)])
     # Concurrent appends share one segment (one PUT), each answered once durable.
@@ -148,6 +150,8 @@ async def test_store_log_appends_replays_and_batches_into_segments(
         log.append([ProgressRecord(lease_id="x-L1", cursor=10)]),
     )
     assert log.segments_written == before + 1
+    # Each segment write timed once (the coordinator's lease_log_sync histogram).
+    assert len(synced) == 2 and all(s > 0 for s in synced)
     await log.close()
     assert await read_store_log_manifest_hash(store, "j") == HEADER.manifest_hash
 
