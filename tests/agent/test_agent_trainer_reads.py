@@ -129,6 +129,29 @@ async def test_trainer_reads_a_file_the_trainer_cannot_read_falls_back_to_the_ag
     assert "permission denied reading" in err
 
 
+async def test_trainer_reads_closing_mid_stream_stops_the_reading_thread(
+    tmp_path: Path, start_coordinator: Any, start_agent: Any
+) -> None:
+    shm_dir = tmp_path / "shm"
+    shm_dir.mkdir()
+    agent = await _agent(
+        write_local_dataset(tmp_path / "a", SAMPLES), start_coordinator, start_agent, shm_dir
+    )
+
+    def two_batches_then_close(rank: int) -> tuple[int, bool]:
+        client = rank_client(agent.url, rank, shm_dir=shm_dir)
+        stream = iter(client)
+        next(stream), next(stream)
+        assert client._read_ahead is not None
+        thread = client._read_ahead._thread
+        client.close()
+        thread.join(5)
+        return client.batches_read_here, thread.is_alive()
+
+    got = await asyncio.gather(*(asyncio.to_thread(two_batches_then_close, r) for r in range(2)))
+    assert got == [(2, False), (2, False)]
+
+
 def _ranged_manifest(root: Path) -> Path:
     """The samples as byte ranges of one file (tar members, say)."""
     root.mkdir(parents=True)
