@@ -12,14 +12,18 @@ many are read ahead here.
 
 A read that fails ends the read-ahead with the error beside its message: the client then
 reopens the stream without ``trainer_reads`` (the agent reads, and reports what is
-really wrong with the file, if anything).
+really wrong with the file, if anything). A trainer waiting on a read that takes longer
+than ``_SAY_EVERY_S`` (a hung network file system) says which file, every
+``_SAY_EVERY_S``: a blocked read cannot be taken back, so it waits on.
 """
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mx8_common.errors import StorageError
@@ -29,16 +33,25 @@ from mx8_common.storage.local_read import read_local
 __all__ = ["ReadAhead", "read_batch_files"]
 
 _END = object()
+#: Seconds a trainer waits on one file's read before it says so (and again after each).
+_SAY_EVERY_S = 5.0
 
 
-def read_batch_files(batch: pb.Batch) -> list[bytes]:
-    """The bytes of a ``Batch.local`` batch's files, in order (blocking)."""
+def _say(line: str) -> None:
+    print(f"mx8: {line}", file=sys.stderr, flush=True)
+
+
+def read_batch_files(batch: pb.Batch, on_file: Callable[[str], None] | None = None) -> list[bytes]:
+    """The bytes of a ``Batch.local`` batch's files, in order (blocking); ``on_file`` is
+    told each file before it is read."""
     offsets = batch.offsets
     listed_at = batch.local.listed_at or None
-    return [
-        read_local(location, None, offsets[i + 1] - offsets[i], listed_at)
-        for i, location in enumerate(batch.locations)
-    ]
+    out = []
+    for i, location in enumerate(batch.locations):
+        if on_file is not None:
+            on_file(location)
+        out.append(read_local(location, None, offsets[i + 1] - offsets[i], listed_at))
+    return out
 
 
 class ReadAhead:
@@ -50,8 +63,13 @@ class ReadAhead:
     ``StopIteration`` once the stream ended.
     """
 
-    def __init__(self, responses: Iterator[pb.AgentMessage]) -> None:
+    def __init__(
+        self, responses: Iterator[pb.AgentMessage], say: Callable[[str], None] = _say
+    ) -> None:
         self._responses = responses
+        self._say = say
+        #: The file being read and since when (None between batches).
+        self._reading: tuple[str, float] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mx8-trainer-reads", daemon=True)
         self._thread.start()
@@ -64,17 +82,38 @@ class ReadAhead:
                     put((message, None))
                     continue
                 try:
-                    put((message, read_batch_files(message.batch)))
+                    put((message, read_batch_files(message.batch, self._on_file)))
                 except StorageError as exc:
                     put((message, exc))
                     return  # the client reopens the stream: nothing after this counts
+                finally:
+                    self._reading = None
         except BaseException as exc:  # grpc.RpcError (a cancel too): the client's to judge
             put(exc)
             return
         put(_END)
 
+    def _on_file(self, location: str) -> None:
+        self._reading = (location, time.monotonic())
+
+    def _get(self) -> Any:
+        """The next item; while one file's read holds it up, say which, now and then."""
+        while True:
+            try:
+                return self._queue.get(timeout=_SAY_EVERY_S)
+            except queue.Empty:
+                reading = self._reading
+                if reading is None:
+                    continue  # waiting for the agent's next batch, not on a read
+                waited = time.monotonic() - reading[1]
+                if waited >= _SAY_EVERY_S:
+                    self._say(
+                        f"still reading {reading[0]} after {waited:.0f}s; its file system is "
+                        "slow or hung (check the mount)"
+                    )
+
     def next(self) -> tuple[pb.AgentMessage, list[bytes] | StorageError | None]:
-        item = self._queue.get()
+        item = self._get()
         if item is _END or isinstance(item, BaseException):
             self._queue.put(item)  # asked again, it answers the same
             if item is _END:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,3 +279,40 @@ def test_read_ahead_a_broken_stream_raises_its_error_each_time_asked() -> None:
     for _ in range(2):
         with pytest.raises(Broken, match="stream reset"):
             ahead.next()
+
+
+def test_read_ahead_a_read_that_hangs_is_named_while_the_trainer_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mx8._trainer_reads as trainer_reads
+
+    paths = _files(tmp_path, range(0, 2))
+    read_local = trainer_reads.read_local
+    release = threading.Event()
+
+    def hang_on_the_second(location: str, *args: Any) -> bytes:
+        if location == str(paths[1]):
+            release.wait(10)  # a network file system that stopped answering
+        return read_local(location, *args)
+
+    monkeypatch.setattr(trainer_reads, "read_local", hang_on_the_second)
+    monkeypatch.setattr(trainer_reads, "_SAY_EVERY_S", 0.05)
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if len(said) == 3:
+            release.set()
+
+    message = _local(1, paths, [sample_size(0), sample_size(1)])
+
+    def stream() -> Iterator[pb.AgentMessage]:
+        yield message
+        time.sleep(0.3)  # the agent has nothing yet: waiting for it is not a read
+
+    ahead = ReadAhead(stream(), say=say)
+    assert ahead.next() == (message, [sample_bytes(0), sample_bytes(1)])
+    assert len(said) == 3 and all(f"still reading {paths[1]} after" in s for s in said)
+    with pytest.raises(StopIteration):
+        ahead.next()
+    assert len(said) == 3
