@@ -497,14 +497,12 @@ class RankServer:
                     (stream, slot),
                 )
 
-    def _local_whole_files(self, rows: np.ndarray) -> list[str] | None:
-        """The paths of the batch's samples when each is a whole local file of known size
-        (what a reader on this host can read with the snapshot's checks); else None."""
+    def _local_sized(self, rows: np.ndarray) -> list[str] | None:
+        """The batch's locations when every sample is local and of known size (what a
+        reader on this host can read in place with the snapshot's checks); else None."""
         table = self._table
         if len(rows) == 0 or int(table.byte_length[rows].min()) < 0:
             return None
-        if int(table.byte_offset[rows].max()) >= 0:
-            return None  # ranges of shared objects: read here
         locations = [table.location(r) for r in rows.tolist()]
         return locations if all(map(is_local, locations)) else None
 
@@ -515,7 +513,9 @@ class RankServer:
         local files."""
         if not stream.spec.trainer_reads or stream.ring is None:
             return False
-        slot.local_files = self._local_whole_files(rows)
+        if int(self._table.byte_offset[rows].max(initial=-1)) >= 0:
+            return False  # ranges of shared objects: read here
+        slot.local_files = self._local_sized(rows)
         if slot.local_files is None:
             return False
         self.batches_trainer_read += 1
@@ -527,12 +527,10 @@ class RankServer:
         ring, table = stream.ring, self._table
         if ring is None:
             return False
+        locations = self._local_sized(rows)
+        if locations is None:
+            return False
         lengths = table.byte_length[rows]
-        if len(lengths) == 0 or int(lengths.min()) < 0:
-            return False
-        locations = [table.location(r) for r in rows.tolist()]
-        if not all(map(is_local, locations)):
-            return False
         shared = ring.reserve(int(lengths.sum()))
         if shared is None:
             return False

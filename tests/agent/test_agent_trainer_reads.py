@@ -28,6 +28,14 @@ SAMPLES = 96
 STEPS = [(e, s) for e in range(2) for s in range(6)]
 
 
+@pytest.fixture
+def shm_dir(tmp_path: Path) -> Path:
+    """A shared-memory directory of the test's own (the agent's and the trainers')."""
+    path = tmp_path / "shm"
+    path.mkdir()
+    return path
+
+
 def _take(url: str, rank: int, *, shm_dir: Path, trainer_reads: bool = True) -> dict[str, Any]:
     """Rank ``rank`` of 2 for the whole job: its batches and how they came."""
     client = rank_client(url, rank, shm_dir=shm_dir, trainer_reads=trainer_reads)
@@ -62,10 +70,8 @@ def _check_batches(runs: list[dict[str, Any]]) -> None:
 
 
 async def test_trainer_reads_give_each_rank_the_batches_the_agent_would_read(
-    tmp_path: Path, start_coordinator: Any, start_agent: Any
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, shm_dir: Path
 ) -> None:
-    shm_dir = tmp_path / "shm"
-    shm_dir.mkdir()
     manifest = write_local_dataset(tmp_path / "a", SAMPLES)
     runs = {}
     for reads in (True, False):  # the same job twice, a fresh coordinator and agent each
@@ -89,13 +95,12 @@ async def test_trainer_reads_a_file_the_trainer_cannot_read_falls_back_to_the_ag
     tmp_path: Path,
     start_coordinator: Any,
     start_agent: Any,
+    shm_dir: Path,
     capfd: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import mx8._trainer_reads as trainer_reads
 
-    shm_dir = tmp_path / "shm"
-    shm_dir.mkdir()
     read_local = trainer_reads.read_local
     calls = threading.local()  # per rank: each stream reads on a thread of its own
     refused: list[str] = []
@@ -131,10 +136,8 @@ async def test_trainer_reads_a_file_the_trainer_cannot_read_falls_back_to_the_ag
 
 
 async def test_trainer_reads_closing_mid_stream_stops_the_reading_thread(
-    tmp_path: Path, start_coordinator: Any, start_agent: Any
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, shm_dir: Path
 ) -> None:
-    shm_dir = tmp_path / "shm"
-    shm_dir.mkdir()
     agent = await _agent(
         write_local_dataset(tmp_path / "a", SAMPLES), start_coordinator, start_agent, shm_dir
     )
@@ -168,10 +171,8 @@ def _ranged_manifest(root: Path) -> Path:
 
 @pytest.mark.parametrize("dataset", ["sizes_unknown", "ranges_of_one_file"])
 async def test_trainer_reads_batches_only_the_agent_can_read_come_with_their_bytes(
-    tmp_path: Path, start_coordinator: Any, start_agent: Any, dataset: str
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, shm_dir: Path, dataset: str
 ) -> None:
-    shm_dir = tmp_path / "shm"
-    shm_dir.mkdir()
     if dataset == "sizes_unknown":
         manifest = write_local_dataset(tmp_path / "a", SAMPLES, with_lengths=False)
     else:
@@ -186,10 +187,8 @@ async def test_trainer_reads_batches_only_the_agent_can_read_come_with_their_byt
 
 
 async def test_trainer_reads_need_an_agent_that_shares_the_trainers_memory(
-    tmp_path: Path, start_coordinator: Any, start_agent: Any
+    tmp_path: Path, start_coordinator: Any, start_agent: Any, shm_dir: Path
 ) -> None:
-    shm_dir = tmp_path / "shm"
-    shm_dir.mkdir()
     # --shm-dir '': the agent takes no probe, so it cannot know it is on the trainer's host.
     agent = await _agent(
         write_local_dataset(tmp_path / "a", SAMPLES), start_coordinator, start_agent, ""
